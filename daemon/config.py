@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     window_s: float = Field(default=30.0, gt=0, le=30, description="model context window for long form")
     extend_stride_s: float = Field(default=18.0, gt=0, description="new audio per continuation window")
     warmup: bool = Field(default=True, description="run a short generation when a model loads")
+    decoder: Literal["auto", "dgx", "transformers"] = Field(
+        default="auto", description="token decode loop: our static-cache loop (dgx) or transformers generate"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     max_memory_gb: float = Field(default=30.0, gt=0, description="the seed's GPU memory budget")
     normalize_audio: bool = Field(default=True, description="apply the job's loudness target")
