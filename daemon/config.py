@@ -212,6 +212,7 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     # Environment beats the file: pass file values as the lowest-priority init data by
     # removing any key that the environment sets.
     env_keys = {k[len(ENV_PREFIX):].split("__")[0].lower() for k in os.environ if k.startswith(ENV_PREFIX)}
+    env_keys.discard("config")
     init = {k: v for k, v in file_data.items() if k not in env_keys}
     init.update(overrides)
     try:

@@ -1,0 +1,33 @@
+"""`dgx-music doctor [--config FILE] [--json]`: check the GPU, torch, config, spool and models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from daemon.config import DEFAULT_CONFIG_PATH
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="check that this machine can run the daemon (exit 1 when something required is missing)",
+        description="Check Python, torch and CUDA, the GPU (name, compute capability, kernels, memory, bf16, "
+        "a tensor check), the config, the spool and every configured model. Each check is ok, WARN or FAIL; "
+        "every non-ok check says how to fix it. Exit 1 when any check fails.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        metavar="FILE",
+        help=f"daemon config to check (default: {DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list of {name, status, detail, fix}")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from daemon.doctor import doctor  # imports torch: only when the command runs
+
+    return doctor(args.config, as_json=args.json)

@@ -1,0 +1,210 @@
+"""Where the model runs: device and dtype from the config, what the GPU is, how much memory was used."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from daemon.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+class DeviceError(ModelLoadError):
+    """The configured device or dtype cannot be used on this machine."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto | cpu | cuda | cuda:N` -> a torch.device that exists here.
+
+    auto falls back to the CPU with a WARNING (it works, slowly); naming CUDA explicitly
+    where there is none is an error, because the operator asked for something specific.
+    """
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        log.warning("no CUDA device available: running on the CPU (float32), expect generation to be slow")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        try:
+            index = int(spec.split(":", 1)[1]) if ":" in spec else None
+        except ValueError:
+            raise DeviceError(f"device {spec!r} is not valid", hint="use auto, cpu, cuda or cuda:N") from None
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {spec!r} was configured but CUDA is not available "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})",
+                hint="install a CUDA build of torch and the NVIDIA driver, or set device: auto or cpu; "
+                "run `dgx-music doctor` for details",
+            )
+        count = torch.cuda.device_count()
+        if index is None:
+            index = torch.cuda.current_device()
+        if index < 0 or index >= count:
+            raise DeviceError(
+                f"device {spec!r} does not exist: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})",
+                hint="pick an existing index, or check CUDA_VISIBLE_DEVICES",
+            )
+        return torch.device("cuda", index)
+    raise DeviceError(f"device {spec!r} is not valid", hint="use auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """`auto | float32 | float16 | bfloat16` for `device`.
+
+    auto: bfloat16 on CUDA devices that support it (Ampere and newer, GB10 included), else
+    float16; float32 on the CPU. Half precision on the CPU is slow and poorly supported by
+    the ops MusicGen uses, so an explicit float16/bfloat16 there becomes float32 with a warning.
+    """
+    spec = spec.strip().lower()
+    if spec != "auto" and spec not in _DTYPES:
+        raise DeviceError(f"dtype {spec!r} is not valid", hint="use auto, float32, float16 or bfloat16")
+    if device.type != "cuda":
+        if spec in ("float16", "bfloat16"):
+            log.warning("dtype %s requested on %s: using float32 (half precision is a GPU feature)", spec, device)
+        return torch.float32
+    if spec == "auto":
+        return torch.bfloat16 if _bf16_supported(device) else torch.float16
+    if spec == "bfloat16" and not _bf16_supported(device):
+        raise DeviceError(
+            f"dtype bfloat16 was configured but {torch.cuda.get_device_name(device)} does not support it",
+            hint="set dtype: float16 or auto",
+        )
+    return _DTYPES[spec]
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        return bool(torch.cuda.is_bf16_supported())
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One CUDA device as doctor, bench and the sidecar's host block describe it."""
+
+    index: int
+    name: str
+    compute_capability: str  # "sm_121" for GB10, "sm_90" for H100
+    total_memory_bytes: int
+    free_memory_bytes: int
+    bf16_supported: bool
+    cuda_version: str | None  # the CUDA torch was built with
+    driver_version: str | None
+    arch_supported: bool  # the device's sm (or a compatible PTX) is in torch.cuda.get_arch_list()
+    multi_processor_count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gpu_info(device: torch.device | int | None = None) -> GpuInfo | None:
+    """The CUDA device in use (default: the current one), or None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    if device is None:
+        index = torch.cuda.current_device()
+    elif isinstance(device, int):
+        index = device
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    major, minor = props.major, props.minor
+    free, total = torch.cuda.mem_get_info(index)
+    with torch.cuda.device(index):
+        bf16 = bool(torch.cuda.is_bf16_supported())
+    return GpuInfo(
+        index=index,
+        name=props.name,
+        compute_capability=f"sm_{major}{minor}",
+        total_memory_bytes=int(total),
+        free_memory_bytes=int(free),
+        bf16_supported=bf16,
+        cuda_version=torch.version.cuda,
+        driver_version=_driver_version(),
+        arch_supported=arch_supported(major, minor, torch.cuda.get_arch_list()),
+        multi_processor_count=int(props.multi_processor_count),
+    )
+
+
+def arch_supported(major: int, minor: int, arch_list: list[str]) -> bool:
+    """Whether torch ships kernels this device can run.
+
+    Exact `sm_XY` matches; so does a binary for the same major with a lower minor
+    (sm_120 code runs on sm_121: same family); `compute_XY` PTX at or below the device
+    JIT-compiles on it.
+    """
+    for arch in arch_list:
+        kind, _, num = arch.partition("_")
+        num = num.rstrip("af")  # sm_90a / sm_100f are family/arch-specific variants
+        if not num.isdigit() or len(num) < 2:
+            continue
+        a_major, a_minor = int(num[:-1]), int(num[-1])
+        if kind == "sm" and a_major == major and a_minor <= minor:
+            return True
+        if kind == "compute" and (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver version through NVML when available (torch bundles pynvml optionally)."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return _driver_version_from_proc()
+    try:
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # NVML missing from the driver install is normal: fall back to /proc
+        return _driver_version_from_proc()
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def _driver_version_from_proc() -> str | None:
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as fh:
+            first = fh.readline()
+    except OSError:
+        return None
+    # "NVRM version: NVIDIA UNIX aarch64 Kernel Module  580.95.05  Thu ..."
+    for token in first.split():
+        if token.count(".") >= 1 and token.replace(".", "").isdigit():
+            return token
+    return None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory since the last reset_peak_memory().
+
+    CUDA: torch.cuda.max_memory_allocated (tensors only, not the caching allocator's slack).
+    CPU: the process's resident-set high-water mark (ru_maxrss), which cannot be reset, so it
+    covers the whole process lifetime, model weights and Python included.
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (CUDA only; the CPU high-water mark cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,130 @@
+"""The last stage of a job: loudness, audio files and the result sidecar in outbox/.
+
+Order is the contract (DESIGN.md "Spool"): every audio file first, each atomically, then
+`<id>.json`; a reader that sees the sidecar sees finished audio. When any write fails
+(full disk, read-only outbox) the files this attempt wrote are removed again, so outbox/
+never shows a partial result, and the error propagates for the caller to retry the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from jobspec import Job
+from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings
+
+from daemon.atomic import atomic_write_bytes
+from daemon.hostinfo import host_info
+from daemon.loudness import normalize
+from daemon.writer import write_audio
+
+log = logging.getLogger(__name__)
+
+
+def output_names(job_id: str, job: Job) -> list[str]:
+    """Audio file names of a job: `<id>.wav`, or `<id>-v1.wav` ... when count > 1."""
+    ext = job.output.format
+    if job.count == 1:
+        return [f"{job_id}.{ext}"]
+    return [f"{job_id}-v{i}.{ext}" for i in range(1, job.count + 1)]
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Published:
+    sidecar_path: Path
+    sidecar: ResultSidecar
+
+
+def publish(
+    outbox: Path,
+    *,
+    job_id: str,
+    job: Job,
+    seed: int,
+    audio: np.ndarray,
+    sample_rate: int,
+    source_file: str,
+    submitted: float,
+    started: float,
+    model: ModelInfo,
+    timings: Timings,
+    peak_memory_bytes: int,
+    normalize_audio: bool = True,
+) -> Published:
+    """Write the job's audio ([count, channels, samples]) and its sidecar; returns the sidecar.
+
+    `timings.postprocess_s` and `total_s` are filled in here; the others come from the caller.
+    """
+    t0 = time.monotonic()
+    written: list[Path] = []
+    outputs: list[OutputInfo] = []
+    try:
+        for i, name in enumerate(output_names(job_id, job)):
+            target_lufs = job.output.loudness_lufs if normalize_audio else None
+            ceiling = job.output.true_peak_dbtp if normalize_audio else None
+            post = normalize(audio[i], sample_rate, target_lufs, ceiling)
+            info = write_audio(
+                outbox / name, post.audio, sample_rate, job.output.format, job.output.subtype, create_new=True
+            )
+            written.append(info.path)
+            silent = post.skipped_reason == "silence"
+            outputs.append(
+                OutputInfo(
+                    path=name,
+                    format=info.format,  # type: ignore[arg-type]
+                    subtype=info.subtype,  # type: ignore[arg-type]
+                    sample_rate=info.sample_rate,
+                    channels=info.channels,
+                    frames=info.frames,
+                    duration_s=info.duration_s,
+                    bytes=info.bytes,
+                    sha256=info.sha256,
+                    integrated_lufs=None if silent or not np.isfinite(post.integrated_lufs) else round(post.integrated_lufs, 3),
+                    true_peak_dbtp=round(post.true_peak_dbtp, 3) if np.isfinite(post.true_peak_dbtp) else None,
+                    gain_db=round(post.gain_db, 3),
+                    variation=i + 1,
+                    seed=(seed + i) % 2**63,
+                )
+            )
+        finished = time.time()
+        post_s = time.monotonic() - t0
+        audio_s = sum(o.duration_s for o in outputs) / len(outputs)
+        sidecar = ResultSidecar(
+            job_id=job_id,
+            source_file=source_file,
+            submitted=utc(submitted),
+            started=utc(started),
+            finished=utc(finished),
+            timings=timings.model_copy(
+                update={"postprocess_s": round(post_s, 4), "total_s": round(max(0.0, finished - submitted), 4)}
+            ),
+            rtf=round(timings.generate_s / audio_s, 5) if audio_s > 0 else 0.0,
+            request=job.model_copy(update={"seed": seed, "id": job_id}),
+            model=model,
+            outputs=outputs,
+            peak_memory_bytes=peak_memory_bytes,
+            host=host_info(model.device),
+        )
+        path = outbox / f"{job_id}.json"
+        body = json.dumps(sidecar.model_dump(mode="json"), indent=2) + "\n"
+        atomic_write_bytes(path, body.encode("utf-8"), create_new=True)
+    except BaseException:
+        for p in written:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # the caller's retry will collide with it: say so
+                log.error("could not remove partial output %s: %s", p, exc)
+        raise
+    return Published(path, sidecar)

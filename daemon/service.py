@@ -1,0 +1,332 @@
+"""`dgx-music serve`: the long-running daemon.
+
+Threads: the watcher's (events and rescans; it calls `pickup`), the worker (owns the engine),
+and the main thread, which handles signals, cancel requests, the status file, the periodic
+recovery of jobs left by dead peers, and the systemd watchdog while idle. During a generation
+the watchdog is fed from the decoding steps only, so a stuck generation stops the pings and
+systemd restarts the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from jobspec import JobSpecError, load_job_bytes
+
+from daemon import spool, state
+from daemon.config import ConfigError, Settings, load_settings
+from daemon.engine import MusicEngine
+from daemon.errors import DgxMusicError
+from daemon.jobqueue import JobQueue, QueueClosed
+from daemon.logsetup import job_context
+from daemon.notify import Notifier
+from daemon.results import output_names
+from daemon.watcher import InboxWatcher
+from daemon.worker import ClaimGroup, QueuedJob, Worker, fail_group_job, finish_group_job, load_done
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+# systemd's default Restart=on-failure restarts on any non-zero code; keep load failures distinct.
+EXIT_MODEL_LOAD = 3
+TICK_S = 0.25
+CANCEL_SCAN_S = 0.5
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, config_path: Path | None, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.engine = MusicEngine(settings)
+        self.queue: JobQueue[QueuedJob] = JobQueue()
+        self.instance = f"{os.uname().nodename}-{os.getpid()}"
+        self.worker = Worker(
+            settings,
+            self.engine,
+            self.queue,
+            on_status=self._status,
+            on_step=self.notifier.watchdog,
+            instance=self.instance,
+        )
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._pickup_lock = threading.Lock()
+        self.watcher: InboxWatcher | None = None
+        self._worker_thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ start
+
+    def run(self) -> int:
+        self._install_signals()
+        s = self.settings
+        spool.ensure_layout(s)
+        (s.state_dir / "batches").mkdir(exist_ok=True)
+        spool.clean_stale_temps(s)
+        name = s.default_model
+        self._status(f"loading model {name}")
+        # Big checkpoints take minutes: ask systemd for time instead of being killed mid-load.
+        self.notifier.extend_timeout(900)
+        try:
+            info = self.engine.load_model(name)
+        except DgxMusicError as exc:
+            log.critical("cannot load model %s: %s", name, exc)
+            self._status(f"failed: cannot load model {name}")
+            return EXIT_MODEL_LOAD
+        log.info(
+            "model %s ready on %s (%s, %.1f M parameters, loaded in %.1f s)",
+            name, info.device, info.dtype, info.parameters / 1e6, info.load_s,
+        )
+        self._recover()
+        self.watcher = InboxWatcher(s, self.pickup)
+        self.watcher.start()
+        self._worker_thread = threading.Thread(target=self.worker.run, name="dgx-music-worker", daemon=True)
+        self._worker_thread.start()
+        self.notifier.ready(status=self._idle_text())
+        log.info("ready: watching %s", s.inbox)
+        try:
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return EXIT_OK
+
+    def _install_signals(self) -> None:
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # ------------------------------------------------------------------ pickup
+
+    def pickup(self, path: Path) -> None:
+        """Called by the watcher for each candidate in the inbox: claim, validate, enqueue."""
+        if self._stop.is_set():
+            return
+        with self._pickup_lock:
+            claimed = spool.claim(self.settings, path)
+            if claimed is None:
+                return
+            self._accept(claimed, done=set())
+
+    def _accept(self, claimed: spool.Claimed, *, done: set[str]) -> None:
+        s = self.settings
+        picked = time.time()
+        try:
+            data = claimed.read_bytes(s.max_job_bytes)
+            jobs = load_job_bytes(data, claimed.source_name, max_bytes=s.max_job_bytes, max_duration=s.max_duration)
+        except JobSpecError as exc:
+            self._reject(claimed, exc)
+            return
+        except OSError as exc:
+            log.error("work/%s: cannot read the claimed job (%s); leaving it for recovery", claimed.work_path.name, exc)
+            return
+        group = ClaimGroup(claim=claimed, job_ids=[])
+        items: list[QueuedJob] = []
+        for job in jobs:
+            job_id = spool.reserve_id(s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id)
+            group.job_ids.append(job_id)
+            if job_id in done:
+                group.done.add(job_id)
+                continue
+            items.append(QueuedJob(group=group, job=job, job_id=job_id, queued_at=picked))
+        for item in items:
+            with job_context(job_id=item.job_id, model=item.job.model or s.default_model, stage="queued"):
+                if item.job.model is not None and item.job.model not in s.models:
+                    fail_group_job(
+                        s, group, item.job_id, item.job, "unknown_model",
+                        f"model {item.job.model!r} is not configured on this daemon",
+                        hint=f"use one of: {', '.join(sorted(s.models))} (or leave `model:` out for {s.default_model})",
+                    )
+                    finish_group_job(s, group, item.job_id, failed=True)
+                    continue
+                try:
+                    self.queue.put(item)
+                except QueueClosed:
+                    return  # stopping: the claim stays in work/ for the next start
+                log.info("queued %s from %s (%s, %.0f s x%d)", item.job_id, claimed.source_name, item.job.priority, item.job.duration, item.job.count)
+        self._write_queue()
+
+    def _reject(self, claimed: spool.Claimed, exc: JobSpecError) -> None:
+        s = self.settings
+        job_id = spool.reserve_id(s, spool.fallback_id(claimed.source_name), lambda i: [], claim_id=claimed.claim_id)
+        group = ClaimGroup(claim=claimed, job_ids=[job_id])
+        with job_context(job_id=job_id, stage="validate"):
+            log.error("invalid job file %s:\n%s", claimed.source_name, exc)
+            fail_group_job(
+                s, group, job_id, None, "invalid_job", exc.message,
+                hint=next((d.hint for d in exc.details if d.hint), "run `dgx-music validate FILE` before dropping it"),
+                details=[d.model_dump(mode="json") for d in exc.details],
+            )
+
+    def _recover(self) -> None:
+        s = self.settings
+        recovered = spool.recover(s)
+        if not recovered:
+            return
+        crashed = [c for c in recovered if c.crashed]
+        log.warning("recovered %d job file(s) from work/ (%d failed as crashed)", len(recovered), len(crashed))
+        for claimed in recovered:
+            done = load_done(s, claimed.claim_id)
+            if claimed.crashed:
+                self._fail_crashed(claimed, done)
+            else:
+                self._accept(claimed, done=done)
+
+    def _fail_crashed(self, claimed: spool.Claimed, done: set[str]) -> None:
+        s = self.settings
+        try:
+            jobs = load_job_bytes(claimed.read_bytes(s.max_job_bytes), claimed.source_name,
+                                  max_bytes=s.max_job_bytes, max_duration=s.max_duration)
+        except (JobSpecError, OSError):
+            jobs = []
+        group = ClaimGroup(claim=claimed, job_ids=[])
+        pairs = []
+        for job in jobs or [None]:
+            base = job.id if job is not None else spool.fallback_id(claimed.source_name)
+            job_id = spool.reserve_id(s, base, (lambda i, j=job: output_names(i, j) if j else []), claim_id=claimed.claim_id)
+            group.job_ids.append(job_id)
+            if job_id in done:
+                group.done.add(job_id)
+            else:
+                pairs.append((job_id, job))
+        for job_id, job in pairs:
+            fail_group_job(
+                s, group, job_id, job, "crashed",
+                f"the daemon died {claimed.crashes} time(s) while running this job",
+                hint="check `journalctl -u dgx-music` around the crashes; resubmit with a shorter duration or another model",
+            )
+            finish_group_job(s, group, job_id, failed=True)
+
+    # ------------------------------------------------------------------ main loop
+
+    def _main_loop(self) -> None:
+        s = self.settings
+        last_cancel = last_recover = last_queue = 0.0
+        while not self._stop.wait(TICK_S):
+            now = time.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+            if not self.worker.busy:
+                self.notifier.watchdog()
+                self.notifier.status(self._idle_text())
+            if now - last_cancel >= CANCEL_SCAN_S:
+                last_cancel = now
+                self._handle_cancels()
+            if now - last_queue >= 1.0:
+                last_queue = now
+                self._write_queue()
+            if now - last_recover >= s.rescan_interval_s:
+                last_recover = now
+                with self._pickup_lock:
+                    self._recover()  # jobs of a peer daemon that died
+            if self._worker_thread is not None and not self._worker_thread.is_alive():
+                log.critical("the worker thread died; exiting so systemd restarts the daemon")
+                raise SystemExit(EXIT_FAILED)
+
+    def _idle_text(self) -> str:
+        n = len(self.queue)
+        if self.worker.busy and self.worker.current is not None:
+            return f"job {self.worker.current.job_id} running ({n} queued)"
+        return f"idle, {n} queued"
+
+    def _status(self, text: str) -> None:
+        self.notifier.status(text)
+
+    def _write_queue(self) -> None:
+        state.write_queue(self.settings, self.queue.snapshot(), instance=self.instance)
+
+    def _handle_cancels(self) -> None:
+        s = self.settings
+        for job_id in state.pending_cancels(s):
+            item = self.queue.remove(job_id) or self.worker.remove_deferred(job_id)
+            if item is not None:
+                with job_context(job_id=job_id, stage="cancel"):
+                    state.clear_cancel(s, job_id)
+                    fail_group_job(s, item.group, job_id, item.job, "cancelled", "cancelled by request while queued",
+                                   hint=None, status="cancelled")
+                    finish_group_job(s, item.group, job_id, failed=True)
+                self._write_queue()
+            else:
+                self.worker.cancel_running(job_id)  # the step callback sees it too
+
+    def _do_reload(self) -> None:
+        self.notifier.reloading(status="reloading configuration")
+        log.info("SIGHUP: reloading %s", self.config_path or "(defaults + environment)")
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the old configuration: %s", exc)
+            self.notifier.ready(status=self._idle_text())
+            return
+        if new.spool.resolve() != self.settings.spool.resolve():
+            log.error(
+                "reload refused: the spool changed (%s -> %s); restart the service to move the spool",
+                self.settings.spool, new.spool,
+            )
+            self.notifier.ready(status=self._idle_text())
+            return
+        added = sorted(set(new.models) - set(self.settings.models))
+        removed = sorted(set(self.settings.models) - set(new.models))
+        self.settings = new
+        self.worker.settings = new
+        self.engine.settings = new
+        if self.watcher is not None:
+            self.watcher.scan_now()
+        self.worker.retry_deferred_now()
+        log.info("configuration reloaded (models added: %s; removed: %s)", added or "none", removed or "none")
+        self.notifier.ready(status=self._idle_text())
+
+    # ------------------------------------------------------------------ stop
+
+    def _shutdown(self) -> None:
+        s = self.settings
+        self.notifier.stopping(status="stopping")
+        log.info("stopping: no new jobs; the running job gets %.0f s to finish", s.stop_grace_s)
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.queue.close()
+        self.worker.stop_event.set()
+        t = self._worker_thread
+        if t is not None:
+            t.join(s.stop_grace_s)
+            if t.is_alive():
+                log.warning("grace period over: handing the running job back to the queue")
+                self.worker.abort_event.set()
+                self.worker.current_cancel.set()
+                t.join(30)
+        left = len(self.queue.drain()) + len(self.worker.deferred)
+        if left:
+            log.info("%d queued job(s) stay in work/ and run at the next start", left)
+        self.engine.unload_model()
+        log.info("stopped")
+
+
+def serve(config_path: Path | None) -> int:
+    from daemon.logsetup import setup_logging
+
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        setup_logging("INFO")
+        log.critical("%s", exc)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    try:
+        return Daemon(settings, config_path=config_path).run()
+    except spool.SpoolError as exc:
+        log.critical("%s", exc)
+        return EXIT_CONFIG

@@ -1,0 +1,245 @@
+"""Inbox pickup: tells the daemon which inbox paths may now be claimed.
+
+Two modes (Settings.watch):
+
+* `inotify` (local filesystems): watchdog's InotifyObserver, reacting to exactly two events:
+  close-after-write (`on_closed`: a `cp`, a shell redirect, an editor saving in place is done)
+  and moved-to (`on_moved`: an editor's or rsync's temp renamed onto the final name, or a file
+  `mv`-ed in from elsewhere on the filesystem; unmatched moves come as moves because the
+  observer runs with `generate_full_events`). Not `on_created`: it fires at open(O_CREAT),
+  before a single byte is written. Not `on_modified`: it fires for every write(), so the file is
+  by definition still being written. A scan at start and every `rescan_interval_s` covers what
+  inotify cannot report (files present before start, a queue overflow, a watch lost when the
+  inbox was replaced); the scan only reports files whose mtime is at least `settle_s` old, so
+  it does not snatch a file a slow writer is still filling (its close-write will report it).
+* `poll` (NFS/SMB, where inotify sees only local writes): every `poll_interval_s` the inbox is
+  listed and a file is reported once its size, mtime and inode stayed the same for `settle_s`
+  as observed by us (never by comparing a remote mtime with the local clock).
+
+Reports go through one dispatcher thread, so `on_candidate` is never called concurrently with
+itself, and a path is not reported again while it waits or while its callback runs; an event
+for a path that arrives *during* its callback (a new file under the same name) is delivered
+again once the callback returns. The callback should be quick (claim and enqueue).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.observers.inotify import InotifyObserver
+
+from daemon.config import Settings
+from daemon.spool import forget_logged, is_candidate, is_ignored_name, log_once
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: "InboxWatcher") -> None:
+        self._watcher = watcher
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._watcher._consider(Path(os.fsdecode(event.src_path)))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if event.dest_path:
+            self._watcher._consider(Path(os.fsdecode(event.dest_path)))
+
+
+class InboxWatcher:
+    """Watch `settings.inbox` and call `on_candidate(path)` for each job file ready to claim.
+
+    `start()` launches the threads (observer or poller, rescan, dispatcher); `stop()` joins
+    them, waiting for a callback in progress. `scan_now()` asks for a rescan right away (after
+    disk space was freed, or on SIGHUP). `clock` is the monotonic clock of the settle check.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_candidate: Callable[[Path], None],
+        *,
+        mode: str | None = None,
+        rescan_interval_s: float | None = None,
+        poll_interval_s: float | None = None,
+        settle_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inbox = settings.inbox
+        self.mode = mode or settings.watch
+        if self.mode not in ("inotify", "poll"):
+            raise ValueError(f"watch mode must be 'inotify' or 'poll', not {self.mode!r}")
+        self.rescan_interval_s = settings.rescan_interval_s if rescan_interval_s is None else rescan_interval_s
+        self.poll_interval_s = settings.poll_interval_s if poll_interval_s is None else poll_interval_s
+        self.settle_s = settings.settle_s if settle_s is None else settle_s
+        self._on_candidate = on_candidate
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._queued: set[Path] = set()
+        self._active: Path | None = None
+        self._again: set[Path] = set()
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._observer: InotifyObserver | None = None
+        self._threads: list[threading.Thread] = []
+        # poll mode: name -> ((size, mtime_ns, ino), first seen with that signature)
+        self._seen: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self.scans = 0  # completed scans, for tests and `status`
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        if self._threads:
+            raise RuntimeError("watcher already started")
+        self._spawn(self._dispatch_loop, "dgx-music-dispatch")
+        if self.mode == "inotify":
+            try:
+                observer = InotifyObserver(generate_full_events=True)
+                observer.schedule(
+                    _Handler(self), str(self.inbox), recursive=False, event_filter=[FileClosedEvent, FileMovedEvent]
+                )
+                observer.start()
+                self._observer = observer
+            except OSError as exc:
+                # Typically the inotify watch/instance limit (ENOSPC/EMFILE). Polling keeps jobs
+                # flowing; the operator sees why and can raise fs.inotify.max_user_watches.
+                log.error("inotify on %s failed (%s); falling back to polling every %.1f s", self.inbox, exc, self.poll_interval_s)
+                self.mode = "poll"
+        self._spawn(self._scan_loop, "dgx-music-rescan")
+        log.info("watching %s (%s)", self.inbox, self.mode)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout)
+            self._observer = None
+        self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("watcher thread %s did not stop within %.1f s", thread.name, timeout)
+        self._threads = []
+
+    def __enter__(self) -> "InboxWatcher":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def scan_now(self) -> None:
+        self._wake.set()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # ----------------------------------------------------------------- reporting
+
+    def _consider(self, path: Path) -> None:
+        if path.parent != self.inbox:
+            return  # a subdirectory's entry: never ours
+        name = path.name
+        if is_candidate(name):
+            self._submit(path)
+        elif not is_ignored_name(name):
+            log_once("other", name, "inbox: %s is not a job file (*.yaml, *.yml); leaving it alone", name)
+
+    def _submit(self, path: Path) -> None:
+        with self._lock:
+            if path in self._queued:
+                return
+            if path == self._active:
+                self._again.add(path)
+                return
+            self._queued.add(path)
+        self._queue.put(path)
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, Path)
+            with self._lock:
+                self._queued.discard(item)
+                self._active = item
+            try:
+                self._on_candidate(item)
+            except Exception:
+                log.exception("handling inbox file %s failed; it stays in the inbox for the next scan", item.name)
+            finally:
+                with self._lock:
+                    self._active = None
+                    again = item in self._again
+                    self._again.discard(item)
+            if again and not self._stop.is_set():
+                self._submit(item)
+
+    # ----------------------------------------------------------------- scanning
+
+    def _scan_loop(self) -> None:
+        interval = self.poll_interval_s if self.mode == "poll" else self.rescan_interval_s
+        while not self._stop.is_set():
+            try:
+                self._scan()
+            except Exception:
+                log.exception("scanning %s failed; trying again in %.1f s", self.inbox, interval)
+            self.scans += 1
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def _scan(self) -> None:
+        try:
+            entries = list(os.scandir(self.inbox))
+        except FileNotFoundError:
+            log_once("inbox", str(self.inbox), "inbox %s does not exist; waiting for it", self.inbox)
+            return
+        names = {e.name for e in entries}
+        forget_logged(names)
+        now_wall = time.time()
+        now = self._clock()
+        for entry in entries:
+            name = entry.name
+            if not is_candidate(name):
+                if not is_ignored_name(name):
+                    log_once("other", name, "inbox: %s is not a job file (*.yaml, *.yml); leaving it alone", name)
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                log_once("dir", name, "inbox: %s is a directory; directories are not jobs, leaving it alone", name)
+                continue
+            path = Path(entry.path)
+            if self.mode == "poll":
+                sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+                prev = self._seen.get(name)
+                if prev is None or prev[0] != sig:
+                    self._seen[name] = (sig, now)
+                    if self.settle_s > 0:
+                        continue
+                elif now - prev[1] < self.settle_s:
+                    continue
+                self._submit(path)
+            elif now_wall - st.st_mtime >= self.settle_s:
+                self._submit(path)
+            # else: written moments ago; its close-write (or the next scan) reports it
+        if self.mode == "poll":
+            for gone in set(self._seen) - names:
+                del self._seen[gone]

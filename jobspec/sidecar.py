@@ -1,0 +1,138 @@
+"""The JSON sidecars the daemon writes: `<id>.json` in outbox/, `<id>.error.json` in failed/."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from jobspec.errors import ErrorDetail
+from jobspec.models import Job
+
+SCHEMA_VERSION = 1
+
+ErrorType = Literal[
+    "invalid_job",
+    "unknown_model",
+    "out_of_memory",
+    "timeout",
+    "cancelled",
+    "crashed",
+    "generation_error",
+    "internal",
+]
+
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Timings(_Strict):
+    """Where the time went, in seconds."""
+
+    queue_s: Seconds = Field(default=0.0, description="From pickup to the start of work.")
+    model_load_s: Seconds = Field(default=0.0, description="Loading the model for this job (0 when resident).")
+    generate_s: Seconds = Field(default=0.0, description="Token generation and decoding.")
+    postprocess_s: Seconds = Field(default=0.0, description="Loudness, limiting, encoding and writing the files.")
+    total_s: Seconds = Field(default=0.0, description="From pickup to the result being written.")
+
+
+class ModelInfo(_Strict):
+    """The model that made the audio."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = Field(description="The model's name in the daemon's config.")
+    source: str = Field(description="Hugging Face repo id or local directory.")
+    revision: str | None = Field(default=None, description="Resolved revision (commit hash) when known.")
+    dtype: str = Field(description="Weights dtype, e.g. float32, bfloat16.")
+    device: str = Field(description="Device it ran on, e.g. cpu, cuda:0.")
+    parameters: int = Field(ge=0, description="Parameter count.")
+
+
+class OutputInfo(_Strict):
+    """One audio file written for the job."""
+
+    path: str = Field(description="File path relative to outbox/, e.g. 'loop-v2.wav'.")
+    format: Literal["wav", "flac"] = Field(description="Audio container.")
+    subtype: Literal["PCM_16", "PCM_24", "FLOAT"] = Field(description="Sample format.")
+    sample_rate: int = Field(gt=0, description="Samples per second.")
+    channels: int = Field(gt=0, description="1 mono, 2 stereo.")
+    frames: int = Field(ge=0, description="Samples per channel.")
+    duration_s: Seconds = Field(description="frames / sample_rate.")
+    bytes: int = Field(ge=0, description="File size.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the file, hex.")
+    integrated_lufs: float | None = Field(
+        default=None, description="Measured integrated loudness after processing; null for silence."
+    )
+    true_peak_dbtp: float | None = Field(default=None, description="Measured true peak after processing.")
+    gain_db: float = Field(default=0.0, description="Gain applied by loudness normalisation (0 when skipped).")
+    variation: int = Field(default=1, ge=1, description="Which variation this is, 1..count.")
+    seed: int | None = Field(default=None, ge=0, description="The seed of this variation (job seed + variation - 1).")
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        p = PurePosixPath(value)
+        if p.is_absolute() or ".." in p.parts or "\\" in value or not value:
+            raise ValueError("must be a plain path relative to outbox/")
+        return value
+
+
+class HostInfo(_Strict):
+    """The machine and software versions."""
+
+    hostname: str = Field(description="Host name.")
+    gpu: str | None = Field(default=None, description="GPU name, null on CPU.")
+    torch: str | None = Field(default=None, description="torch version.")
+    transformers: str | None = Field(default=None, description="transformers version.")
+    dgx_music: str = Field(description="dgx-music version.")
+
+
+class ErrorInfo(_Strict):
+    """Why a job failed."""
+
+    type: ErrorType = Field(description="Error category.")
+    message: str = Field(description="What went wrong, for people.")
+    details: list[ErrorDetail] = Field(default_factory=list, description="Per-field problems (invalid_job).")
+    hint: str | None = Field(default=None, description="What to do about it.")
+
+
+class ResultSidecar(_Strict):
+    """`outbox/<id>.json`: written last, after the audio, so its presence means the audio is complete."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Sidecar format version.")
+    job_id: str = Field(description="The job's id (with -2, -3 ... when the name was taken).")
+    status: Literal["completed"] = Field(default="completed", description="Always 'completed' here.")
+    source_file: str = Field(description="Name of the job file as submitted.")
+    submitted: AwareDatetime = Field(description="When the job was picked up (UTC).")
+    started: AwareDatetime = Field(description="When generation started (UTC).")
+    finished: AwareDatetime = Field(description="When the result was written (UTC).")
+    timings: Timings = Field(description="Seconds spent per stage.")
+    rtf: float = Field(ge=0, allow_inf_nan=False, description="Real-time factor: generate seconds / audio seconds.")
+    request: Job = Field(description="The normalized job with every effective value, the seed included.")
+    model: ModelInfo = Field(description="The model that made the audio.")
+    outputs: list[OutputInfo] = Field(min_length=1, description="The audio files, one per variation.")
+    peak_memory_bytes: int = Field(ge=0, description="Peak accelerator (or process) memory during generation.")
+    host: HostInfo = Field(description="Machine and versions.")
+
+
+class ErrorSidecar(_Strict):
+    """`failed/<id>.error.json`, next to the untouched job file."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Sidecar format version.")
+    job_id: str = Field(description="The job's id (from the file name when the file could not be read).")
+    status: Literal["failed", "cancelled"] = Field(default="failed", description="failed or cancelled.")
+    source_file: str = Field(description="Name of the job file as submitted.")
+    submitted: AwareDatetime | None = Field(default=None, description="When the job was picked up (UTC).")
+    started: AwareDatetime | None = Field(default=None, description="When work on it started (UTC).")
+    finished: AwareDatetime | None = Field(default=None, description="When it was given up (UTC).")
+    error: ErrorInfo = Field(description="What went wrong.")
+    attempts: int = Field(default=1, ge=0, description="How many times the daemon tried the job.")
+    timings: Timings | None = Field(default=None, description="Seconds spent per stage, where known.")
+    request: Job | None = Field(default=None, description="The normalized job, when it was valid.")
+    model: ModelInfo | None = Field(default=None, description="The model involved, when known.")
+    host: HostInfo | None = Field(default=None, description="Machine and versions.")

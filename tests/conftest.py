@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny random MusicGen checkpoint (built once per session) and settings that use it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import Settings, load_settings
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests skip cleanly on machines without CUDA."""
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny mono MusicGen checkpoint (32 kHz, 40 frames/s, 4 codebooks), saved like a hub one."""
+    from daemon.checkpoints import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("tiny-model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_stereo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny stereo MusicGen checkpoint (8 codebooks interleaved left/right, as musicgen-stereo)."""
+    from daemon.checkpoints import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("tiny-stereo") / "tiny-stereo", stereo=True)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_model_dir: Path) -> Callable[..., Settings]:
+    """Settings for the tiny model on CPU with the spool under tmp_path; keyword overrides win."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "spool": tmp_path / "spool",
+            "models": {"tiny": {"path": str(tiny_model_dir)}},
+            "default_model": "tiny",
+            "device": "cpu",
+            "dtype": "auto",
+            "warmup": False,
+        }
+        values.update(overrides)
+        return load_settings(None, **values)
+
+    return make
+
+
+@pytest.fixture
+def tiny_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
