@@ -149,6 +149,12 @@ def _save_checkpoint(
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(config)
         model.eval()
+        # EnCodec's codebooks are buffers initialised to zeros: left so, the codec would turn
+        # every code sequence into the same waveform and seeds could not be told apart by audio.
+        with torch.no_grad():
+            for layer in model.audio_encoder.quantizer.layers:
+                layer.codebook.embed.normal_()
+                layer.codebook.embed_avg.copy_(layer.codebook.embed)
         if dtype != "float32":
             model = model.to(getattr(torch, dtype))
         pad = decoder["pad_token_id"]

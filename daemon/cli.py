@@ -16,6 +16,11 @@ from daemon import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "validate",
     "schema",
+    "serve",
+    "submit",
+    "status",
+    "cancel",
+    "doctor",
 )
 
 EXIT_OK = 0

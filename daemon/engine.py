@@ -236,7 +236,7 @@ class MusicEngine:
             device = resolve_device(self.settings.device)
             dtype = resolve_dtype(self.settings.dtype, device)
             ckpt = load_checkpoint(name, self.settings, device=device, dtype=dtype)
-            backend = self._backend or get_backend(self.settings.decoder)
+            backend = self.backend
             model = ckpt.model
             acfg = model.config.audio_encoder
             info = LoadedModelInfo(
@@ -319,6 +319,23 @@ class MusicEngine:
             return True
         finally:
             self._lock.release()
+
+    @property
+    def backend(self) -> DecodeBackend:
+        """The decode loop in use (resolved from the `decoder` setting on first use)."""
+        if self._backend is None:
+            self._backend = get_backend(self.settings.decoder)
+        return self._backend
+
+    def set_backend(self, backend: DecodeBackend) -> None:
+        """Swap the decode loop (bench --compare); the model stays resident."""
+        with self._lock:
+            old = self._backend
+            if old is not None and old is not backend and hasattr(old, "reset"):
+                old.reset()
+            self._backend = backend
+            if self._info is not None:
+                self._info = replace(self._info, backend=backend.name)
 
     # ------------------------------------------------------------ generation
 

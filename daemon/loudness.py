@@ -33,11 +33,12 @@ LOOKAHEAD_S = 0.0015
 RELEASE_DB_PER_S = 40.0
 """Limiter release: gain recovers at this rate (dB/s), slow enough not to modulate bass."""
 
-MAX_MAKEUP_DB = 6.0
+MAX_MAKEUP_DB = 12.0
 """Most extra gain `normalize()` adds to win back loudness the limiter took."""
 
 _MAX_LIMIT_PASSES = 6
-_MAX_LOUDNESS_PASSES = 4
+_GAIN_BLOCK = 8  # samples per step of the limiter's gain curve (0.25 ms at 32 kHz)
+_MAX_LOUDNESS_PASSES = 6
 _LOUDNESS_TOLERANCE_LU = 0.1
 _CHUNK = 1 << 18  # base-rate samples per oversampling chunk: bounds memory on long clips
 _CHUNK_PAD = 64  # covers the resampling filter's half-length (10 base samples) with room to spare
@@ -96,29 +97,59 @@ def integrated_lufs(audio: np.ndarray, sample_rate: int) -> float:
     return value if math.isfinite(value) else float("-inf")
 
 
-def _chunk_bounds(n: int) -> list[tuple[int, int]]:
-    return [(s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)]
+def _chunk_bounds(start: int, stop: int) -> list[tuple[int, int]]:
+    return [(s, min(s + _CHUNK, stop)) for s in range(start, stop, _CHUNK)]
 
 
-def _oversampled_peak_envelope(x: np.ndarray) -> np.ndarray:
-    """Per base-rate sample n: the largest |oversampled value| between samples n-1 and n+1.
+def _oversampled_peak_envelope(x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Per base-rate sample n in [start, stop): the largest |oversampled value| between samples n-1 and n+1.
 
     Taking both neighbouring intervals means any inter-sample peak is owned by the two
-    samples whose gain shapes it.
+    samples whose gain shapes it. Samples outside [start, stop) are used as context, so a
+    slice's envelope equals the same slice of the whole signal's envelope.
     """
     channels, n = x.shape
-    env = np.empty(n, dtype=np.float32)
-    for start, stop in _chunk_bounds(n):
-        lo = max(0, start - _CHUNK_PAD)
-        hi = min(n, stop + _CHUNK_PAD)
+    stop = n if stop is None else stop
+    env = np.empty(stop - start, dtype=np.float32)
+    for c_start, c_stop in _chunk_bounds(start, stop):
+        lo = max(0, c_start - _CHUNK_PAD)
+        hi = min(n, c_stop + _CHUNK_PAD)
         up = resample_poly(x[:, lo:hi], OVERSAMPLE, 1, axis=1)
         mag = np.abs(up).max(axis=0)
         # group the OVERSAMPLE sub-samples following each base sample: [n, n+1)
-        m = mag.size // OVERSAMPLE
-        groups = mag[: m * OVERSAMPLE].reshape(m, OVERSAMPLE).max(axis=1)
+        groups = mag.reshape(hi - lo, OVERSAMPLE).max(axis=1)
         prev = np.concatenate(([groups[0]], groups[:-1]))  # interval [n-1, n)
         both = np.maximum(groups, prev)
-        env[start:stop] = both[start - lo : start - lo + (stop - start)]
+        env[c_start - start : c_stop - start] = both[c_start - lo : c_stop - lo]
+    return env
+
+
+def _refresh_envelope(out: np.ndarray, estimate: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """The envelope of `out` = x * gain, given estimate = envelope(x) * gain.
+
+    Where the gain is constant over the resampling filter's reach, scaling commutes with
+    oversampling and the estimate is exact; only the stretches where the gain moves are
+    oversampled again. Sparse limiting (the usual case) then costs a fraction of a pass.
+    """
+    n = gain.size
+    moving = np.zeros(n, dtype=bool)
+    moving[1:] = gain[1:] != gain[:-1]
+    moving[:-1] |= moving[1:]
+    if not moving.any():
+        return estimate
+    block = 4096
+    nblocks = -(-n // block)
+    padded = np.zeros(nblocks * block, dtype=bool)
+    padded[:n] = moving
+    hot = padded.reshape(nblocks, block).any(axis=1)
+    # widen by one block each side: the filter reaches _CHUNK_PAD < block samples
+    hot[1:] |= hot[:-1].copy()
+    hot[:-1] |= hot[1:].copy()
+    env = estimate.copy()
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], hot, [False])).astype(np.int8)))
+    for b0, b1 in zip(edges[::2], edges[1::2]):
+        lo, hi = int(b0) * block, min(n, int(b1) * block)
+        env[lo:hi] = _oversampled_peak_envelope(out, lo, hi)
     return env
 
 
@@ -128,7 +159,7 @@ def true_peak_dbtp(audio: np.ndarray, sample_rate: int) -> float:
     if x.shape[1] == 0:
         return float("-inf")
     peak = 0.0
-    for start, stop in _chunk_bounds(x.shape[1]):
+    for start, stop in _chunk_bounds(0, x.shape[1]):
         lo = max(0, start - _CHUNK_PAD)
         hi = min(x.shape[1], stop + _CHUNK_PAD)
         up = resample_poly(x[:, lo:hi], OVERSAMPLE, 1, axis=1)
@@ -142,66 +173,77 @@ def true_peak_dbtp(audio: np.ndarray, sample_rate: int) -> float:
 def _limiter_gain(env: np.ndarray, ceiling: float, sample_rate: int) -> np.ndarray:
     """A smooth gain curve g with g[n] * env[n] <= ceiling for every n.
 
-    1. required gain r[n] = min(1, ceiling / env[n]);
-    2. look-ahead: w[n] = min(r[n .. n+L-1]);
+    Computed on a grid of _GAIN_BLOCK-sample blocks (the curve moves over a millisecond and
+    more, so nothing is lost and it is that many times cheaper), then linearly interpolated:
+    1. c[k] = required gain min(1, ceiling / env) over blocks k-1 and k: the two block
+       values that sample n in block k is interpolated from both cover its block;
+    2. look-ahead: w[k] = min(c[k .. k+L-1]);
     3. release: in dB, w may rise at most RELEASE_DB_PER_S (a running minimum of
-       w[k] + rate * (n - k), computed as rate*n + cummin(w[k] - rate*k));
-    4. attack: the trailing L-sample mean of the released curve.
-    Every term of the step-4 mean at n covers a window containing n, so each is <= r[n]:
-    the mean is too, and the curve ramps linearly over L samples (no clicks).
+       w[j] + rate * (k - j), computed as rate*k + cummin(w[j] - rate*j));
+    4. attack: the trailing L-block mean of the released curve.
+    Every term of the step-4 mean at k covers a window containing k, so each is <= c[k]:
+    the mean is too, and the curve ramps linearly over L blocks (no clicks).
     """
     n = env.size
-    look = max(2, int(round(LOOKAHEAD_S * sample_rate)))
-    with np.errstate(divide="ignore"):
-        required = np.minimum(1.0, ceiling / np.maximum(env.astype(np.float64), 1e-12))
-    if required.min() >= 1.0:
+    block = _GAIN_BLOCK
+    nblocks = -(-n // block)
+    padded = np.zeros(nblocks * block, dtype=np.float32)
+    padded[:n] = env
+    peak = padded.reshape(nblocks, block).max(axis=1).astype(np.float64)
+    if peak.max(initial=0.0) <= ceiling:
         return np.ones(n, dtype=np.float32)
-    # forward-looking min over [n, n+look-1]: minimum_filter1d is centred, so shift the origin
-    ahead = minimum_filter1d(required, size=look, origin=-(look // 2), mode="nearest")
+    required = np.minimum(1.0, ceiling / np.maximum(peak, 1e-12))
+    covered = np.minimum(required, np.concatenate(([required[0]], required[:-1])))
+    look = max(2, int(math.ceil(LOOKAHEAD_S * sample_rate / block)))
+    # forward-looking min over [k, k+look-1]: minimum_filter1d is centred, so shift the origin
+    ahead = minimum_filter1d(covered, size=look, origin=-(look // 2), mode="nearest")
     w_db = 20.0 * np.log10(ahead)
-    rate = RELEASE_DB_PER_S / sample_rate
-    idx = np.arange(n, dtype=np.float64)
-    released_db = np.minimum(0.0, rate * idx + np.minimum.accumulate(w_db - rate * idx))
-    released = np.power(10.0, released_db / 20.0)
-    # trailing mean over [n-look+1, n]; before the clip starts, hold the first value so the
-    # opening samples are covered too (their windows would have reached into the clip)
-    padded = np.concatenate((np.full(look - 1, released[0]), released))
-    csum = np.concatenate((np.zeros(1), np.cumsum(padded)))
-    smooth = (csum[look:] - csum[:-look]) / look
-    return np.minimum(smooth, 1.0).astype(np.float32)
+    rate = RELEASE_DB_PER_S * block / sample_rate
+    idx = np.arange(nblocks, dtype=np.float64)
+    released = np.power(10.0, np.minimum(0.0, rate * idx + np.minimum.accumulate(w_db - rate * idx)) / 20.0)
+    # trailing mean over [k-look+1, k]; before the clip starts, hold the first value so the
+    # opening blocks are covered too (their windows would have reached into the clip)
+    csum = np.concatenate((np.zeros(1), np.cumsum(np.concatenate((np.full(look - 1, released[0]), released)))))
+    smooth = np.minimum((csum[look:] - csum[:-look]) / look, 1.0)
+    # sample j of block k: from smooth[k] towards smooth[k+1]
+    nxt = np.concatenate((smooth[1:], smooth[-1:]))
+    frac = np.arange(block, dtype=np.float64) / block
+    gain = smooth[:, None] + (nxt - smooth)[:, None] * frac[None, :]
+    return gain.reshape(-1)[:n].astype(np.float32)
 
 
 def limit_true_peak(
-    audio: np.ndarray, sample_rate: int, ceiling_dbtp: float
+    audio: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, envelope: np.ndarray | None = None
 ) -> tuple[np.ndarray, float, float]:
     """Limit `audio` so its true peak is <= ceiling_dbtp.
 
     Returns (audio, deepest gain reduction in dB, true peak of the result in dBTP).
+    `envelope` may pass `_oversampled_peak_envelope(audio)` when the caller has it.
     The gain is computed from the oversampled envelope but applied at the base rate, which
     can let a sliver of overshoot through where the gain moves; each further pass aims a
     little lower until the measured true peak is under the ceiling.
     """
     x = _as_channels_first(np.asarray(audio, dtype=np.float32))
     ceiling = 10.0 ** (ceiling_dbtp / 20.0)
+    env_in = _oversampled_peak_envelope(x) if envelope is None else envelope
+    env = env_in
     out = x
     total_gain = np.ones(x.shape[1], dtype=np.float32)
     margin_db = 0.02
     peak = 0.0
     for _ in range(_MAX_LIMIT_PASSES):
-        env = _oversampled_peak_envelope(out)
         peak = max(float(env.max(initial=0.0)), float(np.abs(out).max(initial=0.0)))
         if peak <= ceiling:
             break
-        gain = _limiter_gain(env, ceiling * 10.0 ** (-margin_db / 20.0), sample_rate)
-        total_gain *= gain
-        out = (x * total_gain).astype(np.float32)
+        total_gain *= _limiter_gain(env, ceiling * 10.0 ** (-margin_db / 20.0), sample_rate)
+        out = x * total_gain
+        env = _refresh_envelope(out, env_in * total_gain, total_gain)
         margin_db *= 2.5
     if peak > ceiling:
         # A pathological signal (e.g. full-scale alternating samples) can defeat the
         # smooth gain: fall back to one static gain on top, which always succeeds.
-        static = ceiling / peak * 10.0 ** (-0.01 / 20.0)
-        total_gain *= np.float32(static)
-        out = (x * total_gain).astype(np.float32)
+        total_gain *= np.float32(ceiling / peak * 10.0 ** (-0.01 / 20.0))
+        out = x * total_gain
         peak = 10.0 ** (true_peak_dbtp(out, sample_rate) / 20.0)
     reduction = -_db(float(total_gain.min())) if total_gain.size else 0.0
     return out, max(0.0, reduction), _db(peak)
@@ -217,9 +259,9 @@ def normalize(
 
     None for either skips that stage. Silence (< -70 LUFS) is returned untouched with
     skipped_reason "silence". When the limiter pulls loudness down, the pre-gain is raised
-    and the limiter re-run (a few passes, at most MAX_MAKEUP_DB extra) so the result lands
-    on target where the ceiling allows it; otherwise the pass closest to target is returned
-    and its measured loudness reported.
+    (secant steps on measured loudness, at most MAX_MAKEUP_DB extra) and the limiter re-run,
+    so the result lands on target where the ceiling allows it; otherwise the pass closest
+    to target is returned and its measured loudness reported.
     """
     ceiling_dbtp = true_peak_dbtp
     x = _as_channels_first(np.asarray(audio, dtype=np.float32))
@@ -237,18 +279,22 @@ def normalize(
 
     skipped = "no_target" if target_lufs is None else None
     base_gain_db = 0.0 if target_lufs is None else target_lufs - input_lufs
+    env_in = _oversampled_peak_envelope(x) if ceiling_dbtp is not None else None
     gain_db = base_gain_db
     best: LoudnessResult | None = None
+    history: list[tuple[float, float]] = []  # (gain_db, measured lufs)
     for _ in range(_MAX_LOUDNESS_PASSES):
-        out = x * np.float32(10.0 ** (gain_db / 20.0)) if gain_db != 0.0 else x.copy()
+        scale = np.float32(10.0 ** (gain_db / 20.0))
+        out = x * scale if gain_db != 0.0 else x.copy()
         reduction = 0.0
         if ceiling_dbtp is not None:
-            out, reduction, peak_db = limit_true_peak(out, sample_rate, ceiling_dbtp)
+            assert env_in is not None
+            out, reduction, peak_db = limit_true_peak(out, sample_rate, ceiling_dbtp, envelope=env_in * scale)
         else:
             peak_db = _measure_peak(out, sample_rate)
         lufs = integrated_lufs(out, sample_rate) if (gain_db != 0.0 or reduction > 0.0) else input_lufs
         result = LoudnessResult(
-            audio=out.astype(np.float32, copy=False),
+            audio=out,
             input_lufs=input_lufs,
             integrated_lufs=lufs,
             true_peak_dbtp=peak_db,
@@ -258,15 +304,23 @@ def normalize(
         )
         if target_lufs is None:
             return result
-        if best is not None and abs(target_lufs - lufs) >= abs(target_lufs - best.integrated_lufs) - 0.05:
-            break  # more make-up gain only deepens the limiting without getting louder
-        best = result
-        shortfall = target_lufs - lufs
-        if reduction == 0.0 or shortfall <= _LOUDNESS_TOLERANCE_LU:
+        if best is None or abs(target_lufs - lufs) < abs(target_lufs - best.integrated_lufs):
+            best = result
+        error = target_lufs - lufs
+        if reduction == 0.0 or abs(error) <= _LOUDNESS_TOLERANCE_LU:
             break
-        gain_db = min(gain_db + shortfall, base_gain_db + MAX_MAKEUP_DB)
-        if gain_db == best.gain_db:
+        history.append((gain_db, lufs))
+        slope = 1.0
+        if len(history) >= 2:
+            (g0, l0), (g1, l1) = history[-2], history[-1]
+            slope = (l1 - l0) / (g1 - g0) if g1 != g0 else 0.0
+            if slope < 0.1:
+                break  # more gain only deepens the limiting without getting louder
+            slope = min(slope, 1.0)
+        next_gain = min(gain_db + error / slope, base_gain_db + MAX_MAKEUP_DB)
+        if abs(next_gain - gain_db) < 0.01:
             break
+        gain_db = next_gain
     assert best is not None
     return best
 

@@ -113,9 +113,14 @@ class Notifier:
         if address is None:
             self.backend = "none"
             self._send: Callable[[str], bool] = lambda _msg: False
-        elif backend == "systemd" or (backend == "auto" and _sd_daemon is not None):
+        elif backend == "systemd" or (
+            backend == "auto" and _sd_daemon is not None and address == os.environ.get("NOTIFY_SOCKET")
+        ):
             if _sd_daemon is None:
                 raise NotifyError("backend 'systemd' asked for, but systemd-python is not installed")
+            if address != os.environ.get("NOTIFY_SOCKET"):
+                # libsystemd reads the process environment, not our mapping.
+                raise NotifyError("backend 'systemd' sends to the process's NOTIFY_SOCKET, not the env= one given")
             self.backend = "systemd"
             self._send = _sd_daemon.notify  # reads NOTIFY_SOCKET from the real environment
         else:

@@ -98,7 +98,7 @@ def publish(
             )
         finished = time.time()
         post_s = time.monotonic() - t0
-        audio_s = sum(o.duration_s for o in outputs) / len(outputs)
+        audio_s = sum(o.duration_s for o in outputs)  # all variations, as the engine's RTF
         sidecar = ResultSidecar(
             job_id=job_id,
             source_file=source_file,

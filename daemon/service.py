@@ -55,6 +55,7 @@ class Daemon:
             self.queue,
             on_status=self._status,
             on_step=self.notifier.watchdog,
+            on_long_call=self.notifier.set_watchdog_timeout,
             instance=self.instance,
         )
         self._stop = threading.Event()
@@ -281,6 +282,9 @@ class Daemon:
             return
         added = sorted(set(new.models) - set(self.settings.models))
         removed = sorted(set(self.settings.models) - set(new.models))
+        from daemon.logsetup import setup_logging
+
+        setup_logging(new.log_level)
         self.settings = new
         self.worker.settings = new
         self.engine.settings = new
@@ -316,7 +320,12 @@ class Daemon:
 
 
 def serve(config_path: Path | None) -> int:
+    import faulthandler
+
     from daemon.logsetup import setup_logging
+
+    # A watchdog kill (SIGABRT) then prints every thread's stack to the journal.
+    faulthandler.enable()
 
     try:
         settings = load_settings(config_path)

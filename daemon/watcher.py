@@ -10,11 +10,16 @@ Two modes (Settings.watch):
   before a single byte is written. Not `on_modified`: it fires for every write(), so the file is
   by definition still being written. A scan at start and every `rescan_interval_s` covers what
   inotify cannot report (files present before start, a queue overflow, a watch lost when the
-  inbox was replaced); the scan only reports files whose mtime is at least `settle_s` old, so
-  it does not snatch a file a slow writer is still filling (its close-write will report it).
+  inbox was replaced). A scan reports a file once two scans at least `settle_s` apart saw the
+  same size, mtime and inode, so it never snatches a file a slow writer is still filling (its
+  close-write reports it); only the start scan also takes files whose mtime is `settle_s` old
+  at once (dropped while the daemon was down), which delays nothing at start.
 * `poll` (NFS/SMB, where inotify sees only local writes): every `poll_interval_s` the inbox is
   listed and a file is reported once its size, mtime and inode stayed the same for `settle_s`
   as observed by us (never by comparing a remote mtime with the local clock).
+
+A file a scan reported that is still there unchanged (its handling failed, e.g. a full disk) is
+reported again once per `rescan_interval_s`, not on every poll.
 
 Reports go through one dispatcher thread, so `on_candidate` is never called concurrently with
 itself, and a path is not reported again while it waits or while its callback runs; an event
@@ -93,8 +98,8 @@ class InboxWatcher:
         self._wake = threading.Event()
         self._observer: InotifyObserver | None = None
         self._threads: list[threading.Thread] = []
-        # poll mode: name -> ((size, mtime_ns, ino), first seen with that signature)
-        self._seen: dict[str, tuple[tuple[int, int, int], float]] = {}
+        # name -> ((size, mtime_ns, inode), when a scan first saw that signature, last reported)
+        self._seen: dict[str, tuple[tuple[int, int, int], float, float | None]] = {}
         self.scans = 0  # completed scans, for tests and `status`
 
     # ----------------------------------------------------------------- lifecycle
@@ -210,6 +215,7 @@ class InboxWatcher:
             log_once("inbox", str(self.inbox), "inbox %s does not exist; waiting for it", self.inbox)
             return
         names = {e.name for e in entries}
+        first_scan = self.scans == 0
         forget_logged(names)
         now_wall = time.time()
         now = self._clock()
@@ -227,19 +233,19 @@ class InboxWatcher:
                 log_once("dir", name, "inbox: %s is a directory; directories are not jobs, leaving it alone", name)
                 continue
             path = Path(entry.path)
-            if self.mode == "poll":
-                sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-                prev = self._seen.get(name)
-                if prev is None or prev[0] != sig:
-                    self._seen[name] = (sig, now)
-                    if self.settle_s > 0:
-                        continue
-                elif now - prev[1] < self.settle_s:
+            sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+            prev = self._seen.get(name)
+            if prev is None or prev[0] != sig:
+                self._seen[name] = (sig, now, None)
+                # Only the start scan trusts the mtime (files dropped while we were down): later,
+                # a recent change means a writer is at work and its close-write will report it.
+                if not (self.settle_s <= 0 or (first_scan and self.mode == "inotify" and now_wall - st.st_mtime >= self.settle_s)):
                     continue
-                self._submit(path)
-            elif now_wall - st.st_mtime >= self.settle_s:
-                self._submit(path)
-            # else: written moments ago; its close-write (or the next scan) reports it
-        if self.mode == "poll":
-            for gone in set(self._seen) - names:
-                del self._seen[gone]
+            elif now - prev[1] < self.settle_s:
+                continue
+            elif prev[2] is not None and now - prev[2] < self.rescan_interval_s:
+                continue  # reported already and still here: its handling failed; retry per rescan
+            self._seen[name] = (sig, self._seen[name][1], now)
+            self._submit(path)
+        for gone in set(self._seen) - names:
+            del self._seen[gone]

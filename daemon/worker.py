@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -89,16 +91,6 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in RETRYABLE_ERRNOS
 
 
-def model_info(engine: MusicEngine, result: GenerationResult) -> ModelInfo:
-    m = result.model
-    return ModelInfo(
-        name=m.name,
-        source=m.source,
-        revision=m.revision,
-        dtype=m.dtype,
-        device=m.device,
-        parameters=m.parameters,
-    )
 
 
 class Worker:
@@ -112,6 +104,7 @@ class Worker:
         *,
         on_status: Callable[[str], None] = lambda text: None,
         on_step: Callable[[], None] = lambda: None,
+        on_long_call: Callable[[float | None], None] = lambda seconds: None,
         instance: str | None = None,
     ) -> None:
         self.settings = settings
@@ -119,6 +112,7 @@ class Worker:
         self.queue = queue
         self.on_status = on_status
         self.on_step = on_step  # the systemd watchdog ping: only from real decoding progress
+        self.on_long_call = on_long_call  # widen (seconds) or restore (None) the watchdog timeout
         self.progress = state.ProgressWriter(settings, instance=instance)
         self.stop_event = threading.Event()  # no new jobs
         self.abort_event = threading.Event()  # give the running job back (grace period over)
@@ -185,7 +179,8 @@ class Worker:
         self.current_cancel.clear()
         self.busy = True
         try:
-            with job_context(job_id=item.job_id, model=item.job.model, stage="start"):
+            model = item.job.model or self.settings.default_model
+            with job_context(job_id=item.job_id, model=model, stage="start"):
                 self._run_guarded(item)
         finally:
             self.current = None
@@ -240,6 +235,7 @@ class Worker:
                 hint=f"use one of: {', '.join(sorted(self.settings.models))}",
             )
         self.claim_started(item)
+        self._inject_crash(job)
         item.started_at = time.time()
         queue_s = max(0.0, item.started_at - item.queued_at)
         load_s = 0.0
@@ -247,10 +243,15 @@ class Worker:
             set_stage("load")
             self.on_status(f"loading model {name}")
             t0 = time.monotonic()
-            self.engine.load_model(name)
+            # A load cannot ping per step: widen the watchdog for it instead of being killed.
+            self.on_long_call(900)
+            try:
+                self.engine.load_model(name)
+            finally:
+                self.on_long_call(None)
             load_s = time.monotonic() - t0
         set_stage("generate")
-        self.progress.start(item.job_id, frames_total=0, model=name)
+        self.progress.start(item.job_id, frames_total=0, model=name, source_file=item.claim.source_name)
         last_status = [0.0]
 
         def on_progress(p: Progress) -> None:
@@ -277,6 +278,14 @@ class Worker:
         item.pending = results[0]
         item.pending_timings = Timings(queue_s=round(queue_s, 4), model_load_s=round(load_s, 4), generate_s=round(gen_s, 4))
 
+    def _inject_crash(self, job: Job) -> None:
+        # Test hook (settings.fault_injection.kill_on_prompt): die like a segfaulting CUDA
+        # kernel would, after the attempt is on record, to exercise the `crashed` path.
+        marker = self.settings.fault_injection.get("kill_on_prompt")
+        if marker and marker in job.prompt:
+            log.critical("fault injection: killing the daemon on job prompt %r", job.prompt)
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def claim_started(self, item: QueuedJob) -> None:
         # Blame a crash from here on on this job (attempt count for `crashed`).
         new = spool.mark_started(self.settings, item.claim)
@@ -297,7 +306,7 @@ class Worker:
             source_file=item.claim.source_name,
             submitted=item.claim.submitted_at,
             started=item.started_at or time.time(),
-            model=model_info(self.engine, res),
+            model=ModelInfo(**res.model.sidecar_fields()),
             timings=item.pending_timings,
             peak_memory_bytes=res.peak_memory_bytes,
             normalize_audio=self.settings.normalize_audio,

@@ -6,7 +6,6 @@ JSON Schema (editor completion) are both rendered from them.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -237,7 +236,3 @@ class BatchFile(BaseModel):
         if isinstance(defaults, dict) and isinstance(jobs, list):
             data = {**data, "jobs": [merge_defaults(defaults, j) if isinstance(j, dict) else j for j in jobs]}
         return data
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

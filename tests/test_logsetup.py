@@ -191,11 +191,12 @@ def test_handler_selection_follows_journal_stream(tmp_path: Path) -> None:
     plain = _run_child(stderr_file, None, code)
     assert re.search(r" WARNING hello$", plain.strip()), plain
 
-    out = subprocess.run(
-        [sys.executable, "-c", SELECT_CODE], stderr=stderr_file.open("w"), capture_output=False,
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "JOURNAL_STREAM": match}, check=True, timeout=60,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    with stderr_file.open("w") as err:
+        out = subprocess.run(
+            [sys.executable, "-c", SELECT_CODE], stderr=err, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "JOURNAL_STREAM": match}, check=True, timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
+        )
     expected = "JournalHandler" if HAVE_JOURNAL else "StreamHandler"
     assert out.stdout.strip() == expected
 

@@ -209,3 +209,12 @@ def test_gone_socket_logs_once_and_carries_on(
     assert not n.status("b")
     warnings = [r for r in caplog.records if "cannot notify systemd" in r.getMessage()]
     assert len(warnings) == 1
+
+
+@pytest.mark.skipif(not HAVE_SYSTEMD_PYTHON, reason="systemd-python not installed")
+def test_explicit_env_socket_is_not_sent_through_libsystemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    path = str(tmp_path / "n.sock")
+    assert Notifier(env={"NOTIFY_SOCKET": path}).backend == "socket"
+    with pytest.raises(NotifyError, match="process's NOTIFY_SOCKET"):
+        Notifier(env={"NOTIFY_SOCKET": path}, backend="systemd")

@@ -1,0 +1,166 @@
+"""The spool seen from outside the daemon: dropping jobs, waiting for their sidecars, reading
+the queue and state files. Used by `submit`, `status`, `cancel` and `demo`; it never imports
+torch, so these commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobspec import Job, load_job_bytes
+
+from daemon import state
+from daemon.atomic import atomic_write_bytes
+from daemon.config import Settings
+from daemon.spool import JOB_SUFFIXES, list_claims
+
+
+class SubmitError(Exception):
+    """The job could not be dropped into the inbox (missing spool, permissions)."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    source: Path  # the user's file
+    inbox_name: str  # the name it got in the inbox
+    jobs: list[Job]
+    dropped_at: float
+
+
+def validate_file(settings: Settings, path: Path) -> list[Job]:
+    """Raises JobSpecError (invalid) or OSError (unreadable)."""
+    with open(path, "rb") as fh:
+        data = fh.read(settings.max_job_bytes + 1)
+    return load_job_bytes(data, path.name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration)
+
+
+def drop(settings: Settings, path: Path, jobs: list[Job]) -> Submitted:
+    """Copy `path` into the inbox atomically (dot-temp, fsync, no-clobber rename).
+
+    An inbox name that is taken gets `-2`, `-3` ... before the extension; jobs without an
+    explicit `id` take their id from the file name, so the reported jobs follow the new name.
+    """
+    inbox = settings.inbox
+    if not inbox.is_dir():
+        raise SubmitError(f"{inbox} does not exist: is the spool right (`spool:` in the config) and the daemon installed?")
+    data = path.read_bytes()
+    stem, suffix = path.stem, path.suffix.lower()
+    if suffix not in JOB_SUFFIXES:
+        suffix = ".yaml"
+    for n in range(1, 10_000):
+        name = f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}"
+        try:
+            atomic_write_bytes(inbox / name, data, create_new=True, mode=0o664)
+        except FileExistsError:
+            continue
+        except PermissionError as exc:
+            raise SubmitError(
+                f"cannot write to {inbox}: {exc.strerror} (are you in the dgx-music-submit group?)"
+            ) from exc
+        if name != path.name:
+            jobs = load_job_bytes(data, name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration)
+        return Submitted(source=path, inbox_name=name, jobs=jobs, dropped_at=time.time())
+    raise SubmitError(f"too many files named {stem}* waiting in {inbox}")
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None  # gone, or being replaced: the next poll sees it
+    return data if isinstance(data, dict) else None
+
+
+def find_results(settings: Settings, sub: Submitted) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Sidecars (result or error) that belong to this submission, by job id."""
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for job in sub.jobs:
+        for folder, pattern in ((settings.outbox, f"{job.id}*.json"), (settings.failed, f"{job.id}*.error.json")):
+            for p in folder.glob(pattern):
+                if folder == settings.outbox and p.name.endswith(".error.json"):
+                    continue
+                try:
+                    if p.stat().st_mtime < sub.dropped_at - 2:
+                        continue  # an older result of an earlier submission with the same name
+                except FileNotFoundError:
+                    continue
+                body = _read_sidecar(p)
+                if body and body.get("source_file") == sub.inbox_name and body.get("job_id") not in found:
+                    found[str(body["job_id"])] = (p, body)
+    return found
+
+
+def expected_results(sub: Submitted) -> int:
+    return len(sub.jobs)
+
+
+def running_fraction(settings: Settings, sub: Submitted) -> tuple[float, str]:
+    """Progress of this submission's running job, from the daemons' state files."""
+    for r in state.read_running(settings):
+        if r.get("source_file") == sub.inbox_name:
+            pct = float(r.get("percent") or 0.0)
+            eta = r.get("eta_s")
+            note = f"{r.get('job_id')}" + (f", eta {eta:.0f}s" if isinstance(eta, (int, float)) else "")
+            return pct / 100.0, note
+    return 0.0, ""
+
+
+def wait_for(
+    settings: Settings,
+    subs: list[Submitted],
+    *,
+    timeout_s: float | None,
+    on_tick: Callable[[int, int, float, str], None] | None = None,
+    poll_s: float = 0.2,
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Block until every job of `subs` has a sidecar (or the timeout). Returns what was found."""
+    total = sum(expected_results(s) for s in subs)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    results: dict[str, tuple[Path, dict[str, Any]]] = {}
+    while True:
+        fraction, note = 0.0, ""
+        for sub in subs:
+            results.update({f"{sub.inbox_name}:{k}": v for k, v in find_results(settings, sub).items()})
+            f, n = running_fraction(settings, sub)
+            if n:
+                fraction, note = f, n
+        if on_tick is not None:
+            on_tick(len(results), total, fraction, note)
+        if len(results) >= total:
+            return results
+        if deadline is not None and time.monotonic() >= deadline:
+            return results
+        time.sleep(poll_s)
+
+
+def spool_counts(settings: Settings) -> dict[str, int]:
+    def count(folder: Path, pred: Callable[[str], bool]) -> int:
+        try:
+            return sum(1 for n in os.listdir(folder) if pred(n))
+        except FileNotFoundError:
+            return 0
+
+    return {
+        "inbox": count(settings.inbox, lambda n: not n.startswith(".") and n.lower().endswith(JOB_SUFFIXES)),
+        "work": len(list_claims(settings)),
+        "outbox": count(settings.outbox, lambda n: n.endswith(".json") and not n.startswith(".")),
+        "failed": count(settings.failed, lambda n: n.endswith(".error.json") and not n.startswith(".")),
+    }
+
+
+def status_report(settings: Settings) -> dict[str, Any]:
+    """Everything `dgx-music status` shows, as one JSON-able dict."""
+    queues = state.read_queues(settings)
+    return {
+        "spool": str(settings.spool),
+        "counts": spool_counts(settings),
+        "running": state.read_running(settings),
+        "queued": queues,
+        "recent": state.read_recent(settings)[-10:],
+    }

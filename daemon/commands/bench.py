@@ -1,0 +1,107 @@
+"""`dgx-music bench [--model NAME] [--durations 4,8,16,30] [--json] [--tiny]`: the seed's benchmark.
+
+Exit 0, or 1 when the verdict is BLOCKER (16 s clip over 60 s) or the model cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from daemon.commands._common import add_config_arg, config_path
+from daemon.config import ConfigError, Settings, load_settings
+from daemon.errors import DgxMusicError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time 4/8/16/30 s clips; verdict for 16 s: EXCELLENT < 30 s, ACCEPTABLE, BLOCKER > 60 s (exit 1)",
+        description="Load a model and generate clips of each duration: generation time, real-time factor "
+        "(generation seconds per audio second), peak memory, and the seed's verdict for the 16 s clip.",
+    )
+    add_bench_args(parser)
+    parser.set_defaults(func=run)
+
+
+def add_bench_args(parser: argparse.ArgumentParser) -> None:
+    """Options shared with `bench --compare` (issue 8 adds its own on top)."""
+    add_config_arg(parser)
+    parser.add_argument("--model", default=None, metavar="NAME", help="a configured model (default: default_model)")
+    parser.add_argument("--durations", type=parse_durations, default=None, metavar="S,S,...",
+                        help="clip lengths in seconds (default 4,8,16,30)")
+    parser.add_argument("--batch", type=int, default=1, metavar="N", help="variations per clip (default 1)")
+    parser.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:N)")
+    parser.add_argument("--decoder", choices=("auto", "dgx", "transformers"), default=None,
+                        help="override the config's decode loop")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument("--tiny", action="store_true",
+                        help="benchmark a tiny random model built in a temporary directory (runs anywhere)")
+
+
+def parse_durations(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"durations must be numbers separated by commas, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"durations must be positive seconds, got {text!r}")
+    return values
+
+
+def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if args.device:
+        overrides["device"] = args.device
+    if args.decoder:
+        overrides["decoder"] = args.decoder
+    if tiny_dir is not None:
+        overrides["models"] = {"tiny": {"path": str(tiny_dir)}}
+        overrides["default_model"] = "tiny"
+    return load_settings(config_path(args), **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from daemon.bench import DEFAULT_DURATIONS, ProgressBar, format_report, run_benchmark
+    from daemon.engine import MusicEngine
+
+    if args.batch < 1:
+        print("dgx-music: --batch must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    with tempfile.TemporaryDirectory(prefix="dgx-music-bench-") as tmp:
+        tiny_dir = None
+        if args.tiny:
+            from daemon.checkpoints import init_tiny
+
+            tiny_dir = init_tiny(Path(tmp) / "tiny")
+        try:
+            settings = bench_settings(args, tiny_dir)
+        except ConfigError as exc:
+            print(f"dgx-music: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        model = "tiny" if args.tiny else (args.model or settings.default_model)
+        engine = MusicEngine(settings)
+        try:
+            print(f"loading model {model}...", file=sys.stderr)
+            engine.load_model(model)
+            report = run_benchmark(engine, args.durations or DEFAULT_DURATIONS, batch=args.batch,
+                                   progress=ProgressBar())
+        except DgxMusicError as exc:
+            print(f"dgx-music: bench failed: {exc}", file=sys.stderr)
+            return EXIT_USAGE if exc.error_type == "unknown_model" else EXIT_FAILED
+        finally:
+            engine.unload_model()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(format_report(report))
+    return EXIT_FAILED if report.verdict is not None and report.verdict.blocker else EXIT_OK

@@ -1,0 +1,49 @@
+"""`dgx-music cancel ID`: cancel a queued or running job (its outcome is an error sidecar `cancelled`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from daemon import state
+from daemon.commands._common import add_config_arg, settings_or_exit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cancel", help="cancel a queued or running job by id")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait this long for the daemon to confirm")
+    add_config_arg(p)
+    p.set_defaults(func=run)
+
+
+def _known(settings, job_id: str) -> bool:
+    if any(r.get("job_id") == job_id for r in state.read_running(settings)):
+        return True
+    return any(e.get("job_id") == job_id for q in state.read_queues(settings) for e in q.get("queued", []))
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_or_exit(args)
+    job_id = args.job_id
+    try:
+        if not _known(settings, job_id):
+            print(f"dgx-music: no queued or running job {job_id!r} (see `dgx-music status`)", file=sys.stderr)
+            return 2
+        state.request_cancel(settings, job_id)
+    except state.InvalidJobIdError as exc:
+        print(f"dgx-music: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        print(f"dgx-music: cannot write the cancel request: {exc}", file=sys.stderr)
+        return 2
+    sidecar = settings.failed / f"{job_id}.error.json"
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if sidecar.exists():
+            print(f"cancelled: {sidecar}")
+            return 0
+        time.sleep(0.1)
+    print(f"cancel requested for {job_id}; the daemon has not confirmed yet (see `dgx-music status`)")
+    return 0

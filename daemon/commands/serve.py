@@ -1,0 +1,19 @@
+"""`dgx-music serve`: run the daemon (what the systemd unit starts)."""
+
+from __future__ import annotations
+
+import argparse
+
+from daemon.commands._common import add_config_arg, config_path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the spool daemon (foreground; systemd Type=notify aware)")
+    add_config_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from daemon.service import serve  # imports torch: only for this command
+
+    return serve(config_path(args))

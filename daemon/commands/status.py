@@ -1,0 +1,58 @@
+"""`dgx-music status [--json]`: the queue by state, running jobs with percent and ETA, recent results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+
+from daemon.client import status_report
+from daemon.commands._common import add_config_arg, settings_or_exit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show the spool: queued, running, recent results")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_config_arg(p)
+    p.set_defaults(func=run)
+
+
+def _alive(entry: dict) -> bool:
+    # State files of a daemon that was killed linger until its restart: hide them.
+    if entry.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(entry.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_or_exit(args)
+    report = status_report(settings)
+    report["running"] = [r for r in report["running"] if _alive(r)]
+    report["queued"] = [q for q in report["queued"] if _alive(q)]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    c = report["counts"]
+    print(f"spool {report['spool']}: inbox {c['inbox']}, work {c['work']}, outbox {c['outbox']} results, failed {c['failed']}")
+    if not report["queued"] and not report["running"]:
+        print("no daemon is serving this spool" if not report["queued"] else "idle")
+    for r in report["running"]:
+        eta = r.get("eta_s")
+        eta_text = f", eta {eta:.0f} s" if isinstance(eta, (int, float)) else ""
+        print(f"running  {r.get('job_id')}  {float(r.get('percent') or 0):5.1f}%{eta_text}  (pid {r.get('pid')} on {r.get('host')})")
+    for q in report["queued"]:
+        for e in q.get("queued", []):
+            print(f"queued   {e['job_id']}  #{e['position']} {e['priority']}  (pid {q.get('pid')})")
+    if report["recent"]:
+        print("recent:")
+        for e in reversed(report["recent"]):
+            extra = f" ({e['error']})" if e.get("error") else ""
+            print(f"  {e.get('status', '?'):9s} {e.get('job_id')}{extra}  {e.get('path', '')}")
+    return 0

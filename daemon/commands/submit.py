@@ -1,0 +1,75 @@
+"""`dgx-music submit FILE... [--wait] [--timeout S]`: validate, drop atomically, optionally wait."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jobspec import JobSpecError
+
+from daemon.client import SubmitError, Submitted, drop, validate_file, wait_for
+from daemon.commands._common import add_config_arg, settings_or_exit
+from daemon.progressbar import ProgressBar
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="validate job files and drop them into the inbox")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--wait", action="store_true", help="wait for the results and print the sidecar paths")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds (exit 1)")
+    add_config_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_or_exit(args)
+    validated = []
+    bad = False
+    # Everything is validated before anything is dropped: a bad file leaves the spool untouched.
+    for path in args.files:
+        try:
+            validated.append((path, validate_file(settings, path)))
+        except JobSpecError as exc:
+            bad = True
+            for d in exc.details:
+                print(d.format(str(path)), file=sys.stderr)
+        except OSError as exc:
+            bad = True
+            print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+    if bad:
+        print("dgx-music: nothing submitted (fix the errors above)", file=sys.stderr)
+        return 2
+    subs: list[Submitted] = []
+    try:
+        for path, jobs in validated:
+            sub = drop(settings, path, jobs)
+            subs.append(sub)
+            ids = ", ".join(j.id for j in sub.jobs)
+            print(f"submitted {path} as {settings.inbox / sub.inbox_name} (jobs: {ids})")
+    except SubmitError as exc:
+        print(f"dgx-music: {exc}", file=sys.stderr)
+        return 2
+    if not args.wait:
+        return 0
+    bar = ProgressBar("waiting")
+
+    def tick(done: int, total: int, fraction: float, note: str) -> None:
+        bar.update((done + fraction) / total if total else 1.0, f"{done}/{total} done {note}")
+
+    results = wait_for(settings, subs, timeout_s=args.timeout, on_tick=tick)
+    bar.close()
+    total = sum(len(s.jobs) for s in subs)
+    failed = 0
+    for _key, (path, body) in sorted(results.items()):
+        status = body.get("status")
+        if status != "completed":
+            failed += 1
+            err = body.get("error") or {}
+            print(f"{status}: {path} ({err.get('type')}: {err.get('message')})")
+        else:
+            print(f"completed: {path}")
+    if len(results) < total:
+        print(f"dgx-music: timed out: {total - len(results)} of {total} job(s) not finished yet", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
