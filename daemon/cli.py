@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "status",
     "cancel",
     "doctor",
+    "demo",
 )
 
 EXIT_OK = 0

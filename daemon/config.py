@@ -69,14 +69,18 @@ class Settings(BaseSettings):
         description="the only models a job may name",
     )
     default_model: str = Field(default="small", description="model used when a job names none")
-    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N (auto: CUDA when present, else CPU with a warning)")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="auto: bfloat16 on GPUs that support it, else float16; float32 on CPU"
+    )
     max_duration: float = Field(default=300.0, gt=0, le=3600, description="longest job accepted, seconds")
-    max_job_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024)
+    max_job_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024, description="largest job file read, bytes")
     settle_s: float = Field(default=0.5, ge=0, le=600, description="polled files must stay unchanged this long")
-    rescan_interval_s: float = Field(default=30.0, gt=0, le=86400)
+    rescan_interval_s: float = Field(
+        default=30.0, gt=0, le=86400, description="full inbox rescan (missed events, network filesystems), seconds"
+    )
     watch: Literal["inotify", "poll"] = Field(default="inotify", description="poll for NFS/SMB inboxes")
-    poll_interval_s: float = Field(default=1.0, gt=0, le=600)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=600, description="inbox listing interval in poll mode, seconds")
     max_attempts: int = Field(default=2, ge=1, le=100, description="crashes a job may cause before it fails as crashed")
     idle_unload_s: float = Field(default=0.0, ge=0, description="0 keeps the model resident forever")
     job_timeout_s: float = Field(default=1800.0, gt=0, description="per-job generation time limit")
@@ -88,7 +92,9 @@ class Settings(BaseSettings):
     decoder: Literal["auto", "dgx", "transformers"] = Field(
         default="auto", description="token decode loop: our static-cache loop (dgx) or transformers generate"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
     max_memory_gb: float = Field(default=30.0, gt=0, description="the seed's GPU memory budget")
     normalize_audio: bool = Field(default=True, description="apply the job's loudness target")
     fault_injection: dict[str, Any] = Field(
@@ -229,3 +235,20 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
             lines.append(f"{where}: {loc}: {msg}")
         first_key = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else None
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), source=str(cfg_path), key=first_key) from exc
+
+
+def config_table_markdown() -> str:
+    """The README's configuration table, rendered from the fields (a test keeps them in sync)."""
+    rows = ["| Key | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        if name == "fault_injection":
+            continue  # test-only
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, dict):
+            shown = "see below" if default else "{}"
+        elif isinstance(default, Path):
+            shown = str(default)
+        else:
+            shown = repr(default) if isinstance(default, str) else str(default)
+        rows.append(f"| `{name}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows)

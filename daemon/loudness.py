@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyloudnorm
 from scipy.ndimage import minimum_filter1d
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 SILENCE_LUFS = -70.0
 """Below this (BS.1770's absolute gate) a clip counts as silence and is left untouched."""
@@ -97,6 +97,14 @@ def integrated_lufs(audio: np.ndarray, sample_rate: int) -> float:
     return value if math.isfinite(value) else float("-inf")
 
 
+# resample_poly's own default filter (Kaiser 5.0, 10 zero crossings per side), designed once
+_FILTER = firwin(2 * 10 * OVERSAMPLE + 1, 1.0 / OVERSAMPLE, window=("kaiser", 5.0)).astype(np.float32)
+
+
+def _oversample(x: np.ndarray) -> np.ndarray:
+    return resample_poly(x, OVERSAMPLE, 1, axis=-1, window=_FILTER)
+
+
 def _chunk_bounds(start: int, stop: int) -> list[tuple[int, int]]:
     return [(s, min(s + _CHUNK, stop)) for s in range(start, stop, _CHUNK)]
 
@@ -114,12 +122,18 @@ def _oversampled_peak_envelope(x: np.ndarray, start: int = 0, stop: int | None =
     for c_start, c_stop in _chunk_bounds(start, stop):
         lo = max(0, c_start - _CHUNK_PAD)
         hi = min(n, c_stop + _CHUNK_PAD)
-        up = resample_poly(x[:, lo:hi], OVERSAMPLE, 1, axis=1)
-        mag = np.abs(up).max(axis=0)
-        # group the OVERSAMPLE sub-samples following each base sample: [n, n+1)
-        groups = mag.reshape(hi - lo, OVERSAMPLE).max(axis=1)
-        prev = np.concatenate(([groups[0]], groups[:-1]))  # interval [n-1, n)
-        both = np.maximum(groups, prev)
+        up = _oversample(x[:, lo:hi])
+        np.abs(up, out=up)
+        mag = up[0]
+        for c in range(1, channels):
+            np.maximum(mag, up[c], out=mag)
+        # the OVERSAMPLE sub-samples following each base sample: the interval [n, n+1).
+        # Elementwise maxima of strided views: numpy's reduce over a short inner axis is 20x slower.
+        groups = mag[0::OVERSAMPLE].copy()
+        for k in range(1, OVERSAMPLE):
+            np.maximum(groups, mag[k::OVERSAMPLE], out=groups)
+        both = groups.copy()
+        both[1:] = np.maximum(groups[1:], groups[:-1])  # and the interval [n-1, n)
         env[c_start - start : c_stop - start] = both[c_start - lo : c_stop - lo]
     return env
 
@@ -162,8 +176,8 @@ def true_peak_dbtp(audio: np.ndarray, sample_rate: int) -> float:
     for start, stop in _chunk_bounds(0, x.shape[1]):
         lo = max(0, start - _CHUNK_PAD)
         hi = min(x.shape[1], stop + _CHUNK_PAD)
-        up = resample_poly(x[:, lo:hi], OVERSAMPLE, 1, axis=1)
-        peak = max(peak, float(np.abs(up).max()))
+        up = _oversample(x[:, lo:hi])
+        peak = max(peak, float(up.max()), -float(up.min()))
         # the sample values themselves count too (resampling filters can round them down)
         peak = max(peak, float(np.abs(x[:, start:stop]).max()))
     del sample_rate  # the oversampling factor is fixed; kept for a uniform helper signature
@@ -207,9 +221,10 @@ def _limiter_gain(env: np.ndarray, ceiling: float, sample_rate: int) -> np.ndarr
     smooth = np.minimum((csum[look:] - csum[:-look]) / look, 1.0)
     # sample j of block k: from smooth[k] towards smooth[k+1]
     nxt = np.concatenate((smooth[1:], smooth[-1:]))
-    frac = np.arange(block, dtype=np.float64) / block
-    gain = smooth[:, None] + (nxt - smooth)[:, None] * frac[None, :]
-    return gain.reshape(-1)[:n].astype(np.float32)
+    frac = np.arange(block, dtype=np.float32) / block
+    start = smooth.astype(np.float32)
+    gain = start[:, None] + (nxt.astype(np.float32) - start)[:, None] * frac[None, :]
+    return gain.reshape(-1)[:n]
 
 
 def limit_true_peak(
@@ -304,7 +319,8 @@ def normalize(
         )
         if target_lufs is None:
             return result
-        if best is None or abs(target_lufs - lufs) < abs(target_lufs - best.integrated_lufs):
+        # a later pass must be clearly closer: equal loudness with deeper limiting is worse
+        if best is None or abs(target_lufs - lufs) < abs(target_lufs - best.integrated_lufs) - 0.05:
             best = result
         error = target_lufs - lufs
         if reduction == 0.0 or abs(error) <= _LOUDNESS_TOLERANCE_LU:

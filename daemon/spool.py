@@ -664,18 +664,20 @@ def reserve_id(
         candidate = job_id if n == 1 else f"{job_id}-{n}"
         with _reserved_lock:
             held = _reserved.setdefault(key, set())
+            path = res_dir / candidate
+            # Our own reservation (a recovered claim) comes first: the job's outputs may already
+            # be on disk, and the caller must learn its old id to see that.
+            if claim_id is not None and _reservation_claim(path) == claim_id:
+                held.add(candidate)
+                return candidate
             if candidate in held:
                 continue
             if _names_taken(settings, candidate, names_for):
                 continue
-            path = res_dir / candidate
             record = _dump({"claim_id": claim_id, "owner": owner.to_json(), "reserved_at": time.time()})
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             except FileExistsError:
-                if claim_id is not None and _reservation_claim(path) == claim_id:
-                    held.add(candidate)
-                    return candidate
                 continue
             try:
                 os.write(fd, record)
@@ -684,6 +686,12 @@ def reserve_id(
             held.add(candidate)
             return candidate
     raise SpoolError(f"no free result id for {job_id!r} after {_MAX_SUFFIX} tries")
+
+
+def outcome_exists(settings: Settings, job_id: str) -> bool:
+    """True when `job_id` already has its final outcome on disk (outbox/<id>.json or
+    failed/<id>.error.json): a recovered claim whose job finished just before the crash."""
+    return (settings.outbox / f"{job_id}.json").exists() or (settings.failed / f"{job_id}.error.json").exists()
 
 
 def _names_taken(settings: Settings, candidate: str, names_for: Callable[[str], list[str]]) -> bool:

@@ -29,7 +29,7 @@ def music_like(seconds: float, *, channels: int = 2, level: float = 0.05, seed: 
     hits = np.zeros(n)
     for start in range(0, n, SR // 2):  # a kick every half second
         m = min(n - start, SR // 8)
-        hits[start : start + m] = 6.0 * np.exp(-np.arange(m) / (SR * 0.02)) * np.sin(2 * np.pi * 60 * np.arange(m) / SR)
+        hits[start : start + m] = 3.0 * np.exp(-np.arange(m) / (SR * 0.02)) * np.sin(2 * np.pi * 60 * np.arange(m) / SR)
     base = level * (tones / 5 + hits) + 0.01 * rng.standard_normal(n)
     out = np.stack([base * (1.0 - 0.1 * c) + 0.005 * rng.standard_normal(n) for c in range(channels)])
     return out.astype(np.float32)
@@ -103,11 +103,11 @@ def test_normalized_file_is_on_target_and_under_the_ceiling(tmp_path: Path, fmt:
 
 def test_limiter_engages_on_loud_transients_and_keeps_loudness(tmp_path: Path) -> None:
     audio = music_like(4.0)
-    result = normalize(audio, SR, -9.0, -1.0)
-    assert result.limiter_reduction_db > 1.0  # the kicks had to be pulled down
+    result = normalize(audio, SR, -10.0, -1.0)
+    assert result.limiter_reduction_db > 3.0  # the kicks had to be pulled down
     back = written(tmp_path, result.audio, "wav", "PCM_16")
     assert true_peak_dbtp(back, SR) <= -1.0
-    assert integrated_lufs(back, SR) == pytest.approx(-9.0, abs=0.5)
+    assert integrated_lufs(back, SR) == pytest.approx(-10.0, abs=0.5)
 
 
 def test_loud_sine_boosted_to_a_loud_target_ends_under_the_ceiling(tmp_path: Path) -> None:

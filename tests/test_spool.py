@@ -75,7 +75,7 @@ def test_ensure_layout_refuses_directories_on_two_filesystems(tmp_path: Path) ->
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("needs /dev/shm on a filesystem other than the test's tmp dir")
-    other = Path(os.environ.get("TMPDIR_SHM", shm)) / f"dgx-spool-test-{os.getpid()}"
+    other = shm / f"dgx-spool-test-{os.getpid()}"
     other.mkdir()
     try:
         s = load_settings(None, spool=tmp_path / "spool")
@@ -431,6 +431,15 @@ def test_recovered_claim_gets_its_reserved_id_back(settings: Settings) -> None:
     spool._reserved.clear()  # a restarted daemon has an empty in-process set
     assert reserve_id(settings, "again", audio_names, claim_id="claim-1") == "again"
     assert reserve_id(settings, "again", audio_names, claim_id="claim-2") == "again-2"
+    # The crash came after the job's result was written: the recovered claim still gets "again"
+    # (so it can see the outcome is there), everyone else skips it.
+    (settings.outbox / "again.json").write_bytes(b"{}")
+    spool._reserved.clear()
+    assert not spool.outcome_exists(settings, "again-2")
+    assert reserve_id(settings, "again", audio_names, claim_id="claim-1") == "again"
+    assert spool.outcome_exists(settings, "again")
+    release_id(settings, "again")
+    assert reserve_id(settings, "again", audio_names, claim_id="claim-1") == "again-3"
 
 
 # ------------------------------------------------------------------ outcomes

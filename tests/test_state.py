@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import multiprocessing.synchronize
+import os
 import threading
 import time
 from pathlib import Path
@@ -76,7 +76,11 @@ def test_progress_writer_replaces_the_file_at_most_twice_a_second(
     assert max(per_second.values()) <= 2
     state = json.loads(running_path(settings).read_text())
     assert state["job_id"] == "song" and state["frames_total"] == 1000
-    assert state["frames_done"] == 1000 and state["percent"] == 100.0  # the last update fell on a slot
+    assert state["frames_done"] < 1000  # the last updates are pending, not written early
+    clock.t += 0.5
+    assert pw.flush()
+    state = json.loads(running_path(settings).read_text())
+    assert state["frames_done"] == 1000 and state["percent"] == 100.0 and state["eta_s"] == 0.0
     assert state["pid"] == os.getpid() and state["host"]
     assert state["started"].endswith("Z")
 
@@ -137,10 +141,10 @@ def test_state_files_are_valid_json_whenever_a_reader_looks(settings: Settings) 
     reader.start()
     pw = ProgressWriter(settings, min_interval_s=0.0)
     try:
-        pw.start("hammer", frames_total=300, prompt="x" * 8000)  # a big file: a torn write would show
-        for i in range(1, 301):
+        pw.start("hammer", frames_total=200, prompt="x" * 8000)  # a big file: a torn write would show
+        for i in range(1, 201):
             pw.update(i)
-            write_queue(settings, [{"position": n, "job_id": f"j{n}", "priority": "normal"} for n in range(i % 100)])
+            write_queue(settings, [{"position": n, "job_id": f"j{n}", "priority": "normal"} for n in range(1 + i % 100)])
             if i % 10 == 0:
                 record_outcome(settings, {"job_id": f"r{i}", "status": "completed", "note": "y" * 200})
     finally:
@@ -149,7 +153,7 @@ def test_state_files_are_valid_json_whenever_a_reader_looks(settings: Settings) 
         reader.join(5)
     assert errors == []
     assert reads > 100
-    assert pw.writes == 301
+    assert pw.writes == 201
     assert read_queues(settings)[0]["queued"][0]["job_id"] == "j0"
 
 
@@ -201,6 +205,5 @@ def test_recent_keeps_the_last_50_and_loses_none_under_two_processes(settings: S
     for tag in ("a", "b", "c"):
         mine = [int(i[1:]) for i in ids if i[0] == tag]
         assert mine == sorted(mine)
-    total = 80
-    # The 30 entries that fell off are the oldest 30: every writer's last entry survived.
-    assert {"a29", "b29", "c19"} <= set(ids) and total - len(recent) == 30
+    # 80 were recorded; the 30 that fell off are the oldest: every writer's last entry survived.
+    assert {"a29", "b29", "c19"} <= set(ids)
