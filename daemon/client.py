@@ -63,10 +63,22 @@ def drop(settings: Settings, path: Path, jobs: list[Job]) -> Submitted:
             raise SubmitError(
                 f"cannot write to {inbox}: {exc.strerror} (are you in the dgx-music-submit group?)"
             ) from exc
+        _announce(inbox / name)
         if name != path.name:
             jobs = load_job_bytes(data, name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration)
         return Submitted(source=path, inbox_name=name, jobs=jobs, dropped_at=time.time())
     raise SubmitError(f"too many files named {stem}* waiting in {inbox}")
+
+
+def _announce(path: Path) -> None:
+    # The no-clobber publish is link() + unlink(temp): inotify reports only IN_CREATE for the
+    # new name, which the daemon ignores (it also fires for half-written files), so the job
+    # would wait for a rescan. Opening it for writing and closing it (no bytes written) emits
+    # the close-write the daemon listens for.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC))
+    except FileNotFoundError:
+        pass  # already claimed by a daemon: nothing to announce
 
 
 def _read_sidecar(path: Path) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyloudnorm
-from scipy.ndimage import minimum_filter1d
+from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import firwin, resample_poly
 
 SILENCE_LUFS = -70.0
@@ -42,6 +42,8 @@ _MAX_LOUDNESS_PASSES = 6
 _LOUDNESS_TOLERANCE_LU = 0.1
 _CHUNK = 1 << 18  # base-rate samples per oversampling chunk: bounds memory on long clips
 _CHUNK_PAD = 64  # covers the resampling filter's half-length (10 base samples) with room to spare
+_BLOCK = 4096  # base-rate samples: the unit in which oversampling is skipped or done
+_REACH = 12  # base samples either side that shape one envelope value: filter half-length + 1 + 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ def integrated_lufs(audio: np.ndarray, sample_rate: int) -> float:
 _FILTER = firwin(2 * 10 * OVERSAMPLE + 1, 1.0 / OVERSAMPLE, window=("kaiser", 5.0)).astype(np.float32)
 
 
+# Largest gain of any oversampling phase: |oversampled| <= this * max |nearby samples|.
+_OVERSHOOT_BOUND = float(max(np.abs(_FILTER[p::OVERSAMPLE] * OVERSAMPLE).sum() for p in range(OVERSAMPLE))) * 1.001
+
+
 def _oversample(x: np.ndarray) -> np.ndarray:
     return resample_poly(x, OVERSAMPLE, 1, axis=-1, window=_FILTER)
 
@@ -138,50 +144,54 @@ def _oversampled_peak_envelope(x: np.ndarray, start: int = 0, stop: int | None =
     return env
 
 
-def _refresh_envelope(out: np.ndarray, estimate: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """The envelope of `out` = x * gain, given estimate = envelope(x) * gain.
+def _peak_bound(x: np.ndarray) -> np.ndarray:
+    """A cheap upper bound of the oversampled envelope, per base-rate sample.
 
-    Where the gain is constant over the resampling filter's reach, scaling commutes with
-    oversampling and the estimate is exact; only the stretches where the gain moves are
-    oversampled again. Sparse limiting (the usual case) then costs a fraction of a pass.
+    Every oversampled value is a filter-weighted sum of the base samples within _REACH,
+    so it cannot exceed the filter's largest per-phase L1 norm times their largest magnitude.
     """
-    n = gain.size
-    moving = np.zeros(n, dtype=bool)
-    moving[1:] = gain[1:] != gain[:-1]
-    moving[:-1] |= moving[1:]
-    if not moving.any():
-        return estimate
-    block = 4096
-    nblocks = -(-n // block)
-    padded = np.zeros(nblocks * block, dtype=bool)
-    padded[:n] = moving
-    hot = padded.reshape(nblocks, block).any(axis=1)
-    # widen by one block each side: the filter reaches _CHUNK_PAD < block samples
-    hot[1:] |= hot[:-1].copy()
-    hot[:-1] |= hot[1:].copy()
-    env = estimate.copy()
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], hot, [False])).astype(np.int8)))
+    mag = np.abs(x[0])
+    for c in range(1, x.shape[0]):
+        np.maximum(mag, np.abs(x[c]), out=mag)
+    return maximum_filter1d(mag, size=2 * _REACH + 1, mode="constant") * np.float32(_OVERSHOOT_BOUND)
+
+
+def _envelope(x: np.ndarray, threshold: float) -> np.ndarray:
+    """An upper bound of `_oversampled_peak_envelope(x)` that is exact wherever the exact value
+    could reach `threshold`.
+
+    Only blocks whose cheap bound reaches the threshold are oversampled: for the limiter
+    (threshold just under the ceiling) and the true-peak meter (threshold = sample peak)
+    that is usually a small part of the signal.
+    """
+    bound = _peak_bound(x)
+    n = bound.size
+    nblocks = -(-n // _BLOCK)
+    padded = np.zeros(nblocks * _BLOCK, dtype=np.float32)
+    padded[:n] = bound
+    hot = padded.reshape(nblocks, _BLOCK).max(axis=1) >= threshold
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], hot.astype(np.int8), [0]))))
+    env = bound
     for b0, b1 in zip(edges[::2], edges[1::2]):
-        lo, hi = int(b0) * block, min(n, int(b1) * block)
-        env[lo:hi] = _oversampled_peak_envelope(out, lo, hi)
+        lo, hi = int(b0) * _BLOCK, min(n, int(b1) * _BLOCK)
+        env[lo:hi] = _oversampled_peak_envelope(x, lo, hi)
     return env
 
 
 def true_peak_dbtp(audio: np.ndarray, sample_rate: int) -> float:
-    """True peak in dBTP: the largest magnitude of the 4x-oversampled signal (BS.1770-4 Annex 2)."""
+    """True peak in dBTP: the largest magnitude of the 4x-oversampled signal (BS.1770-4 Annex 2).
+
+    The sample values count too (a resampling filter can round a lone full-scale sample down).
+    """
+    del sample_rate  # the oversampling factor is fixed; kept for a uniform helper signature
     x = _as_channels_first(np.asarray(audio, dtype=np.float32))
     if x.shape[1] == 0:
         return float("-inf")
-    peak = 0.0
-    for start, stop in _chunk_bounds(0, x.shape[1]):
-        lo = max(0, start - _CHUNK_PAD)
-        hi = min(x.shape[1], stop + _CHUNK_PAD)
-        up = _oversample(x[:, lo:hi])
-        peak = max(peak, float(up.max()), -float(up.min()))
-        # the sample values themselves count too (resampling filters can round them down)
-        peak = max(peak, float(np.abs(x[:, start:stop]).max()))
-    del sample_rate  # the oversampling factor is fixed; kept for a uniform helper signature
-    return _db(peak)
+    sample_peak = float(np.abs(x).max())
+    if sample_peak == 0.0:
+        return float("-inf")
+    # the true peak is >= the sample peak, so blocks that cannot reach it need no oversampling
+    return _db(max(sample_peak, float(_envelope(x, sample_peak).max())))
 
 
 def _limiter_gain(env: np.ndarray, ceiling: float, sample_rate: int) -> np.ndarray:
@@ -227,6 +237,33 @@ def _limiter_gain(env: np.ndarray, ceiling: float, sample_rate: int) -> np.ndarr
     return gain.reshape(-1)[:n]
 
 
+def _refresh_envelope(out: np.ndarray, estimate: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """The exact envelope of `out` = x * gain, given estimate = envelope(x) * gain.
+
+    Where the gain is constant over the resampling filter's reach, scaling commutes with
+    oversampling and the estimate is exact; only blocks where the gain moves are
+    oversampled again. Sparse limiting (the usual case) then costs a fraction of a pass.
+    """
+    n = gain.size
+    moving = np.zeros(n, dtype=bool)
+    moving[1:] = gain[1:] != gain[:-1]
+    if not moving.any():
+        return estimate
+    nblocks = -(-n // _BLOCK)
+    padded = np.zeros(nblocks * _BLOCK, dtype=bool)
+    padded[:n] = moving
+    hot = padded.reshape(nblocks, _BLOCK).any(axis=1)
+    # a neighbouring block's values feel the change too (the filter reaches _REACH < _BLOCK samples)
+    hot[1:] |= hot[:-1].copy()
+    hot[:-1] |= hot[1:].copy()
+    env = estimate
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], hot.astype(np.int8), [0]))))
+    for b0, b1 in zip(edges[::2], edges[1::2]):
+        lo, hi = int(b0) * _BLOCK, min(n, int(b1) * _BLOCK)
+        env[lo:hi] = _oversampled_peak_envelope(out, lo, hi)
+    return env
+
+
 def limit_true_peak(
     audio: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, envelope: np.ndarray | None = None
 ) -> tuple[np.ndarray, float, float]:
@@ -243,25 +280,30 @@ def limit_true_peak(
     env_in = _oversampled_peak_envelope(x) if envelope is None else envelope
     env = env_in
     out = x
-    total_gain = np.ones(x.shape[1], dtype=np.float32)
+    total_gain: np.ndarray | None = None
     margin_db = 0.02
-    peak = 0.0
     for _ in range(_MAX_LIMIT_PASSES):
-        peak = max(float(env.max(initial=0.0)), float(np.abs(out).max(initial=0.0)))
-        if peak <= ceiling:
+        if _peak(env, out) <= ceiling:
             break
-        total_gain *= _limiter_gain(env, ceiling * 10.0 ** (-margin_db / 20.0), sample_rate)
+        gain = _limiter_gain(env, ceiling * 10.0 ** (-margin_db / 20.0), sample_rate)
+        total_gain = gain if total_gain is None else total_gain * gain
         out = x * total_gain
         env = _refresh_envelope(out, env_in * total_gain, total_gain)
-        margin_db *= 2.5
+        margin_db = min(margin_db * 2.5, 0.5)
+    peak = _peak(env, out)
     if peak > ceiling:
         # A pathological signal (e.g. full-scale alternating samples) can defeat the
         # smooth gain: fall back to one static gain on top, which always succeeds.
-        total_gain *= np.float32(ceiling / peak * 10.0 ** (-0.01 / 20.0))
+        static = np.float32(ceiling / peak * 10.0 ** (-0.01 / 20.0))
+        total_gain = np.full(x.shape[1], static) if total_gain is None else total_gain * static
         out = x * total_gain
         peak = 10.0 ** (true_peak_dbtp(out, sample_rate) / 20.0)
-    reduction = -_db(float(total_gain.min())) if total_gain.size else 0.0
-    return out, max(0.0, reduction), _db(peak)
+    reduction = 0.0 if total_gain is None or total_gain.size == 0 else max(0.0, -_db(float(total_gain.min())))
+    return (out if out is not x else x.copy()), reduction, _db(peak)
+
+
+def _peak(env: np.ndarray, out: np.ndarray) -> float:
+    return max(float(env.max(initial=0.0)), float(np.abs(out).max(initial=0.0)))
 
 
 def normalize(
@@ -293,8 +335,9 @@ def normalize(
         )
 
     skipped = "no_target" if target_lufs is None else None
-    base_gain_db = 0.0 if target_lufs is None else target_lufs - input_lufs
+    # oversampled once: every pass scales it (exact: oversampling is linear)
     env_in = _oversampled_peak_envelope(x) if ceiling_dbtp is not None else None
+    base_gain_db = 0.0 if target_lufs is None else target_lufs - input_lufs
     gain_db = base_gain_db
     best: LoudnessResult | None = None
     history: list[tuple[float, float]] = []  # (gain_db, measured lufs)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from jobspec import JobSpecError, load_job_bytes
+from jobspec import JobSpecError, default_job_id, load_job_bytes
 
 from daemon import spool, state
 from daemon.config import ConfigError, Settings, load_settings
@@ -76,6 +76,7 @@ class Daemon:
         self._status(f"loading model {name}")
         # Big checkpoints take minutes: ask systemd for time instead of being killed mid-load.
         self.notifier.extend_timeout(900)
+        self.notifier.set_watchdog_timeout(900)
         try:
             info = self.engine.load_model(name)
         except DgxMusicError as exc:
@@ -86,6 +87,7 @@ class Daemon:
             "model %s ready on %s (%s, %.1f M parameters, loaded in %.1f s)",
             name, info.device, info.dtype, info.parameters / 1e6, info.load_s,
         )
+        self.notifier.set_watchdog_timeout(None)
         self._recover()
         self.watcher = InboxWatcher(s, self.pickup)
         self.watcher.start()
@@ -122,7 +124,7 @@ class Daemon:
                 return
             self._accept(claimed, done=set())
 
-    def _accept(self, claimed: spool.Claimed, *, done: set[str]) -> None:
+    def _accept(self, claimed: spool.Claimed, *, done: set[str], recovered: bool = False) -> None:
         s = self.settings
         picked = time.time()
         try:
@@ -139,10 +141,14 @@ class Daemon:
         for job in jobs:
             job_id = spool.reserve_id(s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id)
             group.job_ids.append(job_id)
-            if job_id in done:
+            # A recovered claim may have written this job's outcome just before it died.
+            if job_id in done or (recovered and spool.outcome_exists(s, job_id)):
                 group.done.add(job_id)
                 continue
             items.append(QueuedJob(group=group, job=job, job_id=job_id, queued_at=picked))
+        if not items and group.job_ids:
+            finish_group_job(s, group, group.job_ids[-1])  # everything was done already
+            return
         for item in items:
             with job_context(job_id=item.job_id, model=item.job.model or s.default_model, stage="queued"):
                 if item.job.model is not None and item.job.model not in s.models:
@@ -162,7 +168,7 @@ class Daemon:
 
     def _reject(self, claimed: spool.Claimed, exc: JobSpecError) -> None:
         s = self.settings
-        job_id = spool.reserve_id(s, spool.fallback_id(claimed.source_name), lambda i: [], claim_id=claimed.claim_id)
+        job_id = spool.reserve_id(s, default_job_id(claimed.source_name), lambda i: [], claim_id=claimed.claim_id)
         group = ClaimGroup(claim=claimed, job_ids=[job_id])
         with job_context(job_id=job_id, stage="validate"):
             log.error("invalid job file %s:\n%s", claimed.source_name, exc)
@@ -184,7 +190,7 @@ class Daemon:
             if claimed.crashed:
                 self._fail_crashed(claimed, done)
             else:
-                self._accept(claimed, done=done)
+                self._accept(claimed, done=done, recovered=True)
 
     def _fail_crashed(self, claimed: spool.Claimed, done: set[str]) -> None:
         s = self.settings
@@ -196,7 +202,7 @@ class Daemon:
         group = ClaimGroup(claim=claimed, job_ids=[])
         pairs = []
         for job in jobs or [None]:
-            base = job.id if job is not None else spool.fallback_id(claimed.source_name)
+            base = job.id if job is not None else default_job_id(claimed.source_name)
             job_id = spool.reserve_id(s, base, (lambda i, j=job: output_names(i, j) if j else []), claim_id=claimed.claim_id)
             group.job_ids.append(job_id)
             if job_id in done:

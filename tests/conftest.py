@@ -32,7 +32,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny mono MusicGen checkpoint (32 kHz, 40 frames/s, 4 codebooks), saved like a hub one."""
+    import torch
+
     from daemon.checkpoints import init_tiny
+
+    # A tiny model gains nothing from intra-op threads, and on a shared 2-core box their
+    # spin-waiting makes every step many times slower.
+    torch.set_num_threads(1)
 
     return init_tiny(tmp_path_factory.mktemp("tiny-model") / "tiny")
 

@@ -131,7 +131,7 @@ def test_unreachable_target_reports_what_was_achieved() -> None:
 
 
 def test_limiter_gain_is_smooth_not_a_hard_clip() -> None:
-    audio = music_like(2.0, channels=1, level=0.3)
+    audio = music_like(2.0, channels=1, level=0.6)
     limited, reduction, peak = limit_true_peak(audio, SR, -1.0)
     assert reduction > 3.0
     assert peak <= -1.0
@@ -215,4 +215,5 @@ def test_five_minutes_of_stereo_is_fast() -> None:
     elapsed = time.perf_counter() - start
     assert result.true_peak_dbtp <= -1.0
     assert result.integrated_lufs == pytest.approx(-9.0, abs=0.5)
-    assert elapsed < 20.0, f"300 s stereo took {elapsed:.1f} s"
+    # about 2 s (plain gain) to 6 s (9 dB of limiting, 3 passes) on one idle core; CI boxes are shared
+    assert elapsed < 30.0, f"300 s stereo took {elapsed:.1f} s"
