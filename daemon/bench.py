@@ -101,6 +101,11 @@ def verdict_from_rows(rows: Sequence[BenchRow]) -> Verdict | None:
     return verdict_for(longest.gen_s / longest.duration_s * VERDICT_DURATION_S, estimated=True)
 
 
+def exit_code(report: BenchReport) -> int:
+    """0, or 1 when the verdict is BLOCKER (the seed's contract for `bench`)."""
+    return 1 if report.verdict is not None and report.verdict.blocker else 0
+
+
 def engine_label(backend_name: str) -> str:
     return "dgx-music" if backend_name == "dgx" else backend_name
 

@@ -450,6 +450,10 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
             f"(e.g. {', '.join(sorted(missing)[:3])}); they would be random",
             hint="the checkpoint is incomplete: copy or download it again",
         )
+    unexpected = list(info.get("unexpected_keys") or [])
+    if unexpected:
+        log.warning("model %s: %d tensors in %s are not used by MusicGen (e.g. %s)", name, len(unexpected),
+                    directory, ", ".join(sorted(unexpected)[:3]))
     try:
         model = model.to(device)
     except torch.OutOfMemoryError as exc:

@@ -115,7 +115,7 @@ def expected_results(sub: Submitted) -> int:
 def running_fraction(settings: Settings, sub: Submitted) -> tuple[float, str]:
     """Progress of this submission's running job, from the daemons' state files."""
     for r in state.read_running(settings):
-        if r.get("source_file") == sub.inbox_name:
+        if sub.inbox_name in (r.get("sources") or [r.get("source_file")]):
             pct = float(r.get("percent") or 0.0)
             eta = r.get("eta_s")
             note = f"{r.get('job_id')}" + (f", eta {eta:.0f}s" if isinstance(eta, (int, float)) else "")

@@ -336,6 +336,7 @@ class MusicEngine:
             self._backend = backend
             if self._info is not None:
                 self._info = replace(self._info, backend=backend.name)
+                self._stats.backend = backend.name
 
     # ------------------------------------------------------------ generation
 

@@ -60,10 +60,12 @@ def publish(
     timings: Timings,
     peak_memory_bytes: int,
     normalize_audio: bool = True,
+    rtf_audio_s: float | None = None,
 ) -> Published:
     """Write the job's audio ([count, channels, samples]) and its sidecar; returns the sidecar.
 
     `timings.postprocess_s` and `total_s` are filled in here; the others come from the caller.
+    `rtf_audio_s`: the audio seconds the RTF divides by, when the job shared its decode batch.
     """
     t0 = time.monotonic()
     written: list[Path] = []
@@ -98,7 +100,8 @@ def publish(
             )
         finished = time.time()
         post_s = time.monotonic() - t0
-        audio_s = sum(o.duration_s for o in outputs)  # all variations, as the engine's RTF
+        # All variations (and batch-mates, when decoded together), as the engine's RTF.
+        audio_s = rtf_audio_s or sum(o.duration_s for o in outputs)
         sidecar = ResultSidecar(
             job_id=job_id,
             source_file=source_file,

@@ -246,8 +246,9 @@ class Daemon:
 
     def _idle_text(self) -> str:
         n = len(self.queue)
-        if self.worker.busy and self.worker.current is not None:
-            return f"job {self.worker.current.job_id} running ({n} queued)"
+        current = self.worker.current
+        if self.worker.busy and current:
+            return f"job {current[0].job_id} running ({n} queued)"
         return f"idle, {n} queued"
 
     def _status(self, text: str) -> None:

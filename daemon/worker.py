@@ -74,6 +74,7 @@ class QueuedJob:
     queued_at: float  # time.time() at pickup
     pending: GenerationResult | None = None  # generated, waiting for the outbox to accept it
     pending_timings: Timings | None = None
+    batch_audio_s: float | None = None  # audio seconds of the whole decode batch this job was in
     started_at: float | None = None
     retries: int = 0
     not_before: float = 0.0  # monotonic time before which a retry must wait
@@ -116,7 +117,7 @@ class Worker:
         self.progress = state.ProgressWriter(settings, instance=instance)
         self.stop_event = threading.Event()  # no new jobs
         self.abort_event = threading.Event()  # give the running job back (grace period over)
-        self.current: QueuedJob | None = None
+        self.current: list[QueuedJob] = []  # the jobs being decoded together
         self.current_cancel = threading.Event()
         self.busy = False
         self.deferred: list[QueuedJob] = []
@@ -135,13 +136,32 @@ class Worker:
                 continue
             if self.stop_event.is_set():
                 break  # its claim stays in work/; the next start recovers it
-            self._run_one(item)
+            self._run_batch([item, *self._compatible_with(item)])
         self.progress.finish()
 
+    def _compatible_with(self, first: QueuedJob) -> list[QueuedJob]:
+        """Queued jobs that can share `first`'s decode batch (issue 8: cross-job batching):
+        same model and length, none already generated, rows (count) within max_batch."""
+        if first.pending is not None:
+            return []
+        model = first.job.model or self.settings.default_model
+        rows = first.job.count
+
+        def fits(other: QueuedJob) -> bool:
+            nonlocal rows
+            if other.pending is not None or other.job.duration != first.job.duration:
+                return False
+            if (other.job.model or self.settings.default_model) != model:
+                return False
+            if rows + other.job.count > self.settings.max_batch:
+                return False
+            rows += other.job.count
+            return True
+
+        return self.queue.take_compatible(fits, self.settings.max_batch - 1)
+
     def engine_idle(self) -> None:
-        maybe = getattr(self.engine, "maybe_idle_unload", None)
-        if maybe is not None:
-            maybe(time.monotonic())
+        self.engine.maybe_idle_unload(time.monotonic())
 
     def _release_deferred(self) -> None:
         now = time.monotonic()
@@ -158,8 +178,7 @@ class Worker:
                 job.not_before = 0.0
 
     def cancel_running(self, job_id: str) -> bool:
-        cur = self.current
-        if cur is not None and cur.job_id == job_id:
+        if any(j.job_id == job_id for j in self.current):
             self.current_cancel.set()
             return True
         return False
@@ -172,43 +191,73 @@ class Worker:
                     return job
         return None
 
-    # ------------------------------------------------------------------ one job
+    # ------------------------------------------------------------------ one batch
 
-    def _run_one(self, item: QueuedJob) -> None:
-        self.current = item
+    def _run_batch(self, batch: list[QueuedJob]) -> None:
+        self.current = batch
         self.current_cancel.clear()
         self.busy = True
+        first = batch[0]
+        model = first.job.model or self.settings.default_model
         try:
-            model = item.job.model or self.settings.default_model
-            with job_context(job_id=item.job_id, model=model, stage="start"):
-                self._run_guarded(item)
+            with job_context(job_id=first.job_id, model=model, stage="start"):
+                if len(batch) > 1:
+                    log.info("decoding %d jobs as one batch: %s", len(batch), ", ".join(j.job_id for j in batch))
+                self._generate_guarded(batch, model)
+            for item in batch:
+                if item.pending is not None:
+                    with job_context(job_id=item.job_id, model=model, stage="write"):
+                        self._publish_guarded(item)
         finally:
-            self.current = None
+            self.current = []
             self.busy = False
             self.progress.finish()
 
-    def _run_guarded(self, item: QueuedJob) -> None:
+    def _generate_guarded(self, batch: list[QueuedJob], model: str) -> None:
+        todo = [j for j in batch if j.pending is None]
+        if not todo:
+            return
         try:
-            if item.pending is None:
-                self._generate(item)
-            self._publish(item)
+            self._generate(todo, model)
         except GenerationCancelled as exc:
-            if self.abort_event.is_set() and not state.cancel_requested(self.settings, item.job_id):
+            self._after_cancel(todo, exc)
+        except DgxMusicError as exc:
+            for item in todo:
+                log.error("job %s failed: %s", item.job_id, exc)
+                self.fail(item, exc.error_type, exc.message, hint=exc.hint)
+        except Exception as exc:  # the daemon must outlive any one job
+            log.exception("internal error while generating %s", ", ".join(j.job_id for j in todo))
+            for item in todo:
+                self.fail(item, "internal", f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
+
+    def _after_cancel(self, todo: list[QueuedJob], exc: GenerationCancelled) -> None:
+        cancelled = [j for j in todo if state.cancel_requested(self.settings, j.job_id)]
+        if self.abort_event.is_set() and not cancelled:
+            for item in todo:
                 log.warning("job %s interrupted by shutdown; it stays in work/ and runs again at next start", item.job_id)
                 spool.mark_requeued(self.settings, item.claim)
-                return
+            return
+        for item in cancelled or todo:
             state.clear_cancel(self.settings, item.job_id)
-            self.fail(item, "cancelled", str(exc) or "cancelled by request", hint=None, status="cancelled")
+            self.fail(item, "cancelled", "cancelled by request while running", hint=None, status="cancelled")
+        # Batch-mates of a cancelled job lost their shared decode, not their turn.
+        for item in todo:
+            if item not in cancelled and cancelled:
+                spool.mark_requeued(self.settings, item.claim)
+                self.queue.put(item)
+
+    def _publish_guarded(self, item: QueuedJob) -> None:
+        try:
+            self._publish(item)
         except DgxMusicError as exc:
-            log.error("job %s failed: %s", item.job_id, exc)
             self.fail(item, exc.error_type, exc.message, hint=exc.hint)
         except OSError as exc:
-            if not is_retryable(exc):
-                log.exception("job %s: unexpected I/O error", item.job_id)
-                self.fail(item, "internal", f"I/O error: {exc}", hint="see the daemon's journal")
+            if is_retryable(exc):
+                self._defer(item, exc)
                 return
-            self._defer(item, exc)
-        except Exception as exc:  # the daemon must outlive any one job
+            log.exception("job %s: unexpected I/O error", item.job_id)
+            self.fail(item, "internal", f"I/O error: {exc}", hint="see the daemon's journal")
+        except Exception as exc:
             log.exception("job %s: internal error", item.job_id)
             self.fail(item, "internal", f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
 
@@ -226,18 +275,16 @@ class Worker:
             greedy=s.greedy,
         )
 
-    def _generate(self, item: QueuedJob) -> None:
-        job = item.job
-        name = job.model or self.settings.default_model
+    def _generate(self, batch: list[QueuedJob], name: str) -> None:
         if name not in self.settings.models:
             raise UnknownModelError(
                 f"model {name!r} is not configured on this daemon",
                 hint=f"use one of: {', '.join(sorted(self.settings.models))}",
             )
-        self.claim_started(item)
-        self._inject_crash(job)
-        item.started_at = time.time()
-        queue_s = max(0.0, item.started_at - item.queued_at)
+        for item in batch:
+            self.claim_started(item)
+            self._inject_crash(item.job)
+            item.started_at = time.time()
         load_s = 0.0
         if not self.engine.is_loaded(name):
             set_stage("load")
@@ -251,32 +298,44 @@ class Worker:
                 self.on_long_call(None)
             load_s = time.monotonic() - t0
         set_stage("generate")
-        self.progress.start(item.job_id, frames_total=0, model=name, source_file=item.claim.source_name)
+        first = batch[0]
+        self.progress.start(
+            first.job_id, frames_total=0, model=name, source_file=first.claim.source_name,
+            batch=[j.job_id for j in batch], sources=[j.claim.source_name for j in batch],
+        )
+        label = first.job_id if len(batch) == 1 else f"{first.job_id} (+{len(batch) - 1} batched)"
         last_status = [0.0]
 
         def on_progress(p: Progress) -> None:
             self.on_step()
-            if self.current_cancel.is_set() or state.cancel_requested(self.settings, item.job_id):
-                raise GenerationCancelled(f"job {item.job_id} cancelled")
+            if self.current_cancel.is_set() or any(state.cancel_requested(self.settings, j.job_id) for j in batch):
+                raise GenerationCancelled(f"job {label} cancelled")
             if self.abort_event.is_set():
                 raise GenerationCancelled("daemon stopping")
             self.progress.update(p.frames_done, p.frames_total)
             now = time.monotonic()
             if now - last_status[0] >= 1.0:
                 last_status[0] = now
-                self.on_status(f"job {item.job_id} {int(p.fraction * 100)}% ({len(self.queue)} queued)")
+                self.on_status(f"job {label} {int(p.fraction * 100)}% ({len(self.queue)} queued)")
 
         t0 = time.monotonic()
         results = self.engine.generate(
-            [self._request(job)],
+            [self._request(j.job) for j in batch],
             model=name,
             progress=on_progress,
             cancel=self.current_cancel,
             timeout_s=self.settings.job_timeout_s,
         )
         gen_s = time.monotonic() - t0
-        item.pending = results[0]
-        item.pending_timings = Timings(queue_s=round(queue_s, 4), model_load_s=round(load_s, 4), generate_s=round(gen_s, 4))
+        # RTF of a batched job is the batch's: generate seconds over all audio the decode made.
+        batch_audio_s = sum(r.audio_seconds for r in results)
+        for item, result in zip(batch, results, strict=True):
+            item.batch_audio_s = batch_audio_s
+            queue_s = max(0.0, (item.started_at or 0.0) - item.queued_at)
+            item.pending = result
+            item.pending_timings = Timings(
+                queue_s=round(queue_s, 4), model_load_s=round(load_s, 4), generate_s=round(gen_s, 4)
+            )
 
     def _inject_crash(self, job: Job) -> None:
         # Test hook (settings.fault_injection.kill_on_prompt): die like a segfaulting CUDA
@@ -310,6 +369,7 @@ class Worker:
             timings=item.pending_timings,
             peak_memory_bytes=res.peak_memory_bytes,
             normalize_audio=self.settings.normalize_audio,
+            rtf_audio_s=item.batch_audio_s,
         )
         sc = out.sidecar
         self.completed += 1

@@ -71,7 +71,7 @@ def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.bench import DEFAULT_DURATIONS, ProgressBar, format_report, run_benchmark
+    from daemon.bench import DEFAULT_DURATIONS, ProgressBar, exit_code, format_report, run_benchmark
     from daemon.engine import MusicEngine
 
     if args.batch < 1:
@@ -104,4 +104,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(format_report(report))
-    return EXIT_FAILED if report.verdict is not None and report.verdict.blocker else EXIT_OK
+    return exit_code(report)
