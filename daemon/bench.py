@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from daemon.engine import MusicEngine, Progress
+from daemon.progressbar import ProgressBar as Bar
+
 if TYPE_CHECKING:
-    from daemon.engine import MusicEngine, Progress
     from daemon.tokens import DecodeBackend
 
 DEFAULT_DURATIONS: tuple[float, ...] = (4.0, 8.0, 16.0, 30.0)
@@ -193,30 +195,20 @@ def run_benchmark(
 
 
 class ProgressBar:
-    """A one-line bar on stderr (redrawn in place on a terminal, one line per clip otherwise)."""
+    """Progress of each benchmark clip, drawn with the shared `daemon.progressbar` bar."""
 
-    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last: tuple[float, int] | None = None
+        self._bars: dict[float, Bar] = {}
 
     def __call__(self, duration: float, p: Progress) -> None:
-        pct = int(p.fraction * 100)
-        if self.tty:
-            if self._last == (duration, pct):
-                return
-            filled = int(self.width * p.fraction)
-            bar = "#" * filled + "." * (self.width - filled)
-            self.stream.write(f"\r{duration:5.1f} s clip [{bar}] {pct:3d}% {p.elapsed_s:6.1f} s")
-            if p.frames_done >= p.frames_total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif p.frames_done >= p.frames_total and self._last != (duration, 100):
-            self.stream.write(f"{duration:5.1f} s clip done in {p.elapsed_s:.2f} s\n")
-            self.stream.flush()
-            pct = 100
-        self._last = (duration, pct)
+        bar = self._bars.get(duration)
+        if bar is None:
+            bar = self._bars[duration] = Bar(f"{duration:5.1f} s clip", stream=self.stream)
+        if p.frames_done >= p.frames_total:
+            bar.close(f"{duration:5.1f} s clip done in {p.elapsed_s:.2f} s")
+        else:
+            bar.update(p.fraction, f"{p.elapsed_s:6.1f} s")
 
 
 def format_report(report: BenchReport) -> str:

@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "status",
     "cancel",
     "doctor",
+    "model",
+    "bench",
     "demo",
 )
 

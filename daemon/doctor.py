@@ -28,6 +28,7 @@ MIN_PYTHON = (3, 10)
 SPOOL_SUBDIRS = ("inbox", "work", "outbox", "failed")
 LOW_GPU_FREE_BYTES = 2 << 30
 LOW_DISK_FREE_BYTES = 1 << 30
+LOW_HOST_AVAILABLE_BYTES = 4 << 30
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -150,6 +151,20 @@ def check_gpu(settings: Settings | None) -> list[Check]:
     else:
         checks.append(warn("bf16", "not supported: dtype auto uses float16", "none needed; float16 works (Ampere or newer adds bf16)"))
     return checks
+
+
+def check_host_memory() -> Check:
+    """System RAM: the CPU fallback holds the model there, and on GB10 the GPU shares it."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        total = int(info["MemTotal"].split()[0]) * 1024
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return ok("host memory", "unknown (no /proc/meminfo)")
+    detail = f"{_gib(total)} total, {_gib(available)} available"
+    if available < LOW_HOST_AVAILABLE_BYTES:
+        return warn("host memory", detail, "free memory: loading musicgen-small needs about 3 GiB, -large about 14 GiB (float32)")
+    return ok("host memory", detail)
 
 
 def check_device(settings: Settings | None) -> list[Check]:
@@ -396,6 +411,7 @@ def run_checks(config_path: Path | str | None) -> list[Check]:
     if torch_checks[0].status != "fail":
         checks += _guard("cuda", check_cuda)
         checks += _guard("gpu", lambda: check_gpu(settings))
+        checks += _guard("host memory", check_host_memory)
         checks += _guard("device", lambda: check_device(settings))
     checks.append(config_check)
     if settings is not None:

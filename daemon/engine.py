@@ -32,13 +32,14 @@ from daemon.config import Settings
 from daemon.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
 from daemon.errors import (
     DgxMusicError,
+    ModelLoadError,
     GenerationCancelled,
     GenerationError,
     GenerationTimeoutError,
     OutOfMemoryError,
 )
 from daemon.longform import decode_long, plan_windows, planned_steps
-from daemon.tokens import DecodeBackend, DecodeRequest, RowSampling, codes_to_audio, delay_steps, get_backend
+from daemon.tokens import DecodeBackend, DecodeRequest, RowSampling, codes_to_audio, get_backend
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class GenerationRequest:
             raise ValueError(f"seed must be in 0..2**63-1, got {self.seed}")
         if not self.greedy and not self.temperature > 0:
             raise ValueError("temperature must be > 0 (use greedy: true for argmax decoding)")
+        if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:
+            raise ValueError("top_k must be >= 0 and top_p within 0..1 (0 turns either filter off)")
 
     def sampling(self, seed: int) -> RowSampling:
         return RowSampling(
@@ -158,6 +161,7 @@ class EngineStats:
     mean_rtf: float = 0.0  # total generation seconds / total audio seconds
     peak_memory_bytes: int = 0
     last_used_monotonic: float | None = None
+    loaded: bool = False  # whether `model` is resident now (it may have been unloaded when idle)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,18 +261,23 @@ class MusicEngine:
             try:
                 if self.settings.warmup:
                     self._warmup()
+            except DgxMusicError as exc:
+                self.unload_model()
+                raise ModelLoadError(
+                    f"model {name!r} loaded but its warm-up generation failed: {exc.message}",
+                    hint=exc.hint or "run `dgx-music doctor`; try dtype float32 or another device",
+                ) from exc
             except BaseException:
                 self.unload_model()
                 raise
             info = replace(info, load_s=time.monotonic() - t0)
             self._info = info
             self._last_used = time.monotonic()
-            self._stats = EngineStats(
-                model=info.name, source=info.source, revision=info.revision, device=info.device,
-                dtype=info.dtype, parameters=info.parameters, backend=info.backend,
-                loads=self._stats.loads + 1,
+            # Job counters span the engine's life; the model fields describe the resident model.
+            self._stats = replace(
+                self._stats, model=info.name, source=info.source, revision=info.revision, device=info.device,
+                dtype=info.dtype, parameters=info.parameters, backend=info.backend, loads=self._stats.loads + 1,
             )
-            self._peak = 0
             log.info(
                 "model %s loaded from %s (revision %s) on %s/%s: %.1fM parameters, %d Hz, %d channel(s), "
                 "%.2f frames/s, decoder %s, %.1f s",
@@ -625,7 +634,7 @@ class MusicEngine:
         return run_benchmark(self, durations, **kwargs)
 
     def get_stats(self) -> EngineStats:
-        return replace(self._stats, last_used_monotonic=self._last_used)
+        return replace(self._stats, last_used_monotonic=self._last_used, loaded=self._info is not None)
 
 
 def _fit(audio: np.ndarray, n: int) -> np.ndarray:

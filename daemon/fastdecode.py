@@ -163,9 +163,11 @@ def _delay_pattern(
 
 
 def _extract_frames(parts: _Parts, seq: torch.Tensor, prompt_len: int, frames: int) -> torch.Tensor:
-    """Undo the delay pattern the way `generate` does, then keep the `frames` new frames."""
+    """Undo the delay pattern the way `generate` does, then keep the `frames` new frames.
+
+    The codes stay on the model's device, as transformers' codes do.
+    """
     batch, k, _ = seq.shape
-    seq = seq.to("cpu")
     codes = seq[seq != parts.pad_id].reshape(batch, k, -1)
     return codes[:, :, prompt_len : prompt_len + frames].contiguous()
 
@@ -302,7 +304,7 @@ class BucketKey:
 class _GraphBucket:
     """Static buffers and one captured decode step for one BucketKey."""
 
-    def __init__(self, parts: _Parts, key: BucketKey) -> None:
+    def __init__(self, parts: _Parts, key: BucketKey, capture: bool) -> None:
         self.key = key
         self.parts = parts
         dev, dt = parts.device, parts.dtype
@@ -333,7 +335,7 @@ class _GraphBucket:
         self.key_positions = torch.arange(key.length, device=dev)
         self.neg = torch.tensor(torch.finfo(dt).min, dtype=dt, device=dev)
         self.zero = torch.zeros((), dtype=dt, device=dev)
-        self.graph = self._capture()
+        self.graph = self._capture() if capture else None
 
     def _step(self) -> None:
         parts, cache = self.parts, self.cache
@@ -435,9 +437,12 @@ class _GraphBucket:
             step_noise = noise.step(step)
             if step_noise is not None:
                 self.noise.copy_(step_noise)
-            self.graph.replay()
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._step()
             if req.on_step is not None:
-                if step % sync_every == 0 or step == steps - 1:
+                if self.graph is not None and (step % sync_every == 0 or step == steps - 1):
                     torch.cuda.current_stream(parts.device).synchronize()
                 req.on_step(step + 1, steps)
         seq = self.seq[:batch, :, :total_len]
@@ -458,7 +463,10 @@ class DgxBackend:
     """`daemon.tokens.DecodeBackend` implementation: `decode(model, req) -> codes [B, K, max_frames]`.
 
     Args:
-        cuda_graphs: capture decode steps in CUDA graphs when the model is on CUDA.
+        mode: "auto": CUDA graphs when the model is on CUDA, eager otherwise; "eager": never
+            graphs; "graphs": CUDA graphs (the model must be on CUDA); "static": the graph path's
+            bucketed static buffers with the step run without capture, on any device (lets the
+            graph path's logic be tested where there is no GPU).
         length_multiple: KV capacity is rounded up to this (one graph serves many durations).
         text_multiple: text length is rounded up to this.
         max_buckets: captured buckets kept (least recently used dropped first); each holds its KV cache.
@@ -471,7 +479,7 @@ class DgxBackend:
     def __init__(
         self,
         *,
-        cuda_graphs: bool = True,
+        mode: str = "auto",
         length_multiple: int = 128,
         text_multiple: int = 16,
         max_buckets: int = 4,
@@ -480,7 +488,9 @@ class DgxBackend:
     ) -> None:
         from daemon.sampler import NOISE_CHUNK_STEPS
 
-        self.cuda_graphs = cuda_graphs
+        if mode not in ("auto", "eager", "graphs", "static"):
+            raise ValueError(f"mode must be auto, eager, graphs or static, not {mode!r}")
+        self.mode = mode
         self.length_multiple = length_multiple
         self.text_multiple = text_multiple
         self.max_buckets = max_buckets
@@ -497,8 +507,17 @@ class DgxBackend:
             torch.cuda.empty_cache()
 
     def uses_graphs(self, model: Any) -> bool:
+        """Whether decode steps of `model` are replayed from captured CUDA graphs."""
         device = next(model.decoder.parameters()).device
-        return self.cuda_graphs and device.type == "cuda"
+        if self.mode == "graphs" and device.type != "cuda":
+            raise GenerationError(
+                f"CUDA graphs need the model on a CUDA device, not {device}",
+                hint="use decode mode auto or eager on this device",
+            )
+        return self.mode in ("auto", "graphs") and device.type == "cuda"
+
+    def _uses_buckets(self, model: Any) -> bool:
+        return self.mode == "static" or self.uses_graphs(model)
 
     def bucket_key(self, model: Any, req: DecodeRequest) -> BucketKey:
         parts = _parts(model)
@@ -519,7 +538,7 @@ class DgxBackend:
     def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
         with torch.inference_mode():
             parts = _parts(model)
-            if not self.uses_graphs(model):
+            if not self._uses_buckets(model):
                 return _decode_eager(parts, req, self.noise_chunk)
             if self._model_ref is None or self._model_ref() is not model:
                 self.reset()
@@ -528,11 +547,15 @@ class DgxBackend:
             bucket = self._buckets.get(key)
             if bucket is None:
                 if parts.core.embed_positions.weights.shape[0] < key.length + 1:
+                    # A new position table moves the buffer the captured graphs read: drop them.
+                    self._buckets.clear()
                     parts.core.embed_positions.make_weights(key.length + 1, parts.core.embed_positions.embedding_dim)
                 while len(self._buckets) >= self.max_buckets:
                     self._buckets.popitem(last=False)
-                log.info("capturing a CUDA graph for %s", key)
-                bucket = _GraphBucket(parts, key)
+                capture = self.uses_graphs(model)
+                if capture:
+                    log.info("capturing a CUDA graph for %s", key)
+                bucket = _GraphBucket(parts, key, capture)
                 self._buckets[key] = bucket
             else:
                 self._buckets.move_to_end(key)

@@ -322,6 +322,9 @@ def normalize(
     """
     ceiling_dbtp = true_peak_dbtp
     x = _as_channels_first(np.asarray(audio, dtype=np.float32))
+    if not np.isfinite(x).all():
+        # a broken generation: measuring it would call it silence and ship it
+        raise ValueError("audio contains NaN or infinite samples")
     input_lufs = integrated_lufs(x, sample_rate)
 
     if input_lufs < SILENCE_LUFS:

@@ -63,6 +63,7 @@ class Daemon:
         self._pickup_lock = threading.Lock()
         self.watcher: InboxWatcher | None = None
         self._worker_thread: threading.Thread | None = None
+        self._queue_file_failing = False
 
     # ------------------------------------------------------------------ start
 
@@ -255,7 +256,17 @@ class Daemon:
         self.notifier.status(text)
 
     def _write_queue(self) -> None:
-        state.write_queue(self.settings, self.queue.snapshot(), instance=self.instance)
+        try:
+            state.write_queue(self.settings, self.queue.snapshot(), instance=self.instance)
+        except OSError as exc:
+            # queue.json only informs `dgx-music status`: a full or read-only disk must not
+            # take the daemon (and the jobs it holds) down. Logged once per outage.
+            if not self._queue_file_failing:
+                log.warning("cannot update the queue file in %s (%s); `dgx-music status` may show an old queue",
+                            self.settings.state_dir, exc.strerror or exc)
+            self._queue_file_failing = True
+        else:
+            self._queue_file_failing = False
 
     def _handle_cancels(self) -> None:
         s = self.settings

@@ -142,14 +142,16 @@ class Worker:
     def _compatible_with(self, first: QueuedJob) -> list[QueuedJob]:
         """Queued jobs that can share `first`'s decode batch (issue 8: cross-job batching):
         same model and length, none already generated, rows (count) within max_batch."""
-        if first.pending is not None:
+        # A crash during a shared decode is blamed on every job in it: a job with a crash on
+        # record runs alone, so its next attempt tells the culprit from its batch-mates.
+        if first.pending is not None or first.claim.crashes:
             return []
         model = first.job.model or self.settings.default_model
         rows = first.job.count
 
         def fits(other: QueuedJob) -> bool:
             nonlocal rows
-            if other.pending is not None or other.job.duration != first.job.duration:
+            if other.pending is not None or other.claim.crashes or other.job.duration != first.job.duration:
                 return False
             if (other.job.model or self.settings.default_model) != model:
                 return False

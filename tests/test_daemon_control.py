@@ -131,3 +131,26 @@ def test_cancel_queued_and_running(served: Served) -> None:
     res = run_cli(served.config, "cancel", "no-such-job", "--timeout", "1")
     assert res.returncode == 2
     assert "no queued or running job" in res.stderr
+
+
+def test_cancel_a_job_running_in_a_shared_batch(served: Served) -> None:
+    sp = served.spool
+    # Two long jobs of one length queue behind a blocker of another length, so that the worker
+    # decodes them together once the blocker goes.
+    _start_long_and_queue(served, "bx-blocker", [])
+    for job_id in ("bx-a", "bx-b"):
+        sp.drop(f"{job_id}.yaml", job_yaml(f"a long job {job_id} sharing a batch", duration=LONG_S + 1))
+    wait_until(lambda: sp.queued_ids() == ["bx-a", "bx-b"], TIMEOUT_S, what="two jobs queued", alive=served.daemon)
+    _cancel(served, "bx-blocker")
+    running = wait_until(lambda: _running_stalled(sp, "bx-a"), TIMEOUT_S, what="bx-a running", alive=served.daemon)
+    assert running["batch"] == ["bx-a", "bx-b"]
+
+    res = run_cli(served.config, "status")
+    assert "bx-b" in res.stdout, res.stdout  # a batch-mate shows as running too
+
+    _cancel(served, "bx-b")  # not the batch's first job
+    # Its batch-mate lost the shared decode, not its turn: it runs again, alone.
+    wait_until(lambda: _running_stalled(sp, "bx-a"), TIMEOUT_S, what="bx-a running again", alive=served.daemon)
+    assert sp.outcome("bx-a") is None
+    _cancel(served, "bx-a")
+    wait_until(lambda: not sp.job_files(sp.work), 10, what="work/ to empty")

@@ -47,28 +47,36 @@ def test_kill_9_mid_job_then_restart_completes_the_job(tmp_path: Path, tiny_mode
 
 
 def test_job_that_kills_the_daemon_every_time_ends_crashed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Long jobs pause at decode step 300 for 3 s; the 0.5 s jobs never get that far.
     config = write_config(
         tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir,
-        max_attempts=2, fault_injection={"kill_on_prompt": "KILL-THE-DAEMON"},
+        max_attempts=2,
+        fault_injection={"kill_on_prompt": "KILL-THE-DAEMON", "stall_after_steps": 300, "stall_s": 3},
     )
     sp = SpoolView(tmp_path / "spool")
-    sp.inbox.mkdir(parents=True)
     crasher = job_yaml("this job KILL-THE-DAEMON whenever it starts")
-    # Dropped before the first start: the start scan takes them all, in no particular order.
-    (sp.inbox / "good-1.yaml").write_text(job_yaml("a good job before the crasher"))
-    (sp.inbox / "crasher.yaml").write_text(crasher)
-    (sp.inbox / "good-2.yaml").write_text(job_yaml("a good job after the crasher"))
-
     kills = 0
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
+        daemon.start()
+        # While a long job holds the worker, queue a good job, the crasher and another good one
+        # (same length: the worker decodes them as one batch, the good one ahead of the crasher).
+        sp.drop("blocker.yaml", job_yaml("a long job that keeps the worker busy", duration=8))
+        wait_until(lambda: any(r.get("job_id") == "blocker" for r in sp.running()), TIMEOUT_S,
+                   what="blocker running", alive=daemon)
+        sp.drop("good-1.yaml", job_yaml("a good job before the crasher"))
+        sp.drop("crasher.yaml", crasher)
+        sp.drop("good-2.yaml", job_yaml("a good job after the crasher"))
+        wait_until(lambda: sp.queued_ids() == ["good-1", "crasher", "good-2"], TIMEOUT_S,
+                   what="three jobs queued", alive=daemon)
+
         for _start in range(4):  # a restart policy: bring it back until the crasher is settled
-            daemon.start(wait_ready=False)
             wait_until(lambda: not daemon.alive() or sp.outcome("crasher") is not None, 120,
                        interval=0.1, what="a crash or the crasher's outcome")
             if daemon.alive():
                 break
             assert daemon.proc is not None and daemon.proc.returncode == -signal.SIGKILL, daemon.log_tail()
             kills += 1
+            daemon.start(wait_ready=False)
         assert kills == 2, daemon.full_log()
 
         body = sp.outcome("crasher")
@@ -79,10 +87,11 @@ def test_job_that_kills_the_daemon_every_time_ends_crashed(tmp_path: Path, tiny_
         assert body["source_file"] == "crasher.yaml"
         assert (sp.failed / "crasher.yaml").read_text() == crasher  # the original bytes
 
-        for job_id in ("good-1", "good-2"):
-            assert sp.wait_outcome(job_id, TIMEOUT_S, alive=daemon)["status"] == "completed"
+        # A job that merely shared a decode batch with the crasher is not blamed for its crashes.
+        for job_id in ("blocker", "good-1", "good-2"):
+            assert sp.wait_outcome(job_id, TIMEOUT_S, alive=daemon)["status"] == "completed", sp.outcome(job_id)
         by_source = sp.by_source()
-        assert sorted(by_source) == ["crasher.yaml", "good-1.yaml", "good-2.yaml"]
+        assert sorted(by_source) == ["blocker.yaml", "crasher.yaml", "good-1.yaml", "good-2.yaml"]
         assert all(len(v) == 1 for v in by_source.values()), by_source
         wait_until(lambda: not sp.job_files(sp.work), 10, what="work/ to empty")
         assert daemon.stop() == 0

@@ -223,7 +223,7 @@ def test_stats(engine: MusicEngine) -> None:
     assert st.audio_seconds == pytest.approx(1.25)
     assert st.generate_seconds > 0 and st.mean_rtf == pytest.approx(st.generate_seconds / 1.25)
     assert st.peak_memory_bytes > 0
-    assert st.as_dict()["jobs"] == 2
+    assert st.as_dict()["jobs"] == 2 and st.loaded
 
 
 def test_warmup_at_load_is_not_counted(make_settings: Callable[..., Settings]) -> None:
@@ -242,7 +242,8 @@ def test_unload_and_idle_unload(make_settings: Callable[..., Settings]) -> None:
     assert last is not None
     assert engine.maybe_idle_unload(last + 30) is False and engine.is_loaded()
     assert engine.maybe_idle_unload(last + 61) is True and not engine.is_loaded()
-    assert engine.get_stats().loads == 2
+    st = engine.get_stats()
+    assert st.loads == 2 and st.jobs == 1 and not st.loaded and st.model == "tiny"
 
 
 def test_unknown_model_keeps_the_resident_one(engine: MusicEngine) -> None:
@@ -296,3 +297,21 @@ def test_cuda_generate_and_unload_frees_memory(make_settings: Callable[..., Sett
     assert res.peak_memory_bytes > 0
     engine.unload_model()
     assert torch.cuda.memory_allocated() < 1 << 20
+
+
+@pytest.mark.parametrize("stereo", [False, True])
+def test_greedy_audio_matches_transformers_generate(
+    make_settings: Callable[..., Settings], tiny_model_dir: Path, tiny_stereo_model_dir: Path, stereo: bool
+) -> None:
+    """End to end against the reference: codes captured from generate and decoded by us (stereo
+    codebooks de-interleaved) give the audio transformers itself produces."""
+    d = tiny_stereo_model_dir if stereo else tiny_model_dir
+    engine = MusicEngine(make_settings(models={"m": {"path": str(d)}}, default_model="m", decoder="transformers"))
+    (res,) = engine.generate([GenerationRequest("deep house groove", 0.5, greedy=True, cfg_coef=3.0)])
+    ckpt = engine._ckpt
+    assert ckpt is not None
+    enc = ckpt.processor(text=["deep house groove"], return_tensors="pt")
+    with torch.inference_mode():
+        ref = ckpt.model.generate(**enc, do_sample=False, guidance_scale=3.0, max_new_tokens=20 + 3)
+    assert ref.shape == (1, 2 if stereo else 1, 20 * 800)
+    np.testing.assert_allclose(res.audio[0], ref[0].numpy(), atol=1e-6)

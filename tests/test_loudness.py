@@ -202,6 +202,13 @@ def test_input_array_is_not_modified() -> None:
     np.testing.assert_array_equal(audio, copy)
 
 
+def test_nan_is_an_error_not_silence() -> None:
+    audio = music_like(1.0)
+    audio[1, 100] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        normalize(audio, SR, -16.0, -1.0)
+
+
 def test_samples_by_channels_layout_is_refused() -> None:
     with pytest.raises(ValueError, match="channels"):
         normalize(np.zeros((SR, 2), dtype=np.float32), SR, -16.0, -1.0)

@@ -1,0 +1,383 @@
+"""The dgx decode loop against transformers `generate`, on real (tiny, random) MusicGen checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from daemon.errors import GenerationError
+from daemon.fastdecode import DgxBackend
+from daemon.sampler import RowNoise, guide, pick_tokens, sampling_tensors
+from daemon.tokens import DecodeRequest, RowSampling
+
+PROMPTS = ["warm lofi hip hop beat with dusty piano", "dark techno", "calm ambient pad with soft strings"]
+
+
+def _load(directory: Path) -> tuple[Any, Any]:
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    model = MusicgenForConditionalGeneration.from_pretrained(directory).eval()
+    return model, AutoProcessor.from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
+    return _load(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_stereo(tiny_stereo_model_dir: Path) -> tuple[Any, Any]:
+    return _load(tiny_stereo_model_dir)
+
+
+def _text(processor: Any, prompts: list[str]) -> Any:
+    return processor(text=prompts, padding=True, return_tensors="pt")
+
+
+def _channel_codebooks(model: Any) -> int:
+    return model.config.decoder.num_codebooks // model.config.decoder.audio_channels
+
+
+def hf_greedy_codes(
+    model: Any, enc: Any, cfg_coef: float, frames: int, prompt: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The codes `MusicgenForConditionalGeneration.generate` hands to its codec (greedy), new frames only."""
+    captured: list[torch.Tensor] = []
+    codec = model.audio_encoder
+    original = codec.decode
+
+    def take(codes: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        captured.append(codes)
+        return original(codes, *args, **kwargs)
+
+    kwargs: dict[str, Any] = {}
+    prompt_len = 0
+    if prompt is not None:
+        prompt_len = prompt.shape[-1]
+        kwargs["decoder_input_ids"] = prompt.reshape(-1, prompt_len)
+    codec.decode = take
+    try:
+        model.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            do_sample=False,
+            guidance_scale=cfg_coef,
+            max_new_tokens=frames + _channel_codebooks(model) - 1,
+            **kwargs,
+        )
+    finally:
+        del codec.decode
+    if len(captured) == 2:  # stereo: the codec sees left and right codebooks separately
+        left, right = captured[0][0], captured[1][0]
+        codes = torch.stack([left, right], dim=2).reshape(left.shape[0], -1, left.shape[-1])
+    else:
+        codes = captured[0][0]
+    return codes[..., prompt_len:]
+
+
+def _request(
+    enc: Any,
+    rows: list[RowSampling],
+    cfg_coef: float,
+    frames: int,
+    prompt: torch.Tensor | None = None,
+    on_step: Any = None,
+) -> DecodeRequest:
+    return DecodeRequest(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        rows=rows,
+        cfg_coef=cfg_coef,
+        max_frames=frames,
+        prompt_codes=prompt,
+        on_step=on_step,
+    )
+
+
+GREEDY = RowSampling(greedy=True)
+
+
+# ---------------------------------------------------------------- equivalence with transformers
+
+
+@pytest.mark.parametrize("cfg_coef", [1.0, 3.0])
+@pytest.mark.parametrize("frames", [3, 10, 37])
+def test_greedy_matches_transformers_generate(tiny: tuple[Any, Any], cfg_coef: float, frames: int) -> None:
+    model, processor = tiny
+    enc = _text(processor, PROMPTS[:2])  # different lengths: the text mask has padding
+    assert int(enc["attention_mask"].sum(dim=1).min()) < enc["attention_mask"].shape[1]
+    expected = hf_greedy_codes(model, enc, cfg_coef, frames)
+    got = DgxBackend().decode(model, _request(enc, [GREEDY, GREEDY], cfg_coef, frames))
+    assert got.shape == (2, 4, frames)
+    assert got.dtype == torch.long
+    assert torch.equal(got, expected)
+
+
+def test_guidance_changes_the_tokens(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    enc = _text(processor, PROMPTS[:1])
+    plain = DgxBackend().decode(model, _request(enc, [GREEDY], 1.0, 30))
+    guided = DgxBackend().decode(model, _request(enc, [GREEDY], 3.0, 30))
+    assert not torch.equal(plain, guided)
+
+
+def test_stereo_greedy_matches_transformers_generate(tiny_stereo: tuple[Any, Any]) -> None:
+    model, processor = tiny_stereo
+    enc = _text(processor, PROMPTS[:2])
+    expected = hf_greedy_codes(model, enc, 3.0, 12)
+    got = DgxBackend().decode(model, _request(enc, [GREEDY, GREEDY], 3.0, 12))
+    assert got.shape == (2, 8, 12)
+    assert torch.equal(got, expected)
+
+
+def test_prompt_continuation_matches_transformers_and_is_deterministic(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    enc = _text(processor, PROMPTS[:2])
+    prompt = torch.randint(0, model.config.decoder.vocab_size, (2, 4, 9), generator=torch.Generator().manual_seed(5))
+    expected = hf_greedy_codes(model, enc, 3.0, 15, prompt)
+    backend = DgxBackend()
+    got = backend.decode(model, _request(enc, [GREEDY, GREEDY], 3.0, 15, prompt))
+    assert got.shape == (2, 4, 15)  # exactly the new frames, the prompt not included
+    assert torch.equal(got, expected)
+
+    sampled_rows = [RowSampling(seed=11), RowSampling(seed=12, temperature=0.8)]
+    first = backend.decode(model, _request(enc, sampled_rows, 3.0, 15, prompt))
+    second = backend.decode(model, _request(enc, sampled_rows, 3.0, 15, prompt))
+    assert first.shape == (2, 4, 15)
+    assert torch.equal(first, second)
+
+
+def test_very_short_requests_return_exact_frames(tiny: tuple[Any, Any]) -> None:
+    # transformers skips the delay pattern below 2K-1 positions; we decode a little more and cut.
+    model, processor = tiny
+    enc = _text(processor, PROMPTS[:1])
+    longer = DgxBackend().decode(model, _request(enc, [GREEDY], 3.0, 8))
+    for frames in (1, 2):
+        got = DgxBackend().decode(model, _request(enc, [GREEDY], 3.0, frames))
+        assert got.shape == (1, 4, frames)
+        assert torch.equal(got, longer[..., :frames])  # decoding is causal
+
+
+# ---------------------------------------------------------------- seeds and batching
+
+
+def test_sampled_row_is_the_same_alone_and_batched(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    backend = DgxBackend()
+    row = RowSampling(temperature=1.0, top_k=250, top_p=0.0, seed=1234)
+    alone = backend.decode(model, _request(_text(processor, PROMPTS[:1]), [row], 3.0, 40))
+
+    neighbours = [
+        RowSampling(temperature=0.7, top_k=10, seed=99),
+        row,
+        RowSampling(top_p=0.9, seed=7),
+    ]
+    batch_enc = _text(processor, [PROMPTS[2], PROMPTS[0], PROMPTS[1]])
+    batched = backend.decode(model, _request(batch_enc, neighbours, 3.0, 40))
+    assert batched.shape == (3, 4, 40)
+    assert torch.equal(batched[1], alone[0])
+
+    other_seed = backend.decode(
+        model, _request(_text(processor, PROMPTS[:1]), [RowSampling(seed=1235)], 3.0, 40)
+    )
+    assert not torch.equal(other_seed, alone)
+
+
+def test_sampling_ignores_and_keeps_global_rng(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    enc = _text(processor, PROMPTS[:1])
+    req = lambda: _request(enc, [RowSampling(seed=3)], 3.0, 20)  # noqa: E731
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = DgxBackend().decode(model, req())
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(12345)
+    second = DgxBackend().decode(model, req())
+    assert torch.equal(first, second)
+
+
+def test_greedy_rows_do_not_depend_on_sampling_neighbours(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    enc = _text(processor, PROMPTS[:2])
+    greedy_pair = DgxBackend().decode(model, _request(enc, [GREEDY, GREEDY], 3.0, 20))
+    mixed = DgxBackend().decode(model, _request(enc, [GREEDY, RowSampling(seed=5)], 3.0, 20))
+    assert torch.equal(mixed[0], greedy_pair[0])
+
+
+# ---------------------------------------------------------------- progress and abort
+
+
+def test_on_step_reports_every_step(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    calls: list[tuple[int, int]] = []
+    frames = 12
+    DgxBackend().decode(
+        model,
+        _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, frames, on_step=lambda s, n: calls.append((s, n))),
+    )
+    total = frames + 3  # the delay pattern costs K - 1 steps
+    assert calls == [(i, total) for i in range(1, total + 1)]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_exception_in_on_step_aborts_the_decode(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    seen: list[int] = []
+
+    def on_step(step: int, total: int) -> None:
+        seen.append(step)
+        if step == 3:
+            raise _Stop("cancelled by the test")
+
+    with pytest.raises(_Stop, match="cancelled by the test"):
+        DgxBackend().decode(model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 50, on_step=on_step))
+    assert seen == [1, 2, 3]
+
+
+def test_prompt_codes_of_the_wrong_shape_are_rejected(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    bad = torch.zeros((1, 3, 5), dtype=torch.long)  # the model has 4 codebooks
+    with pytest.raises(ValueError, match="prompt_codes"):
+        DgxBackend().decode(model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 5, bad))
+
+
+# ---------------------------------------------------------------- the sampler on its own
+
+
+def test_gumbel_sampling_follows_the_softmax() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    draws = 20000
+    scores = logits.expand(1, draws, 4).clone()
+    rows = [RowSampling(temperature=1.0, top_k=0, top_p=0.0, seed=42)]
+    params = sampling_tensors(rows, 4, torch.device("cpu"))
+    noise = RowNoise(rows, draws, 4, torch.device("cpu")).step(0)
+    tokens = pick_tokens(scores, params, noise)[0]
+    freq = torch.bincount(tokens, minlength=4).float() / draws
+    assert torch.allclose(freq, logits.softmax(-1), atol=0.015)
+
+
+def test_top_k_top_p_and_temperature_limit_the_choices() -> None:
+    vocab, draws = 16, 4000
+    logits = torch.linspace(3.0, -3.0, vocab).expand(1, draws, vocab).clone()
+    cpu = torch.device("cpu")
+
+    def sample(row: RowSampling) -> torch.Tensor:
+        params = sampling_tensors([row], vocab, cpu)
+        return pick_tokens(logits, params, RowNoise([row], draws, vocab, cpu).step(0))[0]
+
+    assert set(sample(RowSampling(top_k=3, seed=1)).tolist()) == {0, 1, 2}
+    # top-p wins over top-k when set (audiocraft; daemon.tokens.RowSampling.filters)
+    assert set(sample(RowSampling(top_k=3, top_p=0.05, seed=1)).tolist()) == {0}
+    assert set(sample(RowSampling(top_k=0, top_p=0.6, seed=1)).tolist()) <= {0, 1, 2, 3}
+    cold = sample(RowSampling(top_k=0, temperature=0.05, seed=1))
+    hot = sample(RowSampling(top_k=0, temperature=5.0, seed=1))
+    assert (cold == 0).float().mean() > 0.99
+    assert len(set(hot.tolist())) > 10
+
+
+def test_guidance_matches_transformers_formula() -> None:
+    cond = torch.randn(2, 4, 8)
+    uncond = torch.randn(2, 4, 8)
+    guided = guide(torch.cat([cond, uncond]), 3.0, True)
+    assert torch.equal(guided, uncond + (cond - uncond) * 3.0)
+    assert torch.equal(guide(cond, 3.0, False), cond)
+
+
+def test_noise_is_the_same_whatever_the_batch() -> None:
+    cpu = torch.device("cpu")
+    row = RowSampling(seed=77)
+    alone = RowNoise([row], 4, 32, cpu, chunk_steps=4)
+    batched = RowNoise([RowSampling(seed=1), None, row], 4, 32, cpu, chunk_steps=4)
+    for step in range(9):  # across chunk boundaries
+        a, b = alone.step(step), batched.step(step)
+        assert a is not None and b is not None
+        assert torch.equal(a[0], b[2])
+        assert torch.count_nonzero(b[1]) == 0
+
+
+# ---------------------------------------------------------------- musicgen-small shape (slow)
+
+
+@pytest.fixture(scope="module")
+def small_random(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    from daemon.checkpoints import init_random
+
+    directory = init_random(tmp_path_factory.mktemp("small") / "small", "small")
+    yield _load(directory)
+
+
+@pytest.mark.slow
+def test_greedy_matches_transformers_at_the_musicgen_small_shape(small_random: tuple[Any, Any]) -> None:
+    model, processor = small_random
+    enc = _text(processor, PROMPTS[:1])
+    expected = hf_greedy_codes(model, enc, 3.0, 10)
+    got = DgxBackend().decode(model, _request(enc, [GREEDY], 3.0, 10))
+    assert got.shape == (1, 4, 10)
+    assert torch.equal(got, expected)
+
+
+# ---------------------------------------------------------------- the CUDA-graph path's buffers, without CUDA
+# mode="static" runs the graph path (bucketed batch/length/text, full-length KV with a position
+# mask, in-place position and token updates) with the step executed instead of replayed.
+
+
+@pytest.mark.parametrize("cfg_coef", [1.0, 3.0])
+def test_static_bucket_path_equals_eager(tiny: tuple[Any, Any], cfg_coef: float) -> None:
+    model, processor = tiny
+    enc = _text(processor, PROMPTS)
+    rows = [GREEDY, RowSampling(seed=8, top_k=20), RowSampling(seed=9, top_p=0.8, temperature=0.9)]
+    eager = DgxBackend(mode="eager").decode(model, _request(enc, rows, cfg_coef, 30))
+    static = DgxBackend(mode="static", length_multiple=64)
+    got = static.decode(model, _request(enc, rows, cfg_coef, 30))
+    assert [(b.rows, b.length, b.sampling) for b in static.buckets] == [(4, 64, True)]
+    assert torch.equal(got, eager)
+
+
+def test_static_bucket_is_reused_and_rows_are_batch_independent(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    backend = DgxBackend(mode="static")
+    row = RowSampling(seed=31)
+    prompt = torch.randint(0, 64, (3, 4, 6), generator=torch.Generator().manual_seed(1))
+    three = backend.decode(
+        model, _request(_text(processor, PROMPTS), [GREEDY, row, RowSampling(seed=2)], 3.0, 25, prompt)
+    )
+    # batch 3 and batch 4 share the power-of-two bucket; a shorter length shares the length bucket
+    four = backend.decode(
+        model,
+        _request(_text(processor, PROMPTS + PROMPTS[:1]), [RowSampling(seed=5), row, GREEDY, GREEDY], 3.0, 10,
+                 torch.cat([prompt, prompt[:1]])),
+    )
+    assert len(backend.buckets) == 1
+    assert four.shape == (4, 4, 10)
+    eager_row = DgxBackend(mode="eager").decode(
+        model, _request(_text(processor, PROMPTS[1:2]), [row], 3.0, 25, prompt[1:2])
+    )
+    assert torch.equal(three[1], eager_row[0])
+
+
+def test_static_path_reports_steps_and_aborts(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    calls: list[tuple[int, int]] = []
+
+    def on_step(step: int, total: int) -> None:
+        calls.append((step, total))
+        if step == 4:
+            raise _Stop("stop")
+
+    with pytest.raises(_Stop):
+        DgxBackend(mode="static").decode(model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 20,
+                                                         on_step=on_step))
+    assert calls == [(1, 23), (2, 23), (3, 23), (4, 23)]
+
+
+def test_graph_mode_needs_cuda(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    with pytest.raises(GenerationError, match="CUDA graphs need the model on a CUDA device"):
+        DgxBackend(mode="graphs").decode(model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 5))

@@ -1,0 +1,96 @@
+"""The CUDA-graph decode path against the eager one (needs CUDA; skipped cleanly without it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from daemon.fastdecode import DgxBackend
+from daemon.tokens import DecodeRequest, RowSampling
+
+pytestmark = pytest.mark.gpu
+
+PROMPTS = ["warm lofi hip hop beat with dusty piano", "dark techno", "calm ambient pad with soft strings"]
+GREEDY = RowSampling(greedy=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_cuda(tiny_model_dir: Path) -> tuple[Any, Any]:
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir).to("cuda").eval()
+    return model, AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+def _request(processor: Any, prompts: list[str], rows: list[RowSampling], frames: int, **kw: Any) -> DecodeRequest:
+    enc = processor(text=prompts, padding=True, return_tensors="pt")
+    return DecodeRequest(
+        input_ids=enc["input_ids"].to("cuda"),
+        attention_mask=enc["attention_mask"].to("cuda"),
+        rows=rows,
+        cfg_coef=kw.pop("cfg_coef", 3.0),
+        max_frames=frames,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("cfg_coef", [1.0, 3.0])
+def test_graph_greedy_equals_eager(tiny_cuda: tuple[Any, Any], cfg_coef: float) -> None:
+    model, processor = tiny_cuda
+    req = lambda: _request(processor, PROMPTS, [GREEDY] * 3, 40, cfg_coef=cfg_coef)  # noqa: E731
+    eager = DgxBackend(mode="eager").decode(model, req())
+    graphs = DgxBackend(mode="graphs")
+    captured = graphs.decode(model, req())
+    assert len(graphs.buckets) == 1 and graphs.buckets[0].rows == 4  # batch 3 padded to 4
+    assert captured.shape == eager.shape == (3, 4, 40)
+    assert torch.equal(captured, eager)
+
+
+def test_graph_sampling_equals_eager_and_ignores_batch(tiny_cuda: tuple[Any, Any]) -> None:
+    model, processor = tiny_cuda
+    row = RowSampling(seed=2024)
+    rows = [RowSampling(seed=1, temperature=0.7, top_k=20), row, RowSampling(seed=3, top_p=0.9)]
+    eager = DgxBackend(mode="eager").decode(model, _request(processor, PROMPTS, rows, 30))
+    graphs = DgxBackend()
+    batched = graphs.decode(model, _request(processor, PROMPTS, rows, 30))
+    alone = graphs.decode(model, _request(processor, PROMPTS[1:2], [row], 30))
+    assert torch.equal(batched, eager)
+    assert torch.equal(alone[0], batched[1])
+    again = graphs.decode(model, _request(processor, PROMPTS, rows, 30))
+    assert torch.equal(again, batched)
+
+
+def test_buckets_are_reused_across_batch_sizes_and_lengths(tiny_cuda: tuple[Any, Any]) -> None:
+    model, processor = tiny_cuda
+    backend = DgxBackend(length_multiple=128)
+    backend.decode(model, _request(processor, PROMPTS, [GREEDY] * 3, 20))
+    backend.decode(model, _request(processor, PROMPTS + PROMPTS[:1], [GREEDY] * 4, 50))
+    assert len(backend.buckets) == 1
+    backend.decode(model, _request(processor, PROMPTS[:1], [GREEDY], 20))
+    assert len(backend.buckets) == 2
+
+
+def test_graph_prompt_continuation_and_on_step(tiny_cuda: tuple[Any, Any]) -> None:
+    model, processor = tiny_cuda
+    prompt = torch.randint(0, 64, (2, 4, 9), device="cuda")
+    calls: list[tuple[int, int]] = []
+    req = lambda cb=None: _request(processor, PROMPTS[:2], [GREEDY, RowSampling(seed=4)], 15,  # noqa: E731
+                                   prompt_codes=prompt, on_step=cb)
+    eager = DgxBackend(mode="eager").decode(model, req())
+    got = DgxBackend().decode(model, req(lambda s, n: calls.append((s, n))))
+    assert torch.equal(got, eager)
+    assert calls == [(i, 18) for i in range(1, 19)]
+
+
+def test_graph_decode_aborts_on_exception(tiny_cuda: tuple[Any, Any]) -> None:
+    model, processor = tiny_cuda
+
+    def stop(step: int, total: int) -> None:
+        if step == 5:
+            raise KeyboardInterrupt("stop")
+
+    with pytest.raises(KeyboardInterrupt):
+        DgxBackend().decode(model, _request(processor, PROMPTS[:1], [GREEDY], 40, on_step=stop))
