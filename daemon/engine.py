@@ -239,7 +239,17 @@ class MusicEngine:
             t0 = time.monotonic()
             device = resolve_device(self.settings.device)
             dtype = resolve_dtype(self.settings.dtype, device)
-            ckpt = load_checkpoint(name, self.settings, device=device, dtype=dtype)
+            try:
+                ckpt = load_checkpoint(name, self.settings, device=device, dtype=dtype)
+            except DgxMusicError:
+                raise
+            except Exception as exc:
+                # Loaders raise their own types (safetensors' SafetensorError on a damaged
+                # header is none of OSError/ValueError): the daemon must still see a load failure.
+                raise ModelLoadError(
+                    f"model {name!r}: cannot load the checkpoint: {type(exc).__name__}: {exc}",
+                    hint="the checkpoint is damaged or from an incompatible version: copy or download it again",
+                ) from exc
             backend = self.backend
             model = ckpt.model
             acfg = model.config.audio_encoder

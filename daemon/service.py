@@ -81,7 +81,7 @@ class Daemon:
         try:
             info = self.engine.load_model(name)
         except DgxMusicError as exc:
-            log.critical("cannot load model %s: %s", name, exc)
+            log.critical("cannot load model %s: %s: %s", name, type(exc).__name__, exc)
             self._status(f"failed: cannot load model {name}")
             return EXIT_MODEL_LOAD
         log.info(
@@ -146,6 +146,15 @@ class Daemon:
             if job_id in done or (recovered and spool.outcome_exists(s, job_id)):
                 group.done.add(job_id)
                 continue
+            if recovered:
+                # Killed between its audio and its sidecar: audio under this reserved id is the
+                # job's own partial result, invisible to readers (no sidecar); it is written again.
+                for name in output_names(job_id, job):
+                    try:
+                        os.unlink(s.outbox / name)
+                        log.warning("removed outbox/%s left by the interrupted attempt of %s", name, job_id)
+                    except FileNotFoundError:
+                        pass
             items.append(QueuedJob(group=group, job=job, job_id=job_id, queued_at=picked))
         if not items and group.job_ids:
             finish_group_job(s, group, group.job_ids[-1])  # everything was done already

@@ -43,6 +43,18 @@ from watchdog.observers.inotify import InotifyObserver
 from daemon.config import Settings
 from daemon.spool import forget_logged, is_candidate, is_ignored_name, log_once
 
+try:
+    from watchdog.observers import inotify_move_event_grouper as _move_grouper
+except ImportError:  # watchdog < 6 pairs moves without a delay queue
+    _move_grouper = None
+
+# watchdog holds every IN_MOVED_FROM for `delay` (0.5 s) to pair it with its IN_MOVED_TO, and
+# every later event waits behind it. Each of our claims (inbox/ -> work/) is such an unpaired
+# move, so a drop right after a claim waited ~0.4 s. A rename inside the inbox (an editor's
+# save) delivers both halves in the same inotify read, so 20 ms still pairs them.
+if _move_grouper is not None:
+    _move_grouper.InotifyMoveEventGrouper.delay = 0.02
+
 log = logging.getLogger(__name__)
 
 _STOP = object()

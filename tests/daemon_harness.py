@@ -95,9 +95,10 @@ def wait_until(pred: Callable[[], Any], timeout: float, *, interval: float = 0.0
 class DaemonProcess:
     """One `dgx-music serve` child. Use as a context manager, or call `close()` in a finally."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, *, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_fh: Any = None
 
@@ -112,7 +113,7 @@ class DaemonProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
-            env=clean_env(),
+            env=clean_env(**self.extra_env),
             cwd=REPO,
         )
         if wait_ready:

@@ -78,6 +78,7 @@ def _cancel(served: Served, job_id: str) -> dict:
 
 
 def test_status_shows_the_running_job_with_percent_and_the_queue(served: Served) -> None:
+    sp = served.spool
     running = _start_long_and_queue(served, "st-long", ["st-q1", "st-q2"])
     assert 0 < running["percent"] < 100
     assert running["frames_total"] > running["frames_done"] > 0
@@ -104,7 +105,9 @@ def test_status_shows_the_running_job_with_percent_and_the_queue(served: Served)
     # Clean up for the next test: the long job goes, the short ones then run to completion.
     _cancel(served, "st-long")
     for job_id in ("st-q1", "st-q2"):
-        assert served.spool.wait_outcome(job_id, TIMEOUT_S, alive=served.daemon)["status"] == "completed"
+        assert sp.wait_outcome(job_id, TIMEOUT_S, alive=served.daemon)["status"] == "completed"
+    # The queue file is rewritten within a second of a change.
+    wait_until(lambda: sp.queued_ids() == [] and sp.running() == [], 10, what="an idle state")
     res = run_cli(served.config, "status", "--json")
     report = json.loads(res.stdout)
     assert report["running"] == [] and all(q["queued"] == [] for q in report["queued"])
@@ -146,7 +149,9 @@ def test_cancel_a_job_running_in_a_shared_batch(served: Served) -> None:
     assert running["batch"] == ["bx-a", "bx-b"]
 
     res = run_cli(served.config, "status")
-    assert "bx-b" in res.stdout, res.stdout  # a batch-mate shows as running too
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("running  bx-a ") and "%" in line for line in lines), res.stdout
+    assert any(line.startswith("running  bx-b ") for line in lines), res.stdout  # its batch-mate too
 
     _cancel(served, "bx-b")  # not the batch's first job
     # Its batch-mate lost the shared decode, not its turn: it runs again, alone.

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _known(settings, job_id: str) -> bool:
-    if any(r.get("job_id") == job_id for r in state.read_running(settings)):
+    # Jobs decoded together share one running entry: the first job's id plus `batch`.
+    if any(r.get("job_id") == job_id or job_id in (r.get("batch") or []) for r in state.read_running(settings)):
         return True
     return any(e.get("job_id") == job_id for q in state.read_queues(settings) for e in q.get("queued", []))
 

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         eta = r.get("eta_s")
         eta_text = f", eta {eta:.0f} s" if isinstance(eta, (int, float)) else ""
         print(f"running  {r.get('job_id')}  {float(r.get('percent') or 0):5.1f}%{eta_text}  (pid {r.get('pid')} on {r.get('host')})")
+        for mate in (r.get("batch") or [])[1:]:
+            print(f"running  {mate}  (decoded in one batch with {r.get('job_id')})")
     for q in report["queued"]:
         for e in q.get("queued", []):
             print(f"queued   {e['job_id']}  #{e['position']} {e['priority']}  (pid {q.get('pid')})")

@@ -145,3 +145,30 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path
     }
     record_figures("crash_chaos", figures)
     assert daemon.starts == KILLS + 1
+
+
+def test_kill_between_audio_and_sidecar_rewrites_the_job_once(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The narrowest window, made certain: the daemon dies after a job's audio was renamed into
+    outbox/ but before its sidecar was. The restart must neither fail the job on its own leftover
+    nor publish it under another id: one result, whole, under the job's id."""
+    spool = tmp_path / "spool"
+    cfg = write_config(tmp_path / "config.yaml", spool, tiny_model_dir,
+                       fault_injection={"stall_after_steps": 10, "stall_s": 60})
+    daemon = DaemonProc(cfg, tmp_path / "daemon.log")
+    try:
+        daemon.start().wait_ready()
+        original = job_yaml("killed while publishing", duration=1.0, seed=8)
+        drop(spool / "inbox", "pub.yaml", original)
+        assert _wait_moment(lambda: _running(spool), 30), "the job never started"
+        daemon.kill()
+        # What the killed writer would have left: the audio renamed in, no sidecar yet.
+        (spool / "outbox" / "pub.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE partial audio of the killed attempt")
+        write_config(cfg, spool, tiny_model_dir)
+        daemon.start().wait_ready()
+        wait_until(lambda: (spool / "outbox" / "pub.json").exists() and spool_quiet(spool), 60, what="the re-run")
+        assert daemon.stop() == 0
+    finally:
+        daemon.cleanup()
+    got = assert_exactly_once(spool, {"pub"})
+    assert got.completed["pub"]["outputs"][0]["path"] == "pub.wav"
+    assert "removed outbox/pub.wav left by the interrupted attempt" in daemon.log_text()

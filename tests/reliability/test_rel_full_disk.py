@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -93,7 +94,7 @@ def test_full_disk_keeps_jobs_queued_and_completes_them_when_space_returns(
     t0 = time.monotonic()
     try:
         # Phase 1: staged while there is room, filled to the last block, then renamed in.
-        for job_id in ids[:2]:
+        for job_id in ids:
             (inbox / f".{job_id}.part").write_bytes(originals[job_id])
         _fill(filler, 0)
         for job_id in ids[:2]:
@@ -105,14 +106,12 @@ def test_full_disk_keeps_jobs_queued_and_completes_them_when_space_returns(
         assert outcomes(spool).count() == 0
 
         # Phase 2: room for claims and state, not for audio.
-        filler.unlink()
-        for job_id in ids[2:]:
-            (inbox / f".{job_id}.part").write_bytes(originals[job_id])
-        _fill(filler, 96 * 1024)
+        # One truncate: the free space goes from nothing to 96 KB at once.
+        os.truncate(filler, filler.stat().st_size - 96 * 1024)
         for job_id in ids[2:]:
             os.rename(inbox / f".{job_id}.part", inbox / f"{job_id}.yaml")
         try:
-            wait_until(lambda: daemon.log_text().count("cannot write its results") >= len(ids), 60,
+            wait_until(lambda: set(re.findall(r"job (full\d): cannot write its results", daemon.log_text())) == set(ids), 60,
                        what="every job to hit ENOSPC on its results")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{daemon.log_text()[-4000:]}") from None
