@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per engine; the fastest counts")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--cfg-coef", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0: torch's default); 1 gives steadier figures on a shared machine")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
 
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
     from daemon.decodebench import compare, format_table
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

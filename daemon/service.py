@@ -250,8 +250,8 @@ class Daemon:
                 last_recover = now
                 with self._pickup_lock:
                     self._recover()  # jobs of a peer daemon that died
-            if self._worker_thread is not None and not self._worker_thread.is_alive():
-                log.critical("the worker thread died; exiting so systemd restarts the daemon")
+            if self._worker_thread is not None and not (self._worker_thread.is_alive() and self.worker.alive()):
+                log.critical("the worker or writer thread died; exiting so systemd restarts the daemon")
                 raise SystemExit(EXIT_FAILED)
 
     def _idle_text(self) -> str:

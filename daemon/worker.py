@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+from queue import Queue
 import signal
 import threading
 import time
@@ -122,22 +123,41 @@ class Worker:
         self.busy = False
         self.deferred: list[QueuedJob] = []
         self._lock = threading.Lock()
+        self._to_write: Queue[list[QueuedJob] | None] = Queue(maxsize=2)
+        self._writer: threading.Thread | None = None
         self.completed = 0
         self.failed = 0
 
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        while not self.stop_event.is_set():
-            self._release_deferred()
-            item = self.queue.get(timeout=0.25)
-            if item is None:
-                self.engine_idle()
-                continue
-            if self.stop_event.is_set():
-                break  # its claim stays in work/; the next start recovers it
-            self._run_batch([item, *self._compatible_with(item)])
-        self.progress.finish()
+        # Loudness, encoding and the fsyncs of one batch overlap the decoding of the next.
+        self._writer = threading.Thread(target=self._write_loop, name="dgx-music-writer", daemon=True)
+        self._writer.start()
+        try:
+            while not self.stop_event.is_set():
+                self._release_deferred()
+                item = self.queue.get(timeout=0.25)
+                if item is None:
+                    self.engine_idle()
+                    continue
+                if self.stop_event.is_set():
+                    break  # its claim stays in work/; the next start recovers it
+                self._run_batch([item, *self._compatible_with(item)])
+        finally:
+            self._to_write.put(None)
+            self._writer.join()  # results in hand are written before the daemon exits
+            self.progress.finish()
+
+    def alive(self) -> bool:
+        return self._writer is None or self._writer.is_alive()
+
+    def _write_loop(self) -> None:
+        while (batch := self._to_write.get()) is not None:
+            for item in batch:
+                model = item.job.model or self.settings.default_model
+                with job_context(job_id=item.job_id, model=model, stage="write"):
+                    self._publish_guarded(item)
 
     def _compatible_with(self, first: QueuedJob) -> list[QueuedJob]:
         """Queued jobs that can share `first`'s decode batch (issue 8: cross-job batching):
@@ -206,10 +226,9 @@ class Worker:
                 if len(batch) > 1:
                     log.info("decoding %d jobs as one batch: %s", len(batch), ", ".join(j.job_id for j in batch))
                 self._generate_guarded(batch, model)
-            for item in batch:
-                if item.pending is not None:
-                    with job_context(job_id=item.job_id, model=model, stage="write"):
-                        self._publish_guarded(item)
+            ready = [item for item in batch if item.pending is not None]
+            if ready:
+                self._to_write.put(ready)  # blocks while the writer is two batches behind
         finally:
             self.current = []
             self.busy = False
@@ -338,6 +357,8 @@ class Worker:
             item.pending_timings = Timings(
                 queue_s=round(queue_s, 4), model_load_s=round(load_s, 4), generate_s=round(gen_s, 4)
             )
+            # Generated: a crash from here on (the next batch's) is not this job's doing.
+            item.group.claim = spool.mark_requeued(self.settings, item.claim)
 
     def _inject_crash(self, job: Job) -> None:
         # Test hook (settings.fault_injection.kill_on_prompt): die like a segfaulting CUDA
