@@ -334,7 +334,38 @@ def _check_local_model(label: str, path: Path) -> Check:
     if unreadable:
         return fail(label, f"{path}: not readable by {_user()}: {', '.join(sorted(unreadable))}",
                     f"chmod a+r {path}/* (safetensors files are written 0600)")
+    for weights in sorted(path.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            return fail(label, f"{weights}: {problem}", "the checkpoint is damaged: copy or save it again")
     return ok(label, f"local checkpoint {path}")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (truncated, corrupt header), or None.
+
+    Reads only the header: 8 bytes of length, the JSON index, and checks that the tensors'
+    data ends exactly at the end of the file, which is what a truncated copy breaks.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return "truncated (no header)"
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size:
+                return "corrupt header length"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as exc:
+        return f"unreadable header ({exc})"
+    if not isinstance(header, dict):
+        return "corrupt header"
+    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    expected = 8 + n + max(ends, default=0)
+    if expected != size:
+        return f"truncated or padded: header says {expected} bytes, file has {size}"
+    return None
 
 
 def _check_hub_model(label: str, name: str, spec: ModelSpec) -> Check:

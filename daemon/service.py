@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from jobspec import JobSpecError, default_job_id, load_job_bytes
+from jobspec import ErrorDetail, JobSpecError, default_job_id, load_job_bytes
 
 from daemon import spool, state
 from daemon.config import ConfigError, Settings, load_settings
@@ -73,6 +73,7 @@ class Daemon:
         spool.ensure_layout(s)
         (s.state_dir / "batches").mkdir(exist_ok=True)
         spool.clean_stale_temps(s)
+        state.remove_dead_instances(s)
         name = s.default_model
         self._status(f"loading model {name}")
         # Big checkpoints take minutes: ask systemd for time instead of being killed mid-load.
@@ -134,8 +135,18 @@ class Daemon:
         except JobSpecError as exc:
             self._reject(claimed, exc)
             return
+        except FileNotFoundError:
+            log.error("work/%s vanished after its claim (removed by hand?)", claimed.work_path.name)
+            return
         except OSError as exc:
-            log.error("work/%s: cannot read the claimed job (%s); leaving it for recovery", claimed.work_path.name, exc)
+            # Unreadable (mode 0600 by another user, EIO): to failed/ untouched, with the reason;
+            # left in work/ it would sit there until the daemon restarts.
+            why = exc.strerror or str(exc)
+            self._reject(claimed, JobSpecError(
+                [ErrorDetail(loc="", msg=f"cannot read the job file: {why}",
+                             hint="make it readable by the dgx-music group (chmod g+r FILE), then submit it again")],
+                filename=claimed.source_name,
+            ))
             return
         group = ClaimGroup(claim=claimed, job_ids=[])
         items: list[QueuedJob] = []

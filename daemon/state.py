@@ -291,3 +291,25 @@ def record_outcome(settings: Settings, entry: Mapping[str, Any], *, limit: int =
 def read_recent(settings: Settings) -> list[dict[str, Any]]:
     data = read_json(recent_path(settings))
     return list(data.get("recent", [])) if isinstance(data, dict) else []
+
+
+def remove_dead_instances(settings: Settings) -> list[Path]:
+    """Delete running/queue files left by daemons of this host that died (kill -9, OOM kill),
+    so `status` does not show their jobs as running."""
+    host = socket.gethostname()
+    removed = []
+    for path in [*settings.state_dir.glob("running*.json"), *settings.state_dir.glob("queue*.json")]:
+        data = read_json(path)
+        if not isinstance(data, dict) or data.get("host") != host:
+            continue
+        try:
+            os.kill(int(data.get("pid", 0)), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except (PermissionError, ValueError, OverflowError):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed

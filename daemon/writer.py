@@ -7,6 +7,7 @@ hashed as written so the sidecar's sha256 matches what is on disk.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,6 @@ SUBTYPES: dict[str, frozenset[str]] = {
     "wav": frozenset({"PCM_16", "PCM_24", "FLOAT"}),
     "flac": frozenset({"PCM_16", "PCM_24"}),  # FLAC is an integer codec
 }
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -84,18 +84,18 @@ def write_audio(
     if subtype != "FLOAT":
         x = np.clip(x, -1.0, 1.0)
     channels, frames = x.shape
-    digest = hashlib.sha256()
-    size = 0
+    # Encode in memory, then write the bytes ourselves: libsndfile's virtual-I/O callbacks
+    # swallow write errors, so ENOSPC would surface as a truncated file instead of an OSError.
+    buf = io.BytesIO()
+    with sf.SoundFile(
+        buf, mode="w", samplerate=int(sample_rate), channels=channels, format=FORMATS[format], subtype=subtype
+    ) as snd:
+        snd.write(np.ascontiguousarray(x.T))
+    data = buf.getbuffer()
     with atomic_writer(path, create_new=create_new) as fh:
-        with sf.SoundFile(
-            fh, mode="w", samplerate=int(sample_rate), channels=channels, format=FORMATS[format], subtype=subtype
-        ) as snd:
-            snd.write(np.ascontiguousarray(x.T))
-        fh.flush()
-        fh.seek(0)
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+        fh.write(data)
+    size = len(data)
+    digest = hashlib.sha256(data)
     return AudioFileInfo(
         path=path,
         format=format,

@@ -42,13 +42,35 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env
 
 
+def tiny_safetensors(path: Path) -> None:
+    """A well-formed safetensors file holding one float32 tensor of 4 values."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(4)}, str(path))
+
+
 def fake_checkpoint(directory: Path, *, skip: tuple[str, ...] = ()) -> Path:
-    """A directory with the files a save_pretrained MusicGen checkpoint has (contents not loaded by doctor)."""
+    """A directory with the files a save_pretrained MusicGen checkpoint has (the weights are a
+    valid safetensors file, since doctor reads its header; the rest is not loaded by doctor)."""
     directory.mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
-        if name not in skip:
+        if name in skip:
+            continue
+        if name.endswith(".safetensors"):
+            tiny_safetensors(directory / name)
+        else:
             (directory / name).write_text("{}")
     return directory
+
+
+def test_a_truncated_weights_file_fails(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    tiny_safetensors(weights)
+    assert doc.safetensors_problem(weights) is None
+    weights.write_bytes(weights.read_bytes()[:-3])
+    assert "truncated" in (doc.safetensors_problem(weights) or "")
+    weights.write_bytes(b"\x10\x00")
+    assert "truncated" in (doc.safetensors_problem(weights) or "")
 
 
 def make_spool(root: Path) -> Path:

@@ -7,12 +7,14 @@ import json
 import multiprocessing
 import multiprocessing.synchronize
 import os
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from daemon import state
 from daemon.config import Settings, load_settings
 from daemon.spool import ensure_layout
 from daemon.state import (
@@ -206,3 +208,18 @@ def test_recent_loses_no_entry_to_two_processes_and_a_thread_writing_at_once(set
     for tag in ("a", "b", "c"):
         mine = [int(i[1:]) for i in ids if i[0] == tag]
         assert mine == sorted(mine)
+
+
+def test_dead_instances_state_files_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    settings = load_settings(None, spool=tmp_path / "spool")
+    settings.state_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    state.replace_json(state.running_path(settings, "dead"), {"job_id": "x", "pid": dead.pid, "host": socket.gethostname()})
+    state.write_queue(settings, [], instance="alive")  # this process: alive
+    removed = state.remove_dead_instances(settings)
+    assert removed == [state.running_path(settings, "dead")]
+    assert state.queue_path(settings, "alive").exists()

@@ -63,16 +63,9 @@ def test_broken_checkpoint_fails_serve_with_model_load_error(kind: str, tmp_path
     record_figures(f"model_fault_{kind}", {"serve_exit": rc, "seconds_to_exit": round(time.monotonic() - t0, 1)})
 
 
-_DOCTOR_SEES_ONLY_FILES = pytest.mark.xfail(
-    strict=True,
-    reason="daemon/doctor.py checks that the checkpoint's files exist, not that the weights load "
-    "(issue 7 asks for ModelLoadError in doctor too); remove this mark once it validates them",
-)
-
-
 @pytest.mark.parametrize(
     "kind",
-    ["missing", pytest.param("corrupt", marks=_DOCTOR_SEES_ONLY_FILES), pytest.param("truncated", marks=_DOCTOR_SEES_ONLY_FILES)],
+    ["missing", "corrupt", "truncated"],
 )
 def test_doctor_reports_a_broken_checkpoint_with_exit_1(kind: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     model = _broken_checkpoints(tmp_path, tiny_model_dir)[kind]
