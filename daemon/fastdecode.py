@@ -475,6 +475,9 @@ class DgxBackend:
     """
 
     name = "dgx"
+    # Every row draws from its own torch.Generator, so the engine may batch rows of different
+    # jobs together without changing any job's audio.
+    per_row_seeds = True
 
     def __init__(
         self,

@@ -153,7 +153,8 @@ class TransformersBackend:
         groups: dict[tuple[float, int, float, bool], list[int]] = {}
         for i, row in enumerate(req.rows):
             groups.setdefault(row.without_seed(), []).append(i)
-        total_steps = len(groups) * (req.max_frames + delay_steps(model))
+        per_group = max(req.max_frames, delay_steps(model)) + delay_steps(model)
+        total_steps = len(groups) * per_group
         done = 0
         out: list[torch.Tensor | None] = [None] * len(req.rows)
         for idx in groups.values():
@@ -164,7 +165,7 @@ class TransformersBackend:
                     req.on_step(offset + step, total_steps)
 
             codes = self._decode_group(model, req, idx, on_step)
-            done += req.max_frames + delay_steps(model)
+            done += per_group
             for j, i in enumerate(idx):
                 out[i] = codes[j]
         return torch.stack([c for c in out if c is not None])
@@ -174,7 +175,9 @@ class TransformersBackend:
         sel = torch.tensor(idx, device=req.input_ids.device)
         input_ids = req.input_ids.index_select(0, sel)
         attention_mask = req.attention_mask.index_select(0, sel)
-        steps = req.max_frames + delay_steps(model)
+        # transformers skips the delay pattern below K-1 frames: decode that many and cut.
+        frames = max(req.max_frames, delay_steps(model))
+        steps = frames + delay_steps(model)
         k = model.config.decoder.num_codebooks
 
         gen = copy.deepcopy(model.generation_config)
@@ -192,7 +195,8 @@ class TransformersBackend:
             gen.temperature = row.temperature
             gen.top_k = top_k
             gen.top_p = top_p if top_p > 0 else 1.0
-        gen.guidance_scale = req.cfg_coef if req.cfg_coef > 1.0 else None
+        # None would be filled back from the checkpoint's generation_config (3.0): say 1.0 (off).
+        gen.guidance_scale = req.cfg_coef if req.cfg_coef > 1.0 else 1.0
         kwargs: dict[str, Any] = {}
         prompt_frames = 0
         if req.prompt_codes is not None:
@@ -222,13 +226,13 @@ class TransformersBackend:
             codes = torch.stack([left, right], dim=2).reshape(left.shape[0], k, left.shape[-1])
         else:
             codes = captured[0][0]
-        want = prompt_frames + req.max_frames
+        want = prompt_frames + frames
         if codes.shape[-1] != want or codes.shape[1] != k:
             raise GenerationError(
                 f"transformers generate produced codes of shape {tuple(codes.shape)}, expected [.., {k}, {want}]",
                 hint="this transformers version changed MusicGen's delay pattern; pin transformers or use decoder: dgx",
             )
-        return codes[..., prompt_frames:].long()
+        return codes[..., prompt_frames : prompt_frames + req.max_frames].long()
 
 
 def get_backend(name: str) -> DecodeBackend:

@@ -101,3 +101,20 @@ def test_cli_bench_tiny_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "clip done in" in captured.err
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--durations", "4,-1"])
+
+
+def test_cli_bench_compare_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.commands import bench
+
+    parser = argparse.ArgumentParser(prog="dgx-music")
+    bench.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--tiny", "--compare", "--durations", "0.5", "--batch", "2",
+                              "--device", "cpu", "--json"])
+    assert args.func(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["engine"] for r in rows) == ["dgx-music", "transformers"]
+    for r in rows:
+        assert {"engine", "model", "batch", "duration_s", "gen_s", "rtf", "peak_memory_bytes"} <= set(r)
+        assert r["batch"] == 2 and r["duration_s"] == 0.5 and r["model"] == "tiny"
+        assert r["gen_s"] > 0
+        assert r["rtf"] == pytest.approx(r["gen_s"] / 0.5, rel=0.01, abs=1e-3)  # per clip: the batch runs in parallel

@@ -162,6 +162,22 @@ def test_very_short_requests_return_exact_frames(tiny: tuple[Any, Any]) -> None:
         assert torch.equal(got, longer[..., :frames])  # decoding is causal
 
 
+def test_transformers_backend_turns_guidance_off_and_cuts_short_requests(tiny: tuple[Any, Any]) -> None:
+    # The baseline backend must agree with ours on both edges, or `bench --compare` compares
+    # different work: cfg_coef 1.0 means no guidance (not the checkpoint's 3.0), and 1-2 frames work.
+    from daemon.tokens import TransformersBackend
+
+    model, processor = tiny
+    enc = _text(processor, PROMPTS[:1])
+    ours_plain = DgxBackend().decode(model, _request(enc, [GREEDY], 1.0, 12))
+    theirs_plain = TransformersBackend().decode(model, _request(enc, [GREEDY], 1.0, 12))
+    assert torch.equal(theirs_plain, ours_plain)
+    for frames in (1, 2):
+        got = TransformersBackend().decode(model, _request(enc, [GREEDY], 3.0, frames))
+        assert got.shape == (1, 4, frames)
+        assert torch.equal(got, DgxBackend().decode(model, _request(enc, [GREEDY], 3.0, frames)))
+
+
 # ---------------------------------------------------------------- seeds and batching
 
 

@@ -1,4 +1,6 @@
-"""`dgx-music bench [--model NAME] [--durations 4,8,16,30] [--json] [--tiny]`: the seed's benchmark.
+"""`dgx-music bench [--model NAME] [--durations 4,8,16,30] [--json] [--tiny | --shape S] [--compare]`.
+
+Without --compare: the seed's benchmark. With it: transformers `generate` against our decode loop.
 
 Exit 0, or 1 when the verdict is BLOCKER (16 s clip over 60 s) or the model cannot run.
 """
@@ -46,6 +48,10 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("--tiny", action="store_true",
                         help="benchmark a tiny random model built in a temporary directory (runs anywhere)")
+    parser.add_argument("--shape", choices=("small", "medium", "large"), default=None,
+                        help="random weights at this real MusicGen shape, built in a temporary directory")
+    parser.add_argument("--compare", action="store_true",
+                        help="transformers generate and our decode loop on the same model, prompts and lengths")
 
 
 def parse_durations(text: str) -> list[float]:
@@ -65,9 +71,44 @@ def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
     if args.decoder:
         overrides["decoder"] = args.decoder
     if tiny_dir is not None:
-        overrides["models"] = {"tiny": {"path": str(tiny_dir)}}
-        overrides["default_model"] = "tiny"
+        name = tiny_dir.name
+        overrides["models"] = {name: {"path": str(tiny_dir)}}
+        overrides["default_model"] = name
     return load_settings(config_path(args), **overrides)
+
+
+def made_model(args: argparse.Namespace, tmp: Path) -> Path | None:
+    """--tiny / --shape: a checkpoint built here, so the benchmark needs no download."""
+    if args.tiny:
+        from daemon.checkpoints import init_tiny
+
+        return init_tiny(tmp / "tiny")
+    if args.shape:
+        from daemon.checkpoints import init_random
+
+        print(f"building random weights at the musicgen-{args.shape} shape...", file=sys.stderr)
+        # Half precision on disk keeps the large shape at ~7 GB; the load casts to the run dtype.
+        return init_random(tmp / args.shape, args.shape, dtype="float16")
+    return None
+
+
+def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -> int:
+    from daemon.checkpoints import load_checkpoint
+    from daemon.decodebench import compare, format_table
+    from daemon.devices import resolve_device, resolve_dtype
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    ckpt = load_checkpoint(model_name, settings, device=device, dtype=dtype)
+    rows = compare(
+        ckpt.model, ckpt.processor, args.durations or (4.0, 8.0, 16.0, 30.0), args.batch,
+        model_name=model_name, progress=lambda text: print(text, file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,18 +118,23 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         print("dgx-music: --batch must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    if args.tiny and args.shape:
+        print("dgx-music: give --tiny or --shape, not both", file=sys.stderr)
+        return EXIT_USAGE
     with tempfile.TemporaryDirectory(prefix="dgx-music-bench-") as tmp:
-        tiny_dir = None
-        if args.tiny:
-            from daemon.checkpoints import init_tiny
-
-            tiny_dir = init_tiny(Path(tmp) / "tiny")
+        made = made_model(args, Path(tmp))
         try:
-            settings = bench_settings(args, tiny_dir)
+            settings = bench_settings(args, made)
         except ConfigError as exc:
             print(f"dgx-music: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        model = "tiny" if args.tiny else (args.model or settings.default_model)
+        model = made.name if made is not None else (args.model or settings.default_model)
+        if args.compare:
+            try:
+                return run_compare(args, settings, model)
+            except DgxMusicError as exc:
+                print(f"dgx-music: bench failed: {exc}", file=sys.stderr)
+                return EXIT_USAGE if exc.error_type == "unknown_model" else EXIT_FAILED
         engine = MusicEngine(settings)
         try:
             print(f"loading model {model}...", file=sys.stderr)
