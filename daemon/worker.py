@@ -10,6 +10,7 @@ hands the audio to `results.publish`, and turns every failure into the right out
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -31,7 +32,7 @@ from daemon.atomic import atomic_write_bytes
 from daemon.config import Settings
 from daemon.engine import GenerationRequest, GenerationResult, MusicEngine, Progress
 from daemon.errors import DgxMusicError, GenerationCancelled, UnknownModelError
-from daemon.jobqueue import JobQueue
+from daemon.jobqueue import JobQueue, QueueClosed
 from daemon.logsetup import job_context, set_stage
 from daemon.results import output_names, publish
 
@@ -265,7 +266,10 @@ class Worker:
         for item in todo:
             if item not in cancelled and cancelled:
                 spool.mark_requeued(self.settings, item.claim)
-                self.queue.put(item)
+                try:
+                    self.queue.put(item)
+                except QueueClosed:
+                    pass  # stopping: its claim stays in work/ for the next start
 
     def _publish_guarded(self, item: QueuedJob) -> None:
         try:
@@ -439,10 +443,19 @@ class Worker:
         status: str = "failed",
         details: list[dict[str, Any]] | None = None,
     ) -> None:
-        fail_group_job(
-            self.settings, item.group, item.job_id, item.job, error_type, message,
-            hint=hint, status=status, details=details, started_at=item.started_at,
-        )
+        try:
+            fail_group_job(
+                self.settings, item.group, item.job_id, item.job, error_type, message,
+                hint=hint, status=status, details=details, started_at=item.started_at,
+            )
+        except OSError as exc:
+            # Even the error sidecar cannot be written (full disk): keep the job in work/ rather
+            # than lose it or kill the worker; the next start runs it again.
+            log.error("job %s: cannot record its %s outcome (%s); it stays in work/ for the next start",
+                      item.job_id, error_type, exc)
+            with contextlib.suppress(OSError):  # the meta write may fail the same way
+                spool.mark_requeued(self.settings, item.claim)
+            return
         self.failed += 1
         self.finish(item, failed=True)
 
