@@ -675,14 +675,10 @@ def reserve_id(
             if _names_taken(settings, candidate, names_for):
                 continue
             record = _dump({"claim_id": claim_id, "owner": owner.to_json(), "reserved_at": time.time()})
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            except FileExistsError:
+            if _stale_empty(path):
+                _unlink_quiet(path)
+            if not _create_with(path, record):
                 continue
-            try:
-                os.write(fd, record)
-            finally:
-                os.close(fd)
             held.add(candidate)
             return candidate
     raise SpoolError(f"no free result id for {job_id!r} after {_MAX_SUFFIX} tries")
@@ -692,6 +688,47 @@ def outcome_exists(settings: Settings, job_id: str) -> bool:
     """True when `job_id` already has its final outcome on disk (outbox/<id>.json or
     failed/<id>.error.json): a recovered claim whose job finished just before the crash."""
     return (settings.outbox / f"{job_id}.json").exists() or (settings.failed / f"{job_id}.error.json").exists()
+
+
+def _create_with(path: Path, record: bytes) -> bool:
+    """Create `path` holding `record`, or return False when it exists. The file appears with its
+    content (a temp linked into place), so a kill can never leave an empty reservation behind:
+    an empty one would name no claim and cost a recovered job its id."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, record)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # No hard links here: O_EXCL is still exclusive, only no longer born with its content.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, record)
+        finally:
+            os.close(fd)
+        return True
+    finally:
+        _unlink_quiet(tmp)
+
+
+def _stale_empty(path: Path, *, older_than_s: float = 10.0) -> bool:
+    """An empty reservation left by a kill (older versions, or a filesystem without links)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return st.st_size == 0 and time.time() - st.st_mtime > older_than_s
 
 
 def _names_taken(settings: Settings, candidate: str, names_for: Callable[[str], list[str]]) -> bool:
@@ -740,6 +777,8 @@ def _clean_reservations(settings: Settings, live_claims: set[str], me: Owner) ->
                 continue
             data = _load_reservation(res_dir / name)
             if not data:
+                if _stale_empty(res_dir / name):
+                    _unlink_quiet(res_dir / name)
                 continue  # being written right now, or unreadable: leave it
             if data.get("claim_id") in live_claims:
                 continue

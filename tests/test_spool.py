@@ -387,6 +387,20 @@ def test_reserve_id_skips_names_taken_on_disk_and_in_flight(settings: Settings) 
         reserve_id(settings, "../evil", audio_names)
 
 
+def test_reservations_are_born_with_their_claim_and_empty_leftovers_expire(settings: Settings) -> None:
+    # A kill between creating a reservation and writing it used to leave an empty file that
+    # named no claim: the recovered job then lost its id to `<id>-2`.
+    assert reserve_id(settings, "tune", audio_names, claim_id="c1") == "tune"
+    record = json.loads((settings.state_dir / "reserved" / "tune").read_bytes())
+    assert record["claim_id"] == "c1"
+    assert not [p for p in (settings.state_dir / "reserved").iterdir() if p.name.startswith(".")]  # no temp left
+    empty = settings.state_dir / "reserved" / "old"
+    empty.write_bytes(b"")
+    assert reserve_id(settings, "old", audio_names) == "old-2"  # fresh: maybe being written
+    os.utime(empty, (time.time() - 60, time.time() - 60))
+    assert reserve_id(settings, "old", audio_names) == "old"  # a leftover of a killed writer
+
+
 def test_reserve_id_is_unique_under_concurrency(settings: Settings) -> None:
     got: list[str] = []
     lock = threading.Lock()
