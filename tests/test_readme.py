@@ -33,3 +33,8 @@ def test_readme_opens_with_the_two_setup_commands_and_ci_runs_the_second() -> No
 def test_every_command_is_documented() -> None:
     for name in COMMAND_MODULES:
         assert f"dgx-music {name}" in README, f"README lacks `dgx-music {name}`"
+
+
+def test_service_section_is_the_installed_doc() -> None:
+    # install.sh ships docs/service.md as the unit's Documentation=; the README must say the same.
+    assert (ROOT / "docs" / "service.md").read_text(encoding="utf-8").strip() in README

@@ -41,8 +41,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     c = report["counts"]
     print(f"spool {report['spool']}: inbox {c['inbox']}, work {c['work']}, outbox {c['outbox']} results, failed {c['failed']}")
-    if not report["queued"] and not report["running"]:
-        print("no daemon is serving this spool" if not report["queued"] else "idle")
+    # Every serving daemon keeps a queue file (empty when idle).
+    if not report["queued"]:
+        print("no daemon is serving this spool")
+    busy = {(r.get("host"), r.get("pid")) for r in report["running"]}
+    for q in report["queued"]:
+        n = len(q.get("queued", []))
+        what = "running a job" if (q.get("host"), q.get("pid")) in busy else "idle"
+        print(f"daemon   pid {q.get('pid')} on {q.get('host')}: {what}, {n} queued")
     for r in report["running"]:
         eta = r.get("eta_s")
         eta_text = f", eta {eta:.0f} s" if isinstance(eta, (int, float)) else ""
