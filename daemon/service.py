@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -185,7 +186,8 @@ class Daemon:
                 except QueueClosed:
                     return  # stopping: the claim stays in work/ for the next start
                 log.info("queued %s from %s (%s, %.0f s x%d)", item.job_id, claimed.source_name, item.job.priority, item.job.duration, item.job.count)
-        self._write_queue()
+        # state/queue.json follows within a second (main loop): rewriting it per pickup would
+        # cost O(n^2) bytes in a burst of n jobs.
 
     def _reject(self, claimed: spool.Claimed, exc: JobSpecError) -> None:
         s = self.settings
@@ -253,17 +255,25 @@ class Daemon:
                 self.notifier.status(self._idle_text())
             if now - last_cancel >= CANCEL_SCAN_S:
                 last_cancel = now
-                self._handle_cancels()
+                self._housekeeping(self._handle_cancels)
             if now - last_queue >= 1.0:
                 last_queue = now
                 self._write_queue()
             if now - last_recover >= s.rescan_interval_s:
                 last_recover = now
                 with self._pickup_lock:
-                    self._recover()  # jobs of a peer daemon that died
+                    self._housekeeping(self._recover)  # jobs of a peer daemon that died
             if self._worker_thread is not None and not (self._worker_thread.is_alive() and self.worker.alive()):
                 log.critical("the worker or writer thread died; exiting so systemd restarts the daemon")
                 raise SystemExit(EXIT_FAILED)
+
+    def _housekeeping(self, task: Callable[[], None]) -> None:
+        # A full or failing disk must not end the daemon from its main loop: the jobs stay
+        # where they are on disk and the task runs again on the next tick.
+        try:
+            task()
+        except OSError as exc:
+            log.error("%s failed: %s; retrying shortly", task.__name__.strip("_").replace("_", " "), exc)
 
     def _idle_text(self) -> str:
         n = len(self.queue)
