@@ -197,6 +197,10 @@ class InboxWatcher:
                 self._active = item
             try:
                 self._on_candidate(item)
+            except OSError as exc:
+                # A full or read-only disk: one line per try, not a traceback per rescan.
+                log.error("cannot take %s from the inbox (%s); it stays there for the next scan",
+                          item.name, exc.strerror or exc)
             except Exception:
                 log.exception("handling inbox file %s failed; it stays in the inbox for the next scan", item.name)
             finally:
