@@ -34,7 +34,7 @@ from daemon.engine import GenerationRequest, GenerationResult, MusicEngine, Prog
 from daemon.errors import DgxMusicError, GenerationCancelled, UnknownModelError
 from daemon.jobqueue import JobQueue, QueueClosed
 from daemon.logsetup import job_context, set_stage
-from daemon.results import output_names, publish
+from daemon.results import publish
 
 log = logging.getLogger(__name__)
 

@@ -14,24 +14,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-READY_LINE = "ready:"
+READY_LINE = "ready: watching"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a daemon or CLI child: no DGX_MUSIC_* overrides from the caller's
-    shell, no systemd sockets (the child must log to its stderr file, not to the journal)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("DGX_MUSIC_") and k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID")
-    }
+    shell, no systemd variables (the child must log to its stderr file, not to the journal)."""
+    systemd_vars = ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DGX_MUSIC_") and k not in systemd_vars}
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     # Run from the source tree even when the package is not installed in this interpreter.
@@ -95,11 +92,13 @@ def wait_until(pred: Callable[[], Any], timeout: float, *, interval: float = 0.0
 class DaemonProcess:
     """One `dgx-music serve` child. Use as a context manager, or call `close()` in a finally."""
 
-    def __init__(self, config: Path, log_path: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log_path: Path, *, env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
-        self.extra_env = dict(env or {})
+        self.extra_env = dict(env or {})  # on top of clean_env(): e.g. NOTIFY_SOCKET, OMP_NUM_THREADS
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._offset = 0
         self._log_fh: Any = None
 
     def start(self, *, wait_ready: bool = True, timeout: float = 180.0) -> "DaemonProcess":
@@ -107,6 +106,8 @@ class DaemonProcess:
             raise RuntimeError("daemon already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        if self._log_fh is not None:
+            self._log_fh.close()
         self._log_fh = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "serve", "--config", str(self.config)],
@@ -114,8 +115,10 @@ class DaemonProcess:
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             env=clean_env(**self.extra_env),
-            cwd=REPO,
+            # Settings read `.env` from the working directory: keep a developer's out of it.
+            cwd=self.config.parent,
         )
+        self.starts += 1
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -142,11 +145,38 @@ class DaemonProcess:
     def log_tail(self, n: int = 40) -> str:
         return "--- daemon log (tail) ---\n" + "\n".join(self.full_log().splitlines()[-n:])
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        wait_until(lambda: READY_LINE in self.log(), timeout, interval=0.1, what="the daemon's ready line", alive=self)
+    def log_text(self, *, this_run: bool = False) -> str:
+        return self.log() if this_run else self.full_log()
+
+    def wait_log(self, text: str, timeout: float = 180.0) -> None:
+        """Wait until this run's log shows `text`; fail at once when the daemon exits."""
+        wait_until(lambda: text in self.log(), timeout, interval=0.05, what=f"the log line {text!r}", alive=self)
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Seconds from now until the daemon logged that it is ready."""
+        t0 = time.monotonic()
+        self.wait_log(READY_LINE, timeout)
+        return time.monotonic() - t0
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    # /proc figures, for the leak checks of the flood.
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS in /proc status")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None

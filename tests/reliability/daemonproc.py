@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-READY_LINE = "ready: watching"
+from daemon_harness import DaemonProcess, wait_until  # noqa: F401  (re-exported for the suite)
+from daemon_harness import clean_env as _clean_env
+
 DEFAULT_START_TIMEOUT_S = 180.0  # importing torch + loading on a busy 2-core CI box
 
 
@@ -60,15 +59,8 @@ def drop(inbox: Path, name: str, data: str | bytes) -> Path:
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The test's environment without anything that would steer the daemon (DGX_MUSIC_*,
-    systemd's variables), plus `extra`."""
-    drop_prefixes = ("DGX_MUSIC_",)
-    drop_names = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes) and k not in drop_names}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HF_HUB_OFFLINE"] = "1"
-    env.update(extra or {})
-    return env
+    """The test's environment without anything that would steer the daemon, plus `extra`."""
+    return _clean_env(**dict(extra or {}))
 
 
 class NotifyListener:
@@ -125,116 +117,16 @@ class NotifyListener:
         self.sock.close()
 
 
-@dataclass
-class DaemonProc:
-    """One `dgx-music serve` process; `start()` may be called again after it exited."""
+class DaemonProc(DaemonProcess):
+    """The suite's flavour of the shared harness: `start()` returns at once (tests time READY
+    or expect an early exit themselves); `env` is what goes on top of the clean environment."""
 
-    config: Path
-    log_path: Path
-    env: dict[str, str] = field(default_factory=clean_env)
-    cwd: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    _log_offset: int = 0
-
-    def start(self) -> "DaemonProc":
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError("daemon already running")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "serve", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                # Settings read `.env` from the working directory: keep the repo's out of it.
-                cwd=str(self.cwd or self.config.parent),
-            )
-        finally:
-            log.close()
-        self.starts += 1
+    def start(self, *, wait_ready: bool = False, timeout: float = DEFAULT_START_TIMEOUT_S) -> "DaemonProc":
+        super().start(wait_ready=wait_ready, timeout=timeout)
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self, *, this_run: bool = False) -> str:
-        try:
-            data = self.log_path.read_bytes()
-        except FileNotFoundError:
-            return ""
-        return (data[self._log_offset :] if this_run else data).decode("utf-8", "replace")
-
-    def wait_log(self, text: str, timeout: float = DEFAULT_START_TIMEOUT_S) -> None:
-        """Wait until this run's log shows `text`; fail early when the daemon exits."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log_text(this_run=True):
-            if not self.alive():
-                raise AssertionError(f"daemon exited ({self.returncode()}) before logging {text!r}:\n{self.log_text(this_run=True)[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"daemon did not log {text!r} within {timeout} s:\n{self.log_text(this_run=True)[-4000:]}")
-            time.sleep(0.05)
-
-    def wait_ready(self, timeout: float = DEFAULT_START_TIMEOUT_S) -> float:
-        """Seconds from start() until the daemon logged that it is ready."""
-        t0 = time.monotonic()
-        self.wait_log(READY_LINE, timeout)
-        return time.monotonic() - t0
-
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> int:
-        """SIGKILL (a crash, as far as the spool can tell) and reap."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        return self.proc.wait(30)
-
-    def wait_exit(self, timeout: float = DEFAULT_START_TIMEOUT_S) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    # /proc figures, for the leak checks of the flood.
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS in /proc status")
-
-    def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
     def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, *, interval: float = 0.1, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+        self.close()
 
 
 # --------------------------------------------------------------------------- spool inspection

@@ -22,7 +22,6 @@ from reliability.daemonproc import (
     assert_exactly_once,
     full_run,
     job_yaml,
-    outcomes,
     record_figures,
     spool_quiet,
     wait_until,
