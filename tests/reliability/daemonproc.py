@@ -17,35 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from daemon_harness import DaemonProcess, wait_until  # noqa: F401  (re-exported for the suite)
 from daemon_harness import clean_env as _clean_env
+from daemon_harness import job_yaml as _job_yaml
+from daemon_harness import write_config as _write_config
 
 DEFAULT_START_TIMEOUT_S = 180.0  # importing torch + loading on a busy 2-core CI box
 
 
 def write_config(path: Path, spool: Path, model_dir: Path, **extra: Any) -> Path:
-    """A daemon config for the tiny model on CPU; `extra` keys override the defaults."""
-    values: dict[str, Any] = {
-        "spool": str(spool),
-        "models": {"tiny": {"path": str(model_dir)}},
-        "default_model": "tiny",
-        "device": "cpu",
-        "dtype": "auto",
-        "warmup": False,
-        "settle_s": 0.1,
-        "rescan_interval_s": 2.0,
-        "stop_grace_s": 5.0,
-    }
-    values.update(extra)
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return path
+    """The shared tiny-model config, with the suite's quicker settle, rescan and grace times."""
+    return _write_config(path, spool, model_dir, **{"settle_s": 0.1, "rescan_interval_s": 2.0, "stop_grace_s": 5.0, **extra})
 
 
 def job_yaml(prompt: str, duration: float = 0.1, seed: int = 1, **extra: Any) -> str:
-    body: dict[str, Any] = {"prompt": prompt, "duration": duration, "seed": seed, **extra}
-    return yaml.safe_dump(body, sort_keys=False)
+    return _job_yaml(prompt, duration, seed=seed, **extra)
 
 
 def drop(inbox: Path, name: str, data: str | bytes) -> Path:
