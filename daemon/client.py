@@ -157,10 +157,16 @@ def spool_counts(settings: Settings) -> dict[str, int]:
             return sum(1 for n in os.listdir(folder) if pred(n))
         except FileNotFoundError:
             return 0
+        except PermissionError:
+            return -1
 
+    try:
+        claimed = len(list_claims(settings))
+    except PermissionError:
+        claimed = -1  # work/ is the daemon's alone: a submitter sees the queue in state/ instead
     return {
         "inbox": count(settings.inbox, lambda n: not n.startswith(".") and n.lower().endswith(JOB_SUFFIXES)),
-        "work": len(list_claims(settings)),
+        "work": claimed,
         "outbox": count(settings.outbox, lambda n: n.endswith(".json") and not n.startswith(".")),
         "failed": count(settings.failed, lambda n: n.endswith(".error.json") and not n.startswith(".")),
     }

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    c = report["counts"]
+    c = {k: ("?" if v < 0 else v) for k, v in report["counts"].items()}  # "?": not readable by this user
     print(f"spool {report['spool']}: inbox {c['inbox']}, work {c['work']}, outbox {c['outbox']} results, failed {c['failed']}")
     # Every serving daemon keeps a queue file (empty when idle).
     if not report["queued"]:
