@@ -180,14 +180,19 @@ class ProgressWriter:
         return True
 
 
-def read_running(settings: Settings) -> list[dict[str, Any]]:
-    """Every daemon's running job (one file per instance sharing the spool)."""
+def _read_instances(settings: Settings, base: str) -> list[dict[str, Any]]:
+    """The `<base>.json` / `<base>.<instance>.json` files of every daemon sharing the spool."""
     out = []
-    for path in sorted(settings.state_dir.glob("running*.json")):
+    for path in sorted(settings.state_dir.glob(f"{base}*.json")):
         data = read_json(path)
         if isinstance(data, dict):
             out.append(data)
     return out
+
+
+def read_running(settings: Settings) -> list[dict[str, Any]]:
+    """Every daemon's running job (one file per instance sharing the spool)."""
+    return _read_instances(settings, "running")
 
 
 # --------------------------------------------------------------------------- queue snapshot
@@ -202,12 +207,8 @@ def write_queue(settings: Settings, snapshot: list[Mapping[str, Any]], *, instan
 
 
 def read_queues(settings: Settings) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(settings.state_dir.glob("queue*.json")):
-        data = read_json(path)
-        if isinstance(data, dict):
-            out.append(data)
-    return out
+    """Every daemon's queue snapshot."""
+    return _read_instances(settings, "queue")
 
 
 # --------------------------------------------------------------------------- cancel requests
