@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon_harness import DaemonProcess, SpoolView, job_yaml, write_config  # noqa: E402
+from daemon_harness import DaemonProcess, SpoolView, job_yaml, model_dir_or_tiny, write_config  # noqa: E402
 
 TARGET_RATIO = 1.15
 
@@ -107,12 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="dgx-overhead-") as scratch_name:
         scratch = Path(scratch_name)
-        if args.model_dir:
-            model_dir = Path(args.model_dir)
-        else:
-            from daemon.checkpoints import init_tiny
-
-            model_dir = init_tiny(scratch / "tiny")
+        model_dir = model_dir_or_tiny(args.model_dir, scratch)
         config = write_config(scratch / "config.yaml", scratch / "spool", model_dir,
                               device=args.device, rescan_interval_s=600, max_batch=1)
         before, load_s = in_process(config, args.jobs, args.duration, args.threads)

@@ -56,6 +56,15 @@ def write_config(path: Path, spool: Path, model_dir: Path, **settings: Any) -> P
     return path
 
 
+def model_dir_or_tiny(model_dir: str | Path | None, scratch: Path) -> Path:
+    """The checkpoint a benchmark was given, or a fresh tiny one built in `scratch`."""
+    if model_dir:
+        return Path(model_dir)
+    from daemon.checkpoints import init_tiny
+
+    return init_tiny(scratch / "tiny")
+
+
 def job_yaml(prompt: str = "a short test tune for the daemon", duration: float = 0.5, **fields: Any) -> str:
     return yaml.safe_dump({"prompt": prompt, "duration": duration, **fields}, sort_keys=False)
 
