@@ -6,8 +6,8 @@
     python benchmarks/compare_decoders.py --model-dir /var/lib/dgx-music/models/small
 
 `--shape small|medium|large` uses random weights at the real MusicGen shapes (made once with
-`daemon.checkpoints.init_random` and kept under --cache-dir); `--shape tiny` makes the tiny test
-model in a temporary directory. The work is done by `daemon.decodebench.compare`.
+`daemon.engine.checkpoints.init_random` and kept under --cache-dir); `--shape tiny` makes the tiny test
+model in a temporary directory. The work is done by `daemon.ops.decodebench.compare`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _model_dir(args: argparse.Namespace, scratch: Path) -> Path:
-    from daemon.checkpoints import init_random, init_tiny
+    from daemon.engine.checkpoints import init_random, init_tiny
 
     if args.model_dir:
         return Path(args.model_dir)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-    from daemon.decodebench import compare, format_table
+    from daemon.ops.decodebench import compare, format_table
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

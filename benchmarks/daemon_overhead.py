@@ -49,8 +49,8 @@ def in_process(config: Path, jobs: int, duration: float, threads: int | None) ->
     """Seconds for `jobs` generations with a resident model; also the model load time."""
     import torch
 
-    from daemon.config import load_settings
-    from daemon.engine import GenerationRequest, MusicEngine
+    from daemon.core.config import load_settings
+    from daemon.engine.model import GenerationRequest, MusicEngine
 
     if threads:
         torch.set_num_threads(threads)

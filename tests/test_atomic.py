@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.atomic import atomic_write_bytes, atomic_write_text, atomic_writer, temp_name_for
+from daemon.core.fsio import atomic_write_bytes, atomic_write_text, atomic_writer, temp_name_for
 
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp$")
 
@@ -130,7 +130,7 @@ def test_a_crash_mid_write_never_creates_the_target(tmp_path: Path) -> None:
     target = tmp_path / "out.wav"
     code = (
         "import os, sys\n"
-        "from daemon.atomic import atomic_writer\n"
+        "from daemon.core.fsio import atomic_writer\n"
         f"with atomic_writer({str(target)!r}) as fh:\n"
         "    fh.write(b'x' * 100000)\n"
         "    fh.flush()\n"

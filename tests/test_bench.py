@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from daemon.bench import (
+from daemon.ops.bench import (
     BenchReport,
     BenchRow,
     ProgressBar,
@@ -20,9 +20,9 @@ from daemon.bench import (
     verdict_for,
     verdict_from_rows,
 )
-from daemon.config import Settings
-from daemon.engine import MusicEngine, Progress
-from daemon.tokens import TransformersBackend
+from daemon.core.config import Settings
+from daemon.engine.model import MusicEngine, Progress
+from daemon.engine.decoding.tokens import TransformersBackend
 
 
 def _row(duration: float, gen_s: float, batch: int = 1) -> BenchRow:

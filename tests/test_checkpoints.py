@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from daemon.checkpoints import (
+from daemon.engine.checkpoints import (
     _hub_error,
     check_local_dir,
     fetch,
@@ -20,8 +20,8 @@ from daemon.checkpoints import (
     local_revision,
     resolve_spec,
 )
-from daemon.config import ModelSpec, Settings
-from daemon.errors import ModelLoadError, UnknownModelError
+from daemon.core.config import ModelSpec, Settings
+from daemon.core.errors import ModelLoadError, UnknownModelError
 
 CPU = torch.device("cpu")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -52,7 +52,7 @@ def test_tiny_stereo_checkpoint(tiny_stereo_model_dir: Path) -> None:
 
 
 def _settings(models: dict, default: str | None = None) -> Settings:
-    from daemon.config import load_settings
+    from daemon.core.config import load_settings
 
     return load_settings(None, models=models, default_model=default or next(iter(models)), device="cpu")
 
@@ -64,7 +64,7 @@ def test_load_local_checkpoint_records_a_content_revision(tiny_model_dir: Path, 
     assert ck.revision == local_revision(tiny_model_dir)
     assert not ck.model.training
     # different weights -> different revision
-    from daemon.checkpoints import init_tiny
+    from daemon.engine.checkpoints import init_tiny
 
     other = init_tiny(tmp_path / "other", seed=1)
     assert local_revision(other) != ck.revision
@@ -218,7 +218,7 @@ def test_cli_fetch_unknown_and_offline(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 @pytest.mark.slow
 def test_init_random_small_shape(tmp_path: Path) -> None:
-    from daemon.checkpoints import init_random
+    from daemon.engine.checkpoints import init_random
 
     d = init_random(tmp_path / "small", "small", dtype="float16")
     ck = load_checkpoint("s", _settings({"s": {"path": str(d)}}), device=CPU, dtype=torch.float32)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError, Settings, load_settings
+from daemon.core.config import ConfigError, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from daemon import doctor as doc
+from daemon.ops import doctor as doc
 from daemon.commands import doctor as doctor_command
-from daemon.devices import (
+from daemon.engine.devices import (
     DeviceError,
     arch_supported,
     gpu_info,
@@ -368,14 +368,14 @@ def test_cpu_device_and_dtypes() -> None:
 
 
 def test_half_precision_on_cpu_becomes_float32_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="daemon.devices"):
+    with caplog.at_level(logging.WARNING, logger="daemon.engine.devices"):
         assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.float32
     assert "float32" in caplog.text
 
 
 @pytest.mark.skipif(CUDA, reason="CUDA is present here")
 def test_auto_falls_back_to_cpu_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="daemon.devices"):
+    with caplog.at_level(logging.WARNING, logger="daemon.engine.devices"):
         assert resolve_device("auto") == torch.device("cpu")
     assert "CPU" in caplog.text
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.config import Settings
-from daemon.engine import GenerationRequest, MusicEngine, Progress
-from daemon.errors import (
+from daemon.core.config import Settings
+from daemon.engine.model import GenerationRequest, MusicEngine, Progress
+from daemon.core.errors import (
     GenerationCancelled,
     GenerationTimeoutError,
     OutOfMemoryError,
     UnknownModelError,
 )
-from daemon.tokens import DecodeRequest, TransformersBackend
+from daemon.engine.decoding.tokens import DecodeRequest, TransformersBackend
 
 SR = 32000
 FPS = 40  # the tiny codec's frame rate
@@ -173,7 +173,7 @@ def test_progress_callback_exceptions_pass_through_unchanged(engine: MusicEngine
 def test_injected_oom_splits_the_batch(make_settings: Callable[..., Settings],
                                        caplog: pytest.LogCaptureFixture) -> None:
     engine = MusicEngine(make_settings(decoder="transformers", fault_injection={"oom_once": True}))
-    with caplog.at_level(logging.WARNING, logger="daemon.engine"):
+    with caplog.at_level(logging.WARNING, logger="daemon.engine.model"):
         (res,) = engine.generate([GenerationRequest("techno loop", 0.5, seed=7, count=4)])
     assert res.audio.shape == (4, 1, 16000)
     assert "retrying as 2 + 2" in caplog.text

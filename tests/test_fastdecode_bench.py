@@ -1,4 +1,4 @@
-"""The decoder comparison: `daemon.decodebench.compare` and the benchmarks/compare_decoders.py script."""
+"""The decoder comparison: `daemon.ops.decodebench.compare` and the benchmarks/compare_decoders.py script."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.decodebench import compare, format_table
+from daemon.ops.decodebench import compare, format_table
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = {"engine", "model", "batch", "duration_s", "gen_s", "rtf", "peak_memory_bytes"}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from daemon.fastdecode import DgxBackend
-from daemon.tokens import DecodeRequest, RowSampling
+from daemon.engine.decoding.dgx import DgxBackend
+from daemon.engine.decoding.tokens import DecodeRequest, RowSampling
 
 pytestmark = pytest.mark.gpu
 

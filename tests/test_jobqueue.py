@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from daemon.jobqueue import JobQueue, QueueClosed
+from daemon.queue.jobqueue import JobQueue, QueueClosed
 
 pytestmark = pytest.mark.timeout(10)
 

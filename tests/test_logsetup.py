@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from daemon import logsetup
-from daemon.logsetup import (
+from daemon.core import logctx as logsetup
+from daemon.core.logctx import (
     JobContextFilter,
     current_context,
     job_context,
@@ -172,7 +172,7 @@ def _run_child(stderr_path: Path, journal_stream: str | None, code: str) -> str:
 
 
 SELECT_CODE = (
-    "import logging, sys; from daemon.logsetup import setup_logging\n"
+    "import logging, sys; from daemon.core.logctx import setup_logging\n"
     "h = setup_logging('INFO')\n"
     "print(type(h).__name__, file=sys.stdout)\n"
     "sys.stdout.flush()\n"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.config import Settings
-from daemon.engine import GenerationRequest, MusicEngine, Progress
-from daemon.longform import WindowPlan, decode_long, plan_windows, planned_steps
-from daemon.tokens import DecodeRequest, RowSampling, TransformersBackend, codes_to_audio
+from daemon.core.config import Settings
+from daemon.engine.model import GenerationRequest, MusicEngine, Progress
+from daemon.engine.longform import WindowPlan, decode_long, plan_windows, planned_steps
+from daemon.engine.decoding.tokens import DecodeRequest, RowSampling, TransformersBackend, codes_to_audio
 
 SR = 32000
 HOP = 800  # samples per frame of the tiny codec (40 frames/s)

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.loudness import (
+from daemon.audio.loudness import (
     LOOKAHEAD_S,
     integrated_lufs,
     limit_true_peak,
     normalize,
     true_peak_dbtp,
 )
-from daemon.writer import read_audio, write_audio
+from daemon.audio.encode import read_audio, write_audio
 
 SR = 32000
 

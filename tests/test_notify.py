@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import notify
-from daemon.notify import Notifier, NotifyError, watchdog_interval_from_env
+from daemon.service import notify
+from daemon.service.notify import Notifier, NotifyError, watchdog_interval_from_env
 
 HAVE_SYSTEMD_PYTHON = notify._sd_daemon is not None
 BACKENDS = [

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from daemon.cli import COMMAND_MODULES
-from daemon.config import config_table_markdown
+from daemon.core.config import config_table_markdown
 from jobspec.docs import job_table_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +18,7 @@ def test_job_table_matches_the_models() -> None:
 
 
 def test_config_table_matches_the_settings() -> None:
-    assert config_table_markdown() in README, "regenerate: python -c 'from daemon.config import config_table_markdown as t; print(t())'"
+    assert config_table_markdown() in README, "regenerate: python -c 'from daemon.core.config import config_table_markdown as t; print(t())'"
 
 
 def test_readme_opens_with_the_two_setup_commands_and_ci_runs_the_second() -> None:

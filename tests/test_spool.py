@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import spool
-from daemon.config import Settings, load_settings
-from daemon.spool import (
+from daemon.spool import layout as spool
+from daemon.core.config import Settings, load_settings
+from daemon.spool.layout import (
     Claimed,
     Owner,
     SpoolError,
@@ -201,7 +201,7 @@ def test_symlink_is_moved_to_failed_and_its_target_never_touched(settings: Setti
 def test_directory_with_a_job_name_is_left_alone_and_logged_once(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     d = settings.inbox / "folder.yaml"
     d.mkdir()
-    caplog.set_level("WARNING", logger="daemon.spool")
+    caplog.set_level("WARNING", logger="daemon.spool.layout")
     assert claim(settings, d) is None
     assert claim(settings, d) is None
     assert d.is_dir()
@@ -269,8 +269,8 @@ def _run_in_child(code: str, settings: Settings) -> str:
     """Run `code` in a fresh Python process (it exits: a really dead owner) and return stdout."""
     prelude = (
         "from pathlib import Path\n"
-        "from daemon.config import load_settings\n"
-        "from daemon.spool import *\n"
+        "from daemon.core.config import load_settings\n"
+        "from daemon.spool.layout import *\n"
         f"s = load_settings(None, spool=Path({str(settings.spool)!r}), max_attempts={settings.max_attempts})\n"
     )
     proc = subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import state
-from daemon.config import Settings, load_settings
-from daemon.spool import ensure_layout
-from daemon.state import (
+from daemon.spool import state
+from daemon.core.config import Settings, load_settings
+from daemon.spool.layout import ensure_layout
+from daemon.spool.state import (
     InvalidJobIdError,
     ProgressWriter,
     cancel_requested,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Settings, load_settings
+from daemon.core.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMD = ROOT / "systemd"

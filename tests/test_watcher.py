@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Settings, load_settings
-from daemon.spool import claim, ensure_layout
-from daemon.watcher import InboxWatcher
+from daemon.core.config import Settings, load_settings
+from daemon.spool.layout import claim, ensure_layout
+from daemon.spool.watcher import InboxWatcher
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.writer import read_audio, write_audio
+from daemon.audio.encode import read_audio, write_audio
 
 SR = 32000
 COMBOS = [("wav", "PCM_16"), ("wav", "PCM_24"), ("wav", "FLOAT"), ("flac", "PCM_16"), ("flac", "PCM_24")]

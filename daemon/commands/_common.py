@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from daemon.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings
+from daemon.core.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.commands._common import add_config_arg, config_path
-from daemon.config import ConfigError, Settings, load_settings
-from daemon.errors import DgxMusicError
+from daemon.core.config import ConfigError, Settings, load_settings
+from daemon.core.errors import DgxMusicError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,11 +80,11 @@ def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
 def made_model(args: argparse.Namespace, tmp: Path) -> Path | None:
     """--tiny / --shape: a checkpoint built here, so the benchmark needs no download."""
     if args.tiny:
-        from daemon.checkpoints import init_tiny
+        from daemon.engine.checkpoints import init_tiny
 
         return init_tiny(tmp / "tiny")
     if args.shape:
-        from daemon.checkpoints import init_random
+        from daemon.engine.checkpoints import init_random
 
         print(f"building random weights at the musicgen-{args.shape} shape...", file=sys.stderr)
         # Half precision on disk keeps the large shape at ~7 GB; the load casts to the run dtype.
@@ -93,9 +93,9 @@ def made_model(args: argparse.Namespace, tmp: Path) -> Path | None:
 
 
 def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -> int:
-    from daemon.checkpoints import load_checkpoint
-    from daemon.decodebench import compare, format_table
-    from daemon.devices import resolve_device, resolve_dtype
+    from daemon.engine.checkpoints import load_checkpoint
+    from daemon.ops.decodebench import compare, format_table
+    from daemon.engine.devices import resolve_device, resolve_dtype
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
@@ -112,8 +112,8 @@ def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.bench import DEFAULT_DURATIONS, ProgressBar, exit_code, format_report, run_benchmark
-    from daemon.engine import MusicEngine
+    from daemon.ops.bench import DEFAULT_DURATIONS, ProgressBar, exit_code, format_report, run_benchmark
+    from daemon.engine.model import MusicEngine
 
     if args.batch < 1:
         print("dgx-music: --batch must be at least 1", file=sys.stderr)

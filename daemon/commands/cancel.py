@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from daemon import state
+from daemon.spool import state
 from daemon.commands._common import add_config_arg, settings_or_exit
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from daemon.demo import REPO_EXAMPLES
+    from daemon.ops.demo import REPO_EXAMPLES
 
     p = sub.add_parser("demo", help="run the examples end to end on a tiny model in a temporary spool")
     p.add_argument("--dir", type=Path, default=None, help="work here instead of a new temporary directory")
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.demo import DemoError, run_demo
+    from daemon.ops.demo import DemoError, run_demo
 
     try:
         return run_demo(args.dir, args.examples, cap=args.cap, long_cap=max(args.cap, 4.0), device=args.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from daemon.config import DEFAULT_CONFIG_PATH
+from daemon.core.config import DEFAULT_CONFIG_PATH
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.doctor import doctor  # imports torch: only when the command runs
+    from daemon.ops.doctor import doctor  # imports torch: only when the command runs
 
     return doctor(args.config, as_json=args.json)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from daemon.commands._common import add_config_arg, settings_or_exit
-from daemon.errors import DgxMusicError
+from daemon.core.errors import DgxMusicError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -58,7 +58,7 @@ def _refuse_non_empty(directory: Path) -> bool:
 
 
 def run_init_tiny(args: argparse.Namespace) -> int:
-    from daemon.checkpoints import init_tiny
+    from daemon.engine.checkpoints import init_tiny
 
     if _refuse_non_empty(args.dir):
         return EXIT_USAGE
@@ -69,7 +69,7 @@ def run_init_tiny(args: argparse.Namespace) -> int:
 
 
 def run_init_random(args: argparse.Namespace) -> int:
-    from daemon.checkpoints import init_random
+    from daemon.engine.checkpoints import init_random
 
     if _refuse_non_empty(args.dir):
         return EXIT_USAGE
@@ -80,7 +80,7 @@ def run_init_random(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from daemon.checkpoints import fetch, hf_cache_dir
+    from daemon.engine.checkpoints import fetch, hf_cache_dir
 
     settings = settings_or_exit(args)
     try:

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 
-from daemon.client import status_report
+from daemon.ops.client import status_report
 from daemon.commands._common import add_config_arg, settings_or_exit
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from jobspec import JobSpecError
 
-from daemon.client import SubmitError, Submitted, drop, validate_file, wait_for
+from daemon.ops.client import SubmitError, Submitted, drop, validate_file, wait_for
 from daemon.commands._common import add_config_arg, settings_or_exit
-from daemon.progressbar import ProgressBar
+from daemon.ops.progressbar import ProgressBar
 
 
 def register(sub: argparse._SubParsersAction) -> None:

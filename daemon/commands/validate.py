@@ -113,7 +113,7 @@ def _check(name: str, *, max_bytes: int, max_duration: float, models: set[str] |
 def run(args: argparse.Namespace) -> int:
     max_duration, max_bytes, models = args.max_duration, args.max_bytes, None
     if args.config is not None:
-        from daemon.config import ConfigError, load_settings
+        from daemon.core.config import ConfigError, load_settings
 
         try:
             settings = load_settings(args.config)

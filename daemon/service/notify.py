@@ -1,7 +1,7 @@
 """sd_notify(3) for `Type=notify`: READY, STATUS, WATCHDOG, STOPPING, RELOADING, EXTEND_TIMEOUT.
 
 Outside systemd (no NOTIFY_SOCKET) every method is a no-op, so the daemon calls them
-unconditionally. `systemd.daemon.notify` (libsystemd) is used when systemd-python is
+unconditionally. `systemd.daemon.service.notify` (libsystemd) is used when systemd-python is
 importable; otherwise a datagram is sent by hand, which is all sd_notify does for the
 socket kinds we meet (a path, or '@' for the abstract namespace).
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from daemon.errors import ModelLoadError
+from daemon.core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

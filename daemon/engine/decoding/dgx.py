@@ -3,9 +3,9 @@
 It drives transformers' MusicGen modules and weights directly (text encoder, `enc_to_dec_proj`,
 the decoder's per-codebook embeddings, its `MusicgenDecoderLayer`s and `lm_heads`) and replaces
 only the machinery around them that makes `generate` slow: the text encoder runs once per call,
-the KV cache is allocated once (`daemon.kvcache.StaticKVCache`), the delay pattern is built once
+the KV cache is allocated once (`daemon.engine.decoding.kvcache.StaticKVCache`), the delay pattern is built once
 (transformers' own `build_delay_pattern_mask`), and per-row sampling replaces the logits-processor
-chain (`daemon.sampler`). On CUDA one decode step, sampling included, is captured in a CUDA graph
+chain (`daemon.engine.decoding.sampler`). On CUDA one decode step, sampling included, is captured in a CUDA graph
 per shape bucket (batch padded to a power of two, sequence and text length to a multiple), so a
 step costs one graph launch; on CPU the same loop runs eagerly.
 
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from daemon.errors import GenerationError
-from daemon.kvcache import StaticKVCache
-from daemon.sampler import (
+from daemon.core.errors import GenerationError
+from daemon.engine.decoding.kvcache import StaticKVCache
+from daemon.engine.decoding.sampler import (
     RowNoise,
     RowParams,
     SamplingTensors,
@@ -42,7 +42,7 @@ from daemon.sampler import (
 )
 
 if TYPE_CHECKING:
-    from daemon.tokens import DecodeRequest
+    from daemon.engine.decoding.tokens import DecodeRequest
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ def _copy_params(dst: SamplingTensors, src: SamplingTensors) -> None:
 
 
 class DgxBackend:
-    """`daemon.tokens.DecodeBackend` implementation: `decode(model, req) -> codes [B, K, max_frames]`.
+    """`daemon.engine.decoding.tokens.DecodeBackend` implementation: `decode(model, req) -> codes [B, K, max_frames]`.
 
     Args:
         mode: "auto": CUDA graphs when the model is on CUDA, eager otherwise; "eager": never
@@ -489,7 +489,7 @@ class DgxBackend:
         noise_chunk: int | None = None,
         sync_every: int = 8,
     ) -> None:
-        from daemon.sampler import NOISE_CHUNK_STEPS
+        from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS
 
         if mode not in ("auto", "eager", "graphs", "static"):
             raise ValueError(f"mode must be auto, eager, graphs or static, not {mode!r}")

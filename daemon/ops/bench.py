@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from daemon.engine import MusicEngine, Progress
-from daemon.progressbar import ProgressBar as Bar
+from daemon.engine.model import MusicEngine, Progress
+from daemon.ops.progressbar import ProgressBar as Bar
 
 if TYPE_CHECKING:
-    from daemon.tokens import DecodeBackend
+    from daemon.engine.decoding.tokens import DecodeBackend
 
 DEFAULT_DURATIONS: tuple[float, ...] = (4.0, 8.0, 16.0, 30.0)
 VERDICT_DURATION_S = 16.0
@@ -127,7 +127,7 @@ def bench_backend(
     The first duration is preceded by nothing but the load-time warm-up; callers wanting a cold
     comparison should warm both backends the same way.
     """
-    from daemon.engine import GenerationRequest
+    from daemon.engine.model import GenerationRequest
 
     info = engine.load_model()
     previous = engine.backend
@@ -175,7 +175,7 @@ def run_benchmark(
     progress: Callable[[float, Progress], None] | None = None,
 ) -> BenchReport:
     """The seed's benchmark on the engine's model and backend."""
-    from daemon.devices import gpu_info
+    from daemon.engine.devices import gpu_info
 
     info = engine.load_model()
     rows = bench_backend(engine, None, durations, batch=batch, progress=progress)
@@ -195,7 +195,7 @@ def run_benchmark(
 
 
 class ProgressBar:
-    """Progress of each benchmark clip, drawn with the shared `daemon.progressbar` bar."""
+    """Progress of each benchmark clip, drawn with the shared `daemon.ops.progressbar` bar."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr

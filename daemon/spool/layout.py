@@ -42,8 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import TEMP_SUFFIX, atomic_write_bytes, fsync_dir
-from daemon.config import Settings
+from daemon.core.fsio import TEMP_SUFFIX, atomic_write_bytes, fsync_dir
+from daemon.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -592,7 +592,7 @@ def _take_over(settings: Settings, token: str, meta: Mapping[str, Any], me: Owne
 
 
 def clean_stale_temps(settings: Settings, *, older_than_s: float = 600.0) -> list[Path]:
-    """Remove dot-temps (`.<name>.<hex>.tmp`, see daemon.atomic) that a killed writer left in
+    """Remove dot-temps (`.<name>.<hex>.tmp`, see daemon.core.fsio) that a killed writer left in
     work/ outbox/ failed/ state/. A live writer touches its temp with every write, so one
     untouched for `older_than_s` is abandoned."""
     removed = []

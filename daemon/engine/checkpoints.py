@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.config import ModelSpec, Settings
-from daemon.errors import ModelLoadError, UnknownModelError
+from daemon.core.config import ModelSpec, Settings
+from daemon.core.errors import ModelLoadError, UnknownModelError
 
 log = logging.getLogger(__name__)
 

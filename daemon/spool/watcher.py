@@ -40,8 +40,8 @@ from pathlib import Path
 from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.inotify import InotifyObserver
 
-from daemon.config import Settings
-from daemon.spool import forget_logged, is_candidate, is_ignored_name, log_once
+from daemon.core.config import Settings
+from daemon.spool.layout import forget_logged, is_candidate, is_ignored_name, log_once
 
 try:
     from watchdog.observers import inotify_move_event_grouper as _move_grouper

@@ -20,16 +20,18 @@ from types import FrameType
 
 from jobspec import ErrorDetail, JobSpecError, default_job_id, load_job_bytes
 
-from daemon import spool, state
-from daemon.config import ConfigError, Settings, load_settings
-from daemon.engine import MusicEngine
-from daemon.errors import DgxMusicError
-from daemon.jobqueue import JobQueue, QueueClosed
-from daemon.logsetup import job_context
-from daemon.notify import Notifier
-from daemon.results import output_names
-from daemon.watcher import InboxWatcher
-from daemon.worker import ClaimGroup, QueuedJob, Worker, fail_group_job, finish_group_job, load_done
+from daemon.spool import layout as spool
+
+from daemon.spool import state
+from daemon.core.config import ConfigError, Settings, load_settings
+from daemon.engine.model import MusicEngine
+from daemon.core.errors import DgxMusicError
+from daemon.queue.jobqueue import JobQueue, QueueClosed
+from daemon.core.logctx import job_context
+from daemon.service.notify import Notifier
+from daemon.outbox.publish import output_names
+from daemon.spool.watcher import InboxWatcher
+from daemon.queue.worker import ClaimGroup, QueuedJob, Worker, fail_group_job, finish_group_job, load_done
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +332,7 @@ class Daemon:
             return
         added = sorted(set(new.models) - set(self.settings.models))
         removed = sorted(set(self.settings.models) - set(new.models))
-        from daemon.logsetup import setup_logging
+        from daemon.core.logctx import setup_logging
 
         setup_logging(new.log_level)
         self.settings = new
@@ -370,7 +372,7 @@ class Daemon:
 def serve(config_path: Path | None) -> int:
     import faulthandler
 
-    from daemon.logsetup import setup_logging
+    from daemon.core.logctx import setup_logging
 
     # A watchdog kill (SIGABRT) then prints every thread's stack to the journal.
     faulthandler.enable()

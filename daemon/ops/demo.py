@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from daemon.client import Submitted, drop, validate_file, wait_for
-from daemon.config import load_settings
-from daemon.progressbar import ProgressBar
+from daemon.ops.client import Submitted, drop, validate_file, wait_for
+from daemon.core.config import load_settings
+from daemon.ops.progressbar import ProgressBar
 
 REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -63,7 +63,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float)
 
 
 def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap: float = 4.0, device: str = "cpu") -> int:
-    from daemon.checkpoints import init_tiny
+    from daemon.engine.checkpoints import init_tiny
 
     files = sorted(p for p in examples.iterdir() if p.suffix in (".yaml", ".yml")) if examples.is_dir() else []
     if not files:

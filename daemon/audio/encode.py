@@ -1,6 +1,6 @@
 """Audio files: soundfile WAV (PCM_16, PCM_24, FLOAT) and FLAC (PCM_16, PCM_24), written atomically.
 
-The bytes go through `daemon.atomic` so a reader never sees a half-written file, and are
+The bytes go through `daemon.core.fsio` so a reader never sees a half-written file, and are
 hashed as written so the sidecar's sha256 matches what is on disk.
 """
 
@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from daemon.atomic import atomic_writer
+from daemon.core.fsio import atomic_writer
 
 AudioFormat = Literal["wav", "flac"]
 AudioSubtype = Literal["PCM_16", "PCM_24", "FLOAT"]

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.config import ConfigError, ModelSpec, Settings, load_settings
+from daemon.core.config import ConfigError, ModelSpec, Settings, load_settings
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -111,7 +111,7 @@ def check_gpu(settings: Settings | None) -> list[Check]:
     """Device name, compute capability, kernels for it, memory and bf16: only with CUDA."""
     import torch
 
-    from daemon.devices import gpu_info
+    from daemon.engine.devices import gpu_info
 
     if not torch.cuda.is_available():
         return []
@@ -171,7 +171,7 @@ def check_device(settings: Settings | None) -> list[Check]:
     """The configured device and dtype resolve, and a matmul there matches the CPU."""
     import torch
 
-    from daemon.devices import DeviceError, resolve_device, resolve_dtype
+    from daemon.engine.devices import DeviceError, resolve_device, resolve_dtype
 
     device_spec = settings.device if settings is not None else "auto"
     dtype_spec = settings.dtype if settings is not None else "auto"
@@ -484,7 +484,7 @@ def _quiet_device_warnings() -> Iterator[None]:
     """devices.resolve_device logs the CPU fallback; doctor reports it as a check instead."""
     import logging
 
-    logger = logging.getLogger("daemon.devices")
+    logger = logging.getLogger("daemon.engine.devices")
     previous = logger.level
     logger.setLevel(logging.ERROR)
     try:

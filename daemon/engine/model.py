@@ -2,7 +2,7 @@
 
 Kept from the seed system: `load_model`, `unload_model`, `set_generation_params`, `generate`,
 `save_audio`, `benchmark`, `get_stats`. Post-processing (loudness) and writing belong to the
-caller (`daemon.loudness`, `daemon.writer`).
+caller (`daemon.audio.loudness`, `daemon.audio.encode`).
 
 Reproducibility: every job gets an effective seed (given, or drawn from os.urandom) and
 variation i uses seed + i. Decoding runs under a forked, seeded torch RNG, so nothing outside the
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from daemon.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_spec
-from daemon.config import Settings
-from daemon.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
-from daemon.errors import (
+from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_spec
+from daemon.core.config import Settings
+from daemon.engine.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
+from daemon.core.errors import (
     DgxMusicError,
     ModelLoadError,
     GenerationCancelled,
@@ -38,8 +38,8 @@ from daemon.errors import (
     GenerationTimeoutError,
     OutOfMemoryError,
 )
-from daemon.longform import decode_long, plan_windows, planned_steps
-from daemon.tokens import DecodeBackend, DecodeRequest, RowSampling, codes_to_audio, get_backend
+from daemon.engine.longform import decode_long, plan_windows, planned_steps
+from daemon.engine.decoding.tokens import DecodeBackend, DecodeRequest, RowSampling, codes_to_audio, get_backend
 
 log = logging.getLogger(__name__)
 
@@ -632,14 +632,14 @@ class MusicEngine:
         format: str = "wav",
         subtype: str = "PCM_16",
     ) -> Any:
-        """Write one variation of `result` (no loudness processing) with daemon.writer."""
-        from daemon.writer import write_audio
+        """Write one variation of `result` (no loudness processing) with daemon.audio.encode."""
+        from daemon.audio.encode import write_audio
 
         return write_audio(path, result.audio[variation], result.sample_rate, format, subtype)  # type: ignore[arg-type]
 
     def benchmark(self, durations: Sequence[float] = (4, 8, 16, 30), **kwargs: Any) -> Any:
-        """The seed's benchmark on the resident model (see daemon.bench.run_benchmark)."""
-        from daemon.bench import run_benchmark
+        """The seed's benchmark on the resident model (see daemon.ops.bench.run_benchmark)."""
+        from daemon.ops.bench import run_benchmark
 
         return run_benchmark(self, durations, **kwargs)
 

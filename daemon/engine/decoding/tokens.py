@@ -2,7 +2,7 @@
 
 A backend turns text-encoder inputs into MusicGen audio codes (delay pattern already removed).
 The engine owns everything around it (seeds, batching, long form, errors); backends own only the
-token loop. Two exist: `TransformersBackend` here (reference) and `daemon.fastdecode.DgxBackend`
+token loop. Two exist: `TransformersBackend` here (reference) and `daemon.engine.decoding.dgx.DgxBackend`
 (our static-cache loop, issue 8).
 
 Sampling semantics (shared by every backend, audiocraft's): `greedy` takes the argmax; otherwise
@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from daemon.errors import GenerationError
+from daemon.core.errors import GenerationError
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def get_backend(name: str) -> DecodeBackend:
     if name not in ("auto", "dgx"):
         raise ValueError(f"decoder must be auto, dgx or transformers, not {name!r}")
     try:
-        from daemon.fastdecode import DgxBackend  # type: ignore[import-not-found,unused-ignore]
+        from daemon.engine.decoding.dgx import DgxBackend  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         if name == "dgx":
             raise GenerationError(

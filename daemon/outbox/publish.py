@@ -19,10 +19,10 @@ import numpy as np
 from jobspec import Job
 from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings
 
-from daemon.atomic import atomic_write_bytes
-from daemon.hostinfo import host_info
-from daemon.loudness import normalize
-from daemon.writer import write_audio
+from daemon.core.fsio import atomic_write_bytes
+from daemon.outbox.hostinfo import host_info
+from daemon.audio.loudness import normalize
+from daemon.audio.encode import write_audio
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import temp_name_for
-from daemon.config import Settings
-from daemon.spool import is_valid_job_id, iso_utc
+from daemon.core.fsio import temp_name_for
+from daemon.core.config import Settings
+from daemon.spool.layout import is_valid_job_id, iso_utc
 
 RECENT_LIMIT = 50
 PROGRESS_MIN_INTERVAL_S = 0.5  # "replaced atomically at most twice a second"

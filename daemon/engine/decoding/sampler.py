@@ -3,7 +3,7 @@
 The logits processing follows transformers' `generate` for MusicGen, in its order: classifier-free
 guidance (`uncond + (cond - uncond) * scale` on float32 logits), then temperature, top-k, top-p;
 greedy rows take the argmax of the guided logits (transformers applies no warper when not
-sampling). Which filters a row uses is audiocraft's rule, shared with `daemon.tokens`
+sampling). Which filters a row uses is audiocraft's rule, shared with `daemon.engine.decoding.tokens`
 (`RowSampling.filters`): top-p when `top_p > 0`, else top-k when `top_k > 0`. Every row carries
 its own parameters, so jobs with different settings share a batch.
 
@@ -28,7 +28,7 @@ NOISE_CHUNK_STEPS = 64
 
 
 class RowParams(Protocol):
-    """What the sampler reads of `daemon.tokens.RowSampling`."""
+    """What the sampler reads of `daemon.engine.decoding.tokens.RowSampling`."""
 
     temperature: float
     top_k: int

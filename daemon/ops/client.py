@@ -15,10 +15,10 @@ from typing import Any
 
 from jobspec import Job, load_job_bytes
 
-from daemon import state
-from daemon.atomic import atomic_write_bytes
-from daemon.config import Settings
-from daemon.spool import JOB_SUFFIXES, list_claims
+from daemon.spool import state
+from daemon.core.fsio import atomic_write_bytes
+from daemon.core.config import Settings
+from daemon.spool.layout import JOB_SUFFIXES, list_claims
 
 
 class SubmitError(Exception):

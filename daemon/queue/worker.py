@@ -27,14 +27,16 @@ from typing import Any
 from jobspec import Job
 from jobspec.sidecar import ModelInfo, Timings
 
-from daemon import spool, state
-from daemon.atomic import atomic_write_bytes
-from daemon.config import Settings
-from daemon.engine import GenerationRequest, GenerationResult, MusicEngine, Progress
-from daemon.errors import DgxMusicError, GenerationCancelled, UnknownModelError
-from daemon.jobqueue import JobQueue, QueueClosed
-from daemon.logsetup import job_context, set_stage
-from daemon.results import publish
+from daemon.spool import layout as spool
+
+from daemon.spool import state
+from daemon.core.fsio import atomic_write_bytes
+from daemon.core.config import Settings
+from daemon.engine.model import GenerationRequest, GenerationResult, MusicEngine, Progress
+from daemon.core.errors import DgxMusicError, GenerationCancelled, UnknownModelError
+from daemon.queue.jobqueue import JobQueue, QueueClosed
+from daemon.core.logctx import job_context, set_stage
+from daemon.outbox.publish import publish
 
 log = logging.getLogger(__name__)
 
