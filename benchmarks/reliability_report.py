@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/reliability_report.py --full     # the sizes (1,000-job floods)
     .venv/bin/python benchmarks/reliability_report.py --json F   # print the table of an earlier run
 
-The tests (tests/reliability/, tests/test_service_notify.py) write their figures to the JSON file
+The tests (tests/reliability/, tests/service/test_service_notify.py) write their figures to the JSON file
 named by DGX_MUSIC_RELIABILITY_REPORT; this script sets it, runs pytest, and turns the file into
 the Markdown table of docs/reliability.md. A failing test makes the exit code non-zero and the
 table says so: "lost 0" is only printed from a run where every check held.
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = ["tests/reliability", "tests/test_service_notify.py"]
+SUITE = ["tests/reliability", "tests/service/test_service_notify.py"]
 
 
 def run_suite(report: Path, *, full: bool) -> tuple[int, float]:

@@ -1,6 +1,6 @@
 """Hostile input through the running daemon.
 
-The whole bad-input corpus of the job language (tests/test_jobspec_bad.py), plus an alias
+The whole bad-input corpus of the job language (tests/jobspec/test_jobspec_bad.py), plus an alias
 bomb, 10,000 nesting levels, a 100 MB file, a FIFO, a symlink to a job outside the spool, ids
 and model names that try path traversal, files that vanish between event and claim, an
 unreadable file and names the contract ignores. Each must end in failed/ with a precise error
@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,9 @@ from reliability.daemonproc import DaemonProc, drop, job_yaml, outcomes, record_
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-try:  # the job language's own corpus: every case it refuses, the daemon must refuse too
-    from test_jobspec_bad import BILLION_LAUGHS, CASES
-except ImportError:  # pragma: no cover - only when run from outside the tests tree
-    CASES, BILLION_LAUGHS = [], b""
+# The job language's own corpus: every case it refuses, the daemon must refuse too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobspec"))
+from test_jobspec_bad import BILLION_LAUGHS, CASES  # noqa: E402
 
 BIG_BYTES = 100 * 1024 * 1024
 
@@ -50,7 +50,7 @@ def _error(spool: Path, job_id: str) -> dict:
 
 
 def test_hostile_inputs_end_in_failed_with_precise_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
-    assert CASES, "tests/test_jobspec_bad.py's corpus is not importable"
+    assert CASES, "tests/jobspec/test_jobspec_bad.py's corpus is not importable"
     spool = tmp_path / "spool"
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -29,7 +29,7 @@ from daemon.engine.devices import (
 )
 
 CUDA = torch.cuda.is_available()
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import pytest
 
 from daemon.core.config import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"
 UNITS = ["dgx-music.service", "dgx-music@.service"]
 DEFAULT_EXEC = "/opt/dgx-music/venv/bin/dgx-music"

@@ -30,7 +30,7 @@ from jobspec import (
 from jobspec.docs import job_table_markdown
 from jobspec.schema import render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from daemon.spool.layout import (
     reserve_id,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

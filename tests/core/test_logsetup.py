@@ -167,7 +167,7 @@ def _run_child(stderr_path: Path, journal_stream: str | None, code: str) -> str:
         env["JOURNAL_STREAM"] = journal_stream
     with stderr_path.open("w") as err:
         subprocess.run([sys.executable, "-c", code], stderr=err, env=env, check=True, timeout=60,
-                       cwd=Path(__file__).resolve().parents[1])
+                       cwd=Path(__file__).resolve().parents[2])
     return stderr_path.read_text()
 
 
@@ -195,7 +195,7 @@ def test_handler_selection_follows_journal_stream(tmp_path: Path) -> None:
         out = subprocess.run(
             [sys.executable, "-c", SELECT_CODE], stderr=err, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "JOURNAL_STREAM": match}, check=True, timeout=60,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[2],
         )
     expected = "JournalHandler" if HAVE_JOURNAL else "StreamHandler"
     assert out.stdout.strip() == expected

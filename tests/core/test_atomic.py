@@ -136,7 +136,7 @@ def test_a_crash_mid_write_never_creates_the_target(tmp_path: Path) -> None:
         "    fh.flush()\n"
         "    os._exit(3)\n"  # the process dies: no cleanup runs
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], timeout=60)
     assert proc.returncode == 3
     assert not target.exists()
     # what is left is a dot-temp, which the spool never reads

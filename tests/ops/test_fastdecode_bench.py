@@ -12,7 +12,7 @@ import pytest
 
 from daemon.ops.decodebench import compare, format_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = {"engine", "model", "batch", "duration_s", "gen_s", "rtf", "peak_memory_bytes"}
 
 

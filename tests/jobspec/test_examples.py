@@ -10,7 +10,7 @@ import pytest
 from jobspec import load_job_file
 from jobspec.yamlsafe import load_yaml_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".yaml", ".yml"))
 
 
