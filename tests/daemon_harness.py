@@ -28,7 +28,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a daemon or CLI child: no DGX_MUSIC_* overrides from the caller's
     shell, no systemd variables (the child must log to its stderr file, not to the journal)."""
     systemd_vars = ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DGX_MUSIC_") and k not in systemd_vars}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DGX_MUSIC_", "DGXMUSIC_")) and k not in systemd_vars}
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     # Run from the source tree even when the package is not installed in this interpreter.
@@ -50,10 +50,26 @@ def write_config(path: Path, spool: Path, model_dir: Path, **settings: Any) -> P
         "stop_grace_s": 10,
         "log_level": "INFO",
     }
+    write_faults(path, settings.pop("fault_injection", None))
     values.update(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path
+
+
+def faults_file(config: Path) -> Path:
+    return config.parent / (config.name + ".faults.json")
+
+
+def write_faults(config: Path, faults: Mapping[str, Any] | None) -> None:
+    """Faults for the daemons started with `config` (the service reads them from the environment
+    variable DGXMUSIC_TEST_FAULTS, which DaemonProcess sets from this file); None clears them."""
+    target = faults_file(config)
+    if faults:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(dict(faults)))
+    else:
+        target.unlink(missing_ok=True)
 
 
 def model_dir_or_tiny(model_dir: str | Path | None, scratch: Path) -> Path:
@@ -110,6 +126,10 @@ class DaemonProcess:
         self._offset = 0
         self._log_fh: Any = None
 
+    def _fault_env(self) -> dict[str, str]:
+        f = faults_file(self.config)
+        return {"DGXMUSIC_TEST_FAULTS": f.read_text()} if f.exists() else {}
+
     def start(self, *, wait_ready: bool = True, timeout: float = 180.0) -> "DaemonProcess":
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("daemon already running")
@@ -123,7 +143,7 @@ class DaemonProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
-            env=clean_env(**self.extra_env),
+            env=clean_env(**self._fault_env(), **self.extra_env),
             # Settings read `.env` from the working directory: keep a developer's out of it.
             cwd=self.config.parent,
         )

@@ -97,10 +97,6 @@ class Settings(BaseSettings):
     )
     max_memory_gb: float = Field(default=30.0, gt=0, description="the seed's GPU memory budget")
     normalize_audio: bool = Field(default=True, description="apply the job's loudness target")
-    fault_injection: dict[str, Any] = Field(
-        default_factory=dict,
-        description="test-only hooks (e.g. {stall_after_steps: 3}); never set in production",
-    )
 
     @field_validator("models")
     @classmethod
@@ -241,8 +237,6 @@ def config_table_markdown() -> str:
     """The README's configuration table, rendered from the fields (a test keeps them in sync)."""
     rows = ["| Key | Default | Meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        if name == "fault_injection":
-            continue  # test-only
         default = field.get_default(call_default_factory=True)
         if isinstance(default, dict):
             shown = "see below" if default else "{}"

@@ -195,9 +195,7 @@ class _Clock:
     start: float
     total: int
     done: int = 0
-    steps_seen: int = 0
     callback_error: BaseException | None = None
-    stalled: bool = False
     timings: dict[int, float] = field(default_factory=dict)
 
 
@@ -213,7 +211,6 @@ class MusicEngine:
         self._device: torch.device | None = None
         self._defaults: dict[str, Any] = {}
         self._last_used: float | None = None
-        self._oom_injected = False
         self._stats = EngineStats(None, None, None, None, None, 0, None)
         self._peak = 0
 
@@ -548,11 +545,6 @@ class MusicEngine:
     ) -> list[np.ndarray]:
         assert self._ckpt is not None and self._device is not None and self._backend is not None
         model, processor = self._ckpt.model, self._ckpt.processor
-        fault = self.settings.fault_injection or {}
-        if fault.get("oom_once") and len(chunk.rows) > 1 and not self._oom_injected:
-            self._oom_injected = True
-            raise torch.OutOfMemoryError("CUDA out of memory (injected by fault_injection.oom_once)")
-
         enc = processor(text=chunk.prompts, padding=True, return_tensors="pt")
         req = DecodeRequest(
             input_ids=enc["input_ids"].to(self._device),
@@ -601,16 +593,8 @@ class MusicEngine:
         cancel: threading.Event | None,
         deadline: float | None,
     ) -> Callable[[int], None]:
-        fault = self.settings.fault_injection or {}
-        stall_after = fault.get("stall_after_steps")
-        stall_s = float(fault.get("stall_s", 0.0))
-
         def on_step(done: int) -> None:
             clock.done = max(clock.done, done)
-            clock.steps_seen += 1
-            if stall_after is not None and not clock.stalled and clock.steps_seen >= int(stall_after):
-                clock.stalled = True
-                _interruptible_sleep(stall_s, cancel)
             self._check_abort(cancel, deadline)
             if progress is not None:
                 try:
@@ -656,12 +640,3 @@ def _fit(audio: np.ndarray, n: int) -> np.ndarray:
 
 def _random_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") % SEED_MOD
-
-
-def _interruptible_sleep(seconds: float, cancel: threading.Event | None) -> None:
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        if cancel is not None and cancel.wait(min(left, 0.05)):
-            return
-        if cancel is None:
-            time.sleep(min(left, 0.05))

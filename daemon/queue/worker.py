@@ -14,9 +14,7 @@ import contextlib
 import errno
 import json
 import logging
-import os
 from queue import Queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -310,7 +308,6 @@ class Worker:
             )
         for item in batch:
             self.claim_started(item)
-            self._inject_crash(item.job)
             item.started_at = time.time()
         load_s = 0.0
         if not self.engine.is_loaded(name):
@@ -365,14 +362,6 @@ class Worker:
             )
             # Generated: a crash from here on (the next batch's) is not this job's doing.
             item.group.claim = spool.mark_requeued(self.settings, item.claim)
-
-    def _inject_crash(self, job: Job) -> None:
-        # Test hook (settings.fault_injection.kill_on_prompt): die like a segfaulting CUDA
-        # kernel would, after the attempt is on record, to exercise the `crashed` path.
-        marker = self.settings.fault_injection.get("kill_on_prompt")
-        if marker and marker in job.prompt:
-            log.critical("fault injection: killing the daemon on job prompt %r", job.prompt)
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def claim_started(self, item: QueuedJob) -> None:
         # Blame a crash from here on on this job (attempt count for `crashed`).

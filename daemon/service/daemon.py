@@ -28,6 +28,7 @@ from daemon.engine.model import MusicEngine
 from daemon.core.errors import DgxMusicError
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import job_context
+from daemon.service.faults import faults_from_environment, with_faults
 from daemon.service.notify import Notifier
 from daemon.outbox.publish import output_names
 from daemon.spool.watcher import InboxWatcher
@@ -49,7 +50,7 @@ class Daemon:
         self.settings = settings
         self.config_path = config_path
         self.notifier = notifier or Notifier()
-        self.engine = MusicEngine(settings)
+        self.engine = with_faults(MusicEngine(settings), faults_from_environment())
         self.queue: JobQueue[QueuedJob] = JobQueue()
         self.instance = f"{os.uname().nodename}-{os.getpid()}"
         self.worker = Worker(

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from daemon.core.config import Settings
+from daemon.service.faults import Faults, with_faults, without_faults
 from daemon.engine.model import GenerationRequest, MusicEngine, Progress
 from daemon.core.errors import (
     GenerationCancelled,
@@ -118,7 +119,7 @@ def test_progress_is_monotonic_and_complete(engine: MusicEngine) -> None:
 
 def test_cancel_mid_generation_from_another_thread(make_settings: Callable[..., Settings]) -> None:
     # the stall holds the decode loop at step 4 so the canceller thread surely acts mid-way
-    engine = MusicEngine(make_settings(decoder="transformers", fault_injection={"stall_after_steps": 4, "stall_s": 10}))
+    engine = with_faults(MusicEngine(make_settings(decoder="transformers")), Faults(**{"stall_after_steps": 4, "stall_s": 10}))
     cancel = threading.Event()
     started = threading.Event()
     steps: list[int] = []
@@ -139,13 +140,13 @@ def test_cancel_mid_generation_from_another_thread(make_settings: Callable[..., 
     assert 3 <= len(steps) < 80
     # the engine survives and still works
     cancel.clear()
-    engine.settings.fault_injection.clear()
+    engine = without_faults(engine)
     assert _gen(engine).shape == (1, 1, 16000)
     assert engine.get_stats().failed_jobs == 1
 
 
 def test_timeout_mid_generation(make_settings: Callable[..., Settings]) -> None:
-    engine = MusicEngine(make_settings(decoder="transformers", fault_injection={"stall_after_steps": 3, "stall_s": 3}))
+    engine = with_faults(MusicEngine(make_settings(decoder="transformers")), Faults(**{"stall_after_steps": 3, "stall_s": 3}))
     engine.load_model()  # the time limit covers generation, not loading
     steps: list[int] = []
     t0 = time.monotonic()
@@ -172,7 +173,7 @@ def test_progress_callback_exceptions_pass_through_unchanged(engine: MusicEngine
 
 def test_injected_oom_splits_the_batch(make_settings: Callable[..., Settings],
                                        caplog: pytest.LogCaptureFixture) -> None:
-    engine = MusicEngine(make_settings(decoder="transformers", fault_injection={"oom_once": True}))
+    engine = with_faults(MusicEngine(make_settings(decoder="transformers")), Faults(**{"oom_once": True}))
     with caplog.at_level(logging.WARNING, logger="daemon.engine.model"):
         (res,) = engine.generate([GenerationRequest("techno loop", 0.5, seed=7, count=4)])
     assert res.audio.shape == (4, 1, 16000)

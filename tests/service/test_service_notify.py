@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from daemon_harness import write_faults
 from reliability.daemonproc import (
     DaemonProc,
     NotifyListener,
@@ -69,6 +70,7 @@ def _start(tmp: Path, model_dir: Path, **config: object) -> Served:
         **config,
     }
     cfg = tmp / "config.yaml"
+    write_faults(cfg, values.pop("fault_injection", None))
     cfg.write_text(yaml.safe_dump(values))
     listener = NotifyListener(tmp / "notify.sock")
     env = clean_env({"NOTIFY_SOCKET": str(tmp / "notify.sock"), "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6))})
@@ -235,7 +237,7 @@ def test_sigterm_sends_stopping_and_hands_the_running_job_back(tiny_model_dir: P
         assert not list((s.spool / "failed").iterdir())
 
         # Next start (the fault gone): it completes once, under its own id.
-        s.config.write_text(yaml.safe_dump({**s.base_config, "fault_injection": {}}))
+        write_faults(s.config, None)
         s.daemon.start()
         s.daemon.wait_ready()
         _wait_result(s.spool, "term1")
