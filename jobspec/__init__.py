@@ -4,7 +4,8 @@ Never imports torch: the CLI's `validate` and `schema` stay fast and run anywher
 """
 
 from jobspec.errors import ErrorDetail, JobSpecError
-from jobspec.loader import default_job_id, load_job_bytes, load_job_file
+from jobspec.loader import load_job_bytes, load_job_file
+from jobspec.names import default_job_id
 from jobspec.models import (
     DEFAULT_MAX_DURATION,
     MAX_BATCH_JOBS,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import re
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from jobspec.errors import ErrorDetail, JobSpecError
+from jobspec.names import default_job_id
 from jobspec.models import (
     DEFAULT_MAX_DURATION,
     MAX_BATCH_JOBS,
@@ -25,7 +24,6 @@ from jobspec.models import (
 from jobspec.yamlsafe import DEFAULT_MAX_BYTES, LineMap, Path_, line_for, load_yaml_bytes, loc_text
 
 _BATCH_KEYS = ("jobs", "defaults")
-_MAX_ID_LEN = 128
 
 # Hints for out-of-range values, by field name.
 _RANGE_HINTS: dict[str, str] = {
@@ -44,24 +42,6 @@ _RANGE_HINTS: dict[str, str] = {
     "subtype": "use PCM_16, PCM_24 or FLOAT (FLOAT with wav only)",
     "greedy": "write true or false",
 }
-
-
-def default_job_id(filename: str | os.PathLike[str], *, reserve: int = 0) -> str:
-    """The id a job gets from its file name: the stem, made safe for a file name.
-
-    Characters outside [A-Za-z0-9._-] become '-', '..' collapses, and it is cut so that
-    `reserve` characters (a batch's `.N` suffix) still fit in 128.
-    """
-    stem = Path(os.fspath(filename)).name
-    for suffix in (".yaml", ".yml"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem)
-    stem = re.sub(r"\.{2,}", ".", stem)
-    stem = re.sub(r"^[^A-Za-z0-9]+", "", stem)
-    stem = stem[: _MAX_ID_LEN - reserve].rstrip(".")
-    return stem or "job"
 
 
 def load_job_file(

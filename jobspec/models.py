@@ -22,11 +22,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from jobspec.names import ID_PATTERN
+
 DEFAULT_MAX_DURATION = 300.0
 MAX_BATCH_JOBS = 32
 SEED_MAX = 2**63 - 1
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _ID_RE = re.compile(ID_PATTERN[1:-1])
 _MODEL_RE = re.compile(MODEL_NAME_PATTERN[1:-1])

@@ -18,7 +18,8 @@ from jobspec import Job, load_job_bytes
 from daemon.spool import state
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.config import Settings
-from daemon.spool.layout import JOB_SUFFIXES, list_claims
+from daemon.spool.claim import list_claims
+from jobspec.names import JOB_SUFFIXES
 
 
 class SubmitError(Exception):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from jobspec import Job
+from jobspec.names import audio_names
 from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings
 
 from daemon.core.fsio import atomic_write_bytes
@@ -28,11 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def output_names(job_id: str, job: Job) -> list[str]:
-    """Audio file names of a job: `<id>.wav`, or `<id>-v1.wav` ... when count > 1."""
-    ext = job.output.format
-    if job.count == 1:
-        return [f"{job_id}.{ext}"]
-    return [f"{job_id}-v{i}.{ext}" for i in range(1, job.count + 1)]
+    """Audio file names of a job (the rule is jobspec.names.audio_names)."""
+    return audio_names(job_id, ext=job.output.format, count=job.count)
 
 
 def utc(ts: float) -> datetime:

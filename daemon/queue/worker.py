@@ -25,7 +25,7 @@ from typing import Any
 from jobspec import Job
 from jobspec.sidecar import ModelInfo, Timings
 
-from daemon.spool import layout as spool
+from daemon import spool
 
 from daemon.spool import state
 from daemon.core.fsio import atomic_write_bytes

@@ -20,7 +20,7 @@ from types import FrameType
 
 from jobspec import ErrorDetail, JobSpecError, default_job_id, load_job_bytes
 
-from daemon.spool import layout as spool
+from daemon import spool
 
 from daemon.spool import state
 from daemon.core.config import ConfigError, Settings, load_settings

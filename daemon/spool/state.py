@@ -28,7 +28,8 @@ from typing import Any
 
 from daemon.core.fsio import temp_name_for
 from daemon.core.config import Settings
-from daemon.spool.layout import is_valid_job_id, iso_utc
+from daemon.spool.layout import iso_utc
+from jobspec.names import is_valid_job_id
 
 RECENT_LIMIT = 50
 PROGRESS_MIN_INTERVAL_S = 0.5  # "replaced atomically at most twice a second"

@@ -41,7 +41,8 @@ from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEvent, Fi
 from watchdog.observers.inotify import InotifyObserver
 
 from daemon.core.config import Settings
-from daemon.spool.layout import forget_logged, is_candidate, is_ignored_name, log_once
+from daemon.spool.layout import forget_logged, log_once
+from jobspec.names import is_candidate, is_ignored_name
 
 try:
     from watchdog.observers import inotify_move_event_grouper as _move_grouper

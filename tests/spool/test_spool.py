@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.spool import layout as spool
+from daemon import spool
+from daemon.spool import reserve
+from daemon.spool.records import write_meta
+from jobspec.names import default_job_id, is_candidate, is_valid_job_id
 from daemon.core.config import Settings, load_settings
-from daemon.spool.layout import (
+from daemon.spool import (
     Claimed,
     Owner,
     SpoolError,
@@ -29,8 +32,6 @@ from daemon.spool.layout import (
     ensure_layout,
     error_sidecar,
     fail_job,
-    fallback_id,
-    is_candidate,
     mark_requeued,
     mark_started,
     owner_alive,
@@ -114,12 +115,13 @@ def test_is_candidate(name: str, expected: bool) -> None:
     assert is_candidate(name) is expected
 
 
-def test_fallback_id_is_always_a_valid_id() -> None:
-    assert fallback_id("song.yaml") == "song"
-    assert fallback_id("my song (1).yml") == "my_song__1_"
-    assert fallback_id("...evil..name.yaml") == "evil.name"
-    assert fallback_id(".yaml") == "job"
-    assert spool.is_valid_job_id(fallback_id("ü" * 300 + ".yaml"))
+def test_default_id_is_always_a_valid_id() -> None:
+    # One rule for every file name: rejected symlinks and FIFOs get the id a job file would.
+    assert default_job_id("song.yaml") == "song"
+    assert default_job_id("my song (1).yml") == "my-song--1-"
+    assert default_job_id("...evil..name.yaml") == "evil.name"
+    assert default_job_id(".yaml") == "job"
+    assert is_valid_job_id(default_job_id("ü" * 300 + ".yaml"))
 
 
 # ------------------------------------------------------------------ claim
@@ -270,7 +272,7 @@ def _run_in_child(code: str, settings: Settings) -> str:
     prelude = (
         "from pathlib import Path\n"
         "from daemon.core.config import load_settings\n"
-        "from daemon.spool.layout import *\n"
+        "from daemon.spool import *\n"
         f"s = load_settings(None, spool=Path({str(settings.spool)!r}), max_attempts={settings.max_attempts})\n"
     )
     proc = subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -309,7 +311,7 @@ def test_recover_counts_crashes_of_running_jobs_and_flags_them_at_max_attempts(s
     )
     for c in (boom, calm):  # pretend this process died: rewrite the owner to a dead one
         dead = Owner(host=c.owner.host, pid=_dead_pid(), start_ticks=None, boot_id=c.owner.boot_id, pid_ns=c.owner.pid_ns)
-        spool._write_meta(Claimed(**{**c.__dict__, "owner": dead, "running": c is boom}))
+        write_meta(Claimed(**{**c.__dict__, "owner": dead, "running": c is boom}))
     out = _run_in_child(
         "got = {c.source_name: c for c in recover(s)}\n"
         "print(got['boom.yaml'].crashes, got['boom.yaml'].crashed, got['calm.yaml'].crashes, got['calm.yaml'].crashed)\n",
@@ -442,13 +444,13 @@ def test_reserve_id_two_processes_never_pick_the_same_id(settings: Settings) -> 
 
 def test_recovered_claim_gets_its_reserved_id_back(settings: Settings) -> None:
     assert reserve_id(settings, "again", audio_names, claim_id="claim-1") == "again"
-    spool._reserved.clear()  # a restarted daemon has an empty in-process set
+    reserve._reserved.clear()  # a restarted daemon has an empty in-process set
     assert reserve_id(settings, "again", audio_names, claim_id="claim-1") == "again"
     assert reserve_id(settings, "again", audio_names, claim_id="claim-2") == "again-2"
     # The crash came after the job's result was written: the recovered claim still gets "again"
     # (so it can see the outcome is there), everyone else skips it.
     (settings.outbox / "again.json").write_bytes(b"{}")
-    spool._reserved.clear()
+    reserve._reserved.clear()
     assert not spool.outcome_exists(settings, "again-2")
     assert reserve_id(settings, "again", audio_names, claim_id="claim-1") == "again"
     assert spool.outcome_exists(settings, "again")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.core.config import Settings, load_settings
-from daemon.spool.layout import claim, ensure_layout
+from daemon.spool import claim, ensure_layout
 from daemon.spool.watcher import InboxWatcher
 
 pytestmark = pytest.mark.timeout(10)

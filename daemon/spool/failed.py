@@ -1,0 +1,196 @@
+"""Jobs that end in failed/: the original bytes moved there untouched, and `<id>.error.json`."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from daemon.core.config import Settings
+from daemon.core.fsio import atomic_write_bytes, fsync_dir
+from daemon.spool.layout import dump, iso_utc, unlink_quiet
+from daemon.spool.records import Claimed
+from daemon.spool.reserve import release_id, reserve_id
+from jobspec.names import default_job_id
+from jobspec.sidecar import ErrorSidecar
+
+log = logging.getLogger(__name__)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def reject_non_regular(
+    settings: Settings, path: Path, st: os.stat_result, *, display_name: str | None = None
+) -> Path | None:
+    """Move a link / FIFO / socket / device entry itself into failed/ (rename moves the entry,
+    never its target; nothing is opened) and write its error sidecar. Returns the failed/ path,
+    or None when the entry vanished first.
+    """
+    name = display_name or path.name
+    kind = _kind(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        message = (
+            f"{name} is a symbolic link; symlinks are not accepted in the inbox "
+            "(copy the file itself, e.g. `cp -L`, or use `dgx-music submit`)"
+        )
+    else:
+        message = f"{name} is {kind}; only regular files are accepted as jobs"
+    job_id = reserve_id(settings, default_job_id(name), lambda i: [f"{i}.yaml"])
+    target = settings.failed / f"{job_id}.yaml"
+    try:
+        try:
+            _move_no_clobber(path, target)
+        except FileNotFoundError:
+            return None
+        now = time.time()
+        sidecar = error_sidecar(
+            job_id=job_id,
+            source_file=name,
+            error_type="invalid_job",
+            message=message,
+            hint="drop a regular YAML file",
+            submitted_at=st.st_mtime,
+            started_at=None,
+            finished_at=now,
+            attempts=0,
+        )
+        atomic_write_bytes(settings.failed / f"{job_id}.error.json", dump(sidecar), create_new=True)
+    finally:
+        release_id(settings, job_id)
+    log.warning("inbox: rejected %s (%s): moved to failed/%s", name, kind, target.name)
+    return target
+
+
+def error_sidecar(
+    *,
+    job_id: str,
+    source_file: str,
+    error_type: str,
+    message: str,
+    details: list[Mapping[str, Any]] | None = None,
+    hint: str | None = None,
+    submitted_at: float | None,
+    started_at: float | None,
+    finished_at: float,
+    attempts: int,
+    status: str = "failed",
+    request: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An `<id>.error.json` body with the DESIGN fields (jobspec's ErrorSidecar validates it when
+    present, so both stay in step)."""
+    body: dict[str, Any] = {
+        "schema_version": 1,
+        "job_id": job_id,
+        "status": status,
+        "source_file": source_file,
+        "submitted": iso_utc(submitted_at) if submitted_at is not None else None,
+        "started": iso_utc(started_at) if started_at is not None else None,
+        "finished": iso_utc(finished_at),
+        "error": {
+            "type": error_type,
+            "message": message,
+            "details": [dict(d) for d in (details or [])],
+            "hint": hint,
+        },
+        "attempts": attempts,
+    }
+    if request is not None:
+        body["request"] = dict(request)
+    return _validated(body)
+
+
+def _validated(body: dict[str, Any]) -> dict[str, Any]:
+    return ErrorSidecar.model_validate(body).model_dump(mode="json")
+
+
+def _sidecar_bytes(error: Any) -> bytes:
+    if hasattr(error, "model_dump"):
+        return dump(error.model_dump(mode="json"))
+    if isinstance(error, Mapping):
+        return dump(dict(error))
+    raise TypeError(f"error sidecar must be a mapping or a pydantic model, got {type(error).__name__}")
+
+
+def fail_job(
+    settings: Settings,
+    claimed: Claimed,
+    error: Mapping[str, Any] | Any,
+    *,
+    job_id: str,
+    keep_work: bool = False,
+) -> tuple[Path, Path]:
+    """Put the job's original bytes at failed/<job_id>.yaml, then failed/<job_id>.error.json.
+
+    `job_id` must come from `reserve_id` (it is released here). The bytes are moved, not
+    rewritten (a hard link then unlink of the work file), unless `keep_work`: other jobs of the
+    same batch file still need it, so a copy is written and the claim stays. Without `keep_work`
+    the claim is finished (meta removed). A failure to write (full disk, EROFS) raises OSError
+    and leaves the claim in work/, to be retried.
+    """
+    yaml_path = settings.failed / f"{job_id}.yaml"
+    err_path = settings.failed / f"{job_id}.error.json"
+    if keep_work:
+        data = claimed.work_path.read_bytes()
+        _write_new_or_same(yaml_path, data)
+    else:
+        _move_no_clobber(claimed.work_path, yaml_path, accept_same=True)
+    atomic_write_bytes(err_path, _sidecar_bytes(error), create_new=True)
+    if not keep_work:
+        unlink_quiet(claimed.meta_path)
+    release_id(settings, job_id)
+    return yaml_path, err_path
+
+
+def _write_new_or_same(path: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(path, data, create_new=True)
+    except FileExistsError:
+        if path.read_bytes() != data:  # a retry after a crash finds its own copy: fine
+            raise
+
+
+def _move_no_clobber(src: Path, dst: Path, *, accept_same: bool = False) -> None:
+    """rename(2) without replacing an existing `dst`: link + unlink where links work."""
+    linked = True
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        # accept_same: a crash came between link and unlink last time; finish that move.
+        if not (accept_same and _same_inode(src, dst)):
+            raise
+    except OSError as exc:
+        # EPERM: fs.protected_hardlinks refuses links to a submitter's file; some FUSE/SMB
+        # mounts have no hard links at all. The id is reserved, so a rename after the
+        # existence check cannot meet a competitor.
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "file exists", str(dst)) from exc
+        os.rename(src, dst)
+        linked = False
+    # The new name must be durable before the old one goes, or a power cut could lose both.
+    fsync_dir(dst.parent)
+    if linked:
+        os.unlink(src)
+    if src.parent != dst.parent or linked:
+        fsync_dir(src.parent)
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    sa, sb = os.lstat(a), os.lstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
