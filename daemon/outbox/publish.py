@@ -20,7 +20,9 @@ from jobspec import Job
 from jobspec.names import audio_names
 from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings
 
+from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
+from daemon.queue.jobs import QueuedJob
 from daemon.outbox.hostinfo import host_info
 from daemon.audio.loudness import normalize
 from daemon.audio.encode import write_audio
@@ -129,3 +131,41 @@ def publish(
                 log.error("could not remove partial output %s: %s", p, exc)
         raise
     return Published(path, sidecar)
+
+
+def publish_job(settings: Settings, item: QueuedJob) -> Path:
+    """Write a generated queued job's audio and sidecar to the outbox; returns the sidecar path.
+
+    This is the publish step the service hands to the worker."""
+    assert item.pending is not None and item.pending_timings is not None
+    res = item.pending
+    job = item.job.model_copy(update={"model": item.job.model or settings.default_model})
+    out = publish(
+        settings.outbox,
+        job_id=item.job_id,
+        job=job,
+        seed=res.seed,
+        audio=res.audio,
+        sample_rate=res.sample_rate,
+        source_file=item.claim.source_name,
+        submitted=item.claim.submitted_at,
+        started=item.started_at or time.time(),
+        model=ModelInfo(**res.model.sidecar_fields()),
+        timings=item.pending_timings,
+        peak_memory_bytes=res.peak_memory_bytes,
+        normalize_audio=settings.normalize_audio,
+        rtf_audio_s=item.batch_audio_s,
+    )
+    sc = out.sidecar
+    loud = ", ".join(f"{o.integrated_lufs} LUFS" for o in sc.outputs if o.integrated_lufs is not None) or "n/a"
+    log.info(
+        "job %s completed: %.1f s audio x%d in %.2f s (RTF %.3f), %s, -> %s",
+        item.job_id,
+        sc.outputs[0].duration_s,
+        len(sc.outputs),
+        sc.timings.generate_s,
+        sc.rtf,
+        loud,
+        out.sidecar_path,
+    )
+    return out.sidecar_path

@@ -30,9 +30,10 @@ from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import job_context
 from daemon.service.faults import faults_from_environment, with_faults
 from daemon.service.notify import Notifier
-from daemon.outbox.publish import output_names
+from daemon.outbox.publish import output_names, publish_job
 from daemon.spool.watcher import InboxWatcher
-from daemon.queue.worker import ClaimGroup, QueuedJob, Worker, fail_group_job, finish_group_job, load_done
+from daemon.queue.jobs import ClaimGroup, QueuedJob, fail_group_job, finish_group_job, load_done
+from daemon.queue.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Daemon:
             settings,
             self.engine,
             self.queue,
+            lambda item: publish_job(self.settings, item),
             on_status=self._status,
             on_step=self.notifier.watchdog,
             on_long_call=self.notifier.set_watchdog_timeout,
@@ -337,7 +339,7 @@ class Daemon:
 
         setup_logging(new.log_level)
         self.settings = new
-        self.worker.settings = new
+        self.worker.update_settings(new)
         self.engine.settings = new
         if self.watcher is not None:
             self.watcher.scan_now()
