@@ -30,7 +30,8 @@ from daemon import spool
 from daemon.spool import state
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.config import Settings
-from daemon.engine.model import GenerationRequest, GenerationResult, MusicEngine, Progress
+from daemon.core.messages import GenerationRequest, GenerationResult, Progress
+from daemon.engine.model import MusicEngine
 from daemon.core.errors import DgxMusicError, GenerationCancelled, UnknownModelError
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import job_context, set_stage
