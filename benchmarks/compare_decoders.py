@@ -6,7 +6,7 @@
     python benchmarks/compare_decoders.py --model-dir /var/lib/dgx-music/models/small
 
 `--shape small|medium|large` uses random weights at the real MusicGen shapes (made once with
-`daemon.engine.checkpoints.init_random` and kept under --cache-dir); `--shape tiny` makes the tiny test
+`daemon.ops.tinymodel.init_random` and kept under --cache-dir); `--shape tiny` makes the tiny test
 model in a temporary directory. The work is done by `daemon.ops.decodebench.compare`.
 """
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _model_dir(args: argparse.Namespace, scratch: Path) -> Path:
-    from daemon.engine.checkpoints import init_random, init_tiny
+    from daemon.ops.tinymodel import init_random, init_tiny
 
     if args.model_dir:
         return Path(args.model_dir)

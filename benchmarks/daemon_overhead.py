@@ -50,7 +50,8 @@ def in_process(config: Path, jobs: int, duration: float, threads: int | None) ->
     import torch
 
     from daemon.core.config import load_settings
-    from daemon.engine.model import GenerationRequest, MusicEngine
+    from daemon.core.messages import GenerationRequest
+    from daemon.engine.model import MusicEngine
 
     if threads:
         torch.set_num_threads(threads)

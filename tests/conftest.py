@@ -34,7 +34,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny mono MusicGen checkpoint (32 kHz, 40 frames/s, 4 codebooks), saved like a hub one."""
     import torch
 
-    from daemon.engine.checkpoints import init_tiny
+    from daemon.ops.tinymodel import init_tiny
 
     # A tiny model gains nothing from intra-op threads, and on a shared 2-core box their
     # spin-waiting makes every step many times slower.
@@ -46,7 +46,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_stereo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny stereo MusicGen checkpoint (8 codebooks interleaved left/right, as musicgen-stereo)."""
-    from daemon.engine.checkpoints import init_tiny
+    from daemon.ops.tinymodel import init_tiny
 
     return init_tiny(tmp_path_factory.mktemp("tiny-stereo") / "tiny-stereo", stereo=True)
 

@@ -76,7 +76,7 @@ def model_dir_or_tiny(model_dir: str | Path | None, scratch: Path) -> Path:
     """The checkpoint a benchmark was given, or a fresh tiny one built in `scratch`."""
     if model_dir:
         return Path(model_dir)
-    from daemon.engine.checkpoints import init_tiny
+    from daemon.ops.tinymodel import init_tiny
 
     return init_tiny(scratch / "tiny")
 

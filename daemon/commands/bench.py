@@ -80,11 +80,11 @@ def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
 def made_model(args: argparse.Namespace, tmp: Path) -> Path | None:
     """--tiny / --shape: a checkpoint built here, so the benchmark needs no download."""
     if args.tiny:
-        from daemon.engine.checkpoints import init_tiny
+        from daemon.ops.tinymodel import init_tiny
 
         return init_tiny(tmp / "tiny")
     if args.shape:
-        from daemon.engine.checkpoints import init_random
+        from daemon.ops.tinymodel import init_random
 
         print(f"building random weights at the musicgen-{args.shape} shape...", file=sys.stderr)
         # Half precision on disk keeps the large shape at ~7 GB; the load casts to the run dtype.

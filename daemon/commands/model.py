@@ -58,7 +58,7 @@ def _refuse_non_empty(directory: Path) -> bool:
 
 
 def run_init_tiny(args: argparse.Namespace) -> int:
-    from daemon.engine.checkpoints import init_tiny
+    from daemon.ops.tinymodel import init_tiny
 
     if _refuse_non_empty(args.dir):
         return EXIT_USAGE
@@ -69,7 +69,7 @@ def run_init_tiny(args: argparse.Namespace) -> int:
 
 
 def run_init_random(args: argparse.Namespace) -> int:
-    from daemon.engine.checkpoints import init_random
+    from daemon.ops.tinymodel import init_random
 
     if _refuse_non_empty(args.dir):
         return EXIT_USAGE
@@ -80,7 +80,8 @@ def run_init_random(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from daemon.engine.checkpoints import fetch, hf_cache_dir
+    from daemon.engine.checkpoints import fetch
+    from daemon.engine.hub import hf_cache_dir
 
     settings = settings_or_exit(args)
     try:

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from daemon.engine.decoding.tokens import DecodeBackend, DecodeRequest, delay_steps
+from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
+from daemon.engine.decoding.codec import delay_steps
 
 # Later windows use their own random stream: an odd 63-bit constant (golden ratio) per window
 # keeps window w of variation i away from every other variation's streams.

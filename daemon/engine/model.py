@@ -1,8 +1,11 @@
 """The music engine: a resident MusicGen model that turns prompts into audio arrays.
 
 Kept from the seed system: `load_model`, `unload_model`, `set_generation_params`, `generate`,
-`save_audio`, `benchmark`, `get_stats`. Post-processing (loudness) and writing belong to the
-caller (`daemon.audio.loudness`, `daemon.audio.encode`).
+`get_stats` (its `save_audio` and `benchmark` are in `daemon.ops.facade`). Post-processing
+(loudness) and writing belong to the caller (`daemon.audio.loudness`, `daemon.audio.encode`).
+How a call is cut into decode batches is `daemon.engine.plan`; running them (progress, abort,
+OOM split) is `daemon.engine.run`. The values it takes and returns are `daemon.core.messages`
+(re-exported here).
 
 Reproducibility: every job gets an effective seed (given, or drawn from os.urandom) and
 variation i uses seed + i. Decoding runs under a forked, seeded torch RNG, so nothing outside the
@@ -15,188 +18,44 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_spec
 from daemon.core.config import Settings
-from daemon.engine.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
-from daemon.core.errors import (
-    DgxMusicError,
-    ModelLoadError,
-    GenerationCancelled,
-    GenerationError,
-    GenerationTimeoutError,
-    OutOfMemoryError,
+from daemon.core.errors import DgxMusicError, ModelLoadError
+from daemon.core.messages import (
+    SEED_MOD,
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+    LoadedModelInfo,
+    Progress,
 )
-from daemon.engine.longform import decode_long, plan_windows, planned_steps
-from daemon.engine.decoding.tokens import DecodeBackend, DecodeRequest, RowSampling, codes_to_audio, get_backend
+from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_spec
+from daemon.engine.decoding import get_backend
+from daemon.engine.decoding.api import DecodeBackend
+from daemon.engine.decoding.codec import frame_rate
+from daemon.engine.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
+from daemon.engine.plan import Framing, effective_seeds, plan_chunks
+from daemon.engine.run import ChunkRunner
+
+__all__ = [
+    "SEED_MOD",
+    "EngineStats",
+    "GenerationRequest",
+    "GenerationResult",
+    "LoadedModelInfo",
+    "MusicEngine",
+    "Progress",
+]
 
 log = logging.getLogger(__name__)
-
-SEED_MOD = 2**63
-
-
-# ---------------------------------------------------------------- public data
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One prompt to render `count` times. Sampling defaults are MusicGen/audiocraft's."""
-
-    prompt: str
-    duration: float
-    count: int = 1
-    seed: int | None = None
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    cfg_coef: float = 3.0
-    greedy: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.prompt or not self.prompt.strip():
-            raise ValueError("prompt must not be empty")
-        if not (math.isfinite(self.duration) and self.duration > 0):
-            raise ValueError(f"duration must be a positive number of seconds, got {self.duration!r}")
-        if self.count < 1:
-            raise ValueError(f"count must be at least 1, got {self.count}")
-        if self.seed is not None and not 0 <= self.seed < SEED_MOD:
-            raise ValueError(f"seed must be in 0..2**63-1, got {self.seed}")
-        if not self.greedy and not self.temperature > 0:
-            raise ValueError("temperature must be > 0 (use greedy: true for argmax decoding)")
-        if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:
-            raise ValueError("top_k must be >= 0 and top_p within 0..1 (0 turns either filter off)")
-
-    def sampling(self, seed: int) -> RowSampling:
-        return RowSampling(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, greedy=self.greedy, seed=seed
-        )
-
-
-@dataclass
-class Progress:
-    """Decoding progress of one `generate` call, in decoding steps (one audio frame each)."""
-
-    frames_done: int
-    frames_total: int
-    elapsed_s: float
-
-    @property
-    def fraction(self) -> float:
-        if self.frames_total <= 0:
-            return 0.0
-        return min(1.0, max(0.0, self.frames_done / self.frames_total))
-
-
-@dataclass(frozen=True)
-class LoadedModelInfo:
-    name: str
-    source: str  # hub repo id or local directory
-    revision: str  # commit hash, or "local:<sha256>" for a directory
-    dtype: str
-    device: str
-    parameters: int
-    sample_rate: int
-    channels: int
-    frame_rate: float  # codec frames per second = sample_rate / prod(upsampling_ratios)
-    load_s: float
-    backend: str = "transformers"
-
-    def sidecar_fields(self) -> dict[str, Any]:
-        """The sidecar's `model` block (jobspec.sidecar.ModelInfo)."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "revision": self.revision,
-            "dtype": self.dtype,
-            "device": self.device,
-            "parameters": self.parameters,
-        }
-
-
-@dataclass
-class GenerationResult:
-    audio: np.ndarray  # float32 [count, channels, samples]
-    sample_rate: int
-    seed: int  # effective seed; variation i used seed + i
-    generate_s: float
-    peak_memory_bytes: int
-    model: LoadedModelInfo
-    request: GenerationRequest | None = None
-
-    @property
-    def audio_seconds(self) -> float:
-        return self.audio.shape[0] * self.audio.shape[-1] / self.sample_rate
-
-    @property
-    def rtf(self) -> float:
-        """Generation seconds per second of audio produced (all variations)."""
-        return self.generate_s / self.audio_seconds if self.audio_seconds else 0.0
-
-
-@dataclass
-class EngineStats:
-    model: str | None
-    source: str | None
-    revision: str | None
-    device: str | None
-    dtype: str | None
-    parameters: int
-    backend: str | None
-    loads: int = 0
-    jobs: int = 0
-    failed_jobs: int = 0
-    audio_seconds: float = 0.0
-    generate_seconds: float = 0.0
-    mean_rtf: float = 0.0  # total generation seconds / total audio seconds
-    peak_memory_bytes: int = 0
-    last_used_monotonic: float | None = None
-    loaded: bool = False  # whether `model` is resident now (it may have been unloaded when idle)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------- internals
-
-
-@dataclass
-class _Row:
-    req_index: int
-    variation: int
-    sampling: RowSampling
-
-
-@dataclass
-class _Chunk:
-    """Rows decoded together: same sampling (seeds aside), guidance and length."""
-
-    rows: list[_Row]
-    prompts: list[str]
-    cfg_coef: float
-    frames: int
-    samples: int  # exact output length: round(duration * sample_rate)
-
-
-@dataclass
-class _Clock:
-    """Step accounting shared by all decode calls of one generate() call."""
-
-    start: float
-    total: int
-    done: int = 0
-    callback_error: BaseException | None = None
-    timings: dict[int, float] = field(default_factory=dict)
 
 
 class MusicEngine:
@@ -259,7 +118,7 @@ class MusicEngine:
                 parameters=int(sum(p.numel() for p in model.parameters())),
                 sample_rate=int(acfg.sampling_rate),
                 channels=int(model.config.decoder.audio_channels),
-                frame_rate=acfg.sampling_rate / math.prod(acfg.upsampling_ratios),
+                frame_rate=frame_rate(model),
                 load_s=0.0,
                 backend=backend.name,
             )
@@ -408,12 +267,14 @@ class MusicEngine:
         record: bool,
     ) -> list[GenerationResult]:
         assert self._ckpt is not None and self._info is not None and self._device is not None
-        model = self._ckpt.model
         info = self._info
-        seeds = [r.seed if r.seed is not None else _random_seed() for r in requests]
-        chunks = self._plan(requests, seeds, model)
-        clock = _Clock(start=time.monotonic(), total=sum(self._chunk_steps(model, c) for c in chunks))
-        deadline = None if timeout_s is None else clock.start + timeout_s
+        backend = self.backend
+        seeds = effective_seeds(requests)
+        framing = self._framing()
+        chunks = plan_chunks(requests, seeds, framing, max_batch=self.settings.max_batch,
+                             per_row_seeds=bool(getattr(backend, "per_row_seeds", False)))
+        runner = ChunkRunner(self._ckpt, self._device, backend, framing, chunks, progress=progress,
+                             cancel=cancel, timeout_s=timeout_s)
         audio_rows: dict[tuple[int, int], np.ndarray] = {}
         per_request_s = [0.0] * len(requests)
         reset_peak_memory(self._device)
@@ -421,7 +282,7 @@ class MusicEngine:
         with torch.inference_mode():
             for chunk in chunks:
                 t0 = time.monotonic()
-                for row, audio in zip(chunk.rows, self._run_chunk(chunk, clock, progress, cancel, deadline)):
+                for row, audio in zip(chunk.rows, runner.run(chunk)):
                     audio_rows[(row.req_index, row.variation)] = audio
                 spent = time.monotonic() - t0
                 for ri in {r.req_index for r in chunk.rows}:
@@ -437,206 +298,38 @@ class MusicEngine:
                 )
             )
         if record:
-            for res in results:
-                self._stats.jobs += 1
-                self._stats.audio_seconds += res.audio_seconds
-                self._stats.generate_seconds += res.generate_s
-                log.info(
-                    "generated %d x %.2f s (%s) in %.2f s: RTF %.3f, seed %d, peak memory %.0f MiB",
-                    res.audio.shape[0], res.audio.shape[-1] / res.sample_rate, info.name, res.generate_s,
-                    res.rtf, res.seed, peak / 2**20,
-                )
-            if self._stats.audio_seconds > 0:
-                self._stats.mean_rtf = self._stats.generate_seconds / self._stats.audio_seconds
-            self._peak = max(self._peak, peak)
-            self._stats.peak_memory_bytes = self._peak
+            self._record(results, info, peak)
         return results
 
-    def _plan(self, requests: list[GenerationRequest], seeds: list[int], model: Any) -> list[_Chunk]:
-        """Rows grouped into decode batches: same sampling, guidance and length, at most max_batch rows.
+    def _record(self, results: list[GenerationResult], info: LoadedModelInfo, peak: int) -> None:
+        """Job counters and the one performance line per generation."""
+        for res in results:
+            self._stats.jobs += 1
+            self._stats.audio_seconds += res.audio_seconds
+            self._stats.generate_seconds += res.generate_s
+            log.info(
+                "generated %d x %.2f s (%s) in %.2f s: RTF %.3f, seed %d, peak memory %.0f MiB",
+                res.audio.shape[0], res.audio.shape[-1] / res.sample_rate, info.name, res.generate_s,
+                res.rtf, res.seed, peak / 2**20,
+            )
+        if self._stats.audio_seconds > 0:
+            self._stats.mean_rtf = self._stats.generate_seconds / self._stats.audio_seconds
+        self._peak = max(self._peak, peak)
+        self._stats.peak_memory_bytes = self._peak
 
-        With the transformers backend only rows of one request share a batch, so a job's audio never
-        depends on which other jobs were queued with it.
-        """
-        per_row_rng = getattr(self._backend, "per_row_seeds", False)
-        groups: dict[tuple[Any, ...], list[tuple[_Row, str]]] = {}
-        for i, (req, seed) in enumerate(zip(requests, seeds)):
-            frames, samples = self.frames_for(req.duration), self.samples_for(req.duration)
-            for v in range(req.count):
-                row = _Row(i, v, req.sampling((seed + v) % SEED_MOD))
-                key = (row.sampling.without_seed(), req.cfg_coef, frames, samples) + (() if per_row_rng else (i,))
-                groups.setdefault(key, []).append((row, req.prompt))
-        chunks = []
-        size = self.settings.max_batch
-        for key, members in groups.items():
-            cfg_coef, frames, samples = key[1], key[2], key[3]
-            for k in range(0, len(members), size):
-                part = members[k : k + size]
-                chunks.append(_Chunk([r for r, _ in part], [p for _, p in part], cfg_coef, frames, samples))
-        return chunks
+    def _framing(self) -> Framing:
+        assert self._info is not None
+        return Framing.of(self._info, self.settings)
 
     def frames_for(self, duration: float) -> int:
         """Codec frames covering `duration` seconds at the loaded model's own frame rate."""
-        assert self._info is not None
-        return max(1, math.ceil(duration * self._info.frame_rate - 1e-9))
+        return self._framing().frames_for(duration)
 
     def samples_for(self, duration: float) -> int:
-        assert self._info is not None
-        return int(round(duration * self._info.sample_rate))
+        return self._framing().samples_for(duration)
 
-    def _window_frames(self) -> tuple[int, int]:
-        assert self._info is not None
-        window = max(2, int(round(self.settings.window_s * self._info.frame_rate)))
-        stride = min(window - 1, max(1, int(round(self.settings.extend_stride_s * self._info.frame_rate))))
-        return window, stride
-
-    def _chunk_steps(self, model: Any, chunk: _Chunk) -> int:
-        window, stride = self._window_frames()
-        return planned_steps(model, plan_windows(chunk.frames, window, stride))
-
-    def _run_chunk(
-        self,
-        chunk: _Chunk,
-        clock: _Clock,
-        progress: Callable[[Progress], None] | None,
-        cancel: threading.Event | None,
-        deadline: float | None,
-    ) -> list[np.ndarray]:
-        """Audio per row; on CUDA out-of-memory: free the cache, split in halves, retry once."""
-        try:
-            return self._decode_chunk(chunk, clock, progress, cancel, deadline)
-        except torch.OutOfMemoryError as exc:
-            self._after_oom()
-            if len(chunk.rows) == 1:
-                raise OutOfMemoryError(
-                    f"out of memory generating {chunk.frames} frames for one row on {self._info.device if self._info else '?'}",
-                    hint="shorten the clip, use a smaller model, or free GPU memory",
-                ) from exc
-            half = len(chunk.rows) // 2
-            log.warning("out of memory with a batch of %d rows: retrying as %d + %d", len(chunk.rows), half,
-                        len(chunk.rows) - half)
-            out: list[np.ndarray] = []
-            model = self._ckpt.model if self._ckpt else None
-            for part in (slice(0, half), slice(half, None)):
-                sub = replace(chunk, rows=chunk.rows[part], prompts=chunk.prompts[part])
-                clock.total += self._chunk_steps(model, sub)
-                try:
-                    out.extend(self._decode_chunk(sub, clock, progress, cancel, deadline))
-                except torch.OutOfMemoryError as exc2:
-                    self._after_oom()
-                    raise OutOfMemoryError(
-                        f"out of memory even after splitting the batch ({len(sub.rows)} of {len(chunk.rows)} rows)",
-                        hint="lower max_batch or count, shorten the clip, or use a smaller model",
-                    ) from exc2
-            return out
-
-    def _after_oom(self) -> None:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _decode_chunk(
-        self,
-        chunk: _Chunk,
-        clock: _Clock,
-        progress: Callable[[Progress], None] | None,
-        cancel: threading.Event | None,
-        deadline: float | None,
-    ) -> list[np.ndarray]:
-        assert self._ckpt is not None and self._device is not None and self._backend is not None
-        model, processor = self._ckpt.model, self._ckpt.processor
-        enc = processor(text=chunk.prompts, padding=True, return_tensors="pt")
-        req = DecodeRequest(
-            input_ids=enc["input_ids"].to(self._device),
-            attention_mask=enc["attention_mask"].to(self._device),
-            rows=[r.sampling for r in chunk.rows],
-            cfg_coef=chunk.cfg_coef,
-            max_frames=chunk.frames,
-        )
-        base = clock.done
-        on_step = self._step_callback(clock, progress, cancel, deadline)
-        window, stride = self._window_frames()
-
-        def call_step(done_in_chunk: int, _total: int) -> None:
-            on_step(base + done_in_chunk)
-
-        try:
-            codes = decode_long(self._backend, model, req, window_frames=window, stride_frames=stride,
-                                on_step=call_step)
-            clock.done = base + self._chunk_steps(model, chunk)
-            self._check_abort(cancel, deadline)
-            audio = codes_to_audio(model, codes)
-        except (DgxMusicError, torch.OutOfMemoryError):
-            raise
-        except BaseException as exc:
-            if clock.callback_error is not None and exc is clock.callback_error:
-                raise  # the caller's own progress callback failed: its exception, unchanged
-            if isinstance(exc, Exception):
-                raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
-            raise
-        audio_np = audio.detach().to("cpu", torch.float32).numpy()
-        return [_fit(audio_np[j], chunk.samples) for j in range(audio_np.shape[0])]
-
-    def _check_abort(self, cancel: threading.Event | None, deadline: float | None) -> None:
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("generation cancelled")
-        if deadline is not None and time.monotonic() > deadline:
-            raise GenerationTimeoutError(
-                "generation ran past its time limit",
-                hint="raise job_timeout_s in the config, or shorten the clip",
-            )
-
-    def _step_callback(
-        self,
-        clock: _Clock,
-        progress: Callable[[Progress], None] | None,
-        cancel: threading.Event | None,
-        deadline: float | None,
-    ) -> Callable[[int], None]:
-        def on_step(done: int) -> None:
-            clock.done = max(clock.done, done)
-            self._check_abort(cancel, deadline)
-            if progress is not None:
-                try:
-                    progress(Progress(clock.done, clock.total, time.monotonic() - clock.start))
-                except BaseException as exc:
-                    clock.callback_error = exc
-                    raise
-
-        return on_step
-
-    # ------------------------------------------------------------ seed API kept
-
-    def save_audio(
-        self,
-        result: GenerationResult,
-        path: Path | str,
-        *,
-        variation: int = 0,
-        format: str = "wav",
-        subtype: str = "PCM_16",
-    ) -> Any:
-        """Write one variation of `result` (no loudness processing) with daemon.audio.encode."""
-        from daemon.audio.encode import write_audio
-
-        return write_audio(path, result.audio[variation], result.sample_rate, format, subtype)  # type: ignore[arg-type]
-
-    def benchmark(self, durations: Sequence[float] = (4, 8, 16, 30), **kwargs: Any) -> Any:
-        """The seed's benchmark on the resident model (see daemon.ops.bench.run_benchmark)."""
-        from daemon.ops.bench import run_benchmark
-
-        return run_benchmark(self, durations, **kwargs)
+    # ------------------------------------------------------------ stats
 
     def get_stats(self) -> EngineStats:
         return replace(self._stats, last_used_monotonic=self._last_used, loaded=self._info is not None)
 
-
-def _fit(audio: np.ndarray, n: int) -> np.ndarray:
-    """[channels, samples] trimmed or zero-padded to exactly n samples."""
-    if audio.shape[-1] >= n:
-        return np.ascontiguousarray(audio[..., :n])
-    return np.pad(audio, ((0, 0), (0, n - audio.shape[-1])))
-
-
-def _random_seed() -> int:
-    return int.from_bytes(os.urandom(8), "little") % SEED_MOD

@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from daemon.engine.model import MusicEngine, Progress
+from daemon.core.messages import Progress
+from daemon.engine.model import MusicEngine
 from daemon.ops.progressbar import ProgressBar as Bar
 
 if TYPE_CHECKING:
-    from daemon.engine.decoding.tokens import DecodeBackend
+    from daemon.engine.decoding.api import DecodeBackend
 
 DEFAULT_DURATIONS: tuple[float, ...] = (4.0, 8.0, 16.0, 30.0)
 VERDICT_DURATION_S = 16.0
@@ -127,7 +128,7 @@ def bench_backend(
     The first duration is preceded by nothing but the load-time warm-up; callers wanting a cold
     comparison should warm both backends the same way.
     """
-    from daemon.engine.model import GenerationRequest
+    from daemon.core.messages import GenerationRequest
 
     info = engine.load_model()
     previous = engine.backend

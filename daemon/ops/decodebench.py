@@ -1,7 +1,7 @@
 """Side-by-side benchmark of the decode backends: transformers `generate` against our loop.
 
 Both engines get the same model, prompts, lengths and sampling settings, and both are timed end
-to end the way a job runs: text in, audio out (tokens through `daemon.engine.decoding.tokens.codes_to_audio`).
+to end the way a job runs: text in, audio out (tokens through `daemon.engine.decoding.codec.codes_to_audio`).
 Each engine is warmed up once per length, then timed `repeats` times, the engines interleaved so
 that a noisy neighbour on a shared machine hits both alike; the fastest run counts.
 """
@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-from daemon.engine.decoding.tokens import DecodeBackend, DecodeRequest, RowSampling, TransformersBackend, codes_to_audio, frame_rate
+from daemon.engine.decoding.api import DecodeBackend, DecodeRequest, RowSampling
+from daemon.engine.decoding.codec import codes_to_audio, frame_rate
+from daemon.engine.decoding.hf import TransformersBackend
 
 ENGINES = ("transformers", "dgx-music")
 

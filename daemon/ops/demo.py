@@ -63,7 +63,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float)
 
 
 def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap: float = 4.0, device: str = "cpu") -> int:
-    from daemon.engine.checkpoints import init_tiny
+    from daemon.ops.tinymodel import init_tiny
 
     files = sorted(p for p in examples.iterdir() if p.suffix in (".yaml", ".yml")) if examples.is_dir() else []
     if not files:

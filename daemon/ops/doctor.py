@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from daemon.core.config import ConfigError, ModelSpec, Settings, load_settings
+from daemon.engine.hub import hf_cache_dir, hf_offline
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -32,7 +33,6 @@ LOW_HOST_AVAILABLE_BYTES = 4 << 30
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-_TRUTHY = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -293,21 +293,6 @@ def _user() -> str:
 # ---------------------------------------------------------------- models
 
 
-def _hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
-
-
-def _hf_cache_dir() -> Path:
-    # Read the environment now: huggingface_hub.constants froze it at import time.
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
 def check_model(name: str, spec: ModelSpec) -> Check:
     label = f"model {name}"
     if spec.path is not None:
@@ -372,7 +357,7 @@ def _check_hub_model(label: str, name: str, spec: ModelSpec) -> Check:
     from huggingface_hub import try_to_load_from_cache
 
     repo, revision = str(spec.id), spec.revision
-    cache = _hf_cache_dir()
+    cache = hf_cache_dir()
     fetch = f"run dgx-music model fetch {name} (on a machine with network access to huggingface.co)"
 
     def cached(filename: str) -> Path | None:
@@ -398,7 +383,7 @@ def _check_hub_model(label: str, name: str, spec: ModelSpec) -> Check:
     what = "not in the cache" if config is None else "partly cached: missing " + (
         ", ".join(shards_missing) if shards_missing else "weights"
     )
-    if _hf_offline():
+    if hf_offline():
         return fail(label, f"{where}: {what}, and HF_HUB_OFFLINE is set", fetch)
     return warn(label, f"{where}: {what}; it will be downloaded at first load", fetch + " to do it now")
 

@@ -24,7 +24,7 @@ from daemon import spool
 from daemon.core.config import Settings
 from daemon.core.errors import DgxMusicError, GenerationCancelled, UnknownModelError
 from daemon.core.logctx import job_context, set_stage
-from daemon.engine.model import GenerationRequest, Progress
+from daemon.core.messages import GenerationRequest, Progress
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.queue.jobs import Outcomes, QueuedJob
 from daemon.queue.publisher import PublishFn, Publisher

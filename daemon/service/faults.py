@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from daemon.engine.decoding.tokens import DecodeBackend, DecodeRequest
+from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
 
 log = logging.getLogger(__name__)
 

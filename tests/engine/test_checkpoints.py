@@ -64,7 +64,7 @@ def test_load_local_checkpoint_records_a_content_revision(tiny_model_dir: Path, 
     assert ck.revision == local_revision(tiny_model_dir)
     assert not ck.model.training
     # different weights -> different revision
-    from daemon.engine.checkpoints import init_tiny
+    from daemon.ops.tinymodel import init_tiny
 
     other = init_tiny(tmp_path / "other", seed=1)
     assert local_revision(other) != ck.revision
@@ -218,7 +218,7 @@ def test_cli_fetch_unknown_and_offline(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 @pytest.mark.slow
 def test_init_random_small_shape(tmp_path: Path) -> None:
-    from daemon.engine.checkpoints import init_random
+    from daemon.ops.tinymodel import init_random
 
     d = init_random(tmp_path / "small", "small", dtype="float16")
     ck = load_checkpoint("s", _settings({"s": {"path": str(d)}}), device=CPU, dtype=torch.float32)

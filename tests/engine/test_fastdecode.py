@@ -12,7 +12,7 @@ import torch
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.sampler import RowNoise, guide, pick_tokens, sampling_tensors
-from daemon.engine.decoding.tokens import DecodeRequest, RowSampling
+from daemon.engine.decoding.api import DecodeRequest, RowSampling
 
 PROMPTS = ["warm lofi hip hop beat with dusty piano", "dark techno", "calm ambient pad with soft strings"]
 
@@ -165,7 +165,7 @@ def test_very_short_requests_return_exact_frames(tiny: tuple[Any, Any]) -> None:
 def test_transformers_backend_turns_guidance_off_and_cuts_short_requests(tiny: tuple[Any, Any]) -> None:
     # The baseline backend must agree with ours on both edges, or `bench --compare` compares
     # different work: cfg_coef 1.0 means no guidance (not the checkpoint's 3.0), and 1-2 frames work.
-    from daemon.engine.decoding.tokens import TransformersBackend
+    from daemon.engine.decoding.hf import TransformersBackend
 
     model, processor = tiny
     enc = _text(processor, PROMPTS[:1])
@@ -289,7 +289,7 @@ def test_top_k_top_p_and_temperature_limit_the_choices() -> None:
         return pick_tokens(logits, params, RowNoise([row], draws, vocab, cpu).step(0))[0]
 
     assert set(sample(RowSampling(top_k=3, seed=1)).tolist()) == {0, 1, 2}
-    # top-p wins over top-k when set (audiocraft; daemon.engine.decoding.tokens.RowSampling.filters)
+    # top-p wins over top-k when set (audiocraft; daemon.engine.decoding.api.RowSampling.filters)
     assert set(sample(RowSampling(top_k=3, top_p=0.05, seed=1)).tolist()) == {0}
     assert set(sample(RowSampling(top_k=0, top_p=0.6, seed=1)).tolist()) <= {0, 1, 2, 3}
     cold = sample(RowSampling(top_k=0, temperature=0.05, seed=1))
@@ -323,7 +323,7 @@ def test_noise_is_the_same_whatever_the_batch() -> None:
 
 @pytest.fixture(scope="module")
 def small_random(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
-    from daemon.engine.checkpoints import init_random
+    from daemon.ops.tinymodel import init_random
 
     directory = init_random(tmp_path_factory.mktemp("small") / "small", "small")
     yield _load(directory)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from daemon.engine.decoding.dgx import DgxBackend
-from daemon.engine.decoding.tokens import DecodeRequest, RowSampling
+from daemon.engine.decoding.api import DecodeRequest, RowSampling
 
 pytestmark = pytest.mark.gpu
 

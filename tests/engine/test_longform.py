@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from daemon.core.config import Settings
-from daemon.engine.model import GenerationRequest, MusicEngine, Progress
+from daemon.core.messages import GenerationRequest, Progress
+from daemon.engine.model import MusicEngine
+from daemon.engine.plan import row_sampling
 from daemon.engine.longform import WindowPlan, decode_long, plan_windows, planned_steps
-from daemon.engine.decoding.tokens import DecodeRequest, RowSampling, TransformersBackend, codes_to_audio
+from daemon.engine.decoding.api import DecodeRequest, RowSampling
+from daemon.engine.decoding.codec import codes_to_audio
+from daemon.engine.decoding.hf import TransformersBackend
 
 SR = 32000
 HOP = 800  # samples per frame of the tiny codec (40 frames/s)
@@ -91,7 +95,7 @@ def test_long_form_audio_is_one_pass_over_all_codes(long_engine: MusicEngine) ->
     enc = ckpt.processor(text=[req.prompt], return_tensors="pt")
     with torch.inference_mode():
         codes = decode_long(TransformersBackend(), ckpt.model,
-                            DecodeRequest(enc["input_ids"], enc["attention_mask"], [req.sampling(5)], 3.0, 64),
+                            DecodeRequest(enc["input_ids"], enc["attention_mask"], [row_sampling(req, 5)], 3.0, 64),
                             window_frames=40, stride_frames=24)
         audio = codes_to_audio(ckpt.model, codes)[0].numpy()
     assert audio.shape[-1] == 64 * HOP

@@ -21,8 +21,9 @@ from daemon.ops.bench import (
     verdict_from_rows,
 )
 from daemon.core.config import Settings
-from daemon.engine.model import MusicEngine, Progress
-from daemon.engine.decoding.tokens import TransformersBackend
+from daemon.core.messages import Progress
+from daemon.engine.model import MusicEngine
+from daemon.engine.decoding.hf import TransformersBackend
 
 
 def _row(duration: float, gen_s: float, batch: int = 1) -> BenchRow:

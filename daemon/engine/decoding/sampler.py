@@ -3,9 +3,10 @@
 The logits processing follows transformers' `generate` for MusicGen, in its order: classifier-free
 guidance (`uncond + (cond - uncond) * scale` on float32 logits), then temperature, top-k, top-p;
 greedy rows take the argmax of the guided logits (transformers applies no warper when not
-sampling). Which filters a row uses is audiocraft's rule, shared with `daemon.engine.decoding.tokens`
-(`RowSampling.filters`): top-p when `top_p > 0`, else top-k when `top_k > 0`. Every row carries
-its own parameters, so jobs with different settings share a batch.
+sampling). Which filters a row uses, and when a row is greedy, is the one rule of
+`daemon.engine.decoding.api.RowSampling` (`filters`, `is_greedy`): top-p when `top_p > 0`, else
+top-k when `top_k > 0`. Every row carries its own parameters, so jobs with different settings
+share a batch.
 
 Randomness: each sampling row has its own `torch.Generator` seeded from its job, and draws uniform
 noise from it in fixed-size chunks whatever the batch; the token is the Gumbel-max of the filtered
@@ -18,35 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
+
+from daemon.engine.decoding.api import RowSampling
 
 # Noise is drawn this many steps at a time per row. A constant, because Philox streams drawn in
 # differently sized pieces differ: changing it changes every seeded output.
 NOISE_CHUNK_STEPS = 64
-
-
-class RowParams(Protocol):
-    """What the sampler reads of `daemon.engine.decoding.tokens.RowSampling`."""
-
-    temperature: float
-    top_k: int
-    top_p: float
-    greedy: bool
-    seed: int
-
-
-def row_is_greedy(row: RowParams) -> bool:
-    """Greedy when asked, or when the temperature leaves nothing to sample (audiocraft's convention)."""
-    return bool(row.greedy) or row.temperature <= 0.0
-
-
-def row_filters(row: RowParams) -> tuple[int, float]:
-    """(top_k, top_p) as applied; 0 turns a filter off. Top-p wins when set (audiocraft)."""
-    if row.top_p > 0.0:
-        return 0, float(row.top_p)
-    return max(int(row.top_k), 0), 0.0
 
 
 @dataclass
@@ -63,7 +43,7 @@ class SamplingTensors:
 
 
 def sampling_tensors(
-    rows: Sequence[RowParams | None], vocab_size: int, device: torch.device
+    rows: Sequence[RowSampling | None], vocab_size: int, device: torch.device
 ) -> SamplingTensors:
     """Tensors for `rows`; a None row (bucket padding) decodes greedily and is thrown away."""
     temperature: list[float] = []
@@ -71,13 +51,13 @@ def sampling_tensors(
     top_p: list[float] = []
     greedy: list[bool] = []
     for row in rows:
-        if row is None or row_is_greedy(row):
+        if row is None or row.is_greedy:
             temperature.append(1.0)
             top_k.append(vocab_size)
             top_p.append(1.0)
             greedy.append(True)
             continue
-        k, p = row_filters(row)
+        k, p = row.filters()
         temperature.append(float(row.temperature))
         top_k.append(vocab_size if k <= 0 else min(k, vocab_size))
         top_p.append(p if 0.0 < p < 1.0 else 1.0)
@@ -149,7 +129,7 @@ class RowNoise:
 
     def __init__(
         self,
-        rows: Sequence[RowParams | None],
+        rows: Sequence[RowSampling | None],
         codebooks: int,
         vocab_size: int,
         device: torch.device,
@@ -159,7 +139,7 @@ class RowNoise:
         self._device = device
         self._generators: list[tuple[int, torch.Generator]] = []
         for index, row in enumerate(rows):
-            if row is None or row_is_greedy(row):
+            if row is None or row.is_greedy:
                 continue
             generator = torch.Generator(device=device)
             generator.manual_seed(int(row.seed) & 0xFFFF_FFFF_FFFF_FFFF)

@@ -1,100 +1,21 @@
-"""Audio-token decoding: the backend interface, the transformers `generate` backend, codes -> audio.
+"""The reference decode backend: Hugging Face transformers' own MusicGen `generate`.
 
-A backend turns text-encoder inputs into MusicGen audio codes (delay pattern already removed).
-The engine owns everything around it (seeds, batching, long form, errors); backends own only the
-token loop. Two exist: `TransformersBackend` here (reference) and `daemon.engine.decoding.dgx.DgxBackend`
-(our static-cache loop, issue 8).
-
-Sampling semantics (shared by every backend, audiocraft's): `greedy` takes the argmax; otherwise
-logits / temperature, then top-p when `top_p > 0` (top-k ignored), else top-k when `top_k > 0`,
-else the full distribution. Classifier-free guidance: `uncond + cfg_coef * (cond - uncond)`; a
-`cfg_coef <= 1` turns guidance off (1.0 is the same thing mathematically, and half the work).
+It is what the dgx loop is tested against, and the fallback wherever that loop cannot run.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
 from daemon.core.errors import GenerationError
-
-log = logging.getLogger(__name__)
-
-StepCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class RowSampling:
-    """How one output row is sampled; `seed` seeds that row's random stream."""
-
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    greedy: bool = False
-    seed: int = 0
-
-    def without_seed(self) -> tuple[float, int, float, bool]:
-        """The part that rows of one transformers `generate` call must share."""
-        return (self.temperature, self.top_k, self.top_p, self.greedy)
-
-    def filters(self) -> tuple[int, float]:
-        """(top_k, top_p) as applied: top-p wins when set (audiocraft); 0 means that filter is off."""
-        if self.top_p > 0.0:
-            return 0, self.top_p
-        return max(self.top_k, 0), 0.0
-
-
-@dataclass
-class DecodeRequest:
-    """One decoding call. B rows; the backend doubles them for classifier-free guidance itself."""
-
-    input_ids: torch.Tensor  # [B, L] text tokens
-    attention_mask: torch.Tensor  # [B, L]
-    rows: list[RowSampling]  # len B
-    cfg_coef: float  # guidance scale; <= 1.0 is off
-    max_frames: int  # new audio frames wanted (delay pattern already removed)
-    prompt_codes: torch.Tensor | None = None  # [B, K, P] codes to continue from (long form)
-    on_step: StepCallback | None = None  # (step, total_steps) after each step; may raise to abort
-    extras: dict[str, Any] = field(default_factory=dict)  # backend-specific hints, ignored by others
-
-    def __post_init__(self) -> None:
-        b = self.input_ids.shape[0]
-        if self.attention_mask.shape != self.input_ids.shape:
-            raise ValueError("attention_mask must have the shape of input_ids")
-        if len(self.rows) != b:
-            raise ValueError(f"rows has {len(self.rows)} entries for a batch of {b}")
-        if self.max_frames < 1:
-            raise ValueError("max_frames must be at least 1")
-        if self.prompt_codes is not None and self.prompt_codes.shape[0] != b:
-            raise ValueError("prompt_codes must have one entry per row")
-
-
-@runtime_checkable
-class DecodeBackend(Protocol):
-    name: str
-
-    def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
-        """Codes [B, K, max_frames] (long), delay pattern removed; the prompt is not included."""
-        ...
-
-
-def channel_codebooks(model: Any) -> int:
-    """Codebooks per audio channel: the depth of the delay pattern (stereo interleaves L/R codebooks)."""
-    dec = model.config.decoder
-    return dec.num_codebooks // dec.audio_channels
-
-
-def delay_steps(model: Any) -> int:
-    """Extra decoding steps the delay pattern costs: `generate` yields `steps - (K - 1)` frames."""
-    return channel_codebooks(model) - 1
+from daemon.engine.decoding.api import DecodeRequest, StepCallback
+from daemon.engine.decoding.codec import delay_steps
 
 
 @contextmanager
@@ -233,48 +154,3 @@ class TransformersBackend:
                 hint="this transformers version changed MusicGen's delay pattern; pin transformers or use decoder: dgx",
             )
         return codes[..., prompt_frames : prompt_frames + req.max_frames].long()
-
-
-def get_backend(name: str) -> DecodeBackend:
-    """The decode loop for the `decoder` setting: auto (ours when available), dgx, transformers."""
-    if name == "transformers":
-        return TransformersBackend()
-    if name not in ("auto", "dgx"):
-        raise ValueError(f"decoder must be auto, dgx or transformers, not {name!r}")
-    try:
-        from daemon.engine.decoding.dgx import DgxBackend  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        if name == "dgx":
-            raise GenerationError(
-                f"the dgx decode loop is not available: {exc}",
-                hint="set `decoder: transformers` (or auto) in the config",
-            ) from exc
-        log.debug("dgx decode loop unavailable (%s); using transformers generate", exc)
-        return TransformersBackend()
-    return DgxBackend()
-
-
-def codes_to_audio(model: Any, codes: torch.Tensor) -> torch.Tensor:
-    """Audio [B, channels, samples] (float32) from codes [B, K, T] through the model's EnCodec.
-
-    Stereo MusicGen interleaves codebooks (even: left, odd: right), each half decoded by the mono codec.
-    """
-    codec = model.audio_encoder
-    channels = model.config.decoder.audio_channels
-    codes = codes.to(codec.device)
-    if channels == 1:
-        parts = [codes]
-    else:
-        parts = [codes[:, 0::2, :], codes[:, 1::2, :]]
-    outs = []
-    for part in parts:
-        audio = codec.decode(part[None, ...], audio_scales=[None] * part.shape[0]).audio_values
-        outs.append(audio)
-    audio = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    return audio.float()
-
-
-def frame_rate(model: Any) -> float:
-    """Audio frames per second: sample rate / product of the codec's upsampling ratios."""
-    cfg = model.config.audio_encoder
-    return cfg.sampling_rate / math.prod(cfg.upsampling_ratios)

@@ -1,0 +1,132 @@
+"""The values passed between the stages: what the worker asks of the engine and what it gets back.
+
+The queue builds a `GenerationRequest` per job, the engine answers with a `GenerationResult` and
+reports `Progress` while it decodes; `LoadedModelInfo` is the sidecar's `model` block and
+`EngineStats` what `status` shows. Plain frozen-where-possible dataclasses, no torch: any stage may
+import them without pulling in the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Effective seeds live in 0..2**63-1; variation and long-form window offsets wrap modulo this.
+SEED_MOD = 2**63
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to render `count` times. Sampling defaults are MusicGen/audiocraft's."""
+
+    prompt: str
+    duration: float
+    count: int = 1
+    seed: int | None = None
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg_coef: float = 3.0
+    greedy: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise ValueError("prompt must not be empty")
+        if not (math.isfinite(self.duration) and self.duration > 0):
+            raise ValueError(f"duration must be a positive number of seconds, got {self.duration!r}")
+        if self.count < 1:
+            raise ValueError(f"count must be at least 1, got {self.count}")
+        if self.seed is not None and not 0 <= self.seed < SEED_MOD:
+            raise ValueError(f"seed must be in 0..2**63-1, got {self.seed}")
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError("temperature must be > 0 (use greedy: true for argmax decoding)")
+        if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:
+            raise ValueError("top_k must be >= 0 and top_p within 0..1 (0 turns either filter off)")
+
+
+@dataclass
+class Progress:
+    """Decoding progress of one `generate` call, in decoding steps (one audio frame each)."""
+
+    frames_done: int
+    frames_total: int
+    elapsed_s: float
+
+    @property
+    def fraction(self) -> float:
+        if self.frames_total <= 0:
+            return 0.0
+        return min(1.0, max(0.0, self.frames_done / self.frames_total))
+
+
+@dataclass(frozen=True)
+class LoadedModelInfo:
+    name: str
+    source: str  # hub repo id or local directory
+    revision: str  # commit hash, or "local:<sha256>" for a directory
+    dtype: str
+    device: str
+    parameters: int
+    sample_rate: int
+    channels: int
+    frame_rate: float  # codec frames per second = sample_rate / prod(upsampling_ratios)
+    load_s: float
+    backend: str = "transformers"
+
+    def sidecar_fields(self) -> dict[str, Any]:
+        """The sidecar's `model` block (jobspec.sidecar.ModelInfo)."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "device": self.device,
+            "parameters": self.parameters,
+        }
+
+
+@dataclass
+class GenerationResult:
+    audio: np.ndarray  # float32 [count, channels, samples]
+    sample_rate: int
+    seed: int  # effective seed; variation i used seed + i
+    generate_s: float
+    peak_memory_bytes: int
+    model: LoadedModelInfo
+    request: GenerationRequest | None = None
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.audio.shape[0] * self.audio.shape[-1] / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        """Generation seconds per second of audio produced (all variations)."""
+        return self.generate_s / self.audio_seconds if self.audio_seconds else 0.0
+
+
+@dataclass
+class EngineStats:
+    model: str | None
+    source: str | None
+    revision: str | None
+    device: str | None
+    dtype: str | None
+    parameters: int
+    backend: str | None
+    loads: int = 0
+    jobs: int = 0
+    failed_jobs: int = 0
+    audio_seconds: float = 0.0
+    generate_seconds: float = 0.0
+    mean_rtf: float = 0.0  # total generation seconds / total audio seconds
+    peak_memory_bytes: int = 0
+    last_used_monotonic: float | None = None
+    loaded: bool = False  # whether `model` is resident now (it may have been unloaded when idle)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,197 @@
+"""The pieces of a MusicGen model the dgx loop drives, and the steps the eager and graph paths share.
+
+Everything here mirrors what transformers' MusicGen does inside `generate` (text encoding with the
+unconditional half, the delay pattern, the decoder forward, undoing the pattern), minus the
+per-call cache and mask building, so the loops in `dgx` and `graphs` give the same tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from daemon.core.errors import GenerationError
+from daemon.engine.decoding.api import DecodeRequest
+from daemon.engine.decoding.codec import channel_codebooks
+from daemon.engine.decoding.kvcache import StaticKVCache
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """The pieces of a MusicgenForConditionalGeneration the loop calls, and its token ids."""
+
+    model: Any
+    core: Any  # MusicgenDecoder: embed_tokens, embed_positions, layers, layer_norm
+    heads: Any  # ModuleList of per-codebook lm heads
+    num_codebooks: int
+    channel_codebooks: int  # codebooks per audio channel: the delay pattern's depth
+    vocab_size: int
+    start_id: int
+    pad_id: int
+    heads_count: int
+    head_dim: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+def model_parts(model: Any) -> ModelParts:
+    decoder_lm = model.decoder
+    core = decoder_lm.model.decoder
+    config = decoder_lm.config
+    layer_params = inspect.signature(type(core.layers[0]).forward).parameters
+    if "cache" not in layer_params:
+        raise GenerationError(
+            "the dgx decode loop needs transformers 5.x MusicGen layers (a `cache` argument)",
+            hint="upgrade transformers to 5.x or set `decoder: transformers` in the config",
+        )
+    gen = model.generation_config
+    start_id = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else gen.bos_token_id
+    if start_id is None:
+        start_id = config.bos_token_id
+    pad_id = gen.pad_token_id if gen.pad_token_id is not None else config.pad_token_id
+    if isinstance(start_id, list) or isinstance(pad_id, list):
+        raise GenerationError("the model's generation config has list-valued start/pad token ids")
+    attn = core.layers[0].self_attn
+    param = next(decoder_lm.parameters())
+    return ModelParts(
+        model=model,
+        core=core,
+        heads=decoder_lm.lm_heads,
+        num_codebooks=config.num_codebooks,
+        channel_codebooks=channel_codebooks(model),
+        vocab_size=config.vocab_size,
+        start_id=int(start_id),
+        pad_id=int(pad_id),
+        heads_count=attn.num_heads,
+        head_dim=attn.head_dim,
+        device=param.device,
+        dtype=param.dtype,
+    )
+
+
+def check_request(parts: ModelParts, req: DecodeRequest) -> tuple[int, int]:
+    """Batch size and prompt length, after checking the request's shapes."""
+    if req.input_ids.dim() != 2 or req.attention_mask.shape != req.input_ids.shape:
+        raise ValueError(
+            f"input_ids and attention_mask must both be [B, L]; got {tuple(req.input_ids.shape)} "
+            f"and {tuple(req.attention_mask.shape)}"
+        )
+    batch = req.input_ids.shape[0]
+    if len(req.rows) != batch:
+        raise ValueError(f"{len(req.rows)} sampling rows for a batch of {batch}")
+    if req.max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {req.max_frames}")
+    prompt_len = 0
+    if req.prompt_codes is not None:
+        shape = tuple(req.prompt_codes.shape)
+        if len(shape) != 3 or shape[0] != batch or shape[1] != parts.num_codebooks:
+            raise ValueError(f"prompt_codes must be [{batch}, {parts.num_codebooks}, P]; got {shape}")
+        prompt_len = shape[2]
+    return batch, prompt_len
+
+
+def encode_text(parts: ModelParts, req: DecodeRequest, doubled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder states for cross-attention and their 2D mask, built as transformers builds them."""
+    model = parts.model
+    ids = req.input_ids.to(parts.device)
+    mask = req.attention_mask.to(parts.device)
+    states = model.text_encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+    if doubled:
+        # The unconditional half: zero text states and a zero mask (generate's
+        # _prepare_text_encoder_kwargs_for_generation), projected and masked like the conditional half.
+        states = torch.concatenate([states, torch.zeros_like(states)], dim=0)
+        mask = torch.concatenate([mask, torch.zeros_like(mask)], dim=0)
+    if (
+        model.text_encoder.config.hidden_size != model.decoder.config.hidden_size
+        and model.decoder.config.cross_attention_hidden_size is None
+    ):
+        states = model.enc_to_dec_proj(states)
+    states = states * mask[..., None]
+    return states, mask
+
+
+def delay_pattern(
+    parts: ModelParts, batch: int, prompt: torch.Tensor | None, total_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prefix [B, K, S0], pattern [B, K, L]) from transformers' own delay-pattern builder.
+
+    `pattern` holds -1 where the model predicts and the forced token (pad/start or prompt code)
+    elsewhere; `prefix` is what is fed before the first prediction (start token + prompt codes).
+    """
+    k = parts.num_codebooks
+    ids = torch.full((batch * k, 1), parts.start_id, dtype=torch.long, device=parts.device)
+    if prompt is not None and prompt.shape[-1] > 0:
+        ids = torch.cat([ids, prompt.to(parts.device, torch.long).reshape(batch * k, -1)], dim=-1)
+    prefix, pattern = parts.model.decoder.build_delay_pattern_mask(
+        ids, pad_token_id=parts.start_id, max_length=total_len
+    )
+    return prefix.reshape(batch, k, -1), pattern.reshape(batch, k, -1)
+
+
+def extract_frames(parts: ModelParts, seq: torch.Tensor, prompt_len: int, frames: int) -> torch.Tensor:
+    """Undo the delay pattern the way `generate` does, then keep the `frames` new frames.
+
+    The codes stay on the model's device, as transformers' codes do.
+    """
+    batch, k, _ = seq.shape
+    codes = seq[seq != parts.pad_id].reshape(batch, k, -1)
+    return codes[:, :, prompt_len : prompt_len + frames].contiguous()
+
+
+def forward_step(
+    parts: ModelParts,
+    cache: StaticKVCache,
+    tokens: torch.Tensor,
+    position: int | torch.Tensor,
+    encoder_states: torch.Tensor,
+    encoder_mask: torch.Tensor | None,
+    self_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Logits [R, K, V] for the last of `tokens` [R, K, n] fed at `position`.
+
+    The same steps as MusicgenDecoder.forward + MusicgenForCausalLM's heads (summed codebook
+    embeddings, sinusoidal positions, the layers, final norm), minus its per-call mask and
+    cache building.
+    """
+    core = parts.core
+    n = tokens.shape[-1]
+    embeds = sum(core.embed_tokens[codebook](tokens[:, codebook]) for codebook in range(parts.num_codebooks))
+    weights = core.embed_positions.weights
+    if isinstance(position, int):
+        positions = weights[position : position + n]
+    else:
+        positions = weights.index_select(0, position)
+    hidden = embeds + positions.to(embeds.device)
+    for layer in core.layers:
+        hidden = layer(
+            hidden,
+            self_mask,
+            encoder_states,
+            encoder_attention_mask=encoder_mask,
+            cache=cache,
+            use_cache=True,
+        )
+    hidden = core.layer_norm(hidden[:, -1:])
+    return torch.stack([head(hidden) for head in parts.heads], dim=1)[:, :, -1]
+
+
+def decode_lengths(parts: ModelParts, prompt_len: int, frames: int) -> tuple[int, int]:
+    """(frames decoded, total delayed length L). generate yields L - channel_codebooks frames.
+
+    transformers skips the delay pattern when L < 2 * channel_codebooks - 1, so very short
+    requests decode a few extra frames (causal: the first ones are unchanged) and are cut.
+    """
+    kc = parts.channel_codebooks
+    decoded = max(frames, kc - 1 - prompt_len)
+    return decoded, prompt_len + decoded + kc
+
+
+def call_on_step(on_step: Callable[[int, int], None] | None, step: int, total: int) -> None:
+    if on_step is not None:
+        on_step(step, total)
+
+

@@ -1,0 +1,152 @@
+"""Running the chunks of one `generate` call: decode, codes to audio, progress, abort checks, OOM split.
+
+Progress is counted in decoding steps over the whole call (all chunks and long-form windows), and
+cancellation and the time limit are checked at every step. On CUDA out-of-memory a chunk is
+retried once as two halves after freeing the cache; a second OOM fails the job (the daemon lives on).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from daemon.core.errors import (
+    DgxMusicError,
+    GenerationCancelled,
+    GenerationError,
+    GenerationTimeoutError,
+    OutOfMemoryError,
+)
+from daemon.core.messages import Progress
+from daemon.engine.checkpoints import LoadedCheckpoint
+from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
+from daemon.engine.decoding.codec import codes_to_audio
+from daemon.engine.longform import decode_long
+from daemon.engine.plan import Chunk, Framing
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class ChunkRunner:
+    """Decodes the chunks of one generate call on a loaded checkpoint, sharing one step clock."""
+
+    def __init__(
+        self,
+        ckpt: LoadedCheckpoint,
+        device: torch.device,
+        backend: DecodeBackend,
+        framing: Framing,
+        chunks: Sequence[Chunk],
+        *,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        timeout_s: float | None,
+    ) -> None:
+        self.ckpt, self.device, self.backend, self.framing = ckpt, device, backend, framing
+        self.progress, self.cancel = progress, cancel
+        self.start = time.monotonic()
+        self.deadline = None if timeout_s is None else self.start + timeout_s
+        self.total = sum(framing.steps(ckpt.model, c) for c in chunks)
+        self.done = 0
+        self.callback_error: BaseException | None = None
+
+    def run(self, chunk: Chunk) -> list[np.ndarray]:
+        """Audio per row; on CUDA out-of-memory: free the cache, split in halves, retry once."""
+        try:
+            return self._decode(chunk)
+        except torch.OutOfMemoryError as exc:
+            free_accelerator_cache()
+            if len(chunk.rows) == 1:
+                raise OutOfMemoryError(
+                    f"out of memory generating {chunk.frames} frames for one row on {self.device}",
+                    hint="shorten the clip, use a smaller model, or free GPU memory",
+                ) from exc
+            half = len(chunk.rows) // 2
+            log.warning("out of memory with a batch of %d rows: retrying as %d + %d", len(chunk.rows), half,
+                        len(chunk.rows) - half)
+            out: list[np.ndarray] = []
+            for part in (slice(0, half), slice(half, None)):
+                sub = replace(chunk, rows=chunk.rows[part], prompts=chunk.prompts[part])
+                self.total += self.framing.steps(self.ckpt.model, sub)
+                try:
+                    out.extend(self._decode(sub))
+                except torch.OutOfMemoryError as exc2:
+                    free_accelerator_cache()
+                    raise OutOfMemoryError(
+                        f"out of memory even after splitting the batch ({len(sub.rows)} of {len(chunk.rows)} rows)",
+                        hint="lower max_batch or count, shorten the clip, or use a smaller model",
+                    ) from exc2
+            return out
+
+    def _decode(self, chunk: Chunk) -> list[np.ndarray]:
+        model, processor = self.ckpt.model, self.ckpt.processor
+        enc = processor(text=chunk.prompts, padding=True, return_tensors="pt")
+        req = DecodeRequest(
+            input_ids=enc["input_ids"].to(self.device),
+            attention_mask=enc["attention_mask"].to(self.device),
+            rows=[r.sampling for r in chunk.rows],
+            cfg_coef=chunk.cfg_coef,
+            max_frames=chunk.frames,
+        )
+        base = self.done
+
+        def call_step(done_in_chunk: int, _total: int) -> None:
+            self._on_step(base + done_in_chunk)
+
+        try:
+            codes = decode_long(self.backend, model, req, window_frames=self.framing.window,
+                                stride_frames=self.framing.stride, on_step=call_step)
+            self.done = base + self.framing.steps(model, chunk)
+            self.check_abort()
+            audio = codes_to_audio(model, codes)
+        except (DgxMusicError, torch.OutOfMemoryError):
+            raise
+        except BaseException as exc:
+            if self.callback_error is not None and exc is self.callback_error:
+                raise  # the caller's own progress callback failed: its exception, unchanged
+            if isinstance(exc, Exception):
+                raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
+            raise
+        audio_np = audio.detach().to("cpu", torch.float32).numpy()
+        return [fit(audio_np[j], chunk.samples) for j in range(audio_np.shape[0])]
+
+    def check_abort(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("generation cancelled")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise GenerationTimeoutError(
+                "generation ran past its time limit",
+                hint="raise job_timeout_s in the config, or shorten the clip",
+            )
+
+    def _on_step(self, done: int) -> None:
+        self.done = max(self.done, done)
+        self.check_abort()
+        if self.progress is not None:
+            try:
+                self.progress(Progress(self.done, self.total, time.monotonic() - self.start))
+            except BaseException as exc:
+                self.callback_error = exc
+                raise
+
+
+def fit(audio: np.ndarray, n: int) -> np.ndarray:
+    """[channels, samples] trimmed or zero-padded to exactly n samples."""
+    if audio.shape[-1] >= n:
+        return np.ascontiguousarray(audio[..., :n])
+    return np.pad(audio, ((0, 0), (0, n - audio.shape[-1])))
+
+
+def free_accelerator_cache() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
