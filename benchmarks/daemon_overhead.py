@@ -15,7 +15,7 @@ Two measurements of the same 50 generations (same prompts, seeds and sampling):
   writes with their fsyncs, and the state files.
 
 The in-process run is done before and after the daemon's (the box may be shared; their mean is
-the baseline). Ratio = daemon wall time / baseline; target (issue 5): <= 1.15. Because a shared
+the baseline). Ratio = daemon wall time / baseline; target: <= 1.15. Because a shared
 box makes runs minutes apart hard to compare, the daemon's own view is printed as well: its
 wall time over the sum of `generate_s` in its sidecars (same run, same load).
 `--batched` adds a run with the default `max_batch` (the worker then decodes compatible queued

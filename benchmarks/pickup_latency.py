@@ -13,7 +13,7 @@ most tools do; `--style write`: written in place, as `cp` does) and waits for it
 * gone: when the file was seen to have left the inbox (polled every 1 ms; an upper bound
   that includes the polling step).
 
-Target (issue 5): claim p50 <= 50 ms with inotify.
+Target: claim p50 <= 50 ms with inotify.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`dgx-music` command line: one subcommand per module in `daemon.commands`.
 
-Exit codes (DESIGN.md): 0 ok, 1 job failed or benchmark blocker, 2 invalid input or usage.
+Exit codes (docs/design.md): 0 ok, 1 job failed or benchmark blocker, 2 invalid input or usage.
 """
 
 from __future__ import annotations

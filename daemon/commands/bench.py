@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    """Options shared with `bench --compare` (issue 8 adds its own on top)."""
+    """Options shared with `bench --compare`."""
     add_config_arg(parser)
     parser.add_argument("--model", default=None, metavar="NAME", help="a configured model (default: default_model)")
     parser.add_argument("--durations", type=parse_durations, default=None, metavar="S,S,...",

@@ -1,4 +1,4 @@
-"""Typed errors of the engine. `error_type` is the string the error sidecar records (DESIGN.md).
+"""Typed errors of the engine. `error_type` is the string the error sidecar records (docs/design.md).
 
 Every message says what went wrong; `hint` says what the operator can do about it.
 """
@@ -25,7 +25,7 @@ class DgxMusicError(Exception):
 class ModelLoadError(DgxMusicError):
     """The model could not be loaded: missing files, offline without cache, bad revision, OOM at load.
 
-    DESIGN.md's sidecar error types have no "model load" entry; for the job it is a failed generation.
+    The sidecar error types have no "model load" entry; for the job it is a failed generation.
     """
 
     error_type = "generation_error"

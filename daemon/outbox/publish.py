@@ -1,6 +1,6 @@
 """The last stage of a job: loudness, audio files and the result sidecar in outbox/.
 
-Order is the contract (DESIGN.md "Spool"): every audio file first, each atomically, then
+Order is the contract (docs/design.md, "Spool protocol"): every audio file first, each atomically, then
 `<id>.json`; a reader that sees the sidecar sees finished audio. When any write fails
 (full disk, read-only outbox) the files this attempt wrote are removed again, so outbox/
 never shows a partial result, and the error propagates for the caller to retry the job.

@@ -111,7 +111,7 @@ class Worker:
         self.settings = self.outcomes.settings = self.publisher.settings = settings
 
     def _compatible_with(self, first: QueuedJob) -> list[QueuedJob]:
-        """Queued jobs that can share `first`'s decode batch (issue 8: cross-job batching):
+        """Queued jobs that can share `first`'s decode batch (cross-job batching):
         same model and length, none already generated, rows (count) within max_batch."""
         # A crash during a shared decode is blamed on every job in it: a job with a crash on
         # record runs alone, so its next attempt tells the culprit from its batch-mates.

@@ -91,7 +91,7 @@ def error_sidecar(
     status: str = "failed",
     request: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An `<id>.error.json` body with the DESIGN fields (jobspec's ErrorSidecar validates it when
+    """An `<id>.error.json` body with the fields of docs/design.md (jobspec's ErrorSidecar validates it when
     present, so both stay in step)."""
     body: dict[str, Any] = {
         "schema_version": 1,

@@ -1,4 +1,4 @@
-"""Cross-job batching through the real daemon (issue 8): compatible queued jobs are decoded as
+"""Cross-job batching through the real daemon: compatible queued jobs are decoded as
 one batch, and each still gets its own sidecar, seed and audio, the audio being exactly what
 the same job gives when it runs alone (a generator per row)."""
 
