@@ -33,7 +33,7 @@ from daemon.core.config import Settings
 from daemon.engine.model import GenerationRequest, GenerationResult, MusicEngine, Progress
 from daemon.core.errors import DgxMusicError, GenerationCancelled, UnknownModelError
 from daemon.queue.jobqueue import JobQueue, QueueClosed
-from daemon.core.logctx import job_context, set_stage
+from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, MESSAGE_ID_JOB_FAILED, job_context, message_id, set_stage
 from daemon.outbox.publish import publish
 
 log = logging.getLogger(__name__)
@@ -401,6 +401,7 @@ class Worker:
             sc.rtf,
             loud,
             out.sidecar_path,
+            extra=message_id(MESSAGE_ID_JOB_COMPLETED),
         )
         state.record_outcome(
             self.settings,
@@ -485,7 +486,7 @@ def fail_group_job(
     )
     # A batch keeps its work file until every job has an outcome: failed jobs get a copy.
     spool.fail_job(settings, claim, body, job_id=job_id, keep_work=group.is_batch)
-    log.warning("job %s %s: %s: %s", job_id, status, error_type, message)
+    log.warning("job %s %s: %s: %s", job_id, status, error_type, message, extra=message_id(MESSAGE_ID_JOB_FAILED))
     state.record_outcome(
         settings,
         {"job_id": job_id, "status": status, "error": error_type, "path": str(settings.failed / f"{job_id}.error.json"), "finished": time.time()},
