@@ -31,7 +31,7 @@ from daemon.spool import state
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.config import Settings
 from daemon.engine.model import GenerationRequest, GenerationResult, MusicEngine, Progress
-from daemon.core.errors import DgxMusicError, GenerationCancelled, UnknownModelError
+from daemon.core.errors import DgxMusicError, ErrorType, GenerationCancelled, UnknownModelError
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, MESSAGE_ID_JOB_FAILED, job_context, message_id, set_stage
 from daemon.outbox.publish import publish
@@ -250,7 +250,7 @@ class Worker:
         except Exception as exc:  # the daemon must outlive any one job
             log.exception("internal error while generating %s", ", ".join(j.job_id for j in todo))
             for item in todo:
-                self.fail(item, "internal", f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
+                self.fail(item, ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
 
     def _after_cancel(self, todo: list[QueuedJob], exc: GenerationCancelled) -> None:
         cancelled = [j for j in todo if state.cancel_requested(self.settings, j.job_id)]
@@ -261,7 +261,7 @@ class Worker:
             return
         for item in cancelled or todo:
             state.clear_cancel(self.settings, item.job_id)
-            self.fail(item, "cancelled", "cancelled by request while running", hint=None, status="cancelled")
+            self.fail(item, ErrorType.CANCELLED, "cancelled by request while running", hint=None, status="cancelled")
         # Batch-mates of a cancelled job lost their shared decode, not their turn.
         for item in todo:
             if item not in cancelled and cancelled:
@@ -281,10 +281,10 @@ class Worker:
                 self._defer(item, exc)
                 return
             log.exception("job %s: unexpected I/O error", item.job_id)
-            self.fail(item, "internal", f"I/O error: {exc}", hint="see the daemon's journal")
+            self.fail(item, ErrorType.INTERNAL, f"I/O error: {exc}", hint="see the daemon's journal")
         except Exception as exc:
             log.exception("job %s: internal error", item.job_id)
-            self.fail(item, "internal", f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
+            self.fail(item, ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
 
     def _request(self, job: Job) -> GenerationRequest:
         s = job.sampling
