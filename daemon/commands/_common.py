@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from daemon.core.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings
+from daemon.core.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings, resolve_config_path
+from daemon.core.errors import ExitCode
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -15,26 +15,25 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help=f"daemon config file (default: $DGX_MUSIC_CONFIG or {DEFAULT_CONFIG_PATH} when it exists)",
+        metavar="FILE",
+        help=f"daemon config file (default: $DGX_MUSIC_CONFIG, from the environment or ./.env, "
+        f"else {DEFAULT_CONFIG_PATH} when it exists)",
     )
 
 
 def config_path(args: argparse.Namespace) -> Path | None:
-    """The explicit --config, else $DGX_MUSIC_CONFIG, else the system file when present.
+    """The explicit --config, else $DGX_MUSIC_CONFIG (environment, then ./.env), else the system
+    file when present. None means defaults plus `.env` and environment."""
+    return resolve_config_path(getattr(args, "config", None))
 
-    None means defaults plus environment: handy on a workstation, and what `doctor` reports.
-    """
-    if args.config is not None:
-        return args.config
-    env = os.environ.get("DGX_MUSIC_CONFIG")
-    if env:
-        return Path(env)
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+def exit_config_error(exc: ConfigError) -> int:
+    print(f"dgx-music: {exc}", file=sys.stderr)
+    return int(ExitCode.USAGE)
 
 
 def settings_or_exit(args: argparse.Namespace) -> Settings:
     try:
         return load_settings(config_path(args))
     except ConfigError as exc:
-        print(f"dgx-music: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exit_config_error(exc)) from None

@@ -17,11 +17,12 @@ from typing import Any
 
 from daemon.commands._common import add_config_arg, config_path
 from daemon.core.config import ConfigError, Settings, load_settings
+from daemon.core.errors import ErrorType, ExitCode
 from daemon.core.errors import DgxMusicError
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_OK = ExitCode.OK
+EXIT_FAILED = ExitCode.JOB_FAILED
+EXIT_USAGE = ExitCode.USAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 return run_compare(args, settings, model)
             except DgxMusicError as exc:
                 print(f"dgx-music: bench failed: {exc}", file=sys.stderr)
-                return EXIT_USAGE if exc.error_type == "unknown_model" else EXIT_FAILED
+                return EXIT_USAGE if exc.error_type == ErrorType.UNKNOWN_MODEL else EXIT_FAILED
         engine = MusicEngine(settings)
         try:
             print(f"loading model {model}...", file=sys.stderr)
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                                    progress=ProgressBar())
         except DgxMusicError as exc:
             print(f"dgx-music: bench failed: {exc}", file=sys.stderr)
-            return EXIT_USAGE if exc.error_type == "unknown_model" else EXIT_FAILED
+            return EXIT_USAGE if exc.error_type == ErrorType.UNKNOWN_MODEL else EXIT_FAILED
         finally:
             engine.unload_model()
     if args.json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from daemon.core.config import DEFAULT_CONFIG_PATH
+from daemon.core.config import DEFAULT_CONFIG_PATH, resolve_config_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,9 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG_PATH,
+        default=None,
         metavar="FILE",
-        help=f"daemon config to check (default: {DEFAULT_CONFIG_PATH})",
+        help=f"daemon config to check (default: $DGX_MUSIC_CONFIG, from the environment or ./.env, "
+        f"else {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list of {name, status, detail, fix}")
     parser.set_defaults(func=run)
@@ -30,4 +31,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from daemon.ops.doctor import doctor  # imports torch: only when the command runs
 
-    return doctor(args.config, as_json=args.json)
+    # The file serve would read; without any, the system file, so that its absence is reported.
+    return doctor(resolve_config_path(args.config) or DEFAULT_CONFIG_PATH, as_json=args.json)

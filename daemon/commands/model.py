@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from daemon.commands._common import add_config_arg, settings_or_exit
+from daemon.core.errors import ErrorType, ExitCode
 from daemon.core.errors import DgxMusicError
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_OK = ExitCode.OK
+EXIT_FAILED = ExitCode.JOB_FAILED
+EXIT_USAGE = ExitCode.USAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,6 +89,6 @@ def run_fetch(args: argparse.Namespace) -> int:
         path = fetch(args.name, settings)
     except DgxMusicError as exc:
         print(f"dgx-music: {exc}", file=sys.stderr)
-        return EXIT_USAGE if exc.error_type == "unknown_model" else EXIT_FAILED
+        return EXIT_USAGE if exc.error_type == ErrorType.UNKNOWN_MODEL else EXIT_FAILED
     print(f"model {args.name} is in {path} (cache {hf_cache_dir()})")
     return EXIT_OK

@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import socket
+import sys
 
 from daemon.ops.client import status_report
 from daemon.commands._common import add_config_arg, settings_or_exit
+from daemon.core.errors import ExitCode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +35,12 @@ def _alive(entry: dict) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args)
+    if not settings.spool.is_dir():
+        # Zeros would read as "an empty, healthy spool": say what is wrong instead.
+        where = "is not a directory" if settings.spool.exists() else "does not exist"
+        print(f"dgx-music status: spool {settings.spool} {where} (set spool: in the config, "
+              "or pass --config; the daemon creates it at its first start)", file=sys.stderr)
+        return int(ExitCode.USAGE)
     report = status_report(settings)
     report["running"] = [r for r in report["running"] if _alive(r)]
     report["queued"] = [q for q in report["queued"] if _alive(q)]

@@ -40,9 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--config",
+        type=Path,
         default=None,
         metavar="FILE",
-        help="daemon config to take the limits and the model names from",
+        help="daemon config to take the limits and the model names from (default: $DGX_MUSIC_CONFIG, "
+        "from the environment or ./.env, else /etc/dgx-music/config.yaml when it exists)",
     )
     parser.set_defaults(func=run)
 
@@ -110,21 +112,34 @@ def _check(name: str, *, max_bytes: int, max_duration: float, models: set[str] |
     return {"file": name, "ok": not errors, "jobs": [job.id for job in jobs], "errors": errors}
 
 
-def run(args: argparse.Namespace) -> int:
-    max_duration, max_bytes, models = args.max_duration, args.max_bytes, None
-    if args.config is not None:
-        from daemon.core.config import ConfigError, load_settings
+def _limits(args: argparse.Namespace) -> tuple[float, int, set[str] | None] | int:
+    """max_duration, max_job_bytes and the model names, from the config every command reads."""
+    from daemon.commands._common import config_path, exit_config_error
+    from daemon.core.config import ConfigError, load_settings
 
-        try:
-            settings = load_settings(args.config)
-        except ConfigError as exc:
-            print(f"dgx-music validate: {exc}", file=sys.stderr)
-            return EXIT_INVALID
-        max_duration = max_duration if max_duration is not None else settings.max_duration
-        max_bytes = max_bytes if max_bytes is not None else settings.max_job_bytes
-        models = set(settings.models)
-    max_duration = max_duration if max_duration is not None else DEFAULT_MAX_DURATION
-    max_bytes = max_bytes if max_bytes is not None else DEFAULT_MAX_BYTES
+    path = config_path(args)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        return exit_config_error(exc)
+    max_duration = args.max_duration if args.max_duration is not None else settings.max_duration
+    max_bytes = args.max_bytes if args.max_bytes is not None else settings.max_job_bytes
+    if path is None:
+        # Said on stderr so stdout stays the report (and --json stays one document).
+        print(
+            "dgx-music validate: no config file (no --config, $DGX_MUSIC_CONFIG or /etc/dgx-music/config.yaml): "
+            f"limits max_duration {max_duration:g} s, max_job_bytes {max_bytes}; model names are not checked",
+            file=sys.stderr,
+        )
+        return max_duration, max_bytes, None
+    return max_duration, max_bytes, set(settings.models)
+
+
+def run(args: argparse.Namespace) -> int:
+    limits = _limits(args)
+    if isinstance(limits, int):
+        return EXIT_INVALID
+    max_duration, max_bytes, models = limits
 
     results = [
         _check(name, max_bytes=max_bytes, max_duration=max_duration, models=models) for name in _expand(args.files)

@@ -1,34 +1,40 @@
-"""Daemon settings: a YAML file, overridden by `DGX_MUSIC_*` environment variables and `.env`.
+"""Daemon settings: a YAML file, `.env` files and `DGX_MUSIC_*` environment variables.
 
-Precedence (highest first): explicit overrides passed in code, environment variables,
-`.env` in the working directory, the YAML file, the defaults below. Unknown keys are refused
-everywhere so a typo in `/etc/dgx-music/config.yaml` never silently falls back to a default.
+Precedence (highest first): values passed in code, the environment, `./.env`, the `.env`
+beside the config file, the YAML file, the defaults below; merged key by key by
+pydantic-settings (daemon/core/settings_sources.py has the sources). Unknown keys are refused
+everywhere, naming the key and where it was set, so a typo in `/etc/dgx-music/config.yaml`
+never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_CONFIG_PATH = Path("/etc/dgx-music/config.yaml")
-ENV_PREFIX = "DGX_MUSIC_"
+from daemon.core.settings_sources import (
+    CURRENT_PLAN,
+    DEFAULT_CONFIG_PATH,
+    ENV_PREFIX,
+    ConfigError,
+    Origins,
+    SourcePlan,
+    build_sources,
+    dotenv_files,
+    resolve_config_path,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH", "ENV_PREFIX", "ConfigError", "ModelSpec", "Settings", "load_settings",
+    "load_settings_with_origins", "resolve_config_path", "config_table_markdown",
+]
+
 MODEL_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file and the key."""
-
-    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
-        self.source = source
-        self.key = key
-        super().__init__(message)
 
 
 class ModelSpec(BaseModel):
@@ -56,8 +62,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
-        env_file=".env",
-        env_file_encoding="utf-8",
         extra="forbid",
         env_nested_delimiter="__",
         validate_default=True,
@@ -133,7 +137,7 @@ class Settings(BaseSettings):
             raise ValueError("extend_stride_s must be shorter than window_s (the rest is the overlap)")
         return self
 
-    # The YAML file slots in between .env and the defaults.
+    # Code overrides > environment > ./.env > .env beside the file > the YAML file > defaults.
     @classmethod
     def settings_customise_sources(
         cls,
@@ -143,7 +147,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, dotenv_settings)
+        return build_sources(settings_cls, init_settings, env_settings)
 
     # Paths below the spool, in one place so no module hard-codes them.
     @property
@@ -168,69 +172,51 @@ class Settings(BaseSettings):
         return self.spool / "state"
 
 
-def _read_yaml_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: config file not found (create it, or pass --config; see systemd/config.example.yaml)",
-            source=str(path),
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}", source=str(path)) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}", source=str(path)) from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of keys, got {type(data).__name__}", source=str(path))
-    return data
+def _error_lines(exc: ValidationError, origins: Origins) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        kind, place = origins.where(loc) if loc else ("default", "")
+        where = place if kind not in ("default", "override") else ("defaults" if kind == "default" else "code")
+        shown = ".".join(str(p) for p in loc) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            if kind in ("dotenv", "environment"):
+                shown = place.rsplit(" ", 1)[-1]
+                where = place.rsplit(" ", 1)[0] if kind == "dotenv" else "environment"
+                msg = f"unknown setting (allowed: {ENV_PREFIX}<KEY> for the keys {', '.join(Settings.model_fields)})"
+            else:
+                msg = f"unknown key (allowed: {', '.join(sorted(Settings.model_fields))})"
+        elif kind == "environment":
+            where = f"environment variable {place}"
+        lines.append(f"{where}: {shown}: {msg}")
+    return lines
 
 
-def _source_of(key: str, path: Path | None, file_keys: set[str]) -> str:
-    env_name = ENV_PREFIX + key.upper()
-    if env_name in os.environ or any(k.startswith(env_name + "__") for k in os.environ):
-        return f"environment variable {env_name}"
-    if key in file_keys and path is not None:
-        return str(path)
-    if Path(".env").is_file():
-        return f"{path or 'defaults'} or .env"
-    return str(path) if path is not None else "defaults"
+def load_settings_with_origins(path: Path | str | None = None, **overrides: Any) -> tuple[Settings, Origins]:
+    """The settings and, for each value, the source it came from (`dgx-music config --show-origin`)."""
+    cfg_path = Path(path) if path is not None else None
+    plan = SourcePlan(config_file=cfg_path, env_files=dotenv_files(cfg_path))
+    token = CURRENT_PLAN.set(plan)
+    try:
+        origins = Origins.collect(Settings, plan, overrides)  # reads the file: ConfigError with file:line
+        try:
+            return Settings(**overrides), origins
+        except ValidationError as exc:
+            lines = _error_lines(exc, origins)
+            first_key = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else None
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines),
+                              source=str(cfg_path) if cfg_path else None, key=first_key) from exc
+    finally:
+        CURRENT_PLAN.reset(token)
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
-    """Read the YAML file at `path` (None: defaults only), then environment and `.env` on top.
+    """Read the YAML file at `path` (None: no file), with `.env` files and the environment on top.
 
     Raises ConfigError whose message names the offending key and where it came from.
     """
-    file_data: dict[str, Any] = {}
-    cfg_path = Path(path) if path is not None else None
-    if cfg_path is not None:
-        file_data = _read_yaml_file(cfg_path)
-    # Environment beats the file: pass file values as the lowest-priority init data by
-    # removing any key that the environment sets.
-    env_keys = {k[len(ENV_PREFIX):].split("__")[0].lower() for k in os.environ if k.startswith(ENV_PREFIX)}
-    env_keys.discard("config")
-    init = {k: v for k, v in file_data.items() if k not in env_keys}
-    init.update(overrides)
-    try:
-        return Settings(**init)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-            top = str(err["loc"][0]) if err["loc"] else ""
-            where = _source_of(top, cfg_path, set(file_data)) if top else (str(cfg_path) if cfg_path else "config")
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key (allowed: {', '.join(sorted(Settings.model_fields))})"
-            lines.append(f"{where}: {loc}: {msg}")
-        first_key = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else None
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), source=str(cfg_path), key=first_key) from exc
+    return load_settings_with_origins(path, **overrides)[0]
 
 
 def config_table_markdown() -> str:

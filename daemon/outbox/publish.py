@@ -22,6 +22,7 @@ from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings
 
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
+from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, message_id
 from daemon.queue.jobs import QueuedJob
 from daemon.outbox.hostinfo import host_info
 from daemon.audio.loudness import normalize
@@ -167,5 +168,6 @@ def publish_job(settings: Settings, item: QueuedJob) -> Path:
         sc.rtf,
         loud,
         out.sidecar_path,
+        extra=message_id(MESSAGE_ID_JOB_COMPLETED),
     )
     return out.sidecar_path

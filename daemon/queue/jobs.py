@@ -24,6 +24,7 @@ from jobspec.sidecar import Timings
 from daemon import spool
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
+from daemon.core.logctx import MESSAGE_ID_JOB_FAILED, message_id
 from daemon.spool import state
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def fail_group_job(
     )
     # A batch keeps its work file until every job has an outcome: failed jobs get a copy.
     spool.fail_job(settings, claim, body, job_id=job_id, keep_work=group.is_batch)
-    log.warning("job %s %s: %s: %s", job_id, status, error_type, message)
+    log.warning("job %s %s: %s: %s", job_id, status, error_type, message, extra=message_id(MESSAGE_ID_JOB_FAILED))
     state.record_outcome(
         settings,
         {"job_id": job_id, "status": status, "error": error_type, "path": str(settings.failed / error_name(job_id)), "finished": time.time()},

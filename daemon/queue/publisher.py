@@ -15,7 +15,7 @@ from pathlib import Path
 from queue import Queue
 
 from daemon.core.config import Settings
-from daemon.core.errors import DgxMusicError
+from daemon.core.errors import DgxMusicError, ErrorType
 from daemon.core.logctx import job_context, set_stage
 from daemon.queue.jobqueue import JobQueue
 from daemon.queue.jobs import RETRYABLE_ERRNOS, Outcomes, QueuedJob
@@ -89,10 +89,10 @@ class Publisher:
                 self._defer(item, exc)
                 return
             log.exception("job %s: unexpected I/O error", item.job_id)
-            self.outcomes.fail(item, "internal", f"I/O error: {exc}", hint="see the daemon's journal")
+            self.outcomes.fail(item, ErrorType.INTERNAL, f"I/O error: {exc}", hint="see the daemon's journal")
         except Exception as exc:
             log.exception("job %s: internal error", item.job_id)
-            self.outcomes.fail(item, "internal", f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
+            self.outcomes.fail(item, ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
         else:
             self.outcomes.complete(item, sidecar_path)
 

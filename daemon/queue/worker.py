@@ -22,7 +22,7 @@ from jobspec.sidecar import Timings
 
 from daemon import spool
 from daemon.core.config import Settings
-from daemon.core.errors import DgxMusicError, GenerationCancelled, UnknownModelError
+from daemon.core.errors import DgxMusicError, ErrorType, GenerationCancelled, UnknownModelError
 from daemon.core.logctx import job_context, set_stage
 from daemon.core.messages import GenerationRequest, Progress
 from daemon.queue.jobqueue import JobQueue, QueueClosed
@@ -201,7 +201,7 @@ class Worker:
         except Exception as exc:  # the daemon must outlive any one job
             log.exception("internal error while generating %s", ", ".join(j.job_id for j in todo))
             for item in todo:
-                self.fail(item, "internal", f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
+                self.fail(item, ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
 
     def _after_cancel(self, todo: list[QueuedJob], exc: GenerationCancelled) -> None:
         cancelled = [j for j in todo if state.cancel_requested(self.settings, j.job_id)]
@@ -212,7 +212,7 @@ class Worker:
             return
         for item in cancelled or todo:
             state.clear_cancel(self.settings, item.job_id)
-            self.fail(item, "cancelled", "cancelled by request while running", hint=None, status="cancelled")
+            self.fail(item, ErrorType.CANCELLED, "cancelled by request while running", hint=None, status="cancelled")
         # Batch-mates of a cancelled job lost their shared decode, not their turn.
         for item in todo:
             if item not in cancelled and cancelled:

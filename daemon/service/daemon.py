@@ -25,7 +25,7 @@ from daemon import spool
 from daemon.spool import state
 from daemon.core.config import ConfigError, Settings, load_settings
 from daemon.engine.model import MusicEngine
-from daemon.core.errors import DgxMusicError
+from daemon.core.errors import DgxMusicError, ErrorType, ExitCode
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import job_context
 from daemon.service.faults import faults_from_environment, with_faults
@@ -37,11 +37,12 @@ from daemon.queue.worker import Worker
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-# systemd's default Restart=on-failure restarts on any non-zero code; keep load failures distinct.
-EXIT_MODEL_LOAD = 3
+EXIT_OK = ExitCode.OK
+EXIT_FAILED = ExitCode.JOB_FAILED
+# sysexits.h codes the units know: 78 stops the restart loop (a restart cannot fix a config),
+# 69 is retried with systemd's back-off (a model on a network disk or a GPU may come back).
+EXIT_CONFIG = ExitCode.CONFIG
+EXIT_MODEL_LOAD = ExitCode.UNAVAILABLE
 TICK_S = 0.25
 CANCEL_SCAN_S = 0.5
 
@@ -180,7 +181,7 @@ class Daemon:
             with job_context(job_id=item.job_id, model=item.job.model or s.default_model, stage="queued"):
                 if item.job.model is not None and item.job.model not in s.models:
                     fail_group_job(
-                        s, group, item.job_id, item.job, "unknown_model",
+                        s, group, item.job_id, item.job, ErrorType.UNKNOWN_MODEL,
                         f"model {item.job.model!r} is not configured on this daemon",
                         hint=f"use one of: {', '.join(sorted(s.models))} (or leave `model:` out for {s.default_model})",
                     )
@@ -201,7 +202,7 @@ class Daemon:
         with job_context(job_id=job_id, stage="validate"):
             log.error("invalid job file %s:\n%s", claimed.source_name, exc)
             fail_group_job(
-                s, group, job_id, None, "invalid_job", exc.message,
+                s, group, job_id, None, ErrorType.INVALID_JOB, exc.message,
                 hint=next((d.hint for d in exc.details if d.hint), "run `dgx-music validate FILE` before dropping it"),
                 details=[d.model_dump(mode="json") for d in exc.details],
             )
@@ -239,7 +240,7 @@ class Daemon:
                 pairs.append((job_id, job))
         for job_id, job in pairs:
             fail_group_job(
-                s, group, job_id, job, "crashed",
+                s, group, job_id, job, ErrorType.CRASHED,
                 f"the daemon died {claimed.crashes} time(s) while running this job",
                 hint="check `journalctl -u dgx-music` around the crashes; resubmit with a shorter duration or another model",
             )
@@ -310,7 +311,7 @@ class Daemon:
             if item is not None:
                 with job_context(job_id=job_id, stage="cancel"):
                     state.clear_cancel(s, job_id)
-                    fail_group_job(s, item.group, job_id, item.job, "cancelled", "cancelled by request while queued",
+                    fail_group_job(s, item.group, job_id, item.job, ErrorType.CANCELLED, "cancelled by request while queued",
                                    hint=None, status="cancelled")
                     finish_group_job(s, item.group, job_id, failed=True)
                 self._write_queue()
@@ -335,7 +336,7 @@ class Daemon:
             return
         added = sorted(set(new.models) - set(self.settings.models))
         removed = sorted(set(self.settings.models) - set(new.models))
-        from daemon.core.logctx import setup_logging
+        from daemon.service.journal import setup_logging
 
         setup_logging(new.log_level)
         self.settings = new
@@ -375,7 +376,7 @@ class Daemon:
 def serve(config_path: Path | None) -> int:
     import faulthandler
 
-    from daemon.core.logctx import setup_logging
+    from daemon.service.journal import setup_logging
 
     # A watchdog kill (SIGABRT) then prints every thread's stack to the journal.
     faulthandler.enable()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.config import Settings
+from daemon.core.errors import ErrorType
 from daemon.core.fsio import atomic_write_bytes, fsync_dir
 from daemon.spool.layout import dump, iso_utc, unlink_quiet
 from daemon.spool.records import Claimed
@@ -61,7 +62,7 @@ def reject_non_regular(
         sidecar = error_sidecar(
             job_id=job_id,
             source_file=name,
-            error_type="invalid_job",
+            error_type=ErrorType.INVALID_JOB,
             message=message,
             hint="drop a regular YAML file",
             submitted_at=st.st_mtime,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.core.config import ConfigError, Settings, load_settings
+from daemon.core.config import ConfigError, Settings, load_settings, load_settings_with_origins, resolve_config_path
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,11 @@ def test_bad_env_value_names_variable(tmp_path: Path, monkeypatch: pytest.Monkey
         ("max_duration: .nan\n", "max_duration"),
         ("extend_stride_s: 40\n", "extend_stride_s"),
         ("- a\n- b\n", "mapping"),
-        ("spool: [unclosed\n", "not valid YAML"),
+        ("spool: [unclosed\n", "config.yaml:2: YAML syntax error"),
+        ("device: cpu\ndevice: cuda\n", "config.yaml:2: device: duplicate key 'device' (first set on line 1)"),
+        ("x: &a 1\ny: *a\n", "config.yaml:1: YAML anchors and aliases are not allowed"),
+        ("log_level: !!python/name:os.system INFO\n", "config.yaml:1: YAML tag '!!python/name:os.system' is not allowed"),
+        ("device: off\n", "config.yaml:1: device: Value error, device must be"),  # YAML 1.2: "off", not false
     ],
 )
 def test_invalid_configs(tmp_path: Path, text: str, fragment: str) -> None:
@@ -105,3 +109,55 @@ def test_overrides_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_settings_is_the_same_type() -> None:
     assert isinstance(load_settings(None), Settings)
+
+
+def test_empty_or_comment_only_file_means_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "# nothing set yet\n\n")).spool == Path("/var/lib/dgx-music")
+
+
+def test_nested_environment_override_merges_into_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write(tmp_path, "models:\n  small: {id: facebook/musicgen-small, revision: main}\n  tiny: {path: /m/tiny}\n")
+    monkeypatch.setenv("DGX_MUSIC_MODELS__SMALL__REVISION", "x")
+    s = load_settings(p)
+    assert set(s.models) == {"small", "tiny"}
+    assert (s.models["small"].id, s.models["small"].revision) == ("facebook/musicgen-small", "x")
+    assert s.models["tiny"].path == Path("/m/tiny")
+
+
+def test_nested_override_merges_into_the_default_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DGX_MUSIC_MODELS__SMALL__REVISION", "v2")
+    s = load_settings(None)
+    assert (s.models["small"].id, s.models["small"].revision) == ("facebook/musicgen-small", "v2")
+
+
+def test_precedence_environment_then_dotenvs_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cfg = etc / "config.yaml"
+    cfg.write_text("log_level: ERROR\ndevice: cuda:1\nmax_attempts: 5\nsettle_s: 2\n")
+    (etc / ".env").write_text("DGX_MUSIC_LOG_LEVEL=WARNING\nDGX_MUSIC_DEVICE=cuda:2\nDGX_MUSIC_MAX_ATTEMPTS=6\n")
+    (tmp_path / ".env").write_text("DGX_MUSIC_LOG_LEVEL=DEBUG\nDGX_MUSIC_DEVICE=cuda:3\nHF_HOME=/elsewhere\n")
+    monkeypatch.setenv("DGX_MUSIC_LOG_LEVEL", "CRITICAL")
+    s, origins = load_settings_with_origins(cfg)
+    assert (s.log_level, s.device, s.max_attempts, s.settle_s) == ("CRITICAL", "cuda:3", 6, 2.0)
+    assert origins.describe(("log_level",)) == "environment DGX_MUSIC_LOG_LEVEL"
+    assert origins.describe(("device",)) == f"dotenv {tmp_path / '.env'}:2 DGX_MUSIC_DEVICE"
+    assert origins.describe(("max_attempts",)) == f"dotenv {etc / '.env'}:3 DGX_MUSIC_MAX_ATTEMPTS"
+    assert origins.describe(("settle_s",)) == f"file {cfg}:4"
+    assert origins.describe(("max_duration",)) == "default"
+
+
+def test_unknown_dotenv_setting_names_the_variable_and_the_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DGX_MUSIC_LOG_LEVEL=INFO\nDGX_MUSIC_MAX_DURRATION=10\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(None)
+    assert f"{tmp_path / '.env'}:2: DGX_MUSIC_MAX_DURRATION: unknown setting" in str(e.value)
+
+
+def test_config_file_chosen_in_dotenv(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "device: cpu\n")
+    (tmp_path / ".env").write_text(f"DGX_MUSIC_CONFIG={cfg}\n")
+    assert resolve_config_path(None, env={}) == cfg
+    assert load_settings(resolve_config_path(None, env={})).device == "cpu"  # and DGX_MUSIC_CONFIG is no unknown key
+    assert resolve_config_path(tmp_path / "other.yaml", env={}) == tmp_path / "other.yaml"
+    assert resolve_config_path(None, env={"DGX_MUSIC_CONFIG": "/from/env.yaml"}) == Path("/from/env.yaml")

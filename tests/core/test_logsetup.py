@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from daemon.core import logctx as logsetup
 from daemon.core.logctx import (
+    MESSAGE_ID_JOB_COMPLETED,
     JobContextFilter,
     current_context,
     job_context,
-    journal_stream_matches,
-    make_journal_handler,
+    message_id,
     set_stage,
-    setup_logging,
     update_context,
 )
+from daemon.service import journal as logsetup
+from daemon.service.journal import journal_stream_matches, make_journal_handler, setup_logging
 
 HAVE_JOURNAL = logsetup._sd_journal is not None
 LINE_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|DEBUG|ERROR) (\[[^\]]*\] )?.*$")
@@ -80,16 +80,17 @@ def test_filter_sets_upper_case_fields_and_explicit_extra_wins() -> None:
     with job_context("abc", model="small", stage="generate"):
         rec = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
         assert flt.filter(rec)
-        assert (rec.JOB_ID, rec.MODEL, rec.STAGE) == ("abc", "small", "generate")  # type: ignore[attr-defined]
+        assert (rec.DGX_MUSIC_JOB_ID, rec.DGX_MUSIC_MODEL, rec.DGX_MUSIC_STAGE) == ("abc", "small", "generate")  # type: ignore[attr-defined]
         assert rec.dgx_context == "[job abc/small/generate] "  # type: ignore[attr-defined]
         rec2 = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
-        rec2.JOB_ID = "other"  # as logging does for extra={"JOB_ID": ...}
+        rec2.DGX_MUSIC_JOB_ID = "other"  # as logging does for extra={"DGX_MUSIC_JOB_ID": ...}
         flt.filter(rec2)
-        assert rec2.JOB_ID == "other"  # type: ignore[attr-defined]
+        assert rec2.DGX_MUSIC_JOB_ID == "other"  # type: ignore[attr-defined]
         assert rec2.dgx_context == "[job other/small/generate] "  # type: ignore[attr-defined]
     rec3 = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     flt.filter(rec3)
-    assert not hasattr(rec3, "JOB_ID")  # no "JOB_ID=None" fields outside a job
+    assert not hasattr(rec3, "DGX_MUSIC_JOB_ID")  # no "DGX_MUSIC_JOB_ID=None" fields outside a job
+    assert not hasattr(rec, "JOB_ID")  # systemd's own field is never set
     assert rec3.dgx_context == ""  # type: ignore[attr-defined]
 
 
@@ -136,16 +137,19 @@ def test_journal_handler_sends_fields(clean_root: None) -> None:
     try:
         with job_context("abc", model="small", stage="generate"):
             log.info("%d%% done", 43)
+            log.info("job abc completed", extra=message_id(MESSAGE_ID_JOB_COMPLETED))
         log.info("idle")
     finally:
         log.removeHandler(handler)
-    (msg, fields), (msg2, fields2) = sent
+    (msg, fields), (_, done), (msg2, fields2) = sent
     assert msg == "[job abc/small/generate] 43% done"
-    assert fields["JOB_ID"] == "abc" and fields["MODEL"] == "small" and fields["STAGE"] == "generate"
+    assert (fields["DGX_MUSIC_JOB_ID"], fields["DGX_MUSIC_MODEL"], fields["DGX_MUSIC_STAGE"]) == ("abc", "small", "generate")
+    assert "JOB_ID" not in fields and "MESSAGE_ID" not in fields
+    assert done["MESSAGE_ID"] == MESSAGE_ID_JOB_COMPLETED and len(bytes.fromhex(MESSAGE_ID_JOB_COMPLETED)) == 16
     assert fields["SYSLOG_IDENTIFIER"] == "dgx-music"
     assert fields["CODE_FILE"] == __file__ and isinstance(fields["CODE_LINE"], int)
     assert fields["PRIORITY"] == "6"
-    assert msg2 == "idle" and "JOB_ID" not in fields2
+    assert msg2 == "idle" and "DGX_MUSIC_JOB_ID" not in fields2
 
 
 def test_journal_stream_detection(tmp_path: Path) -> None:
@@ -172,7 +176,7 @@ def _run_child(stderr_path: Path, journal_stream: str | None, code: str) -> str:
 
 
 SELECT_CODE = (
-    "import logging, sys; from daemon.core.logctx import setup_logging\n"
+    "import logging, sys; from daemon.service.journal import setup_logging\n"
     "h = setup_logging('INFO')\n"
     "print(type(h).__name__, file=sys.stdout)\n"
     "sys.stdout.flush()\n"

@@ -18,6 +18,7 @@ import yaml
 
 from daemon.ops import doctor as doc
 from daemon.commands import doctor as doctor_command
+from daemon.spool.layout import SPOOL_DIRS
 from daemon.engine.devices import (
     DeviceError,
     arch_supported,
@@ -74,7 +75,7 @@ def test_a_truncated_weights_file_fails(tmp_path: Path) -> None:
 
 
 def make_spool(root: Path) -> Path:
-    for sub in ("inbox", "work", "outbox", "failed"):
+    for sub in SPOOL_DIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
     return root
 
@@ -326,7 +327,7 @@ def test_a_crashing_check_is_reported_not_raised(tmp_path: Path, monkeypatch: py
     def broken(settings: Any) -> Any:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(doc, "check_spool", broken)
+    monkeypatch.setattr(doc.runner, "check_spool", broken)  # runner looks its checks up there
     code, checks = checks_by_name(write_config(tmp_path))
     assert code == 1
     assert "disk on fire" in checks["spool"]["detail"]
@@ -340,6 +341,40 @@ def test_the_command_parses_its_options(tmp_path: Path, capsys: pytest.CaptureFi
     args = parser.parse_args(["doctor", "--config", str(config), "--json"])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "python"
+
+
+def test_doctor_reads_the_config_named_by_the_environment(tmp_path: Path) -> None:
+    fake_checkpoint(tmp_path / "models" / "tiny")
+    config = write_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DGX_MUSIC_")}
+    proc = subprocess.run([sys.executable, "-m", "daemon", "doctor", "--json"], cwd=tmp_path,
+                          env={**env, "DGX_MUSIC_CONFIG": str(config)}, capture_output=True, text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(proc.stdout)}
+    assert checks["config"]["status"] == "ok" and str(config) in checks["config"]["detail"], checks["config"]
+    assert checks["spool"]["status"] == "ok", checks["spool"]
+    for sub in SPOOL_DIRS:  # every spool folder the daemon uses is checked, from the one list
+        assert f"{sub}/" in checks["spool"]["detail"]
+
+
+def test_a_missing_spool_folder_is_reported(tmp_path: Path) -> None:
+    fake_checkpoint(tmp_path / "models" / "tiny")
+    config = write_config(tmp_path)
+    (tmp_path / "spool" / SPOOL_DIRS[-1]).rmdir()
+    code, checks = checks_by_name(config)
+    assert checks["spool"]["status"] == "warn" and f"missing {SPOOL_DIRS[-1]}/" in checks["spool"]["detail"]
+
+
+def test_hints_quote_the_versions_the_package_requires() -> None:
+    from importlib import metadata
+
+    try:
+        declared = [r for r in metadata.requires("dgx-music") or [] if r.startswith("transformers")]
+    except metadata.PackageNotFoundError:
+        pytest.skip("dgx-music is not installed: no distribution metadata to read")
+    spec = doc.requirement("transformers")
+    assert spec.startswith("transformers") and spec != "transformers"
+    assert spec.replace("transformers", "") in declared[0].replace(" ", "")
+    assert doc.requirement("no-such-package") == "no-such-package"
 
 
 def test_the_installed_cli_runs_doctor(tmp_path: Path) -> None:

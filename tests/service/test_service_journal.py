@@ -4,7 +4,9 @@ Plain stderr (no JOURNAL_STREAM): every line of a job carries `[job <id>/<model>
 and one INFO line per job gives duration, RTF, LUFS and the output path.
 
 Journal: with JOURNAL_STREAM naming its stderr, the daemon must send native journal records
-carrying JOB_ID, MODEL and STAGE (so `journalctl -u dgx-music JOB_ID=x` tells one job's story).
+carrying DGX_MUSIC_JOB_ID, DGX_MUSIC_MODEL and DGX_MUSIC_STAGE (so `journalctl -u dgx-music
+DGX_MUSIC_JOB_ID=x` tells one job's story; JOB_ID is systemd's own field), and a fixed MESSAGE_ID
+on the completed and failed records.
 Where no journald runs (CI containers), the test makes one: in a private mount namespace a
 tmpfs covers /run and the test binds /run/systemd/journal/socket itself, so libsystemd's
 sd_journal_send() delivers to us. Skipped, with the reason, where systemd-python is missing or
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, MESSAGE_ID_JOB_FAILED
 from reliability.daemonproc import DaemonProc, clean_env, drop, job_yaml, wait_until, write_config
 
 pytestmark = pytest.mark.slow
@@ -165,6 +168,8 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
             assert proc.poll() is None, stderr_path.read_text()[-3000:]
             drop(spool / "inbox", "jr2.yaml", job_yaml("journal fields tune", duration=0.2, seed=2))
             wait_until(lambda: (spool / "outbox" / "jr2.json").exists(), 60, what="jr2 result")
+            drop(spool / "inbox", "jr3.yaml", job_yaml("no such model here", duration=0.2, model="nosuch"))
+            wait_until(lambda: (spool / "failed" / "jr3.error.json").exists(), 60, what="jr3 failure")
             time.sleep(0.3)
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
             assert proc.wait(60) == 0, stderr_path.read_text()[-3000:]
@@ -177,18 +182,24 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
         assert "ready: watching" not in stderr_path.read_text()
         assert all(r.get("SYSLOG_IDENTIFIER") == "dgx-music" for r in recs)
 
-        story = [r for r in recs if r.get("JOB_ID") == "jr2"]
-        stages = [r["STAGE"] for r in story]
+        assert not any("JOB_ID" in r for r in recs)  # systemd's field: never ours
+        story = [r for r in recs if r.get("DGX_MUSIC_JOB_ID") == "jr2"]
+        stages = [r["DGX_MUSIC_STAGE"] for r in story]
         assert {"queued", "generate", "write"} <= set(stages), stages
-        assert all(r.get("MODEL") == "tiny" for r in story), story
+        assert all(r.get("DGX_MUSIC_MODEL") == "tiny" for r in story), story
         done = [r for r in story if "completed" in r["MESSAGE"]]
         assert len(done) == 1, story
         rec = done[0]
-        assert rec["STAGE"] == "write" and rec["PRIORITY"] == "6"
+        assert rec["DGX_MUSIC_STAGE"] == "write" and rec["PRIORITY"] == "6"
+        assert rec["MESSAGE_ID"] == MESSAGE_ID_JOB_COMPLETED
+        assert [r for r in recs if r.get("MESSAGE_ID") == MESSAGE_ID_JOB_COMPLETED] == [rec]
+        failed = [r for r in recs if r.get("MESSAGE_ID") == MESSAGE_ID_JOB_FAILED]
+        assert [r["DGX_MUSIC_JOB_ID"] for r in failed] == ["jr3"], failed
+        assert "unknown_model" in failed[0]["MESSAGE"] and failed[0]["PRIORITY"] == "4"
         assert rec["CODE_FILE"].endswith("worker.py") and rec["CODE_LINE"].isdigit()
         assert "RTF" in rec["MESSAGE"] and "LUFS" in rec["MESSAGE"] and str(spool / "outbox" / "jr2.json") in rec["MESSAGE"]
         # Records outside any job carry no job fields.
         ready = next(r for r in recs if "ready: watching" in r["MESSAGE"])
-        assert "JOB_ID" not in ready and "STAGE" not in ready
+        assert "DGX_MUSIC_JOB_ID" not in ready and "DGX_MUSIC_STAGE" not in ready and "MESSAGE_ID" not in ready
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
