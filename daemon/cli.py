@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "validate",
     "config",
     "schema",
+    "examples",
     "serve",
     "submit",
     "status",

@@ -1,7 +1,7 @@
 """JSON Schema of job files and sidecars, rendered from the models.
 
-`python -m jobspec.schema > job.schema.json` regenerates the copy kept at the repo root
-(a test fails when it drifts from the models).
+`python -m jobspec.schema > jobspec/examples/job.schema.json` regenerates the copy shipped
+beside the examples (the repository root links to it; a test fails when it drifts from the models).
 """
 
 from __future__ import annotations

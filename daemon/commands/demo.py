@@ -1,4 +1,4 @@
-"""`dgx-music demo`: a temporary spool, the tiny model, the files from examples/, and a table."""
+"""`dgx-music demo`: a temporary spool, the tiny model, the shipped example jobs, and a table."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from daemon.ops.demo import REPO_EXAMPLES
-
     p = sub.add_parser("demo", help="run the examples end to end on a tiny model in a temporary spool")
     p.add_argument("--dir", type=Path, default=None, help="work here instead of a new temporary directory")
-    p.add_argument("--examples", type=Path, default=REPO_EXAMPLES, help=f"job files to run (default: {REPO_EXAMPLES})")
+    p.add_argument("--examples", type=Path, default=None,
+                   help="job files to run (default: the examples shipped with dgx-music)")
     p.add_argument("--cap", type=float, default=2.0, metavar="S", help="cap every duration at S seconds (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N")
     p.set_defaults(func=run)
@@ -20,9 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from daemon.ops.demo import DemoError, run_demo
+    from jobspec.examples import examples_dir
 
     try:
-        return run_demo(args.dir, args.examples, cap=args.cap, long_cap=max(args.cap, 4.0), device=args.device)
+        if args.examples is not None:
+            return run_demo(args.dir, args.examples, cap=args.cap, long_cap=max(args.cap, 4.0), device=args.device)
+        with examples_dir() as shipped:
+            return run_demo(args.dir, shipped, cap=args.cap, long_cap=max(args.cap, 4.0), device=args.device)
     except DemoError as exc:
         print(f"dgx-music demo: {exc}", file=sys.stderr)
         return 1

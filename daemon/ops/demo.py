@@ -22,9 +22,6 @@ from daemon.ops.client import Submitted, drop, validate_file, wait_for
 from daemon.core.config import load_settings
 from daemon.ops.progressbar import ProgressBar
 
-REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
 class DemoError(Exception):
     pass
 

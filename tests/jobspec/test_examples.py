@@ -32,13 +32,13 @@ def test_example_validates(path: Path) -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_starts_with_the_schema_line(path: Path) -> None:
     first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first == "# yaml-language-server: $schema=../job.schema.json"
+    assert first == "# yaml-language-server: $schema=./job.schema.json"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_matches_the_published_schema(path: Path) -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((ROOT / "job.schema.json").read_text(encoding="utf-8"))
+    schema = json.loads((ROOT / "jobspec" / "examples" / "job.schema.json").read_text(encoding="utf-8"))
     data, _ = load_yaml_bytes(path.read_bytes())
     jsonschema.validate(data, schema)
 

@@ -40,9 +40,9 @@ def jsonschema():  # type: ignore[no-untyped-def]
 
 
 def test_job_schema_file_matches_the_models() -> None:
-    kept = (ROOT / "job.schema.json").read_text(encoding="utf-8")
+    kept = (ROOT / "jobspec" / "examples" / "job.schema.json").read_text(encoding="utf-8")
     assert kept == render(job_file_schema()), (
-        "job.schema.json is out of date: run `python -m jobspec.schema > job.schema.json`"
+        "job.schema.json is out of date: run `python -m jobspec.schema > jobspec/examples/job.schema.json`"
     )
 
 
