@@ -2,7 +2,7 @@
 # Install dgx-music as a systemd service: venv, units, system user, spool, config.
 #
 #   sudo ./systemd/install.sh [--enable] [--prefix DIR] [--venv DIR] [--python PY]
-#                             [--pip-args "ARGS"] [--no-venv] [--dry-run]
+#                             [--pip-args "ARGS"] [--wheel FILE] [--no-venv] [--dry-run]
 #
 # Idempotent: run it again after `git pull` to upgrade the code and the units; an existing
 # /etc/dgx-music/config.yaml is never touched. A running service keeps the old code until
@@ -20,6 +20,7 @@ usage: install.sh [options]
   --venv DIR        virtual environment (default PREFIX/venv)
   --python PY       interpreter that creates the venv (default python3, >= 3.10)
   --pip-args ARGS   extra pip arguments, e.g. "--extra-index-url https://download.pytorch.org/whl/cu128"
+  --wheel FILE      install this built dgx-music wheel instead of building one from the checkout
   --no-venv         do not create the venv or pip install (it is managed elsewhere)
   --enable          enable and start dgx-music.service when done
   --dry-run         print what would be done, change nothing
@@ -32,6 +33,7 @@ PREFIX=/opt/dgx-music
 VENV=
 PYTHON=python3
 PIP_ARGS=
+WHEEL=
 NO_VENV=0
 ENABLE=0
 DRY_RUN=0
@@ -47,6 +49,8 @@ while [ $# -gt 0 ]; do
         --python=*) PYTHON=${1#*=}; shift ;;
         --pip-args) PIP_ARGS=${2?--pip-args needs a value}; shift 2 ;;
         --pip-args=*) PIP_ARGS=${1#*=}; shift ;;
+        --wheel) WHEEL=${2:?--wheel needs a file}; shift 2 ;;
+        --wheel=*) WHEEL=${1#*=}; shift ;;
         --no-venv) NO_VENV=1; shift ;;
         --enable) ENABLE=1; shift ;;
         --dry-run|-n) DRY_RUN=1; shift ;;
@@ -62,6 +66,10 @@ case "$PREFIX" in /*) ;; *) echo "install.sh: --prefix must be an absolute path"
 case "$VENV" in /*) ;; *) echo "install.sh: --venv must be an absolute path" >&2; exit 2 ;; esac
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
+if [ -n "$WHEEL" ] && [ ! -f "$WHEEL" ]; then
+    echo "install.sh: --wheel $WHEEL: no such file" >&2
+    exit 2
+fi
 UNITDIR=/etc/systemd/system
 LIVE=1                      # act on the running system (sysusers, tmpfiles, systemctl)
 [ -z "$DESTDIR" ] || LIVE=0
@@ -118,7 +126,7 @@ else
     # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
     run "$DESTDIR$VENV/bin/python" -m pip install --quiet --upgrade pip
     # shellcheck disable=SC2086
-    run "$DESTDIR$VENV/bin/python" -m pip install --quiet $PIP_ARGS "$SRC"
+    run "$DESTDIR$VENV/bin/python" -m pip install --quiet $PIP_ARGS "${WHEEL:-$SRC}"
 fi
 if [ -f "$SRC/docs/service.md" ]; then
     put "$SRC/docs/service.md" "$PREFIX/docs/service.md" 0644

@@ -24,6 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 READY_LINE = "ready: watching"
 
 
+# DGX_MUSIC_TEST_CLI=/path/to/bin/dgx-music runs every daemon and CLI child through that installed
+# console script (scripts/check-installed.sh sets it for the wheel), from outside the checkout.
+INSTALLED_CLI = os.environ.get("DGX_MUSIC_TEST_CLI", "")
+
+
+def dgx_music_command() -> list[str]:
+    """How a child `dgx-music` is started: the installed console script, or this checkout."""
+    return [INSTALLED_CLI] if INSTALLED_CLI else [sys.executable, "-m", "daemon"]
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a daemon or CLI child: no DGX_MUSIC_* overrides from the caller's
     shell, no systemd variables (the child must log to its stderr file, not to the journal)."""
@@ -31,8 +41,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DGX_MUSIC_", "DGXMUSIC_")) and k not in systemd_vars}
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
-    # Run from the source tree even when the package is not installed in this interpreter.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    if INSTALLED_CLI:
+        env.pop("PYTHONPATH", None)  # the installed wheel alone, nothing of the checkout
+    else:
+        # Run from the source tree even when the package is not installed in this interpreter.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
@@ -88,12 +101,12 @@ def job_yaml(prompt: str = "a short test tune for the daemon", duration: float =
 def run_cli(config: Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """`dgx-music ARGS --config CONFIG` as a subprocess; returns the finished process."""
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args, "--config", str(config)],
+        [*dgx_music_command(), *args, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=clean_env(),
-        cwd=REPO,
+        cwd=config.parent if INSTALLED_CLI else REPO,
     )
 
 
@@ -139,7 +152,7 @@ class DaemonProcess:
             self._log_fh.close()
         self._log_fh = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "serve", "--config", str(self.config)],
+            [*dgx_music_command(), "serve", "--config", str(self.config)],
             stdin=subprocess.DEVNULL,
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
