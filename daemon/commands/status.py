@@ -42,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
               "or pass --config; the daemon creates it at its first start)", file=sys.stderr)
         return int(ExitCode.USAGE)
     report = status_report(settings)
-    report["running"] = [r for r in report["running"] if _alive(r)]
-    report["queued"] = [q for q in report["queued"] if _alive(q)]
+    # Files of a daemon elsewhere whose heartbeat went stale describe nothing that still runs.
+    gone = {(d["host"], d["pid"]) for d in report["daemons"] if d["state"] != "live"}
+    report["running"] = [r for r in report["running"] if _alive(r) and (r.get("host"), r.get("pid")) not in gone]
+    report["queued"] = [q for q in report["queued"] if _alive(q) and (q.get("host"), q.get("pid")) not in gone]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -53,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if not report["queued"]:
         print("no daemon is serving this spool")
     busy = {(r.get("host"), r.get("pid")) for r in report["running"]}
+    for d in report["daemons"]:
+        slurm = f", slurm job {d['slurm_array'] or d['slurm_job_id']}" if d.get("slurm_job_id") else ""
+        print(f"host     {d['host']} pid {d['pid']}{slurm}: {d['state']}, heartbeat {d['heartbeat_age_s']:.0f} s ago")
     for q in report["queued"]:
         n = len(q.get("queued", []))
         what = "running a job" if (q.get("host"), q.get("pid")) in busy else "idle"

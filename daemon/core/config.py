@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     )
     watch: Literal["inotify", "poll"] = Field(default="inotify", description="poll for NFS/SMB inboxes")
     poll_interval_s: float = Field(default=1.0, gt=0, le=600, description="inbox listing interval in poll mode, seconds")
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, le=600, description="how often a daemon refreshes its state/daemon.<instance>.json heartbeat"
+    )
+    peer_timeout_s: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="a daemon on another host whose heartbeat is older than this is dead: peers take over its jobs",
+    )
     max_attempts: int = Field(default=2, ge=1, le=100, description="crashes a job may cause before it fails as crashed")
     idle_unload_s: float = Field(default=0.0, ge=0, description="0 keeps the model resident forever")
     job_timeout_s: float = Field(default=1800.0, gt=0, description="per-job generation time limit")
@@ -119,7 +126,7 @@ class Settings(BaseSettings):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return v
 
-    @field_validator("max_duration", "settle_s", "rescan_interval_s", "job_timeout_s")
+    @field_validator("max_duration", "settle_s", "rescan_interval_s", "job_timeout_s", "heartbeat_interval_s", "peer_timeout_s")
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
@@ -133,6 +140,8 @@ class Settings(BaseSettings):
                 f"default_model {self.default_model!r} is not one of the configured models: "
                 f"{', '.join(sorted(self.models))}"
             )
+        if self.heartbeat_interval_s * 2 > self.peer_timeout_s:
+            raise ValueError("peer_timeout_s must be at least twice heartbeat_interval_s (one late beat is no death)")
         if self.extend_stride_s >= self.window_s:
             raise ValueError("extend_stride_s must be shorter than window_s (the rest is the overlap)")
         return self

@@ -19,6 +19,8 @@ from daemon.spool import state
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.config import Settings
 from daemon.spool.claim import list_claims
+from daemon.spool.owner import Owner
+from daemon.spool.peers import Peers
 from jobspec.names import JOB_SUFFIXES
 
 
@@ -173,12 +175,40 @@ def spool_counts(settings: Settings) -> dict[str, int]:
     }
 
 
+def daemons_report(settings: Settings) -> list[dict[str, Any]]:
+    """Every daemon that keeps a heartbeat in state/ (any host): who, where, and whether it lives.
+
+    `state`: live (heartbeat younger than peer_timeout_s), stale (older: peers take over its
+    jobs), stopped (it stopped cleanly). A daemon on this host is judged by /proc as well."""
+    try:
+        peers = Peers(settings)
+    except OSError:
+        return []
+    out = []
+    for hb in peers.heartbeats:
+        if hb.get("stopped"):
+            verdict = "stopped"
+        elif not peers.live(hb):
+            verdict = "stale"
+        else:
+            owner = Owner.from_json(hb)
+            verdict = "live" if peers.alive(owner) else "dead"
+        out.append({
+            "instance": hb.get("instance"), "host": hb.get("host"), "pid": hb.get("pid"),
+            "slurm_job_id": hb.get("slurm_job_id"), "slurm_array": hb.get("slurm_array"),
+            "device": hb.get("device"), "started": hb.get("started"),
+            "heartbeat_age_s": round(peers.age(hb), 1), "state": verdict,
+        })
+    return out
+
+
 def status_report(settings: Settings) -> dict[str, Any]:
     """Everything `dgx-music status` shows, as one JSON-able dict."""
     queues = state.read_queues(settings)
     return {
         "spool": str(settings.spool),
         "counts": spool_counts(settings),
+        "daemons": daemons_report(settings),
         "running": state.read_running(settings),
         "queued": queues,
         "recent": state.read_recent(settings)[-10:],

@@ -23,12 +23,14 @@ from jobspec import ErrorDetail, JobSpecError, default_job_id, load_job_bytes
 from daemon import spool
 
 from daemon.spool import state
+from daemon.spool.owner import host_name
+from daemon.spool.peers import Heartbeat
 from daemon.core.config import ConfigError, Settings, load_settings
 from daemon.engine.model import MusicEngine
 from daemon.core.errors import DgxMusicError, ErrorType, ExitCode
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import job_context
-from daemon.service.faults import faults_from_environment, with_faults
+from daemon.service.faults import apply_identity, faults_from_environment, with_faults
 from daemon.service.notify import Notifier
 from daemon.outbox.publish import output_names, publish_job
 from daemon.spool.watcher import InboxWatcher
@@ -52,9 +54,12 @@ class Daemon:
         self.settings = settings
         self.config_path = config_path
         self.notifier = notifier or Notifier()
-        self.engine = with_faults(MusicEngine(settings), faults_from_environment())
+        faults = faults_from_environment()
+        apply_identity(faults)
+        self.engine = with_faults(MusicEngine(settings), faults)
         self.queue: JobQueue[QueuedJob] = JobQueue()
-        self.instance = f"{os.uname().nodename}-{os.getpid()}"
+        self.instance = f"{host_name()}-{os.getpid()}"
+        self.heartbeat = Heartbeat(settings, self.instance)
         self.worker = Worker(
             settings,
             self.engine,
@@ -81,6 +86,8 @@ class Daemon:
         (s.state_dir / "batches").mkdir(exist_ok=True)
         spool.clean_stale_temps(s)
         state.remove_dead_instances(s)
+        # Before the first claim: peers on other hosts judge our claims by this file.
+        self.heartbeat.beat()
         name = s.default_model
         self._status(f"loading model {name}")
         # Big checkpoints take minutes: ask systemd for time instead of being killed mid-load.
@@ -250,7 +257,7 @@ class Daemon:
 
     def _main_loop(self) -> None:
         s = self.settings
-        last_cancel = last_recover = last_queue = 0.0
+        last_cancel = last_recover = last_queue = last_beat = 0.0
         while not self._stop.wait(TICK_S):
             now = time.monotonic()
             if self._reload.is_set():
@@ -262,6 +269,9 @@ class Daemon:
             if now - last_cancel >= CANCEL_SCAN_S:
                 last_cancel = now
                 self._housekeeping(self._handle_cancels)
+            if now - last_beat >= s.heartbeat_interval_s:
+                last_beat = now
+                self._housekeeping(self._beat)
             if now - last_queue >= 1.0:
                 last_queue = now
                 self._write_queue()
@@ -280,6 +290,9 @@ class Daemon:
             task()
         except OSError as exc:
             log.error("%s failed: %s; retrying shortly", task.__name__.strip("_").replace("_", " "), exc)
+
+    def _beat(self) -> None:
+        self.heartbeat.beat()
 
     def _idle_text(self) -> str:
         n = len(self.queue)
@@ -370,6 +383,8 @@ class Daemon:
         if left:
             log.info("%d queued job(s) stay in work/ and run at the next start", left)
         self.engine.unload_model()
+        # What we still hold in work/ is free for the peers now, not only after peer_timeout_s.
+        self.heartbeat.stopped()
         log.info("stopped")
 
 

@@ -37,6 +37,9 @@ class Faults(BaseModel):
     stall_after_steps: int | None = Field(default=None, ge=0, description="sleep once after this many steps")
     stall_s: float = Field(default=0.0, ge=0, description="how long the stall lasts (a cancel ends it)")
     kill_on_prompt: str | None = Field(default=None, description="SIGKILL the daemon on a job whose prompt has this")
+    pretend_host: str | None = Field(
+        default=None, description="report this host name and a boot id of its own: a daemon on another machine"
+    )
 
     @property
     def any(self) -> bool:
@@ -119,6 +122,14 @@ class FaultyEngine:
             os.kill(os.getpid(), signal.SIGKILL)
         self._shared.cancel = kwargs.get("cancel")
         return self.inner.generate(requests, **kwargs)
+
+
+def apply_identity(faults: Faults | None) -> None:
+    """`pretend_host`: claims and state files name another machine (peers judge it by heartbeat)."""
+    if faults is not None and faults.pretend_host:
+        from daemon.spool.owner import pretend_host
+
+        pretend_host(faults.pretend_host)
 
 
 def with_faults(engine: Any, faults: Faults | None) -> Any:

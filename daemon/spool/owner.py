@@ -8,6 +8,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# Set only by the test harness's fault injection (daemon.service.faults): a daemon that reports
+# another host name and boot id, i.e. looks like a daemon on another machine sharing the spool.
+_identity_override: tuple[str, str] | None = None
+
+
+def pretend_host(host: str | None) -> None:
+    """Report `host` (and a boot id derived from it) instead of this machine's; None: the truth."""
+    global _identity_override
+    if host is None:
+        _identity_override = None
+        return
+    import hashlib
+
+    real = _read_text("/proc/sys/kernel/random/boot_id") or ""
+    _identity_override = (host, hashlib.sha256(f"{host}\0{real}".encode()).hexdigest()[:36])
+
+
+def host_name() -> str:
+    """The host name this daemon records in claims and state files."""
+    return _identity_override[0] if _identity_override else socket.gethostname()
+
+
 @dataclass(frozen=True)
 class Owner:
     """Who holds a claimed job. Enough to decide, on this host, whether that process still lives."""
@@ -67,19 +89,25 @@ def _pid_ns() -> str | None:
 def current_owner() -> Owner:
     pid = os.getpid()
     return Owner(
-        host=socket.gethostname(),
+        host=host_name(),
         pid=pid,
         start_ticks=_start_ticks(pid),
-        boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
+        boot_id=_identity_override[1] if _identity_override else _read_text("/proc/sys/kernel/random/boot_id"),
         pid_ns=_pid_ns(),
     )
 
 
+def is_local(owner: Owner, me: Owner) -> bool:
+    """True when `owner` ran on this boot of this machine, where /proc can judge it."""
+    return bool(owner.boot_id and me.boot_id and owner.boot_id == me.boot_id)
+
+
 def owner_alive(owner: Owner, *, me: Owner | None = None) -> bool:
-    """False only when the owner is provably dead; an owner we cannot judge counts as alive."""
+    """False only when the owner is provably dead; an owner we cannot judge counts as alive.
+
+    Owners on other machines count as alive here: daemon.spool.peers judges them by heartbeat."""
     me = me or current_owner()
-    same_boot = bool(owner.boot_id and me.boot_id and owner.boot_id == me.boot_id)
-    if not same_boot:
+    if not is_local(owner, me):
         # boot_id is random per boot: a different one under our hostname means we rebooted
         # since the claim; under another hostname it is another machine sharing the spool.
         return owner.host != me.host or not (owner.boot_id and me.boot_id)

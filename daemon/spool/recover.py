@@ -13,7 +13,8 @@ from typing import Any
 from daemon.core.config import Settings
 from daemon.core.fsio import TEMP_SUFFIX
 from daemon.spool.layout import unlink_quiet
-from daemon.spool.owner import Owner, current_owner, owner_alive
+from daemon.spool.owner import Owner, current_owner
+from daemon.spool.peers import Peers
 from daemon.spool.records import Claimed, load_meta, meta_file, new_token, token_stem, write_meta
 from daemon.spool.reserve import clean_reservations
 
@@ -36,6 +37,8 @@ def recover(settings: Settings, *, max_attempts: int | None = None, orphan_grace
         return []
     work_files = {e.name[: -len(".yaml")]: e for e in entries if not e.name.startswith(".") and e.name.endswith(".yaml")}
     meta_names = {e.name for e in entries if e.name.startswith(".") and e.name.endswith(".meta.json")}
+    # After the listing (see Peers): owners here by /proc, owners on other nodes by heartbeat.
+    peers = Peers(settings, me=me, now=now)
 
     recovered: list[Claimed] = []
     live_claims: set[str] = set()
@@ -55,7 +58,7 @@ def recover(settings: Settings, *, max_attempts: int | None = None, orphan_grace
         owner_data = meta.get("owner")
         if owner_data:
             owner = Owner.from_json(owner_data)
-            if owner_alive(owner, me=me):
+            if peers.alive(owner, since=_float(meta.get("claimed_at"))):
                 if meta.get("claim_id"):
                     live_claims.add(str(meta["claim_id"]))
                 continue
@@ -69,16 +72,21 @@ def recover(settings: Settings, *, max_attempts: int | None = None, orphan_grace
         data = load_meta(settings.work / name) or {}
         token = name[1 : -len(".meta.json")]
         owner_data = data.get("owner")
-        if token in work_files or (owner_data and owner_alive(Owner.from_json(owner_data), me=me)):
+        if token in work_files or (owner_data and peers.alive(Owner.from_json(owner_data), since=_float(data.get("claimed_at")))):
             if data.get("claim_id"):
                 live_claims.add(str(data["claim_id"]))
             continue
         if token not in work_files and (settings.work / f"{token}.yaml").exists():
             continue  # created after our listing
         unlink_quiet(settings.work / name)  # orphan of a claim that lost its race or finished
-    clean_reservations(settings, live_claims, me)
+    clean_reservations(settings, live_claims, me, alive=lambda o, since: peers.alive(o, since=_float(since)))
+    peers.forget_stale()
     recovered.sort(key=lambda c: c.claimed_at)
     return recovered
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _take_over(settings: Settings, token: str, meta: Mapping[str, Any], me: Owner, limit: int) -> Claimed | None:

@@ -157,7 +157,11 @@ def release_id(settings: Settings, job_id: str) -> None:
         unlink_quiet(_reservation_dir(settings) / job_id)
 
 
-def clean_reservations(settings: Settings, live_claims: set[str], me: Owner) -> None:
+def clean_reservations(
+    settings: Settings, live_claims: set[str], me: Owner, *, alive: Callable[..., bool] | None = None
+) -> None:
+    """Remove id reservations of no live claim whose owner is dead (`alive(owner, since=...)`,
+    default: this host's /proc check, under which owners elsewhere count as alive)."""
     res_dir = _reservation_dir(settings)
     try:
         names = os.listdir(res_dir)
@@ -176,6 +180,9 @@ def clean_reservations(settings: Settings, live_claims: set[str], me: Owner) -> 
             if data.get("claim_id") in live_claims:
                 continue
             owner_data = data.get("owner")
-            if owner_data and owner_alive(Owner.from_json(owner_data), me=me):
-                continue
+            if owner_data:
+                owner = Owner.from_json(owner_data)
+                since = data.get("reserved_at")
+                if (alive(owner, since=since) if alive else owner_alive(owner, me=me)):
+                    continue
             unlink_quiet(res_dir / name)

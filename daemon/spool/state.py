@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +28,7 @@ from typing import Any
 from daemon.core.fsio import temp_name_for
 from daemon.core.config import Settings
 from daemon.spool.layout import iso_utc
+from daemon.spool.owner import host_name
 from jobspec.names import is_valid_job_id
 
 RECENT_LIMIT = 50
@@ -115,7 +115,7 @@ class ProgressWriter:
         self._t0 = 0.0
         self._dirty = False
         self.writes = 0
-        self._host = socket.gethostname()
+        self._host = host_name()
 
     def start(self, job_id: str, frames_total: int, **extra: Any) -> None:
         """A new job is running; `extra` (e.g. model, attempt) is copied into the file."""
@@ -203,7 +203,7 @@ def write_queue(settings: Settings, snapshot: list[Mapping[str, Any]], *, instan
     """state/queue.json: {updated, pid, host, queued: [...]} (JobQueue.snapshot() order)."""
     replace_json(
         queue_path(settings, instance),
-        {"updated": iso_utc(time.time()), "pid": os.getpid(), "host": socket.gethostname(), "queued": [dict(e) for e in snapshot]},
+        {"updated": iso_utc(time.time()), "pid": os.getpid(), "host": host_name(), "queued": [dict(e) for e in snapshot]},
     )
 
 
@@ -296,11 +296,12 @@ def read_recent(settings: Settings) -> list[dict[str, Any]]:
 
 
 def remove_dead_instances(settings: Settings) -> list[Path]:
-    """Delete running/queue files left by daemons of this host that died (kill -9, OOM kill),
-    so `status` does not show their jobs as running."""
-    host = socket.gethostname()
+    """Delete running/queue/heartbeat files left by daemons of this host that died (kill -9,
+    OOM kill), so `status` does not show their jobs as running."""
+    host = host_name()
     removed = []
-    for path in [*settings.state_dir.glob("running*.json"), *settings.state_dir.glob("queue*.json")]:
+    for path in [*settings.state_dir.glob("running*.json"), *settings.state_dir.glob("queue*.json"),
+                 *settings.state_dir.glob("daemon.*.json")]:
         data = read_json(path)
         if not isinstance(data, dict) or data.get("host") != host:
             continue
