@@ -1,4 +1,5 @@
 # The two set-up commands of the README. Both install everything first (scripts/bootstrap.sh).
+# `make test` runs the suite on the checkout, then the same daemon tests on the installed wheel.
 VENV ?= .venv
 PYTEST_ARGS ?=
 
@@ -12,3 +13,4 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	./scripts/check-installed.sh

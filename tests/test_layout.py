@@ -1,0 +1,61 @@
+"""The code keeps the shape docs/design.md gives it, checked from the code itself."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MAX_LINES = 450
+
+
+def _modules() -> list[Path]:
+    return sorted(p for top in ("daemon", "jobspec") for p in (REPO / top).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_no_module_is_over_450_lines() -> None:
+    long = {str(p.relative_to(REPO)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_every_stage_package_is_in_the_layers_contract() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    layers = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")["layers"]
+    named = {name.strip() for layer in layers for name in layer.split("|")}
+    stages = {f"daemon.{p.name}" for p in (REPO / "daemon").iterdir() if (p / "__init__.py").exists()}
+    assert len(stages) >= 5 and stages <= named, stages - named
+
+
+def test_lint_imports_keeps_every_contract() -> None:
+    exe = BIN / "lint-imports"
+    if not exe.exists():
+        pytest.fail("lint-imports is missing: install the test extra (import-linter)")
+    proc = subprocess.run([str(exe)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "0 broken" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_ruff_is_clean() -> None:
+    exe = BIN / "ruff" if (BIN / "ruff").exists() else shutil.which("ruff")
+    if exe is None:
+        pytest.fail("ruff is missing: install the test extra")
+    proc = subprocess.run([str(exe), "check", "daemon", "jobspec", "tests", "benchmarks"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_code_and_docs_cite_only_files_in_the_repository() -> None:
+    cited = re.compile(r"\b((?:docs|systemd|contrib|benchmarks|scripts)/[\w./@-]+\.(?:md|sh|py|service|yaml|sbatch)|[A-Z]+\.md)\b")
+    texts = [*_modules(), *(REPO / "docs").glob("*.md"), REPO / "README.md"]
+    missing = set()
+    for path in texts:
+        for ref in cited.findall(path.read_text()):
+            if not (REPO / ref).exists() and not (path.parent / ref).exists():
+                missing.add(f"{path.relative_to(REPO)}: {ref}")
+    assert not missing, sorted(missing)
