@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobspec.errors import ErrorDetail
 from jobspec.models import Job
@@ -53,6 +53,20 @@ class ModelInfo(_Strict):
     parameters: int = Field(ge=0, description="Parameter count.")
 
 
+class Waveform(_Strict):
+    """A min/max peak envelope of the channel-mixed signal, for drawing the waveform."""
+
+    bins: int = Field(ge=0, description="Number of (min, max) pairs; each covers frames / bins samples.")
+    min: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(description="Lowest sample per span, -1..1 for PCM.")
+    max: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(description="Highest sample per span.")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "Waveform":
+        if not (len(self.min) == len(self.max) == self.bins):
+            raise ValueError("min and max must both hold `bins` values")
+        return self
+
+
 class OutputInfo(_Strict):
     """One audio file written for the job."""
 
@@ -72,6 +86,7 @@ class OutputInfo(_Strict):
     gain_db: float = Field(default=0.0, description="Gain applied by loudness normalisation (0 when skipped).")
     variation: int = Field(default=1, ge=1, description="Which variation this is, 1..count.")
     seed: int | None = Field(default=None, ge=0, description="The seed of this variation (job seed + variation - 1).")
+    waveform: Waveform | None = Field(default=None, description="Peak envelope of the audio written (a few hundred points).")
 
     @field_validator("path")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from jobspec import Job
 from jobspec.names import audio_names
-from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings
+from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings, Waveform
 
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
@@ -27,6 +28,7 @@ from daemon.queue.jobs import QueuedJob
 from daemon.outbox.hostinfo import host_info
 from daemon.audio.loudness import normalize
 from daemon.audio.encode import write_audio
+from daemon.audio.waveform import peak_envelope
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,17 @@ log = logging.getLogger(__name__)
 def output_names(job_id: str, job: Job) -> list[str]:
     """Audio file names of a job (the rule is jobspec.names.audio_names)."""
     return audio_names(job_id, ext=job.output.format, count=job.count)
+
+
+# A JSON array of numbers that indent=2 spread one per line. Strings never hold a raw newline,
+# so "[" followed by a newline is always structure, never part of a user's prompt.
+_NUMBER_ARRAY = re.compile(r"\[\n\s+(-?[0-9][-0-9.e+]*(?:,\n\s+-?[0-9][-0-9.e+]*)*)\n\s*\]")
+
+
+def sidecar_json(body: object) -> str:
+    """Indented JSON with number arrays (the waveform envelopes) on one line each."""
+    text = json.dumps(body, indent=2)
+    return _NUMBER_ARRAY.sub(lambda m: "[" + ",".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
 
 
 def utc(ts: float) -> datetime:
@@ -81,6 +94,7 @@ def publish(
             )
             written.append(info.path)
             silent = post.skipped_reason == "silence"
+            env = peak_envelope(post.audio)
             outputs.append(
                 OutputInfo(
                     path=name,
@@ -97,6 +111,7 @@ def publish(
                     gain_db=round(post.gain_db, 3),
                     variation=i + 1,
                     seed=(seed + i) % 2**63,
+                    waveform=Waveform(bins=env.bins, min=env.min, max=env.max),
                 )
             )
         finished = time.time()
@@ -120,7 +135,7 @@ def publish(
             host=host_info(model.device),
         )
         path = outbox / f"{job_id}.json"
-        body = json.dumps(sidecar.model_dump(mode="json"), indent=2) + "\n"
+        body = sidecar_json(sidecar.model_dump(mode="json"))
         atomic_write_bytes(path, body.encode("utf-8"), create_new=True)
     except BaseException:
         for p in written:
