@@ -31,7 +31,9 @@ from daemon.core.errors import DgxMusicError, ErrorType, ExitCode
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import job_context
 from daemon.service.faults import apply_identity, faults_from_environment, with_faults
+from daemon.service.metrics import Gauges, gpu_memory
 from daemon.service.notify import Notifier
+from daemon.service.outcomes import OutcomeObserver, queue_with_eta
 from daemon.outbox.publish import output_names, publish_job
 from daemon.spool.watcher import InboxWatcher
 from daemon.queue.jobs import ClaimGroup, QueuedJob, fail_group_job, finish_group_job, load_done
@@ -76,6 +78,8 @@ class Daemon:
         self.watcher: InboxWatcher | None = None
         self._worker_thread: threading.Thread | None = None
         self._queue_file_failing = False
+        self.observer = OutcomeObserver(settings)
+        self._load_s: dict[str, float] = {}
 
     # ------------------------------------------------------------------ start
 
@@ -104,6 +108,7 @@ class Daemon:
             name, info.device, info.dtype, info.parameters / 1e6, info.load_s,
         )
         self.notifier.set_watchdog_timeout(None)
+        state.add_outcome_listener(self.observer.on_outcome)
         self._recover()
         self.watcher = InboxWatcher(s, self.pickup)
         self.watcher.start()
@@ -275,6 +280,7 @@ class Daemon:
             if now - last_queue >= 1.0:
                 last_queue = now
                 self._write_queue()
+            self.observer.tick(self._gauges, now)
             if now - last_recover >= s.rescan_interval_s:
                 last_recover = now
                 with self._pickup_lock:
@@ -304,9 +310,30 @@ class Daemon:
     def _status(self, text: str) -> None:
         self.notifier.status(text)
 
+    def _gauges(self) -> Gauges:
+        info = self.engine.info
+        if info is not None:
+            self._load_s[info.name] = info.load_s
+        allocated, reserved = gpu_memory(info.device) if info is not None else (0, 0)
+        return Gauges(
+            queue_length=len(self.queue),
+            jobs_running=len(self.worker.current) if self.worker.busy else 0,
+            models={m: info is not None and info.name == m for m in self.settings.models},
+            model_load_s=dict(self._load_s),
+            gpu_allocated_bytes=allocated,
+            gpu_reserved_bytes=reserved,
+        )
+
+    def _queue_snapshot(self) -> list[dict]:
+        audio_s = {q.job_id: q.job.duration * q.job.count for q in self.queue.items()}
+        running = state.read_json(state.running_path(self.settings, self.instance)) if self.worker.busy else None
+        left = running.get("eta_s") if isinstance(running, dict) else (None if self.worker.busy else 0.0)
+        return queue_with_eta(self.queue.snapshot(), audio_s, running_left_s=left,
+                              seconds_per_audio_s=self.observer.metrics.seconds_per_audio_second())
+
     def _write_queue(self) -> None:
         try:
-            state.write_queue(self.settings, self.queue.snapshot(), instance=self.instance)
+            state.write_queue(self.settings, self._queue_snapshot(), instance=self.instance)
         except OSError as exc:
             # queue.json only informs `dgx-music status`: a full or read-only disk must not
             # take the daemon (and the jobs it holds) down. Logged once per outage.
@@ -355,6 +382,7 @@ class Daemon:
         self.settings = new
         self.worker.update_settings(new)
         self.engine.settings = new
+        self.observer.reconfigure(new)
         if self.watcher is not None:
             self.watcher.scan_now()
         self.worker.retry_deferred_now()
@@ -382,6 +410,8 @@ class Daemon:
         left = len(self.queue.drain()) + len(self.worker.deferred)
         if left:
             log.info("%d queued job(s) stay in work/ and run at the next start", left)
+        state.remove_outcome_listener(self.observer.on_outcome)
+        self.observer.close(self._gauges)
         self.engine.unload_model()
         # What we still hold in work/ is free for the peers now, not only after peer_timeout_s.
         self.heartbeat.stopped()

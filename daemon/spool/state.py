@@ -280,14 +280,34 @@ def _locked(path: Path) -> Iterator[None]:
             os.close(fd)
 
 
+# In-process observers of outcomes (the service's page and metrics). Called from whichever
+# thread recorded the outcome, so they must only take note and return.
+_outcome_listeners: list[Callable[[Mapping[str, Any]], None]] = []
+
+
+def add_outcome_listener(fn: Callable[[Mapping[str, Any]], None]) -> None:
+    _outcome_listeners.append(fn)
+
+
+def remove_outcome_listener(fn: Callable[[Mapping[str, Any]], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _outcome_listeners.remove(fn)
+
+
 def record_outcome(settings: Settings, entry: Mapping[str, Any], *, limit: int = RECENT_LIMIT) -> None:
-    """Append {job_id, status, finished, sidecar, ...} to state/recent.json, keeping the last `limit`."""
+    """Append {job_id, status, finished, sidecar, ...} to state/recent.json, keeping the last `limit`.
+
+    The outcome is on disk already: listeners hear of it even when recent.json cannot be written."""
     path = recent_path(settings)
-    with _locked(settings.state_dir / ".recent.lock"):
-        current = read_json(path)
-        items = current.get("recent", []) if isinstance(current, dict) else []
-        items = [*items, dict(entry)][-limit:]
-        replace_json(path, {"updated": iso_utc(time.time()), "recent": items})
+    try:
+        with _locked(settings.state_dir / ".recent.lock"):
+            current = read_json(path)
+            items = current.get("recent", []) if isinstance(current, dict) else []
+            items = [*items, dict(entry)][-limit:]
+            replace_json(path, {"updated": iso_utc(time.time()), "recent": items})
+    finally:
+        for fn in list(_outcome_listeners):
+            fn(entry)
 
 
 def read_recent(settings: Settings) -> list[dict[str, Any]]:
