@@ -1,4 +1,5 @@
-"""`dgx-music cancel ID`: cancel a queued or running job (its outcome is an error sidecar `cancelled`)."""
+"""`dgx-music cancel ID`: cancel a job waiting in the inbox, queued or running (its outcome is an
+error sidecar `cancelled`; a job still in inbox/ moves to failed/ with its bytes kept)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import sys
 import time
 
 from daemon.spool import state
+from daemon.spool.withdraw import find_in_inbox, withdraw
+from daemon.ops.client import live_running, serving_daemons
 from daemon.commands._common import add_config_arg, settings_or_exit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cancel", help="cancel a queued or running job by id")
+    p = sub.add_parser("cancel", help="cancel a job by id (waiting in the inbox, queued or running)")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait this long for the daemon to confirm")
     add_config_arg(p)
@@ -20,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _known(settings, job_id: str) -> bool:
     # Jobs decoded together share one running entry: the first job's id plus `batch`.
-    if any(r.get("job_id") == job_id or job_id in (r.get("batch") or []) for r in state.read_running(settings)):
+    if any(r.get("job_id") == job_id or job_id in (r.get("batch") or []) for r in live_running(settings)):
         return True
-    return any(e.get("job_id") == job_id for q in state.read_queues(settings) for e in q.get("queued", []))
+    return any(e.get("job_id") == job_id for q in serving_daemons(settings) for e in q.get("queued", []))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +33,20 @@ def run(args: argparse.Namespace) -> int:
     job_id = args.job_id
     try:
         if not _known(settings, job_id):
-            print(f"dgx-music: no queued or running job {job_id!r} (see `dgx-music status`)", file=sys.stderr)
-            return 2
+            waiting = find_in_inbox(settings, job_id)
+            if waiting is None:
+                print(f"dgx-music: no job {job_id!r} in the inbox, queued or running (see `dgx-music status`)",
+                      file=sys.stderr)
+                return 2
+            try:
+                err = withdraw(settings, waiting, job_id)
+            except PermissionError:
+                err = None  # failed/ is the daemon's: it cancels the file when it picks it up
+                print(f"cannot move {waiting.name} to failed/ myself; asking the daemon to cancel it at pickup")
+            else:
+                if err is not None:
+                    print(f"cancelled: {err} (the job file is kept beside it, untouched)")
+                    return 0
         state.request_cancel(settings, job_id)
     except state.InvalidJobIdError as exc:
         print(f"dgx-music: {exc}", file=sys.stderr)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sys
 
 from daemon.ops.client import status_report
+from daemon.ops.progressbar import format_eta
 from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.core.errors import ExitCode
 
@@ -18,19 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_config_arg(p)
     p.set_defaults(func=run)
-
-
-def _alive(entry: dict) -> bool:
-    # State files of a daemon that was killed linger until its restart: hide them.
-    if entry.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(entry.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     report = status_report(settings)
     # Files of a daemon elsewhere whose heartbeat went stale describe nothing that still runs.
     gone = {(d["host"], d["pid"]) for d in report["daemons"] if d["state"] != "live"}
-    report["running"] = [r for r in report["running"] if _alive(r) and (r.get("host"), r.get("pid")) not in gone]
-    report["queued"] = [q for q in report["queued"] if _alive(q) and (q.get("host"), q.get("pid")) not in gone]
+    report["running"] = [r for r in report["running"] if (r.get("host"), r.get("pid")) not in gone]
+    report["queued"] = [q for q in report["queued"] if (q.get("host"), q.get("pid")) not in gone]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -70,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"running  {mate}  (decoded in one batch with {r.get('job_id')})")
     for q in report["queued"]:
         for e in q.get("queued", []):
-            print(f"queued   {e['job_id']}  #{e['position']} {e['priority']}  (pid {q.get('pid')})")
+            eta = e.get("eta_s")
+            eta_text = f"  {format_eta(eta)}" if isinstance(eta, (int, float)) else ""
+            print(f"queued   {e['job_id']}  #{e['position']} {e['priority']}{eta_text}  (pid {q.get('pid')})")
     if report["recent"]:
         print("recent:")
         for e in reversed(report["recent"]):

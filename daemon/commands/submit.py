@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jobspec import JobSpecError
 
-from daemon.ops.client import SubmitError, Submitted, drop, validate_file, wait_for
+from daemon.ops.client import SubmitError, Submitted, WaitProgress, drop, serving_daemons, validate_file, wait_for
 from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.ops.progressbar import ProgressBar
 
@@ -50,12 +50,18 @@ def run(args: argparse.Namespace) -> int:
     except SubmitError as exc:
         print(f"dgx-music: {exc}", file=sys.stderr)
         return 2
+    if not serving_daemons(settings):
+        print(
+            f"dgx-music: warning: no daemon is serving {settings.spool} (no live state/queue*.json): "
+            "the job waits in the inbox until one starts (systemctl start dgx-music)",
+            file=sys.stderr,
+        )
     if not args.wait:
         return 0
     bar = ProgressBar("waiting")
 
-    def tick(done: int, total: int, fraction: float, note: str) -> None:
-        bar.update((done + fraction) / total if total else 1.0, f"{done}/{total} done {note}")
+    def tick(p: WaitProgress) -> None:
+        bar.update(p.fraction, f"{p.done}/{p.total} done" + (f", {p.note}" if p.note else ""), eta_s=p.eta_s)
 
     results = wait_for(settings, subs, timeout_s=args.timeout, on_tick=tick)
     bar.close()

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +117,79 @@ def expected_results(sub: Submitted) -> int:
     return len(sub.jobs)
 
 
-def running_fraction(settings: Settings, sub: Submitted) -> tuple[float, str]:
-    """Progress of this submission's running job, from the daemons' state files."""
-    for r in state.read_running(settings):
-        if sub.inbox_name in (r.get("sources") or [r.get("source_file")]):
-            pct = float(r.get("percent") or 0.0)
+STALE_STATE_S = 30.0  # a serving daemon rewrites its queue file every second
+
+
+def _alive(entry: Mapping[str, Any], now: float) -> bool:
+    """A daemon's state file still describes a live daemon: its pid exists (same host), and the
+    file is fresh (any host: a dead peer on another machine cannot be asked by pid)."""
+    updated = entry.get("updated")
+    if isinstance(updated, str):
+        try:
+            age = now - datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            age = 0.0
+        if age > STALE_STATE_S:
+            return False
+    if entry.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(entry.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
+def serving_daemons(settings: Settings) -> list[dict[str, Any]]:
+    """Queue snapshots of the daemons serving the spool now (each keeps one, empty when idle)."""
+    now = time.time()
+    return [q for q in state.read_queues(settings) if _alive(q, now)]
+
+
+def live_running(settings: Settings) -> list[dict[str, Any]]:
+    return [r for r in state.read_running(settings) if _alive({**r, "updated": None}, time.time())]
+
+
+@dataclass(frozen=True)
+class WaitProgress:
+    """Where a submission stands: `eta_s` is the daemon's estimate for its last job (None when
+    the daemon has none yet), `note` says what it is waiting on."""
+
+    done: int
+    total: int
+    fraction: float  # of the whole submission, 0..1
+    eta_s: float | None
+    note: str
+
+
+def submission_progress(settings: Settings, subs: list[Submitted], done: int, total: int) -> WaitProgress:
+    names = {s.inbox_name for s in subs}
+    running_fraction = 0.0
+    etas: list[float | None] = []
+    notes: list[str] = []
+    for r in live_running(settings):
+        if names & set(r.get("sources") or [r.get("source_file")]):
+            running_fraction = max(running_fraction, float(r.get("percent") or 0.0) / 100.0)
             eta = r.get("eta_s")
-            note = f"{r.get('job_id')}" + (f", eta {eta:.0f}s" if isinstance(eta, (int, float)) else "")
-            return pct / 100.0, note
-    return 0.0, ""
+            etas.append(float(eta) if isinstance(eta, (int, float)) else None)
+            notes.append(f"running {r.get('job_id')} {float(r.get('percent') or 0.0):.0f}%")
+    daemons = serving_daemons(settings)
+    positions = []
+    for q in daemons:
+        for e in q.get("queued", []):
+            if e.get("source_file") in names:
+                eta = e.get("eta_s")
+                etas.append(float(eta) if isinstance(eta, (int, float)) else None)
+                positions.append(int(e.get("position") or 0))
+    if positions:
+        notes.append(f"queued #{min(positions)}" + (f" (+{len(positions) - 1})" if len(positions) > 1 else ""))
+    if not notes and done < total:
+        notes.append("waiting for a daemon to pick it up" if daemons else "no daemon is serving the spool")
+    eta_s = None if not etas or any(e is None for e in etas) else max(e for e in etas if e is not None)
+    fraction = (done + running_fraction) / total if total else 1.0
+    return WaitProgress(done, total, min(1.0, fraction), eta_s, ", ".join(notes))
 
 
 def wait_for(
@@ -131,7 +197,7 @@ def wait_for(
     subs: list[Submitted],
     *,
     timeout_s: float | None,
-    on_tick: Callable[[int, int, float, str], None] | None = None,
+    on_tick: Callable[[WaitProgress], None] | None = None,
     poll_s: float = 0.2,
 ) -> dict[str, tuple[Path, dict[str, Any]]]:
     """Block until every job of `subs` has a sidecar (or the timeout). Returns what was found."""
@@ -139,14 +205,10 @@ def wait_for(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     results: dict[str, tuple[Path, dict[str, Any]]] = {}
     while True:
-        fraction, note = 0.0, ""
         for sub in subs:
             results.update({f"{sub.inbox_name}:{k}": v for k, v in find_results(settings, sub).items()})
-            f, n = running_fraction(settings, sub)
-            if n:
-                fraction, note = f, n
         if on_tick is not None:
-            on_tick(len(results), total, fraction, note)
+            on_tick(submission_progress(settings, subs, len(results), total))
         if len(results) >= total:
             return results
         if deadline is not None and time.monotonic() >= deadline:
@@ -204,12 +266,12 @@ def daemons_report(settings: Settings) -> list[dict[str, Any]]:
 
 def status_report(settings: Settings) -> dict[str, Any]:
     """Everything `dgx-music status` shows, as one JSON-able dict."""
-    queues = state.read_queues(settings)
+    queues = serving_daemons(settings)
     return {
         "spool": str(settings.spool),
         "counts": spool_counts(settings),
         "daemons": daemons_report(settings),
-        "running": state.read_running(settings),
+        "running": live_running(settings),
         "queued": queues,
         "recent": state.read_recent(settings)[-10:],
     }

@@ -110,7 +110,7 @@ def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap
         bar = ProgressBar("demo")
         results = wait_for(
             settings, subs, timeout_s=600,
-            on_tick=lambda done, tot, frac, note: bar.update((done + frac) / tot, f"{done}/{tot} jobs {note}"),
+            on_tick=lambda p: bar.update(p.fraction, f"{p.done}/{p.total} jobs {p.note}", eta_s=p.eta_s),
         )
         bar.close()
     finally:

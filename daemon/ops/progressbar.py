@@ -1,43 +1,77 @@
-"""A one-line progress bar on stderr (only when stderr is a terminal; plain lines otherwise)."""
+"""Progress on stderr: a tqdm bar on a terminal, one plain line per change otherwise (logs, CI).
+
+The bar shows the ETA it is given (the daemon's estimate) and never makes one of its own, so a
+user sees one ETA, not two that disagree.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
+
+RESOLUTION = 1000  # bar steps: tqdm counts integers
+
+
+def format_eta(eta_s: float | None) -> str:
+    if eta_s is None:
+        return ""
+    eta_s = max(0.0, eta_s)
+    if eta_s < 90:
+        return f"eta {eta_s:.0f}s"
+    if eta_s < 5400:
+        return f"eta {eta_s / 60:.0f}min"
+    return f"eta {eta_s / 3600:.1f}h"
 
 
 class ProgressBar:
-    def __init__(self, label: str, *, stream: TextIO | None = None, width: int = 30, min_interval_s: float = 0.1) -> None:
+    def __init__(self, label: str, *, stream: TextIO | None = None, min_interval_s: float = 0.1,
+                 plain_interval_s: float = 5.0) -> None:
         self.label = label
         self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = self.stream.isatty()
-        self.min_interval_s = min_interval_s if self.tty else 5.0
-        self._last = 0.0
-        self._t0 = time.monotonic()
-        self._shown = False
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.min_interval_s = min_interval_s
+        self.plain_interval_s = plain_interval_s  # a line even without change, now and then
+        self._bar: Any = None
+        self._last_line = ""
+        self._last_state = ""
+        self._last_t = 0.0
 
-    def update(self, fraction: float, note: str = "") -> None:
-        now = time.monotonic()
-        if now - self._last < self.min_interval_s and fraction < 1.0:
-            return
-        self._last = now
+    def update(self, fraction: float, note: str = "", *, eta_s: float | None = None) -> None:
         fraction = min(1.0, max(0.0, fraction))
-        elapsed = now - self._t0
-        eta = f" eta {elapsed * (1 - fraction) / fraction:5.1f}s" if 0 < fraction < 1 else ""
+        eta = format_eta(eta_s)
+        tail = " ".join(p for p in (note, eta) if p)
         if self.tty:
-            filled = int(self.width * fraction)
-            bar = "#" * filled + "-" * (self.width - filled)
-            self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}%{eta} {note}\x1b[K")
-        else:
-            self.stream.write(f"{self.label}: {fraction * 100:5.1f}%{eta} {note}\n")
+            self._draw(fraction, tail)
+            return
+        # Plain lines: one when the state changes (percent, what it waits on), otherwise one
+        # every plain_interval_s, so a log shows progress without a line per poll.
+        state = f"{fraction * 100:.0f}% {note}"
+        now = time.monotonic()
+        if state == self._last_state and now - self._last_t < self.plain_interval_s:
+            return
+        self._last_state, self._last_t = state, now
+        line = f"{self.label}: {fraction * 100:5.1f}% {tail}".rstrip()
+        self.stream.write(line + "\n")
         self.stream.flush()
-        self._shown = True
+        self._last_line = line
+
+    def _draw(self, fraction: float, tail: str) -> None:
+        if self._bar is None:
+            from tqdm import tqdm  # a transformers dependency too; imported only for a terminal
+
+            self._bar = tqdm(
+                total=RESOLUTION, desc=self.label, file=self.stream, leave=False, dynamic_ncols=True,
+                mininterval=self.min_interval_s, bar_format="{desc}: {percentage:5.1f}%|{bar}| {postfix}",
+            )
+        bar = self._bar
+        bar.set_postfix_str(tail, refresh=False)
+        bar.update(int(fraction * RESOLUTION) - bar.n)
 
     def close(self, final: str = "") -> None:
-        if self.tty and self._shown:
-            self.stream.write("\r\x1b[K")
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if final:
             self.stream.write(final + "\n")
         self.stream.flush()

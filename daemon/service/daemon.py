@@ -199,6 +199,8 @@ class Daemon:
                     )
                     finish_group_job(s, group, item.job_id, failed=True)
                     continue
+                if self._cancelled_before_pickup(item, claimed):
+                    continue
                 try:
                     self.queue.put(item)
                 except QueueClosed:
@@ -206,6 +208,19 @@ class Daemon:
                 log.info("queued %s from %s (%s, %.0f s x%d)", item.job_id, claimed.source_name, item.job.priority, item.job.duration, item.job.count)
         # state/queue.json follows within a second (main loop): rewriting it per pickup would
         # cost O(n^2) bytes in a burst of n jobs.
+
+    def _cancelled_before_pickup(self, item: QueuedJob, claimed: spool.Claimed) -> bool:
+        # `cancel` asks by request when it may not move an inbox file to failed/ itself.
+        s = self.settings
+        ids = {item.job_id, item.job.id} - {None}
+        if not any(state.cancel_requested(s, i, since=claimed.submitted_at) for i in ids):
+            return False
+        for i in ids:
+            state.clear_cancel(s, i)
+        fail_group_job(s, item.group, item.job_id, item.job, "cancelled", "cancelled by request before it was picked up",
+                       hint=None, status="cancelled")
+        finish_group_job(s, item.group, item.job_id, failed=True)
+        return True
 
     def _reject(self, claimed: spool.Claimed, exc: JobSpecError) -> None:
         s = self.settings
@@ -325,11 +340,20 @@ class Daemon:
         )
 
     def _queue_snapshot(self) -> list[dict]:
-        audio_s = {q.job_id: q.job.duration * q.job.count for q in self.queue.items()}
+        items = self.queue.items()
+        audio_s = {q.job_id: q.job.duration * q.job.count for q in items}
         running = state.read_json(state.running_path(self.settings, self.instance)) if self.worker.busy else None
-        left = running.get("eta_s") if isinstance(running, dict) else (None if self.worker.busy else 0.0)
-        return queue_with_eta(self.queue.snapshot(), audio_s, running_left_s=left,
-                              seconds_per_audio_s=self.observer.metrics.seconds_per_audio_second())
+        spa = self.observer.metrics.seconds_per_audio_second()
+        left = running.get("eta_s") if isinstance(running, dict) else None
+        if not self.worker.busy:
+            left = 0.0
+        elif left is None and spa is not None:  # no progress yet: the running batch's estimate
+            batch = list(self.worker.current)
+            started = min((j.started_at or time.time() for j in batch), default=time.time())
+            left = max(0.0, spa * sum(j.job.duration * j.job.count for j in batch) - (time.time() - started))
+        sources = {q.job_id: q.claim.source_name for q in items}
+        snap = [{**e, "source_file": sources.get(e["job_id"])} for e in self.queue.snapshot()]
+        return queue_with_eta(snap, audio_s, running_left_s=left, seconds_per_audio_s=spa)
 
     def _write_queue(self) -> None:
         try:

@@ -134,6 +134,9 @@ class ProgressWriter:
                 **extra,
             }
             self._dirty = True
+            # A new job is news: written now, even right after the last job's final update
+            # (rate-limited, a job that stalls at once would never show up as running).
+            self._last_write = None
             self._maybe_write()
 
     def update(self, frames_done: int, frames_total: int | None = None, *, eta_s: float | None = None) -> bool:

@@ -1,0 +1,93 @@
+"""Cancelling a job that no daemon has claimed yet: its file leaves inbox/ for failed/.
+
+The move is the same rename a claim is, so it races a daemon's claim safely: exactly one of them
+gets the file. The bytes stay untouched (failed/<id>.yaml), and `<id>.error.json` says
+`cancelled`, as for a job cancelled in the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+
+from daemon.core.config import Settings
+from daemon.core.fsio import atomic_write_bytes, temp_name_for
+from daemon.spool.failed import _move_no_clobber, error_sidecar
+from daemon.spool.layout import dump
+from daemon.spool.reserve import release_id, reserve_id
+from jobspec import JobSpecError, load_job_bytes
+from jobspec.names import default_job_id, is_candidate
+
+log = logging.getLogger(__name__)
+
+
+def find_in_inbox(settings: Settings, job_id: str) -> Path | None:
+    """The inbox file that holds job `job_id` alone: named after it, or a one-job file whose
+    `id:` is it. A job inside a batch file is not cancelled alone (the file is one unit)."""
+    try:
+        names = sorted(os.listdir(settings.inbox))
+    except FileNotFoundError:
+        return None
+    for name in names:
+        if not is_candidate(name):
+            continue
+        path = settings.inbox / name
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            with open(path, "rb") as fh:
+                data = fh.read(settings.max_job_bytes + 1)
+        except OSError:
+            continue
+        try:
+            jobs = load_job_bytes(data, name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration)
+        except JobSpecError:
+            jobs = []
+        if len(jobs) == 1 and jobs[0].id == job_id:
+            return path
+        if not jobs and default_job_id(name) == job_id:
+            return path
+    return None
+
+
+def withdraw(settings: Settings, path: Path, job_id: str, *, reason: str = "cancelled by request before it was picked up") -> Path | None:
+    """Move inbox `path` to failed/<id>.yaml and write a `cancelled` error sidecar. Returns the
+    error sidecar's path, or None when a daemon claimed the file first. PermissionError when
+    this user may not write failed/ (the caller then asks the daemon instead)."""
+    st = os.lstat(path)
+    # Take the file out of the inbox first (a claim-like rename into failed/ under a dot-name
+    # that nothing reads), then give it its final no-clobber name.
+    hold = temp_name_for(settings.failed / path.name)
+    try:
+        os.rename(path, hold)
+    except FileNotFoundError:
+        return None
+    try:
+        final_id = reserve_id(settings, job_id, lambda i: [f"{i}.yaml"])
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rename(hold, path)
+        raise
+    try:
+        _move_no_clobber(hold, settings.failed / f"{final_id}.yaml")
+        body = error_sidecar(
+            job_id=final_id, source_file=path.name, error_type="cancelled", message=reason,
+            hint=None, submitted_at=st.st_mtime, started_at=None, finished_at=time.time(),
+            attempts=0, status="cancelled",
+        )
+        err = settings.failed / f"{final_id}.error.json"
+        atomic_write_bytes(err, dump(body), create_new=True)
+    except BaseException:
+        # Never lose the user's file: put it back where it was.
+        with contextlib.suppress(OSError):
+            os.rename(hold, path)
+        raise
+    finally:
+        release_id(settings, final_id)
+    log.info("inbox: %s cancelled before pickup: moved to failed/%s.yaml", path.name, final_id)
+    return err
