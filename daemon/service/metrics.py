@@ -77,7 +77,7 @@ class Histogram:
 
     def lines(self, name: str, labels: Mapping[str, object]) -> Iterable[str]:
         for bound, c in zip(self.buckets, self.counts):
-            yield f"{name}_bucket{_labels({**labels, 'le': _value(bound)})} {c}"
+            yield f"{name}_bucket{_labels({**labels, 'le': repr(float(bound))})} {c}"
         yield f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {self.n}"
         yield f"{name}_sum{_labels(labels)} {_value(self.total)}"
         yield f"{name}_count{_labels(labels)} {self.n}"
