@@ -33,7 +33,7 @@ from daemon.core.logctx import job_context
 from daemon.service.faults import apply_identity, faults_from_environment, with_faults
 from daemon.service.metrics import Gauges, gpu_memory
 from daemon.service.notify import Notifier
-from daemon.service.outcomes import OutcomeObserver, queue_with_eta
+from daemon.service.outcomes import OutcomeObserver, queue_snapshot
 from daemon.outbox.publish import output_names, publish_job
 from daemon.spool.watcher import InboxWatcher
 from daemon.queue.jobs import ClaimGroup, QueuedJob, fail_group_job, finish_group_job, load_done
@@ -296,6 +296,7 @@ class Daemon:
                 last_queue = now
                 self._write_queue()
             self.observer.tick(self._gauges, now)
+            self._housekeeping(self._retention)
             if now - last_recover >= s.rescan_interval_s:
                 last_recover = now
                 with self._pickup_lock:
@@ -325,6 +326,9 @@ class Daemon:
     def _status(self, text: str) -> None:
         self.notifier.status(text)
 
+    def _retention(self) -> None:
+        self.observer.retention(lambda: [q.job for q in [*self.queue.items(), *self.worker.current, *self.worker.deferred]])
+
     def _gauges(self) -> Gauges:
         info = self.engine.info
         if info is not None:
@@ -339,25 +343,11 @@ class Daemon:
             gpu_reserved_bytes=reserved,
         )
 
-    def _queue_snapshot(self) -> list[dict]:
-        items = self.queue.items()
-        audio_s = {q.job_id: q.job.duration * q.job.count for q in items}
-        running = state.read_json(state.running_path(self.settings, self.instance)) if self.worker.busy else None
-        spa = self.observer.metrics.seconds_per_audio_second()
-        left = running.get("eta_s") if isinstance(running, dict) else None
-        if not self.worker.busy:
-            left = 0.0
-        elif left is None and spa is not None:  # no progress yet: the running batch's estimate
-            batch = list(self.worker.current)
-            started = min((j.started_at or time.time() for j in batch), default=time.time())
-            left = max(0.0, spa * sum(j.job.duration * j.job.count for j in batch) - (time.time() - started))
-        sources = {q.job_id: q.claim.source_name for q in items}
-        snap = [{**e, "source_file": sources.get(e["job_id"])} for e in self.queue.snapshot()]
-        return queue_with_eta(snap, audio_s, running_left_s=left, seconds_per_audio_s=spa)
-
     def _write_queue(self) -> None:
         try:
-            state.write_queue(self.settings, self._queue_snapshot(), instance=self.instance)
+            snap = queue_snapshot(self.settings, self.queue, self.worker, self.instance,
+                                  self.observer.metrics.seconds_per_audio_second())
+            state.write_queue(self.settings, snap, instance=self.instance)
         except OSError as exc:
             # queue.json only informs `dgx-music status`: a full or read-only disk must not
             # take the daemon (and the jobs it holds) down. Logged once per outage.

@@ -7,18 +7,24 @@ so neither the worker nor the writer thread ever waits for a page or a metrics f
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
 from daemon import __version__
 from daemon.core.config import Settings
+from daemon.spool import state
 from daemon.outbox.page import PageRefresher
+from daemon.outbox.retention import find_expired, remove_expired
 from daemon.service.metrics import INTERVAL_S, Gauges, Metrics, metrics_file_name, read_sidecar, write_metrics
 
 log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S = 600.0
+REFERENCE_FIELDS = ("continue_from", "melody")  # job fields that name a file a job will read
 
 
 class OutcomeObserver:
@@ -32,6 +38,7 @@ class OutcomeObserver:
         self._events: SimpleQueue[dict[str, Any]] = SimpleQueue()
         self._last_metrics: float | None = None
         self._failing: set[str] = set()
+        self._last_retention: float | None = None
 
     def reconfigure(self, settings: Settings) -> None:
         """Settings changed (SIGHUP): page size, or the page turned off (page_max_jobs 0)."""
@@ -69,6 +76,32 @@ class OutcomeObserver:
         if self.page is not None:
             page = self.page
             self._guard("page", lambda: page.tick(now))
+
+    def retention(self, in_flight: Callable[[], Iterable[Any]], now: float | None = None) -> int:
+        """Every RETENTION_INTERVAL_S (and first at start): remove results older than
+        `retention_days`, except what jobs in flight hold or read. Returns how many went."""
+        s = self.settings
+        now = time.monotonic() if now is None else now
+        if s.retention_days is None or (self._last_retention is not None and now - self._last_retention < RETENTION_INTERVAL_S):
+            return 0
+        self._last_retention = now
+        try:
+            reserved = [n for n in os.listdir(s.state_dir / "reserved") if not n.startswith(".")]
+        except FileNotFoundError:
+            reserved = []
+        protected = []
+        for job in in_flight():
+            for name in REFERENCE_FIELDS:
+                ref = getattr(job, name, None)
+                ref = getattr(ref, "path", ref)  # a reference may be a model with a path
+                if isinstance(ref, str) and ref.startswith("outbox/"):
+                    protected.append(ref[len("outbox/"):])
+        expired = find_expired(s.outbox, s.failed, max_age_days=s.retention_days, now=time.time(),
+                               reserved=reserved, protected=protected)
+        n = remove_expired(expired)
+        if n and self.page is not None:
+            self.page.mark()
+        return n
 
     def close(self, gauges: Callable[[], Gauges]) -> None:
         """Stopping: the last outcomes on the page, and `up 0` in the file left behind."""
@@ -115,3 +148,20 @@ def queue_with_eta(
             entry["eta_s"] = round(ahead, 1)
         out.append(entry)
     return out
+
+
+def queue_snapshot(settings: Settings, queue: Any, worker: Any, instance: str, seconds_per_audio_s: float | None) -> list[dict[str, Any]]:
+    """The daemon's queue for state/queue.json: position, id, source file and ETA per entry."""
+    items = queue.items()
+    audio_s = {q.job_id: q.job.duration * q.job.count for q in items}
+    running = state.read_json(state.running_path(settings, instance)) if worker.busy else None
+    left = running.get("eta_s") if isinstance(running, dict) else None
+    if not worker.busy:
+        left = 0.0
+    elif left is None and seconds_per_audio_s is not None:  # no progress yet: the batch's estimate
+        batch = list(worker.current)
+        started = min((j.started_at or time.time() for j in batch), default=time.time())
+        left = max(0.0, seconds_per_audio_s * sum(j.job.duration * j.job.count for j in batch) - (time.time() - started))
+    sources = {q.job_id: q.claim.source_name for q in items}
+    snap = [{**e, "source_file": sources.get(e["job_id"])} for e in queue.snapshot()]
+    return queue_with_eta(snap, audio_s, running_left_s=left, seconds_per_audio_s=seconds_per_audio_s)
