@@ -19,6 +19,17 @@ if [ "$(uname -s)" = Linux ] && ! pkg-config --exists libsystemd 2>/dev/null; th
     fi
 fi
 
+# The outbox page is tested in a real headless Chromium; without one that test skips.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "bootstrap: installing chromium (the outbox page test runs in it)" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+            || echo "bootstrap: could not install chromium; the outbox page test will skip" >&2
+    else
+        echo "bootstrap: chromium not found; the outbox page test will skip (sudo apt-get install chromium)" >&2
+    fi
+fi
+
 stamp="$VENV/.dgx-music-installed"
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
     exit 0
