@@ -91,3 +91,32 @@ def failed_job_name(job_id: str) -> str:
 def outcome_names(job_id: str) -> list[str]:
     """Names besides the audio that an outcome of `job_id` may take in outbox/ or failed/."""
     return [sidecar_name(job_id), error_name(job_id), failed_job_name(job_id)]
+
+
+# One level of inbox subfolders: inbox/<folder>/<job>.yaml gives outbox/<folder>/ and failed/<folder>/.
+# A folder name follows the job-id rule; the folder travels as the first part of the source name.
+_FOLDER_RE = re.compile(ID_PATTERN)
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why `folder` cannot be an inbox subfolder, or None when it can."""
+    if is_ignored_name(folder):
+        return None if folder else "empty folder name"
+    if not _FOLDER_RE.fullmatch(folder) or ".." in folder:
+        return (f"folder name {folder!r} is not allowed: use letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (as for job ids)")
+    return None
+
+
+def source_name_for(folder: str, name: str) -> str:
+    """The source name a job file keeps: `x.yaml`, or `band/x.yaml` from inbox/band/."""
+    return f"{folder}/{name}" if folder else name
+
+
+def source_folder(source_name: str) -> str:
+    """The inbox subfolder a source name came from ("" for the inbox itself)."""
+    return source_name.split("/", 1)[0] if "/" in source_name else ""
+
+
+def source_file_name(source_name: str) -> str:
+    return source_name.rsplit("/", 1)[-1]

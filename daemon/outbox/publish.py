@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from jobspec import Job
-from jobspec.names import audio_names
+from jobspec.names import audio_names, source_folder
 from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings, Waveform
 
 from daemon.core.config import Settings
@@ -82,6 +82,11 @@ def publish(
     `rtf_audio_s`: the audio seconds the RTF divides by, when the job shared its decode batch.
     """
     t0 = time.monotonic()
+    # A job from inbox/<folder>/ (source "band/x.yaml") publishes into outbox/<folder>/.
+    folder = source_folder(source_file)
+    if folder:
+        outbox = outbox / folder
+        outbox.mkdir(exist_ok=True)
     written: list[Path] = []
     outputs: list[OutputInfo] = []
     try:
@@ -97,7 +102,7 @@ def publish(
             env = peak_envelope(post.audio)
             outputs.append(
                 OutputInfo(
-                    path=name,
+                    path=f"{folder}/{name}" if folder else name,
                     format=info.format,  # type: ignore[arg-type]
                     subtype=info.subtype,  # type: ignore[arg-type]
                     sample_rate=info.sample_rate,

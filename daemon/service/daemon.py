@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from jobspec import ErrorDetail, JobSpecError, default_job_id, load_job_bytes
+from jobspec.names import source_folder
 
 from daemon import spool
 
@@ -169,11 +170,12 @@ class Daemon:
             return
         group = ClaimGroup(claim=claimed, job_ids=[])
         items: list[QueuedJob] = []
+        folder = source_folder(claimed.source_name)
         for job in jobs:
-            job_id = spool.reserve_id(s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id)
+            job_id = spool.reserve_id(s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id, folder=folder)
             group.job_ids.append(job_id)
             # A recovered claim may have written this job's outcome just before it died.
-            if job_id in done or (recovered and spool.outcome_exists(s, job_id)):
+            if job_id in done or (recovered and spool.outcome_exists(s, job_id, folder)):
                 group.done.add(job_id)
                 continue
             if recovered:
@@ -181,7 +183,7 @@ class Daemon:
                 # job's own partial result, invisible to readers (no sidecar); it is written again.
                 for name in output_names(job_id, job):
                     try:
-                        os.unlink(s.outbox / name)
+                        os.unlink(spool.result_dirs(s, folder)[0] / name)
                         log.warning("removed outbox/%s left by the interrupted attempt of %s", name, job_id)
                     except FileNotFoundError:
                         pass
@@ -224,7 +226,8 @@ class Daemon:
 
     def _reject(self, claimed: spool.Claimed, exc: JobSpecError) -> None:
         s = self.settings
-        job_id = spool.reserve_id(s, default_job_id(claimed.source_name), lambda i: [], claim_id=claimed.claim_id)
+        job_id = spool.reserve_id(s, default_job_id(claimed.source_name), lambda i: [], claim_id=claimed.claim_id,
+                                  folder=source_folder(claimed.source_name))
         group = ClaimGroup(claim=claimed, job_ids=[job_id])
         with job_context(job_id=job_id, stage="validate"):
             log.error("invalid job file %s:\n%s", claimed.source_name, exc)
@@ -259,7 +262,8 @@ class Daemon:
         pairs = []
         for job in jobs or [None]:
             base = job.id if job is not None else default_job_id(claimed.source_name)
-            job_id = spool.reserve_id(s, base, (lambda i, j=job: output_names(i, j) if j else []), claim_id=claimed.claim_id)
+            job_id = spool.reserve_id(s, base, (lambda i, j=job: output_names(i, j) if j else []), claim_id=claimed.claim_id,
+                                      folder=source_folder(claimed.source_name))
             group.job_ids.append(job_id)
             if job_id in done:
                 group.done.add(job_id)

@@ -9,7 +9,7 @@ from daemon.spool.layout import SPOOL_DIRS, SpoolError, ensure_layout, iso_utc
 from daemon.spool.owner import Owner, current_owner, owner_alive
 from daemon.spool.records import Claimed, NotRegularFileError
 from daemon.spool.recover import clean_stale_temps, recover
-from daemon.spool.reserve import outcome_exists, release_id, reserve_id
+from daemon.spool.reserve import outcome_exists, release_id, reserve_id, result_dirs
 
 __all__ = [
     "SPOOL_DIRS",
@@ -34,4 +34,5 @@ __all__ = [
     "reject_non_regular",
     "release_id",
     "reserve_id",
+    "result_dirs",
 ]

@@ -18,7 +18,7 @@ from daemon.spool.layout import log_once, unlink_quiet
 from daemon.spool.owner import current_owner
 from daemon.spool.records import Claimed, load_meta, meta_file, new_token, write_meta
 from daemon.spool.reserve import release_id
-from jobspec.names import is_candidate
+from jobspec.names import folder_problem, is_candidate, is_ignored_name, source_name_for
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,15 @@ def claim(settings: Settings, inbox_path: Path) -> Claimed | None:
     a directory (left alone, logged once), or a link / FIFO / device / socket (moved to failed/
     with an `invalid_job` error sidecar; never opened, never followed).
     """
-    name = inbox_path.name
-    if not is_candidate(name):
+    base = inbox_path.name
+    if not is_candidate(base):
         return None
+    # inbox/<folder>/<job>.yaml keeps its folder in the source name ("band/x.yaml"): results and
+    # failures go to outbox/<folder>/ and failed/<folder>/, also after a crash (it is in the meta).
+    folder = inbox_path.parent.name if inbox_path.parent != settings.inbox else ""
+    if folder and (inbox_path.parent.parent != settings.inbox or folder_problem(folder) or is_ignored_name(folder)):
+        return None
+    name = source_name_for(folder, base)
     try:
         st = os.lstat(inbox_path)
     except FileNotFoundError:
@@ -39,11 +45,11 @@ def claim(settings: Settings, inbox_path: Path) -> Claimed | None:
         log_once("dir", name, "inbox: %s is a directory; directories are not jobs, leaving it alone", name)
         return None
     if not stat.S_ISREG(st.st_mode):
-        reject_non_regular(settings, inbox_path, st)
+        reject_non_regular(settings, inbox_path, st, display_name=name)
         return None
 
     owner = current_owner()
-    stem = name.rsplit(".", 1)[0]
+    stem = base.rsplit(".", 1)[0]
     token = new_token(stem)
     claimed = Claimed(
         token=token,

@@ -16,8 +16,8 @@ from daemon.core.errors import ErrorType
 from daemon.core.fsio import atomic_write_bytes, fsync_dir
 from daemon.spool.layout import dump, iso_utc, unlink_quiet
 from daemon.spool.records import Claimed
-from daemon.spool.reserve import release_id, reserve_id
-from jobspec.names import default_job_id
+from daemon.spool.reserve import release_id, reserve_id, result_dirs
+from jobspec.names import default_job_id, source_folder
 from jobspec.sidecar import ErrorSidecar
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def reject_non_regular(
     or None when the entry vanished first.
     """
     name = display_name or path.name
+    failed_dir = failed_dir_for(settings, name)
     kind = _kind(st.st_mode)
     if stat.S_ISLNK(st.st_mode):
         message = (
@@ -51,8 +52,8 @@ def reject_non_regular(
         )
     else:
         message = f"{name} is {kind}; only regular files are accepted as jobs"
-    job_id = reserve_id(settings, default_job_id(name), lambda i: [f"{i}.yaml"])
-    target = settings.failed / f"{job_id}.yaml"
+    job_id = reserve_id(settings, default_job_id(name), lambda i: [f"{i}.yaml"], folder=source_folder(name))
+    target = failed_dir / f"{job_id}.yaml"
     try:
         try:
             _move_no_clobber(path, target)
@@ -70,7 +71,7 @@ def reject_non_regular(
             finished_at=now,
             attempts=0,
         )
-        atomic_write_bytes(settings.failed / f"{job_id}.error.json", dump(sidecar), create_new=True)
+        atomic_write_bytes(failed_dir / f"{job_id}.error.json", dump(sidecar), create_new=True)
     finally:
         release_id(settings, job_id)
     log.warning("inbox: rejected %s (%s): moved to failed/%s", name, kind, target.name)
@@ -143,8 +144,9 @@ def fail_job(
     the claim is finished (meta removed). A failure to write (full disk, EROFS) raises OSError
     and leaves the claim in work/, to be retried.
     """
-    yaml_path = settings.failed / f"{job_id}.yaml"
-    err_path = settings.failed / f"{job_id}.error.json"
+    failed_dir = failed_dir_for(settings, claimed.source_name)
+    yaml_path = failed_dir / f"{job_id}.yaml"
+    err_path = failed_dir / f"{job_id}.error.json"
     if keep_work:
         data = claimed.work_path.read_bytes()
         _write_new_or_same(yaml_path, data)
@@ -155,6 +157,16 @@ def fail_job(
         unlink_quiet(claimed.meta_path)
     release_id(settings, job_id)
     return yaml_path, err_path
+
+
+def failed_dir_for(settings: Settings, source_name: str) -> Path:
+    """failed/, or failed/<folder>/ (created) for a job from inbox/<folder>/."""
+    folder = source_folder(source_name)
+    if not folder:
+        return settings.failed
+    directory = result_dirs(settings, folder)[1]
+    directory.mkdir(exist_ok=True)
+    return directory
 
 
 def _write_new_or_same(path: Path, data: bytes) -> None:

@@ -38,6 +38,7 @@ def reserve_id(
     names_for: Callable[[str], list[str]],
     *,
     claim_id: str | None = None,
+    folder: str = "",
 ) -> str:
     """The first of `job_id`, `job_id-2`, `job_id-3`, ... such that no name the job would write
     (`names_for(candidate)`, plus the candidate's `.json`, `.error.json` and `.yaml`) exists in
@@ -65,7 +66,7 @@ def reserve_id(
                 return candidate
             if candidate in held:
                 continue
-            if _names_taken(settings, candidate, names_for):
+            if _names_taken(settings, candidate, names_for, folder):
                 continue
             record = dump({"claim_id": claim_id, "owner": owner.to_json(), "reserved_at": time.time()})
             if _stale_empty(path):
@@ -77,10 +78,19 @@ def reserve_id(
     raise SpoolError(f"no free result id for {job_id!r} after {_MAX_SUFFIX} tries")
 
 
-def outcome_exists(settings: Settings, job_id: str) -> bool:
+def outcome_exists(settings: Settings, job_id: str, folder: str = "") -> bool:
     """True when `job_id` already has its final outcome on disk (outbox/<id>.json or
-    failed/<id>.error.json): a recovered claim whose job finished just before the crash."""
-    return (settings.outbox / f"{job_id}.json").exists() or (settings.failed / f"{job_id}.error.json").exists()
+    failed/<id>.error.json, in the job's inbox subfolder): a recovered claim whose job finished
+    just before the crash."""
+    outbox, failed = result_dirs(settings, folder)
+    return (outbox / f"{job_id}.json").exists() or (failed / f"{job_id}.error.json").exists()
+
+
+def result_dirs(settings: Settings, folder: str = "") -> tuple[Path, Path]:
+    """outbox/ and failed/, or outbox/<folder>/ and failed/<folder>/ for an inbox subfolder's job."""
+    if not folder:
+        return settings.outbox, settings.failed
+    return settings.outbox / folder, settings.failed / folder
 
 
 def _create_with(path: Path, record: bytes) -> bool:
@@ -124,13 +134,13 @@ def _stale_empty(path: Path, *, older_than_s: float = 10.0) -> bool:
     return st.st_size == 0 and time.time() - st.st_mtime > older_than_s
 
 
-def _names_taken(settings: Settings, candidate: str, names_for: Callable[[str], list[str]]) -> bool:
+def _names_taken(settings: Settings, candidate: str, names_for: Callable[[str], list[str]], folder: str = "") -> bool:
     names = {*names_for(candidate), *outcome_names(candidate)}
     for name in names:
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"names_for returned {name!r}: give bare file names")
-        for folder in (settings.outbox, settings.failed):
-            if os.path.lexists(folder / name):
+        for directory in result_dirs(settings, folder):
+            if os.path.lexists(directory / name):
                 return True
     return False
 

@@ -42,7 +42,7 @@ from watchdog.observers.inotify import InotifyObserver
 
 from daemon.core.config import Settings
 from daemon.spool.layout import forget_logged, log_once
-from jobspec.names import is_candidate, is_ignored_name
+from jobspec.names import folder_problem, is_candidate, is_ignored_name, source_name_for
 
 try:
     from watchdog.observers import inotify_move_event_grouper as _move_grouper
@@ -114,6 +114,7 @@ class InboxWatcher:
         # name -> ((size, mtime_ns, inode), when a scan first saw that signature, last reported)
         self._seen: dict[str, tuple[tuple[int, int, int], float, float | None]] = {}
         self.scans = 0  # completed scans, for tests and `status`
+        self._present: set[str] = set()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -125,7 +126,8 @@ class InboxWatcher:
             try:
                 observer = InotifyObserver(generate_full_events=True)
                 observer.schedule(
-                    _Handler(self), str(self.inbox), recursive=False, event_filter=[FileClosedEvent, FileMovedEvent]
+                    # recursive: inbox/<folder>/ jobs too (deeper entries are refused in _consider)
+                    _Handler(self), str(self.inbox), recursive=True, event_filter=[FileClosedEvent, FileMovedEvent]
                 )
                 observer.start()
                 self._observer = observer
@@ -169,13 +171,32 @@ class InboxWatcher:
     # ----------------------------------------------------------------- reporting
 
     def _consider(self, path: Path) -> None:
-        if path.parent != self.inbox:
-            return  # a subdirectory's entry: never ours
-        name = path.name
+        try:
+            parts = path.relative_to(self.inbox).parts
+        except ValueError:
+            return
+        if len(parts) == 2 and not self._folder_ok(parts[0]):
+            return
+        if len(parts) > 2:
+            if not any(is_ignored_name(p) for p in parts):
+                rel = "/".join(parts[:-1])
+                log_once("deep", rel, "inbox: %s/ is more than one folder deep; only inbox/<folder>/<job>.yaml is read", rel)
+            return
+        name = parts[-1]
+        shown = "/".join(parts)
         if is_candidate(name):
             self._submit(path)
         elif not is_ignored_name(name):
-            log_once("other", name, "inbox: %s is not a job file (*.yaml, *.yml); leaving it alone", name)
+            log_once("other", shown, "inbox: %s is not a job file (*.yaml, *.yml); leaving it alone", shown)
+
+    def _folder_ok(self, folder: str) -> bool:
+        if is_ignored_name(folder):
+            return False
+        problem = folder_problem(folder)
+        if problem:
+            log_once("folder", folder, "inbox: %s/: %s; its files are not read", folder, problem)
+            return False
+        return True
 
     def _submit(self, path: Path) -> None:
         with self._lock:
@@ -225,21 +246,46 @@ class InboxWatcher:
             self._wake.wait(interval)
             self._wake.clear()
 
-    def _scan(self) -> None:
+    def _entries(self) -> list[tuple[str, os.DirEntry[str]]] | None:
+        """(source name, entry) of the inbox and of its valid subfolders, one level deep."""
         try:
-            entries = list(os.scandir(self.inbox))
+            top = list(os.scandir(self.inbox))
         except FileNotFoundError:
             log_once("inbox", str(self.inbox), "inbox %s does not exist; waiting for it", self.inbox)
+            return None
+        out: list[tuple[str, os.DirEntry[str]]] = []
+        self._present = {e.name for e in top}  # what log_once may keep remembering
+        for entry in top:
+            if entry.is_dir(follow_symlinks=False) and not is_candidate(entry.name):
+                if not self._folder_ok(entry.name):
+                    continue
+                try:
+                    inner = list(os.scandir(entry.path))
+                except OSError:
+                    continue
+                for e in inner:
+                    if e.is_dir(follow_symlinks=False) and not is_ignored_name(e.name):
+                        rel = f"{entry.name}/{e.name}"
+                        self._present.add(rel)
+                        log_once("deep", rel, "inbox: %s/ is more than one folder deep; only inbox/<folder>/<job>.yaml is read", rel)
+                        continue
+                    out.append((source_name_for(entry.name, e.name), e))
+                continue
+            out.append((entry.name, entry))
+        return out
+
+    def _scan(self) -> None:
+        entries = self._entries()
+        if entries is None:
             return
-        names = {e.name for e in entries}
+        names = {n for n, _e in entries}
         first_scan = self.scans == 0
-        forget_logged(names)
+        forget_logged(names | self._present)
         now_wall = time.time()
         now = self._clock()
-        for entry in entries:
-            name = entry.name
-            if not is_candidate(name):
-                if not is_ignored_name(name):
+        for name, entry in entries:
+            if not is_candidate(entry.name):
+                if not is_ignored_name(entry.name):
                     log_once("other", name, "inbox: %s is not a job file (*.yaml, *.yml); leaving it alone", name)
                 continue
             try:
