@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
         if not _known(settings, job_id):
             waiting = find_in_inbox(settings, job_id)
             if waiting is None:
-                print(f"dgx-music: no job {job_id!r} in the inbox, queued or running (see `dgx-music status`)",
-                      file=sys.stderr)
+                print(f"dgx-music: no queued or running job {job_id!r}, and none waiting in the inbox "
+                      "(see `dgx-music status`)", file=sys.stderr)
                 return 2
             try:
                 err = withdraw(settings, waiting, job_id)

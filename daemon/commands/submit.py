@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar("waiting")
 
     def tick(p: WaitProgress) -> None:
-        bar.update(p.fraction, f"{p.done}/{p.total} done" + (f", {p.note}" if p.note else ""), eta_s=p.eta_s)
+        bar.update(p.fraction, f"{p.done}/{p.total} done" + (f", {p.note}" if p.note else ""), eta_s=p.eta_s,
+                   status=f"{p.done} {p.state}")
 
     results = wait_for(settings, subs, timeout_s=args.timeout, on_tick=tick)
     bar.close()

@@ -162,6 +162,7 @@ class WaitProgress:
     fraction: float  # of the whole submission, 0..1
     eta_s: float | None
     note: str
+    state: str = ""  # the note without figures that change every poll, e.g. "queued #2"
 
 
 def submission_progress(settings: Settings, subs: list[Submitted], done: int, total: int) -> WaitProgress:
@@ -169,12 +170,14 @@ def submission_progress(settings: Settings, subs: list[Submitted], done: int, to
     running_fraction = 0.0
     etas: list[float | None] = []
     notes: list[str] = []
+    states: list[str] = []
     for r in live_running(settings):
         if names & set(r.get("sources") or [r.get("source_file")]):
             running_fraction = max(running_fraction, float(r.get("percent") or 0.0) / 100.0)
             eta = r.get("eta_s")
             etas.append(float(eta) if isinstance(eta, (int, float)) else None)
             notes.append(f"running {r.get('job_id')} {float(r.get('percent') or 0.0):.0f}%")
+            states.append(f"running {r.get('job_id')}")
     daemons = serving_daemons(settings)
     positions = []
     for q in daemons:
@@ -185,11 +188,13 @@ def submission_progress(settings: Settings, subs: list[Submitted], done: int, to
                 positions.append(int(e.get("position") or 0))
     if positions:
         notes.append(f"queued #{min(positions)}" + (f" (+{len(positions) - 1})" if len(positions) > 1 else ""))
+        states.append(notes[-1])
     if not notes and done < total:
         notes.append("waiting for a daemon to pick it up" if daemons else "no daemon is serving the spool")
+        states.append(notes[-1])
     eta_s = None if not etas or any(e is None for e in etas) else max(e for e in etas if e is not None)
     fraction = (done + running_fraction) / total if total else 1.0
-    return WaitProgress(done, total, min(1.0, fraction), eta_s, ", ".join(notes))
+    return WaitProgress(done, total, min(1.0, fraction), eta_s, ", ".join(notes), ", ".join(states))
 
 
 def wait_for(

@@ -37,20 +37,20 @@ class ProgressBar:
         self._last_state = ""
         self._last_t = 0.0
 
-    def update(self, fraction: float, note: str = "", *, eta_s: float | None = None) -> None:
+    def update(self, fraction: float, note: str = "", *, eta_s: float | None = None, status: str = "") -> None:
+        """`note` is shown; `status` (e.g. "queued #3", "running x") is what, off a terminal,
+        earns a line of its own when it changes; otherwise a line every plain_interval_s."""
         fraction = min(1.0, max(0.0, fraction))
         eta = format_eta(eta_s)
         tail = " ".join(p for p in (note, eta) if p)
         if self.tty:
             self._draw(fraction, tail)
             return
-        # Plain lines: one when the state changes (percent, what it waits on), otherwise one
-        # every plain_interval_s, so a log shows progress without a line per poll.
-        state = f"{fraction * 100:.0f}% {note}"
         now = time.monotonic()
-        if state == self._last_state and now - self._last_t < self.plain_interval_s:
+        changed = status != self._last_state
+        if self._last_t and not changed and now - self._last_t < self.plain_interval_s and fraction < 1.0:
             return
-        self._last_state, self._last_t = state, now
+        self._last_state, self._last_t = status, now
         line = f"{self.label}: {fraction * 100:5.1f}% {tail}".rstrip()
         self.stream.write(line + "\n")
         self.stream.flush()

@@ -281,3 +281,14 @@ def test_load_job_file_directory(tmp_path: Path) -> None:
     with pytest.raises(JobSpecError) as info:
         load_job_file(tmp_path)
     assert "cannot read the file" in info.value.details[0].msg
+
+
+def test_inbox_folder_names_follow_the_job_id_rule() -> None:
+    from jobspec.names import folder_problem, source_file_name, source_folder, source_name_for
+
+    assert folder_problem("band") is None and folder_problem("Band_2.mixes-A") is None
+    assert "not allowed" in (folder_problem("bad name") or "")
+    assert "not allowed" in (folder_problem("a..b") or "") and "not allowed" in (folder_problem("-x") or "")
+    assert source_name_for("band", "x.yaml") == "band/x.yaml" and source_name_for("", "x.yaml") == "x.yaml"
+    assert source_folder("band/x.yaml") == "band" and source_folder("x.yaml") == ""
+    assert source_file_name("band/x.yaml") == "x.yaml"

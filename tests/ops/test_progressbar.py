@@ -15,12 +15,15 @@ class Terminal(io.StringIO):
 def test_plain_lines_when_not_a_terminal_one_per_change() -> None:
     out = io.StringIO()
     bar = ProgressBar("waiting", stream=out, plain_interval_s=60)
-    bar.update(0.0, "queued #2", eta_s=30)
-    bar.update(0.0, "queued #2", eta_s=29)  # no change worth a line
-    bar.update(0.5, "running x 50%", eta_s=12)
+    bar.update(0.0, "queued #2", eta_s=30, status="queued #2")
+    bar.update(0.0, "queued #2", eta_s=29, status="queued #2")  # no change worth a line
+    bar.update(0.4, "running x 40%", eta_s=14, status="running x")
+    bar.update(0.5, "running x 50%", eta_s=12, status="running x")  # figures only: no line
+    bar.update(1.0, "running x 100%", eta_s=0, status="running x")  # the end always shows
     bar.close("done")
     lines = out.getvalue().splitlines()
-    assert lines == ["waiting:   0.0% queued #2 eta 30s", "waiting:  50.0% running x 50% eta 12s", "done"]
+    assert lines == ["waiting:   0.0% queued #2 eta 30s", "waiting:  40.0% running x 40% eta 14s",
+                     "waiting: 100.0% running x 100% eta 0s", "done"]
     assert "\r" not in out.getvalue()
 
 
