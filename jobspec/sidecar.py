@@ -24,6 +24,7 @@ ErrorType = Literal[
 ]
 
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -57,8 +58,8 @@ class Waveform(_Strict):
     """A min/max peak envelope of the channel-mixed signal, for drawing the waveform."""
 
     bins: int = Field(ge=0, description="Number of (min, max) pairs; each covers frames / bins samples.")
-    min: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(description="Lowest sample per span, -1..1 for PCM.")
-    max: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(description="Highest sample per span.")
+    min: list[Finite] = Field(description="Lowest sample per span, -1..1 for PCM.")
+    max: list[Finite] = Field(description="Highest sample per span.")
 
     @model_validator(mode="after")
     def _same_length(self) -> "Waveform":
@@ -86,7 +87,9 @@ class OutputInfo(_Strict):
     gain_db: float = Field(default=0.0, description="Gain applied by loudness normalisation (0 when skipped).")
     variation: int = Field(default=1, ge=1, description="Which variation this is, 1..count.")
     seed: int | None = Field(default=None, ge=0, description="The seed of this variation (job seed + variation - 1).")
-    waveform: Waveform | None = Field(default=None, description="Peak envelope of the audio written (a few hundred points).")
+    waveform: Waveform | None = Field(
+        default=None, description="Peak envelope of the audio written (a few hundred points)."
+    )
 
     @field_validator("path")
     @classmethod

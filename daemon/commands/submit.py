@@ -8,7 +8,15 @@ from pathlib import Path
 
 from jobspec import JobSpecError
 
-from daemon.ops.client import SubmitError, Submitted, WaitProgress, drop, serving_daemons, validate_file, wait_for
+from daemon.ops.client import (
+    SubmitError,
+    Submitted,
+    WaitProgress,
+    drop,
+    serving_daemons,
+    validate_file,
+    wait_for,
+)
 from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.ops.progressbar import ProgressBar
 

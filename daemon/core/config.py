@@ -109,10 +109,15 @@ class Settings(BaseSettings):
     max_memory_gb: float = Field(default=30.0, gt=0, description="the seed's GPU memory budget")
     normalize_audio: bool = Field(default=True, description="apply the job's loudness target")
     retention_days: float | None = Field(
-        default=None, gt=0, description="remove whole results from outbox/ and failed/ this many days old (unset: keep all)"
+        default=None,
+        gt=0,
+        description="remove whole results from outbox/ and failed/ this many days old (unset: keep all)",
     )
     page_max_jobs: int = Field(
-        default=200, ge=0, le=100_000, description="jobs on outbox/index.html, newest first (0: no page); older ones stay on disk"
+        default=200,
+        ge=0,
+        le=100_000,
+        description="jobs on outbox/index.html, newest first (0: no page); older ones stay on disk",
     )
 
     @field_validator("models")

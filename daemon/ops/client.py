@@ -187,7 +187,8 @@ def submission_progress(settings: Settings, subs: list[Submitted], done: int, to
                 etas.append(float(eta) if isinstance(eta, (int, float)) else None)
                 positions.append(int(e.get("position") or 0))
     if positions:
-        notes.append(f"queued #{min(positions)}" + (f" (+{len(positions) - 1})" if len(positions) > 1 else ""))
+        more = f" (+{len(positions) - 1})" if len(positions) > 1 else ""
+        notes.append(f"queued #{min(positions)}{more}")
         states.append(notes[-1])
     if not notes and done < total:
         notes.append("waiting for a daemon to pick it up" if daemons else "no daemon is serving the spool")

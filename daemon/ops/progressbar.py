@@ -25,8 +25,14 @@ def format_eta(eta_s: float | None) -> str:
 
 
 class ProgressBar:
-    def __init__(self, label: str, *, stream: TextIO | None = None, min_interval_s: float = 0.1,
-                 plain_interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        min_interval_s: float = 0.1,
+        plain_interval_s: float = 5.0,
+    ) -> None:
         self.label = label
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -37,7 +43,9 @@ class ProgressBar:
         self._last_state = ""
         self._last_t = 0.0
 
-    def update(self, fraction: float, note: str = "", *, eta_s: float | None = None, status: str = "") -> None:
+    def update(
+        self, fraction: float, note: str = "", *, eta_s: float | None = None, status: str = ""
+    ) -> None:
         """`note` is shown; `status` (e.g. "queued #3", "running x") is what, off a terminal,
         earns a line of its own when it changes; otherwise a line every plain_interval_s."""
         fraction = min(1.0, max(0.0, fraction))
@@ -61,8 +69,13 @@ class ProgressBar:
             from tqdm import tqdm  # a transformers dependency too; imported only for a terminal
 
             self._bar = tqdm(
-                total=RESOLUTION, desc=self.label, file=self.stream, leave=False, dynamic_ncols=True,
-                mininterval=self.min_interval_s, bar_format="{desc}: {percentage:5.1f}%|{bar}| {postfix}",
+                total=RESOLUTION,
+                desc=self.label,
+                file=self.stream,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=self.min_interval_s,
+                bar_format="{desc}: {percentage:5.1f}%|{bar}| {postfix}",
             )
         bar = self._bar
         bar.set_postfix_str(tail, refresh=False)

@@ -156,7 +156,9 @@ class SidecarCache:
             del self._items[p]
 
 
-def collect(outbox: Path, failed: Path, max_jobs: int, cache: SidecarCache | None = None) -> tuple[list[Entry], int]:
+def collect(
+    outbox: Path, failed: Path, max_jobs: int, cache: SidecarCache | None = None
+) -> tuple[list[Entry], int]:
     """The newest `max_jobs` outcomes, newest first, and how many there are in all."""
     cache = cache or SidecarCache()
     found = [("result", *c) for c in _candidates(outbox, ".json", ".error.json")]
@@ -170,7 +172,7 @@ def collect(outbox: Path, failed: Path, max_jobs: int, cache: SidecarCache | Non
         if body is None:
             continue
         base = "" if kind == "result" else ".."
-        parts = [base, *( ["failed"] if kind == "failed" else []), folder, path.name]
+        parts = [base, *(["failed"] if kind == "failed" else []), folder, path.name]
         entries.append(Entry(kind, folder, "/".join(p for p in parts if p), body, mtime))
     cache.keep_only({c[2] for c in picked})
     entries.sort(key=lambda e: (e.when, e.mtime), reverse=True)
@@ -189,7 +191,9 @@ def waveform_svg(waveform: object) -> str:
         return ""
 
     def clamp(v: object) -> float:
-        return max(-1.0, min(1.0, float(v))) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
+        return (
+            max(-1.0, min(1.0, float(v))) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
+        )
 
     n = len(hi)
     top = [f"{i + 0.5:.1f},{1 - clamp(v):.3f}" for i, v in enumerate(hi)]
@@ -205,8 +209,10 @@ def _prompt_html(request: dict[str, Any]) -> str:
     sections = request.get("sections")
     if isinstance(sections, list) and sections:
         items = "".join(
-            f"<li>{_e(s.get('prompt'))} <span class=\"folder\">({_num(s.get('duration'), '.1f', ' s')})</span></li>"
-            for s in sections if isinstance(s, dict)
+            f"<li>{_e(s.get('prompt'))} "
+            f'<span class="folder">({_num(s.get("duration"), ".1f", " s")})</span></li>'
+            for s in sections
+            if isinstance(s, dict)
         )
         return f'<ol class="prompt sections">{items}</ol>'
     return f'<p class="prompt">{_e(request.get("prompt"))}</p>'
@@ -219,8 +225,13 @@ def _meta(spans: list[tuple[str, str]]) -> str:
 def _timings(body: dict[str, Any]) -> list[tuple[str, str]]:
     t = body.get("timings") if isinstance(body.get("timings"), dict) else {}
     assert isinstance(t, dict)
-    parts = [("queue_s", "queue"), ("model_load_s", "load"), ("generate_s", "generate"),
-             ("postprocess_s", "post"), ("total_s", "total")]
+    parts = [
+        ("queue_s", "queue"),
+        ("model_load_s", "load"),
+        ("generate_s", "generate"),
+        ("postprocess_s", "post"),
+        ("total_s", "total"),
+    ]
     text = ", ".join(f"{label} {_num(t.get(k), '.2f', ' s')}" for k, label in parts if k in t)
     return [("timings", text)] if text else []
 
@@ -230,12 +241,15 @@ def _header(entry: Entry, status: str) -> str:
     folder = f' <span class="folder">{_e(entry.folder)}/</span>' if entry.folder else ""
     return (
         f'<h2><a href="{_href(*entry.sidecar_href.split("/"))}">{_e(b.get("job_id"))}</a>{folder} '
-        f'<span class="folder">{_e(status)}</span> <time datetime="{_e(entry.when)}">{_e(entry.when.replace("T", " ")[:19])}</time></h2>'
+        f'<span class="folder">{_e(status)}</span> '
+        f'<time datetime="{_e(entry.when)}">{_e(entry.when.replace("T", " ")[:19])}</time></h2>'
     )
 
 
 def _data_attrs(entry: Entry, request: dict[str, Any]) -> str:
-    text_parts = [b for b in (entry.body.get("job_id"), request.get("prompt"), request.get("model"), entry.folder) if b]
+    text_parts = [
+        b for b in (entry.body.get("job_id"), request.get("prompt"), request.get("model"), entry.folder) if b
+    ]
     for s in request.get("sections") or []:
         if isinstance(s, dict):
             text_parts.append(s.get("prompt"))
@@ -256,7 +270,11 @@ def render_result(entry: Entry) -> str:
     duration = outputs[0].get("duration_s") if outputs else request.get("duration")
     spans = [
         ("seed", str(request.get("seed"))),
-        ("model", f"{model.get('name', request.get('model'))} ({model.get('device', '?')}, {model.get('dtype', '?')})"),
+        (
+            "model",
+            f"{model.get('name', request.get('model'))} "
+            f"({model.get('device', '?')}, {model.get('dtype', '?')})",
+        ),
         ("duration", _num(duration, ".1f", " s")),
         ("variations", str(len(outputs))),
         ("RTF", _num(b.get("rtf"), ".3f")),
@@ -268,8 +286,10 @@ def render_result(entry: Entry) -> str:
         name = PurePosixPath(str(o.get("path", ""))).name
         href = _href(sidecar_dir, name)
         caption = (
-            f"v{_e(o.get('variation'))} · seed {_e(o.get('seed'))} · {_num(o.get('integrated_lufs'), '.1f', ' LUFS')}"
-            f" · peak {_num(o.get('true_peak_dbtp'), '.1f', ' dBTP')} · <a href=\"{href}\" download>{_e(name)}</a>"
+            f"v{_e(o.get('variation'))} · seed {_e(o.get('seed'))} · "
+            f"{_num(o.get('integrated_lufs'), '.1f', ' LUFS')}"
+            f" · peak {_num(o.get('true_peak_dbtp'), '.1f', ' dBTP')} · "
+            f'<a href="{href}" download>{_e(name)}</a>'
         )
         figures.append(
             f'<figure class="var"><figcaption>{caption}</figcaption>{waveform_svg(o.get("waveform"))}'
@@ -277,7 +297,7 @@ def render_result(entry: Entry) -> str:
         )
     return (
         f'<article class="job ok" {_data_attrs(entry, request)}>{_header(entry, "completed")}'
-        f"{_prompt_html(request)}{_meta(spans)}<div class=\"vars\">{''.join(figures)}</div></article>"
+        f'{_prompt_html(request)}{_meta(spans)}<div class="vars">{"".join(figures)}</div></article>'
     )
 
 
@@ -290,14 +310,21 @@ def render_failure(entry: Entry) -> str:
     spans = [("attempts", str(b.get("attempts", "?")))]
     if request:
         seed = request.get("seed")
-        spans = [*([("seed", str(seed))] if seed is not None else []), ("model", str(request.get("model"))), *spans]
+        spans = [
+            *([("seed", str(seed))] if seed is not None else []),
+            ("model", str(request.get("model"))),
+            *spans,
+        ]
     hint = f'<p class="hint">hint: {_e(error.get("hint"))}</p>' if error.get("hint") else ""
     details = "".join(
-        f"<li>{_e(d.get('loc'))}{' line ' + _e(d.get('line')) if d.get('line') else ''}: {_e(d.get('msg'))}</li>"
-        for d in error.get("details") or [] if isinstance(d, dict)
+        f"<li>{_e(d.get('loc'))}{' line ' + _e(d.get('line')) if d.get('line') else ''}: "
+        f"{_e(d.get('msg'))}</li>"
+        for d in error.get("details") or []
+        if isinstance(d, dict)
     )
     return (
-        f'<article class="job failed" {_data_attrs(entry, request)}>{_header(entry, str(b.get("status", "failed")))}'
+        f'<article class="job failed" {_data_attrs(entry, request)}>'
+        f"{_header(entry, str(b.get('status', 'failed')))}"
         f"{_prompt_html(request) if request else ''}"
         f'<p class="error"><span class="etype">{_e(error.get("type"))}</span>: {_e(error.get("message"))}</p>'
         f"{'<ul>' + details + '</ul>' if details else ''}{hint}{_meta(spans)}"
@@ -312,21 +339,31 @@ def render(entries: list[Entry], total: int, *, generated: float | None = None) 
         opts = "".join(f'<option value="{_e(f)}">{_e(f)}/</option>' for f in folders)
         select = f' <select id="folder"><option value="">all folders</option>{opts}</select>'
     body = "\n".join(render_result(e) if e.kind == "result" else render_failure(e) for e in entries)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated if generated is not None else time.time()))
-    older = f" (the {total - len(entries)} older ones are on disk, not on this page)" if total > len(entries) else ""
+    stamp = time.strftime(
+        "%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated if generated is not None else time.time())
+    )
+    older = (
+        f" (the {total - len(entries)} older ones are on disk, not on this page)"
+        if total > len(entries)
+        else ""
+    )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>dgx-music outbox</title><style>{_STYLE}</style></head><body>"
-        f'<h1>dgx-music outbox</h1><p class="meta" id="summary">{len(entries)} of {total} job(s), newest first{older};'
+        f'<h1>dgx-music outbox</h1><p class="meta" id="summary">{len(entries)} of {total} job(s), '
+        f"newest first{older};"
         f" updated {stamp}.</p>"
-        f'<p id="filter" hidden><input id="q" type="search" placeholder="filter by text" aria-label="filter">{select}</p>'
+        '<p id="filter" hidden><input id="q" type="search" placeholder="filter by text" aria-label="filter">'
+        f"{select}</p>"
         f"<main>\n{body}\n</main><script>{_SCRIPT}</script></body></html>\n"
     )
 
 
-def write_page(outbox: Path, failed: Path, *, max_jobs: int = DEFAULT_MAX_JOBS, cache: SidecarCache | None = None) -> Path:
+def write_page(
+    outbox: Path, failed: Path, *, max_jobs: int = DEFAULT_MAX_JOBS, cache: SidecarCache | None = None
+) -> Path:
     """Rebuild outbox/index.html from the sidecars on disk (atomic replace)."""
     entries, total = collect(outbox, failed, max_jobs, cache)
     return atomic_write_bytes(outbox / PAGE_NAME, render(entries, total).encode("utf-8"))
@@ -336,8 +373,14 @@ class PageRefresher:
     """Debounced rewrites: `mark()` after each outcome, `tick()` from a loop. The page is
     rewritten at most every `min_interval_s`, and once more after the last mark of a burst."""
 
-    def __init__(self, outbox: Path, failed: Path, *, max_jobs: int = DEFAULT_MAX_JOBS,
-                 min_interval_s: float = MIN_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        outbox: Path,
+        failed: Path,
+        *,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        min_interval_s: float = MIN_INTERVAL_S,
+    ) -> None:
         self.outbox = outbox
         self.failed = failed
         self.max_jobs = max_jobs

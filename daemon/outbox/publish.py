@@ -46,7 +46,10 @@ _NUMBER_ARRAY = re.compile(r"\[\n\s+(-?[0-9][-0-9.e+]*(?:,\n\s+-?[0-9][-0-9.e+]*
 def sidecar_json(body: object) -> str:
     """Indented JSON with number arrays (the waveform envelopes) on one line each."""
     text = json.dumps(body, indent=2)
-    return _NUMBER_ARRAY.sub(lambda m: "[" + ",".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
+    def one_line(m: re.Match[str]) -> str:
+        return "[" + ",".join(v.strip() for v in m.group(1).split(",")) + "]"
+
+    return _NUMBER_ARRAY.sub(one_line, text) + "\n"
 
 
 def utc(ts: float) -> datetime:

@@ -57,8 +57,15 @@ def _result_files(sidecar: Path) -> list[Path] | None:
     return files
 
 
-def find_expired(outbox: Path, failed: Path, *, max_age_days: float, now: float,
-                 reserved: Iterable[str] = (), protected: Iterable[str] = ()) -> list[Expired]:
+def find_expired(
+    outbox: Path,
+    failed: Path,
+    *,
+    max_age_days: float,
+    now: float,
+    reserved: Iterable[str] = (),
+    protected: Iterable[str] = (),
+) -> list[Expired]:
     cutoff = now - max_age_days * DAY_S
     held = set(reserved)
     keep = {str(PurePosixPath(p)) for p in protected}

@@ -32,7 +32,6 @@ from daemon.core.errors import DgxMusicError, ErrorType, ExitCode
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import job_context
 from daemon.service.faults import apply_identity, faults_from_environment, with_faults
-from daemon.service.metrics import Gauges, gpu_memory
 from daemon.service.notify import Notifier
 from daemon.service.outcomes import OutcomeObserver, queue_snapshot
 from daemon.outbox.publish import output_names, publish_job
@@ -80,7 +79,7 @@ class Daemon:
         self._worker_thread: threading.Thread | None = None
         self._queue_file_failing = False
         self.observer = OutcomeObserver(settings)
-        self._load_s: dict[str, float] = {}
+        self._gauges = lambda: self.observer.gauges(self.engine, self.queue, self.worker)
 
     # ------------------------------------------------------------------ start
 
@@ -172,7 +171,8 @@ class Daemon:
         items: list[QueuedJob] = []
         folder = source_folder(claimed.source_name)
         for job in jobs:
-            job_id = spool.reserve_id(s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id, folder=folder)
+            job_id = spool.reserve_id(s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id,
+                                      folder=folder)
             group.job_ids.append(job_id)
             # A recovered claim may have written this job's outcome just before it died.
             if job_id in done or (recovered and spool.outcome_exists(s, job_id, folder)):
@@ -219,7 +219,8 @@ class Daemon:
             return False
         for i in ids:
             state.clear_cancel(s, i)
-        fail_group_job(s, item.group, item.job_id, item.job, "cancelled", "cancelled by request before it was picked up",
+        fail_group_job(s, item.group, item.job_id, item.job, "cancelled",
+                       "cancelled by request before it was picked up",
                        hint=None, status="cancelled")
         finish_group_job(s, item.group, item.job_id, failed=True)
         return True
@@ -262,7 +263,8 @@ class Daemon:
         pairs = []
         for job in jobs or [None]:
             base = job.id if job is not None else default_job_id(claimed.source_name)
-            job_id = spool.reserve_id(s, base, (lambda i, j=job: output_names(i, j) if j else []), claim_id=claimed.claim_id,
+            job_id = spool.reserve_id(s, base, (lambda i, j=job: output_names(i, j) if j else []),
+                                      claim_id=claimed.claim_id,
                                       folder=source_folder(claimed.source_name))
             group.job_ids.append(job_id)
             if job_id in done:
@@ -331,21 +333,8 @@ class Daemon:
         self.notifier.status(text)
 
     def _retention(self) -> None:
-        self.observer.retention(lambda: [q.job for q in [*self.queue.items(), *self.worker.current, *self.worker.deferred]])
-
-    def _gauges(self) -> Gauges:
-        info = self.engine.info
-        if info is not None:
-            self._load_s[info.name] = info.load_s
-        allocated, reserved = gpu_memory(info.device) if info is not None else (0, 0)
-        return Gauges(
-            queue_length=len(self.queue),
-            jobs_running=len(self.worker.current) if self.worker.busy else 0,
-            models={m: info is not None and info.name == m for m in self.settings.models},
-            model_load_s=dict(self._load_s),
-            gpu_allocated_bytes=allocated,
-            gpu_reserved_bytes=reserved,
-        )
+        w = self.worker
+        self.observer.retention(lambda: [q.job for q in [*self.queue.items(), *w.current, *w.deferred]])
 
     def _write_queue(self) -> None:
         try:

@@ -146,34 +146,90 @@ class Metrics:
         p = PREFIX
         with self._lock:
             jobs = sorted(self.jobs.items())
-            family("jobs_total", "counter", "Jobs finished since the daemon started, by outcome and error type.",
-                   (f"{p}jobs_total{_labels({**dev, 'outcome': o, 'error_type': e})} {n}" for (o, e), n in jobs))
-            family("generation_seconds", "histogram", "Generation (decode) seconds per completed job.",
-                   self.generation_s.lines(f"{p}generation_seconds", dev))
-            family("job_seconds", "histogram", "Seconds from pickup to the result on disk, per completed job.",
-                   self.job_s.lines(f"{p}job_seconds", dev))
-            family("rtf", "histogram", "Real-time factor per completed job (generate seconds / audio seconds).",
-                   self.rtf.lines(f"{p}rtf", dev))
-            family("audio_seconds_total", "counter", "Seconds of audio produced (all variations).",
-                   [f"{p}audio_seconds_total{_labels(dev)} {_value(round(self.audio_s, 3))}"])
-        family("up", "gauge", "1 while the daemon serves the spool; 0 in the file a stopped daemon leaves.",
-               [f"{p}up{_labels(dev)} {int(g.up)}"])
-        family("queue_length", "gauge", "Jobs waiting in this daemon's queue.",
-               [f"{p}queue_length{_labels(dev)} {g.queue_length}"])
-        family("jobs_running", "gauge", "Jobs being generated now (a decode batch counts each job).",
-               [f"{p}jobs_running{_labels(dev)} {g.jobs_running}"])
-        family("model_loaded", "gauge", "1 when the configured model is resident.",
-               (f"{p}model_loaded{_labels({**dev, 'model': m})} {int(v)}" for m, v in sorted(g.models.items())))
-        family("model_load_seconds", "gauge", "Seconds the last load of the model took.",
-               (f"{p}model_load_seconds{_labels({**dev, 'model': m})} {_value(round(v, 3))}"
-                for m, v in sorted(g.model_load_s.items())))
-        family("gpu_memory_bytes", "gauge", "Accelerator memory held by the daemon's torch allocator (0 on CPU).",
-               [f"{p}gpu_memory_bytes{_labels({**dev, 'kind': 'allocated'})} {g.gpu_allocated_bytes}",
-                f"{p}gpu_memory_bytes{_labels({**dev, 'kind': 'reserved'})} {g.gpu_reserved_bytes}"])
-        family("start_time_seconds", "gauge", "When the daemon started, UNIX time.",
-               [f"{p}start_time_seconds{_labels(dev)} {_value(round(self.start_time, 3))}"])
-        family("info", "gauge", "The daemon's version and host (always 1).",
-               [f"{p}info{_labels({**dev, 'version': self.version, 'hostname': self.hostname})} 1"])
+            family(
+                "jobs_total",
+                "counter",
+                "Jobs finished since the daemon started, by outcome and error type.",
+                (f"{p}jobs_total{_labels({**dev, 'outcome': o, 'error_type': e})} {n}" for (o, e), n in jobs),
+            )
+            family(
+                "generation_seconds",
+                "histogram",
+                "Generation (decode) seconds per completed job.",
+                self.generation_s.lines(f"{p}generation_seconds", dev),
+            )
+            family(
+                "job_seconds",
+                "histogram",
+                "Seconds from pickup to the result on disk, per completed job.",
+                self.job_s.lines(f"{p}job_seconds", dev),
+            )
+            family(
+                "rtf",
+                "histogram",
+                "Real-time factor per completed job (generate seconds / audio seconds).",
+                self.rtf.lines(f"{p}rtf", dev),
+            )
+            family(
+                "audio_seconds_total",
+                "counter",
+                "Seconds of audio produced (all variations).",
+                [f"{p}audio_seconds_total{_labels(dev)} {_value(round(self.audio_s, 3))}"],
+            )
+        family(
+            "up",
+            "gauge",
+            "1 while the daemon serves the spool; 0 in the file a stopped daemon leaves.",
+            [f"{p}up{_labels(dev)} {int(g.up)}"],
+        )
+        family(
+            "queue_length",
+            "gauge",
+            "Jobs waiting in this daemon's queue.",
+            [f"{p}queue_length{_labels(dev)} {g.queue_length}"],
+        )
+        family(
+            "jobs_running",
+            "gauge",
+            "Jobs being generated now (a decode batch counts each job).",
+            [f"{p}jobs_running{_labels(dev)} {g.jobs_running}"],
+        )
+        family(
+            "model_loaded",
+            "gauge",
+            "1 when the configured model is resident.",
+            (f"{p}model_loaded{_labels({**dev, 'model': m})} {int(v)}" for m, v in sorted(g.models.items())),
+        )
+        family(
+            "model_load_seconds",
+            "gauge",
+            "Seconds the last load of the model took.",
+            (
+                f"{p}model_load_seconds{_labels({**dev, 'model': m})} {_value(round(v, 3))}"
+                for m, v in sorted(g.model_load_s.items())
+            ),
+        )
+        family(
+            "gpu_memory_bytes",
+            "gauge",
+            "Accelerator memory held by the daemon's torch allocator (0 on CPU).",
+            [
+                f"{p}gpu_memory_bytes{_labels({**dev, 'kind': 'allocated'})} {g.gpu_allocated_bytes}",
+                f"{p}gpu_memory_bytes{_labels({**dev, 'kind': 'reserved'})} {g.gpu_reserved_bytes}",
+            ],
+        )
+        family(
+            "start_time_seconds",
+            "gauge",
+            "When the daemon started, UNIX time.",
+            [f"{p}start_time_seconds{_labels(dev)} {_value(round(self.start_time, 3))}"],
+        )
+        family(
+            "info",
+            "gauge",
+            "The daemon's version and host (always 1).",
+            [f"{p}info{_labels({**dev, 'version': self.version, 'hostname': self.hostname})} 1"],
+        )
         return "\n".join(out) + "\n"
 
 

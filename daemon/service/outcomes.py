@@ -16,10 +16,18 @@ from typing import Any
 
 from daemon import __version__
 from daemon.core.config import Settings
-from daemon.spool import state
 from daemon.outbox.page import PageRefresher
 from daemon.outbox.retention import find_expired, remove_expired
-from daemon.service.metrics import INTERVAL_S, Gauges, Metrics, metrics_file_name, read_sidecar, write_metrics
+from daemon.service.metrics import (
+    INTERVAL_S,
+    Gauges,
+    Metrics,
+    gpu_memory,
+    metrics_file_name,
+    read_sidecar,
+    write_metrics,
+)
+from daemon.spool import state
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,7 @@ class OutcomeObserver:
         self._last_metrics: float | None = None
         self._failing: set[str] = set()
         self._last_retention: float | None = None
+        self._load_s: dict[str, float] = {}
 
     def reconfigure(self, settings: Settings) -> None:
         """Settings changed (SIGHUP): page size, or the page turned off (page_max_jobs 0)."""
@@ -51,6 +60,21 @@ class OutcomeObserver:
         else:
             self.page.max_jobs = settings.page_max_jobs
             self.page.mark()
+
+    def gauges(self, engine: Any, queue: Any, worker: Any) -> Gauges:
+        """The figures of the moment, from the service's engine, queue and worker."""
+        info = engine.info
+        if info is not None:
+            self._load_s[info.name] = info.load_s  # kept after an idle unload
+        allocated, reserved = gpu_memory(info.device) if info is not None else (0, 0)
+        return Gauges(
+            queue_length=len(queue),
+            jobs_running=len(worker.current) if worker.busy else 0,
+            models={m: info is not None and info.name == m for m in self.settings.models},
+            model_load_s=dict(self._load_s),
+            gpu_allocated_bytes=allocated,
+            gpu_reserved_bytes=reserved,
+        )
 
     def on_outcome(self, entry: Mapping[str, Any]) -> None:
         """Any thread: take note only."""
@@ -67,7 +91,9 @@ class OutcomeObserver:
             except Empty:
                 break
             seen += 1
-            self.metrics.observe(entry, read_sidecar(entry.get("path")) if entry.get("status") == "completed" else None)
+            self.metrics.observe(
+                entry, read_sidecar(entry.get("path")) if entry.get("status") == "completed" else None
+            )
         if seen and self.page is not None:
             self.page.mark()
         if seen or self._last_metrics is None or now - self._last_metrics >= self.interval_s:
@@ -82,7 +108,9 @@ class OutcomeObserver:
         `retention_days`, except what jobs in flight hold or read. Returns how many went."""
         s = self.settings
         now = time.monotonic() if now is None else now
-        if s.retention_days is None or (self._last_retention is not None and now - self._last_retention < RETENTION_INTERVAL_S):
+        if s.retention_days is None or (
+            self._last_retention is not None and now - self._last_retention < RETENTION_INTERVAL_S
+        ):
             return 0
         self._last_retention = now
         try:
@@ -95,9 +123,15 @@ class OutcomeObserver:
                 ref = getattr(job, name, None)
                 ref = getattr(ref, "path", ref)  # a reference may be a model with a path
                 if isinstance(ref, str) and ref.startswith("outbox/"):
-                    protected.append(ref[len("outbox/"):])
-        expired = find_expired(s.outbox, s.failed, max_age_days=s.retention_days, now=time.time(),
-                               reserved=reserved, protected=protected)
+                    protected.append(ref[len("outbox/") :])
+        expired = find_expired(
+            s.outbox,
+            s.failed,
+            max_age_days=s.retention_days,
+            now=time.time(),
+            reserved=reserved,
+            protected=protected,
+        )
         n = remove_expired(expired)
         if n and self.page is not None:
             self.page.mark()
@@ -150,7 +184,9 @@ def queue_with_eta(
     return out
 
 
-def queue_snapshot(settings: Settings, queue: Any, worker: Any, instance: str, seconds_per_audio_s: float | None) -> list[dict[str, Any]]:
+def queue_snapshot(
+    settings: Settings, queue: Any, worker: Any, instance: str, seconds_per_audio_s: float | None
+) -> list[dict[str, Any]]:
     """The daemon's queue for state/queue.json: position, id, source file and ETA per entry."""
     items = queue.items()
     audio_s = {q.job_id: q.job.duration * q.job.count for q in items}
@@ -161,7 +197,10 @@ def queue_snapshot(settings: Settings, queue: Any, worker: Any, instance: str, s
     elif left is None and seconds_per_audio_s is not None:  # no progress yet: the batch's estimate
         batch = list(worker.current)
         started = min((j.started_at or time.time() for j in batch), default=time.time())
-        left = max(0.0, seconds_per_audio_s * sum(j.job.duration * j.job.count for j in batch) - (time.time() - started))
+        left = max(
+            0.0,
+            seconds_per_audio_s * sum(j.job.duration * j.job.count for j in batch) - (time.time() - started),
+        )
     sources = {q.job_id: q.claim.source_name for q in items}
     snap = [{**e, "source_file": sources.get(e["job_id"])} for e in queue.snapshot()]
     return queue_with_eta(snap, audio_s, running_left_s=left, seconds_per_audio_s=seconds_per_audio_s)

@@ -34,7 +34,9 @@ def claim(settings: Settings, inbox_path: Path) -> Claimed | None:
     # inbox/<folder>/<job>.yaml keeps its folder in the source name ("band/x.yaml"): results and
     # failures go to outbox/<folder>/ and failed/<folder>/, also after a crash (it is in the meta).
     folder = inbox_path.parent.name if inbox_path.parent != settings.inbox else ""
-    if folder and (inbox_path.parent.parent != settings.inbox or folder_problem(folder) or is_ignored_name(folder)):
+    if folder and (
+        inbox_path.parent.parent != settings.inbox or folder_problem(folder) or is_ignored_name(folder)
+    ):
         return None
     name = source_name_for(folder, base)
     try:

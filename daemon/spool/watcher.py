@@ -59,6 +59,7 @@ if _move_grouper is not None:
 log = logging.getLogger(__name__)
 
 _STOP = object()
+DEEP = "inbox: %s/ is more than one folder deep; only inbox/<folder>/<job>.yaml is read"
 
 
 class _Handler(FileSystemEventHandler):
@@ -127,7 +128,8 @@ class InboxWatcher:
                 observer = InotifyObserver(generate_full_events=True)
                 observer.schedule(
                     # recursive: inbox/<folder>/ jobs too (deeper entries are refused in _consider)
-                    _Handler(self), str(self.inbox), recursive=True, event_filter=[FileClosedEvent, FileMovedEvent]
+                    _Handler(self), str(self.inbox), recursive=True,
+                    event_filter=[FileClosedEvent, FileMovedEvent],
                 )
                 observer.start()
                 self._observer = observer
@@ -180,7 +182,7 @@ class InboxWatcher:
         if len(parts) > 2:
             if not any(is_ignored_name(p) for p in parts):
                 rel = "/".join(parts[:-1])
-                log_once("deep", rel, "inbox: %s/ is more than one folder deep; only inbox/<folder>/<job>.yaml is read", rel)
+                log_once("deep", rel, DEEP, rel)
             return
         name = parts[-1]
         shown = "/".join(parts)
@@ -267,7 +269,7 @@ class InboxWatcher:
                     if e.is_dir(follow_symlinks=False) and not is_ignored_name(e.name):
                         rel = f"{entry.name}/{e.name}"
                         self._present.add(rel)
-                        log_once("deep", rel, "inbox: %s/ is more than one folder deep; only inbox/<folder>/<job>.yaml is read", rel)
+                        log_once("deep", rel, DEEP, rel)
                         continue
                     out.append((source_name_for(entry.name, e.name), e))
                 continue

@@ -45,7 +45,9 @@ def find_in_inbox(settings: Settings, job_id: str) -> Path | None:
         except OSError:
             continue
         try:
-            jobs = load_job_bytes(data, name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration)
+            jobs = load_job_bytes(
+                data, name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration
+            )
         except JobSpecError:
             jobs = []
         if len(jobs) == 1 and jobs[0].id == job_id:
@@ -55,7 +57,13 @@ def find_in_inbox(settings: Settings, job_id: str) -> Path | None:
     return None
 
 
-def withdraw(settings: Settings, path: Path, job_id: str, *, reason: str = "cancelled by request before it was picked up") -> Path | None:
+def withdraw(
+    settings: Settings,
+    path: Path,
+    job_id: str,
+    *,
+    reason: str = "cancelled by request before it was picked up",
+) -> Path | None:
     """Move inbox `path` to failed/<id>.yaml and write a `cancelled` error sidecar. Returns the
     error sidecar's path, or None when a daemon claimed the file first. PermissionError when
     this user may not write failed/ (the caller then asks the daemon instead)."""
@@ -76,9 +84,16 @@ def withdraw(settings: Settings, path: Path, job_id: str, *, reason: str = "canc
     try:
         _move_no_clobber(hold, settings.failed / f"{final_id}.yaml")
         body = error_sidecar(
-            job_id=final_id, source_file=path.name, error_type="cancelled", message=reason,
-            hint=None, submitted_at=st.st_mtime, started_at=None, finished_at=time.time(),
-            attempts=0, status="cancelled",
+            job_id=final_id,
+            source_file=path.name,
+            error_type="cancelled",
+            message=reason,
+            hint=None,
+            submitted_at=st.st_mtime,
+            started_at=None,
+            finished_at=time.time(),
+            attempts=0,
+            status="cancelled",
         )
         err = settings.failed / f"{final_id}.error.json"
         atomic_write_bytes(err, dump(body), create_new=True)

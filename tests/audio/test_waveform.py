@@ -34,7 +34,10 @@ def test_envelope_of_a_short_clip_has_one_bin_per_sample_and_empty_is_empty() ->
 
 
 def test_sidecar_json_puts_number_arrays_on_one_line_and_leaves_strings_alone() -> None:
-    body = {"prompt": "[1, 2]\n not a list", "outputs": [{"waveform": {"bins": 3, "min": [-0.5, 0.0, 1e-05], "max": [1, 2, 3]}}]}
+    body = {
+        "prompt": "[1, 2]\n not a list",
+        "outputs": [{"waveform": {"bins": 3, "min": [-0.5, 0.0, 1e-05], "max": [1, 2, 3]}}],
+    }
     text = sidecar_json(body)
     assert json.loads(text) == body
     assert '"min": [-0.5,0.0,1e-05]' in text and '"max": [1,2,3]' in text

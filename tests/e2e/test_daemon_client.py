@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from daemon_harness import REPO, DaemonProcess, SpoolView, clean_env, job_yaml, run_cli, wait_until, write_config
+from daemon_harness import (
+    REPO,
+    DaemonProcess,
+    SpoolView,
+    clean_env,
+    job_yaml,
+    run_cli,
+    wait_until,
+    write_config,
+)
 
 
 def _spool_dirs(root: Path) -> None:
@@ -17,7 +25,9 @@ def _spool_dirs(root: Path) -> None:
         (root / d).mkdir(parents=True, exist_ok=True)
 
 
-def test_without_a_daemon_submit_warns_and_cancel_moves_the_inbox_file_to_failed(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_without_a_daemon_submit_warns_and_cancel_moves_the_inbox_file_to_failed(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     config = write_config(tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir)
     _spool_dirs(tmp_path / "spool")
     sp = SpoolView(tmp_path / "spool")
@@ -43,11 +53,17 @@ def test_without_a_daemon_submit_warns_and_cancel_moves_the_inbox_file_to_failed
 
 
 @pytest.mark.slow  # a daemon, a stalled job and four CLI runs: about half a minute
-def test_status_and_wait_show_queue_positions_and_the_daemons_eta(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_status_and_wait_show_queue_positions_and_the_daemons_eta(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     # Every decode of more than 60 steps (1.5 s of audio) stalls until cancelled: the queue behind
     # it stands still long enough to look at.
-    config = write_config(tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir,
-                          fault_injection={"stall_after_steps": 60, "stall_s": 60})
+    config = write_config(
+        tmp_path / "config.yaml",
+        tmp_path / "spool",
+        tiny_model_dir,
+        fault_injection={"stall_after_steps": 60, "stall_s": 60},
+    )
     sp = SpoolView(tmp_path / "spool")
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
         daemon.start()
@@ -55,7 +71,12 @@ def test_status_and_wait_show_queue_positions_and_the_daemons_eta(tmp_path: Path
         sp.drop("warm.yaml", job_yaml("a warm up for the estimate", duration=0.5))
         assert sp.wait_outcome("warm", 60, alive=daemon)["status"] == "completed"
         sp.drop("slow.yaml", job_yaml("this one stalls until cancelled", duration=3.0))
-        wait_until(lambda: any(r.get("job_id") == "slow" for r in sp.running()), 30, what="slow running", alive=daemon)
+        wait_until(
+            lambda: any(r.get("job_id") == "slow" for r in sp.running()),
+            30,
+            what="slow running",
+            alive=daemon,
+        )
         sp.drop("q1.yaml", job_yaml("first in the queue", duration=0.5))
         sp.drop("q2.yaml", job_yaml("second in the queue", duration=1.0))
         wait_until(lambda: sp.queued_ids() == ["q1", "q2"], 20, what="two queued jobs", alive=daemon)
@@ -75,8 +96,23 @@ def test_status_and_wait_show_queue_positions_and_the_daemons_eta(tmp_path: Path
         job = tmp_path / "q3.yaml"
         job.write_text(job_yaml("third, waited for", duration=0.75))
         waited = subprocess.run(
-            [sys.executable, "-m", "daemon", "submit", str(job), "--wait", "--timeout", "4", "--config", str(config)],
-            capture_output=True, text=True, timeout=60, env=clean_env(), cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "daemon",
+                "submit",
+                str(job),
+                "--wait",
+                "--timeout",
+                "4",
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+            cwd=REPO,
         )
         assert waited.returncode == 1, waited.stderr  # timed out: the stalled job holds the queue
         progress = [ln for ln in waited.stderr.splitlines() if ln.startswith("waiting:")]

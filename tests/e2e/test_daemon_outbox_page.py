@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from daemon_harness import DaemonProcess, SpoolView, job_yaml, wait_until, write_config
 
 HOSTILE = (
-    "<script>alert(1)</script> & \"quotes\" "
+    '<script>alert(1)</script> & "quotes" '
     "<script>document.documentElement.setAttribute('data-pwned','script')</script>"
     "<img src=x onerror=\"document.documentElement.setAttribute('data-pwned','img')\">"
 )
@@ -29,8 +28,14 @@ HOSTILE = (
 pytestmark = pytest.mark.slow
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--mute-audio",
 ]
 
 
@@ -46,7 +51,9 @@ def run_chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         return subprocess.run(
             [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
 
@@ -90,8 +97,12 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
             sp.wait_outcome(job_id, 120, alive=daemon)
         page = sp.outbox / "index.html"
         # Debounced: the page catches up within a couple of seconds of the last outcome.
-        wait_until(lambda: page.exists() and all(j in page.read_text() for j in ("hostile", "plain", "nomodel")),
-                   20, what="the page to list every job", alive=daemon)
+        wait_until(
+            lambda: page.exists() and all(j in page.read_text() for j in ("hostile", "plain", "nomodel")),
+            20,
+            what="the page to list every job",
+            alive=daemon,
+        )
         assert daemon.stop() == 0, daemon.log_tail()
         log = daemon.log()
     assert "Traceback" not in log, log
@@ -114,11 +125,13 @@ def test_page_in_headless_chromium(finished_run: dict[str, Any]) -> None:
     scripts = dom.find("script")
     assert len(scripts) == 1, "only the page's own filter script"
     text = " ".join(" ".join(dom.text).split())
-    assert "<script>alert(1)</script> & \"quotes\"" in text
+    assert '<script>alert(1)</script> & "quotes"' in text
 
     # Players: one per output of every completed job, pointing at the files next to the page.
     sidecars = {b["job_id"]: b for _p, b in sp.sidecars()}
-    expected = sorted(o["path"] for b in sidecars.values() if b["status"] == "completed" for o in b["outputs"])
+    expected = sorted(
+        o["path"] for b in sidecars.values() if b["status"] == "completed" for o in b["outputs"]
+    )
     assert expected == ["hostile-v1.wav", "hostile-v2.wav", "plain.wav"]
     audio = sorted(str(a.get("src")) for a in dom.find("audio"))
     assert audio == expected
@@ -140,7 +153,11 @@ def test_page_in_headless_chromium(finished_run: dict[str, Any]) -> None:
             value = attrs.get(key)
             if value is None:
                 continue
-            assert not value.startswith(("/", "file:", "http:", "https:")) and "://" not in value, (tag, key, value)
+            assert not value.startswith(("/", "file:", "http:", "https:")) and "://" not in value, (
+                tag,
+                key,
+                value,
+            )
             assert str(sp.root) not in value
     hrefs = [str(a.get("href")) for a in dom.find("a")]
     assert "../failed/nomodel.error.json" in hrefs and "hostile.json" in hrefs
@@ -172,7 +189,11 @@ def test_metrics_file_parses_and_counts_match_the_outbox(finished_run: dict[str,
     def samples(name: str) -> list[Any]:
         return families[name].samples
 
-    jobs = {(s.labels["outcome"], s.labels["error_type"]): s.value for s in samples("dgx_music_jobs") if s.name.endswith("_total")}
+    jobs = {
+        (s.labels["outcome"], s.labels["error_type"]): s.value
+        for s in samples("dgx_music_jobs")
+        if s.name.endswith("_total")
+    }
     completed = [b for _p, b in sp.sidecars() if b["status"] == "completed"]
     failed = [b for _p, b in sp.sidecars() if b["status"] != "completed"]
     assert jobs[("completed", "")] == len(completed) == 2

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from daemon_harness import DaemonProcess, SpoolView, job_yaml, wait_until, write_config, write_faults
 
 
@@ -29,9 +28,15 @@ def folder_outcome(sp: SpoolView, folder: str, job_id: str) -> dict | None:
 
 
 @pytest.mark.slow  # two daemon starts, one of them killed mid-job: about half a minute
-def test_subfolder_jobs_land_in_their_folders_and_survive_a_crash(tmp_path: Path, tiny_model_dir: Path) -> None:
-    config = write_config(tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir,
-                          fault_injection={"kill_on_prompt": "KILL-ME"})
+def test_subfolder_jobs_land_in_their_folders_and_survive_a_crash(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = write_config(
+        tmp_path / "config.yaml",
+        tmp_path / "spool",
+        tiny_model_dir,
+        fault_injection={"kill_on_prompt": "KILL-ME"},
+    )
     sp = SpoolView(tmp_path / "spool")
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
         daemon.start()
@@ -60,7 +65,9 @@ def test_subfolder_jobs_land_in_their_folders_and_survive_a_crash(tmp_path: Path
         crash = wait_until(lambda: folder_outcome(sp, "band", "crash"), 60, what="band/crash", alive=daemon)
         assert crash["status"] == "completed" and crash["source_file"] == "band/crash.yaml"
         page = sp.outbox / "index.html"
-        wait_until(lambda: page.exists() and "band/crash.wav" in page.read_text(), 20, what="the page", alive=daemon)
+        wait_until(
+            lambda: page.exists() and "band/crash.wav" in page.read_text(), 20, what="the page", alive=daemon
+        )
         assert daemon.stop() == 0
         log = daemon.full_log()
     assert (sp.inbox / "band" / "deep" / "too-deep.yaml").is_file()

@@ -22,8 +22,12 @@ def test_plain_lines_when_not_a_terminal_one_per_change() -> None:
     bar.update(1.0, "running x 100%", eta_s=0, status="running x")  # the end always shows
     bar.close("done")
     lines = out.getvalue().splitlines()
-    assert lines == ["waiting:   0.0% queued #2 eta 30s", "waiting:  40.0% running x 40% eta 14s",
-                     "waiting: 100.0% running x 100% eta 0s", "done"]
+    assert lines == [
+        "waiting:   0.0% queued #2 eta 30s",
+        "waiting:  40.0% running x 40% eta 14s",
+        "waiting: 100.0% running x 100% eta 0s",
+        "done",
+    ]
     assert "\r" not in out.getvalue()
 
 

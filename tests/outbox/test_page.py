@@ -16,26 +16,56 @@ from daemon.outbox.page import CSP, PageRefresher, collect, render, write_page
 EVIL = '<script>alert(1)</script> & "quotes" \'single\' <b onclick="x()">'
 
 
-def result(job_id: str, prompt: str = "a tune", *, count: int = 1, finished: str = "2026-01-01T00:00:00.000Z",
-           sections: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def result(
+    job_id: str,
+    prompt: str = "a tune",
+    *,
+    count: int = 1,
+    finished: str = "2026-01-01T00:00:00.000Z",
+    sections: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     names = [f"{job_id}.wav"] if count == 1 else [f"{job_id}-v{i}.wav" for i in range(1, count + 1)]
     request: dict[str, Any] = {"prompt": prompt, "duration": 1.0, "seed": 5, "model": "tiny"}
     if sections:
         request = {"sections": sections, "seed": 5, "model": "tiny"}
     return {
-        "job_id": job_id, "status": "completed", "source_file": f"{job_id}.yaml", "finished": finished,
-        "timings": {"queue_s": 0.1, "generate_s": 1.5, "total_s": 2.0}, "rtf": 1.5, "request": request,
+        "job_id": job_id,
+        "status": "completed",
+        "source_file": f"{job_id}.yaml",
+        "finished": finished,
+        "timings": {"queue_s": 0.1, "generate_s": 1.5, "total_s": 2.0},
+        "rtf": 1.5,
+        "request": request,
         "model": {"name": "tiny", "device": "cpu", "dtype": "float32"},
-        "outputs": [{"path": n, "duration_s": 1.0, "integrated_lufs": -16.0, "true_peak_dbtp": -1.0, "variation": i + 1,
-                     "seed": 5 + i, "waveform": {"bins": 3, "min": [-0.5, -1.5, 0.0], "max": [0.5, 0.2, 0.1]}}
-                    for i, n in enumerate(names)],
+        "outputs": [
+            {
+                "path": n,
+                "duration_s": 1.0,
+                "integrated_lufs": -16.0,
+                "true_peak_dbtp": -1.0,
+                "variation": i + 1,
+                "seed": 5 + i,
+                "waveform": {"bins": 3, "min": [-0.5, -1.5, 0.0], "max": [0.5, 0.2, 0.1]},
+            }
+            for i, n in enumerate(names)
+        ],
     }
 
 
 def failure(job_id: str, message: str = "bad", hint: str | None = "fix it") -> dict[str, Any]:
-    return {"job_id": job_id, "status": "failed", "source_file": f"{job_id}.yaml", "finished": "2026-01-02T00:00:00.000Z",
-            "error": {"type": "invalid_job", "message": message, "details": [{"loc": "prompt", "line": 2, "msg": EVIL}],
-                      "hint": hint}, "attempts": 1}
+    return {
+        "job_id": job_id,
+        "status": "failed",
+        "source_file": f"{job_id}.yaml",
+        "finished": "2026-01-02T00:00:00.000Z",
+        "error": {
+            "type": "invalid_job",
+            "message": message,
+            "details": [{"loc": "prompt", "line": 2, "msg": EVIL}],
+            "hint": hint,
+        },
+        "attempts": 1,
+    }
 
 
 def put(path: Path, body: dict[str, Any], mtime: float | None = None) -> None:
@@ -67,7 +97,10 @@ def test_everything_from_a_job_is_escaped(spool: tuple[Path, Path]) -> None:
 
 def test_sections_are_listed_and_waveform_is_svg(spool: tuple[Path, Path]) -> None:
     outbox, failed = spool
-    put(outbox / "s.json", result("s", sections=[{"prompt": "intro <i>", "duration": 8}, {"prompt": "drop", "duration": 8}]))
+    put(
+        outbox / "s.json",
+        result("s", sections=[{"prompt": "intro <i>", "duration": 8}, {"prompt": "drop", "duration": 8}]),
+    )
     text = write_page(outbox, failed).read_text()
     assert "<li>intro &lt;i&gt;" in text and "drop" in text
     svg = re.search(r'<svg class="wave" viewBox="0 0 3 2"[^>]*><path d="([^"]+)"/></svg>', text)
@@ -80,7 +113,11 @@ def test_newest_first_limit_and_folders(spool: tuple[Path, Path]) -> None:
     outbox, failed = spool
     now = time.time()
     for i in range(5):
-        put(outbox / f"j{i}.json", result(f"j{i}", finished=f"2026-01-01T00:00:0{i}.000Z"), mtime=now - 100 + i)
+        put(
+            outbox / f"j{i}.json",
+            result(f"j{i}", finished=f"2026-01-01T00:00:0{i}.000Z"),
+            mtime=now - 100 + i,
+        )
     put(outbox / "band" / "k.json", result("k", finished="2026-01-01T00:00:09.000Z"), mtime=now)
     put(failed / "band" / "z.error.json", failure("z"), mtime=now - 1000)
     (outbox / "index.html").write_text("old page")  # never taken for a sidecar

@@ -23,7 +23,9 @@ def result(directory: Path, job_id: str, names: list[str], age_days: float) -> N
     for n in names:
         (directory / n).write_bytes(b"RIFF")
         os.utime(directory / n, (t, t))
-    (directory / f"{job_id}.json").write_text(json.dumps({"job_id": job_id, "outputs": [{"path": n} for n in names]}))
+    (directory / f"{job_id}.json").write_text(
+        json.dumps({"job_id": job_id, "outputs": [{"path": n} for n in names]})
+    )
     os.utime(directory / f"{job_id}.json", (t, t))
 
 
@@ -52,13 +54,28 @@ def test_whole_old_results_go_and_the_rest_stays(tmp_path: Path, caplog: pytest.
     aged(failed / "f.yaml", 40)
     aged(failed / "g.error.json", 2, "{}")
     aged(failed / "g.yaml", 2)
-    expired = find_expired(outbox, failed, max_age_days=30, now=time.time(), reserved=["held"], protected=["ref.wav"])
-    assert sorted((x.where, x.job_id) for x in expired) == [("failed", "f"), ("outbox", "old"), ("outbox/band", "oldb")]
+    expired = find_expired(
+        outbox, failed, max_age_days=30, now=time.time(), reserved=["held"], protected=["ref.wav"]
+    )
+    assert sorted((x.where, x.job_id) for x in expired) == [
+        ("failed", "f"),
+        ("outbox", "old"),
+        ("outbox/band", "oldb"),
+    ]
     with caplog.at_level(logging.INFO, logger="daemon.outbox.retention"):
         assert remove_expired(expired) == 3
         assert remove_expired(expired) == 0  # gone already (a peer daemon): nothing to do
-    assert names(outbox) == [".tmp.json", "held.json", "held.wav", "index.html", "new.json", "new.wav",
-                             "orphan.wav", "ref.json", "ref.wav"]
+    assert names(outbox) == [
+        ".tmp.json",
+        "held.json",
+        "held.wav",
+        "index.html",
+        "new.json",
+        "new.wav",
+        "orphan.wav",
+        "ref.json",
+        "ref.wav",
+    ]
     assert names(failed) == ["g.error.json", "g.yaml"]
     assert "retention: removed outbox/{old.json, old-v1.wav, old-v2.wav}" in caplog.text
 

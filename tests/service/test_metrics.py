@@ -11,12 +11,22 @@ parser = pytest.importorskip("prometheus_client.parser")
 
 def test_exposition_parses_with_counts_histograms_and_escaped_labels() -> None:
     m = Metrics(version="1.2.3", device="cpu", hostname='box "1"\\n', start_time=1_700_000_000.5)
-    sidecar = {"timings": {"generate_s": 3.0, "total_s": 4.0}, "rtf": 0.75, "outputs": [{"duration_s": 2.0}, {"duration_s": 2.0}]}
+    sidecar = {
+        "timings": {"generate_s": 3.0, "total_s": 4.0},
+        "rtf": 0.75,
+        "outputs": [{"duration_s": 2.0}, {"duration_s": 2.0}],
+    }
     m.observe({"status": "completed"}, sidecar)
-    m.observe({"status": "completed"}, {**sidecar, "timings": {"generate_s": 100.0, "total_s": 700.0}, "rtf": 25.0})
+    m.observe(
+        {"status": "completed"}, {**sidecar, "timings": {"generate_s": 100.0, "total_s": 700.0}, "rtf": 25.0}
+    )
     m.observe({"status": "failed", "error": "timeout"}, None)
     m.observe({"status": "cancelled", "error": "cancelled"}, None)
-    text = m.render(Gauges(queue_length=3, jobs_running=1, models={"small": True, "big": False}, model_load_s={"small": 12.5}))
+    text = m.render(
+        Gauges(
+            queue_length=3, jobs_running=1, models={"small": True, "big": False}, model_load_s={"small": 12.5}
+        )
+    )
     fams = {f.name: f for f in parser.text_string_to_metric_families(text)}
     jobs = {(s.labels["outcome"], s.labels["error_type"]): s.value for s in fams["dgx_music_jobs"].samples}
     assert jobs == {("completed", ""): 2, ("failed", "timeout"): 1, ("cancelled", "cancelled"): 1}
@@ -25,10 +35,17 @@ def test_exposition_parses_with_counts_histograms_and_escaped_labels() -> None:
     assert gen[("dgx_music_generation_seconds_bucket", "120.0")] == 2
     assert gen[("dgx_music_generation_seconds_bucket", "+Inf")] == 2
     assert gen[("dgx_music_generation_seconds_sum", None)] == 103.0
-    job = {s.labels.get("le"): s.value for s in fams["dgx_music_job_seconds"].samples if s.name.endswith("_bucket")}
+    job = {
+        s.labels.get("le"): s.value
+        for s in fams["dgx_music_job_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
     assert job["600.0"] == 1 and job["1800.0"] == 2
     assert fams["dgx_music_audio_seconds"].samples[0].value == 8.0
-    assert {s.labels["model"]: s.value for s in fams["dgx_music_model_loaded"].samples} == {"small": 1, "big": 0}
+    assert {s.labels["model"]: s.value for s in fams["dgx_music_model_loaded"].samples} == {
+        "small": 1,
+        "big": 0,
+    }
     assert fams["dgx_music_queue_length"].samples[0].value == 3
     info = fams["dgx_music_info"].samples[0]
     assert info.labels["hostname"] == 'box "1"\\n' and info.labels["version"] == "1.2.3"
