@@ -44,8 +44,9 @@ _STYLE = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:1em auto;max-width:1400px;padding:0 1em;"
     "background:#fafafa;color:#222}h1{font-size:1.4em}.job{background:#fff;border:1px solid #ddd;"
     "border-left:4px solid #3a7;border-radius:4px;margin:0 0 1em;padding:.6em 1em}"
-    ".job.failed{border-left-color:#c33}.job h2{font-size:1.05em;margin:.2em 0}"
-    ".job h2 time,.folder{color:#777;font-weight:normal;font-size:.9em}.prompt{margin:.3em 0;"
+    ".job.failed{border-left-color:#c33}.job h3{font-size:1.05em;margin:.2em 0}"
+    ".job h3 time,.folder{color:#777;font-weight:normal;font-size:.9em}.prompt{margin:.3em 0;"
+    "h2.group{font-size:1.15em;margin:1.2em 0 .5em}"
     "white-space:pre-wrap;font-size:1.05em}.meta{color:#555;font-size:.9em;margin:.3em 0}"
     ".meta span{margin-right:1.2em}.vars{display:flex;flex-wrap:wrap;gap:1em}"
     ".var{margin:0;flex:1 1 300px;max-width:460px}.var figcaption{font-size:.85em;color:#555}"
@@ -240,9 +241,9 @@ def _header(entry: Entry, status: str) -> str:
     b = entry.body
     folder = f' <span class="folder">{_e(entry.folder)}/</span>' if entry.folder else ""
     return (
-        f'<h2><a href="{_href(*entry.sidecar_href.split("/"))}">{_e(b.get("job_id"))}</a>{folder} '
+        f'<h3><a href="{_href(*entry.sidecar_href.split("/"))}">{_e(b.get("job_id"))}</a>{folder} '
         f'<span class="folder">{_e(status)}</span> '
-        f'<time datetime="{_e(entry.when)}">{_e(entry.when.replace("T", " ")[:19])}</time></h2>'
+        f'<time datetime="{_e(entry.when)}">{_e(entry.when.replace("T", " ")[:19])}</time></h3>'
     )
 
 
@@ -332,13 +333,31 @@ def render_failure(entry: Entry) -> str:
     )
 
 
+def _articles(entries: list[Entry]) -> str:
+    return "\n".join(render_result(e) if e.kind == "result" else render_failure(e) for e in entries)
+
+
+def _grouped(entries: list[Entry]) -> str:
+    """One section per inbox folder, each newest first: the inbox's own jobs, then the folders,
+    the one with the newest job first."""
+    groups: dict[str, list[Entry]] = {}
+    for e in entries:  # entries are newest first, so is each group and the groups' order
+        groups.setdefault(e.folder, []).append(e)
+    order = sorted(groups, key=lambda f: (f != "", list(groups).index(f)))
+    return "\n".join(
+        f'<section class="group" data-folder="{_e(f)}"><h2 class="group">{_e(f + "/" if f else "inbox")} '
+        f'<span class="folder">({len(groups[f])})</span></h2>\n{_articles(groups[f])}</section>'
+        for f in order
+    )
+
+
 def render(entries: list[Entry], total: int, *, generated: float | None = None) -> str:
     folders = sorted({e.folder for e in entries if e.folder})
     select = ""
     if folders:
         opts = "".join(f'<option value="{_e(f)}">{_e(f)}/</option>' for f in folders)
         select = f' <select id="folder"><option value="">all folders</option>{opts}</select>'
-    body = "\n".join(render_result(e) if e.kind == "result" else render_failure(e) for e in entries)
+    body = _grouped(entries) if folders else _articles(entries)
     stamp = time.strftime(
         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated if generated is not None else time.time())
     )

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from jobspec import Job
-from jobspec.names import error_name
 from jobspec.sidecar import Timings
 
 from daemon import spool
@@ -158,11 +157,11 @@ def fail_group_job(
         request=job.model_dump(mode="json") if job is not None else None,
     )
     # A batch keeps its work file until every job has an outcome: failed jobs get a copy.
-    spool.fail_job(settings, claim, body, job_id=job_id, keep_work=group.is_batch)
+    _job_file, err_path = spool.fail_job(settings, claim, body, job_id=job_id, keep_work=group.is_batch)
     log.warning("job %s %s: %s: %s", job_id, status, error_type, message, extra=message_id(MESSAGE_ID_JOB_FAILED))
     state.record_outcome(
         settings,
-        {"job_id": job_id, "status": status, "error": error_type, "path": str(settings.failed / error_name(job_id)), "finished": time.time()},
+        {"job_id": job_id, "status": status, "error": error_type, "path": str(err_path), "finished": time.time()},
     )
 
 

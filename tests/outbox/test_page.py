@@ -129,6 +129,8 @@ def test_newest_first_limit_and_folders(spool: tuple[Path, Path]) -> None:
     page = render(entries, total)
     assert 'src="band/k.wav"' in page and "4 older ones are on disk" in page
     assert '<option value="band">' in page
+    inbox_group, band_group = page.index('data-folder=""><h2'), page.index('data-folder="band"><h2')
+    assert inbox_group < band_group  # grouped by folder: the inbox's own jobs first
     all_entries, _ = collect(outbox, failed, max_jobs=100)
     z = next(e for e in all_entries if e.body["job_id"] == "z")
     assert z.sidecar_href == "../failed/band/z.error.json"
