@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import stat
 import time
 from pathlib import Path
 
 from daemon.core.config import Settings
-from daemon.core.fsio import atomic_write_bytes, temp_name_for
+from daemon.core.fsio import atomic_write_bytes
 from daemon.spool.failed import _move_no_clobber, error_sidecar
 from daemon.spool.layout import dump
 from daemon.spool.reserve import release_id, reserve_id
@@ -70,7 +71,8 @@ def withdraw(
     st = os.lstat(path)
     # Take the file out of the inbox first (a claim-like rename into failed/ under a dot-name
     # that nothing reads), then give it its final no-clobber name.
-    hold = temp_name_for(settings.failed / path.name)
+    # Not a `.tmp` name: stale-temp cleaning must never take a user's job file.
+    hold = settings.failed / f".{path.name}.{secrets.token_hex(6)}.cancelling"
     try:
         os.rename(path, hold)
     except FileNotFoundError:
