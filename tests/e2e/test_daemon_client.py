@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from daemon_harness import (
-    REPO,
     DaemonProcess,
     SpoolView,
-    clean_env,
     job_yaml,
     run_cli,
     wait_until,
@@ -95,25 +91,7 @@ def test_status_and_wait_show_queue_positions_and_the_daemons_eta(
         # submit --wait with stderr not a terminal: plain lines, the daemon's ETA, then a timeout.
         job = tmp_path / "q3.yaml"
         job.write_text(job_yaml("third, waited for", duration=0.75))
-        waited = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "daemon",
-                "submit",
-                str(job),
-                "--wait",
-                "--timeout",
-                "4",
-                "--config",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=clean_env(),
-            cwd=REPO,
-        )
+        waited = run_cli(config, "submit", str(job), "--wait", "--timeout", "4", timeout=60)  # stderr: a pipe
         assert waited.returncode == 1, waited.stderr  # timed out: the stalled job holds the queue
         progress = [ln for ln in waited.stderr.splitlines() if ln.startswith("waiting:")]
         assert progress and "\r" not in waited.stderr and "\x1b" not in waited.stderr
