@@ -306,7 +306,11 @@ class Daemon:
 
     def _write_queue(self) -> None:
         try:
-            state.write_queue(self.settings, self.queue.snapshot(), instance=self.instance)
+            info = self.engine.info
+            model = None if info is None else {
+                "name": info.name, "device": info.device, "dtype": info.dtype, "decoder": info.backend,
+            }
+            state.write_queue(self.settings, self.queue.snapshot(), instance=self.instance, model=model)
         except OSError as exc:
             # queue.json only informs `dgx-music status`: a full or read-only disk must not
             # take the daemon (and the jobs it holds) down. Logged once per outage.
