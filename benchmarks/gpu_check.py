@@ -36,8 +36,9 @@ PY = sys.executable
 
 def _cli(*args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`dgx-music ARGS` through this interpreter (the checkout's code when run from it)."""
-    return subprocess.run([PY, "-m", "daemon", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
+    return subprocess.run(
+        [PY, "-m", "daemon", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 def _tail(text: str, n: int = 2000) -> str:
@@ -75,18 +76,45 @@ def section_gpu_tests(plan: Plan) -> dict[str, Any]:
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*gpu*.py"))
     if not files:
         return {"ok": False, "error": "no GPU test files under tests/ (run from a checkout)"}
-    proc = subprocess.run([PY, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files],
-                          capture_output=True, text=True, timeout=plan.timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [PY, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files],
+        capture_output=True,
+        text=True,
+        timeout=plan.timeout,
+        cwd=ROOT,
+    )
     last = (proc.stdout.strip().splitlines() or [""])[-1]
     # pytest exits 5 when everything was deselected or skipped: expected without CUDA.
-    ok = proc.returncode == 0 or (plan.device == "cpu" and proc.returncode == 5) or (
-        plan.device == "cpu" and "failed" not in last and "error" not in last)
-    return {"ok": ok, "exit_code": proc.returncode, "files": files, "summary": last, "output_tail": _tail(proc.stdout)}
+    ok = (
+        proc.returncode == 0
+        or (plan.device == "cpu" and proc.returncode == 5)
+        or (plan.device == "cpu" and "failed" not in last and "error" not in last)
+    )
+    return {
+        "ok": ok,
+        "exit_code": proc.returncode,
+        "files": files,
+        "summary": last,
+        "output_tail": _tail(proc.stdout),
+    }
 
 
-def _compare(plan: Plan, shape: str, duration: str, batch: int, extra: list[str] | None = None) -> list[dict[str, Any]]:
-    args = ["bench", "--compare", "--json", "--device", plan.device, "--durations", duration, "--batch", str(batch),
-            *plan.model_args(shape), *(extra or [])]
+def _compare(
+    plan: Plan, shape: str, duration: str, batch: int, extra: list[str] | None = None
+) -> list[dict[str, Any]]:
+    args = [
+        "bench",
+        "--compare",
+        "--json",
+        "--device",
+        plan.device,
+        "--durations",
+        duration,
+        "--batch",
+        str(batch),
+        *plan.model_args(shape),
+        *(extra or []),
+    ]
     proc = _cli(*args, timeout=plan.timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"bench --compare exited {proc.returncode}: {_tail(proc.stderr, 800)}")
@@ -98,16 +126,23 @@ def _speedups(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ours, ref = by.get("dgx-music"), by.get("transformers")
     out: dict[str, Any] = {"rows": rows}
     if ours and ref:
-        out.update(dgx_gen_s=ours["gen_s"], transformers_gen_s=ref["gen_s"], ratio=ours["ratio"],
-                   speedup=round(ref["gen_s"] / ours["gen_s"], 2) if ours["gen_s"] else None,
-                   dgx_ms_per_step=ours["ms_per_step"], dgx_audio_s_per_s=ours["audio_s_per_s"],
-                   dgx_peak_memory_bytes=ours["peak_memory_bytes"])
+        out.update(
+            dgx_gen_s=ours["gen_s"],
+            transformers_gen_s=ref["gen_s"],
+            ratio=ours["ratio"],
+            speedup=round(ref["gen_s"] / ours["gen_s"], 2) if ours["gen_s"] else None,
+            dgx_ms_per_step=ours["ms_per_step"],
+            dgx_audio_s_per_s=ours["audio_s_per_s"],
+            dgx_peak_memory_bytes=ours["peak_memory_bytes"],
+        )
     return out
 
 
 def section_compare(plan: Plan) -> dict[str, Any]:
     shape = "tiny" if plan.quick else "small"
-    runs = {f"batch{b}": _speedups(_compare(plan, shape, plan.compare_durations, b)) for b in plan.compare_batches}
+    runs = {
+        f"batch{b}": _speedups(_compare(plan, shape, plan.compare_durations, b)) for b in plan.compare_batches
+    }
     return {"ok": True, "shape": shape, "duration_s": float(plan.compare_durations), **runs}
 
 
@@ -139,8 +174,20 @@ def section_shapes(plan: Plan) -> dict[str, Any]:
 
 
 def _compare_config(plan: Plan, cfg: Path, model: str) -> list[dict[str, Any]]:
-    proc = _cli("bench", "--compare", "--json", "--config", str(cfg), "--model", model, "--device", plan.device,
-                "--durations", plan.shape_duration, timeout=plan.timeout)
+    proc = _cli(
+        "bench",
+        "--compare",
+        "--json",
+        "--config",
+        str(cfg),
+        "--model",
+        model,
+        "--device",
+        plan.device,
+        "--durations",
+        plan.shape_duration,
+        timeout=plan.timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"bench --compare exited {proc.returncode}: {_tail(proc.stderr, 800)}")
     return json.loads(proc.stdout)
@@ -207,14 +254,23 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         kernels = _kernels_per_step(lambda: backend.decode(model, req), steps, cuda)
     peak = int(torch.cuda.max_memory_allocated(device)) if cuda else _rss_peak()
     return {
-        "ok": True, "shape": shape, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-        "duration_s": seconds, "steps": steps, "uses_graphs": backend.uses_graphs(model),
-        "first_decode_s": round(first_s, 4), "warm_decode_s": round(warm_s, 4),
+        "ok": True,
+        "shape": shape,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "duration_s": seconds,
+        "steps": steps,
+        "uses_graphs": backend.uses_graphs(model),
+        "first_decode_s": round(first_s, 4),
+        "warm_decode_s": round(warm_s, 4),
         # The first decode of a shape pays the graph capture (and lazy initialisation): the difference.
         "capture_s": round(max(0.0, first_s - warm_s), 4),
         "ms_per_step": round(1000 * warm_s / steps, 3),
-        "t5_s": round(t5_s, 4), "delay_pattern_s": round(pattern_s, 4), "encodec_s": round(codec_s, 4),
-        "peak_memory_bytes": peak, **kernels,
+        "t5_s": round(t5_s, 4),
+        "delay_pattern_s": round(pattern_s, 4),
+        "encodec_s": round(codec_s, 4),
+        "peak_memory_bytes": peak,
+        **kernels,
     }
 
 
@@ -227,7 +283,9 @@ def _kernels_per_step(fn: Callable[[], Any], steps: int, cuda: bool) -> dict[str
         fn()
     events = prof.events()
     if cuda:
-        count = sum(1 for e in events if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type))
+        count = sum(
+            1 for e in events if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)
+        )
         kind = "cuda kernels"
     else:
         count = sum(1 for e in events if e.name.startswith("aten::"))
@@ -250,26 +308,51 @@ def section_daemon(plan: Plan) -> dict[str, Any]:
     env = dict(os.environ, DGX_MUSIC_CONFIG=str(cfg))
     log_path = plan.work / "serve.log"
     with open(log_path, "w", encoding="utf-8") as log_file:
-        serve = subprocess.Popen([PY, "-m", "daemon", "serve", "--config", str(cfg)], stdout=log_file,
-                                 stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        serve = subprocess.Popen(
+            [PY, "-m", "daemon", "serve", "--config", str(cfg)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
     try:
         _wait_for_start(serve, spool, log_path, plan.timeout)
         job = plan.work / "check.yaml"
-        job.write_text(f"prompt: gpu check, warm lo-fi piano\nduration: {1 if plan.quick else 8}\nseed: 7\n"
-                       f"model: {shape}\n", encoding="utf-8")
+        job.write_text(
+            f"prompt: gpu check, warm lo-fi piano\nduration: {1 if plan.quick else 8}\nseed: 7\n"
+            f"model: {shape}\n",
+            encoding="utf-8",
+        )
         t0 = time.perf_counter()
-        proc = _cli("submit", str(job), "--wait", "--timeout", str(plan.timeout), "--config", str(cfg),
-                    timeout=plan.timeout + 30, env=env)
+        proc = _cli(
+            "submit",
+            str(job),
+            "--wait",
+            "--timeout",
+            str(plan.timeout),
+            "--config",
+            str(cfg),
+            timeout=plan.timeout + 30,
+            env=env,
+        )
         wall = time.perf_counter() - t0
         sidecars = sorted((spool / "outbox").glob("*.json"))
         if proc.returncode != 0 or not sidecars:
-            raise RuntimeError(f"submit --wait exited {proc.returncode}: {_tail(proc.stderr + proc.stdout, 800)}; "
-                               f"serve log: {_tail(log_path.read_text(errors='replace'), 1200)}")
+            raise RuntimeError(
+                f"submit --wait exited {proc.returncode}: {_tail(proc.stderr + proc.stdout, 800)}; "
+                f"serve log: {_tail(log_path.read_text(errors='replace'), 1200)}"
+            )
         side = json.loads(sidecars[0].read_text())
         ok = side.get("status") == "completed"
-        return {"ok": ok, "submit_wall_s": round(wall, 3), "status": side.get("status"), "model": side.get("model"),
-                "timings": side.get("timings"), "rtf": side.get("rtf"),
-                "peak_memory_bytes": side.get("peak_memory_bytes")}
+        return {
+            "ok": ok,
+            "submit_wall_s": round(wall, 3),
+            "status": side.get("status"),
+            "model": side.get("model"),
+            "timings": side.get("timings"),
+            "rtf": side.get("rtf"),
+            "peak_memory_bytes": side.get("peak_memory_bytes"),
+        }
     finally:
         serve.send_signal(signal.SIGTERM)
         try:
@@ -284,7 +367,9 @@ def _wait_for_start(serve: subprocess.Popen[bytes], spool: Path, log_path: Path,
     deadline = time.monotonic() + timeout
     while not (spool / "inbox").is_dir():
         if serve.poll() is not None:
-            raise RuntimeError(f"serve exited {serve.returncode}: {_tail(log_path.read_text(errors='replace'), 1200)}")
+            raise RuntimeError(
+                f"serve exited {serve.returncode}: {_tail(log_path.read_text(errors='replace'), 1200)}"
+            )
         if time.monotonic() > deadline:
             raise RuntimeError("serve did not create its spool in time")
         time.sleep(0.2)
@@ -304,12 +389,20 @@ SECTIONS: dict[str, Callable[[Plan], dict[str, Any]]] = {
 
 
 def _summary(results: dict[str, Any]) -> str:
-    lines = [f"# dgx-music device check ({results['device']}{', quick' if results['quick'] else ''})", "",
-             f"{results['host']['platform']}, python {results['host']['python']}, "
-             f"torch {results['host'].get('torch')}, transformers {results['host'].get('transformers')}", "",
-             "| section | ok | seconds | key figures |", "|---|---|---|---|"]
+    lines = [
+        f"# dgx-music device check ({results['device']}{', quick' if results['quick'] else ''})",
+        "",
+        f"{results['host']['platform']}, python {results['host']['python']}, "
+        f"torch {results['host'].get('torch')}, transformers {results['host'].get('transformers')}",
+        "",
+        "| section | ok | seconds | key figures |",
+        "|---|---|---|---|",
+    ]
     for name, sec in results["sections"].items():
-        lines.append(f"| {name} | {'yes' if sec.get('ok') else 'NO'} | {sec.get('seconds', 0):.1f} | {_figures(name, sec)} |")
+        lines.append(
+            f"| {name} | {'yes' if sec.get('ok') else 'NO'} | {sec.get('seconds', 0):.1f} "
+            f"| {_figures(name, sec)} |"
+        )
     errors = [(n, s["error"]) for n, s in results["sections"].items() if s.get("error")]
     if errors:
         lines += ["", "## Errors", ""] + [f"- **{n}**: {e.splitlines()[0][:400]}" for n, e in errors]
@@ -328,18 +421,27 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
         parts = []
         for key, run in sec.items():
             if key.startswith("batch") and isinstance(run, dict) and "dgx_gen_s" in run:
-                parts.append(f"{key}: dgx {run['dgx_gen_s']:.3f} s vs generate {run['transformers_gen_s']:.3f} s "
-                             f"(x{run['speedup']}), {run['dgx_audio_s_per_s']} audio s/s")
+                parts.append(
+                    f"{key}: dgx {run['dgx_gen_s']:.3f} s vs generate {run['transformers_gen_s']:.3f} s "
+                    f"(x{run['speedup']}), {run['dgx_audio_s_per_s']} audio s/s"
+                )
         return "; ".join(parts)
     if name == "shapes":
-        return "; ".join(f"{k}: dgx {v['dgx_gen_s']:.3f} s, peak {v['dgx_peak_memory_bytes'] / 2**30:.1f} GiB"
-                         for k, v in sec.items() if isinstance(v, dict) and "dgx_gen_s" in v)
+        return "; ".join(
+            f"{k}: dgx {v['dgx_gen_s']:.3f} s, peak {v['dgx_peak_memory_bytes'] / 2**30:.1f} GiB"
+            for k, v in sec.items()
+            if isinstance(v, dict) and "dgx_gen_s" in v
+        )
     if name == "profile":
-        return (f"{sec['ms_per_step']} ms/step, capture {sec['capture_s']} s, {sec['kernels_per_step']} kernels/step, "
-                f"T5 {sec['t5_s']} s, delay pattern {sec['delay_pattern_s']} s, EnCodec {sec['encodec_s']} s")
+        return (
+            f"{sec['ms_per_step']} ms/step, capture {sec['capture_s']} s, "
+            f"{sec['kernels_per_step']} kernels/step, "
+            f"T5 {sec['t5_s']} s, delay pattern {sec['delay_pattern_s']} s, EnCodec {sec['encodec_s']} s"
+        )
     if name == "daemon":
         model = sec.get("model") or {}
-        return f"{sec.get('status')} in {sec.get('submit_wall_s')} s, decoder {model.get('decoder')}, rtf {sec.get('rtf')}"
+        decoder = model.get("decoder")
+        return f"{sec.get('status')} in {sec.get('submit_wall_s')} s, decoder {decoder}, rtf {sec.get('rtf')}"
     return ""
 
 
@@ -349,19 +451,26 @@ def _host() -> dict[str, Any]:
         import torch
         import transformers
 
-        info.update(torch=torch.__version__, transformers=transformers.__version__, cuda=torch.version.cuda,
-                    gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+        info.update(
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            cuda=torch.version.cuda,
+            gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        )
     except Exception as exc:  # the report still says what is missing
         info["import_error"] = f"{type(exc).__name__}: {exc}"
     return info
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json and summary.md")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny model and short clips (a smoke run, any machine)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model and short clips (a smoke run, any machine)"
+    )
     parser.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(SECTIONS)})")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -380,11 +489,18 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 sec = SECTIONS[name](plan)
             except Exception as exc:  # one section's failure is recorded; the others still run
-                sec = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+                sec = {
+                    "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                }
             sec["seconds"] = round(time.perf_counter() - t0, 2)
             results["sections"][name] = sec
-            print(f"[gpu_check] {name}: {'ok' if sec.get('ok') else 'FAILED'} in {sec['seconds']:.1f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[gpu_check] {name}: {'ok' if sec.get('ok') else 'FAILED'} in {sec['seconds']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
             (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["ok"] = all(s.get("ok") for s in results["sections"].values())

@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         n = len(q.get("queued", []))
         what = "running a job" if (q.get("host"), q.get("pid")) in busy else "idle"
         m = q.get("model") or {}
-        resident = (f", model {m.get('name')} on {m.get('device')}/{m.get('dtype')}, decoder {m.get('decoder')}"
-                    if m else "")
+        resident = (f", model {m.get('name')} on {m.get('device')}/{m.get('dtype')}, "
+                    f"decoder {m.get('decoder')}" if m else "")
         print(f"daemon   pid {q.get('pid')} on {q.get('host')}: {what}, {n} queued{resident}")
     for r in report["running"]:
         eta = r.get("eta_s")

@@ -18,8 +18,20 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out), "--device", "cpu", "--quick"],
-        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quick",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
     )
     results = json.loads((out / "results.json").read_text())
     summary = (out / "summary.md").read_text()
@@ -47,13 +59,28 @@ def test_a_failing_section_is_recorded_and_sets_the_exit_code(tmp_path: Path) ->
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     # No such device: the section fails with its error, the files are still written.
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out), "--device", "cuda:99",
-         "--quick", "--only", "compare"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--out",
+            str(out),
+            "--device",
+            "cuda:99",
+            "--quick",
+            "--only",
+            "compare",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["ok"] is False
     assert list(results["sections"]) == ["compare"]
-    assert results["sections"]["compare"]["ok"] is False and "cuda:99" in results["sections"]["compare"]["error"]
+    assert (
+        results["sections"]["compare"]["ok"] is False and "cuda:99" in results["sections"]["compare"]["error"]
+    )
     assert "## Errors" in (out / "summary.md").read_text()

@@ -27,8 +27,13 @@ CPU = torch.device("cpu")
 
 
 class _OldLayer:
-    def forward(self, hidden_states: Any, attention_mask: Any = None, past_key_values: Any = None,
-                use_cache: bool = True) -> Any: ...
+    def forward(
+        self,
+        hidden_states: Any,
+        attention_mask: Any = None,
+        past_key_values: Any = None,
+        use_cache: bool = True,
+    ) -> Any: ...
 
 
 class _NewLayer:
@@ -38,11 +43,24 @@ class _NewLayer:
 class _RenamedLayer(MusicgenDecoderLayer):
     """A decoder layer as a future transformers might name its cache argument (neither known name)."""
 
-    def forward(self, hidden_states: Any, attention_mask: Any = None, encoder_hidden_states: Any = None,  # type: ignore[override]
-                encoder_attention_mask: Any = None, kv_store: Any = None, use_cache: bool = True, **kwargs: Any) -> Any:
-        return super().forward(hidden_states, attention_mask, encoder_hidden_states,
-                               encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
-                               **{layer_cache_keyword(MusicgenDecoderLayer): kv_store})
+    def forward(
+        self,
+        hidden_states: Any,
+        attention_mask: Any = None,
+        encoder_hidden_states: Any = None,  # type: ignore[override]
+        encoder_attention_mask: Any = None,
+        kv_store: Any = None,
+        use_cache: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        return super().forward(
+            hidden_states,
+            attention_mask,
+            encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            use_cache=use_cache,
+            **{layer_cache_keyword(MusicgenDecoderLayer): kv_store},
+        )
 
 
 def test_the_cache_keyword_comes_from_the_layer_signature() -> None:
@@ -55,8 +73,9 @@ def test_the_cache_keyword_comes_from_the_layer_signature() -> None:
 
 
 def test_the_dgx_loop_passes_its_check_on_the_tiny_model(tiny_settings: Settings) -> None:
-    ckpt = load_checkpoint("tiny", tiny_settings.model_copy(update={"dtype": "float32"}), device=CPU,
-                           dtype=torch.float32)
+    ckpt = load_checkpoint(
+        "tiny", tiny_settings.model_copy(update={"dtype": "float32"}), device=CPU, dtype=torch.float32
+    )
     assert dgx_problem(DgxBackend(), TransformersBackend(), ckpt.model, ckpt.processor) is None
 
 
@@ -78,8 +97,9 @@ def test_auto_falls_back_to_generate_with_one_warning_when_the_loop_cannot_run(
     enc = ckpt.processor(text=["a test prompt"], padding=True, return_tensors="pt")
     from daemon.engine.decoding.api import DecodeRequest, RowSampling
 
-    codes = backend.decode(ckpt.model, DecodeRequest(enc["input_ids"], enc["attention_mask"], [RowSampling(greedy=True)],
-                                                     1.0, 4))
+    codes = backend.decode(
+        ckpt.model, DecodeRequest(enc["input_ids"], enc["attention_mask"], [RowSampling(greedy=True)], 1.0, 4)
+    )
     assert codes.shape[-1] == 4
 
 

@@ -55,7 +55,8 @@ def layer_cache_keyword(layer_type: type) -> str:
     raise GenerationError(
         f"the dgx decode loop cannot drive this transformers' {layer_type.__name__}: its forward takes "
         f"none of {', '.join(_CACHE_KEYWORDS)}",
-        hint="install a transformers version pyproject.toml allows, or set `decoder: transformers` in the config",
+        hint="install a transformers version pyproject.toml allows, "
+        "or set `decoder: transformers` in the config",
     )
 
 
