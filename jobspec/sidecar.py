@@ -52,6 +52,10 @@ class ModelInfo(_Strict):
     dtype: str = Field(description="Weights dtype, e.g. float32, bfloat16.")
     device: str = Field(description="Device it ran on, e.g. cpu, cuda:0.")
     parameters: int = Field(ge=0, description="Parameter count.")
+    decoder: str | None = Field(
+        default=None,
+        description="The token decode loop that ran: dgx (dgx-music's own) or transformers (generate).",
+    )
 
 
 class Waveform(_Strict):

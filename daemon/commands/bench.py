@@ -44,6 +44,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
                         help="clip lengths in seconds (default 4,8,16,30)")
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="variations per clip (default 1)")
     parser.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:N)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default=None,
+                        help="override the config's dtype (with --compare: both engines run at it)")
     parser.add_argument("--decoder", choices=("auto", "dgx", "transformers"), default=None,
                         help="override the config's decode loop")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -71,6 +73,8 @@ def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
         overrides["device"] = args.device
     if args.decoder:
         overrides["decoder"] = args.decoder
+    if getattr(args, "dtype", None):
+        overrides["dtype"] = args.dtype
     if tiny_dir is not None:
         name = tiny_dir.name
         overrides["models"] = {name: {"path": str(tiny_dir)}}

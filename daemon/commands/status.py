@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     for q in report["queued"]:
         n = len(q.get("queued", []))
         what = "running a job" if (q.get("host"), q.get("pid")) in busy else "idle"
-        print(f"daemon   pid {q.get('pid')} on {q.get('host')}: {what}, {n} queued")
+        m = q.get("model") or {}
+        resident = (f", model {m.get('name')} on {m.get('device')}/{m.get('dtype')}, "
+                    f"decoder {m.get('decoder')}" if m else "")
+        print(f"daemon   pid {q.get('pid')} on {q.get('host')}: {what}, {n} queued{resident}")
     for r in report["running"]:
         eta = r.get("eta_s")
         eta_text = f", eta {eta:.0f} s" if isinstance(eta, (int, float)) else ""

@@ -86,6 +86,7 @@ class LoadedModelInfo:
             "dtype": self.dtype,
             "device": self.device,
             "parameters": self.parameters,
+            "decoder": self.backend,
         }
 
 

@@ -267,8 +267,21 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
         del model
         _free_accelerator()
         raise _oom_at_load(name, device, exc) from exc
+    codec_in_float32(model)
     model.eval()
     return LoadedCheckpoint(name=name, source=source, revision=revision, model=model, processor=processor)
+
+
+def codec_in_float32(model: Any) -> None:
+    """EnCodec in float32 whatever the language model's dtype.
+
+    The codec is a small convolutional net run once per clip, so float32 costs next to nothing,
+    while half precision audibly degrades its output (audiocraft decodes in float32 too). Codes go
+    in as integers, so the LM's dtype never meets the codec's.
+    """
+    import torch
+
+    model.audio_encoder.to(torch.float32)
 
 
 def _oom_at_load(name: str, device: Any, exc: BaseException) -> ModelLoadError:

@@ -67,15 +67,26 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     """`auto | float32 | float16 | bfloat16` for `device`.
 
     auto: bfloat16 on CUDA devices that support it (Ampere and newer, GB10 included), else
-    float16; float32 on the CPU. Half precision on the CPU is slow and poorly supported by
-    the ops MusicGen uses, so an explicit float16/bfloat16 there becomes float32 with a warning.
+    float16. On the CPU, bfloat16 where the CPU computes it natively (AVX512-BF16, AMX, Arm's
+    BF16 extension: a bf16 matrix-vector product streams half the bytes of float32, about 3-4x
+    faster per decode step), float32 otherwise. An explicit bfloat16 on the CPU is honoured (with
+    a warning where it is emulated); float16 on the CPU, poorly supported by MusicGen's ops,
+    becomes float32 with a warning. EnCodec always runs in float32 (the checkpoint loader).
     """
     spec = spec.strip().lower()
     if spec != "auto" and spec not in _DTYPES:
         raise DeviceError(f"dtype {spec!r} is not valid", hint="use auto, float32, float16 or bfloat16")
     if device.type != "cuda":
-        if spec in ("float16", "bfloat16"):
-            log.warning("dtype %s requested on %s: using float32 (half precision is a GPU feature)", spec, device)
+        native = cpu_has_native_bf16()
+        if spec == "auto":
+            return torch.bfloat16 if native else torch.float32
+        if spec == "bfloat16":
+            if not native:
+                log.warning("dtype bfloat16 on a CPU without native bf16 (%s): "
+                            "expect it to be slower than float32", device)
+            return torch.bfloat16
+        if spec == "float16":
+            log.warning("dtype float16 requested on %s: using float32 (float16 is a GPU feature)", device)
         return torch.float32
     if spec == "auto":
         return torch.bfloat16 if _bf16_supported(device) else torch.float16
@@ -85,6 +96,31 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
             hint="set dtype: float16 or auto",
         )
     return _DTYPES[spec]
+
+
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 /proc/cpuinfo "flags"
+_ARM_BF16_FLAGS = ("bf16",)  # aarch64 /proc/cpuinfo "Features" (Armv8.6 BF16, e.g. the DGX Spark's cores)
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively, from the flags in /proc/cpuinfo (or `cpuinfo`)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        words = set(value.split())
+        if key == "flags" and any(flag in words for flag in _CPU_BF16_FLAGS):
+            return True
+        if key == "features" and any(flag in words for flag in _ARM_BF16_FLAGS):
+            return True
+    return False
 
 
 def _bf16_supported(device: torch.device) -> bool:

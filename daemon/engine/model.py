@@ -106,7 +106,7 @@ class MusicEngine:
                     f"model {name!r}: cannot load the checkpoint: {type(exc).__name__}: {exc}",
                     hint="the checkpoint is damaged or from an incompatible version: copy or download it again",
                 ) from exc
-            backend = self.backend
+            backend = self._checked_backend(ckpt)
             model = ckpt.model
             acfg = model.config.audio_encoder
             info = LoadedModelInfo(
@@ -151,6 +151,26 @@ class MusicEngine:
                 info.sample_rate, info.channels, info.frame_rate, info.backend, info.load_s,
             )
             return info
+
+    def _checked_backend(self, ckpt: LoadedCheckpoint) -> DecodeBackend:
+        """The backend to use for `ckpt`: under `decoder: auto`, the dgx loop only if it runs here."""
+        backend = self.backend
+        if self.settings.decoder != "auto" or getattr(backend, "name", None) != "dgx":
+            return backend
+        from daemon.engine.decoding.hf import TransformersBackend
+        from daemon.engine.decoding.probe import dgx_problem
+
+        problem = dgx_problem(backend, TransformersBackend(), ckpt.model, ckpt.processor)
+        if problem is None:
+            return backend
+        log.warning(
+            "the dgx decode loop cannot run on this model with transformers %s (%s): using transformers "
+            "generate instead (slower); set `decoder: transformers` to silence this, or install a "
+            "transformers version pyproject.toml allows", _transformers_version(), problem,
+        )
+        fallback = TransformersBackend()
+        self._backend = fallback
+        return fallback
 
     def _warmup(self) -> None:
         """One short generation so the first job pays no lazy-initialisation cost."""
@@ -333,3 +353,8 @@ class MusicEngine:
     def get_stats(self) -> EngineStats:
         return replace(self._stats, last_used_monotonic=self._last_used, loaded=self._info is not None)
 
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)

@@ -340,7 +340,11 @@ class Daemon:
         try:
             snap = queue_snapshot(self.settings, self.queue, self.worker, self.instance,
                                   self.observer.metrics.seconds_per_audio_second())
-            state.write_queue(self.settings, snap, instance=self.instance)
+            info = self.engine.info
+            model = None if info is None else {
+                "name": info.name, "device": info.device, "dtype": info.dtype, "decoder": info.backend,
+            }
+            state.write_queue(self.settings, snap, instance=self.instance, model=model)
         except OSError as exc:
             # queue.json only informs `dgx-music status`: a full or read-only disk must not
             # take the daemon (and the jobs it holds) down. Logged once per outage.

@@ -202,11 +202,21 @@ def read_running(settings: Settings) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- queue snapshot
 
 
-def write_queue(settings: Settings, snapshot: list[Mapping[str, Any]], *, instance: str | None = None) -> None:
-    """state/queue.json: {updated, pid, host, queued: [...]} (JobQueue.snapshot() order)."""
+def write_queue(
+    settings: Settings,
+    snapshot: list[Mapping[str, Any]],
+    *,
+    instance: str | None = None,
+    model: Mapping[str, Any] | None = None,
+) -> None:
+    """state/queue.json: {updated, pid, host, queued: [...], model} (JobQueue.snapshot() order).
+
+    `model` describes the resident model (name, device, dtype, decoder) or is None when none is.
+    """
     replace_json(
         queue_path(settings, instance),
-        {"updated": iso_utc(time.time()), "pid": os.getpid(), "host": host_name(), "queued": [dict(e) for e in snapshot]},
+        {"updated": iso_utc(time.time()), "pid": os.getpid(), "host": host_name(),
+         "queued": [dict(e) for e in snapshot], "model": dict(model) if model is not None else None},
     )
 
 

@@ -396,15 +396,17 @@ def test_the_installed_cli_runs_doctor(tmp_path: Path) -> None:
 
 
 def test_cpu_device_and_dtypes() -> None:
+    from daemon.engine.devices import cpu_has_native_bf16
+
     cpu = resolve_device("cpu")
     assert cpu == torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     assert resolve_dtype("float32", cpu) == torch.float32
 
 
-def test_half_precision_on_cpu_becomes_float32_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_float16_on_cpu_becomes_float32_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="daemon.engine.devices"):
-        assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.float32
+        assert resolve_dtype("float16", torch.device("cpu")) == torch.float32
     assert "float32" in caplog.text
 
 

@@ -7,6 +7,7 @@ per-call cache and mask building, so the loops in `dgx` and `graphs` give the sa
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,18 +37,34 @@ class ModelParts:
     head_dim: int
     device: torch.device
     dtype: torch.dtype
+    cache_keyword: str = "cache"  # the layers' name for the KV cache argument
+
+
+# transformers renamed the decoder layers' cache argument within 5.x (5.17: past_key_values,
+# 5.24: cache); the layer's own signature says which one the installed version takes.
+_CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+@functools.cache
+def layer_cache_keyword(layer_type: type) -> str:
+    """The keyword `layer_type.forward` takes its KV cache under, read from its signature."""
+    params = inspect.signature(layer_type.forward).parameters
+    for name in _CACHE_KEYWORDS:
+        if name in params:
+            return name
+    raise GenerationError(
+        f"the dgx decode loop cannot drive this transformers' {layer_type.__name__}: its forward takes "
+        f"none of {', '.join(_CACHE_KEYWORDS)}",
+        hint="install a transformers version pyproject.toml allows, "
+        "or set `decoder: transformers` in the config",
+    )
 
 
 def model_parts(model: Any) -> ModelParts:
     decoder_lm = model.decoder
     core = decoder_lm.model.decoder
     config = decoder_lm.config
-    layer_params = inspect.signature(type(core.layers[0]).forward).parameters
-    if "cache" not in layer_params:
-        raise GenerationError(
-            "the dgx decode loop needs transformers 5.x MusicGen layers (a `cache` argument)",
-            hint="upgrade transformers to 5.x or set `decoder: transformers` in the config",
-        )
+    cache_keyword = layer_cache_keyword(type(core.layers[0]))
     gen = model.generation_config
     start_id = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else gen.bos_token_id
     if start_id is None:
@@ -70,6 +87,7 @@ def model_parts(model: Any) -> ModelParts:
         head_dim=attn.head_dim,
         device=param.device,
         dtype=param.dtype,
+        cache_keyword=cache_keyword,
     )
 
 
@@ -166,14 +184,15 @@ def forward_step(
     else:
         positions = weights.index_select(0, position)
     hidden = embeds + positions.to(embeds.device)
+    cache_arg = {parts.cache_keyword: cache}
     for layer in core.layers:
         hidden = layer(
             hidden,
             self_mask,
             encoder_states,
             encoder_attention_mask=encoder_mask,
-            cache=cache,
             use_cache=True,
+            **cache_arg,
         )
     hidden = core.layer_norm(hidden[:, -1:])
     return torch.stack([head(hidden) for head in parts.heads], dim=1)[:, :, -1]

@@ -1,0 +1,514 @@
+#!/usr/bin/env python3
+"""The first thing to run on a GPU box: every device-dependent part of dgx-music, measured, in one go.
+
+    python benchmarks/gpu_check.py --out DIR                    # on the GPU (< 8 min on an H100/H200)
+    python benchmarks/gpu_check.py --out DIR --device cpu --quick   # the same sections, tiny model, CPU
+
+Sections (each records its own error and the run goes on, so a partial result is still useful):
+doctor (`dgx-music doctor --json`), gpu_tests (`pytest -m gpu`), compare (transformers `generate`
+against the dgx loop, musicgen-small shape, 16 s at batch 1 and 8), shapes (medium and large random
+weights at the real shapes, 8 s), profile (capture time, graph replay ms per step, kernels per step,
+delay pattern, T5 and EnCodec times, peak memory), daemon (one job through `serve` + `submit --wait`
+on a temporary spool). Writes DIR/results.json and DIR/summary.md; exit 0 when every section
+passed, 1 otherwise. docs/gpu.md explains the figures and the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def _cli(*args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`dgx-music ARGS` through this interpreter (the checkout's code when run from it)."""
+    return subprocess.run(
+        [PY, "-m", "daemon", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
+def _tail(text: str, n: int = 2000) -> str:
+    return text[-n:]
+
+
+class Plan:
+    """What to run: full sizes on the device, or the tiny model and short clips (--quick)."""
+
+    def __init__(self, device: str, quick: bool, work: Path) -> None:
+        self.device, self.quick, self.work = device, quick, work
+        self.compare_durations = "1" if quick else "16"
+        self.compare_batches = (1, 2) if quick else (1, 8)
+        self.shape_duration = "1" if quick else "8"
+        self.shapes = ("tiny",) if quick else ("medium", "large")
+        self.timeout = 240.0 if quick else 420.0
+
+    def model_args(self, shape: str) -> list[str]:
+        return ["--tiny"] if shape == "tiny" else ["--shape", shape]
+
+
+# ---------------------------------------------------------------- sections
+
+
+def section_doctor(plan: Plan) -> dict[str, Any]:
+    proc = _cli("doctor", "--json", timeout=120)
+    checks = json.loads(proc.stdout)
+    failed = [c["name"] for c in checks if c.get("status") == "FAIL"]
+    # Without CUDA the GPU checks fail by design; on CPU that is information, not a failure.
+    ok = not failed or plan.device == "cpu"
+    return {"ok": ok, "exit_code": proc.returncode, "failed_checks": failed, "checks": checks}
+
+
+def section_gpu_tests(plan: Plan) -> dict[str, Any]:
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*gpu*.py"))
+    if not files:
+        return {"ok": False, "error": "no GPU test files under tests/ (run from a checkout)"}
+    proc = subprocess.run(
+        [PY, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files],
+        capture_output=True,
+        text=True,
+        timeout=plan.timeout,
+        cwd=ROOT,
+    )
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    # pytest exits 5 when everything was deselected or skipped: expected without CUDA.
+    ok = (
+        proc.returncode == 0
+        or (plan.device == "cpu" and proc.returncode == 5)
+        or (plan.device == "cpu" and "failed" not in last and "error" not in last)
+    )
+    return {
+        "ok": ok,
+        "exit_code": proc.returncode,
+        "files": files,
+        "summary": last,
+        "output_tail": _tail(proc.stdout),
+    }
+
+
+def _compare(
+    plan: Plan, shape: str, duration: str, batch: int, extra: list[str] | None = None
+) -> list[dict[str, Any]]:
+    args = [
+        "bench",
+        "--compare",
+        "--json",
+        "--device",
+        plan.device,
+        "--durations",
+        duration,
+        "--batch",
+        str(batch),
+        *plan.model_args(shape),
+        *(extra or []),
+    ]
+    proc = _cli(*args, timeout=plan.timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench --compare exited {proc.returncode}: {_tail(proc.stderr, 800)}")
+    return json.loads(proc.stdout)
+
+
+def _speedups(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {r["engine"]: r for r in rows}
+    ours, ref = by.get("dgx-music"), by.get("transformers")
+    out: dict[str, Any] = {"rows": rows}
+    if ours and ref:
+        out.update(
+            dgx_gen_s=ours["gen_s"],
+            transformers_gen_s=ref["gen_s"],
+            ratio=ours["ratio"],
+            speedup=round(ref["gen_s"] / ours["gen_s"], 2) if ours["gen_s"] else None,
+            dgx_ms_per_step=ours["ms_per_step"],
+            dgx_audio_s_per_s=ours["audio_s_per_s"],
+            dgx_peak_memory_bytes=ours["peak_memory_bytes"],
+        )
+    return out
+
+
+def section_compare(plan: Plan) -> dict[str, Any]:
+    shape = "tiny" if plan.quick else "small"
+    runs = {
+        f"batch{b}": _speedups(_compare(plan, shape, plan.compare_durations, b)) for b in plan.compare_batches
+    }
+    return {"ok": True, "shape": shape, "duration_s": float(plan.compare_durations), **runs}
+
+
+def _build(shape: str, directory: str) -> str:
+    from daemon.ops.tinymodel import init_random, init_tiny
+
+    if shape == "tiny":
+        return str(init_tiny(Path(directory)))
+    return str(init_random(Path(directory), shape, dtype="float16"))  # type: ignore[arg-type]
+
+
+def section_shapes(plan: Plan) -> dict[str, Any]:
+    # Building large random weights takes a while on the CPU: all shapes are built at once, in
+    # separate processes, then benchmarked one after the other on the device.
+    dirs = {shape: plan.work / f"model-{shape}" for shape in plan.shapes}
+    with ProcessPoolExecutor(max_workers=len(dirs)) as pool:
+        futures = {shape: pool.submit(_build, shape, str(d)) for shape, d in dirs.items()}
+        built = {shape: Path(f.result()) for shape, f in futures.items()}
+    out: dict[str, Any] = {"ok": True, "duration_s": float(plan.shape_duration)}
+    for shape, directory in built.items():
+        try:
+            cfg = _config(plan, plan.work / f"cfg-{shape}", {shape: directory}, shape)
+            rows = _compare_config(plan, cfg, shape)
+            out[shape] = _speedups(rows)
+        except Exception as exc:
+            out[shape] = {"error": f"{type(exc).__name__}: {exc}"}
+            out["ok"] = False
+    return out
+
+
+def _compare_config(plan: Plan, cfg: Path, model: str) -> list[dict[str, Any]]:
+    proc = _cli(
+        "bench",
+        "--compare",
+        "--json",
+        "--config",
+        str(cfg),
+        "--model",
+        model,
+        "--device",
+        plan.device,
+        "--durations",
+        plan.shape_duration,
+        timeout=plan.timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench --compare exited {proc.returncode}: {_tail(proc.stderr, 800)}")
+    return json.loads(proc.stdout)
+
+
+def _config(plan: Plan, spool: Path, models: dict[str, Path], default: str) -> Path:
+    spool.mkdir(parents=True, exist_ok=True)
+    lines = [f"spool: {json.dumps(str(spool))}", "models:"]
+    lines += [f"  {name}: {{path: {json.dumps(str(path))}}}" for name, path in models.items()]
+    lines += [f"default_model: {default}", f"device: {plan.device}", "settle_s: 0.1", "rescan_interval_s: 1"]
+    cfg = spool / "config.yaml"
+    cfg.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return cfg
+
+
+def section_profile(plan: Plan) -> dict[str, Any]:
+    import torch
+
+    from daemon.engine.decoding.codec import codes_to_audio, frame_rate
+    from daemon.engine.decoding.dgx import DgxBackend
+    from daemon.engine.decoding.parts import decode_lengths, delay_pattern, encode_text, model_parts
+    from daemon.engine.devices import resolve_device, resolve_dtype
+    from daemon.ops.decodebench import _request
+
+    shape = "tiny" if plan.quick else "small"
+    directory = Path(_build(shape, str(plan.work / f"profile-{shape}")))
+    device = resolve_device(plan.device)
+    dtype = resolve_dtype("auto", device)
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    from daemon.engine.checkpoints import codec_in_float32
+
+    processor = AutoProcessor.from_pretrained(directory)
+    model = MusicgenForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
+    codec_in_float32(model)
+    seconds = 1.0 if plan.quick else 16.0
+    frames = round(seconds * frame_rate(model))
+    req = _request(processor, model, 1, frames, 3.0, False, 0)
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        sync()
+        t0 = time.perf_counter()
+        value = fn()
+        sync()
+        return time.perf_counter() - t0, value
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    backend = DgxBackend()
+    parts = model_parts(model)
+    _, total_len = decode_lengths(parts, 0, frames)
+    steps = total_len - 1
+    with torch.inference_mode():
+        first_s, _ = timed(lambda: backend.decode(model, req))
+        warm_s, codes = timed(lambda: backend.decode(model, req))
+        t5_s, _ = timed(lambda: encode_text(parts, req, True))
+        pattern_s, _ = timed(lambda: delay_pattern(parts, 1, None, total_len))
+        codec_s, _ = timed(lambda: codes_to_audio(model, codes))
+        kernels = _kernels_per_step(lambda: backend.decode(model, req), steps, cuda)
+    peak = int(torch.cuda.max_memory_allocated(device)) if cuda else _rss_peak()
+    return {
+        "ok": True,
+        "shape": shape,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "duration_s": seconds,
+        "steps": steps,
+        "uses_graphs": backend.uses_graphs(model),
+        "first_decode_s": round(first_s, 4),
+        "warm_decode_s": round(warm_s, 4),
+        # The first decode of a shape pays the graph capture (and lazy initialisation): the difference.
+        "capture_s": round(max(0.0, first_s - warm_s), 4),
+        "ms_per_step": round(1000 * warm_s / steps, 3),
+        "t5_s": round(t5_s, 4),
+        "delay_pattern_s": round(pattern_s, 4),
+        "encodec_s": round(codec_s, 4),
+        "peak_memory_bytes": peak,
+        **kernels,
+    }
+
+
+def _kernels_per_step(fn: Callable[[], Any], steps: int, cuda: bool) -> dict[str, Any]:
+    """Device kernels per decode step from torch.profiler (CPU: the ATen ops run, as a proxy)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+    events = prof.events()
+    if cuda:
+        count = sum(
+            1 for e in events if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)
+        )
+        kind = "cuda kernels"
+    else:
+        count = sum(1 for e in events if e.name.startswith("aten::"))
+        kind = "aten ops (nested calls included)"
+    return {"kernels_per_step": round(count / max(1, steps), 1), "kernels_counted": kind}
+
+
+def _rss_peak() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def section_daemon(plan: Plan) -> dict[str, Any]:
+    shape = "tiny" if plan.quick else "small"
+    directory = plan.work / f"daemon-{shape}"
+    built = Path(_build(shape, str(directory)))
+    spool = plan.work / "spool"
+    cfg = _config(plan, spool, {shape: built}, shape)
+    env = dict(os.environ, DGX_MUSIC_CONFIG=str(cfg))
+    log_path = plan.work / "serve.log"
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        serve = subprocess.Popen(
+            [PY, "-m", "daemon", "serve", "--config", str(cfg)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    try:
+        _wait_for_start(serve, spool, log_path, plan.timeout)
+        job = plan.work / "check.yaml"
+        job.write_text(
+            f"prompt: gpu check, warm lo-fi piano\nduration: {1 if plan.quick else 8}\nseed: 7\n"
+            f"model: {shape}\n",
+            encoding="utf-8",
+        )
+        t0 = time.perf_counter()
+        proc = _cli(
+            "submit",
+            str(job),
+            "--wait",
+            "--timeout",
+            str(plan.timeout),
+            "--config",
+            str(cfg),
+            timeout=plan.timeout + 30,
+            env=env,
+        )
+        wall = time.perf_counter() - t0
+        sidecars = sorted((spool / "outbox").glob("*.json"))
+        if proc.returncode != 0 or not sidecars:
+            raise RuntimeError(
+                f"submit --wait exited {proc.returncode}: {_tail(proc.stderr + proc.stdout, 800)}; "
+                f"serve log: {_tail(log_path.read_text(errors='replace'), 1200)}"
+            )
+        side = json.loads(sidecars[0].read_text())
+        ok = side.get("status") == "completed"
+        return {
+            "ok": ok,
+            "submit_wall_s": round(wall, 3),
+            "status": side.get("status"),
+            "model": side.get("model"),
+            "timings": side.get("timings"),
+            "rtf": side.get("rtf"),
+            "peak_memory_bytes": side.get("peak_memory_bytes"),
+        }
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+
+
+def _wait_for_start(serve: subprocess.Popen[bytes], spool: Path, log_path: Path, timeout: float) -> None:
+    """Until the daemon has made its spool (it loads the model next; submit waits for the result)."""
+    deadline = time.monotonic() + timeout
+    while not (spool / "inbox").is_dir():
+        if serve.poll() is not None:
+            raise RuntimeError(
+                f"serve exited {serve.returncode}: {_tail(log_path.read_text(errors='replace'), 1200)}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError("serve did not create its spool in time")
+        time.sleep(0.2)
+
+
+SECTIONS: dict[str, Callable[[Plan], dict[str, Any]]] = {
+    "doctor": section_doctor,
+    "gpu_tests": section_gpu_tests,
+    "compare": section_compare,
+    "shapes": section_shapes,
+    "profile": section_profile,
+    "daemon": section_daemon,
+}
+
+
+# ---------------------------------------------------------------- report
+
+
+def _summary(results: dict[str, Any]) -> str:
+    lines = [
+        f"# dgx-music device check ({results['device']}{', quick' if results['quick'] else ''})",
+        "",
+        f"{results['host']['platform']}, python {results['host']['python']}, "
+        f"torch {results['host'].get('torch')}, transformers {results['host'].get('transformers')}",
+        "",
+        "| section | ok | seconds | key figures |",
+        "|---|---|---|---|",
+    ]
+    for name, sec in results["sections"].items():
+        lines.append(
+            f"| {name} | {'yes' if sec.get('ok') else 'NO'} | {sec.get('seconds', 0):.1f} "
+            f"| {_figures(name, sec)} |"
+        )
+    errors = [(n, s["error"]) for n, s in results["sections"].items() if s.get("error")]
+    if errors:
+        lines += ["", "## Errors", ""] + [f"- **{n}**: {e.splitlines()[0][:400]}" for n, e in errors]
+    lines += ["", f"Overall: {'PASS' if results['ok'] else 'FAIL'} in {results['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _figures(name: str, sec: dict[str, Any]) -> str:
+    if sec.get("error"):
+        return "error"
+    if name == "doctor":
+        return f"failed checks: {', '.join(sec.get('failed_checks') or []) or 'none'}"
+    if name == "gpu_tests":
+        return str(sec.get("summary", ""))
+    if name == "compare":
+        parts = []
+        for key, run in sec.items():
+            if key.startswith("batch") and isinstance(run, dict) and "dgx_gen_s" in run:
+                parts.append(
+                    f"{key}: dgx {run['dgx_gen_s']:.3f} s vs generate {run['transformers_gen_s']:.3f} s "
+                    f"(x{run['speedup']}), {run['dgx_audio_s_per_s']} audio s/s"
+                )
+        return "; ".join(parts)
+    if name == "shapes":
+        return "; ".join(
+            f"{k}: dgx {v['dgx_gen_s']:.3f} s, peak {v['dgx_peak_memory_bytes'] / 2**30:.1f} GiB"
+            for k, v in sec.items()
+            if isinstance(v, dict) and "dgx_gen_s" in v
+        )
+    if name == "profile":
+        return (
+            f"{sec['ms_per_step']} ms/step, capture {sec['capture_s']} s, "
+            f"{sec['kernels_per_step']} kernels/step, "
+            f"T5 {sec['t5_s']} s, delay pattern {sec['delay_pattern_s']} s, EnCodec {sec['encodec_s']} s"
+        )
+    if name == "daemon":
+        model = sec.get("model") or {}
+        decoder = model.get("decoder")
+        return f"{sec.get('status')} in {sec.get('submit_wall_s')} s, decoder {decoder}, rtf {sec.get('rtf')}"
+    return ""
+
+
+def _host() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version()}
+    try:
+        import torch
+        import transformers
+
+        info.update(
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            cuda=torch.version.cuda,
+            gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        )
+    except Exception as exc:  # the report still says what is missing
+        info["import_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory for results.json and summary.md")
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model and short clips (a smoke run, any machine)"
+    )
+    parser.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(SECTIONS)})")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    args.out.mkdir(parents=True, exist_ok=True)
+    chosen = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(unknown)}")
+    started = time.perf_counter()
+    results: dict[str, Any] = {"device": args.device, "quick": args.quick, "host": _host(), "sections": {}}
+    with tempfile.TemporaryDirectory(prefix="dgx-music-gpu-check-") as tmp:
+        plan = Plan(args.device, args.quick, Path(tmp))
+        for name in chosen:
+            print(f"[gpu_check] {name}...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            try:
+                sec = SECTIONS[name](plan)
+            except Exception as exc:  # one section's failure is recorded; the others still run
+                sec = {
+                    "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                }
+            sec["seconds"] = round(time.perf_counter() - t0, 2)
+            results["sections"][name] = sec
+            print(
+                f"[gpu_check] {name}: {'ok' if sec.get('ok') else 'FAILED'} in {sec['seconds']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["ok"] = all(s.get("ok") for s in results["sections"].values())
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (args.out / "summary.md").write_text(_summary(results))
+    print((args.out / "summary.md").read_text())
+    return 0 if results["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""benchmarks/gpu_check.py in its CPU quick mode, run as a person runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow  # every section starts its own `dgx-music` processes: about a minute on a quiet CPU
+def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quick",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
+    )
+    results = json.loads((out / "results.json").read_text())
+    summary = (out / "summary.md").read_text()
+    sections = results["sections"]
+    assert set(sections) == {"doctor", "gpu_tests", "compare", "shapes", "profile", "daemon"}
+    failed = {name: sec.get("error") for name, sec in sections.items() if not sec.get("ok")}
+    assert proc.returncode == 0, (failed, proc.stderr[-3000:])
+    assert results["ok"] is True and results["device"] == "cpu" and results["quick"] is True
+    assert isinstance(sections["doctor"]["checks"], list) and sections["doctor"]["checks"]
+    for batch in ("batch1", "batch2"):
+        run = sections["compare"][batch]
+        assert run["dgx_gen_s"] > 0 and run["transformers_gen_s"] > 0 and run["speedup"] > 0
+    assert sections["shapes"]["tiny"]["dgx_gen_s"] > 0
+    profile = sections["profile"]
+    for key in ("ms_per_step", "kernels_per_step", "t5_s", "delay_pattern_s", "encodec_s", "capture_s"):
+        assert profile[key] >= 0, key
+    assert profile["kernels_per_step"] > 10 and profile["peak_memory_bytes"] > 0
+    daemon = sections["daemon"]
+    assert daemon["status"] == "completed" and daemon["model"]["decoder"] in ("dgx", "transformers")
+    assert "| daemon | yes |" in summary and "Overall: PASS" in summary
+
+
+def test_a_failing_section_is_recorded_and_sets_the_exit_code(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # No such device: the section fails with its error, the files are still written.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--out",
+            str(out),
+            "--device",
+            "cuda:99",
+            "--quick",
+            "--only",
+            "compare",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["ok"] is False
+    assert list(results["sections"]) == ["compare"]
+    assert (
+        results["sections"]["compare"]["ok"] is False and "cuda:99" in results["sections"]["compare"]["error"]
+    )
+    assert "## Errors" in (out / "summary.md").read_text()
