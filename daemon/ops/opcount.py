@@ -162,7 +162,8 @@ def count_decode_step(model: Any, processor: Any, *, batch: int = 1, cfg_coef: f
         bucket = GraphBucket(parts, key, capture=False)
         bucket.decode(req, backend.noise_chunk, backend.sync_every)
         layers = step_layers(bucket)
-        bucket.cache.position_tensor.fill_(warm_frames)
+        # The step reads and advances a device-side position (older buckets kept it on their cache).
+        (bucket.position if hasattr(bucket, "position") else bucket.cache.position_tensor).fill_(warm_frames)
         with counting(layers) as counter:
             bucket._step()
     counts = counter.counts

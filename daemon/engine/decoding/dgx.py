@@ -30,7 +30,6 @@ import torch
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.graphs import BucketKey, GraphBucket, next_pow2, round_up
-from daemon.engine.decoding.kvcache import StaticKVCache
 from daemon.engine.decoding.parts import (
     ModelParts,
     call_on_step,
@@ -39,9 +38,9 @@ from daemon.engine.decoding.parts import (
     delay_pattern,
     encode_text,
     extract_frames,
-    forward_step,
     model_parts,
 )
+from daemon.engine.decoding.step import float_mask, fused_decoder
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
 
 log = logging.getLogger(__name__)
@@ -72,15 +71,11 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
     if parts.core.embed_positions.weights.shape[0] < total_len:
         parts.core.embed_positions.make_weights(total_len, parts.core.embed_positions.embedding_dim)
 
-    cache = StaticKVCache(
-        num_layers=len(parts.core.layers),
-        rows=rows,
-        heads=parts.heads_count,
-        head_dim=parts.head_dim,
-        capacity=total_len,
-        dtype=parts.dtype,
-        device=parts.device,
-    )
+    decoder = fused_decoder(parts)
+    cross_mask = float_mask(encoder_mask, parts.dtype)
+    cross = decoder.cross_kv(encoder_states)
+    kv = torch.zeros((len(decoder.layers), 2, rows, parts.heads_count, total_len, parts.head_dim),
+                     dtype=parts.dtype, device=parts.device)
     params = sampling_tensors(req.rows, parts.vocab_size, parts.device)
     noise = RowNoise(req.rows, parts.num_codebooks, parts.vocab_size, parts.device, noise_chunk)
     seq = pattern.clone()
@@ -88,8 +83,7 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
     tokens = torch.cat([prefix, prefix]) if doubled else prefix
     position = 0
     for step in range(steps):
-        cache.position = position
-        logits = forward_step(parts, cache, tokens, position, encoder_states, encoder_mask, None)
+        logits = decoder(tokens, kv, position, None, cross, cross_mask)
         position += tokens.shape[-1]
         scores = guide(logits, req.cfg_coef, doubled)
         nxt = pick_tokens(scores, params, noise.step(step))
