@@ -1,11 +1,10 @@
 """dgx-music's own MusicGen decode loop (the "dgx" decode backend).
 
-It drives transformers' MusicGen modules and weights directly (text encoder, `enc_to_dec_proj`,
-the decoder's per-codebook embeddings, its `MusicgenDecoderLayer`s and `lm_heads`) and replaces
-only the machinery around them that makes `generate` slow: the text encoder runs once per call,
-the KV cache is allocated once (`daemon.engine.decoding.kvcache.StaticKVCache`), the delay pattern is built once
-(transformers' own `build_delay_pattern_mask`), and per-row sampling replaces the logits-processor
-chain (`daemon.engine.decoding.sampler`). On CUDA one decode step, sampling included, is captured in a CUDA graph
+It runs transformers' text encoder and `enc_to_dec_proj` as they are, and the decoder step as
+`daemon.engine.decoding.step.FusedDecoder`: the same weights and arithmetic regrouped into about a
+dozen kernels per layer. Around it: the text encoder runs once per call, the KV cache is allocated
+once, the delay pattern is built once on the CPU (transformers' own `build_delay_pattern_mask`),
+and per-row sampling replaces the logits-processor chain (`daemon.engine.decoding.sampler`). On CUDA one decode step, sampling included, is captured in a CUDA graph
 per shape bucket (`daemon.engine.decoding.graphs`: batch padded to a power of two, sequence and
 text length to a multiple), so a step costs one graph launch; on CPU the same loop runs eagerly.
 The model pieces both paths call are in `daemon.engine.decoding.parts`.
@@ -13,8 +12,8 @@ The model pieces both paths call are in `daemon.engine.decoding.parts`.
 Equivalence with transformers (tested): greedy decoding gives the same tokens as
 `MusicgenForConditionalGeneration.generate` with and without classifier-free guidance, because
 the unconditional half is built exactly as transformers builds it (zeroed text states, zeroed
-attention mask, projected then masked), the same attention masks are used, and the eager path
-hands the attention the same shapes transformers' dynamic cache does.
+attention mask, projected then masked), the same attention masks are used (as float masks), and the
+eager path hands the attention the same shapes transformers' dynamic cache does.
 """
 
 from __future__ import annotations
