@@ -139,11 +139,18 @@ class DgxBackend:
         self.sync_every = max(1, sync_every)
         self._buckets: OrderedDict[BucketKey, GraphBucket] = OrderedDict()
         self._model_ref: weakref.ReferenceType[Any] | None = None
+        self._capture_failed = False
 
     def reset(self) -> None:
         """Drop every captured graph and its buffers (call when the model is unloaded)."""
         self._buckets.clear()
         self._model_ref = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def release(self) -> None:
+        """Free every bucket's memory (graphs, KV caches) but keep the model: after an OOM, before a retry."""
+        self._buckets.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -172,6 +179,25 @@ class DgxBackend:
             sampling=any(not row.is_greedy for row in req.rows),
         )
 
+    def _new_bucket(self, parts: ModelParts, key: BucketKey, capture: bool) -> GraphBucket:
+        """A bucket, captured when asked; a capture that fails (other than for memory) falls back to
+        running the step uncaptured, with one warning for the backend's life."""
+        if not capture:
+            return GraphBucket(parts, key, False)
+        log.info("capturing a CUDA graph for %s", key)
+        try:
+            return GraphBucket(parts, key, True)
+        except torch.OutOfMemoryError:
+            self.release()  # a capture cut short by OOM may leave a broken graph pool behind
+            raise
+        except RuntimeError as exc:
+            self._capture_failed = True
+            log.warning("CUDA graph capture failed (%s: %s); decoding without graphs from now on",
+                        type(exc).__name__, exc)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize(parts.device)
+            return GraphBucket(parts, key, False)
+
     @property
     def buckets(self) -> Sequence[BucketKey]:
         return list(self._buckets)
@@ -193,10 +219,7 @@ class DgxBackend:
                     parts.core.embed_positions.make_weights(key.length + 1, parts.core.embed_positions.embedding_dim)
                 while len(self._buckets) >= self.max_buckets:
                     self._buckets.popitem(last=False)
-                capture = self.uses_graphs(model)
-                if capture:
-                    log.info("capturing a CUDA graph for %s", key)
-                bucket = GraphBucket(parts, key, capture)
+                bucket = self._new_bucket(parts, key, self.uses_graphs(model) and not self._capture_failed)
                 self._buckets[key] = bucket
             else:
                 self._buckets.move_to_end(key)
