@@ -2,7 +2,8 @@
 
 Progress is counted in decoding steps over the whole call (all chunks and long-form windows), and
 cancellation and the time limit are checked at every step. On CUDA out-of-memory a chunk is
-retried once as two halves after the backend released its resident buffers and the cache was freed; a second OOM fails the job (the daemon lives on).
+retried once as two halves after the backend released its resident buffers and the cache was
+freed; a second OOM fails the job (the daemon lives on).
 """
 
 from __future__ import annotations

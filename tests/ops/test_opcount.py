@@ -20,7 +20,8 @@ from daemon.ops.opcount import FREE_OPS, count_decode_step, counting
 def _load(directory: Path) -> tuple[Any, Any]:
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-    return MusicgenForConditionalGeneration.from_pretrained(directory).eval(), AutoProcessor.from_pretrained(directory)
+    model = MusicgenForConditionalGeneration.from_pretrained(directory).eval()
+    return model, AutoProcessor.from_pretrained(directory)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,8 @@ def test_delay_pattern_is_built_on_the_cpu_and_copied_once(tiny: tuple[Any, Any]
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             flat = torch.utils._pytree.tree_leaves((args, kwargs or {}))
             out = func(*args, **(kwargs or {}))
-            seen = {t.device.type for t in flat + torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)}
+            leaves = flat + torch.utils._pytree.tree_leaves(out)
+            seen = {t.device.type for t in leaves if isinstance(t, torch.Tensor)}
             devices.append((func.overloadpacket.__name__, seen))
             return out
 

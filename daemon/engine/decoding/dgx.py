@@ -4,7 +4,8 @@ It runs transformers' text encoder and `enc_to_dec_proj` as they are, and the de
 `daemon.engine.decoding.step.FusedDecoder`: the same weights and arithmetic regrouped into about a
 dozen kernels per layer. Around it: the text encoder runs once per call, the KV cache is allocated
 once, the delay pattern is built once on the CPU (transformers' own `build_delay_pattern_mask`),
-and per-row sampling replaces the logits-processor chain (`daemon.engine.decoding.sampler`). On CUDA one decode step, sampling included, is captured in a CUDA graph
+and per-row sampling replaces the logits-processor chain (`daemon.engine.decoding.sampler`).
+On CUDA one decode step, sampling included, is captured in a CUDA graph
 per shape bucket (`daemon.engine.decoding.graphs`: batch padded to a power of two, sequence and
 text length to a multiple), so a step costs one graph launch; on CPU the same loop runs eagerly.
 The model pieces both paths call are in `daemon.engine.decoding.parts`.

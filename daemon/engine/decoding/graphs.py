@@ -60,7 +60,8 @@ class GraphBucket:
         head_shape = (rows, parts.heads_count)
         # Every layer's self-attention keys/values, and the text's cross-attention keys/values.
         self.kv = torch.zeros((n_layers, 2, *head_shape, key.length, parts.head_dim), dtype=dt, device=dev)
-        self.cross = torch.zeros((n_layers, 2, *head_shape, key.text_length, parts.head_dim), dtype=dt, device=dev)
+        cross_shape = (n_layers, 2, *head_shape, key.text_length, parts.head_dim)
+        self.cross = torch.zeros(cross_shape, dtype=dt, device=dev)
         self.position = torch.zeros(1, dtype=torch.long, device=dev)
         self.encoder_states = torch.zeros((rows, key.text_length, hidden), dtype=dt, device=dev)
         self.encoder_mask = torch.ones((rows, 1, 1, key.text_length), dtype=torch.bool, device=dev)

@@ -49,7 +49,9 @@ class FusedLayer(nn.Module):
     def __init__(self, layer: Any) -> None:
         super().__init__()
         sa, ca = layer.self_attn, layer.encoder_attn
-        for proj in (sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj, ca.q_proj, ca.out_proj, layer.fc1, layer.fc2):
+        projections = (sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj, ca.q_proj, ca.out_proj,
+                       layer.fc1, layer.fc2)
+        for proj in projections:
             if proj.bias is not None:
                 raise ValueError("the fused MusicGen step expects bias-free projections")
         self.heads = sa.num_heads
@@ -122,13 +124,13 @@ class FusedDecoder(nn.Module):
         self.vocab_size = parts.heads[0].weight.shape[0]
         if any(head.bias is not None for head in parts.heads):
             raise ValueError("the fused MusicGen step expects bias-free lm heads")
-        cross = [w for layer in core.layers for w in (layer.encoder_attn.k_proj.weight, layer.encoder_attn.v_proj.weight)]
+        cross = [w for layer in core.layers for w in (layer.encoder_attn.k_proj.weight,
+                                                         layer.encoder_attn.v_proj.weight)]
         if any(layer.encoder_attn.k_proj.bias is not None for layer in core.layers):
             raise ValueError("the fused MusicGen step expects bias-free cross-attention projections")
         self.w_cross = _share(cross)
-        self.offsets = (torch.arange(parts.num_codebooks, device=self.embed.device) * self.rows_per_codebook).view(
-            1, -1, 1
-        )
+        codebooks = torch.arange(parts.num_codebooks, device=self.embed.device)
+        self.offsets = (codebooks * self.rows_per_codebook).view(1, -1, 1)
         self.anchor = core.layers[0].self_attn.q_proj.weight
 
     def is_current(self, parts: Any) -> bool:
@@ -169,8 +171,8 @@ class FusedDecoder(nn.Module):
         for index, layer in enumerate(self.layers):
             x = layer(x, rows, kv[index], position, self_mask, cross[index], cross_mask)
         last = x.view(rows, n, -1)[:, -1]
-        last = F.layer_norm(last, core.layer_norm.normalized_shape, core.layer_norm.weight, core.layer_norm.bias,
-                            core.layer_norm.eps)
+        norm = core.layer_norm
+        last = F.layer_norm(last, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         return torch.mm(last, self.head.t()).view(rows, self.num_codebooks, self.vocab_size)
 
 
