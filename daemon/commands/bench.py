@@ -1,6 +1,7 @@
-"""`dgx-music bench [--model NAME] [--durations 4,8,16,30] [--json] [--tiny | --shape S] [--compare]`.
+"""`dgx-music bench [--model NAME] [--durations 4,8,16,30] [--json] [--tiny | --shape S] [--compare | --ops]`.
 
 Without --compare: the seed's benchmark. With it: transformers `generate` against our decode loop.
+With --ops: the ATen ops that do work in one decode step (`daemon.ops.opcount`).
 
 Exit 0, or 1 when the verdict is BLOCKER (16 s clip over 60 s) or the model cannot run.
 """
@@ -55,6 +56,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
                         help="random weights at this real MusicGen shape, built in a temporary directory")
     parser.add_argument("--compare", action="store_true",
                         help="transformers generate and our decode loop on the same model, prompts and lengths")
+    parser.add_argument("--ops", action="store_true",
+                        help="count the ATen ops that do work in one decode step of our loop "
+                        "(views and identities left out): ops_per_step, ops_per_layer, layers")
 
 
 def parse_durations(text: str) -> list[float]:
@@ -116,12 +120,32 @@ def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -
     return EXIT_OK
 
 
+def run_ops(args: argparse.Namespace, settings: Settings, model_name: str) -> int:
+    from daemon.engine.checkpoints import load_checkpoint
+    from daemon.engine.devices import resolve_device, resolve_dtype
+    from daemon.ops.opcount import count_decode_step
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    ckpt = load_checkpoint(model_name, settings, device=device, dtype=dtype)
+    report = count_decode_step(ckpt.model, ckpt.processor, batch=args.batch)
+    report = {"model": model_name, "device": str(device), "dtype": str(dtype).replace("torch.", ""), **report}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(json.dumps({k: report[k] for k in ("ops_per_step", "ops_per_layer", "layers")}))
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     from daemon.ops.bench import DEFAULT_DURATIONS, ProgressBar, exit_code, format_report, run_benchmark
     from daemon.engine.model import MusicEngine
 
     if args.batch < 1:
         print("dgx-music: --batch must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.compare and args.ops:
+        print("dgx-music: give --compare or --ops, not both", file=sys.stderr)
         return EXIT_USAGE
     if args.tiny and args.shape:
         print("dgx-music: give --tiny or --shape, not both", file=sys.stderr)
@@ -134,9 +158,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"dgx-music: {exc}", file=sys.stderr)
             return EXIT_USAGE
         model = made.name if made is not None else (args.model or settings.default_model)
-        if args.compare:
+        if args.compare or args.ops:
             try:
-                return run_compare(args, settings, model)
+                return (run_ops if args.ops else run_compare)(args, settings, model)
             except DgxMusicError as exc:
                 print(f"dgx-music: bench failed: {exc}", file=sys.stderr)
                 return EXIT_USAGE if exc.error_type == ErrorType.UNKNOWN_MODEL else EXIT_FAILED

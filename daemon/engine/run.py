@@ -2,7 +2,8 @@
 
 Progress is counted in decoding steps over the whole call (all chunks and long-form windows), and
 cancellation and the time limit are checked at every step. On CUDA out-of-memory a chunk is
-retried once as two halves after freeing the cache; a second OOM fails the job (the daemon lives on).
+retried once as two halves after the backend released its resident buffers and the cache was
+freed; a second OOM fails the job (the daemon lives on).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class ChunkRunner:
         try:
             return self._decode(chunk)
         except torch.OutOfMemoryError as exc:
-            free_accelerator_cache()
+            self._release()
             if len(chunk.rows) == 1:
                 raise OutOfMemoryError(
                     f"out of memory generating {chunk.frames} frames for one row on {self.device}",
@@ -80,12 +81,20 @@ class ChunkRunner:
                 try:
                     out.extend(self._decode(sub))
                 except torch.OutOfMemoryError as exc2:
-                    free_accelerator_cache()
+                    self._release()
                     raise OutOfMemoryError(
                         f"out of memory even after splitting the batch ({len(sub.rows)} of {len(chunk.rows)} rows)",
                         hint="lower max_batch or count, shorten the clip, or use a smaller model",
                     ) from exc2
             return out
+
+    def _release(self) -> None:
+        """After an OOM: the backend drops what it keeps resident (captured graphs, their KV caches)
+        so that the half-batch retry has that memory, then the allocator's cache is freed."""
+        release = getattr(self.backend, "release", None)
+        if callable(release):
+            release()
+        free_accelerator_cache()
 
     def _decode(self, chunk: Chunk) -> list[np.ndarray]:
         model, processor = self.ckpt.model, self.ckpt.processor

@@ -397,3 +397,51 @@ def test_graph_mode_needs_cuda(tiny: tuple[Any, Any]) -> None:
     model, processor = tiny
     with pytest.raises(GenerationError, match="CUDA graphs need the model on a CUDA device"):
         DgxBackend(mode="graphs").decode(model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 5))
+
+
+def test_oom_split_retry_runs_with_every_bucket_released(make_settings: Any) -> None:
+    """The half-batch retry after an OOM must not find the failed batch's buckets still resident."""
+    from daemon.engine.model import GenerationRequest, MusicEngine
+
+    class OomAfterBucket(DgxBackend):
+        """CUDA cannot exist here: its OOM is raised after the bucket (its KV cache) was built."""
+
+        def __init__(self) -> None:
+            super().__init__(mode="static")
+            self.seen: list[tuple[int, int]] = []
+
+        def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
+            self.seen.append((len(req.rows), len(self.buckets)))
+            out = super().decode(model, req)
+            if len(req.rows) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return out
+
+    backend = OomAfterBucket()
+    engine = MusicEngine(make_settings(), backend=backend)
+    (res,) = engine.generate([GenerationRequest("techno loop", 0.5, seed=7, count=4)])
+    assert res.audio.shape[0] == 4
+    assert backend.seen == [(4, 0), (2, 0), (2, 1)]  # released before the retry; the halves share one
+
+
+def test_failed_capture_falls_back_to_uncaptured_steps(tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """CUDA stand-in: a capture that raises gives a working uncaptured bucket and one warning."""
+    import logging
+
+    from daemon.engine.decoding import graphs
+    from daemon.engine.decoding.parts import model_parts
+
+    model, processor = tiny
+
+    def broken(self: Any) -> Any:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs.GraphBucket, "_capture", broken)
+    backend = DgxBackend(mode="static")
+    req = _request(_text(processor, ["ambient pad"]), [GREEDY], 3.0, 5)
+    key = backend.bucket_key(model, req)
+    with caplog.at_level(logging.WARNING, logger="daemon.engine.decoding.dgx"), torch.inference_mode():
+        first = backend._new_bucket(model_parts(model), key, True)
+        assert first.graph is None and backend._capture_failed
+    assert caplog.text.count("CUDA graph capture failed") == 1

@@ -1,11 +1,15 @@
-"""What the engine does across transformers versions and machines: the layers' cache keyword, the
-fallback to `generate` under `decoder: auto`, EnCodec in float32, and dtype auto on the CPU."""
+"""What the engine does across transformers versions and machines: the fallback to `generate` under
+`decoder: auto` when the dgx loop does not reproduce the installed transformers' decoder, EnCodec in
+float32, and dtype auto on the CPU.
+
+The dgx loop reads the decoder layers' weights and never calls their forward, so the cache keyword
+that changed between transformers 5.17 (`past_key_values=`) and 5.24 (`cache=`) cannot break it;
+what could is a release whose layers compute something else. The probe at load catches that."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,12 +17,10 @@ import torch
 from transformers.models.musicgen.modeling_musicgen import MusicgenDecoderLayer
 
 from daemon.core.config import Settings
-from daemon.core.errors import GenerationError
 from daemon.engine.checkpoints import load_checkpoint
 from daemon.engine.decoding.codec import codes_to_audio
 from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.hf import TransformersBackend
-from daemon.engine.decoding.parts import layer_cache_keyword
 from daemon.engine.decoding.probe import dgx_problem
 from daemon.engine.devices import cpu_has_native_bf16, resolve_dtype
 from daemon.engine.model import MusicEngine
@@ -26,50 +28,14 @@ from daemon.engine.model import MusicEngine
 CPU = torch.device("cpu")
 
 
-class _OldLayer:
-    def forward(
-        self,
-        hidden_states: Any,
-        attention_mask: Any = None,
-        past_key_values: Any = None,
-        use_cache: bool = True,
-    ) -> Any: ...
+class _AlteredLayer(MusicgenDecoderLayer):
+    """A decoder layer as a future transformers might compute it: not what the dgx loop does."""
 
-
-class _NewLayer:
-    def forward(self, hidden_states: Any, attention_mask: Any = None, cache: Any = None) -> Any: ...
-
-
-class _RenamedLayer(MusicgenDecoderLayer):
-    """A decoder layer as a future transformers might name its cache argument (neither known name)."""
-
-    def forward(
-        self,
-        hidden_states: Any,
-        attention_mask: Any = None,
-        encoder_hidden_states: Any = None,  # type: ignore[override]
-        encoder_attention_mask: Any = None,
-        kv_store: Any = None,
-        use_cache: bool = True,
-        **kwargs: Any,
-    ) -> Any:
-        return super().forward(
-            hidden_states,
-            attention_mask,
-            encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            use_cache=use_cache,
-            **{layer_cache_keyword(MusicgenDecoderLayer): kv_store},
-        )
-
-
-def test_the_cache_keyword_comes_from_the_layer_signature() -> None:
-    assert layer_cache_keyword(_OldLayer) == "past_key_values"  # transformers 5.17
-    assert layer_cache_keyword(_NewLayer) == "cache"  # transformers 5.24
-    assert layer_cache_keyword(MusicgenDecoderLayer) in ("cache", "past_key_values")  # the installed one
-    with pytest.raises(GenerationError, match="none of cache, past_key_values") as info:
-        layer_cache_keyword(_RenamedLayer)
-    assert "decoder: transformers" in (info.value.hint or "")
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        out = super().forward(*args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+        tilt = torch.linspace(0.25, 1.75, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        return (hidden * tilt, *out[1:]) if isinstance(out, tuple) else hidden * tilt
 
 
 def test_the_dgx_loop_passes_its_check_on_the_tiny_model(tiny_settings: Settings) -> None:
@@ -85,7 +51,7 @@ def test_auto_falls_back_to_generate_with_one_warning_when_the_loop_cannot_run(
     settings = make_settings(decoder="auto", dtype="float32")
     ckpt = load_checkpoint("tiny", settings, device=CPU, dtype=torch.float32)
     for layer in ckpt.model.decoder.model.decoder.layers:
-        layer.__class__ = _RenamedLayer
+        layer.__class__ = _AlteredLayer
     engine = MusicEngine(settings)
     assert engine.backend.name == "dgx"
     with caplog.at_level(logging.WARNING, logger="daemon.engine.model"):
@@ -107,7 +73,7 @@ def test_an_explicit_dgx_decoder_is_not_replaced(make_settings: Callable[..., Se
     settings = make_settings(decoder="dgx", dtype="float32")
     ckpt = load_checkpoint("tiny", settings, device=CPU, dtype=torch.float32)
     for layer in ckpt.model.decoder.model.decoder.layers:
-        layer.__class__ = _RenamedLayer
+        layer.__class__ = _AlteredLayer
     engine = MusicEngine(settings)
     assert engine._checked_backend(ckpt).name == "dgx"  # the operator asked for it: its errors surface
 
@@ -152,10 +118,3 @@ def test_dtype_auto_on_the_cpu_follows_native_bf16() -> None:
     assert resolve_dtype("bfloat16", CPU) == torch.bfloat16  # bench --dtype bfloat16 runs at it
     assert resolve_dtype("float16", CPU) == torch.float32
     assert resolve_dtype("float32", CPU) == torch.float32
-
-
-def test_the_keyword_check_runs_once_per_layer_class(tiny_model_dir: Path) -> None:
-    layer_cache_keyword.cache_clear()
-    for _ in range(3):
-        layer_cache_keyword(MusicgenDecoderLayer)
-    assert layer_cache_keyword.cache_info().misses == 1

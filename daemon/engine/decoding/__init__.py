@@ -2,7 +2,7 @@
 
 This module only chooses. The interface and its values are in `api` (imported by every
 implementation); `hf` holds transformers' `generate` (the reference), `dgx` our own loop (with
-`graphs`, `kvcache` and `sampler` under it); `codec` turns codes into audio.
+`step`, `graphs` and `sampler` under it); `codec` turns codes into audio.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """dgx-music's own MusicGen decode loop (the "dgx" decode backend).
 
-It drives transformers' MusicGen modules and weights directly (text encoder, `enc_to_dec_proj`,
-the decoder's per-codebook embeddings, its `MusicgenDecoderLayer`s and `lm_heads`) and replaces
-only the machinery around them that makes `generate` slow: the text encoder runs once per call,
-the KV cache is allocated once (`daemon.engine.decoding.kvcache.StaticKVCache`), the delay pattern is built once
-(transformers' own `build_delay_pattern_mask`), and per-row sampling replaces the logits-processor
-chain (`daemon.engine.decoding.sampler`). On CUDA one decode step, sampling included, is captured in a CUDA graph
+It runs transformers' text encoder and `enc_to_dec_proj` as they are, and the decoder step as
+`daemon.engine.decoding.step.FusedDecoder`: the same weights and arithmetic regrouped into about a
+dozen kernels per layer. Around it: the text encoder runs once per call, the KV cache is allocated
+once, the delay pattern is built once on the CPU (transformers' own `build_delay_pattern_mask`),
+and per-row sampling replaces the logits-processor chain (`daemon.engine.decoding.sampler`).
+On CUDA one decode step, sampling included, is captured in a CUDA graph
 per shape bucket (`daemon.engine.decoding.graphs`: batch padded to a power of two, sequence and
 text length to a multiple), so a step costs one graph launch; on CPU the same loop runs eagerly.
 The model pieces both paths call are in `daemon.engine.decoding.parts`.
@@ -13,8 +13,8 @@ The model pieces both paths call are in `daemon.engine.decoding.parts`.
 Equivalence with transformers (tested): greedy decoding gives the same tokens as
 `MusicgenForConditionalGeneration.generate` with and without classifier-free guidance, because
 the unconditional half is built exactly as transformers builds it (zeroed text states, zeroed
-attention mask, projected then masked), the same attention masks are used, and the eager path
-hands the attention the same shapes transformers' dynamic cache does.
+attention mask, projected then masked), the same attention masks are used (as float masks), and the
+eager path hands the attention the same shapes transformers' dynamic cache does.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import torch
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.graphs import BucketKey, GraphBucket, next_pow2, round_up
-from daemon.engine.decoding.kvcache import StaticKVCache
 from daemon.engine.decoding.parts import (
     ModelParts,
     call_on_step,
@@ -39,9 +38,9 @@ from daemon.engine.decoding.parts import (
     delay_pattern,
     encode_text,
     extract_frames,
-    forward_step,
     model_parts,
 )
+from daemon.engine.decoding.step import float_mask, fused_decoder
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
 
 log = logging.getLogger(__name__)
@@ -72,15 +71,11 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
     if parts.core.embed_positions.weights.shape[0] < total_len:
         parts.core.embed_positions.make_weights(total_len, parts.core.embed_positions.embedding_dim)
 
-    cache = StaticKVCache(
-        num_layers=len(parts.core.layers),
-        rows=rows,
-        heads=parts.heads_count,
-        head_dim=parts.head_dim,
-        capacity=total_len,
-        dtype=parts.dtype,
-        device=parts.device,
-    )
+    decoder = fused_decoder(parts)
+    cross_mask = float_mask(encoder_mask, parts.dtype)
+    cross = decoder.cross_kv(encoder_states)
+    kv = torch.zeros((len(decoder.layers), 2, rows, parts.heads_count, total_len, parts.head_dim),
+                     dtype=parts.dtype, device=parts.device)
     params = sampling_tensors(req.rows, parts.vocab_size, parts.device)
     noise = RowNoise(req.rows, parts.num_codebooks, parts.vocab_size, parts.device, noise_chunk)
     seq = pattern.clone()
@@ -88,8 +83,7 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
     tokens = torch.cat([prefix, prefix]) if doubled else prefix
     position = 0
     for step in range(steps):
-        cache.position = position
-        logits = forward_step(parts, cache, tokens, position, encoder_states, encoder_mask, None)
+        logits = decoder(tokens, kv, position, None, cross, cross_mask)
         position += tokens.shape[-1]
         scores = guide(logits, req.cfg_coef, doubled)
         nxt = pick_tokens(scores, params, noise.step(step))
@@ -146,11 +140,18 @@ class DgxBackend:
         self.sync_every = max(1, sync_every)
         self._buckets: OrderedDict[BucketKey, GraphBucket] = OrderedDict()
         self._model_ref: weakref.ReferenceType[Any] | None = None
+        self._capture_failed = False
 
     def reset(self) -> None:
         """Drop every captured graph and its buffers (call when the model is unloaded)."""
         self._buckets.clear()
         self._model_ref = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def release(self) -> None:
+        """Free every bucket's memory (graphs, KV caches) but keep the model: after an OOM, before a retry."""
+        self._buckets.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -179,6 +180,25 @@ class DgxBackend:
             sampling=any(not row.is_greedy for row in req.rows),
         )
 
+    def _new_bucket(self, parts: ModelParts, key: BucketKey, capture: bool) -> GraphBucket:
+        """A bucket, captured when asked; a capture that fails (other than for memory) falls back to
+        running the step uncaptured, with one warning for the backend's life."""
+        if not capture:
+            return GraphBucket(parts, key, False)
+        log.info("capturing a CUDA graph for %s", key)
+        try:
+            return GraphBucket(parts, key, True)
+        except torch.OutOfMemoryError:
+            self.release()  # a capture cut short by OOM may leave a broken graph pool behind
+            raise
+        except RuntimeError as exc:
+            self._capture_failed = True
+            log.warning("CUDA graph capture failed (%s: %s); decoding without graphs from now on",
+                        type(exc).__name__, exc)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize(parts.device)
+            return GraphBucket(parts, key, False)
+
     @property
     def buckets(self) -> Sequence[BucketKey]:
         return list(self._buckets)
@@ -200,10 +220,7 @@ class DgxBackend:
                     parts.core.embed_positions.make_weights(key.length + 1, parts.core.embed_positions.embedding_dim)
                 while len(self._buckets) >= self.max_buckets:
                     self._buckets.popitem(last=False)
-                capture = self.uses_graphs(model)
-                if capture:
-                    log.info("capturing a CUDA graph for %s", key)
-                bucket = GraphBucket(parts, key, capture)
+                bucket = self._new_bucket(parts, key, self.uses_graphs(model) and not self._capture_failed)
                 self._buckets[key] = bucket
             else:
                 self._buckets.move_to_end(key)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
-from daemon.engine.decoding.kvcache import StaticKVCache
 from daemon.engine.decoding.parts import (
     ModelParts,
     call_on_step,
@@ -24,8 +23,8 @@ from daemon.engine.decoding.parts import (
     delay_pattern,
     encode_text,
     extract_frames,
-    forward_step,
 )
+from daemon.engine.decoding.step import float_mask, fused_decoder
 from daemon.engine.decoding.sampler import RowNoise, SamplingTensors, guide, pick_tokens, sampling_tensors
 
 
@@ -56,21 +55,18 @@ class GraphBucket:
         k, v = parts.num_codebooks, parts.vocab_size
         rows = 2 * key.rows if key.doubled else key.rows
         hidden = parts.core.config.hidden_size
-        n_layers = len(parts.core.layers)
-        cross_shape = (rows, parts.heads_count, key.text_length, parts.head_dim)
-        self.cache = StaticKVCache(
-            num_layers=n_layers,
-            rows=rows,
-            heads=parts.heads_count,
-            head_dim=parts.head_dim,
-            capacity=key.length,
-            dtype=dt,
-            device=dev,
-            cross_keys=[torch.zeros(cross_shape, dtype=dt, device=dev) for _ in range(n_layers)],
-            cross_values=[torch.zeros(cross_shape, dtype=dt, device=dev) for _ in range(n_layers)],
-        )
+        self.decoder = fused_decoder(parts)
+        n_layers = len(self.decoder.layers)
+        head_shape = (rows, parts.heads_count)
+        # Every layer's self-attention keys/values, and the text's cross-attention keys/values.
+        self.kv = torch.zeros((n_layers, 2, *head_shape, key.length, parts.head_dim), dtype=dt, device=dev)
+        cross_shape = (n_layers, 2, *head_shape, key.text_length, parts.head_dim)
+        self.cross = torch.zeros(cross_shape, dtype=dt, device=dev)
+        self.position = torch.zeros(1, dtype=torch.long, device=dev)
         self.encoder_states = torch.zeros((rows, key.text_length, hidden), dtype=dt, device=dev)
         self.encoder_mask = torch.ones((rows, 1, 1, key.text_length), dtype=torch.bool, device=dev)
+        # The float form the attention reads, converted once per decode rather than in every layer.
+        self.cross_mask = torch.zeros((rows, 1, 1, key.text_length), dtype=dt, device=dev)
         self.tokens = torch.full((rows, k, 1), parts.start_id, dtype=torch.long, device=dev)
         self.pattern = torch.full((key.rows, k, key.length), parts.pad_id, dtype=torch.long, device=dev)
         self.seq = torch.full((key.rows, k, key.length), parts.pad_id, dtype=torch.long, device=dev)
@@ -83,13 +79,10 @@ class GraphBucket:
         self.graph = self._capture() if capture else None
 
     def _step(self) -> None:
-        parts, cache = self.parts, self.cache
-        position = cache.position_tensor
+        position = self.position
         visible = (self.key_positions <= position).view(1, 1, 1, -1)
         self_mask = torch.where(visible, self.zero, self.neg)
-        logits = forward_step(
-            parts, cache, self.tokens, position, self.encoder_states, self.encoder_mask, self_mask
-        )
+        logits = self.decoder(self.tokens, self.kv, position, self_mask, self.cross, self.cross_mask)
         scores = guide(logits, self.cfg_coef, self.key.doubled)
         nxt = pick_tokens(scores, self.params, self.noise if self.key.sampling else None, static=self.key.sampling)
         target = position + 1
@@ -101,10 +94,6 @@ class GraphBucket:
         position.add_(1)
 
     def _capture(self) -> torch.cuda.CUDAGraph:
-        cache = self.cache
-        cache.graph_mode = True
-        for idx in range(len(cache.cross_attention_cache.layers)):
-            cache.is_updated[idx] = True
         if self.key.sampling:
             self.params.greedy.fill_(False)  # exercise the sampling kernels during warm-up
         stream = torch.cuda.Stream(device=self.parts.device)
@@ -114,16 +103,19 @@ class GraphBucket:
                 self._step()
         torch.cuda.current_stream(self.parts.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: CUDA calls from other threads (status, memory queries) during the capture
+        # must not invalidate it, as the default global mode would.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._step()
-        cache.position_tensor.zero_()
+        self.position.zero_()
         return graph
 
     def nbytes(self) -> int:
-        return self.cache.nbytes() + self.encoder_states.numel() * self.encoder_states.element_size()
+        buffers = (self.kv, self.cross, self.encoder_states)
+        return sum(t.numel() * t.element_size() for t in buffers)
 
     def decode(self, req: DecodeRequest, noise_chunk: int, sync_every: int) -> torch.Tensor:
-        parts, key, cache = self.parts, self.key, self.cache
+        parts, key = self.parts, self.key
         batch, prompt_len = check_request(parts, req)
         decoded, total_len = decode_lengths(parts, prompt_len, req.max_frames)
         states, mask_2d = encode_text(parts, req, key.doubled)
@@ -143,6 +135,8 @@ class GraphBucket:
         # the output is zero, as with a fully masked row, with no 0/0 in any attention kernel.
         empty = ~self.encoder_mask.any(dim=-1, keepdim=True)
         self.encoder_mask[..., :1] |= empty[..., :1]
+        self.cross_mask.copy_(float_mask(self.encoder_mask, parts.dtype))
+        self.decoder.cross_kv(self.encoder_states, out=self.cross)
 
         prefix, pattern = delay_pattern(parts, batch, req.prompt_codes, total_len)
         start = prefix.shape[-1]
@@ -160,10 +154,9 @@ class GraphBucket:
         self.cfg_coef.fill_(float(req.cfg_coef))
         noise = RowNoise(rows, parts.num_codebooks, parts.vocab_size, parts.device, noise_chunk)
 
-        # Prefill eagerly (sliced cache, the text's cross-attention written into the static slots).
-        cache.reset_for_decode()
+        # Prefill eagerly, reading the filled prefix only.
         fed = torch.cat([padded_prefix, padded_prefix]) if key.doubled else padded_prefix
-        logits = forward_step(parts, cache, fed, 0, self.encoder_states, self.encoder_mask, None)
+        logits = self.decoder(fed, self.kv, 0, None, self.cross, self.cross_mask)
         scores = guide(logits, float(req.cfg_coef), key.doubled)
         first_noise = noise.step(0)
         nxt = pick_tokens(scores, fresh, first_noise)
@@ -174,10 +167,7 @@ class GraphBucket:
         call_on_step(req.on_step, 1, steps)
 
         # Then one graph replay per step; the graph reads position start .. and advances it.
-        cache.graph_mode = True
-        for idx in range(len(cache.cross_attention_cache.layers)):
-            cache.is_updated[idx] = True
-        cache.position_tensor.fill_(start)
+        self.position.fill_(start)
         for step in range(1, steps):
             step_noise = noise.step(step)
             if step_noise is not None:

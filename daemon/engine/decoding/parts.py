@@ -1,14 +1,12 @@
 """The pieces of a MusicGen model the dgx loop drives, and the steps the eager and graph paths share.
 
 Everything here mirrors what transformers' MusicGen does inside `generate` (text encoding with the
-unconditional half, the delay pattern, the decoder forward, undoing the pattern), minus the
-per-call cache and mask building, so the loops in `dgx` and `graphs` give the same tokens.
+unconditional half, the delay pattern, undoing the pattern), so the loops in `dgx` and `graphs`
+give the same tokens; the decoder step itself is `step.FusedDecoder`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +16,6 @@ import torch
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.codec import channel_codebooks
-from daemon.engine.decoding.kvcache import StaticKVCache
 
 
 @dataclass(frozen=True)
@@ -37,34 +34,19 @@ class ModelParts:
     head_dim: int
     device: torch.device
     dtype: torch.dtype
-    cache_keyword: str = "cache"  # the layers' name for the KV cache argument
-
-
-# transformers renamed the decoder layers' cache argument within 5.x (5.17: past_key_values,
-# 5.24: cache); the layer's own signature says which one the installed version takes.
-_CACHE_KEYWORDS = ("cache", "past_key_values")
-
-
-@functools.cache
-def layer_cache_keyword(layer_type: type) -> str:
-    """The keyword `layer_type.forward` takes its KV cache under, read from its signature."""
-    params = inspect.signature(layer_type.forward).parameters
-    for name in _CACHE_KEYWORDS:
-        if name in params:
-            return name
-    raise GenerationError(
-        f"the dgx decode loop cannot drive this transformers' {layer_type.__name__}: its forward takes "
-        f"none of {', '.join(_CACHE_KEYWORDS)}",
-        hint="install a transformers version pyproject.toml allows, "
-        "or set `decoder: transformers` in the config",
-    )
 
 
 def model_parts(model: Any) -> ModelParts:
     decoder_lm = model.decoder
     core = decoder_lm.model.decoder
     config = decoder_lm.config
-    cache_keyword = layer_cache_keyword(type(core.layers[0]))
+    # The step (`step.FusedDecoder`) reads the layers' weights, never calls their forward, so the
+    # layer's cache keyword (`past_key_values` in 5.17, `cache` later) does not matter here.
+    if not hasattr(core.layers[0], "encoder_attn"):
+        raise GenerationError(
+            "the dgx decode loop needs MusicGen decoder layers with cross-attention",
+            hint="set `decoder: transformers` in the config",
+        )
     gen = model.generation_config
     start_id = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else gen.bos_token_id
     if start_id is None:
@@ -87,7 +69,6 @@ def model_parts(model: Any) -> ModelParts:
         head_dim=attn.head_dim,
         device=param.device,
         dtype=param.dtype,
-        cache_keyword=cache_keyword,
     )
 
 
@@ -141,13 +122,17 @@ def delay_pattern(
     elsewhere; `prefix` is what is fed before the first prediction (start token + prompt codes).
     """
     k = parts.num_codebooks
-    ids = torch.full((batch * k, 1), parts.start_id, dtype=torch.long, device=parts.device)
+    # Built on the CPU and copied once: transformers' builder takes Python min() over its input,
+    # one host read per element were the tensor on a GPU.
+    cpu = torch.device("cpu")
+    ids = torch.full((batch * k, 1), parts.start_id, dtype=torch.long, device=cpu)
     if prompt is not None and prompt.shape[-1] > 0:
-        ids = torch.cat([ids, prompt.to(parts.device, torch.long).reshape(batch * k, -1)], dim=-1)
+        ids = torch.cat([ids, prompt.to(cpu, torch.long).reshape(batch * k, -1)], dim=-1)
     prefix, pattern = parts.model.decoder.build_delay_pattern_mask(
         ids, pad_token_id=parts.start_id, max_length=total_len
     )
-    return prefix.reshape(batch, k, -1), pattern.reshape(batch, k, -1)
+    both = torch.cat([prefix.reshape(batch, k, -1), pattern.reshape(batch, k, -1)], dim=-1).to(parts.device)
+    return both[..., : prefix.shape[-1]], both[..., prefix.shape[-1] :]
 
 
 def extract_frames(parts: ModelParts, seq: torch.Tensor, prompt_len: int, frames: int) -> torch.Tensor:
@@ -158,44 +143,6 @@ def extract_frames(parts: ModelParts, seq: torch.Tensor, prompt_len: int, frames
     batch, k, _ = seq.shape
     codes = seq[seq != parts.pad_id].reshape(batch, k, -1)
     return codes[:, :, prompt_len : prompt_len + frames].contiguous()
-
-
-def forward_step(
-    parts: ModelParts,
-    cache: StaticKVCache,
-    tokens: torch.Tensor,
-    position: int | torch.Tensor,
-    encoder_states: torch.Tensor,
-    encoder_mask: torch.Tensor | None,
-    self_mask: torch.Tensor | None,
-) -> torch.Tensor:
-    """Logits [R, K, V] for the last of `tokens` [R, K, n] fed at `position`.
-
-    The same steps as MusicgenDecoder.forward + MusicgenForCausalLM's heads (summed codebook
-    embeddings, sinusoidal positions, the layers, final norm), minus its per-call mask and
-    cache building.
-    """
-    core = parts.core
-    n = tokens.shape[-1]
-    embeds = sum(core.embed_tokens[codebook](tokens[:, codebook]) for codebook in range(parts.num_codebooks))
-    weights = core.embed_positions.weights
-    if isinstance(position, int):
-        positions = weights[position : position + n]
-    else:
-        positions = weights.index_select(0, position)
-    hidden = embeds + positions.to(embeds.device)
-    cache_arg = {parts.cache_keyword: cache}
-    for layer in core.layers:
-        hidden = layer(
-            hidden,
-            self_mask,
-            encoder_states,
-            encoder_attention_mask=encoder_mask,
-            use_cache=True,
-            **cache_arg,
-        )
-    hidden = core.layer_norm(hidden[:, -1:])
-    return torch.stack([head(hidden) for head in parts.heads], dim=1)[:, :, -1]
 
 
 def decode_lengths(parts: ModelParts, prompt_len: int, frames: int) -> tuple[int, int]:

@@ -104,12 +104,18 @@ def pick_tokens(
         raise ValueError("sampling rows need noise")
     x = scores / params.temperature[:, None, None]
     batch, codebooks, vocab = x.shape
-    if static or params.any_top_k:
-        kth_index = (params.top_k - 1).view(batch, 1, 1).expand(batch, codebooks, 1)
-        kth = x.sort(dim=-1, descending=True).values.gather(-1, kth_index)
-        x = x.masked_fill(x < kth, float("-inf"))
-    if static or params.any_top_p:
+    use_k = static or params.any_top_k
+    use_p = static or params.any_top_p
+    if use_k or use_p:
+        # One ascending sort serves both filters. A row uses at most one of them (`RowSampling.filters`)
+        # and the other is an exact no-op for it, so both may read the unfiltered order: top-k's
+        # threshold is the element `vocab - k` places up, top-p is transformers' arithmetic as is.
         sorted_x, sorted_idx = x.sort(dim=-1)
+    if use_k:
+        kth_index = (vocab - params.top_k).view(batch, 1, 1).expand(batch, codebooks, 1)
+        kth = sorted_x.gather(-1, kth_index)
+        x = x.masked_fill(x < kth, float("-inf"))
+    if use_p:
         cumulative = sorted_x.softmax(dim=-1).cumsum(dim=-1)
         remove_sorted = cumulative <= (1.0 - params.top_p).view(batch, 1, 1)
         remove_sorted[..., -1] = False  # keep at least one token, as transformers does

@@ -1,0 +1,198 @@
+"""One MusicGen decoder step in a dozen kernels per layer, built from the loaded transformers weights.
+
+The same arithmetic as transformers' `MusicgenDecoder` + `MusicgenForCausalLM` heads (pre-norm
+layers: self-attention, cross-attention over the text, GELU MLP; summed codebook embeddings plus
+sinusoidal positions; final norm; one head per codebook), with the work regrouped:
+  * q, k and v of the self-attention are one matmul (their weights concatenated once at load);
+  * the new keys/values go into one [2, rows, heads, capacity, head_dim] buffer per layer in one copy;
+  * the residual adds stay separate kernels: `addmm` would save three per layer, but its
+    accumulate is not bit-identical to matmul-then-add (MKL, 4 rows), and token parity with
+    transformers is the contract;
+  * the text's cross-attention keys/values are computed once per decode, every layer in one matmul;
+  * the cross-attention mask is a float mask built once per decode (a bool mask would be converted
+    inside every attention call of every step);
+  * the codebook embeddings are one lookup in one table, the heads one matmul.
+Per layer: 3 layer norms, 6 matmuls, 3 residual adds, 1 cache write, 2 attentions, 1 GELU = 16 kernels.
+
+Self-attention length: eagerly (`position` an int) the attention reads only the filled prefix, so
+it sees exactly what transformers' dynamic cache gives it. Inside a CUDA graph (`position` a device
+tensor) shapes are fixed: the attention reads the whole bucket capacity with a float mask hiding
+the unwritten tail (SDPA's kernels take a float mask and stay graph-safe; reading only the live
+length there needs split-KV kernels with device-side lengths, which this loop does not have yet).
+
+The concatenated weights are the model's storage: the original `q_proj`/`k_proj`/`v_proj`, head
+and embedding weights are turned into views of them, so nothing is held twice and transformers'
+own forward keeps working on the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _share(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """Concatenate `tensors` and make each one a view of the result (no second copy kept)."""
+    joined = torch.cat([t.detach() for t in tensors], dim=dim)
+    offset = 0
+    for t in tensors:
+        size = t.shape[dim]
+        t.data = joined.narrow(dim, offset, size)
+        offset += size
+    return joined
+
+
+class FusedLayer(nn.Module):
+    """One decoder layer's step; an nn.Module only so that tools can hook its `forward`."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        sa, ca = layer.self_attn, layer.encoder_attn
+        projections = (sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj, ca.q_proj, ca.out_proj,
+                       layer.fc1, layer.fc2)
+        for proj in projections:
+            if proj.bias is not None:
+                raise ValueError("the fused MusicGen step expects bias-free projections")
+        self.heads = sa.num_heads
+        self.head_dim = sa.head_dim
+        self.scaling = sa.scaling
+        self.norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
+        self.w_qkv = _share([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
+        self.w_o = sa.out_proj.weight
+        self.w_cq = ca.q_proj.weight
+        self.w_co = ca.out_proj.weight
+        self.w_fc1 = layer.fc1.weight
+        self.w_fc2 = layer.fc2.weight
+        self.act = layer.activation_fn
+
+    @staticmethod
+    def _norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [R*n, E]
+        rows: int,
+        kv: torch.Tensor,  # [2, R, H, capacity, D]
+        position: int | torch.Tensor,
+        self_mask: torch.Tensor | None,
+        cross: torch.Tensor,  # [2, R, H, T, D]
+        cross_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        n = x.shape[0] // rows
+        h, d = self.heads, self.head_dim
+        # Self-attention: one matmul for q, k, v; one write of k and v into the cache.
+        qkv = torch.mm(self._norm(self.norms[0], x), self.w_qkv.t()).view(rows, n, 3, h, d)
+        q = qkv[:, :, 0].transpose(1, 2)
+        new_kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)
+        if isinstance(position, int):
+            end = position + n
+            kv[:, :, :, position:end].copy_(new_kv)
+            keys, values = kv[0, :, :, :end], kv[1, :, :, :end]
+        else:
+            kv.index_copy_(3, position, new_kv)  # device-side position: stays inside a captured graph
+            keys, values = kv[0], kv[1]
+        attn = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=self_mask, is_causal=self_mask is None and n > 1, scale=self.scaling
+        )
+        x = x + torch.mm(attn.transpose(1, 2).reshape(rows * n, h * d), self.w_o.t())
+        # Cross-attention over the text (keys/values computed once per decode).
+        q = torch.mm(self._norm(self.norms[1], x), self.w_cq.t()).view(rows, n, h, d).transpose(1, 2)
+        attn = F.scaled_dot_product_attention(q, cross[0], cross[1], attn_mask=cross_mask, scale=self.scaling)
+        x = x + torch.mm(attn.transpose(1, 2).reshape(rows * n, h * d), self.w_co.t())
+        # MLP.
+        hidden = self.act(torch.mm(self._norm(self.norms[2], x), self.w_fc1.t()))
+        return x + torch.mm(hidden, self.w_fc2.t())
+
+
+class FusedDecoder(nn.Module):
+    """The whole decoder step over `FusedLayer`s, plus the once-per-decode cross-attention setup."""
+
+    def __init__(self, parts: Any) -> None:
+        super().__init__()
+        core = parts.core
+        self.core = core
+        self.layers = nn.ModuleList([FusedLayer(layer) for layer in core.layers])
+        self.num_codebooks = parts.num_codebooks
+        self.heads_count = parts.heads_count
+        self.head_dim = parts.head_dim
+        embeds = [core.embed_tokens[k].weight for k in range(parts.num_codebooks)]
+        self.rows_per_codebook = embeds[0].shape[0]
+        self.embed = _share(embeds)
+        self.head = _share([head.weight for head in parts.heads])
+        self.vocab_size = parts.heads[0].weight.shape[0]
+        if any(head.bias is not None for head in parts.heads):
+            raise ValueError("the fused MusicGen step expects bias-free lm heads")
+        cross = [w for layer in core.layers for w in (layer.encoder_attn.k_proj.weight,
+                                                         layer.encoder_attn.v_proj.weight)]
+        if any(layer.encoder_attn.k_proj.bias is not None for layer in core.layers):
+            raise ValueError("the fused MusicGen step expects bias-free cross-attention projections")
+        self.w_cross = _share(cross)
+        codebooks = torch.arange(parts.num_codebooks, device=self.embed.device)
+        self.offsets = (codebooks * self.rows_per_codebook).view(1, -1, 1)
+        self.anchor = core.layers[0].self_attn.q_proj.weight
+
+    def is_current(self, parts: Any) -> bool:
+        """Still the model's storage (a `.to()` or reload gives the model new tensors)."""
+        weight = parts.core.layers[0].self_attn.q_proj.weight
+        return weight.data_ptr() == self.layers[0].w_qkv.data_ptr() and weight.device == self.embed.device
+
+    def cross_kv(self, states: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[L, 2, R, H, T, D] text keys/values for every layer, from encoder states [R, T, E]."""
+        rows, length, width = states.shape
+        layers = len(self.layers)
+        flat = torch.mm(states.reshape(rows * length, width), self.w_cross.t())
+        kv = flat.view(rows, length, layers, 2, self.heads_count, self.head_dim).permute(2, 3, 0, 4, 1, 5)
+        if out is None:
+            return kv.contiguous()
+        out.copy_(kv)
+        return out
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [R, K, n]
+        kv: torch.Tensor,  # [L, 2, R, H, capacity, D]
+        position: int | torch.Tensor,
+        self_mask: torch.Tensor | None,
+        cross: torch.Tensor,  # [L, 2, R, H, T, D]
+        cross_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Logits [R, K, V] for the last of `tokens` fed at `position`."""
+        rows, _, n = tokens.shape
+        core = self.core
+        x = F.embedding(tokens + self.offsets, self.embed).sum(dim=1)  # [R, n, E]
+        weights = core.embed_positions.weights
+        if isinstance(position, int):
+            positions = weights[position : position + n]
+        else:
+            positions = weights.index_select(0, position)
+        x = (x + positions.to(x.device)).view(rows * n, -1)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, rows, kv[index], position, self_mask, cross[index], cross_mask)
+        last = x.view(rows, n, -1)[:, -1]
+        norm = core.layer_norm
+        last = F.layer_norm(last, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return torch.mm(last, self.head.t()).view(rows, self.num_codebooks, self.vocab_size)
+
+
+def fused_decoder(parts: Any) -> FusedDecoder:
+    """The model's fused step, built once per loaded model and kept on it."""
+    model = parts.model
+    decoder = getattr(model, "_dgx_fused_decoder", None)
+    if decoder is None or not decoder.is_current(parts):
+        with torch.no_grad():
+            decoder = FusedDecoder(parts)
+        # Not a submodule of the model (object.__setattr__): its state dict and `.to()` stay transformers'.
+        object.__setattr__(model, "_dgx_fused_decoder", decoder)
+    return decoder
+
+
+def float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """An additive mask (0 visible, -inf hidden) as SDPA itself makes from a bool mask."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.tensor(float("-inf"), dtype=dtype, device=mask.device))

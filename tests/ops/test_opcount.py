@@ -1,0 +1,133 @@
+"""The op counter behind `bench --ops`, and the kernel budget of the fused decoder step."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from daemon.engine.decoding.parts import delay_pattern, model_parts
+from daemon.engine.decoding.step import float_mask, fused_decoder
+from daemon.ops.opcount import FREE_OPS, count_decode_step, counting
+
+
+def _load(directory: Path) -> tuple[Any, Any]:
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    model = MusicgenForConditionalGeneration.from_pretrained(directory).eval()
+    return model, AutoProcessor.from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
+    return _load(tiny_model_dir)
+
+
+def test_counter_leaves_out_views_and_counts_work() -> None:
+    x = torch.randn(4, 6)
+    with counting() as counter, torch.no_grad():
+        y = x.view(6, 4).t().unsqueeze(0)  # views only
+        z = torch.nn.functional.dropout(x, p=0.5, training=False)  # identity in eval mode
+        w = (y + 1).mul(2)  # two kernels
+        c = y.reshape(24)  # a reshape that must copy (y is transposed) is work
+    assert z is x or torch.equal(z, x)
+    assert counter.counts.by_name() == {"add": 1, "clone": 1, "mul": 1}
+    assert {"view", "t"} <= set(counter.counts.free) <= FREE_OPS
+    assert w.shape == (1, 4, 6) and c.shape == (24,)
+
+
+def test_decode_step_counts_are_positive_and_consistent(tiny: tuple[Any, Any]) -> None:
+    model, processor = tiny
+    report = count_decode_step(model, processor)
+    assert report["layers"] == model.config.decoder.num_hidden_layers
+    assert report["ops_per_layer"] > 0 and report["outside_layers"] > 0
+    assert report["ops_per_step"] >= report["layers"] * report["ops_per_layer"]
+    assert report["ops_per_step"] == sum(report["by_name"].values())
+    # The fused step's budget: 3 norms, 6 matmuls, 3 adds, 1 cache write, 2 attentions, 1 GELU.
+    assert report["ops_per_layer"] <= 16, report["layer_by_name"]
+    assert report["layer_by_name"].get("sort", 0) == 0
+    assert report["by_name"]["sort"] == 1  # one sort serves top-k and top-p
+
+
+def _transformers_layer_step(layer: Any, hidden: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+                             prefix: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One decode-token forward of a plain transformers layer (after a prefill), and its op count."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    keyword = "cache" if "cache" in inspect.signature(type(layer).forward).parameters else "past_key_values"
+    layer(prefix, None, states, encoder_attention_mask=mask, use_cache=True, **{keyword: cache})
+    with counting([layer]) as counter:
+        out = layer(hidden, None, states, encoder_attention_mask=mask, use_cache=True, **{keyword: cache})
+    return out, sum(counter.counts.per_layer[0].values())
+
+
+def test_fused_layer_does_the_same_work_in_fewer_ops(tiny: tuple[Any, Any]) -> None:
+    model, _ = tiny
+    parts = model_parts(model)
+    decoder = fused_decoder(parts)
+    layer, fused = parts.core.layers[0], decoder.layers[0]
+    rows, text, width = 2, 5, parts.core.config.hidden_size
+    gen = torch.Generator().manual_seed(0)
+    states = torch.randn(rows, text, width, generator=gen)
+    mask = torch.ones(rows, 1, 1, text, dtype=torch.bool)
+    mask[1, ..., 3:] = False
+    prefix = torch.randn(rows, 3, width, generator=gen)
+    hidden = torch.randn(rows, 1, width, generator=gen)
+    with torch.no_grad():
+        expected, plain_ops = _transformers_layer_step(layer, hidden, states, mask, prefix)
+        kv = torch.zeros(len(decoder.layers), 2, rows, parts.heads_count, 8, parts.head_dim)
+        cross = decoder.cross_kv(states)
+        fmask = float_mask(mask, torch.float32)
+        fused(prefix.reshape(rows * 3, width), rows, kv[0], 0, None, cross[0], fmask)
+        with counting([fused]) as counter:
+            got = fused(hidden.reshape(rows, width), rows, kv[0], 3, None, cross[0], fmask)
+    fused_ops = sum(counter.counts.per_layer[0].values())
+    assert torch.equal(got.view(rows, 1, width), expected)  # bit for bit
+    assert fused_ops <= 16, counter.counts.by_name()
+    assert fused_ops < plain_ops, (fused_ops, plain_ops)
+
+
+def test_delay_pattern_is_built_on_the_cpu_and_copied_once(tiny: tuple[Any, Any]) -> None:
+    """No op of the builder touches the decode device: one copy moves the finished pattern."""
+    model, _ = tiny
+    parts = model_parts(model)
+    meta = parts.__class__(**{**parts.__dict__, "device": torch.device("meta")})
+    devices: list[tuple[str, set[str]]] = []
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Devices(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            flat = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+            out = func(*args, **(kwargs or {}))
+            leaves = flat + torch.utils._pytree.tree_leaves(out)
+            seen = {t.device.type for t in leaves if isinstance(t, torch.Tensor)}
+            devices.append((func.overloadpacket.__name__, seen))
+            return out
+
+    prompt = torch.randint(0, 16, (2, parts.num_codebooks, 5))
+    with Devices():
+        prefix, pattern = delay_pattern(meta, 2, prompt, 40)
+    assert prefix.device.type == "meta" and pattern.device.type == "meta"
+    on_device = [name for name, seen in devices if "meta" in seen]
+    # Only the one transfer (and the slicing of what it produced) involves the device.
+    assert [n for n in on_device if n not in FREE_OPS] == ["_to_copy"], on_device
+    assert len(devices) > 10  # the builder did its work, on the CPU
+
+
+def test_bench_ops_cli_prints_the_counts(tiny_model_dir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "bench", "--ops", "--tiny", "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["ops_per_step"] >= report["layers"] * report["ops_per_layer"] > 0
+    assert report["by_name"] and report["device"] == "cpu"
