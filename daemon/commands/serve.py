@@ -14,6 +14,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.service.daemon import serve  # imports torch: only for this command
+    from daemon.service.main import serve  # imports torch: only for this command
 
     return serve(config_path(args))

@@ -427,25 +427,3 @@ class Daemon:
         # What we still hold in work/ is free for the peers now, not only after peer_timeout_s.
         self.heartbeat.stopped()
         log.info("stopped")
-
-
-def serve(config_path: Path | None) -> int:
-    import faulthandler
-
-    from daemon.service.journal import setup_logging
-
-    # A watchdog kill (SIGABRT) then prints every thread's stack to the journal.
-    faulthandler.enable()
-
-    try:
-        settings = load_settings(config_path)
-    except ConfigError as exc:
-        setup_logging("INFO")
-        log.critical("%s", exc)
-        return EXIT_CONFIG
-    setup_logging(settings.log_level)
-    try:
-        return Daemon(settings, config_path=config_path).run()
-    except spool.SpoolError as exc:
-        log.critical("%s", exc)
-        return EXIT_CONFIG
