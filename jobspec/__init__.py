@@ -24,6 +24,7 @@ from jobspec.sidecar import (
     HostInfo,
     ModelInfo,
     OutputInfo,
+    ReferenceInfo,
     ResultSidecar,
     Timings,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ModelInfo",
     "Output",
     "OutputInfo",
+    "ReferenceInfo",
     "ResultSidecar",
     "Sampling",
     "Timings",
