@@ -23,7 +23,7 @@ from jobspec.models import (
     Sampling,
     Section,
 )
-from jobspec.references import REFERENCE_HINT
+from jobspec.names import REFERENCE_HINT
 from jobspec.yamlsafe import DEFAULT_MAX_BYTES, LineMap, Path_, line_for, load_yaml_bytes, loc_text
 
 _BATCH_KEYS = ("jobs", "defaults")

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jobspec.names import ID_PATTERN
-from jobspec.references import REFERENCE_PATTERN, check_reference
+from jobspec.names import REFERENCE_PATTERN, check_reference
 
 DEFAULT_MAX_DURATION = 300.0
 MAX_BATCH_JOBS = 32
