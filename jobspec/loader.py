@@ -334,3 +334,20 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
     elif kind == "reference_path":
         hint = REFERENCE_HINT
     return ErrorDetail(loc=loc_text(loc), line=line, msg=msg, hint=hint)
+
+
+def locate_field(data: bytes, filename: str, index: int, field: str) -> tuple[str, int | None]:
+    """Where job number `index` of a file sets `field`: its loc text and line, for errors found after
+    validation (a reference that cannot be read). In a batch a value may come from `defaults:`."""
+    try:
+        root, lines = load_yaml_bytes(data, filename)
+    except JobSpecError:
+        return field, None
+    if not any(key in root for key in _BATCH_KEYS):
+        return field, line_for(lines, (field,))
+    jobs = root.get("jobs") if isinstance(root.get("jobs"), list) else []
+    if index < len(jobs) and isinstance(jobs[index], dict) and field in jobs[index]:
+        return loc_text(("jobs", index, field)), line_for(lines, ("jobs", index, field))
+    if isinstance(root.get("defaults"), dict) and field in root["defaults"]:
+        return loc_text(("defaults", field)), line_for(lines, ("defaults", field))
+    return loc_text(("jobs", index, field)), line_for(lines, ("jobs", index))
