@@ -161,6 +161,10 @@ class ResultSidecar(_Strict):
     outputs: list[OutputInfo] = Field(min_length=1, description="The audio files, one per variation.")
     peak_memory_bytes: int = Field(ge=0, description="Peak accelerator (or process) memory during generation.")
     host: HostInfo = Field(description="Machine and versions.")
+    decoder: str | None = Field(
+        default=None,
+        description="The token decode loop that ran: dgx (ours) or transformers (generate; always for melody models).",
+    )
     references: list[ReferenceInfo] = Field(
         default_factory=list, description="Reference audio the job used (continue_from, melody); empty for text only."
     )

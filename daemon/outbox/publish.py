@@ -99,6 +99,7 @@ def publish(
     normalize_audio: bool = True,
     rtf_audio_s: float | None = None,
     references: list[ReferenceInfo] | None = None,
+    decoder: str | None = None,
 ) -> Published:
     """Write the job's audio ([count, channels, samples]) and its sidecar; returns the sidecar.
 
@@ -171,6 +172,7 @@ def publish(
             peak_memory_bytes=peak_memory_bytes,
             host=host_info(model.device),
             references=list(references or []),
+            decoder=decoder,
         )
         path = outbox / f"{job_id}.json"
         body = sidecar_json(sidecar.model_dump(mode="json"))
@@ -209,6 +211,11 @@ def publish_job(settings: Settings, item: QueuedJob) -> Path:
         peak_memory_bytes=res.peak_memory_bytes,
         normalize_audio=settings.normalize_audio,
         rtf_audio_s=item.batch_audio_s,
+        references=[
+            ReferenceInfo(**r.sidecar_fields(), used_s=round(res.continued_s, 6) if r.role == "continue_from" else None)
+            for r in item.references
+        ],
+        decoder=res.decoder,
     )
     sc = out.sidecar
     loud = ", ".join(f"{o.integrated_lufs} LUFS" for o in sc.outputs if o.integrated_lufs is not None) or "n/a"

@@ -53,7 +53,7 @@ class ReferenceAudio:
 
 
 def _refuse(ref: str, loc: str, line: int | None, why: str, hint: str) -> InvalidJobError:
-    return InvalidJobError(f"{loc}: {ref!r} {why}", loc=loc, line=line, hint=hint)
+    return InvalidJobError(f"{ref!r} {why}", loc=loc, line=line, hint=hint)
 
 
 def _open_below(root_fd: int, parts: list[str]) -> int:
@@ -79,7 +79,7 @@ def resolve_reference(
     try:
         check_reference(ref)
     except PydanticCustomError as exc:
-        raise InvalidJobError(f"{loc}: {exc.message()}", loc=loc, line=line, hint=REFERENCE_HINT) from None
+        raise InvalidJobError(exc.message(), loc=loc, line=line, hint=REFERENCE_HINT) from None
     parts = ref.split("/")
     where = "library/" if parts[0] == "library" else "outbox/"
     missing_hint = (
@@ -95,7 +95,7 @@ def resolve_reference(
     try:
         root_fd = os.open(spool_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise InvalidJobError(f"{loc}: the spool cannot be read: {exc.strerror}", loc=loc, line=line,
+        raise InvalidJobError(f"the spool cannot be read: {exc.strerror}", loc=loc, line=line,
                               hint="check the spool's permissions") from None
     try:
         try:
