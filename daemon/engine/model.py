@@ -295,7 +295,7 @@ class MusicEngine:
             # it: only transformers' generate implements that, so melody checkpoints always use it.
             from daemon.engine.decoding.hf import TransformersBackend
 
-            if not isinstance(backend, TransformersBackend):
+            if backend.name != "transformers":
                 backend = self._hf_backend = self._hf_backend or TransformersBackend()
         for req in requests:
             if req.melody is not None and not self._ckpt.melody:
