@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from jobspec import ErrorDetail, Job, locate_field
+from jobspec import ErrorDetail, locate_field
 from jobspec.sidecar import Timings
 
 from daemon import spool
