@@ -8,8 +8,10 @@ from pathlib import Path
 import soundfile as sf
 import yaml
 
-from daemon.ops.demo import MELODY_MODEL, REPO_EXAMPLES, cap_durations, write_library
+from daemon.ops.demo import MELODY_MODEL, cap_durations, write_library
 from jobspec import load_job_bytes
+
+REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "jobspec" / "examples"
 
 
 def capped(name: str) -> dict:
