@@ -36,7 +36,8 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
 def job_table_markdown() -> str:
     """A Markdown table of every job-file key: name, default, description (with its range)."""
     lines = ["| Key | Default | Meaning |", "| --- | --- | --- |"]
-    lines += [r.replace("| `prompt` | required |", "| `prompt` | required (or `sections`) |") for r in _rows(JobSpec)]
+    prompt_row = ("| `prompt` | required |", "| `prompt` | required (or `sections`) |")
+    lines += [r.replace(*prompt_row) for r in _rows(JobSpec)]
     lines += _rows(Section, "sections[].")
     lines += _rows(Sampling, "sampling.")
     lines += _rows(Output, "output.")

@@ -265,7 +265,8 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
             loc=loc_text(loc), line=line, msg=f"unknown key '{key}'", hint=_unknown_key_hint(key, loc[:-1], batch)
         )
     if kind == "missing":
-        what = "every job needs a prompt (or sections)" if field == "prompt" and "sections" not in loc else None
+        needs_prompt = field == "prompt" and "sections" not in loc
+        what = "every job needs a prompt (or sections)" if needs_prompt else None
         return ErrorDetail(loc=loc_text(loc), line=line, msg=f"required key '{field}' is missing", hint=what)
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         msg = f"'{field}' must be a mapping of `key: value` lines, not {_show(value)}" if field else (

@@ -23,8 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jobspec.names import ID_PATTERN
-from jobspec.names import REFERENCE_PATTERN, check_reference
+from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 
 DEFAULT_MAX_DURATION = 300.0
 MAX_BATCH_JOBS = 32
@@ -143,7 +142,8 @@ class Output(BaseModel):
     )
     quality: Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)] | None = Field(
         default=None,
-        description=f"mp3/ogg only: encoder quality 0..1 (1 is best, variable bitrate); null means {DEFAULT_QUALITY}.",
+        description="mp3/ogg only: encoder quality 0..1 (1 is best, variable bitrate); "
+        f"null means {DEFAULT_QUALITY}.",
     )
     loudness_lufs: Annotated[float, Field(strict=True, ge=-70.0, le=-5.0, allow_inf_nan=False)] | None = Field(
         default=-16.0,
@@ -174,7 +174,9 @@ class Output(BaseModel):
     def _codec_needs_ogg(cls, value: str | None, info: ValidationInfo) -> str | None:
         fmt = info.data.get("format")
         if value is not None and fmt is not None and fmt != "ogg":
-            raise PydanticCustomError("codec_not_allowed", "codec applies to ogg only, not {format}", {"format": fmt})
+            raise PydanticCustomError(
+                "codec_not_allowed", "codec applies to ogg only, not {format}", {"format": fmt}
+            )
         return value
 
     @field_validator("quality")
@@ -239,7 +241,10 @@ def _sections_summary(sections: Any) -> tuple[str | None, float | None]:
         if len(prompt) > 500:
             prompt = prompt[:497].rstrip() + "..."
     duration = None
-    if all(isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0 for d in durations):
+    def positive(d: Any) -> bool:
+        return isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0
+
+    if all(positive(d) for d in durations):
         duration = float(sum(durations))
     return prompt, duration
 
@@ -253,7 +258,10 @@ def _prompt_or_sections(schema: dict[str, Any]) -> None:
             schema.pop("required")
         schema["oneOf"] = [
             {"required": ["prompt"], "not": {"required": ["sections"]}},
-            {"required": ["sections"], "not": {"anyOf": [{"required": ["prompt"]}, {"required": ["duration"]}]}},
+            {
+                "required": ["sections"],
+                "not": {"anyOf": [{"required": ["prompt"]}, {"required": ["duration"]}]},
+            },
         ]
 
 
@@ -276,7 +284,8 @@ class JobSpec(BaseModel):
     )
     sections: Annotated[list[Section], Field(min_length=1, max_length=MAX_SECTIONS)] | None = Field(
         default=None,
-        description=f"A piece with a structure, instead of `prompt` + `duration`: a list of 1..{MAX_SECTIONS} "
+        description="A piece with a structure, instead of `prompt` + `duration`: "
+        f"a list of 1..{MAX_SECTIONS} "
         "`{prompt, duration}`; each window is conditioned on the section it falls in, the length is the sum.",
     )
     continue_from: Reference | None = Field(
@@ -325,7 +334,8 @@ class JobSpec(BaseModel):
         if clash:
             raise PydanticCustomError(
                 "sections_exclusive",
-                "'{key}' cannot be used together with 'sections' (each section has its own prompt and duration)",
+                "'{key}' cannot be used together with 'sections' "
+                "(each section has its own prompt and duration)",
                 {"key": clash[0]},
             )
         prompt, duration = _sections_summary(data["sections"])
@@ -343,7 +353,9 @@ class JobSpec(BaseModel):
     def _one_reference_role(self) -> "JobSpec":
         if self.continue_from is not None and self.melody is not None:
             raise PydanticCustomError(
-                "references_exclusive", "'melody' cannot be combined with 'continue_from' in one job", {"key": "melody"}
+                "references_exclusive",
+                "'melody' cannot be combined with 'continue_from' in one job",
+                {"key": "melody"},
             )
         return self
 

@@ -149,16 +149,19 @@ def check_reference(value: str) -> str:
     """The reference unchanged, or a PydanticCustomError saying which rule it breaks."""
     if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
         raise PydanticCustomError(
-            "reference_path", "{value} is an absolute path; references stay inside the spool", {"value": repr(value)}
+            "reference_path", "{value} is an absolute path; references stay inside the spool",
+            {"value": repr(value)},
         )
     if "\\" in value:
         raise PydanticCustomError(
-            "reference_path", "{value} contains a backslash; use '/' between folder and file", {"value": repr(value)}
+            "reference_path", "{value} contains a backslash; use '/' between folder and file",
+            {"value": repr(value)},
         )
     parts = value.split("/")
     if any(p in ("..", ".") for p in parts):
         raise PydanticCustomError(
-            "reference_path", "{value} contains '.' or '..'; references cannot leave their folder", {"value": repr(value)}
+            "reference_path", "{value} contains '.' or '..'; references cannot leave their folder",
+            {"value": repr(value)},
         )
     if parts[0] not in REFERENCE_ROOTS:
         raise PydanticCustomError(

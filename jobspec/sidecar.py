@@ -80,10 +80,13 @@ class OutputInfo(_Strict):
     subtype: Literal["PCM_16", "PCM_24", "FLOAT", "MPEG_LAYER_III", "VORBIS", "OPUS"] = Field(
         description="Sample format (wav/flac) or codec (MPEG_LAYER_III for mp3, VORBIS or OPUS for ogg)."
     )
-    quality: float | None = Field(default=None, ge=0, le=1, description="Encoder quality 0..1 (mp3/ogg), null for lossless.")
+    quality: float | None = Field(
+        default=None, ge=0, le=1, description="Encoder quality 0..1 (mp3/ogg), null for lossless."
+    )
     tags: dict[str, str] = Field(
         default_factory=dict,
-        description="Metadata written into the file (title, comment, software, date) as far as the container keeps them.",
+        description="Metadata written into the file (title, comment, software, date) "
+        "as far as the container keeps them.",
     )
     sample_rate: int = Field(gt=0, description="Samples per second.")
     channels: int = Field(gt=0, description="1 mono, 2 stereo.")
@@ -92,9 +95,12 @@ class OutputInfo(_Strict):
     bytes: int = Field(ge=0, description="File size.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the file, hex.")
     integrated_lufs: float | None = Field(
-        default=None, description="Integrated loudness measured on the file as written (decoded again); null for silence."
+        default=None,
+        description="Integrated loudness measured on the file as written (decoded again); null for silence.",
     )
-    true_peak_dbtp: float | None = Field(default=None, description="True peak measured on the file as written.")
+    true_peak_dbtp: float | None = Field(
+        default=None, description="True peak measured on the file as written."
+    )
     gain_db: float = Field(default=0.0, description="Gain applied by loudness normalisation (0 when skipped).")
     variation: int = Field(default=1, ge=1, description="Which variation this is, 1..count.")
     seed: int | None = Field(default=None, ge=0, description="The seed of this variation (job seed + variation - 1).")
@@ -163,10 +169,12 @@ class ResultSidecar(_Strict):
     host: HostInfo = Field(description="Machine and versions.")
     decoder: str | None = Field(
         default=None,
-        description="The token decode loop that ran: dgx (ours) or transformers (generate; always for melody models).",
+        description="The token decode loop that ran: dgx (ours) or transformers "
+        "(generate; always for melody models).",
     )
     references: list[ReferenceInfo] = Field(
-        default_factory=list, description="Reference audio the job used (continue_from, melody); empty for text only."
+        default_factory=list,
+        description="Reference audio the job used (continue_from, melody); empty for text only.",
     )
 
 

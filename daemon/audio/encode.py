@@ -164,7 +164,9 @@ def write_audio(
     data = buf.getvalue()
     decoded, back_rate = read_audio_bytes(data)
     if back_rate != rate or decoded.shape[0] != channels:
-        raise ValueError(f"{format} file reads back as {decoded.shape[0]} ch at {back_rate} Hz, wrote {channels} at {rate}")
+        raise ValueError(
+            f"{format} file reads back as {decoded.shape[0]} ch at {back_rate} Hz, wrote {channels} at {rate}"
+        )
     with atomic_writer(path, create_new=create_new) as fh:
         fh.write(data)
     frames = decoded.shape[1] if format in LOSSY else x.shape[1]

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny = sub.add_parser("init-tiny", help="a tiny random MusicGen (for tests and demos; noise, fast on CPU)")
     tiny.add_argument("dir", type=Path, metavar="DIR")
     tiny.add_argument("--stereo", action="store_true", help="a stereo model (8 interleaved codebooks)")
-    tiny.add_argument("--melody", action="store_true", help="a melody model (musicgen-melody: chroma conditioning)")
+    tiny.add_argument("--melody", action="store_true",
+                      help="a melody model (musicgen-melody: chroma conditioning)")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
     tiny.set_defaults(func=run_init_tiny)
 

@@ -67,7 +67,10 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    spool: Path = Field(default=Path("/var/lib/dgx-music"), description="inbox/ work/ outbox/ failed/ library/ state/ live below it")
+    spool: Path = Field(
+        default=Path("/var/lib/dgx-music"),
+        description="inbox/ work/ outbox/ failed/ library/ state/ live below it",
+    )
     models: dict[str, ModelSpec] = Field(
         default_factory=lambda: {"small": ModelSpec(id="facebook/musicgen-small", revision="main")},
         description="the only models a job may name",

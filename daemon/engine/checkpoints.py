@@ -2,7 +2,8 @@
 
 Every checkpoint, hub or local, goes through the same `AutoProcessor.from_pretrained` +
 `MusicgenForConditionalGeneration.from_pretrained` path (musicgen-melody ones: the tokenizer and
-`MusicgenMelodyForConditionalGeneration`, with the chroma of `daemon.engine.melody`); the made-up ones of `daemon.ops.tinymodel`
+`MusicgenMelodyForConditionalGeneration`, with the chroma of `daemon.engine.melody`); the made-up
+ones of `daemon.ops.tinymodel`
 are ordinary `save_pretrained` folders, so tests exercise the production loader. Where the hub
 cache is and whether the hub may be reached: `daemon.engine.hub`.
 """

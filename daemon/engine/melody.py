@@ -36,7 +36,8 @@ class ChromaParams:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return cls()
-        known = {k: raw[k] for k in ("sampling_rate", "n_fft", "hop_length", "chunk_length", "num_chroma") if k in raw}
+        keys = ("sampling_rate", "n_fft", "hop_length", "chunk_length", "num_chroma")
+        known = {k: raw[k] for k in keys if k in raw}
         return cls(**{k: int(v) for k, v in known.items()})
 
     def preprocessor_config(self) -> dict[str, Any]:
@@ -107,7 +108,8 @@ class ChromaExtractor:
 
 
 class TextProcessor:
-    """The text half of MusicgenMelodyProcessor: `processor(text=[...], padding=True, return_tensors="pt")`."""
+    """The text half of MusicgenMelodyProcessor, called as
+    `processor(text=[...], padding=True, return_tensors="pt")`."""
 
     def __init__(self, tokenizer: Any, chroma: ChromaExtractor) -> None:
         self.tokenizer = tokenizer

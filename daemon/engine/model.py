@@ -303,9 +303,12 @@ class MusicEngine:
                 raise InvalidJobError(
                     f"model {info.name!r} cannot follow a melody (it is not a musicgen-melody checkpoint)",
                     loc="melody",
-                    hint=(f"use one of the melody models configured here: {', '.join(melodic)}" if melodic else
-                          "no melody model is configured here: ask the operator to add facebook/musicgen-melody "
-                          "to `models:`") + ", or leave `melody:` out",
+                    hint=(
+                        f"use one of the melody models configured here: {', '.join(melodic)}"
+                        if melodic
+                        else "no melody model is configured here: ask the operator to add "
+                        "facebook/musicgen-melody to `models:`"
+                    ) + ", or leave `melody:` out",
                 )
         seeds = effective_seeds(requests)
         framing = self._framing()

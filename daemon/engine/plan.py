@@ -107,7 +107,8 @@ class Framing:
             prompts = tuple(p for p, _ in req.sections)
         return Chunk(
             chunk.rows, chunk.prompts, chunk.cfg_coef, chunk.frames, chunk.samples, segments=segments,
-            segment_prompts=prompts, continue_from=req.continue_from if prefix else None, prefix_frames=prefix,
+            segment_prompts=prompts, continue_from=req.continue_from if prefix else None,
+            prefix_frames=prefix,
             melody=req.melody,
         )
 

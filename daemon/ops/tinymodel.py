@@ -9,7 +9,6 @@ loader (`daemon.engine.checkpoints.load_checkpoint`).
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,10 +151,12 @@ def _save_checkpoint(
             # The tokenizer, and the chroma parameters as the hub's musicgen-melody ships them (its
             # feature extractor class needs torchaudio; daemon.engine.melody computes the same chroma).
             build_tokenizer().save_pretrained(directory)
-            (directory / "preprocessor_config.json").write_text(json.dumps(chroma.preprocessor_config(), indent=2) + "\n")
+            pre = json.dumps(chroma.preprocessor_config(), indent=2) + "\n"
+            (directory / "preprocessor_config.json").write_text(pre)
         else:
             # The feature extractor describes the codec's input (mono EnCodec even for stereo MusicGen).
-            _build_processor(audio_encoder["sampling_rate"], audio_encoder["audio_channels"]).save_pretrained(directory)
+            processor = _build_processor(audio_encoder["sampling_rate"], audio_encoder["audio_channels"])
+            processor.save_pretrained(directory)
     # safetensors writes 0600; the daemon's system user must be able to read a checkpoint an admin made.
     for f in directory.iterdir():
         if f.is_file():

@@ -121,7 +121,8 @@ def publish(
             post = normalize(audio[i], sample_rate, target_lufs, ceiling)
             variation_seed = (seed + i) % 2**63
             info = write_audio(
-                outbox / name, post.audio, sample_rate, job.output.format, job.output.subtype, create_new=True,
+                outbox / name, post.audio, sample_rate, job.output.format, job.output.subtype,
+                create_new=True,
                 codec=job.output.codec, quality=job.output.quality,
                 tags=file_tags(job_id, job, variation_seed, model, time.time()),
             )
@@ -212,7 +213,9 @@ def publish_job(settings: Settings, item: QueuedJob) -> Path:
         normalize_audio=settings.normalize_audio,
         rtf_audio_s=item.batch_audio_s,
         references=[
-            ReferenceInfo(**r.sidecar_fields(), used_s=round(res.continued_s, 6) if r.role == "continue_from" else None)
+            ReferenceInfo(
+                **r.sidecar_fields(), used_s=round(res.continued_s, 6) if r.role == "continue_from" else None
+            )
             for r in item.references
         ],
         decoder=res.decoder,

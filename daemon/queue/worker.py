@@ -22,7 +22,13 @@ from jobspec.sidecar import Timings
 
 from daemon import spool
 from daemon.core.config import Settings
-from daemon.core.errors import DgxMusicError, ErrorType, GenerationCancelled, InvalidJobError, UnknownModelError
+from daemon.core.errors import (
+    DgxMusicError,
+    ErrorType,
+    GenerationCancelled,
+    InvalidJobError,
+    UnknownModelError,
+)
 from daemon.core.logctx import job_context, set_stage
 from daemon.core.messages import AudioPrompt, GenerationRequest, Progress
 from daemon.queue.jobqueue import JobQueue, QueueClosed

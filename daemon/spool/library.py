@@ -23,10 +23,9 @@ import numpy as np
 import soundfile as sf
 from pydantic_core import PydanticCustomError
 
-from jobspec.names import REFERENCE_HINT, check_reference
-
 from daemon.core.config import Settings
 from daemon.core.errors import InvalidJobError
+from jobspec.names import REFERENCE_HINT, check_reference
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,8 @@ def resolve_reference(
     spool_root = settings.spool.resolve()
     # The second fence: whatever the walk below allowed must still resolve inside the spool.
     if not (settings.spool / ref).resolve().is_relative_to(spool_root / parts[0]):
-        raise _refuse(ref, loc, line, "leads out of the spool's " + where, "references must be files inside " + where
-                      + "; symlinks are not followed")
+        raise _refuse(ref, loc, line, "leads out of the spool's " + where,
+                      "references must be files inside " + where + "; symlinks are not followed")
     try:
         root_fd = os.open(spool_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -139,7 +138,8 @@ def resolve_reference(
     duration = frames / float(rate)
     if duration > settings.max_reference_s:
         raise _refuse(ref, loc, line, f"is {duration:.1f} s long; references are limited to "
-                      f"{settings.max_reference_s:g} s", "trim it, or ask the operator to raise max_reference_s")
+                      f"{settings.max_reference_s:g} s",
+                      "trim it, or ask the operator to raise max_reference_s")
     samples = np.ascontiguousarray(snd.T)
     if not np.isfinite(samples).all():
         raise _refuse(ref, loc, line, "contains NaN or infinite samples", "export it again as PCM audio")

@@ -15,7 +15,8 @@ import pytest
 from daemon.audio.encode import read_audio, write_audio
 
 SR = 32000
-TAGS = {"title": "warm lo-fi piano, vinyl", "comment": "job loop seed 7 model tiny", "software": "dgx-music 9.9",
+TAGS = {"title": "warm lo-fi piano, vinyl", "comment": "job loop seed 7 model tiny",
+        "software": "dgx-music 9.9",
         "date": "2026-12-01"}
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe")
 

@@ -8,7 +8,6 @@ import hashlib
 from pathlib import Path
 
 import soundfile as sf
-
 from daemon_harness import DaemonProcess, SpoolView, job_yaml, wait_until, write_config
 
 TIMEOUT_S = 90.0

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-
 from daemon_harness import DaemonProcess, SpoolView, write_config
 
 TIMEOUT_S = 90.0
@@ -30,7 +29,9 @@ def riff(path: Path, seconds: float = 1.5, channels: int = 1) -> bytes:
 
 
 @pytest.fixture
-def models(tmp_path: Path, tiny_model_dir: Path, tiny_stereo_model_dir: Path, tiny_melody_model_dir: Path) -> Path:
+def models(
+    tmp_path: Path, tiny_model_dir: Path, tiny_stereo_model_dir: Path, tiny_melody_model_dir: Path
+) -> Path:
     # A 1 s window with a 0.6 s stride: continuations keep at most 0.4 s of the reference, and a
     # 2 s piece needs several windows (and so several sections can each get their own).
     return write_config(
@@ -50,7 +51,8 @@ def test_continuation_melody_sections_and_stereo(tmp_path: Path, models: Path) -
         data = riff(library / "riff.wav")
         mtime = (library / "riff.wav").stat().st_mtime_ns
         batch = {"defaults": {"seed": 3}, "jobs": [
-            {"id": "cont", "prompt": "keep the riff going", "continue_from": "library/riff.wav", "duration": 1.5},
+            {"id": "cont", "prompt": "keep the riff going", "continue_from": "library/riff.wav",
+             "duration": 1.5},
             {"id": "tune", "prompt": "follow the tune", "melody": "library/riff.wav", "duration": 1.0,
              "model": "melodic"},
             {"id": "parts", "sections": [{"prompt": "quiet intro part", "duration": 0.5},

@@ -64,11 +64,13 @@ def test_tiny_melody_checkpoint_loads_with_its_chroma(tiny_melody_model_dir: Pat
     assert ids.shape == (1, 4)
 
 
-def test_melody_models_are_told_apart_without_loading(tiny_model_dir: Path, tiny_melody_model_dir: Path) -> None:
+def test_melody_models_are_told_apart_without_loading(tiny_model_dir: Path,
+    tiny_melody_model_dir: Path) -> None:
     from daemon.engine.checkpoints import melody_models
 
     s = _settings({"plain": {"path": str(tiny_model_dir)}, "mel": {"path": str(tiny_melody_model_dir)},
-                   "hub": {"id": "facebook/musicgen-stereo-melody"}, "small": {"id": "facebook/musicgen-small"}})
+                   "hub": {"id": "facebook/musicgen-stereo-melody"},
+                   "small": {"id": "facebook/musicgen-small"}})
     assert melody_models(s) == ["hub", "mel"]
 
 

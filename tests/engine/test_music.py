@@ -31,10 +31,13 @@ def tone(seconds: float, hz: float = 220.0, channels: int = 1, rate: int = SR) -
 
 
 @pytest.fixture
-def engine(make_settings: Callable[..., Settings], tiny_melody_model_dir: Path, tiny_stereo_model_dir: Path) -> MusicEngine:
+def engine(
+    make_settings: Callable[..., Settings], tiny_melody_model_dir: Path, tiny_stereo_model_dir: Path
+) -> MusicEngine:
     settings = make_settings(
         window_s=1.0, extend_stride_s=0.6,
-        models={"tiny": {"path": str(make_settings().models["tiny"].path)}, "melodic": {"path": str(tiny_melody_model_dir)},
+        models={"tiny": {"path": str(make_settings().models["tiny"].path)},
+                "melodic": {"path": str(tiny_melody_model_dir)},
                 "stereo": {"path": str(tiny_stereo_model_dir)}},
     )
     return MusicEngine(settings)
@@ -43,7 +46,8 @@ def engine(make_settings: Callable[..., Settings], tiny_melody_model_dir: Path, 
 def test_plan_segments_matches_plain_long_form_and_stays_inside_sections() -> None:
     assert plan_segments([100], 40, 24) == plan_windows(100, 40, 24)
     plans = plan_segments([10, 50], 40, 24, prefix=16)
-    assert [(p.context, p.new, p.segment) for p in plans] == [(16, 10, 0), (16, 24, 1), (16, 24, 1), (16, 2, 1)]
+    assert [(p.context, p.new, p.segment) for p in plans] == [
+        (16, 10, 0), (16, 24, 1), (16, 24, 1), (16, 2, 1)]
     assert sum(p.new for p in plans) == 60
     with pytest.raises(ValueError, match="prefix"):
         plan_segments([10], 40, 24, prefix=17)
@@ -82,7 +86,8 @@ def test_continuation_has_the_length_and_starts_with_the_reference(engine: Music
 
 
 def test_continuation_on_stereo_and_from_another_rate(engine: MusicEngine) -> None:
-    res = engine.generate(GenerationRequest("wide", 1.0, seed=5, continue_from=tone(1.0, rate=44100, channels=2)),
+    ref = tone(1.0, rate=44100, channels=2)
+    res = engine.generate(GenerationRequest("wide", 1.0, seed=5, continue_from=ref),
                           model="stereo")[0]
     assert res.audio.shape == (1, 2, SR) and res.continued_s == pytest.approx(0.4)
 
@@ -113,8 +118,10 @@ def test_each_window_gets_the_text_of_its_section(engine: MusicEngine) -> None:
     res = engine.generate(GenerationRequest("x / y", 2.0, seed=9, count=2, sections=sections))[0]
     assert res.audio.shape == (2, 1, 2 * SR)
     processor = engine._ckpt.processor  # type: ignore[union-attr]
-    ids = {p: processor(text=[p], padding=True, return_tensors="pt")["input_ids"][0].tolist() for p, _ in sections}
-    # 0.6 s = 24 frames for the intro, then 56 frames of drums in windows of 24 new frames after 16 of context.
+    ids = {p: processor(text=[p], padding=True, return_tensors="pt")["input_ids"][0].tolist()
+           for p, _ in sections}
+    # 0.6 s = 24 frames for the intro, then 56 frames of drums in windows of 24 new frames
+    # after 16 of context.
     assert [(t == ids["warm piano intro"], n, c) for t, n, c in rec.calls] == [
         (True, 24, 0), (False, 24, 16), (False, 24, 16), (False, 8, 16)]
     assert all(t == ids["loud metal drums"] for t, _, _ in rec.calls[1:])
@@ -138,11 +145,13 @@ def test_melody_model_is_given_the_chroma_and_plain_models_refuse(engine: MusicE
         return inner(model, req)
 
     rec.decode = decode  # type: ignore[method-assign]
-    a = engine.generate(GenerationRequest("tune", 1.0, seed=4, count=2, melody=tone(2.0, 220.0)), model="melodic")[0]
+    a = engine.generate(GenerationRequest("tune", 1.0, seed=4, count=2, melody=tone(2.0, 220.0)),
+                        model="melodic")[0]
     engine.generate(GenerationRequest("tune", 1.0, seed=4, melody=tone(2.0, 370.0)), model="melodic")
     assert a.decoder == "transformers" and a.audio.shape == (2, 1, SR)
     assert seen[0].shape == (2, 235, 12)  # one chroma per row, 30 s of frames as the checkpoint says
-    assert int(seen[0][0, :10].argmax(-1).mode().values) == 9 and int(seen[1][0, :10].argmax(-1).mode().values) == 6
+    pitch = [int(s[0, :10].argmax(-1).mode().values) for s in seen]
+    assert pitch == [9, 6]  # A and F sharp, with C as bin 0
     # The checkpoint's decoder sees it: other chroma, other logits.
     model = engine._ckpt.model  # type: ignore[union-attr]
     ids = engine._ckpt.processor(text=["tune"], padding=True, return_tensors="pt")  # type: ignore[union-attr]

@@ -295,7 +295,8 @@ def test_inbox_folder_names_follow_the_job_id_rule() -> None:
 
 
 def test_sections_stand_for_prompt_and_duration() -> None:
-    job = one("sections:\n  - {prompt: soft piano intro, duration: 4}\n  - {prompt: drums come in, duration: 6.5}\n")
+    job = one("sections:\n  - {prompt: soft piano intro, duration: 4}\n"
+              "  - {prompt: drums come in, duration: 6.5}\n")
     assert job.duration == 10.5
     assert job.prompt == "soft piano intro / drums come in"
     assert job.sections is not None and [s.duration for s in job.sections] == [4.0, 6.5]
@@ -320,7 +321,8 @@ def test_sections_in_a_batch_replace_the_defaults_prompt_and_duration() -> None:
 
 def test_defaults_sections_give_way_to_a_jobs_prompt() -> None:
     jobs = load_job_bytes(
-        b"defaults:\n  sections: [{prompt: intro part, duration: 2}]\njobs:\n  - prompt: own prompt\n  - seed: 1\n",
+        b"defaults:\n  sections: [{prompt: intro part, duration: 2}]\n"
+        b"jobs:\n  - prompt: own prompt\n  - seed: 1\n",
         "b.yaml",
     )
     assert (jobs[0].prompt, jobs[0].duration, jobs[0].sections) == ("own prompt", 16.0, None)
@@ -347,7 +349,8 @@ def test_lossy_formats_record_their_effective_codec_and_quality() -> None:
 def test_defaults_output_keys_that_do_not_fit_a_jobs_format_stay_behind() -> None:
     jobs = load_job_bytes(
         b"defaults:\n  output: {format: ogg, codec: opus, quality: 0.3}\njobs:\n"
-        b"  - output: {format: flac}\n    prompt: one song\n  - prompt: two songs\n    output: {format: mp3}\n"
+        b"  - output: {format: flac}\n    prompt: one song\n"
+        b"  - prompt: two songs\n    output: {format: mp3}\n"
         b"  - prompt: three songs\n",
         "b.yaml",
     )

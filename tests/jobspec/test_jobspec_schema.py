@@ -176,7 +176,8 @@ def test_schema_takes_sections_instead_of_prompt_and_never_both() -> None:
     section = [{"prompt": "soft intro", "duration": 4}]
     jsonschema.validate({"sections": section}, schema)
     jsonschema.validate({"prompt": "warm piano", "continue_from": "library/riff.wav"}, schema)
-    for bad in ({"sections": section, "prompt": "x y z"}, {"sections": section, "duration": 4}, {"seed": 1},
-                {"prompt": "warm piano", "melody": "../riff.wav"}, {"prompt": "warm piano", "melody": "/x.wav"}):
+    for bad in ({"sections": section, "prompt": "x y z"}, {"sections": section, "duration": 4},
+                {"seed": 1}, {"prompt": "warm piano", "melody": "../riff.wav"},
+                {"prompt": "warm piano", "melody": "/x.wav"}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)

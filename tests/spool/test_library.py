@@ -27,7 +27,9 @@ def settings(tmp_path: Path) -> Settings:
     return s
 
 
-def write_tone(path: Path, seconds: float = 1.0, channels: int = 1, fmt: str = "WAV", rate: int = SR) -> bytes:
+def write_tone(
+    path: Path, seconds: float = 1.0, channels: int = 1, fmt: str = "WAV", rate: int = SR
+) -> bytes:
     t = np.arange(int(rate * seconds)) / rate
     x = np.stack([0.3 * np.sin(2 * np.pi * 330 * (c + 1) * t) for c in range(channels)], 1).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,9 @@ def audio_to_codes(model: Any, audio: torch.Tensor, frames: int) -> torch.Tensor
         out = codec.encode(x[c : c + 1][None, ...])
         codes = out.audio_codes[0, 0]  # [chunks, batch, K, T] -> [K, T]
         if codes.shape[0] != want:
-            raise ValueError(f"the codec gave {codes.shape[0]} codebooks per channel, the decoder needs {want}")
+            raise ValueError(
+                f"the codec gave {codes.shape[0]} codebooks per channel, the decoder needs {want}"
+            )
         per_channel.append(codes[..., -frames:])
     if len(per_channel) == 1:
         return per_channel[0].long()
