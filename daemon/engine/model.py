@@ -158,6 +158,10 @@ class MusicEngine:
         backend = self.backend
         if self.settings.decoder != "auto" or getattr(backend, "name", None) != "dgx":
             return backend
+        if ckpt.melody:
+            # Melody checkpoints always decode with generate (see _generate_locked); probing the dgx
+            # loop on them would only find that out and switch every later model to generate too.
+            return backend
         from daemon.engine.decoding.hf import TransformersBackend
         from daemon.engine.decoding.probe import dgx_problem
 

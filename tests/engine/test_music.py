@@ -85,6 +85,14 @@ def test_continuation_has_the_length_and_starts_with_the_reference(engine: Music
     np.testing.assert_allclose(a.audio[0, :, : n - margin], alone[:, : n - margin], atol=1e-4)
 
 
+def test_a_melody_model_leaves_the_decode_loop_of_the_others_alone(engine: MusicEngine) -> None:
+    engine.load_model("tiny")
+    loop = engine.backend.name
+    engine.generate(GenerationRequest("tune", 0.5, seed=1, melody=tone(1.0)), model="melodic")
+    res = engine.generate(GenerationRequest("plain again", 0.5, seed=1), model="tiny")[0]
+    assert res.decoder == loop == engine.backend.name
+
+
 def test_continuation_on_stereo_and_from_another_rate(engine: MusicEngine) -> None:
     ref = tone(1.0, rate=44100, channels=2)
     res = engine.generate(GenerationRequest("wide", 1.0, seed=5, continue_from=ref),
@@ -112,6 +120,7 @@ class Recording:
 
 
 def test_each_window_gets_the_text_of_its_section(engine: MusicEngine) -> None:
+    engine.load_model()  # its decode-loop check is not a window of this job
     rec = Recording(get_backend(engine.settings.decoder))
     engine.set_backend(rec)
     sections = (("warm piano intro", 0.6), ("loud metal drums", 1.4))
@@ -128,6 +137,7 @@ def test_each_window_gets_the_text_of_its_section(engine: MusicEngine) -> None:
 
 
 def test_a_continuation_window_starts_from_the_prefix(engine: MusicEngine) -> None:
+    engine.load_model()
     rec = Recording(get_backend(engine.settings.decoder))
     engine.set_backend(rec)
     engine.generate(GenerationRequest("keep going", 1.5, seed=1, continue_from=tone(2.0)))
