@@ -4,7 +4,7 @@ Never imports torch: the CLI's `validate` and `schema` stay fast and run anywher
 """
 
 from jobspec.errors import ErrorDetail, JobSpecError
-from jobspec.loader import load_job_bytes, load_job_file
+from jobspec.loader import load_job_bytes, load_job_file, locate_field
 from jobspec.names import default_job_id
 from jobspec.models import (
     DEFAULT_MAX_DURATION,
@@ -24,6 +24,7 @@ from jobspec.sidecar import (
     HostInfo,
     ModelInfo,
     OutputInfo,
+    ReferenceInfo,
     ResultSidecar,
     Timings,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ModelInfo",
     "Output",
     "OutputInfo",
+    "ReferenceInfo",
     "ResultSidecar",
     "Sampling",
     "Timings",
@@ -63,5 +65,6 @@ __all__ = [
     "job_file_schema",
     "load_job_bytes",
     "load_job_file",
+    "locate_field",
     "result_schema",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from jobspec.models import BatchFile, JobSpec, Output, Sampling
+from jobspec.models import BatchFile, JobSpec, Output, Sampling, Section
 
 
 def _default(info: Any) -> str:
@@ -36,7 +36,9 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
 def job_table_markdown() -> str:
     """A Markdown table of every job-file key: name, default, description (with its range)."""
     lines = ["| Key | Default | Meaning |", "| --- | --- | --- |"]
-    lines += _rows(JobSpec)
+    prompt_row = ("| `prompt` | required |", "| `prompt` | required (or `sections`) |")
+    lines += [r.replace(*prompt_row) for r in _rows(JobSpec)]
+    lines += _rows(Section, "sections[].")
     lines += _rows(Sampling, "sampling.")
     lines += _rows(Output, "output.")
     lines += [r.replace("| required |", "| required in a batch |") for r in _rows(BatchFile)]

@@ -17,10 +17,13 @@ from jobspec.models import (
     BatchFile,
     Job,
     JobDefaults,
+    MAX_SECTIONS,
     JobSpec,
     Output,
     Sampling,
+    Section,
 )
+from jobspec.names import REFERENCE_HINT
 from jobspec.yamlsafe import DEFAULT_MAX_BYTES, LineMap, Path_, line_for, load_yaml_bytes, loc_text
 
 _BATCH_KEYS = ("jobs", "defaults")
@@ -38,7 +41,10 @@ _RANGE_HINTS: dict[str, str] = {
     "true_peak_dbtp": "use -9..0 dBTP (-1 is the default), or null to skip",
     "duration": "use a number of seconds greater than 0",
     "priority": "use high, normal or low",
-    "format": "use wav or flac",
+    "format": "use wav or flac (lossless), mp3 or ogg (small previews)",
+    "codec": "use vorbis or opus, with format: ogg",
+    "quality": "use 0..1 (1 is best), with format mp3 or ogg",
+    "sections": f"give 1 to {MAX_SECTIONS} sections, each `{{prompt: ..., duration: ...}}`",
     "subtype": "use PCM_16, PCM_24 or FLOAT (FLOAT with wav only)",
     "greedy": "write true or false",
 }
@@ -146,7 +152,7 @@ def _load_batch(root: dict[str, Any], lines: LineMap, filename: str, context: di
             )
             continue
         seen[job_id] = index
-        jobs.append(Job.model_validate({**spec.model_dump(), "id": job_id}, context=context))
+        jobs.append(Job.model_validate({**spec.spec_dump(), "id": job_id}, context=context))
     if details:
         raise JobSpecError(details, filename)
     return jobs
@@ -192,6 +198,8 @@ def _model_at(parent: Path_, batch: bool) -> tuple[type[BaseModel] | None, tuple
         return JobDefaults, ()
     if isinstance(last, int) and parent[0] == "jobs":
         return JobSpec, ()
+    if isinstance(last, int) and len(parent) >= 2 and parent[-2] == "sections":
+        return Section, ()
     return None, ()
 
 
@@ -242,13 +250,23 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
     hint: str | None = _RANGE_HINTS.get(field)
     msg = str(err["msg"])
 
+    if kind in ("sections_exclusive", "references_exclusive"):
+        key = str((err.get("ctx") or {}).get("key", ""))
+        where = (*loc, key) if key else loc
+        hint = (
+            "use either `sections:` or `prompt:` + `duration:`"
+            if kind == "sections_exclusive"
+            else "continue from one file, or follow a melody with another job"
+        )
+        return ErrorDetail(loc=loc_text(where), line=line_for(lines, where), msg=msg, hint=hint)
     if kind == "extra_forbidden":
         key = str(loc[-1])
         return ErrorDetail(
             loc=loc_text(loc), line=line, msg=f"unknown key '{key}'", hint=_unknown_key_hint(key, loc[:-1], batch)
         )
     if kind == "missing":
-        what = "every job needs a prompt" if field == "prompt" else None
+        needs_prompt = field == "prompt" and "sections" not in loc
+        what = "every job needs a prompt (or sections)" if needs_prompt else None
         return ErrorDetail(loc=loc_text(loc), line=line, msg=f"required key '{field}' is missing", hint=what)
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         msg = f"'{field}' must be a mapping of `key: value` lines, not {_show(value)}" if field else (
@@ -302,8 +320,35 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
     elif kind in ("string_pattern_mismatch", "model_name") and field == "model":
         msg = f"{_show(value)} is not a model name"
         hint = "use a name from the daemon's `models:` config (never a path), or leave it out"
+    elif kind == "duration_too_long" and field == "sections":
+        hint = "ask the operator to raise max_duration, or shorten the sections"
     elif kind == "duration_too_long":
         hint = "ask the operator to raise max_duration, or split the piece"
-    elif kind == "subtype_not_allowed":
+    elif kind == "subtype_not_allowed" and "FLOAT" in msg:
         hint = "use PCM_16 or PCM_24 with flac, or format: wav for FLOAT"
+    elif kind == "subtype_not_allowed":
+        hint = "leave subtype out for mp3 and ogg; quality sets their size"
+    elif kind == "codec_not_allowed":
+        hint = "set format: ogg to choose vorbis or opus, or leave codec out"
+    elif kind == "quality_not_allowed":
+        hint = "leave quality out for wav and flac; subtype sets their sample format"
+    elif kind == "reference_path":
+        hint = REFERENCE_HINT
     return ErrorDetail(loc=loc_text(loc), line=line, msg=msg, hint=hint)
+
+
+def locate_field(data: bytes, filename: str, index: int, field: str) -> tuple[str, int | None]:
+    """Where job number `index` of a file sets `field`: its loc text and line, for errors found after
+    validation (a reference that cannot be read). In a batch a value may come from `defaults:`."""
+    try:
+        root, lines = load_yaml_bytes(data, filename)
+    except JobSpecError:
+        return field, None
+    if not any(key in root for key in _BATCH_KEYS):
+        return field, line_for(lines, (field,))
+    jobs = root.get("jobs") if isinstance(root.get("jobs"), list) else []
+    if index < len(jobs) and isinstance(jobs[index], dict) and field in jobs[index]:
+        return loc_text(("jobs", index, field)), line_for(lines, ("jobs", index, field))
+    if isinstance(root.get("defaults"), dict) and field in root["defaults"]:
+        return loc_text(("defaults", field)), line_for(lines, ("defaults", field))
+    return loc_text(("jobs", index, field)), line_for(lines, ("jobs", index))

@@ -6,6 +6,7 @@ JSON Schema (editor completion) are both rendered from them.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -22,7 +23,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jobspec.names import ID_PATTERN
+from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
+from jobspec.output import LOSSY_FORMATS, Output
 
 DEFAULT_MAX_DURATION = 300.0
 MAX_BATCH_JOBS = 32
@@ -85,6 +87,10 @@ ModelName = Annotated[str, Field(strict=True, pattern=MODEL_NAME_PATTERN), After
 Seed = Annotated[int, Field(strict=True, ge=0, le=SEED_MAX)]
 Count = Annotated[int, Field(strict=True, ge=1, le=8)]
 Priority = Literal["high", "normal", "low"]
+# The pattern goes to the JSON Schema only, so that the checker can say which rule a path breaks.
+Reference = Annotated[
+    str, Field(strict=True, json_schema_extra={"pattern": REFERENCE_PATTERN}), AfterValidator(check_reference)
+]
 
 
 class Sampling(BaseModel):
@@ -114,49 +120,105 @@ class Sampling(BaseModel):
     )
 
 
-class Output(BaseModel):
-    """The audio file written for each variation."""
+MAX_SECTIONS = 16
+
+
+def _check_sections_total(value: list["Section"] | None, info: ValidationInfo) -> list["Section"] | None:
+    if value is None:
+        return value
+    limit = DEFAULT_MAX_DURATION
+    if info.context and info.context.get("max_duration") is not None:
+        limit = float(info.context["max_duration"])
+    total = sum(s.duration for s in value)
+    if total > limit:
+        raise PydanticCustomError(
+            "duration_too_long",
+            "the sections add up to {duration} s, longer than this daemon's limit of {limit} s",
+            {"duration": _num(total), "limit": _num(limit)},
+        )
+    return value
+
+
+class Section(BaseModel):
+    """One part of a piece with a structure: its own prompt for its own seconds."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["wav", "flac"] = Field(default="wav", description="Audio container: wav or flac.")
-    subtype: Literal["PCM_16", "PCM_24", "FLOAT"] = Field(
-        default="PCM_16",
-        description="Sample format: PCM_16, PCM_24, or FLOAT (32-bit float, wav only).",
-    )
-    loudness_lufs: Annotated[float, Field(strict=True, ge=-70.0, le=-5.0, allow_inf_nan=False)] | None = Field(
-        default=-16.0,
-        description="Integrated loudness target (EBU R128), -70..-5 LUFS; null leaves the level untouched.",
-    )
-    true_peak_dbtp: Annotated[float, Field(strict=True, ge=-9.0, le=0.0, allow_inf_nan=False)] | None = Field(
-        default=-1.0,
-        description="True-peak ceiling, -9..0 dBTP; null applies no limiter.",
-    )
+    prompt: Prompt = Field(description="What this section plays, 3..500 characters.")
+    duration: Duration = Field(description="This section's length in seconds, > 0.")
 
-    @field_validator("subtype")
-    @classmethod
-    def _subtype_fits_format(cls, value: str, info: ValidationInfo) -> str:
-        if value == "FLOAT" and info.data.get("format") == "flac":
-            raise PydanticCustomError(
-                "subtype_not_allowed", "subtype FLOAT is not available for flac (FLAC stores integers only)"
-            )
-        return value
+
+def _sections_summary(sections: Any) -> tuple[str | None, float | None]:
+    """The prompt and duration a sections job stands for: prompts joined, durations summed.
+
+    None where the sections are not valid yet (their own errors are reported instead).
+    """
+    if not isinstance(sections, list) or not sections or not all(isinstance(s, dict) for s in sections):
+        return None, None
+    prompts = [s.get("prompt") for s in sections]
+    durations = [s.get("duration") for s in sections]
+    prompt = None
+    if all(isinstance(p, str) and len(p.strip()) >= 3 for p in prompts):
+        prompt = " / ".join(str(p).strip() for p in prompts)
+        if len(prompt) > 500:
+            prompt = prompt[:497].rstrip() + "..."
+    duration = None
+    def positive(d: Any) -> bool:
+        return isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0
+
+    if all(positive(d) for d in durations):
+        duration = float(sum(durations))
+    return prompt, duration
+
+
+def _prompt_or_sections(schema: dict[str, Any]) -> None:
+    # In the JSON Schema, `prompt` is required unless `sections` stands in for it (never both).
+    required = schema.get("required", [])
+    if "prompt" in required and "sections" in schema.get("properties", {}):
+        required.remove("prompt")
+        if not required:
+            schema.pop("required")
+        schema["oneOf"] = [
+            {"required": ["prompt"], "not": {"required": ["sections"]}},
+            {
+                "required": ["sections"],
+                "not": {"anyOf": [{"required": ["prompt"]}, {"required": ["duration"]}]},
+            },
+        ]
 
 
 class JobSpec(BaseModel):
     """One job as written in a file (`id` may be left out: it defaults to the file's name)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_prompt_or_sections)
 
     prompt: Prompt = Field(
-        description="What to play, 3..500 characters (surrounding spaces are trimmed).",
+        description="What to play, 3..500 characters (surrounding spaces are trimmed). "
+        "Required unless `sections` is given.",
     )
     duration: Duration = Field(
         default=16.0,
         # The default must meet the daemon's limit too (a daemon may set max_duration below 16).
         validate_default=True,
         description="Length in seconds, > 0 and at most the daemon's max_duration (300 by default); "
-        "beyond the model's 30 s window the piece is continued window by window.",
+        "beyond the model's 30 s window the piece is continued window by window. With `continue_from` "
+        "the result is this long in all, the reference first.",
+    )
+    sections: Annotated[list[Section], Field(min_length=1, max_length=MAX_SECTIONS)] | None = Field(
+        default=None,
+        description="A piece with a structure, instead of `prompt` + `duration`: "
+        f"a list of 1..{MAX_SECTIONS} "
+        "`{prompt, duration}`; each window is conditioned on the section it falls in, the length is the sum.",
+    )
+    continue_from: Reference | None = Field(
+        default=None,
+        description="Audio to continue (any MusicGen model): `library/<file>` or `outbox/<file>` "
+        "(wav, flac, ogg, mp3); the result starts with its last seconds, up to the window minus the stride.",
+    )
+    melody: Reference | None = Field(
+        default=None,
+        description="Audio whose melody (chroma) the music follows, melody models only: "
+        "`library/<file>` or `outbox/<file>`.",
     )
     model: ModelName | None = Field(
         default=None,
@@ -178,8 +240,58 @@ class JobSpec(BaseModel):
     )
 
 
+    @field_validator("sections", mode="after")
+    @classmethod
+    def _sections_total(cls, value: list[Section] | None, info: ValidationInfo) -> list[Section] | None:
+        return _check_sections_total(value, info)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_stand_for_prompt(cls, data: Any, info: ValidationInfo) -> Any:
+        # With sections, `prompt` (their texts joined, for titles and tags) and `duration` (their sum)
+        # are derived, so every stage that reads a job's prompt and length keeps working.
+        if not isinstance(data, dict) or data.get("sections") is None:
+            return data
+        clash = [k for k in ("prompt", "duration") if k in data]
+        if clash:
+            raise PydanticCustomError(
+                "sections_exclusive",
+                "'{key}' cannot be used together with 'sections' "
+                "(each section has its own prompt and duration)",
+                {"key": clash[0]},
+            )
+        prompt, duration = _sections_summary(data["sections"])
+        limit = DEFAULT_MAX_DURATION
+        if info.context and info.context.get("max_duration") is not None:
+            limit = float(info.context["max_duration"])
+        data = dict(data)
+        # When the sections are invalid their own errors are reported, not a derived field's.
+        data["prompt"] = prompt if prompt is not None else "(sections)"
+        if duration is not None and duration <= limit:
+            data["duration"] = duration
+        return data
+
+    @model_validator(mode="after")
+    def _one_reference_role(self) -> "JobSpec":
+        if self.continue_from is not None and self.melody is not None:
+            raise PydanticCustomError(
+                "references_exclusive",
+                "'melody' cannot be combined with 'continue_from' in one job",
+                {"key": "melody"},
+            )
+        return self
+
+    def spec_dump(self) -> dict[str, Any]:
+        """The fields as written: a sections job without its derived prompt and duration."""
+        exclude = {"prompt", "duration"} if self.sections is not None else set()
+        return self.model_dump(exclude=exclude)
+
+
 class Job(JobSpec):
     """A validated job with its id resolved: what the daemon queues and runs."""
+
+    # A normalized job carries prompt, duration and sections together (the first two derived).
+    model_config = ConfigDict(json_schema_extra=None)
 
     id: JobId = Field(description=JobSpec.model_fields["id"].description)
 
@@ -207,6 +319,27 @@ JobDefaults = create_model(  # type: ignore[call-overload]
 def merge_defaults(defaults: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     """A job's raw mapping with the batch defaults under it; `sampling`/`output` merge key by key."""
     merged = dict(defaults)
+    # `sections` replaces `prompt` + `duration`: whichever a job sets, the other from defaults goes.
+    if "sections" in job:
+        merged.pop("prompt", None)
+        merged.pop("duration", None)
+    elif "prompt" in job or "duration" in job:
+        merged.pop("sections", None)
+    # A job's reference replaces the defaults' (a job takes one role: continuation or melody).
+    if "continue_from" in job:
+        merged.pop("melody", None)
+    elif "melody" in job:
+        merged.pop("continue_from", None)
+    job_output = job.get("output")
+    if isinstance(job_output, dict) and "format" in job_output and isinstance(merged.get("output"), dict):
+        # Keys of the defaults' format that do not apply to the job's own format are left behind.
+        fmt = job_output["format"]
+        drop = {"codec"} if fmt != "ogg" else set()
+        if fmt not in LOSSY_FORMATS:
+            drop.add("quality")
+        else:
+            drop.add("subtype")
+        merged["output"] = {k: v for k, v in merged["output"].items() if k not in drop}
     for key, value in job.items():
         if key in ("sampling", "output") and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}

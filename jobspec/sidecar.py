@@ -76,8 +76,18 @@ class OutputInfo(_Strict):
     """One audio file written for the job."""
 
     path: str = Field(description="File path relative to outbox/, e.g. 'loop-v2.wav'.")
-    format: Literal["wav", "flac"] = Field(description="Audio container.")
-    subtype: Literal["PCM_16", "PCM_24", "FLOAT"] = Field(description="Sample format.")
+    format: Literal["wav", "flac", "mp3", "ogg"] = Field(description="Audio container.")
+    subtype: Literal["PCM_16", "PCM_24", "FLOAT", "MPEG_LAYER_III", "VORBIS", "OPUS"] = Field(
+        description="Sample format (wav/flac) or codec (MPEG_LAYER_III for mp3, VORBIS or OPUS for ogg)."
+    )
+    quality: float | None = Field(
+        default=None, ge=0, le=1, description="Encoder quality 0..1 (mp3/ogg), null for lossless."
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Metadata written into the file (title, comment, software, date) "
+        "as far as the container keeps them.",
+    )
     sample_rate: int = Field(gt=0, description="Samples per second.")
     channels: int = Field(gt=0, description="1 mono, 2 stereo.")
     frames: int = Field(ge=0, description="Samples per channel.")
@@ -85,9 +95,12 @@ class OutputInfo(_Strict):
     bytes: int = Field(ge=0, description="File size.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the file, hex.")
     integrated_lufs: float | None = Field(
-        default=None, description="Measured integrated loudness after processing; null for silence."
+        default=None,
+        description="Integrated loudness measured on the file as written (decoded again); null for silence.",
     )
-    true_peak_dbtp: float | None = Field(default=None, description="Measured true peak after processing.")
+    true_peak_dbtp: float | None = Field(
+        default=None, description="True peak measured on the file as written."
+    )
     gain_db: float = Field(default=0.0, description="Gain applied by loudness normalisation (0 when skipped).")
     variation: int = Field(default=1, ge=1, description="Which variation this is, 1..count.")
     seed: int | None = Field(default=None, ge=0, description="The seed of this variation (job seed + variation - 1).")
@@ -102,6 +115,20 @@ class OutputInfo(_Strict):
         if p.is_absolute() or ".." in p.parts or "\\" in value or not value:
             raise ValueError("must be a plain path relative to outbox/")
         return value
+
+
+class ReferenceInfo(_Strict):
+    """Audio a job started from or followed, as read when the job ran."""
+
+    role: Literal["continue_from", "melody"] = Field(description="What the job did with it.")
+    path: str = Field(description="The reference as the job wrote it: library/<file> or outbox/<file>.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the file's bytes, hex.")
+    duration_s: Seconds = Field(description="Its length in seconds.")
+    sample_rate: int = Field(gt=0, description="Its samples per second.")
+    channels: int = Field(gt=0, description="Its channel count.")
+    used_s: Seconds | None = Field(
+        default=None, description="Seconds of it the model was given (continue_from: its last seconds)."
+    )
 
 
 class HostInfo(_Strict):
@@ -140,6 +167,15 @@ class ResultSidecar(_Strict):
     outputs: list[OutputInfo] = Field(min_length=1, description="The audio files, one per variation.")
     peak_memory_bytes: int = Field(ge=0, description="Peak accelerator (or process) memory during generation.")
     host: HostInfo = Field(description="Machine and versions.")
+    decoder: str | None = Field(
+        default=None,
+        description="The token decode loop that ran: dgx (ours) or transformers "
+        "(generate; always for melody models).",
+    )
+    references: list[ReferenceInfo] = Field(
+        default_factory=list,
+        description="Reference audio the job used (continue_from, melody); empty for text only.",
+    )
 
 
 class ErrorSidecar(_Strict):

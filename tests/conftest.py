@@ -51,6 +51,14 @@ def tiny_stereo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_tiny(tmp_path_factory.mktemp("tiny-stereo") / "tiny-stereo", stereo=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_melody_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny musicgen-melody checkpoint (model_type musicgen_melody, chroma conditioning)."""
+    from daemon.ops.tinymodel import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("tiny-melody") / "tiny-melody", melody=True)
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, tiny_model_dir: Path) -> Callable[..., Settings]:
     """Settings for the tiny model on CPU with the spool under tmp_path; keyword overrides win."""

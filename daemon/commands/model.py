@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny = sub.add_parser("init-tiny", help="a tiny random MusicGen (for tests and demos; noise, fast on CPU)")
     tiny.add_argument("dir", type=Path, metavar="DIR")
     tiny.add_argument("--stereo", action="store_true", help="a stereo model (8 interleaved codebooks)")
+    tiny.add_argument("--melody", action="store_true",
+                      help="a melody model (musicgen-melody: chroma conditioning)")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
     tiny.set_defaults(func=run_init_tiny)
 
@@ -63,8 +65,9 @@ def run_init_tiny(args: argparse.Namespace) -> int:
 
     if _refuse_non_empty(args.dir):
         return EXIT_USAGE
-    path = init_tiny(args.dir, stereo=args.stereo, seed=args.seed)
-    print(f"tiny {'stereo ' if args.stereo else ''}MusicGen checkpoint written to {path}")
+    path = init_tiny(args.dir, stereo=args.stereo, melody=args.melody, seed=args.seed)
+    kind = " ".join(k for k, on in (("stereo", args.stereo), ("melody", args.melody)) if on)
+    print(f"tiny {kind + ' ' if kind else ''}MusicGen checkpoint written to {path}")
     print(f"use it with:  models: {{tiny: {{path: {path.resolve()}}}}}")
     return EXIT_OK
 

@@ -67,7 +67,10 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    spool: Path = Field(default=Path("/var/lib/dgx-music"), description="inbox/ work/ outbox/ failed/ live below it")
+    spool: Path = Field(
+        default=Path("/var/lib/dgx-music"),
+        description="inbox/ work/ outbox/ failed/ library/ state/ live below it",
+    )
     models: dict[str, ModelSpec] = Field(
         default_factory=lambda: {"small": ModelSpec(id="facebook/musicgen-small", revision="main")},
         description="the only models a job may name",
@@ -105,6 +108,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
+    max_reference_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, le=2**34,
+        description="largest reference audio file (continue_from, melody) a job may name, bytes",
+    )
+    max_reference_s: float = Field(
+        default=600.0, gt=0, le=7200, description="longest reference audio a job may name, seconds"
     )
     max_memory_gb: float = Field(default=30.0, gt=0, description="the seed's GPU memory budget")
     normalize_audio: bool = Field(default=True, description="apply the job's loudness target")
@@ -181,6 +191,11 @@ class Settings(BaseSettings):
     @property
     def outbox(self) -> Path:
         return self.spool / "outbox"
+
+    @property
+    def library(self) -> Path:
+        """Reference audio users keep for continue_from / melody; the daemon only reads it."""
+        return self.spool / "library"
 
     @property
     def failed(self) -> Path:

@@ -94,3 +94,20 @@ class OutOfMemoryError(GenerationError):
     """The accelerator ran out of memory even after freeing the cache and splitting the batch."""
 
     error_type = ErrorType.OUT_OF_MEMORY
+
+
+class InvalidJobError(DgxMusicError):
+    """A job that passed the file checks but cannot run as written (a reference that is missing,
+    leaves the spool or is not audio; a melody for a model that takes none). `loc` names the
+    field as the validator does; `line` is its line in the job file when known."""
+
+    error_type = ErrorType.INVALID_JOB
+
+    def __init__(self, message: str, *, loc: str, hint: str | None = None, line: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.loc = loc
+        self.line = line
+
+    def detail(self) -> dict[str, object]:
+        """The error sidecar's `details[]` entry."""
+        return {"loc": self.loc, "line": self.line, "msg": self.message, "hint": self.hint}

@@ -9,7 +9,7 @@ import them without pulling in the engine.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,9 +19,29 @@ if TYPE_CHECKING:
 SEED_MOD = 2**63
 
 
+@dataclass(frozen=True, eq=False)
+class AudioPrompt:
+    """Reference audio handed to the engine: samples [channels, frames] float32 at `sample_rate`.
+
+    The engine resamples and down- or up-mixes it to what the model needs."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[-1] / float(self.sample_rate)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt to render `count` times. Sampling defaults are MusicGen/audiocraft's."""
+    """One prompt to render `count` times. Sampling defaults are MusicGen/audiocraft's.
+
+    `sections` ((prompt, seconds), ...) give each long-form window the text of the section it falls
+    in (`prompt` and `duration` then stand for all of them). `continue_from`: the result starts with
+    this audio's last seconds (at most the window minus the stride) and is `duration` long in all.
+    `melody`: chroma conditioning, melody models only.
+    """
 
     prompt: str
     duration: float
@@ -32,6 +52,14 @@ class GenerationRequest:
     top_p: float = 0.0
     cfg_coef: float = 3.0
     greedy: bool = False
+    sections: tuple[tuple[str, float], ...] = ()
+    continue_from: AudioPrompt | None = field(default=None, compare=False)
+    melody: AudioPrompt | None = field(default=None, compare=False)
+
+    @property
+    def conditioned(self) -> bool:
+        """True when the request needs a decode call of its own (sections or reference audio)."""
+        return bool(self.sections) or self.continue_from is not None or self.melody is not None
 
     def __post_init__(self) -> None:
         if not self.prompt or not self.prompt.strip():
@@ -46,6 +74,8 @@ class GenerationRequest:
             raise ValueError("temperature must be > 0 (use greedy: true for argmax decoding)")
         if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:
             raise ValueError("top_k must be >= 0 and top_p within 0..1 (0 turns either filter off)")
+        if self.sections and not math.isclose(sum(d for _, d in self.sections), self.duration, abs_tol=1e-6):
+            raise ValueError("the sections must add up to the duration")
 
 
 @dataclass
@@ -99,6 +129,8 @@ class GenerationResult:
     peak_memory_bytes: int
     model: LoadedModelInfo
     request: GenerationRequest | None = None
+    decoder: str | None = None  # the decode loop that ran (melody jobs always use transformers generate)
+    continued_s: float = 0.0  # seconds of the continue_from audio the result starts with
 
     @property
     def audio_seconds(self) -> float:

@@ -1,7 +1,9 @@
 """MusicGen checkpoints: resolve one by config name, fetch it into the hub cache, check and load it.
 
 Every checkpoint, hub or local, goes through the same `AutoProcessor.from_pretrained` +
-`MusicgenForConditionalGeneration.from_pretrained` path; the made-up ones of `daemon.ops.tinymodel`
+`MusicgenForConditionalGeneration.from_pretrained` path (musicgen-melody ones: the tokenizer and
+`MusicgenMelodyForConditionalGeneration`, with the chroma of `daemon.engine.melody`); the made-up
+ones of `daemon.ops.tinymodel`
 are ordinary `save_pretrained` folders, so tests exercise the production loader. Where the hub
 cache is and whether the hub may be reached: `daemon.engine.hub`.
 """
@@ -35,6 +37,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+MODEL_TYPES = ("musicgen", "musicgen_melody")
+
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """A model ready for the engine, with what the sidecar records about where it came from."""
@@ -42,8 +46,9 @@ class LoadedCheckpoint:
     name: str
     source: str  # hub repo id or local path
     revision: str  # commit hash for hub checkpoints, "local:<sha256>" for directories
-    model: Any  # MusicgenForConditionalGeneration
-    processor: Any  # MusicgenProcessor
+    model: Any  # MusicgenForConditionalGeneration (or MusicgenMelodyForConditionalGeneration)
+    processor: Any  # MusicgenProcessor (or daemon.engine.melody.TextProcessor)
+    melody: bool = False  # a musicgen-melody checkpoint: takes `melody` references (chroma)
 
 
 @contextmanager
@@ -178,10 +183,11 @@ def check_local_dir(name: str, directory: Path) -> dict[str, Any]:
             f"model {name!r}: {config_path} is unreadable or not valid JSON: {exc}",
             hint="the checkpoint is damaged: copy or download it again",
         ) from exc
-    if not isinstance(config, dict) or config.get("model_type") != "musicgen":
+    if not isinstance(config, dict) or config.get("model_type") not in MODEL_TYPES:
         kind = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise ModelLoadError(
-            f"model {name!r}: {directory} holds a {kind!r} checkpoint, not a MusicGen one (model_type 'musicgen')",
+            f"model {name!r}: {directory} holds a {kind!r} checkpoint, not a MusicGen one "
+            "(model_type 'musicgen' or 'musicgen_melody')",
             hint="point the config at a MusicGen checkpoint (e.g. facebook/musicgen-small)",
         )
     if not _weight_files(directory):
@@ -227,22 +233,31 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
     spec = resolve_spec(name, settings)
     if spec.path is not None:
         directory = Path(spec.path).expanduser()
-        check_local_dir(name, directory)
+        check_local_dir(name, directory)  # before hashing: a missing directory says so, not an OSError
         revision = local_revision(directory)
         source = str(directory)
     else:
         directory = _snapshot(name, spec, local_files_only=False)
-        check_local_dir(name, directory)
         revision = directory.name  # snapshots/<commit hash>
         source = str(spec.id)
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+    config = check_local_dir(name, directory)
+    melody = config.get("model_type") == "musicgen_melody"
+    from transformers import AutoProcessor, AutoTokenizer, MusicgenForConditionalGeneration
 
     try:
         with quiet_transformers():
-            processor = AutoProcessor.from_pretrained(directory)
-            model, info = MusicgenForConditionalGeneration.from_pretrained(
-                directory, dtype=dtype, output_loading_info=True
-            )
+            if melody:
+                from transformers import MusicgenMelodyForConditionalGeneration
+
+                from daemon.engine.melody import ChromaExtractor, ChromaParams, TextProcessor
+
+                processor = TextProcessor(AutoTokenizer.from_pretrained(directory),
+                                          ChromaExtractor(ChromaParams.from_dir(directory)))
+                model_cls: Any = MusicgenMelodyForConditionalGeneration
+            else:
+                processor = AutoProcessor.from_pretrained(directory)
+                model_cls = MusicgenForConditionalGeneration
+            model, info = model_cls.from_pretrained(directory, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             raise _oom_at_load(name, device, exc) from exc
@@ -269,7 +284,8 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
         raise _oom_at_load(name, device, exc) from exc
     codec_in_float32(model)
     model.eval()
-    return LoadedCheckpoint(name=name, source=source, revision=revision, model=model, processor=processor)
+    return LoadedCheckpoint(name=name, source=source, revision=revision, model=model, processor=processor,
+                            melody=melody)
 
 
 def codec_in_float32(model: Any) -> None:
@@ -300,3 +316,20 @@ def _free_accelerator() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
+
+
+def is_melody_spec(spec: ModelSpec) -> bool:
+    """Whether a configured model is a musicgen-melody one, without loading it: a local directory's
+    config.json says so; a hub id is judged by its name (facebook/musicgen-melody, -stereo-melody)."""
+    if spec.path is not None:
+        try:
+            config = json.loads((Path(spec.path).expanduser() / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(config, dict) and config.get("model_type") == "musicgen_melody"
+    return "melody" in str(spec.id).lower()
+
+
+def melody_models(settings: Settings) -> list[str]:
+    """Names of the configured models that take a `melody` reference."""
+    return sorted(n for n, spec in settings.models.items() if is_melody_spec(spec))

@@ -5,11 +5,17 @@ the last `window - stride` frames already generated and adds up to `stride` new 
 new frame sees `window - stride` frames of context (defaults: 30 s window, 18 s stride, 12 s of
 overlap context; `window_s` / `extend_stride_s` in the config). The codes are concatenated and
 the whole sequence goes through the audio codec in one pass, so the waveform has no seams.
+
+Two generalisations ride on the same loop. A continuation starts from prefix codes (a reference's
+last seconds, at most `window - stride` frames): the first window continues from them as a later
+window would, and the result starts with them. A piece with sections is planned segment by segment:
+a window never crosses into the next section, so each window is conditioned on the text of the
+section its new frames belong to, while its context still reaches back into the section before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,30 +29,52 @@ from daemon.engine.decoding.codec import delay_steps
 _WINDOW_SEED_STEP = 0x1E3779B97F4A7C15
 _SEED_MOD = 2**63
 
+# Text conditioning of one segment: (input_ids [B, L], attention_mask [B, L]).
+SegmentText = tuple[torch.Tensor, torch.Tensor]
+
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """One decode call: continue from `context` frames, produce `new` frames."""
+    """One decode call: continue from `context` frames, produce `new` frames of segment `segment`."""
 
     context: int
     new: int
+    segment: int = 0
+
+
+def plan_segments(
+    segment_frames: Sequence[int], window_frames: int, stride_frames: int, *, prefix: int = 0
+) -> list[WindowPlan]:
+    """The decode calls that produce exactly sum(segment_frames) new frames after `prefix` given ones.
+
+    Each call continues from up to `window - stride` frames (all there are, early on) and stays
+    inside one segment; segments of 0 frames (covered by the prefix) get no call.
+    """
+    if not 0 < stride_frames < window_frames:
+        raise ValueError(f"need 0 < stride ({stride_frames}) < window ({window_frames}) frames")
+    overlap = window_frames - stride_frames
+    if not 0 <= prefix <= overlap:
+        raise ValueError(f"prefix of {prefix} frames must be within 0..{overlap} (window - stride)")
+    if sum(segment_frames) < 1 or any(f < 0 for f in segment_frames):
+        raise ValueError("segments must add up to at least 1 frame, none negative")
+    plans: list[WindowPlan] = []
+    have = prefix
+    for s, frames in enumerate(segment_frames):
+        left = frames
+        while left > 0:
+            context = min(have, overlap)
+            new = min(left, window_frames - context)
+            plans.append(WindowPlan(context=context, new=new, segment=s))
+            have += new
+            left -= new
+    return plans
 
 
 def plan_windows(total_frames: int, window_frames: int, stride_frames: int) -> list[WindowPlan]:
-    """The decode calls that produce exactly `total_frames` frames."""
+    """The decode calls that produce exactly `total_frames` frames from text alone."""
     if total_frames < 1:
         raise ValueError("total_frames must be at least 1")
-    if not 0 < stride_frames < window_frames:
-        raise ValueError(f"need 0 < stride ({stride_frames}) < window ({window_frames}) frames")
-    first = min(total_frames, window_frames)
-    plans = [WindowPlan(context=0, new=first)]
-    have = first
-    context = window_frames - stride_frames
-    while have < total_frames:
-        new = min(stride_frames, total_frames - have)
-        plans.append(WindowPlan(context=context, new=new))
-        have += new
-    return plans
+    return plan_segments([total_frames], window_frames, stride_frames)
 
 
 def planned_steps(model: Any, plans: list[WindowPlan]) -> int:
@@ -66,18 +94,26 @@ def decode_long(
     window_frames: int,
     stride_frames: int,
     on_step: Callable[[int, int], None] | None = None,
+    segments: Sequence[int] | None = None,
+    texts: Sequence[SegmentText] | None = None,
 ) -> torch.Tensor:
-    """Codes [B, K, req.max_frames] through as many windows as needed.
+    """Codes [B, K, P + req.max_frames]: `req.prompt_codes` (P frames, none by default) and then
+    req.max_frames new frames, through as many windows as needed.
 
-    `on_step(done, total)` counts steps over all windows. `req.prompt_codes` must be None (the
-    plan's first window starts from text only).
+    `segments` (new frames per segment, summing to req.max_frames) with `texts` (the text
+    conditioning of each segment) plan a piece with sections; by default one segment uses the
+    request's own text. `on_step(done, total)` counts steps over all windows.
     """
-    if req.prompt_codes is not None:
-        raise ValueError("decode_long starts from text; prompt_codes must be None")
-    plans = plan_windows(req.max_frames, window_frames, stride_frames)
+    segments = list(segments) if segments is not None else [req.max_frames]
+    if sum(segments) != req.max_frames:
+        raise ValueError(f"segments add up to {sum(segments)} frames, the request asks for {req.max_frames}")
+    if texts is not None and len(texts) != len(segments):
+        raise ValueError("texts needs one entry per segment")
+    prefix = 0 if req.prompt_codes is None else int(req.prompt_codes.shape[-1])
+    plans = plan_segments(segments, window_frames, stride_frames, prefix=prefix)
     total = planned_steps(model, plans)
     done = 0
-    codes: torch.Tensor | None = None
+    codes: torch.Tensor | None = req.prompt_codes
     for w, plan in enumerate(plans):
         base = done
         call_steps = plan.new + delay_steps(model)
@@ -88,8 +124,11 @@ def decode_long(
                 on_step(base + round(step * call_steps / max(call_total, 1)), total)
 
         rows = [replace(r, seed=window_seed(r.seed, w)) for r in req.rows] if w else req.rows
-        prompt = None if codes is None else codes[..., codes.shape[-1] - plan.context :]
+        prompt = None if codes is None or plan.context == 0 else codes[..., codes.shape[-1] - plan.context :]
         window_req = replace(req, rows=rows, max_frames=plan.new, prompt_codes=prompt, on_step=step_cb)
+        if texts is not None:
+            ids, mask = texts[plan.segment]
+            window_req = replace(window_req, input_ids=ids, attention_mask=mask)
         new = backend.decode(model, window_req)
         codes = new if codes is None else torch.cat([codes, new.to(codes.device)], dim=-1)
         done = base + call_steps

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from daemon.core.config import Settings
-from daemon.core.errors import DgxMusicError, ModelLoadError
+from daemon.core.errors import DgxMusicError, InvalidJobError, ModelLoadError
 from daemon.core.messages import (
     SEED_MOD,
     EngineStats,
@@ -37,7 +37,7 @@ from daemon.core.messages import (
     LoadedModelInfo,
     Progress,
 )
-from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, resolve_spec
+from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, melody_models, resolve_spec
 from daemon.engine.decoding import get_backend
 from daemon.engine.decoding.api import DecodeBackend
 from daemon.engine.decoding.codec import frame_rate
@@ -64,6 +64,7 @@ class MusicEngine:
     def __init__(self, settings: Settings, *, backend: DecodeBackend | None = None) -> None:
         self.settings = settings
         self._backend = backend
+        self._hf_backend: DecodeBackend | None = None  # melody checkpoints decode with transformers
         self._lock = threading.RLock()
         self._ckpt: LoadedCheckpoint | None = None
         self._info: LoadedModelInfo | None = None
@@ -120,7 +121,7 @@ class MusicEngine:
                 channels=int(model.config.decoder.audio_channels),
                 frame_rate=frame_rate(model),
                 load_s=0.0,
-                backend=backend.name,
+                backend="transformers" if ckpt.melody else backend.name,
             )
             self._ckpt, self._device, self._backend = ckpt, device, backend
             self._info = info
@@ -156,6 +157,10 @@ class MusicEngine:
         """The backend to use for `ckpt`: under `decoder: auto`, the dgx loop only if it runs here."""
         backend = self.backend
         if self.settings.decoder != "auto" or getattr(backend, "name", None) != "dgx":
+            return backend
+        if ckpt.melody:
+            # Melody checkpoints always decode with generate (see _generate_locked); probing the dgx
+            # loop on them would only find that out and switch every later model to generate too.
             return backend
         from daemon.engine.decoding.hf import TransformersBackend
         from daemon.engine.decoding.probe import dgx_problem
@@ -289,6 +294,26 @@ class MusicEngine:
         assert self._ckpt is not None and self._info is not None and self._device is not None
         info = self._info
         backend = self.backend
+        if self._ckpt.melody:
+            # The melody decoder prepends its conditioning to the sequence instead of attending to
+            # it: only transformers' generate implements that, so melody checkpoints always use it.
+            from daemon.engine.decoding.hf import TransformersBackend
+
+            if backend.name != "transformers":
+                backend = self._hf_backend = self._hf_backend or TransformersBackend()
+        for req in requests:
+            if req.melody is not None and not self._ckpt.melody:
+                melodic = melody_models(self.settings)
+                raise InvalidJobError(
+                    f"model {info.name!r} cannot follow a melody (it is not a musicgen-melody checkpoint)",
+                    loc="melody",
+                    hint=(
+                        f"use one of the melody models configured here: {', '.join(melodic)}"
+                        if melodic
+                        else "no melody model is configured here: ask the operator to add "
+                        "facebook/musicgen-melody to `models:`"
+                    ) + ", or leave `melody:` out",
+                )
         seeds = effective_seeds(requests)
         framing = self._framing()
         chunks = plan_chunks(requests, seeds, framing, max_batch=self.settings.max_batch,
@@ -308,13 +333,15 @@ class MusicEngine:
                 for ri in {r.req_index for r in chunk.rows}:
                     per_request_s[ri] += spent
         peak = peak_memory_bytes(self._device)
+        prefix = {c.rows[0].req_index: c.prefix_frames for c in chunks if c.prefix_frames}
         results = []
         for i, (req, seed) in enumerate(zip(requests, seeds)):
             audio = np.stack([audio_rows[(i, v)] for v in range(req.count)]).astype(np.float32, copy=False)
             results.append(
                 GenerationResult(
                     audio=audio, sample_rate=info.sample_rate, seed=seed, generate_s=per_request_s[i],
-                    peak_memory_bytes=peak, model=info, request=req,
+                    peak_memory_bytes=peak, model=info, request=req, decoder=backend.name,
+                    continued_s=prefix.get(i, 0) / framing.frame_rate,
                 )
             )
         if record:

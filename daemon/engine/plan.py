@@ -1,6 +1,8 @@
 """How one `generate` call is cut into decode batches: seeds, rows, chunks and their step counts.
 
 Every job gets an effective seed (given, or drawn from os.urandom) and variation i uses seed + i.
+A request with sections or reference audio (continue_from, melody) is always a chunk of its own
+rows: its windows carry their own text, prefix codes or chroma.
 Rows that may share a decode call (same sampling, seeds aside; same guidance and length) are
 grouped into chunks of at most `max_batch` rows. With a backend that has one random stream per
 call (transformers `generate`) only rows of the same job share a chunk, so a job's audio never
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.core.config import Settings
-from daemon.core.messages import SEED_MOD, GenerationRequest, LoadedModelInfo
+from daemon.core.messages import SEED_MOD, AudioPrompt, GenerationRequest, LoadedModelInfo
 from daemon.engine.decoding.api import RowSampling
-from daemon.engine.longform import plan_windows, planned_steps
+from daemon.engine.longform import plan_segments, planned_steps
 
 
 @dataclass
@@ -37,8 +39,22 @@ class Chunk:
     rows: list[Row]
     prompts: list[str]
     cfg_coef: float
-    frames: int
+    frames: int  # all frames of the result, a continuation's prefix included
     samples: int  # exact output length: round(duration * sample_rate)
+    # Sections: the new frames of each segment and its text (empty: one segment, the rows' prompts).
+    segments: tuple[int, ...] = ()
+    segment_prompts: tuple[str, ...] = ()
+    continue_from: AudioPrompt | None = None
+    prefix_frames: int = 0  # frames of continue_from the result starts with
+    melody: AudioPrompt | None = None
+
+    @property
+    def new_frames(self) -> int:
+        return self.frames - self.prefix_frames
+
+    @property
+    def segment_frames(self) -> tuple[int, ...]:
+        return self.segments or (self.new_frames,)
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,36 @@ class Framing:
 
     def steps(self, model: Any, chunk: Chunk) -> int:
         """Decoding steps `chunk` costs through the long-form windows."""
-        return planned_steps(model, plan_windows(chunk.frames, self.window, self.stride))
+        plans = plan_segments(chunk.segment_frames, self.window, self.stride, prefix=chunk.prefix_frames)
+        return planned_steps(model, plans)
+
+    def prefix_frames(self, reference_s: float, total_frames: int) -> int:
+        """Frames of a continuation's reference the result starts with: its last seconds, at most
+        the window minus the stride (the context a later window gets), leaving one frame to generate."""
+        have = int(math.floor(reference_s * self.frame_rate + 1e-9))
+        return max(0, min(have, self.window - self.stride, total_frames - 1))
+
+    def conditioned(self, chunk: Chunk, req: GenerationRequest) -> Chunk:
+        """`chunk` (rows of `req` alone) with the request's reference audio and sections planned."""
+        prefix = 0
+        if req.continue_from is not None:
+            prefix = self.prefix_frames(req.continue_from.duration_s, chunk.frames)
+        segments: tuple[int, ...] = ()
+        prompts: tuple[str, ...] = ()
+        if req.sections:
+            bounds, t = [0], 0.0
+            for _, seconds in req.sections:
+                t += seconds
+                bounds.append(min(chunk.frames, self.frames_for(t)))
+            bounds[-1] = chunk.frames
+            segments = tuple(max(0, hi - max(lo, prefix)) for lo, hi in zip(bounds, bounds[1:]))
+            prompts = tuple(p for p, _ in req.sections)
+        return Chunk(
+            chunk.rows, chunk.prompts, chunk.cfg_coef, chunk.frames, chunk.samples, segments=segments,
+            segment_prompts=prompts, continue_from=req.continue_from if prefix else None,
+            prefix_frames=prefix,
+            melody=req.melody,
+        )
 
 
 def row_sampling(req: GenerationRequest, seed: int) -> RowSampling:
@@ -102,12 +147,15 @@ def plan_chunks(
         frames, samples = framing.frames_for(req.duration), framing.samples_for(req.duration)
         for v in range(req.count):
             row = Row(i, v, row_sampling(req, (seed + v) % SEED_MOD))
-            key = (row.sampling.without_seed(), req.cfg_coef, frames, samples) + (() if per_row_seeds else (i,))
+            alone = not per_row_seeds or req.conditioned
+            key = (row.sampling.without_seed(), req.cfg_coef, frames, samples) + ((i,) if alone else ())
             groups.setdefault(key, []).append((row, req.prompt))
     chunks = []
     for key, members in groups.items():
         cfg_coef, frames, samples = key[1], key[2], key[3]
         for k in range(0, len(members), max_batch):
             part = members[k : k + max_batch]
-            chunks.append(Chunk([r for r, _ in part], [p for _, p in part], cfg_coef, frames, samples))
+            chunk = Chunk([r for r, _ in part], [p for _, p in part], cfg_coef, frames, samples)
+            req = requests[part[0][0].req_index]
+            chunks.append(framing.conditioned(chunk, req) if req.conditioned else chunk)
     return chunks

@@ -28,8 +28,9 @@ from daemon.core.errors import (
 from daemon.core.messages import Progress
 from daemon.engine.checkpoints import LoadedCheckpoint
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
-from daemon.engine.decoding.codec import codes_to_audio
-from daemon.engine.longform import decode_long
+from daemon.engine.decoding.codec import audio_to_codes, codes_to_audio
+from daemon.engine.longform import SegmentText, decode_long
+from daemon.engine.melody import to_rate_and_channels
 from daemon.engine.plan import Chunk, Framing
 
 log = logging.getLogger(__name__)
@@ -96,15 +97,34 @@ class ChunkRunner:
             release()
         free_accelerator_cache()
 
+    def _text(self, prompts: list[str]) -> SegmentText:
+        enc = self.ckpt.processor(text=prompts, padding=True, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
     def _decode(self, chunk: Chunk) -> list[np.ndarray]:
-        model, processor = self.ckpt.model, self.ckpt.processor
-        enc = processor(text=chunk.prompts, padding=True, return_tensors="pt")
+        model = self.ckpt.model
+        rows = len(chunk.rows)
+        input_ids, attention_mask = self._text(chunk.prompts)
+        texts = [self._text([p] * rows) for p in chunk.segment_prompts] if chunk.segment_prompts else None
+        prompt_codes = None
+        if chunk.continue_from is not None and chunk.prefix_frames:
+            ref = chunk.continue_from
+            audio = to_rate_and_channels(ref.samples, ref.sample_rate, self.framing.sample_rate,
+                                         int(model.config.decoder.audio_channels))
+            prefix = audio_to_codes(model, torch.from_numpy(audio), chunk.prefix_frames)
+            prompt_codes = prefix[None].expand(rows, -1, -1).to(self.device)
+        extras: dict[str, object] = {}
+        if chunk.melody is not None:
+            chroma = self.ckpt.processor.chroma(chunk.melody.samples, chunk.melody.sample_rate)
+            extras["input_features"] = chroma.to(self.device, model.dtype).expand(rows, -1, -1)
         req = DecodeRequest(
-            input_ids=enc["input_ids"].to(self.device),
-            attention_mask=enc["attention_mask"].to(self.device),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             rows=[r.sampling for r in chunk.rows],
             cfg_coef=chunk.cfg_coef,
-            max_frames=chunk.frames,
+            max_frames=chunk.new_frames,
+            prompt_codes=prompt_codes,
+            extras=extras,
         )
         base = self.done
 
@@ -113,7 +133,8 @@ class ChunkRunner:
 
         try:
             codes = decode_long(self.backend, model, req, window_frames=self.framing.window,
-                                stride_frames=self.framing.stride, on_step=call_step)
+                                stride_frames=self.framing.stride, on_step=call_step,
+                                segments=chunk.segment_frames, texts=texts)
             self.done = base + self.framing.steps(model, chunk)
             self.check_abort()
             audio = codes_to_audio(model, codes)

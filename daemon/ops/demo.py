@@ -1,8 +1,10 @@
 """`dgx-music demo`: the whole product on a laptop in well under a minute.
 
-A temporary spool, a tiny random MusicGen built offline, the real daemon as a subprocess,
-the files from `examples/` submitted through the same path as `dgx-music submit` (durations
-capped so a CPU keeps up), then a table of what came out and where.
+A temporary spool, a tiny random MusicGen built offline (and a tiny musicgen-melody one), the real
+daemon as a subprocess, the files from `examples/` submitted through the same path as
+`dgx-music submit` (durations capped so a CPU keeps up; jobs with a `melody` go to the melody
+model), then a table of what came out and where. The examples' reference audio (a riff to
+continue, a tune to follow) is written into the spool's library/ first.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile as sf
 import yaml
 
 from daemon.ops.client import Submitted, drop, validate_file, wait_for
 from daemon.core.config import load_settings
 from daemon.ops.progressbar import ProgressBar
+
+MELODY_MODEL = "tiny-melody"
+
 
 class DemoError(Exception):
     pass
@@ -34,6 +41,16 @@ def cap_durations(doc: Any, cap: float, long_cap: float) -> Any:
         d = job.get("duration")
         if isinstance(d, (int, float)):
             job["duration"] = min(float(d), long_cap if d > 30 else cap)
+        sections = job.get("sections")
+        if isinstance(sections, list) and sections:
+            # Keep the structure, shrink the piece: every section scaled to a long_cap total.
+            total = sum(float(x.get("duration", 0)) for x in sections if isinstance(x, dict))
+            scale = min(1.0, long_cap / total) if total > 0 else 1.0
+            for x in sections:
+                if isinstance(x, dict) and isinstance(x.get("duration"), (int, float)):
+                    x["duration"] = round(float(x["duration"]) * scale, 3)
+        if job.get("melody") is not None:
+            job.setdefault("model", MELODY_MODEL)
 
     if isinstance(doc, dict):
         fix(doc)
@@ -43,9 +60,24 @@ def cap_durations(doc: Any, cap: float, long_cap: float) -> Any:
         for job in doc.get("jobs", []) if isinstance(doc.get("jobs"), list) else []:
             if isinstance(job, dict):
                 fix(job)
-        if "jobs" not in doc:
+        if "jobs" not in doc and "sections" not in doc:
             doc.setdefault("duration", cap)
     return doc
+
+
+def write_library(library: Path) -> None:
+    """The reference audio the examples name: a riff to continue and a tune to follow."""
+    library.mkdir(parents=True, exist_ok=True)
+    rate = 32000
+    t = np.arange(int(rate * 3.0)) / rate
+    notes = 220.0 * 2 ** (np.array([0, 3, 7, 10, 7, 3]) / 12)  # a minor-seventh arpeggio
+    step = len(t) // len(notes)
+    tune = np.concatenate([0.3 * np.sin(2 * np.pi * f * t[:step]) for f in notes]).astype(np.float32)
+    pulse = (0.5 + 0.5 * np.sign(np.sin(2 * np.pi * 2 * t[: len(tune)]))).astype(np.float32)
+    for name, audio in (("riff.wav", tune * pulse), ("hummed-tune.wav", tune)):
+        target = library / name
+        if not target.exists():
+            sf.write(str(target), audio, rate)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
@@ -72,12 +104,16 @@ def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap
     if not (model_dir / "config.json").exists():
         print("demo: building a tiny random MusicGen checkpoint (offline tokenizer)...")
         init_tiny(model_dir)
+    melody_dir = root / "models" / MELODY_MODEL
+    if not (melody_dir / "config.json").exists():
+        print("demo: building a tiny random musicgen-melody checkpoint...")
+        init_tiny(melody_dir, melody=True)
     cfg = root / "config.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {
                 "spool": str(root / "spool"),
-                "models": {"tiny": {"path": str(model_dir)}},
+                "models": {"tiny": {"path": str(model_dir)}, MELODY_MODEL: {"path": str(melody_dir)}},
                 "default_model": "tiny",
                 "device": device,
                 # A small window, so the long piece goes through windowed continuation here too.
@@ -88,6 +124,7 @@ def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap
         )
     )
     settings = load_settings(cfg)
+    write_library(settings.library)
     log_path = root / "daemon.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DGX_MUSIC_") and k != "NOTIFY_SOCKET"}
     with open(log_path, "wb") as log:

@@ -8,6 +8,7 @@ loader (`daemon.engine.checkpoints.load_checkpoint`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,6 +84,7 @@ def _save_checkpoint(
     decoder: dict[str, Any],
     seed: int,
     dtype: str = "float32",
+    melody: bool = False,
 ) -> Path:
     import torch
     from transformers import (
@@ -97,13 +99,33 @@ def _save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]), quiet_transformers():
-        config = MusicgenConfig(
-            text_encoder=T5Config(**text_encoder),
-            audio_encoder=EncodecConfig(**audio_encoder),
-            decoder=MusicgenDecoderConfig(**decoder),
-        )
-        torch.manual_seed(seed)
-        model = MusicgenForConditionalGeneration(config)
+        if melody:
+            from transformers import (
+                MusicgenMelodyConfig,
+                MusicgenMelodyDecoderConfig,
+                MusicgenMelodyForConditionalGeneration,
+            )
+
+            from daemon.engine.melody import ChromaParams
+
+            chroma = ChromaParams(sampling_rate=audio_encoder["sampling_rate"])
+            config: Any = MusicgenMelodyConfig(
+                text_encoder=T5Config(**text_encoder),
+                audio_encoder=EncodecConfig(**audio_encoder),
+                decoder=MusicgenMelodyDecoderConfig(**decoder),
+                num_chroma=chroma.num_chroma,
+                chroma_length=chroma.chunk_length * chroma.sampling_rate // chroma.hop_length + 1,
+            )
+            torch.manual_seed(seed)
+            model: Any = MusicgenMelodyForConditionalGeneration(config)
+        else:
+            config = MusicgenConfig(
+                text_encoder=T5Config(**text_encoder),
+                audio_encoder=EncodecConfig(**audio_encoder),
+                decoder=MusicgenDecoderConfig(**decoder),
+            )
+            torch.manual_seed(seed)
+            model = MusicgenForConditionalGeneration(config)
         model.eval()
         # EnCodec's codebooks are buffers initialised to zeros: left so, the codec would turn
         # every code sequence into the same waveform and seeds could not be told apart by audio.
@@ -125,8 +147,16 @@ def _save_checkpoint(
             top_k=250,
         )
         model.save_pretrained(directory)
-        # The feature extractor describes the codec's input (mono EnCodec even for stereo MusicGen).
-        _build_processor(audio_encoder["sampling_rate"], audio_encoder["audio_channels"]).save_pretrained(directory)
+        if melody:
+            # The tokenizer, and the chroma parameters as the hub's musicgen-melody ships them (its
+            # feature extractor class needs torchaudio; daemon.engine.melody computes the same chroma).
+            build_tokenizer().save_pretrained(directory)
+            pre = json.dumps(chroma.preprocessor_config(), indent=2) + "\n"
+            (directory / "preprocessor_config.json").write_text(pre)
+        else:
+            # The feature extractor describes the codec's input (mono EnCodec even for stereo MusicGen).
+            processor = _build_processor(audio_encoder["sampling_rate"], audio_encoder["audio_channels"])
+            processor.save_pretrained(directory)
     # safetensors writes 0600; the daemon's system user must be able to read a checkpoint an admin made.
     for f in directory.iterdir():
         if f.is_file():
@@ -134,8 +164,11 @@ def _save_checkpoint(
     return directory
 
 
-def init_tiny(directory: Path, *, stereo: bool = False, seed: int = 0) -> Path:
+def init_tiny(directory: Path, *, stereo: bool = False, melody: bool = False, seed: int = 0) -> Path:
     """A tiny random MusicGen checkpoint (about 100k parameters) that decodes fast on a CPU.
+
+    `stereo`: 8 codebooks interleaved left/right (musicgen-stereo-*); `melody`: a musicgen-melody
+    checkpoint (chroma conditioning; model_type musicgen_melody), mono or stereo.
 
     Its codec runs at 32 kHz with a hop of 800 samples: 40 frames per second, deliberately not
     MusicGen's 50 so that nothing downstream can get away with a hard-coded frame rate.
@@ -160,6 +193,7 @@ def init_tiny(directory: Path, *, stereo: bool = False, seed: int = 0) -> Path:
             pad_token_id=codebook_size, bos_token_id=codebook_size, dropout=0.0,
         ),
         seed=seed,
+        melody=melody,
     )
 
 

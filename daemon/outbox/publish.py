@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 from jobspec import Job
 from jobspec.names import audio_names, source_folder
-from jobspec.sidecar import ModelInfo, OutputInfo, ResultSidecar, Timings, Waveform
+from jobspec.sidecar import ModelInfo, OutputInfo, ReferenceInfo, ResultSidecar, Timings, Waveform
 
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, message_id
 from daemon.queue.jobs import QueuedJob
 from daemon.outbox.hostinfo import host_info
-from daemon.audio.loudness import normalize
+from daemon import __version__
+from daemon.audio.loudness import SILENCE_LUFS, integrated_lufs, normalize, true_peak_dbtp
 from daemon.audio.encode import write_audio
 from daemon.audio.waveform import peak_envelope
 
@@ -56,6 +57,25 @@ def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
+def file_tags(job_id: str, job: Job, seed: int, model: ModelInfo, when: float) -> dict[str, str]:
+    """The metadata every audio file carries, so a copy that leaves the outbox keeps its provenance."""
+    return {
+        "title": job.prompt,
+        "comment": f"dgx-music job {job_id}, seed {seed}, model {model.name} ({model.source})",
+        "software": f"dgx-music {__version__}",
+        "date": utc(when).date().isoformat(),
+    }
+
+
+def _measured(audio: np.ndarray, sample_rate: int) -> tuple[float | None, float | None]:
+    """Integrated LUFS (None below the gate: silence) and true peak of decoded file audio."""
+    lufs = integrated_lufs(audio, sample_rate)
+    peak = true_peak_dbtp(audio, sample_rate)
+    return (round(lufs, 3) if np.isfinite(lufs) and lufs >= SILENCE_LUFS else None), (
+        round(peak, 3) if np.isfinite(peak) else None
+    )
+
+
 @dataclass(frozen=True)
 class Published:
     sidecar_path: Path
@@ -78,6 +98,8 @@ def publish(
     peak_memory_bytes: int,
     normalize_audio: bool = True,
     rtf_audio_s: float | None = None,
+    references: list[ReferenceInfo] | None = None,
+    decoder: str | None = None,
 ) -> Published:
     """Write the job's audio ([count, channels, samples]) and its sidecar; returns the sidecar.
 
@@ -97,28 +119,37 @@ def publish(
             target_lufs = job.output.loudness_lufs if normalize_audio else None
             ceiling = job.output.true_peak_dbtp if normalize_audio else None
             post = normalize(audio[i], sample_rate, target_lufs, ceiling)
+            variation_seed = (seed + i) % 2**63
             info = write_audio(
-                outbox / name, post.audio, sample_rate, job.output.format, job.output.subtype, create_new=True
+                outbox / name, post.audio, sample_rate, job.output.format, job.output.subtype,
+                create_new=True,
+                codec=job.output.codec, quality=job.output.quality,
+                tags=file_tags(job_id, job, variation_seed, model, time.time()),
             )
             written.append(info.path)
-            silent = post.skipped_reason == "silence"
             env = peak_envelope(post.audio)
+            # Measured on the bytes as written and decoded again: a lossy codec or PCM rounding moves
+            # loudness and peak, and the sidecar reports what a listener gets.
+            assert info.decoded is not None
+            lufs, peak = _measured(info.decoded, info.sample_rate)
             outputs.append(
                 OutputInfo(
                     path=f"{folder}/{name}" if folder else name,
                     format=info.format,  # type: ignore[arg-type]
                     subtype=info.subtype,  # type: ignore[arg-type]
+                    quality=info.quality,
+                    tags=info.tags,
                     sample_rate=info.sample_rate,
                     channels=info.channels,
                     frames=info.frames,
                     duration_s=info.duration_s,
                     bytes=info.bytes,
                     sha256=info.sha256,
-                    integrated_lufs=None if silent or not np.isfinite(post.integrated_lufs) else round(post.integrated_lufs, 3),
-                    true_peak_dbtp=round(post.true_peak_dbtp, 3) if np.isfinite(post.true_peak_dbtp) else None,
+                    integrated_lufs=lufs,
+                    true_peak_dbtp=peak,
                     gain_db=round(post.gain_db, 3),
                     variation=i + 1,
-                    seed=(seed + i) % 2**63,
+                    seed=variation_seed,
                     waveform=Waveform(bins=env.bins, min=env.min, max=env.max),
                 )
             )
@@ -141,6 +172,8 @@ def publish(
             outputs=outputs,
             peak_memory_bytes=peak_memory_bytes,
             host=host_info(model.device),
+            references=list(references or []),
+            decoder=decoder,
         )
         path = outbox / f"{job_id}.json"
         body = sidecar_json(sidecar.model_dump(mode="json"))
@@ -179,6 +212,13 @@ def publish_job(settings: Settings, item: QueuedJob) -> Path:
         peak_memory_bytes=res.peak_memory_bytes,
         normalize_audio=settings.normalize_audio,
         rtf_audio_s=item.batch_audio_s,
+        references=[
+            ReferenceInfo(
+                **r.sidecar_fields(), used_s=round(res.continued_s, 6) if r.role == "continue_from" else None
+            )
+            for r in item.references
+        ],
+        decoder=res.decoder,
     )
     sc = out.sidecar
     loud = ", ".join(f"{o.integrated_lufs} LUFS" for o in sc.outputs if o.integrated_lufs is not None) or "n/a"

@@ -69,6 +69,13 @@ class QueuedJob:
     started_at: float | None = None
     retries: int = 0
     not_before: float = 0.0  # monotonic time before which a retry must wait
+    references: list[Any] = field(default_factory=list)  # spool.library.ReferenceAudio, as read for the run
+
+    @property
+    def conditioned(self) -> bool:
+        """Sections or reference audio: decoded alone, never batched with other jobs."""
+        job = self.job
+        return job.sections is not None or job.continue_from is not None or job.melody is not None
 
     @property
     def priority(self) -> str:

@@ -17,18 +17,25 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from jobspec import Job
+from jobspec import ErrorDetail, locate_field
 from jobspec.sidecar import Timings
 
 from daemon import spool
 from daemon.core.config import Settings
-from daemon.core.errors import DgxMusicError, ErrorType, GenerationCancelled, UnknownModelError
+from daemon.core.errors import (
+    DgxMusicError,
+    ErrorType,
+    GenerationCancelled,
+    InvalidJobError,
+    UnknownModelError,
+)
 from daemon.core.logctx import job_context, set_stage
-from daemon.core.messages import GenerationRequest, Progress
+from daemon.core.messages import AudioPrompt, GenerationRequest, Progress
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.queue.jobs import Outcomes, QueuedJob
 from daemon.queue.publisher import PublishFn, Publisher
 from daemon.spool import state
+from daemon.spool.library import resolve_reference
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +122,8 @@ class Worker:
         same model and length, none already generated, rows (count) within max_batch."""
         # A crash during a shared decode is blamed on every job in it: a job with a crash on
         # record runs alone, so its next attempt tells the culprit from its batch-mates.
-        if first.pending is not None or first.claim.crashes:
+        # Sections and reference audio give a job windows of its own (text, prefix codes, chroma).
+        if first.pending is not None or first.claim.crashes or first.conditioned:
             return []
         model = first.job.model or self.settings.default_model
         rows = first.job.count
@@ -123,6 +131,8 @@ class Worker:
         def fits(other: QueuedJob) -> bool:
             nonlocal rows
             if other.pending is not None or other.claim.crashes or other.job.duration != first.job.duration:
+                return False
+            if other.conditioned:
                 return False
             if (other.job.model or self.settings.default_model) != model:
                 return False
@@ -194,6 +204,9 @@ class Worker:
             self._generate(todo, model)
         except GenerationCancelled as exc:
             self._after_cancel(todo, exc)
+        except InvalidJobError as exc:
+            for item in todo:
+                self._fail_invalid(item, exc)
         except DgxMusicError as exc:
             for item in todo:
                 log.error("job %s failed: %s", item.job_id, exc)
@@ -222,8 +235,35 @@ class Worker:
                 except QueueClosed:
                     pass  # stopping: its claim stays in work/ for the next start
 
-    def _request(self, job: Job) -> GenerationRequest:
+    def _fail_invalid(self, item: QueuedJob, exc: InvalidJobError) -> None:
+        """An invalid_job found at run time, reported like the validator's: field, line, hint."""
+        loc, line = exc.loc, exc.line
+        if line is None:
+            try:
+                data = item.claim.read_bytes(self.settings.max_job_bytes)
+            except OSError:
+                data = b""
+            ids = item.group.job_ids
+            index = ids.index(item.job_id) if item.job_id in ids else 0
+            if data:
+                loc, line = locate_field(data, item.claim.source_name, index, exc.loc)
+        detail = ErrorDetail(loc=loc, line=line, msg=exc.message, hint=exc.hint)
+        log.error("job %s is invalid: %s", item.job_id, detail.format(item.claim.source_name))
+        self.fail(item, ErrorType.INVALID_JOB, detail.format(item.claim.source_name), hint=exc.hint,
+                  details=[detail.model_dump(mode="json")])
+
+    def _references(self, item: QueuedJob) -> None:
+        """Read the job's reference audio (library/ or outbox/), checked; InvalidJobError otherwise."""
+        item.references = [
+            resolve_reference(self.settings, role, ref)
+            for role, ref in (("continue_from", item.job.continue_from), ("melody", item.job.melody))
+            if ref is not None
+        ]
+
+    def _request(self, item: QueuedJob) -> GenerationRequest:
+        job = item.job
         s = job.sampling
+        audio = {r.role: AudioPrompt(r.samples, r.sample_rate) for r in item.references}
         return GenerationRequest(
             prompt=job.prompt,
             duration=job.duration,
@@ -234,6 +274,9 @@ class Worker:
             top_p=s.top_p,
             cfg_coef=s.cfg_coef,
             greedy=s.greedy,
+            sections=tuple((x.prompt, x.duration) for x in job.sections or ()),
+            continue_from=audio.get("continue_from"),
+            melody=audio.get("melody"),
         )
 
     def _generate(self, batch: list[QueuedJob], name: str) -> None:
@@ -245,6 +288,7 @@ class Worker:
         for item in batch:
             self.claim_started(item)
             item.started_at = time.time()
+            self._references(item)
         load_s = 0.0
         if not self.engine.is_loaded(name):
             set_stage("load")
@@ -280,7 +324,7 @@ class Worker:
 
         t0 = time.monotonic()
         results = self.engine.generate(
-            [self._request(j.job) for j in batch],
+            [self._request(j) for j in batch],
             model=name,
             progress=on_progress,
             cancel=self.current_cancel,

@@ -28,7 +28,7 @@ from daemon.core.config import Settings
 
 log = logging.getLogger(__name__)
 
-SPOOL_DIRS = ("inbox", "work", "outbox", "failed", "state")
+SPOOL_DIRS = ("inbox", "work", "outbox", "failed", "library", "state")
 
 
 class SpoolError(Exception):
@@ -39,16 +39,18 @@ class SpoolError(Exception):
 
 
 def ensure_layout(settings: Settings) -> None:
-    """Create inbox/ work/ outbox/ failed/ state/ (and state/ subfolders) below the spool.
+    """Create inbox/ work/ outbox/ failed/ library/ state/ (and state/ subfolders) below the spool.
 
     Refuses a layout spread over several filesystems: the claim and every publish step are
-    renames, which only work (atomically) within one filesystem.
+    renames, which only work (atomically) within one filesystem. library/ is only ever read
+    (reference audio), so it is created but not part of that check.
     """
     root = settings.spool
     try:
         root.mkdir(parents=True, exist_ok=True)
         for path in _layout_dirs(settings):
             path.mkdir(exist_ok=True)
+        settings.library.mkdir(exist_ok=True)
     except OSError as exc:
         raise SpoolError(f"cannot create the spool below {root}: {exc}") from exc
     devices: dict[int, list[str]] = {}

@@ -57,7 +57,7 @@ def test_flac_float_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize(("fmt", "subtype"), [("ogg", "PCM_16"), ("wav", "PCM_8")])
+@pytest.mark.parametrize(("fmt", "subtype"), [("aiff", "PCM_16"), ("wav", "PCM_8")])
 def test_unknown_format_or_subtype_is_refused(tmp_path: Path, fmt: str, subtype: str) -> None:
     with pytest.raises(ValueError):
         write_audio(tmp_path / "x", tone(1), SR, fmt, subtype)  # type: ignore[arg-type]

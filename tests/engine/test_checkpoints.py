@@ -51,6 +51,29 @@ def test_tiny_stereo_checkpoint(tiny_stereo_model_dir: Path) -> None:
     assert ck.model.config.decoder.num_codebooks == 8
 
 
+def test_tiny_melody_checkpoint_loads_with_its_chroma(tiny_melody_model_dir: Path) -> None:
+    config = check_local_dir("mel", tiny_melody_model_dir)
+    assert config["model_type"] == "musicgen_melody"
+    pre = json.loads((tiny_melody_model_dir / "preprocessor_config.json").read_text())
+    assert pre["feature_extractor_type"] == "MusicgenMelodyFeatureExtractor"  # as the hub ships it
+    ck = load_checkpoint("mel", _settings({"mel": {"path": str(tiny_melody_model_dir)}}), device=CPU,
+                         dtype=torch.float32)
+    assert ck.melody and type(ck.model).__name__ == "MusicgenMelodyForConditionalGeneration"
+    assert ck.processor.chroma.params.hop_length == pre["hop_length"]
+    ids = ck.processor(text=["Warm dusty piano"], padding=True, return_tensors="pt")["input_ids"]
+    assert ids.shape == (1, 4)
+
+
+def test_melody_models_are_told_apart_without_loading(tiny_model_dir: Path,
+    tiny_melody_model_dir: Path) -> None:
+    from daemon.engine.checkpoints import melody_models
+
+    s = _settings({"plain": {"path": str(tiny_model_dir)}, "mel": {"path": str(tiny_melody_model_dir)},
+                   "hub": {"id": "facebook/musicgen-stereo-melody"},
+                   "small": {"id": "facebook/musicgen-small"}})
+    assert melody_models(s) == ["hub", "mel"]
+
+
 def _settings(models: dict, default: str | None = None) -> Settings:
     from daemon.core.config import load_settings
 
@@ -203,6 +226,11 @@ def test_cli_init_tiny_makes_a_loadable_checkpoint(tmp_path: Path, capsys: pytes
     assert config["decoder"]["audio_channels"] == 2
     # never writes over a directory with something in it
     assert _cli(["model", "init-tiny", str(d)]) == 2
+    mel = tmp_path / "mel"
+    assert _cli(["model", "init-tiny", str(mel), "--melody", "--stereo"]) == 0
+    assert "tiny stereo melody MusicGen" in capsys.readouterr().out
+    config = check_local_dir("mel", mel)
+    assert config["model_type"] == "musicgen_melody" and config["decoder"]["audio_channels"] == 2
 
 
 def test_cli_fetch_unknown_and_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

@@ -54,3 +54,14 @@ def test_examples_show_what_they_promise() -> None:
     batch = by_name["batch.yaml"]
     assert len(batch) == 3 and [j.id for j in batch][:2] == ["batch.1", "batch.2"]
     assert b"defaults:" in (ROOT / "examples" / "batch.yaml").read_bytes()
+
+
+def test_examples_show_the_music_from_music_features() -> None:
+    by_name = {p.name: load_job_file(p) for p in EXAMPLES}
+    riff = by_name["continue-riff.yaml"][0]
+    assert riff.continue_from == "library/riff.wav" and riff.duration == 20.0
+    assert by_name["follow-melody.yaml"][0].melody == "library/hummed-tune.wav"
+    sections = by_name["sections.yaml"][0]
+    assert sections.sections is not None and len(sections.sections) == 3 and sections.duration == 50.0
+    previews = by_name["previews.yaml"]
+    assert [(j.output.format, j.output.codec) for j in previews] == [("mp3", None), ("ogg", "opus")]

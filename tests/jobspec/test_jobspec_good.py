@@ -292,3 +292,67 @@ def test_inbox_folder_names_follow_the_job_id_rule() -> None:
     assert source_name_for("band", "x.yaml") == "band/x.yaml" and source_name_for("", "x.yaml") == "x.yaml"
     assert source_folder("band/x.yaml") == "band" and source_folder("x.yaml") == ""
     assert source_file_name("band/x.yaml") == "x.yaml"
+
+
+def test_sections_stand_for_prompt_and_duration() -> None:
+    job = one("sections:\n  - {prompt: soft piano intro, duration: 4}\n"
+              "  - {prompt: drums come in, duration: 6.5}\n")
+    assert job.duration == 10.5
+    assert job.prompt == "soft piano intro / drums come in"
+    assert job.sections is not None and [s.duration for s in job.sections] == [4.0, 6.5]
+
+
+def test_sections_summary_prompt_fits_the_prompt_limit() -> None:
+    long = "x" * 400
+    job = one(f"sections:\n  - {{prompt: {long}, duration: 1}}\n  - {{prompt: {long}, duration: 1}}\n")
+    assert len(job.prompt) <= 500 and job.prompt.endswith("...")
+
+
+def test_sections_in_a_batch_replace_the_defaults_prompt_and_duration() -> None:
+    jobs = load_job_bytes(
+        b"defaults:\n  prompt: base prompt\n  duration: 3\njobs:\n"
+        b"  - sections: [{prompt: intro part, duration: 2}, {prompt: outro part, duration: 2}]\n"
+        b"  - seed: 3\n",
+        "b.yaml",
+    )
+    assert (jobs[0].duration, jobs[0].sections is not None) == (4.0, True)
+    assert (jobs[1].prompt, jobs[1].duration, jobs[1].sections) == ("base prompt", 3.0, None)
+
+
+def test_defaults_sections_give_way_to_a_jobs_prompt() -> None:
+    jobs = load_job_bytes(
+        b"defaults:\n  sections: [{prompt: intro part, duration: 2}]\n"
+        b"jobs:\n  - prompt: own prompt\n  - seed: 1\n",
+        "b.yaml",
+    )
+    assert (jobs[0].prompt, jobs[0].duration, jobs[0].sections) == ("own prompt", 16.0, None)
+    assert jobs[1].sections is not None and jobs[1].duration == 2.0
+
+
+def test_references_are_kept_as_written() -> None:
+    job = one("prompt: keep going\ncontinue_from: library/riff one.wav\n")
+    assert (job.continue_from, job.melody) == ("library/riff one.wav", None)
+    job = one("prompt: follow it\nmelody: outbox/songs/earlier-v2.flac\n")
+    assert job.melody == "outbox/songs/earlier-v2.flac"
+
+
+def test_lossy_formats_record_their_effective_codec_and_quality() -> None:
+    assert one("prompt: abc\noutput: {format: ogg}\n").output.model_dump(include={"codec", "quality"}) == {
+        "codec": "vorbis", "quality": 0.6}
+    out = one("prompt: abc\noutput: {format: ogg, codec: opus, quality: 0.2}\n").output
+    assert (out.codec, out.quality) == ("opus", 0.2)
+    out = one("prompt: abc\noutput: {format: mp3}\n").output
+    assert (out.codec, out.quality, out.subtype) == (None, 0.6, "PCM_16")
+    assert one("prompt: abc\noutput: {format: flac}\n").output.quality is None
+
+
+def test_defaults_output_keys_that_do_not_fit_a_jobs_format_stay_behind() -> None:
+    jobs = load_job_bytes(
+        b"defaults:\n  output: {format: ogg, codec: opus, quality: 0.3}\njobs:\n"
+        b"  - output: {format: flac}\n    prompt: one song\n"
+        b"  - prompt: two songs\n    output: {format: mp3}\n"
+        b"  - prompt: three songs\n",
+        "b.yaml",
+    )
+    assert [(j.output.format, j.output.codec, j.output.quality) for j in jobs] == [
+        ("flac", None, None), ("mp3", None, 0.3), ("ogg", "opus", 0.3)]

@@ -28,6 +28,7 @@ from jobspec import (
     result_schema,
 )
 from jobspec.docs import job_table_markdown
+from jobspec.models import Section
 from jobspec.schema import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,12 +157,27 @@ def test_job_table_lists_every_key_with_its_default_and_description() -> None:
     keys = [row.split("`")[1] for row in rows]
     expected = (
         list(JobSpec.model_fields)
+        + [f"sections[].{k}" for k in Section.model_fields]
         + [f"sampling.{k}" for k in Sampling.model_fields]
         + [f"output.{k}" for k in Output.model_fields]
         + ["defaults", "jobs"]
     )
     assert keys == expected
     assert "| `sampling.top_k` | 250 |" in table
-    assert "| `prompt` | required |" in table
+    assert "| `prompt` | required (or `sections`) |" in table
+    assert "| `sections[].duration` | required |" in table
     assert "| `output.loudness_lufs` | -16.0 |" in table
     assert Sampling.model_fields["cfg_coef"].description in table
+
+
+def test_schema_takes_sections_instead_of_prompt_and_never_both() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = job_file_schema()
+    section = [{"prompt": "soft intro", "duration": 4}]
+    jsonschema.validate({"sections": section}, schema)
+    jsonschema.validate({"prompt": "warm piano", "continue_from": "library/riff.wav"}, schema)
+    for bad in ({"sections": section, "prompt": "x y z"}, {"sections": section, "duration": 4},
+                {"seed": 1}, {"prompt": "warm piano", "melody": "../riff.wav"},
+                {"prompt": "warm piano", "melody": "/x.wav"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)

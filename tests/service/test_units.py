@@ -181,6 +181,7 @@ EXPECTED_TMPFILES = {
     "/var/lib/dgx-music/inbox": ("2770", "dgx-music", "dgx-music-submit"),
     "/var/lib/dgx-music/outbox": ("2750", "dgx-music", "dgx-music-submit"),
     "/var/lib/dgx-music/failed": ("2750", "dgx-music", "dgx-music-submit"),
+    "/var/lib/dgx-music/library": ("2770", "dgx-music", "dgx-music-submit"),
     "/var/lib/dgx-music/work": ("0700", "dgx-music", "dgx-music"),
     "/var/lib/dgx-music/state": ("2750", "dgx-music", "dgx-music-submit"),
     "/var/lib/dgx-music/state/cancel": ("2770", "dgx-music", "dgx-music-submit"),

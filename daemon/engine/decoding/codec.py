@@ -47,3 +47,29 @@ def codes_to_audio(model: Any, codes: torch.Tensor) -> torch.Tensor:
         outs.append(audio)
     audio = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     return audio.float()
+
+
+def audio_to_codes(model: Any, audio: torch.Tensor, frames: int) -> torch.Tensor:
+    """Codes [K, frames] of the last `frames` frames of `audio` ([channels, samples] at the model's
+    rate and channel count) through the model's EnCodec: the token prefix of a continuation.
+
+    Stereo MusicGen's codec is mono: each channel is encoded alone and the codebooks interleaved
+    (even: left, odd: right), as `codes_to_audio` expects them.
+    """
+    codec = model.audio_encoder
+    hop = math.prod(model.config.audio_encoder.upsampling_ratios)
+    want = channel_codebooks(model)
+    x = audio[..., -frames * hop :].to(codec.device, next(codec.parameters()).dtype)
+    per_channel = []
+    for c in range(x.shape[0]):
+        out = codec.encode(x[c : c + 1][None, ...])
+        codes = out.audio_codes[0, 0]  # [chunks, batch, K, T] -> [K, T]
+        if codes.shape[0] != want:
+            raise ValueError(
+                f"the codec gave {codes.shape[0]} codebooks per channel, the decoder needs {want}"
+            )
+        per_channel.append(codes[..., -frames:])
+    if len(per_channel) == 1:
+        return per_channel[0].long()
+    left, right = per_channel
+    return torch.stack([left, right], dim=1).reshape(2 * want, left.shape[-1]).long()

@@ -124,6 +124,9 @@ class TransformersBackend:
             prompt = req.prompt_codes.index_select(0, sel)
             prompt_frames = prompt.shape[-1]
             kwargs["decoder_input_ids"] = prompt.reshape(len(idx) * k, prompt_frames)
+        features = req.extras.get("input_features")
+        if features is not None:  # musicgen-melody: the chroma of the melody reference, one per row
+            kwargs["input_features"] = features.index_select(0, sel)
 
         from transformers import StoppingCriteriaList
 
