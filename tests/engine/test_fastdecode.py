@@ -418,7 +418,7 @@ def test_oom_split_retry_runs_with_every_bucket_released(make_settings: Any) -> 
             return out
 
     backend = OomAfterBucket()
-    engine = MusicEngine(make_settings(), backend=backend)
+    engine = MusicEngine(make_settings(decoder="dgx"), backend=backend)  # no load-time probe decode
     (res,) = engine.generate([GenerationRequest("techno loop", 0.5, seed=7, count=4)])
     assert res.audio.shape[0] == 4
     assert backend.seen == [(4, 0), (2, 0), (2, 1)]  # released before the retry; the halves share one
