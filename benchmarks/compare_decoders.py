@@ -36,20 +36,30 @@ def _model_dir(args: argparse.Namespace, scratch: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-dir", help="a MusicGen checkpoint directory")
     source.add_argument("--shape", choices=["tiny", "small", "medium", "large"], default="tiny")
-    parser.add_argument("--cache-dir", default="~/.cache/dgx-music", help="where random-shape weights are kept")
+    parser.add_argument(
+        "--cache-dir", default="~/.cache/dgx-music", help="where random-shape weights are kept"
+    )
     parser.add_argument("--durations", default="4,8,16,30", help="comma-separated seconds")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per engine; the fastest counts")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--cfg-coef", type=float, default=3.0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for torch (0: torch's default); 1 gives steadier figures on a shared machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default); 1 gives steadier figures on a shared machine",
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
 
@@ -68,10 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if args.dtype == "auto":
-        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda" else torch.float32
+        dtype = (
+            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+            if device.type == "cuda"
+            else torch.float32
+        )
     else:
         dtype = getattr(torch, args.dtype)
 
@@ -81,8 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         model = MusicgenForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
         name = args.shape if not args.model_dir else Path(args.model_dir).name
         rows = compare(
-            model, processor, durations, args.batch, model_name=name, cfg_coef=args.cfg_coef,
-            greedy=args.greedy, repeats=args.repeats,
+            model,
+            processor,
+            durations,
+            args.batch,
+            model_name=name,
+            cfg_coef=args.cfg_coef,
+            greedy=args.greedy,
+            repeats=args.repeats,
             progress=None if args.json else (lambda msg: print(msg, file=sys.stderr)),
         )
     if args.json:

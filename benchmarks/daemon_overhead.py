@@ -70,8 +70,9 @@ def in_process(config: Path, jobs: int, duration: float, threads: int | None) ->
     return wall, load_s
 
 
-def through_daemon(config: Path, spool: Path, log: Path, jobs: int, duration: float,
-                   threads: int | None) -> tuple[float, list[dict]]:
+def through_daemon(
+    config: Path, spool: Path, log: Path, jobs: int, duration: float, threads: int | None
+) -> tuple[float, list[dict]]:
     sp = SpoolView(spool)
     names = [f"ovh-{i:03d}.yaml" for i in range(jobs)]
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
@@ -94,14 +95,20 @@ def through_daemon(config: Path, spool: Path, log: Path, jobs: int, duration: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--duration", type=float, default=1.0, help="seconds of audio per job")
     parser.add_argument("--model-dir", help="a MusicGen checkpoint (default: a fresh tiny one)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch in both runs (OMP_NUM_THREADS for the daemon); on a small "
-                             "shared box 1 avoids intra-op spinning that makes timings meaningless")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch in both runs (OMP_NUM_THREADS for the daemon); on a small "
+        "shared box 1 avoids intra-op spinning that makes timings meaningless",
+    )
     parser.add_argument("--batched", action="store_true", help="also run the daemon with cross-job batching")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -109,16 +116,36 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dgx-overhead-") as scratch_name:
         scratch = Path(scratch_name)
         model_dir = model_dir_or_tiny(args.model_dir, scratch)
-        config = write_config(scratch / "config.yaml", scratch / "spool", model_dir,
-                              device=args.device, rescan_interval_s=600, max_batch=1)
+        config = write_config(
+            scratch / "config.yaml",
+            scratch / "spool",
+            model_dir,
+            device=args.device,
+            rescan_interval_s=600,
+            max_batch=1,
+        )
         before, load_s = in_process(config, args.jobs, args.duration, args.threads)
-        daemon_wall, bodies = through_daemon(config, scratch / "spool", scratch / "daemon.log", args.jobs, args.duration, args.threads)
+        daemon_wall, bodies = through_daemon(
+            config, scratch / "spool", scratch / "daemon.log", args.jobs, args.duration, args.threads
+        )
         after, _ = in_process(config, args.jobs, args.duration, args.threads)
         batched_wall = None
         if args.batched:
-            config_b = write_config(scratch / "config-b.yaml", scratch / "spool-b", model_dir,
-                                    device=args.device, rescan_interval_s=600)
-            batched_wall, _ = through_daemon(config_b, scratch / "spool-b", scratch / "daemon-b.log", args.jobs, args.duration, args.threads)
+            config_b = write_config(
+                scratch / "config-b.yaml",
+                scratch / "spool-b",
+                model_dir,
+                device=args.device,
+                rescan_interval_s=600,
+            )
+            batched_wall, _ = through_daemon(
+                config_b,
+                scratch / "spool-b",
+                scratch / "daemon-b.log",
+                args.jobs,
+                args.duration,
+                args.threads,
+            )
 
     baseline = (before + after) / 2
     timings = [b["timings"] for b in bodies]
@@ -127,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "duration_s": args.duration,
         "device": bodies[0]["model"]["device"],
-        "in_process_s": {"before": round(before, 3), "after": round(after, 3), "baseline": round(baseline, 3)},
+        "in_process_s": {
+            "before": round(before, 3),
+            "after": round(after, 3),
+            "baseline": round(baseline, 3),
+        },
         "daemon_wall_s": round(daemon_wall, 3),
         "ratio": round(daemon_wall / baseline, 3),
         "overhead_per_job_ms": round((daemon_wall - baseline) / args.jobs * 1000, 1),
@@ -148,15 +179,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         r = report
-        print(f"daemon overhead: {args.jobs} jobs x {args.duration:g} s on {r['device']} (daemon max_batch 1)")
-        print(f"  in-process generate    {before:8.2f} s before, {after:.2f} s after (baseline {baseline:.2f} s)")
+        print(
+            f"daemon overhead: {args.jobs} jobs x {args.duration:g} s on {r['device']} (daemon max_batch 1)"
+        )
+        print(
+            f"  in-process generate    {before:8.2f} s before, {after:.2f} s after (baseline {baseline:.2f} s)"
+        )
         print(f"  through the daemon     {daemon_wall:8.2f} s (drop of the first -> sidecar of the last)")
-        print(f"    of which generate    {r['daemon_sidecar_sums_s']['generate']:8.2f} s, postprocess "
-              f"{r['daemon_sidecar_sums_s']['postprocess']:.2f} s (sidecar timings)")
+        print(
+            f"    of which generate    {r['daemon_sidecar_sums_s']['generate']:8.2f} s, postprocess "
+            f"{r['daemon_sidecar_sums_s']['postprocess']:.2f} s (sidecar timings)"
+        )
         print(f"  ratio                  {r['ratio']:8.3f}  ({r['overhead_per_job_ms']:+.1f} ms per job)")
         print(f"  daemon wall / its own generate_s sum  {r['daemon_wall_over_its_generate']:.3f}")
         if batched_wall is not None:
-            print(f"  batched daemon         {batched_wall:8.2f} s  (ratio {r['batched_ratio']:.3f} vs one-by-one in-process)")
+            print(
+                f"  batched daemon         {batched_wall:8.2f} s  (ratio {r['batched_ratio']:.3f} vs one-by-one in-process)"
+            )
         verdict = "meets" if r["meets_target"] else "MISSES"
         print(f"  target <= {TARGET_RATIO}: {verdict}")
     return 0

@@ -54,7 +54,9 @@ def find_claimed_at(sp: SpoolView, source: str) -> float | None:
     return None
 
 
-def measure(sp: SpoolView, daemon: DaemonProcess, n: int, duration: float, style: str) -> tuple[list[float], list[float]]:
+def measure(
+    sp: SpoolView, daemon: DaemonProcess, n: int, duration: float, style: str
+) -> tuple[list[float], list[float]]:
     claim_ms: list[float] = []
     gone_ms: list[float] = []
     for i in range(n):
@@ -80,7 +82,9 @@ def measure(sp: SpoolView, daemon: DaemonProcess, n: int, duration: float, style
             if gone is not None:
                 claimed_at = find_claimed_at(sp, name)
                 if claimed_at is None and sp.outcome(name[:-5]) is not None:
-                    raise SystemExit(f"{name} finished before its meta file was read; use a longer --duration")
+                    raise SystemExit(
+                        f"{name} finished before its meta file was read; use a longer --duration"
+                    )
             if time.monotonic() > deadline:
                 raise SystemExit(f"{name} was not claimed within 60 s\n{daemon.log_tail()}")
             time.sleep(0.001)
@@ -92,11 +96,17 @@ def measure(sp: SpoolView, daemon: DaemonProcess, n: int, duration: float, style
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--drops", type=int, default=50)
     parser.add_argument("--watch", choices=["inotify", "poll"], default="inotify")
-    parser.add_argument("--style", choices=["rename", "write"], default="rename",
-                        help="rename: a dot-temp renamed onto the name (submit, rsync, editors); write: written in place (cp)")
+    parser.add_argument(
+        "--style",
+        choices=["rename", "write"],
+        default="rename",
+        help="rename: a dot-temp renamed onto the name (submit, rsync, editors); write: written in place (cp)",
+    )
     parser.add_argument("--duration", type=float, default=0.5, help="seconds of audio per probe job")
     parser.add_argument("--model-dir", help="a MusicGen checkpoint (default: a fresh tiny one)")
     parser.add_argument("--device", default="cpu")
@@ -106,8 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dgx-pickup-") as scratch_name:
         scratch = Path(scratch_name)
         model_dir = model_dir_or_tiny(args.model_dir, scratch)
-        config = write_config(scratch / "config.yaml", scratch / "spool", model_dir,
-                              watch=args.watch, device=args.device, rescan_interval_s=600)
+        config = write_config(
+            scratch / "config.yaml",
+            scratch / "spool",
+            model_dir,
+            watch=args.watch,
+            device=args.device,
+            rescan_interval_s=600,
+        )
         sp = SpoolView(scratch / "spool")
         with DaemonProcess(config, scratch / "daemon.log") as daemon:
             daemon.start()
@@ -118,10 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         "drops": args.drops,
         "watch": args.watch,
         "style": args.style,
-        "claim_ms": {"p50": percentile(claim_ms, 0.5), "p95": percentile(claim_ms, 0.95),
-                     "min": min(claim_ms), "max": max(claim_ms), "mean": statistics.fmean(claim_ms)},
-        "gone_from_inbox_ms": {"p50": percentile(gone_ms, 0.5), "p95": percentile(gone_ms, 0.95),
-                               "max": max(gone_ms)},
+        "claim_ms": {
+            "p50": percentile(claim_ms, 0.5),
+            "p95": percentile(claim_ms, 0.95),
+            "min": min(claim_ms),
+            "max": max(claim_ms),
+            "mean": statistics.fmean(claim_ms),
+        },
+        "gone_from_inbox_ms": {
+            "p50": percentile(gone_ms, 0.5),
+            "p95": percentile(gone_ms, 0.95),
+            "max": max(gone_ms),
+        },
         "target_p50_ms": TARGET_P50_MS,
     }
     report["meets_target"] = report["claim_ms"]["p50"] <= TARGET_P50_MS
@@ -130,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         c, g = report["claim_ms"], report["gone_from_inbox_ms"]
         print(f"pickup latency over {args.drops} drops ({args.watch}, {args.style} drops):")
-        print(f"  drop -> claim         p50 {c['p50']:7.1f} ms  p95 {c['p95']:7.1f} ms  (min {c['min']:.1f}, max {c['max']:.1f})")
+        print(
+            f"  drop -> claim         p50 {c['p50']:7.1f} ms  p95 {c['p95']:7.1f} ms  (min {c['min']:.1f}, max {c['max']:.1f})"
+        )
         print(f"  drop -> left inbox    p50 {g['p50']:7.1f} ms  p95 {g['p95']:7.1f} ms  (max {g['max']:.1f})")
         verdict = "meets" if report["meets_target"] else "MISSES"
         print(f"  target p50 <= {TARGET_P50_MS:.0f} ms: {verdict}")

@@ -31,7 +31,9 @@ def run_suite(report: Path, *, full: bool) -> tuple[int, float]:
     if full:
         env["DGX_MUSIC_RELIABILITY_FULL"] = "1"
     t0 = time.monotonic()
-    rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITE], cwd=ROOT, env=env)
+    rc = subprocess.call(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITE], cwd=ROOT, env=env
+    )
     return rc, time.monotonic() - t0
 
 
@@ -42,33 +44,61 @@ def _get(data: dict[str, Any], scenario: str, key: str, default: Any = None) -> 
 def table(data: dict[str, Any], *, wall_s: float | None, ok: bool | None) -> str:
     chaos, flood, shared = data.get("crash_chaos", {}), data.get("flood", {}), data.get("flood_shared", {})
     hostile, disk = data.get("hostile", {}), data.get("full_disk", {})
-    jobs = (chaos.get("jobs", 0) + flood.get("jobs", 0) + flood.get("jobs_dropped_while_down", 0)
-            + shared.get("jobs", 0) + disk.get("jobs", 0))
+    jobs = (
+        chaos.get("jobs", 0)
+        + flood.get("jobs", 0)
+        + flood.get("jobs_dropped_while_down", 0)
+        + shared.get("jobs", 0)
+        + disk.get("jobs", 0)
+    )
     lost = chaos.get("lost", 0) + disk.get("lost", 0)
     moments = ", ".join(f"{k} {v}" for k, v in sorted(chaos.get("kill_moments", {}).items()))
-    faults = [k.removeprefix("model_fault_") for k in sorted(data) if k.startswith("model_fault_") and k != "model_fault_oom"]
+    faults = [
+        k.removeprefix("model_fault_")
+        for k in sorted(data)
+        if k.startswith("model_fault_") and k != "model_fault_oom"
+    ]
     rows = [
-        ("Jobs through the real daemon", f"{jobs} (chaos {chaos.get('jobs', 0)}, flood {flood.get('jobs', 0)} + "
-         f"{flood.get('jobs_dropped_while_down', 0)} dropped while down, two daemons {shared.get('jobs', 0)}, "
-         f"full disk {disk.get('jobs', 0)})"),
+        (
+            "Jobs through the real daemon",
+            f"{jobs} (chaos {chaos.get('jobs', 0)}, flood {flood.get('jobs', 0)} + "
+            f"{flood.get('jobs_dropped_while_down', 0)} dropped while down, two daemons {shared.get('jobs', 0)}, "
+            f"full disk {disk.get('jobs', 0)})",
+        ),
         ("SIGKILLs", f"{chaos.get('kills', 0)} ({moments})"),
         ("Restarts", str(chaos.get("restarts", 0))),
         ("Lost", str(lost)),
         ("Duplicated", str(chaos.get("duplicated", 0))),
         ("Failed as `crashed` (killed max_attempts times)", str(chaos.get("failed_crashed", 0))),
-        ("Hostile inputs tried / held", f"{hostile.get('inputs_tried', 0)} / {hostile.get('held', 0)} "
-         f"({hostile.get('corpus_cases', 0)} corpus cases)"),
-        ("Flood memory growth (RSS after 50 jobs -> end)",
-         f"{flood.get('rss_growth_pct', 'n/a')} % ({flood.get('rss_after_50_kb', '?')} -> {flood.get('rss_end_kb', '?')} kB)"),
-        ("Flood open fds (after 50 -> end, peak)",
-         f"{flood.get('fds_after_50', '?')} -> {flood.get('fds_end', '?')}, peak {flood.get('fds_peak', '?')}"),
-        ("Flood throughput", f"{flood.get('jobs_per_s', '?')} jobs/s (one daemon); two daemons split "
-         f"{shared.get('daemon_a', '?')} / {shared.get('daemon_b', '?')}"),
-        ("Full disk", f"{disk.get('jobs', 0)} jobs held in inbox/work, all done {disk.get('completed_after_space_freed_s', '?')} s "
-         "after space was freed"),
-        ("Model faults", f"{', '.join(faults) or 'n/a'} checkpoint -> ModelLoadError, serve exits "
-         f"{_get(data, 'model_fault_corrupt', 'serve_exit', '?')}; CUDA OOM once -> batch split "
-         f"{_get(data, 'model_fault_oom', 'split', '?')}, job completed"),
+        (
+            "Hostile inputs tried / held",
+            f"{hostile.get('inputs_tried', 0)} / {hostile.get('held', 0)} "
+            f"({hostile.get('corpus_cases', 0)} corpus cases)",
+        ),
+        (
+            "Flood memory growth (RSS after 50 jobs -> end)",
+            f"{flood.get('rss_growth_pct', 'n/a')} % ({flood.get('rss_after_50_kb', '?')} -> {flood.get('rss_end_kb', '?')} kB)",
+        ),
+        (
+            "Flood open fds (after 50 -> end, peak)",
+            f"{flood.get('fds_after_50', '?')} -> {flood.get('fds_end', '?')}, peak {flood.get('fds_peak', '?')}",
+        ),
+        (
+            "Flood throughput",
+            f"{flood.get('jobs_per_s', '?')} jobs/s (one daemon); two daemons split "
+            f"{shared.get('daemon_a', '?')} / {shared.get('daemon_b', '?')}",
+        ),
+        (
+            "Full disk",
+            f"{disk.get('jobs', 0)} jobs held in inbox/work, all done {disk.get('completed_after_space_freed_s', '?')} s "
+            "after space was freed",
+        ),
+        (
+            "Model faults",
+            f"{', '.join(faults) or 'n/a'} checkpoint -> ModelLoadError, serve exits "
+            f"{_get(data, 'model_fault_corrupt', 'serve_exit', '?')}; CUDA OOM once -> batch split "
+            f"{_get(data, 'model_fault_oom', 'split', '?')}, job completed",
+        ),
         ("Start to READY=1 (tiny model, CPU)", f"{_get(data, 'service', 'start_to_ready_s', '?')} s"),
     ]
     if wall_s is not None:
@@ -83,7 +113,9 @@ def table(data: dict[str, Any], *, wall_s: float | None, ok: bool | None) -> str
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="the issue's full sizes (DGX_MUSIC_RELIABILITY_FULL=1)")
+    ap.add_argument(
+        "--full", action="store_true", help="the issue's full sizes (DGX_MUSIC_RELIABILITY_FULL=1)"
+    )
     ap.add_argument("--json", type=Path, help="print the table of an earlier run's JSON instead of running")
     ap.add_argument("--out", type=Path, help="keep the run's JSON here")
     args = ap.parse_args(argv)

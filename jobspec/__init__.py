@@ -5,7 +5,6 @@ Never imports torch: the CLI's `validate` and `schema` stay fast and run anywher
 
 from jobspec.errors import ErrorDetail, JobSpecError
 from jobspec.loader import load_job_bytes, load_job_file, locate_field
-from jobspec.names import default_job_id
 from jobspec.models import (
     DEFAULT_MAX_DURATION,
     MAX_BATCH_JOBS,
@@ -16,6 +15,7 @@ from jobspec.models import (
     Output,
     Sampling,
 )
+from jobspec.names import default_job_id
 from jobspec.sidecar import (
     SCHEMA_VERSION,
     ErrorInfo,
@@ -38,6 +38,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(schema, name)
     raise AttributeError(f"module 'jobspec' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

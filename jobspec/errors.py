@@ -16,9 +16,7 @@ class ErrorDetail(BaseModel):
         description="Field path, e.g. 'sampling.top_k' or 'jobs[2].duration' (0-based index); "
         "empty when the problem concerns the whole file."
     )
-    line: int | None = Field(
-        default=None, ge=1, description="1-based line in the job file, when known."
-    )
+    line: int | None = Field(default=None, ge=1, description="1-based line in the job file, when known.")
     msg: str = Field(description="What is wrong.")
     hint: str | None = Field(default=None, description="How to fix it, when there is a useful hint.")
 

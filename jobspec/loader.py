@@ -10,20 +10,19 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from jobspec.errors import ErrorDetail, JobSpecError
-from jobspec.names import default_job_id
 from jobspec.models import (
     DEFAULT_MAX_DURATION,
     MAX_BATCH_JOBS,
+    MAX_SECTIONS,
     BatchFile,
     Job,
     JobDefaults,
-    MAX_SECTIONS,
     JobSpec,
     Output,
     Sampling,
     Section,
 )
-from jobspec.names import REFERENCE_HINT
+from jobspec.names import REFERENCE_HINT, default_job_id
 from jobspec.yamlsafe import DEFAULT_MAX_BYTES, LineMap, Path_, line_for, load_yaml_bytes, loc_text
 
 _BATCH_KEYS = ("jobs", "defaults")
@@ -131,7 +130,11 @@ def _load_batch(root: dict[str, Any], lines: LineMap, filename: str, context: di
                 sub = loc[2:]
                 job_raw = raw_jobs[loc[1]] if loc[1] < len(raw_jobs) else None
                 # A bad value that came from `defaults:` is reported there once, not once per job.
-                if not _has_path(job_raw, sub) and _has_path(raw_defaults, sub) and _covered(sub, defaults_locs):
+                if (
+                    not _has_path(job_raw, sub)
+                    and _has_path(raw_defaults, sub)
+                    and _covered(sub, defaults_locs)
+                ):
                     continue
             details.append(_detail(err, lines, batch=True))
         raise JobSpecError(_dedupe(details), filename) from None
@@ -214,7 +217,9 @@ def _unknown_key_hint(key: str, parent: Path_, batch: bool) -> str:
     if key == "id" and parent == ("defaults",):
         return "ids must differ between jobs: set `id` on each job, or leave it out"
     if batch and not parent and key in JobSpec.model_fields:
-        return f"a batch file holds only `jobs:` and `defaults:`; move '{key}' under `defaults:` or into a job"
+        return (
+            f"a batch file holds only `jobs:` and `defaults:`; move '{key}' under `defaults:` or into a job"
+        )
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if not close:
         close = difflib.get_close_matches(key.lower(), valid, n=1, cutoff=0.6)
@@ -262,22 +267,29 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
     if kind == "extra_forbidden":
         key = str(loc[-1])
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"unknown key '{key}'", hint=_unknown_key_hint(key, loc[:-1], batch)
+            loc=loc_text(loc),
+            line=line,
+            msg=f"unknown key '{key}'",
+            hint=_unknown_key_hint(key, loc[:-1], batch),
         )
     if kind == "missing":
         needs_prompt = field == "prompt" and "sections" not in loc
         what = "every job needs a prompt (or sections)" if needs_prompt else None
         return ErrorDetail(loc=loc_text(loc), line=line, msg=f"required key '{field}' is missing", hint=what)
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        msg = f"'{field}' must be a mapping of `key: value` lines, not {_show(value)}" if field else (
-            f"each job must be a mapping of `key: value` lines, not {_show(value)}"
+        msg = (
+            f"'{field}' must be a mapping of `key: value` lines, not {_show(value)}"
+            if field
+            else (f"each job must be a mapping of `key: value` lines, not {_show(value)}")
         )
         if isinstance(loc[-1], int):
             msg = f"each job must be a mapping of `key: value` lines, not {_show(value)}"
         return ErrorDetail(loc=loc_text(loc), line=line, msg=msg, hint=None)
     if kind == "list_type":
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"'{field}' must be a list, not {_show(value)}",
+            loc=loc_text(loc),
+            line=line,
+            msg=f"'{field}' must be a list, not {_show(value)}",
             hint="write each job as a `- prompt: ...` item under `jobs:`",
         )
     if kind == "too_short" and field == "jobs":
@@ -285,27 +297,41 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
     if kind == "too_long" and field == "jobs":
         count = len(value) if isinstance(value, list) else "too many"
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"a batch holds at most {MAX_BATCH_JOBS} jobs, this one has {count}",
+            loc=loc_text(loc),
+            line=line,
+            msg=f"a batch holds at most {MAX_BATCH_JOBS} jobs, this one has {count}",
             hint="split it into several files",
         )
     if isinstance(value, bool) and kind in ("float_type", "int_type"):
-        return ErrorDetail(loc=loc_text(loc), line=line, msg=f"expected a number, got {_show(value)}", hint=hint)
+        return ErrorDetail(
+            loc=loc_text(loc), line=line, msg=f"expected a number, got {_show(value)}", hint=hint
+        )
     if isinstance(value, str) and kind in ("float_type", "int_type"):
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"expected a number, got the string {_show(value)}",
+            loc=loc_text(loc),
+            line=line,
+            msg=f"expected a number, got the string {_show(value)}",
             hint="write the number without quotes",
         )
     if kind == "int_type" and isinstance(value, float):
-        return ErrorDetail(loc=loc_text(loc), line=line, msg=f"expected a whole number, got {_show(value)}", hint=hint)
+        return ErrorDetail(
+            loc=loc_text(loc), line=line, msg=f"expected a whole number, got {_show(value)}", hint=hint
+        )
     if kind == "bool_type":
-        return ErrorDetail(loc=loc_text(loc), line=line, msg=f"expected true or false, got {_show(value)}", hint=hint)
+        return ErrorDetail(
+            loc=loc_text(loc), line=line, msg=f"expected true or false, got {_show(value)}", hint=hint
+        )
     if kind == "string_type":
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"expected text, got {_show(value)}",
+            loc=loc_text(loc),
+            line=line,
+            msg=f"expected text, got {_show(value)}",
             hint="put the text in quotes" if not isinstance(value, (dict, list)) else None,
         )
     if kind == "finite_number":
-        return ErrorDetail(loc=loc_text(loc), line=line, msg=f"must be a finite number, got {_show(value)}", hint=hint)
+        return ErrorDetail(
+            loc=loc_text(loc), line=line, msg=f"must be a finite number, got {_show(value)}", hint=hint
+        )
     if kind in ("string_too_short", "string_too_long") and field == "prompt":
         length = len(value.strip()) if isinstance(value, str) else 0
         msg = f"prompt is {length} characters after trimming; it must be 3..500"
@@ -314,8 +340,10 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
     elif kind == "literal_error":
         msg = f"{msg[0].lower()}{msg[1:]}, got {_show(value)}"
     elif kind in ("string_pattern_mismatch", "job_id") and field == "id":
-        msg = f"{_show(value)} is not a valid job id: use letters, digits, '.', '_' and '-', starting with a " \
-              "letter or digit, at most 128 characters, no '..'"
+        msg = (
+            f"{_show(value)} is not a valid job id: use letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, at most 128 characters, no '..'"
+        )
         hint = "ids become file names, so paths and hidden names are refused"
     elif kind in ("string_pattern_mismatch", "model_name") and field == "model":
         msg = f"{_show(value)} is not a model name"

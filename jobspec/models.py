@@ -59,7 +59,9 @@ def _check_id(value: str) -> str:
             {"value": value},
         )
     if ".." in value:
-        raise PydanticCustomError("job_id", "'{value}' is not a valid job id: '..' is not allowed", {"value": value})
+        raise PydanticCustomError(
+            "job_id", "'{value}' is not a valid job id: '..' is not allowed", {"value": value}
+        )
     return value
 
 
@@ -163,6 +165,7 @@ def _sections_summary(sections: Any) -> tuple[str | None, float | None]:
         if len(prompt) > 500:
             prompt = prompt[:497].rstrip() + "..."
     duration = None
+
     def positive(d: Any) -> bool:
         return isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0
 
@@ -229,7 +232,9 @@ class JobSpec(BaseModel):
         description="Random seed, 0..2^63-1, for repeatable results; null picks one "
         "(the effective seed is always recorded in the result).",
     )
-    count: Count = Field(default=1, description="Number of variations of this prompt, 1..8 (seed, seed+1, ...).")
+    count: Count = Field(
+        default=1, description="Number of variations of this prompt, 1..8 (seed, seed+1, ...)."
+    )
     priority: Priority = Field(default="normal", description="Queue priority: high, normal or low.")
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling settings (see sampling.*).")
     output: Output = Field(default_factory=Output, description="Audio file settings (see output.*).")
@@ -238,7 +243,6 @@ class JobSpec(BaseModel):
         description="Job id, used for the output file names: letters, digits, '.', '_', '-', up to 128 "
         "characters. Default: the file's name without .yaml (`<name>.1`, `<name>.2`, ... in a batch).",
     )
-
 
     @field_validator("sections", mode="after")
     @classmethod

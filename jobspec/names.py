@@ -105,8 +105,10 @@ def folder_problem(folder: str) -> str | None:
     if is_ignored_name(folder):
         return None if folder else "empty folder name"
     if not _FOLDER_RE.fullmatch(folder) or ".." in folder:
-        return (f"folder name {folder!r} is not allowed: use letters, digits, '.', '_' and '-', "
-                "starting with a letter or digit (as for job ids)")
+        return (
+            f"folder name {folder!r} is not allowed: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (as for job ids)"
+        )
     return None
 
 
@@ -149,18 +151,21 @@ def check_reference(value: str) -> str:
     """The reference unchanged, or a PydanticCustomError saying which rule it breaks."""
     if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
         raise PydanticCustomError(
-            "reference_path", "{value} is an absolute path; references stay inside the spool",
+            "reference_path",
+            "{value} is an absolute path; references stay inside the spool",
             {"value": repr(value)},
         )
     if "\\" in value:
         raise PydanticCustomError(
-            "reference_path", "{value} contains a backslash; use '/' between folder and file",
+            "reference_path",
+            "{value} contains a backslash; use '/' between folder and file",
             {"value": repr(value)},
         )
     parts = value.split("/")
     if any(p in ("..", ".") for p in parts):
         raise PydanticCustomError(
-            "reference_path", "{value} contains '.' or '..'; references cannot leave their folder",
+            "reference_path",
+            "{value} contains '.' or '..'; references cannot leave their folder",
             {"value": repr(value)},
         )
     if parts[0] not in REFERENCE_ROOTS:

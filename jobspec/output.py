@@ -35,9 +35,11 @@ class Output(BaseModel):
         description="mp3/ogg only: encoder quality 0..1 (1 is best, variable bitrate); "
         f"null means {DEFAULT_QUALITY}.",
     )
-    loudness_lufs: Annotated[float, Field(strict=True, ge=-70.0, le=-5.0, allow_inf_nan=False)] | None = Field(
-        default=-16.0,
-        description="Integrated loudness target (EBU R128), -70..-5 LUFS; null leaves the level untouched.",
+    loudness_lufs: Annotated[float, Field(strict=True, ge=-70.0, le=-5.0, allow_inf_nan=False)] | None = (
+        Field(
+            default=-16.0,
+            description="Integrated loudness target (EBU R128), -70..-5 LUFS; null leaves the level untouched.",
+        )
     )
     true_peak_dbtp: Annotated[float, Field(strict=True, ge=-9.0, le=0.0, allow_inf_nan=False)] | None = Field(
         default=-1.0,
@@ -54,7 +56,8 @@ class Output(BaseModel):
             )
         if value != "PCM_16" and fmt in LOSSY_FORMATS:
             raise PydanticCustomError(
-                "subtype_not_allowed", "subtype {subtype} applies to wav and flac, not {format}",
+                "subtype_not_allowed",
+                "subtype {subtype} applies to wav and flac, not {format}",
                 {"subtype": value, "format": fmt},
             )
         return value
@@ -75,7 +78,8 @@ class Output(BaseModel):
         fmt = info.data.get("format")
         if value is not None and fmt is not None and fmt not in LOSSY_FORMATS:
             raise PydanticCustomError(
-                "quality_not_allowed", "quality applies to mp3 and ogg, not {format} (a lossless format)",
+                "quality_not_allowed",
+                "quality applies to mp3 and ogg, not {format} (a lossless format)",
                 {"format": fmt},
             )
         return value

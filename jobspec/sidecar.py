@@ -35,9 +35,13 @@ class Timings(_Strict):
     """Where the time went, in seconds."""
 
     queue_s: Seconds = Field(default=0.0, description="From pickup to the start of work.")
-    model_load_s: Seconds = Field(default=0.0, description="Loading the model for this job (0 when resident).")
+    model_load_s: Seconds = Field(
+        default=0.0, description="Loading the model for this job (0 when resident)."
+    )
     generate_s: Seconds = Field(default=0.0, description="Token generation and decoding.")
-    postprocess_s: Seconds = Field(default=0.0, description="Loudness, limiting, encoding and writing the files.")
+    postprocess_s: Seconds = Field(
+        default=0.0, description="Loudness, limiting, encoding and writing the files."
+    )
     total_s: Seconds = Field(default=0.0, description="From pickup to the result being written.")
 
 
@@ -101,9 +105,13 @@ class OutputInfo(_Strict):
     true_peak_dbtp: float | None = Field(
         default=None, description="True peak measured on the file as written."
     )
-    gain_db: float = Field(default=0.0, description="Gain applied by loudness normalisation (0 when skipped).")
+    gain_db: float = Field(
+        default=0.0, description="Gain applied by loudness normalisation (0 when skipped)."
+    )
     variation: int = Field(default=1, ge=1, description="Which variation this is, 1..count.")
-    seed: int | None = Field(default=None, ge=0, description="The seed of this variation (job seed + variation - 1).")
+    seed: int | None = Field(
+        default=None, ge=0, description="The seed of this variation (job seed + variation - 1)."
+    )
     waveform: Waveform | None = Field(
         default=None, description="Peak envelope of the audio written (a few hundred points)."
     )
@@ -161,11 +169,15 @@ class ResultSidecar(_Strict):
     started: AwareDatetime = Field(description="When generation started (UTC).")
     finished: AwareDatetime = Field(description="When the result was written (UTC).")
     timings: Timings = Field(description="Seconds spent per stage.")
-    rtf: float = Field(ge=0, allow_inf_nan=False, description="Real-time factor: generate seconds / audio seconds.")
+    rtf: float = Field(
+        ge=0, allow_inf_nan=False, description="Real-time factor: generate seconds / audio seconds."
+    )
     request: Job = Field(description="The normalized job with every effective value, the seed included.")
     model: ModelInfo = Field(description="The model that made the audio.")
     outputs: list[OutputInfo] = Field(min_length=1, description="The audio files, one per variation.")
-    peak_memory_bytes: int = Field(ge=0, description="Peak accelerator (or process) memory during generation.")
+    peak_memory_bytes: int = Field(
+        ge=0, description="Peak accelerator (or process) memory during generation."
+    )
     host: HostInfo = Field(description="Machine and versions.")
     decoder: str | None = Field(
         default=None,

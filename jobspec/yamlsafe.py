@@ -43,7 +43,9 @@ class CoreResolver(BaseResolver):
     """YAML 1.2 core schema: only true/false are booleans, only decimal/0x/0o are integers."""
 
 
-CoreResolver.add_implicit_resolver(BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+CoreResolver.add_implicit_resolver(
+    BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 CoreResolver.add_implicit_resolver(NULL_TAG, re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
 CoreResolver.add_implicit_resolver(
     INT_TAG, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
@@ -96,7 +98,9 @@ class SafeJobLoader(Reader, Scanner, Parser, Composer, CoreResolver):
         tag = getattr(event, "tag", None)
         if tag is not None and tag not in ALLOWED_TAGS:
             shown = "!!" + tag[len(_CORE) :] if tag.startswith(_CORE) else tag
-            raise _Refused(line, f"YAML tag '{shown}' is not allowed", "remove the tag and write a plain value")
+            raise _Refused(
+                line, f"YAML tag '{shown}' is not allowed", "remove the tag and write a plain value"
+            )
         self._nodes += 1
         if self._nodes > MAX_NODES:
             raise _Refused(line, f"the file holds more than {MAX_NODES} values", "a job file needs far fewer")
@@ -306,7 +310,8 @@ def load_yaml_bytes(
         raise JobSpecError([refused.detail], filename) from None
     except RecursionError:
         raise JobSpecError(
-            [ErrorDetail(loc="", line=None, msg=f"the file is nested more than {MAX_DEPTH} levels deep")], filename
+            [ErrorDetail(loc="", line=None, msg=f"the file is nested more than {MAX_DEPTH} levels deep")],
+            filename,
         ) from None
     return value, lines
 

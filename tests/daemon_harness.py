@@ -37,8 +37,19 @@ def dgx_music_command() -> list[str]:
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a daemon or CLI child: no DGX_MUSIC_* overrides from the caller's
     shell, no systemd variables (the child must log to its stderr file, not to the journal)."""
-    systemd_vars = ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DGX_MUSIC_", "DGXMUSIC_")) and k not in systemd_vars}
+    systemd_vars = (
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DGX_MUSIC_", "DGXMUSIC_")) and k not in systemd_vars
+    }
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     if INSTALLED_CLI:
@@ -110,8 +121,14 @@ def run_cli(config: Path, *args: str, timeout: float = 120.0) -> subprocess.Comp
     )
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, *, interval: float = 0.05, what: str = "condition",
-               alive: "DaemonProcess | None" = None) -> Any:
+def wait_until(
+    pred: Callable[[], Any],
+    timeout: float,
+    *,
+    interval: float = 0.05,
+    what: str = "condition",
+    alive: "DaemonProcess | None" = None,
+) -> Any:
     """Poll `pred` until it returns something truthy (returned); fail after `timeout` seconds,
     or at once when `alive` (a daemon the condition depends on) has exited."""
     deadline = time.monotonic() + timeout
@@ -120,7 +137,9 @@ def wait_until(pred: Callable[[], Any], timeout: float, *, interval: float = 0.0
         if value:
             return value
         if alive is not None and alive.proc is not None and alive.proc.poll() is not None:
-            raise AssertionError(f"daemon exited (rc {alive.proc.returncode}) while waiting for {what}\n{alive.log_tail()}")
+            raise AssertionError(
+                f"daemon exited (rc {alive.proc.returncode}) while waiting for {what}\n{alive.log_tail()}"
+            )
         if time.monotonic() >= deadline:
             tail = f"\n{alive.log_tail()}" if alive is not None else ""
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
@@ -176,7 +195,7 @@ class DaemonProcess:
             data = self.log_path.read_bytes()
         except FileNotFoundError:
             return ""
-        return data[getattr(self, "_offset", 0):].decode("utf-8", "replace")
+        return data[getattr(self, "_offset", 0) :].decode("utf-8", "replace")
 
     def full_log(self) -> str:
         try:
@@ -192,7 +211,9 @@ class DaemonProcess:
 
     def wait_log(self, text: str, timeout: float = 180.0) -> None:
         """Wait until this run's log shows `text`; fail at once when the daemon exits."""
-        wait_until(lambda: text in self.log(), timeout, interval=0.05, what=f"the log line {text!r}", alive=self)
+        wait_until(
+            lambda: text in self.log(), timeout, interval=0.05, what=f"the log line {text!r}", alive=self
+        )
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Seconds from now until the daemon logged that it is ready."""
@@ -309,10 +330,14 @@ class SpoolView:
                 continue
         return None
 
-    def wait_outcome(self, job_id: str, timeout: float = 60.0, *, alive: DaemonProcess | None = None) -> dict[str, Any]:
+    def wait_outcome(
+        self, job_id: str, timeout: float = 60.0, *, alive: DaemonProcess | None = None
+    ) -> dict[str, Any]:
         return wait_until(lambda: self.outcome(job_id), timeout, what=f"the sidecar of {job_id}", alive=alive)
 
-    def wait_sources(self, names: Iterable[str], timeout: float, *, alive: DaemonProcess | None = None) -> dict[str, list[dict[str, Any]]]:
+    def wait_sources(
+        self, names: Iterable[str], timeout: float, *, alive: DaemonProcess | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
         """Wait until every source file in `names` has at least one outcome; returns by_source()."""
         wanted = set(names)
 
@@ -320,7 +345,9 @@ class SpoolView:
             got = self.by_source()
             return got if wanted <= set(got) else None
 
-        return wait_until(ready, timeout, interval=0.2, what=f"outcomes of {len(wanted)} job file(s)", alive=alive)
+        return wait_until(
+            ready, timeout, interval=0.2, what=f"outcomes of {len(wanted)} job file(s)", alive=alive
+        )
 
     def job_files(self, folder: Path) -> list[str]:
         """Visible (non-dot) names in a spool folder."""

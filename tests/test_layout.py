@@ -6,10 +6,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -17,11 +17,15 @@ MAX_LINES = 450
 
 
 def _modules() -> list[Path]:
-    return sorted(p for top in ("daemon", "jobspec") for p in (REPO / top).rglob("*.py") if "__pycache__" not in p.parts)
+    return sorted(
+        p for top in ("daemon", "jobspec") for p in (REPO / top).rglob("*.py") if "__pycache__" not in p.parts
+    )
 
 
 def test_no_module_is_over_450_lines() -> None:
-    long = {str(p.relative_to(REPO)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(REPO)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, long
 
 
@@ -45,13 +49,20 @@ def test_ruff_is_clean() -> None:
     exe = BIN / "ruff" if (BIN / "ruff").exists() else shutil.which("ruff")
     if exe is None:
         pytest.fail("ruff is missing: install the test extra")
-    proc = subprocess.run([str(exe), "check", "daemon", "jobspec", "tests", "benchmarks"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "check", "daemon", "jobspec", "tests", "benchmarks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 
 def test_code_and_docs_cite_only_files_in_the_repository() -> None:
-    cited = re.compile(r"\b((?:docs|systemd|contrib|benchmarks|scripts)/[\w./@-]+\.(?:md|sh|py|service|yaml|sbatch)|[A-Z]+\.md)\b")
+    cited = re.compile(
+        r"\b((?:docs|systemd|contrib|benchmarks|scripts)/[\w./@-]+\.(?:md|sh|py|service|yaml|sbatch)|[A-Z]+\.md)\b"
+    )
     texts = [*_modules(), *(REPO / "docs").glob("*.md"), REPO / "README.md"]
     missing = set()
     for path in texts:

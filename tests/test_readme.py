@@ -14,11 +14,15 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_job_table_matches_the_models() -> None:
-    assert job_table_markdown() in README, "regenerate the job table: python -c 'from jobspec.docs import job_table_markdown as t; print(t())'"
+    assert job_table_markdown() in README, (
+        "regenerate the job table: python -c 'from jobspec.docs import job_table_markdown as t; print(t())'"
+    )
 
 
 def test_config_table_matches_the_settings() -> None:
-    assert config_table_markdown() in README, "regenerate: python -c 'from daemon.core.config import config_table_markdown as t; print(t())'"
+    assert config_table_markdown() in README, (
+        "regenerate: python -c 'from daemon.core.config import config_table_markdown as t; print(t())'"
+    )
 
 
 def test_readme_opens_with_the_two_setup_commands_and_ci_runs_the_second() -> None:

@@ -104,7 +104,9 @@ _FILTER = firwin(2 * 10 * OVERSAMPLE + 1, 1.0 / OVERSAMPLE, window=("kaiser", 5.
 
 
 # Largest gain of any oversampling phase: |oversampled| <= this * max |nearby samples|.
-_OVERSHOOT_BOUND = float(max(np.abs(_FILTER[p::OVERSAMPLE] * OVERSAMPLE).sum() for p in range(OVERSAMPLE))) * 1.001
+_OVERSHOOT_BOUND = (
+    float(max(np.abs(_FILTER[p::OVERSAMPLE] * OVERSAMPLE).sum() for p in range(OVERSAMPLE))) * 1.001
+)
 
 
 def _oversample(x: np.ndarray) -> np.ndarray:
@@ -227,7 +229,9 @@ def _limiter_gain(env: np.ndarray, ceiling: float, sample_rate: int) -> np.ndarr
     released = np.power(10.0, np.minimum(0.0, rate * idx + np.minimum.accumulate(w_db - rate * idx)) / 20.0)
     # trailing mean over [k-look+1, k]; before the clip starts, hold the first value so the
     # opening blocks are covered too (their windows would have reached into the clip)
-    csum = np.concatenate((np.zeros(1), np.cumsum(np.concatenate((np.full(look - 1, released[0]), released)))))
+    csum = np.concatenate(
+        (np.zeros(1), np.cumsum(np.concatenate((np.full(look - 1, released[0]), released))))
+    )
     smooth = np.minimum((csum[look:] - csum[:-look]) / look, 1.0)
     # sample j of block k: from smooth[k] towards smooth[k+1]
     nxt = np.concatenate((smooth[1:], smooth[-1:]))

@@ -18,8 +18,7 @@ from typing import Any
 
 from daemon.commands._common import add_config_arg, config_path
 from daemon.core.config import ConfigError, Settings, load_settings
-from daemon.core.errors import ErrorType, ExitCode
-from daemon.core.errors import DgxMusicError
+from daemon.core.errors import DgxMusicError, ErrorType, ExitCode
 
 EXIT_OK = ExitCode.OK
 EXIT_FAILED = ExitCode.JOB_FAILED
@@ -40,32 +39,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     """Options shared with `bench --compare`."""
     add_config_arg(parser)
-    parser.add_argument("--model", default=None, metavar="NAME", help="a configured model (default: default_model)")
-    parser.add_argument("--durations", type=parse_durations, default=None, metavar="S,S,...",
-                        help="clip lengths in seconds (default 4,8,16,30)")
+    parser.add_argument(
+        "--model", default=None, metavar="NAME", help="a configured model (default: default_model)"
+    )
+    parser.add_argument(
+        "--durations",
+        type=parse_durations,
+        default=None,
+        metavar="S,S,...",
+        help="clip lengths in seconds (default 4,8,16,30)",
+    )
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="variations per clip (default 1)")
-    parser.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:N)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default=None,
-                        help="override the config's dtype (with --compare: both engines run at it)")
-    parser.add_argument("--decoder", choices=("auto", "dgx", "transformers"), default=None,
-                        help="override the config's decode loop")
+    parser.add_argument(
+        "--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:N)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default=None,
+        help="override the config's dtype (with --compare: both engines run at it)",
+    )
+    parser.add_argument(
+        "--decoder",
+        choices=("auto", "dgx", "transformers"),
+        default=None,
+        help="override the config's decode loop",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    parser.add_argument("--tiny", action="store_true",
-                        help="benchmark a tiny random model built in a temporary directory (runs anywhere)")
-    parser.add_argument("--shape", choices=("small", "medium", "large"), default=None,
-                        help="random weights at this real MusicGen shape, built in a temporary directory")
-    parser.add_argument("--compare", action="store_true",
-                        help="transformers generate and our decode loop on the same model, prompts and lengths")
-    parser.add_argument("--ops", action="store_true",
-                        help="count the ATen ops that do work in one decode step of our loop "
-                        "(views and identities left out): ops_per_step, ops_per_layer, layers")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="benchmark a tiny random model built in a temporary directory (runs anywhere)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=("small", "medium", "large"),
+        default=None,
+        help="random weights at this real MusicGen shape, built in a temporary directory",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="transformers generate and our decode loop on the same model, prompts and lengths",
+    )
+    parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="count the ATen ops that do work in one decode step of our loop "
+        "(views and identities left out): ops_per_step, ops_per_layer, layers",
+    )
 
 
 def parse_durations(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"durations must be numbers separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"durations must be numbers separated by commas, got {text!r}"
+        ) from None
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"durations must be positive seconds, got {text!r}")
     return values
@@ -103,15 +134,19 @@ def made_model(args: argparse.Namespace, tmp: Path) -> Path | None:
 
 def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -> int:
     from daemon.engine.checkpoints import load_checkpoint
-    from daemon.ops.decodebench import compare, format_table
     from daemon.engine.devices import resolve_device, resolve_dtype
+    from daemon.ops.decodebench import compare, format_table
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     ckpt = load_checkpoint(model_name, settings, device=device, dtype=dtype)
     rows = compare(
-        ckpt.model, ckpt.processor, args.durations or (4.0, 8.0, 16.0, 30.0), args.batch,
-        model_name=model_name, progress=lambda text: print(text, file=sys.stderr),
+        ckpt.model,
+        ckpt.processor,
+        args.durations or (4.0, 8.0, 16.0, 30.0),
+        args.batch,
+        model_name=model_name,
+        progress=lambda text: print(text, file=sys.stderr),
     )
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -138,8 +173,8 @@ def run_ops(args: argparse.Namespace, settings: Settings, model_name: str) -> in
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.ops.bench import DEFAULT_DURATIONS, ProgressBar, exit_code, format_report, run_benchmark
     from daemon.engine.model import MusicEngine
+    from daemon.ops.bench import DEFAULT_DURATIONS, ProgressBar, exit_code, format_report, run_benchmark
 
     if args.batch < 1:
         print("dgx-music: --batch must be at least 1", file=sys.stderr)
@@ -168,8 +203,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             print(f"loading model {model}...", file=sys.stderr)
             engine.load_model(model)
-            report = run_benchmark(engine, args.durations or DEFAULT_DURATIONS, batch=args.batch,
-                                   progress=ProgressBar())
+            report = run_benchmark(
+                engine, args.durations or DEFAULT_DURATIONS, batch=args.batch, progress=ProgressBar()
+            )
         except DgxMusicError as exc:
             print(f"dgx-music: bench failed: {exc}", file=sys.stderr)
             return EXIT_USAGE if exc.error_type == ErrorType.UNKNOWN_MODEL else EXIT_FAILED

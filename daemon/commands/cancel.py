@@ -7,16 +7,18 @@ import argparse
 import sys
 import time
 
+from daemon.commands._common import add_config_arg, settings_or_exit
+from daemon.ops.client import live_running, serving_daemons
 from daemon.spool import state
 from daemon.spool.withdraw import find_in_inbox, withdraw
-from daemon.ops.client import live_running, serving_daemons
-from daemon.commands._common import add_config_arg, settings_or_exit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cancel", help="cancel a job by id (waiting in the inbox, queued or running)")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait this long for the daemon to confirm")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="wait this long for the daemon to confirm"
+    )
     add_config_arg(p)
     p.set_defaults(func=run)
 
@@ -35,14 +37,19 @@ def run(args: argparse.Namespace) -> int:
         if not _known(settings, job_id):
             waiting = find_in_inbox(settings, job_id)
             if waiting is None:
-                print(f"dgx-music: no queued or running job {job_id!r}, and none waiting in the inbox "
-                      "(see `dgx-music status`)", file=sys.stderr)
+                print(
+                    f"dgx-music: no queued or running job {job_id!r}, and none waiting in the inbox "
+                    "(see `dgx-music status`)",
+                    file=sys.stderr,
+                )
                 return 2
             try:
                 err = withdraw(settings, waiting, job_id)
             except PermissionError:
                 err = None  # failed/ is the daemon's: it cancels the file when it picks it up
-                print(f"cannot move {waiting.name} to failed/ myself; asking the daemon to cancel it at pickup")
+                print(
+                    f"cannot move {waiting.name} to failed/ myself; asking the daemon to cancel it at pickup"
+                )
             else:
                 if err is not None:
                     print(f"cancelled: {err} (the job file is kept beside it, untouched)")

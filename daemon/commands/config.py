@@ -50,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         document: dict[str, Any] = values
         if args.show_origin:
-            document = {"config_file": str(path) if path else None, "settings": values, "origin": origins.tree(values)}
+            document = {
+                "config_file": str(path) if path else None,
+                "settings": values,
+                "origin": origins.tree(values),
+            }
         print(json.dumps(document, indent=2))
         return 0
     print(f"# config file: {path if path is not None else 'none (defaults, .env and environment only)'}")

@@ -10,9 +10,15 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the examples end to end on a tiny model in a temporary spool")
     p.add_argument("--dir", type=Path, default=None, help="work here instead of a new temporary directory")
-    p.add_argument("--examples", type=Path, default=None,
-                   help="job files to run (default: the examples shipped with dgx-music)")
-    p.add_argument("--cap", type=float, default=2.0, metavar="S", help="cap every duration at S seconds (default 2)")
+    p.add_argument(
+        "--examples",
+        type=Path,
+        default=None,
+        help="job files to run (default: the examples shipped with dgx-music)",
+    )
+    p.add_argument(
+        "--cap", type=float, default=2.0, metavar="S", help="cap every duration at S seconds (default 2)"
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N")
     p.set_defaults(func=run)
 
@@ -23,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.examples is not None:
-            return run_demo(args.dir, args.examples, cap=args.cap, long_cap=max(args.cap, 4.0), device=args.device)
+            return run_demo(
+                args.dir, args.examples, cap=args.cap, long_cap=max(args.cap, 4.0), device=args.device
+            )
         with examples_dir() as shipped:
             return run_demo(args.dir, shipped, cap=args.cap, long_cap=max(args.cap, 4.0), device=args.device)
     except DemoError as exc:

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"daemon config to check (default: $DGX_MUSIC_CONFIG, from the environment or ./.env, "
         f"else {DEFAULT_CONFIG_PATH})",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON list of {name, status, detail, fix}")
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON list of {name, status, detail, fix}"
+    )
     parser.set_defaults(func=run)
 
 

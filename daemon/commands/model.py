@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from daemon.commands._common import add_config_arg, settings_or_exit
-from daemon.core.errors import ErrorType, ExitCode
-from daemon.core.errors import DgxMusicError
+from daemon.core.errors import DgxMusicError, ErrorType, ExitCode
 
 EXIT_OK = ExitCode.OK
 EXIT_FAILED = ExitCode.JOB_FAILED
@@ -26,19 +25,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="model_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: _usage(parser))
 
-    tiny = sub.add_parser("init-tiny", help="a tiny random MusicGen (for tests and demos; noise, fast on CPU)")
+    tiny = sub.add_parser(
+        "init-tiny", help="a tiny random MusicGen (for tests and demos; noise, fast on CPU)"
+    )
     tiny.add_argument("dir", type=Path, metavar="DIR")
     tiny.add_argument("--stereo", action="store_true", help="a stereo model (8 interleaved codebooks)")
-    tiny.add_argument("--melody", action="store_true",
-                      help="a melody model (musicgen-melody: chroma conditioning)")
+    tiny.add_argument(
+        "--melody", action="store_true", help="a melody model (musicgen-melody: chroma conditioning)"
+    )
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
     tiny.set_defaults(func=run_init_tiny)
 
     rnd = sub.add_parser("init-random", help="random weights at the real musicgen-small/medium/large shapes")
     rnd.add_argument("dir", type=Path, metavar="DIR")
     rnd.add_argument("--shape", choices=("small", "medium", "large"), required=True)
-    rnd.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
-                     help="dtype of the saved weights (default float32; half halves the disk size)")
+    rnd.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="dtype of the saved weights (default float32; half halves the disk size)",
+    )
     rnd.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
     rnd.set_defaults(func=run_init_random)
 
@@ -55,7 +61,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _refuse_non_empty(directory: Path) -> bool:
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        print(f"dgx-music: {directory} exists and is not an empty directory; choose a new one", file=sys.stderr)
+        print(
+            f"dgx-music: {directory} exists and is not an empty directory; choose a new one", file=sys.stderr
+        )
         return True
     return False
 
@@ -77,7 +85,9 @@ def run_init_random(args: argparse.Namespace) -> int:
 
     if _refuse_non_empty(args.dir):
         return EXIT_USAGE
-    print(f"building musicgen-{args.shape} shape with random weights (this takes a while)...", file=sys.stderr)
+    print(
+        f"building musicgen-{args.shape} shape with random weights (this takes a while)...", file=sys.stderr
+    )
     path = init_random(args.dir, args.shape, seed=args.seed, dtype=args.dtype)
     print(f"random musicgen-{args.shape} checkpoint written to {path}")
     return EXIT_OK

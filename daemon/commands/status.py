@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from daemon.ops.client import status_report
-from daemon.ops.progressbar import format_eta
 from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.core.errors import ExitCode
+from daemon.ops.client import status_report
+from daemon.ops.progressbar import format_eta
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +24,11 @@ def run(args: argparse.Namespace) -> int:
     if not settings.spool.is_dir():
         # Zeros would read as "an empty, healthy spool": say what is wrong instead.
         where = "is not a directory" if settings.spool.exists() else "does not exist"
-        print(f"dgx-music status: spool {settings.spool} {where} (set spool: in the config, "
-              "or pass --config; the daemon creates it at its first start)", file=sys.stderr)
+        print(
+            f"dgx-music status: spool {settings.spool} {where} (set spool: in the config, "
+            "or pass --config; the daemon creates it at its first start)",
+            file=sys.stderr,
+        )
         return int(ExitCode.USAGE)
     report = status_report(settings)
     # Files of a daemon elsewhere whose heartbeat went stale describe nothing that still runs.
@@ -36,25 +39,34 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     c = {k: ("?" if v < 0 else v) for k, v in report["counts"].items()}  # "?": not readable by this user
-    print(f"spool {report['spool']}: inbox {c['inbox']}, work {c['work']}, outbox {c['outbox']} results, failed {c['failed']}")
+    print(
+        f"spool {report['spool']}: inbox {c['inbox']}, work {c['work']}, outbox {c['outbox']} results, failed {c['failed']}"
+    )
     # Every serving daemon keeps a queue file (empty when idle).
     if not report["queued"]:
         print("no daemon is serving this spool")
     busy = {(r.get("host"), r.get("pid")) for r in report["running"]}
     for d in report["daemons"]:
         slurm = f", slurm job {d['slurm_array'] or d['slurm_job_id']}" if d.get("slurm_job_id") else ""
-        print(f"host     {d['host']} pid {d['pid']}{slurm}: {d['state']}, heartbeat {d['heartbeat_age_s']:.0f} s ago")
+        print(
+            f"host     {d['host']} pid {d['pid']}{slurm}: {d['state']}, heartbeat {d['heartbeat_age_s']:.0f} s ago"
+        )
     for q in report["queued"]:
         n = len(q.get("queued", []))
         what = "running a job" if (q.get("host"), q.get("pid")) in busy else "idle"
         m = q.get("model") or {}
-        resident = (f", model {m.get('name')} on {m.get('device')}/{m.get('dtype')}, "
-                    f"decoder {m.get('decoder')}" if m else "")
+        resident = (
+            f", model {m.get('name')} on {m.get('device')}/{m.get('dtype')}, decoder {m.get('decoder')}"
+            if m
+            else ""
+        )
         print(f"daemon   pid {q.get('pid')} on {q.get('host')}: {what}, {n} queued{resident}")
     for r in report["running"]:
         eta = r.get("eta_s")
         eta_text = f", eta {eta:.0f} s" if isinstance(eta, (int, float)) else ""
-        print(f"running  {r.get('job_id')}  {float(r.get('percent') or 0):5.1f}%{eta_text}  (pid {r.get('pid')} on {r.get('host')})")
+        print(
+            f"running  {r.get('job_id')}  {float(r.get('percent') or 0):5.1f}%{eta_text}  (pid {r.get('pid')} on {r.get('host')})"
+        )
         for mate in (r.get("batch") or [])[1:]:
             print(f"running  {mate}  (decoded in one batch with {r.get('job_id')})")
     for q in report["queued"]:

@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobspec import JobSpecError
-
+from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.ops.client import (
     SubmitError,
     Submitted,
@@ -17,15 +16,17 @@ from daemon.ops.client import (
     validate_file,
     wait_for,
 )
-from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.ops.progressbar import ProgressBar
+from jobspec import JobSpecError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="validate job files and drop them into the inbox")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--wait", action="store_true", help="wait for the results and print the sidecar paths")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds (exit 1)")
+    p.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds (exit 1)"
+    )
     add_config_arg(p)
     p.set_defaults(func=run)
 
@@ -69,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar("waiting")
 
     def tick(p: WaitProgress) -> None:
-        bar.update(p.fraction, f"{p.done}/{p.total} done" + (f", {p.note}" if p.note else ""), eta_s=p.eta_s,
-                   status=f"{p.done} {p.state}")
+        bar.update(
+            p.fraction,
+            f"{p.done}/{p.total} done" + (f", {p.note}" if p.note else ""),
+            eta_s=p.eta_s,
+            status=f"{p.done} {p.state}",
+        )
 
     results = wait_for(settings, subs, timeout_s=args.timeout, on_tick=tick)
     bar.close()
@@ -85,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"completed: {path}")
     if len(results) < total:
-        print(f"dgx-music: timed out: {total - len(results)} of {total} job(s) not finished yet", file=sys.stderr)
+        print(
+            f"dgx-music: timed out: {total - len(results)} of {total} job(s) not finished yet",
+            file=sys.stderr,
+        )
         return 1
     return 1 if failed else 0

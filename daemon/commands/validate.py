@@ -75,7 +75,9 @@ def _expand(names: list[str]) -> list[str]:
         path = Path(name)
         if path.is_dir():
             found = sorted(
-                p for p in path.iterdir() if p.suffix.lower() in (".yaml", ".yml") and not p.name.startswith(".")
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in (".yaml", ".yml") and not p.name.startswith(".")
             )
             files.extend(str(p) for p in found)
             if not found:
@@ -142,15 +144,14 @@ def run(args: argparse.Namespace) -> int:
     max_duration, max_bytes, models = limits
 
     results = [
-        _check(name, max_bytes=max_bytes, max_duration=max_duration, models=models) for name in _expand(args.files)
+        _check(name, max_bytes=max_bytes, max_duration=max_duration, models=models)
+        for name in _expand(args.files)
     ]
     all_ok = all(r["ok"] for r in results)
     if args.json:
         document = {
             "ok": all_ok,
-            "files": [
-                {**r, "errors": [e.model_dump() for e in r["errors"]]} for r in results
-            ],
+            "files": [{**r, "errors": [e.model_dump() for e in r["errors"]]} for r in results],
         }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:

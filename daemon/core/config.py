@@ -30,8 +30,15 @@ from daemon.core.settings_sources import (
 )
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH", "ENV_PREFIX", "ConfigError", "ModelSpec", "Settings", "load_settings",
-    "load_settings_with_origins", "resolve_config_path", "config_table_markdown",
+    "DEFAULT_CONFIG_PATH",
+    "ENV_PREFIX",
+    "ConfigError",
+    "ModelSpec",
+    "Settings",
+    "load_settings",
+    "load_settings_with_origins",
+    "resolve_config_path",
+    "config_table_markdown",
 ]
 
 MODEL_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -76,29 +83,50 @@ class Settings(BaseSettings):
         description="the only models a job may name",
     )
     default_model: str = Field(default="small", description="model used when a job names none")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N (auto: CUDA when present, else CPU with a warning)")
+    device: str = Field(
+        default="auto",
+        description="auto, cpu, cuda or cuda:N (auto: CUDA when present, else CPU with a warning)",
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="auto: bfloat16 on GPUs that support it, else float16; float32 on CPU"
     )
     max_duration: float = Field(default=300.0, gt=0, le=3600, description="longest job accepted, seconds")
-    max_job_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024, description="largest job file read, bytes")
-    settle_s: float = Field(default=0.5, ge=0, le=600, description="polled files must stay unchanged this long")
+    max_job_bytes: int = Field(
+        default=65536, ge=256, le=16 * 1024 * 1024, description="largest job file read, bytes"
+    )
+    settle_s: float = Field(
+        default=0.5, ge=0, le=600, description="polled files must stay unchanged this long"
+    )
     rescan_interval_s: float = Field(
-        default=30.0, gt=0, le=86400, description="full inbox rescan (missed events, network filesystems), seconds"
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="full inbox rescan (missed events, network filesystems), seconds",
     )
     watch: Literal["inotify", "poll"] = Field(default="inotify", description="poll for NFS/SMB inboxes")
-    poll_interval_s: float = Field(default=1.0, gt=0, le=600, description="inbox listing interval in poll mode, seconds")
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, le=600, description="inbox listing interval in poll mode, seconds"
+    )
     heartbeat_interval_s: float = Field(
-        default=5.0, gt=0, le=600, description="how often a daemon refreshes its state/daemon.<instance>.json heartbeat"
+        default=5.0,
+        gt=0,
+        le=600,
+        description="how often a daemon refreshes its state/daemon.<instance>.json heartbeat",
     )
     peer_timeout_s: float = Field(
-        default=60.0, gt=0, le=86400,
+        default=60.0,
+        gt=0,
+        le=86400,
         description="a daemon on another host whose heartbeat is older than this is dead: peers take over its jobs",
     )
-    max_attempts: int = Field(default=2, ge=1, le=100, description="crashes a job may cause before it fails as crashed")
+    max_attempts: int = Field(
+        default=2, ge=1, le=100, description="crashes a job may cause before it fails as crashed"
+    )
     idle_unload_s: float = Field(default=0.0, ge=0, description="0 keeps the model resident forever")
     job_timeout_s: float = Field(default=1800.0, gt=0, description="per-job generation time limit")
-    stop_grace_s: float = Field(default=60.0, ge=0, description="on SIGTERM, how long the running job may finish")
+    stop_grace_s: float = Field(
+        default=60.0, ge=0, description="on SIGTERM, how long the running job may finish"
+    )
     max_batch: int = Field(default=8, ge=1, le=64, description="rows decoded together (count x CFG share it)")
     window_s: float = Field(default=30.0, gt=0, le=30, description="model context window for long form")
     extend_stride_s: float = Field(default=18.0, gt=0, description="new audio per continuation window")
@@ -110,7 +138,9 @@ class Settings(BaseSettings):
         default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )
     max_reference_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024, le=2**34,
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=2**34,
         description="largest reference audio file (continue_from, melody) a job may name, bytes",
     )
     max_reference_s: float = Field(
@@ -147,7 +177,14 @@ class Settings(BaseSettings):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return v
 
-    @field_validator("max_duration", "settle_s", "rescan_interval_s", "job_timeout_s", "heartbeat_interval_s", "peer_timeout_s")
+    @field_validator(
+        "max_duration",
+        "settle_s",
+        "rescan_interval_s",
+        "job_timeout_s",
+        "heartbeat_interval_s",
+        "peer_timeout_s",
+    )
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
@@ -162,7 +199,9 @@ class Settings(BaseSettings):
                 f"{', '.join(sorted(self.models))}"
             )
         if self.heartbeat_interval_s * 2 > self.peer_timeout_s:
-            raise ValueError("peer_timeout_s must be at least twice heartbeat_interval_s (one late beat is no death)")
+            raise ValueError(
+                "peer_timeout_s must be at least twice heartbeat_interval_s (one late beat is no death)"
+            )
         if self.extend_stride_s >= self.window_s:
             raise ValueError("extend_stride_s must be shorter than window_s (the rest is the overlap)")
         return self
@@ -212,7 +251,9 @@ def _error_lines(exc: ValidationError, origins: Origins) -> list[str]:
     for err in exc.errors():
         loc = tuple(err["loc"])
         kind, place = origins.where(loc) if loc else ("default", "")
-        where = place if kind not in ("default", "override") else ("defaults" if kind == "default" else "code")
+        where = (
+            place if kind not in ("default", "override") else ("defaults" if kind == "default" else "code")
+        )
         shown = ".".join(str(p) for p in loc) or "(root)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -240,8 +281,11 @@ def load_settings_with_origins(path: Path | str | None = None, **overrides: Any)
         except ValidationError as exc:
             lines = _error_lines(exc, origins)
             first_key = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else None
-            raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines),
-                              source=str(cfg_path) if cfg_path else None, key=first_key) from exc
+            raise ConfigError(
+                "invalid configuration:\n  " + "\n  ".join(lines),
+                source=str(cfg_path) if cfg_path else None,
+                key=first_key,
+            ) from exc
     finally:
         CURRENT_PLAN.reset(token)
 

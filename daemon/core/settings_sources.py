@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
-from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, PydanticBaseSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+)
 
 from jobspec.errors import JobSpecError
 from jobspec.yamlsafe import LineMap, load_yaml_bytes
@@ -122,7 +127,9 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], LineMap]:
             source=str(path),
         ) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}", source=str(path)) from exc
+        raise ConfigError(
+            f"{path}: cannot read config file: {exc.strerror or exc}", source=str(path)
+        ) from exc
     try:
         if _only_comments(data.decode("utf-8-sig")):
             return {}, {}  # an empty config means the defaults
@@ -156,7 +163,9 @@ class YamlFileSource(PydanticBaseSettingsSource):
         if path is not None:
             self.data, self.lines = read_config_file(path)
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+    def get_field_value(
+        self, field: Any, field_name: str
+    ) -> tuple[Any, str, bool]:  # pragma: no cover - unused
         return self.data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
@@ -167,7 +176,8 @@ class YamlFileSource(PydanticBaseSettingsSource):
             default = field.get_default(call_default_factory=True)
             if isinstance(default, dict) and default:
                 merged[name] = {
-                    k: (v.model_dump(exclude_none=True) if hasattr(v, "model_dump") else v) for k, v in default.items()
+                    k: (v.model_dump(exclude_none=True) if hasattr(v, "model_dump") else v)
+                    for k, v in default.items()
                 }
         return merged
 
@@ -185,13 +195,17 @@ class DotEnvFileSource(DotEnvSettingsSource):
         data = super().__call__()
         prefix = ENV_PREFIX.lower()
         return {
-            k: v for k, v in data.items()
+            k: v
+            for k, v in data.items()
             if k in self.settings_cls.model_fields or (k.startswith(prefix) and k != CONFIG_VAR.lower())
         }
 
 
-def build_sources(settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                  env_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+def build_sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
     plan = CURRENT_PLAN.get()
     dotenvs = tuple(DotEnvFileSource(settings_cls, f) for f in plan.env_files)
     return (init_settings, env_settings, *dotenvs, YamlFileSource(settings_cls, plan.config_file))
@@ -247,7 +261,9 @@ class Origins:
     file_lines: LineMap
 
     @classmethod
-    def collect(cls, settings_cls: type[BaseSettings], plan: SourcePlan, overrides: dict[str, Any]) -> "Origins":
+    def collect(
+        cls, settings_cls: type[BaseSettings], plan: SourcePlan, overrides: dict[str, Any]
+    ) -> "Origins":
         yaml_source = YamlFileSource(settings_cls, plan.config_file)
         return cls(
             overrides=overrides,

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("musicgen", "musicgen_melody")
 
+
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """A model ready for the engine, with what the sidecar records about where it came from."""
@@ -69,7 +70,6 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
-
 
 
 # ---------------------------------------------------------------- resolving and loading
@@ -168,14 +168,18 @@ def _weight_files(directory: Path) -> list[Path]:
 
 def check_local_dir(name: str, directory: Path) -> dict[str, Any]:
     """A readable MusicGen checkpoint directory, or a ModelLoadError saying what is wrong; returns its config."""
-    made_by = "make one with `dgx-music model init-tiny DIR` or point models.{n}.path at a checkpoint".format(n=name)
+    made_by = "make one with `dgx-music model init-tiny DIR` or point models.{n}.path at a checkpoint".format(
+        n=name
+    )
     if not directory.exists():
         raise ModelLoadError(f"model {name!r}: directory {directory} does not exist", hint=made_by)
     if not directory.is_dir():
         raise ModelLoadError(f"model {name!r}: {directory} is not a directory", hint=made_by)
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise ModelLoadError(f"model {name!r}: {directory} has no config.json (not a checkpoint)", hint=made_by)
+        raise ModelLoadError(
+            f"model {name!r}: {directory} has no config.json (not a checkpoint)", hint=made_by
+        )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -251,8 +255,10 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
 
                 from daemon.engine.melody import ChromaExtractor, ChromaParams, TextProcessor
 
-                processor = TextProcessor(AutoTokenizer.from_pretrained(directory),
-                                          ChromaExtractor(ChromaParams.from_dir(directory)))
+                processor = TextProcessor(
+                    AutoTokenizer.from_pretrained(directory),
+                    ChromaExtractor(ChromaParams.from_dir(directory)),
+                )
                 model_cls: Any = MusicgenMelodyForConditionalGeneration
             else:
                 processor = AutoProcessor.from_pretrained(directory)
@@ -274,8 +280,13 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
         )
     unexpected = list(info.get("unexpected_keys") or [])
     if unexpected:
-        log.warning("model %s: %d tensors in %s are not used by MusicGen (e.g. %s)", name, len(unexpected),
-                    directory, ", ".join(sorted(unexpected)[:3]))
+        log.warning(
+            "model %s: %d tensors in %s are not used by MusicGen (e.g. %s)",
+            name,
+            len(unexpected),
+            directory,
+            ", ".join(sorted(unexpected)[:3]),
+        )
     try:
         model = model.to(device)
     except torch.OutOfMemoryError as exc:
@@ -284,8 +295,9 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
         raise _oom_at_load(name, device, exc) from exc
     codec_in_float32(model)
     model.eval()
-    return LoadedCheckpoint(name=name, source=source, revision=revision, model=model, processor=processor,
-                            melody=melody)
+    return LoadedCheckpoint(
+        name=name, source=source, revision=revision, model=model, processor=processor, melody=melody
+    )
 
 
 def codec_in_float32(model: Any) -> None:
@@ -315,7 +327,6 @@ def _free_accelerator() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
 
 
 def is_melody_spec(spec: ModelSpec) -> bool:

@@ -82,8 +82,10 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if native else torch.float32
         if spec == "bfloat16":
             if not native:
-                log.warning("dtype bfloat16 on a CPU without native bf16 (%s): "
-                            "expect it to be slower than float32", device)
+                log.warning(
+                    "dtype bfloat16 on a CPU without native bf16 (%s): expect it to be slower than float32",
+                    device,
+                )
             return torch.bfloat16
         if spec == "float16":
             log.warning("dtype float16 requested on %s: using float32 (float16 is a GPU feature)", device)

@@ -86,7 +86,9 @@ class ChromaExtractor:
         self.params = params
         self.filters = torch.from_numpy(
             chroma_filter_bank(
-                sampling_rate=params.sampling_rate, num_frequency_bins=params.n_fft, tuning=0,
+                sampling_rate=params.sampling_rate,
+                num_frequency_bins=params.n_fft,
+                tuning=0,
                 num_chroma=params.num_chroma,
             )
         ).float()
@@ -98,8 +100,12 @@ class ChromaExtractor:
         n = p.chunk_length * p.sampling_rate
         x = torch.from_numpy(mono[:n])
         x = torch.nn.functional.pad(x, (0, max(0, n - x.shape[-1])))[None]
-        spec = torch.stft(x, p.n_fft, p.hop_length, p.n_fft, window=self.window, center=True,
-                          return_complex=True).abs() ** 2
+        spec = (
+            torch.stft(
+                x, p.n_fft, p.hop_length, p.n_fft, window=self.window, center=True, return_complex=True
+            ).abs()
+            ** 2
+        )
         raw = torch.einsum("cf,...ft->...ct", self.filters, spec)
         norm = torch.nn.functional.normalize(raw, p=float("inf"), dim=-2, eps=1e-6).transpose(1, 2)
         one_hot = torch.zeros_like(norm)

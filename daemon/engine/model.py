@@ -142,14 +142,30 @@ class MusicEngine:
             self._last_used = time.monotonic()
             # Job counters span the engine's life; the model fields describe the resident model.
             self._stats = replace(
-                self._stats, model=info.name, source=info.source, revision=info.revision, device=info.device,
-                dtype=info.dtype, parameters=info.parameters, backend=info.backend, loads=self._stats.loads + 1,
+                self._stats,
+                model=info.name,
+                source=info.source,
+                revision=info.revision,
+                device=info.device,
+                dtype=info.dtype,
+                parameters=info.parameters,
+                backend=info.backend,
+                loads=self._stats.loads + 1,
             )
             log.info(
                 "model %s loaded from %s (revision %s) on %s/%s: %.1fM parameters, %d Hz, %d channel(s), "
                 "%.2f frames/s, decoder %s, %.1f s",
-                info.name, info.source, info.revision, info.device, info.dtype, info.parameters / 1e6,
-                info.sample_rate, info.channels, info.frame_rate, info.backend, info.load_s,
+                info.name,
+                info.source,
+                info.revision,
+                info.device,
+                info.dtype,
+                info.parameters / 1e6,
+                info.sample_rate,
+                info.channels,
+                info.frame_rate,
+                info.backend,
+                info.load_s,
             )
             return info
 
@@ -171,7 +187,9 @@ class MusicEngine:
         log.warning(
             "the dgx decode loop cannot run on this model with transformers %s (%s): using transformers "
             "generate instead (slower); set `decoder: transformers` to silence this, or install a "
-            "transformers version pyproject.toml allows", _transformers_version(), problem,
+            "transformers version pyproject.toml allows",
+            _transformers_version(),
+            problem,
         )
         fallback = TransformersBackend()
         self._backend = fallback
@@ -312,14 +330,28 @@ class MusicEngine:
                         if melodic
                         else "no melody model is configured here: ask the operator to add "
                         "facebook/musicgen-melody to `models:`"
-                    ) + ", or leave `melody:` out",
+                    )
+                    + ", or leave `melody:` out",
                 )
         seeds = effective_seeds(requests)
         framing = self._framing()
-        chunks = plan_chunks(requests, seeds, framing, max_batch=self.settings.max_batch,
-                             per_row_seeds=bool(getattr(backend, "per_row_seeds", False)))
-        runner = ChunkRunner(self._ckpt, self._device, backend, framing, chunks, progress=progress,
-                             cancel=cancel, timeout_s=timeout_s)
+        chunks = plan_chunks(
+            requests,
+            seeds,
+            framing,
+            max_batch=self.settings.max_batch,
+            per_row_seeds=bool(getattr(backend, "per_row_seeds", False)),
+        )
+        runner = ChunkRunner(
+            self._ckpt,
+            self._device,
+            backend,
+            framing,
+            chunks,
+            progress=progress,
+            cancel=cancel,
+            timeout_s=timeout_s,
+        )
         audio_rows: dict[tuple[int, int], np.ndarray] = {}
         per_request_s = [0.0] * len(requests)
         reset_peak_memory(self._device)
@@ -339,8 +371,14 @@ class MusicEngine:
             audio = np.stack([audio_rows[(i, v)] for v in range(req.count)]).astype(np.float32, copy=False)
             results.append(
                 GenerationResult(
-                    audio=audio, sample_rate=info.sample_rate, seed=seed, generate_s=per_request_s[i],
-                    peak_memory_bytes=peak, model=info, request=req, decoder=backend.name,
+                    audio=audio,
+                    sample_rate=info.sample_rate,
+                    seed=seed,
+                    generate_s=per_request_s[i],
+                    peak_memory_bytes=peak,
+                    model=info,
+                    request=req,
+                    decoder=backend.name,
                     continued_s=prefix.get(i, 0) / framing.frame_rate,
                 )
             )
@@ -356,8 +394,13 @@ class MusicEngine:
             self._stats.generate_seconds += res.generate_s
             log.info(
                 "generated %d x %.2f s (%s) in %.2f s: RTF %.3f, seed %d, peak memory %.0f MiB",
-                res.audio.shape[0], res.audio.shape[-1] / res.sample_rate, info.name, res.generate_s,
-                res.rtf, res.seed, peak / 2**20,
+                res.audio.shape[0],
+                res.audio.shape[-1] / res.sample_rate,
+                info.name,
+                res.generate_s,
+                res.rtf,
+                res.seed,
+                peak / 2**20,
             )
         if self._stats.audio_seconds > 0:
             self._stats.mean_rtf = self._stats.generate_seconds / self._stats.audio_seconds

@@ -106,8 +106,14 @@ class Framing:
             segments = tuple(max(0, hi - max(lo, prefix)) for lo, hi in zip(bounds, bounds[1:]))
             prompts = tuple(p for p, _ in req.sections)
         return Chunk(
-            chunk.rows, chunk.prompts, chunk.cfg_coef, chunk.frames, chunk.samples, segments=segments,
-            segment_prompts=prompts, continue_from=req.continue_from if prefix else None,
+            chunk.rows,
+            chunk.prompts,
+            chunk.cfg_coef,
+            chunk.frames,
+            chunk.samples,
+            segments=segments,
+            segment_prompts=prompts,
+            continue_from=req.continue_from if prefix else None,
             prefix_frames=prefix,
             melody=req.melody,
         )

@@ -73,8 +73,12 @@ class ChunkRunner:
                     hint="shorten the clip, use a smaller model, or free GPU memory",
                 ) from exc
             half = len(chunk.rows) // 2
-            log.warning("out of memory with a batch of %d rows: retrying as %d + %d", len(chunk.rows), half,
-                        len(chunk.rows) - half)
+            log.warning(
+                "out of memory with a batch of %d rows: retrying as %d + %d",
+                len(chunk.rows),
+                half,
+                len(chunk.rows) - half,
+            )
             out: list[np.ndarray] = []
             for part in (slice(0, half), slice(half, None)):
                 sub = replace(chunk, rows=chunk.rows[part], prompts=chunk.prompts[part])
@@ -109,8 +113,12 @@ class ChunkRunner:
         prompt_codes = None
         if chunk.continue_from is not None and chunk.prefix_frames:
             ref = chunk.continue_from
-            audio = to_rate_and_channels(ref.samples, ref.sample_rate, self.framing.sample_rate,
-                                         int(model.config.decoder.audio_channels))
+            audio = to_rate_and_channels(
+                ref.samples,
+                ref.sample_rate,
+                self.framing.sample_rate,
+                int(model.config.decoder.audio_channels),
+            )
             prefix = audio_to_codes(model, torch.from_numpy(audio), chunk.prefix_frames)
             prompt_codes = prefix[None].expand(rows, -1, -1).to(self.device)
         extras: dict[str, object] = {}
@@ -132,9 +140,16 @@ class ChunkRunner:
             self._on_step(base + done_in_chunk)
 
         try:
-            codes = decode_long(self.backend, model, req, window_frames=self.framing.window,
-                                stride_frames=self.framing.stride, on_step=call_step,
-                                segments=chunk.segment_frames, texts=texts)
+            codes = decode_long(
+                self.backend,
+                model,
+                req,
+                window_frames=self.framing.window,
+                stride_frames=self.framing.stride,
+                on_step=call_step,
+                segments=chunk.segment_frames,
+                texts=texts,
+            )
             self.done = base + self.framing.steps(model, chunk)
             self.check_abort()
             audio = codes_to_audio(model, codes)

@@ -185,8 +185,13 @@ def run_benchmark(
         g = gpu_info()
         gpu = g.as_dict() if g is not None else None
     return BenchReport(
-        model=info.sidecar_fields() | {"load_s": info.load_s, "sample_rate": info.sample_rate,
-                                       "frame_rate": info.frame_rate, "backend": info.backend},
+        model=info.sidecar_fields()
+        | {
+            "load_s": info.load_s,
+            "sample_rate": info.sample_rate,
+            "frame_rate": info.frame_rate,
+            "backend": info.backend,
+        },
         device=info.device,
         rows=rows,
         verdict=verdict_from_rows(rows),
@@ -220,7 +225,9 @@ def format_report(report: BenchReport) -> str:
     ]
     if report.gpu:
         g = report.gpu
-        lines.append(f"GPU {g.get('name')} ({g.get('compute_capability')}), {g.get('total_memory_bytes', 0) / 2**30:.1f} GiB")
+        lines.append(
+            f"GPU {g.get('name')} ({g.get('compute_capability')}), {g.get('total_memory_bytes', 0) / 2**30:.1f} GiB"
+        )
     lines.append(f"{'clip':>7} {'batch':>5} {'gen s':>8} {'RTF':>7} {'ms/step':>8} {'peak MiB':>9}")
     for r in report.rows:
         lines.append(
@@ -230,10 +237,14 @@ def format_report(report: BenchReport) -> str:
     if report.memory_budget_bytes and report.rows:
         peak = max(r.peak_memory_bytes for r in report.rows)
         within = "within" if peak <= report.memory_budget_bytes else "OVER"
-        lines.append(f"peak memory {peak / 2**30:.2f} GiB, {within} the {report.memory_budget_bytes / 2**30:.0f} GiB budget")
+        lines.append(
+            f"peak memory {peak / 2**30:.2f} GiB, {within} the {report.memory_budget_bytes / 2**30:.0f} GiB budget"
+        )
     v = report.verdict
     if v is not None:
         how = "estimated from the longest clip" if v.estimated else "measured"
-        lines.append(f"verdict: {v.label} (16 s clip in {v.gen_s_16:.2f} s, {how}; "
-                     f"EXCELLENT < {EXCELLENT_BELOW_S:.0f} s, BLOCKER > {BLOCKER_ABOVE_S:.0f} s)")
+        lines.append(
+            f"verdict: {v.label} (16 s clip in {v.gen_s_16:.2f} s, {how}; "
+            f"EXCELLENT < {EXCELLENT_BELOW_S:.0f} s, BLOCKER > {BLOCKER_ABOVE_S:.0f} s)"
+        )
     return "\n".join(lines)

@@ -15,14 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jobspec import Job, load_job_bytes
-
-from daemon.spool import state
-from daemon.core.fsio import atomic_write_bytes
 from daemon.core.config import Settings
+from daemon.core.fsio import atomic_write_bytes
+from daemon.spool import state
 from daemon.spool.claim import list_claims
 from daemon.spool.owner import Owner
 from daemon.spool.peers import Peers
+from jobspec import Job, load_job_bytes
 from jobspec.names import JOB_SUFFIXES
 
 
@@ -42,7 +41,9 @@ def validate_file(settings: Settings, path: Path) -> list[Job]:
     """Raises JobSpecError (invalid) or OSError (unreadable)."""
     with open(path, "rb") as fh:
         data = fh.read(settings.max_job_bytes + 1)
-    return load_job_bytes(data, path.name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration)
+    return load_job_bytes(
+        data, path.name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration
+    )
 
 
 def drop(settings: Settings, path: Path, jobs: list[Job]) -> Submitted:
@@ -53,7 +54,9 @@ def drop(settings: Settings, path: Path, jobs: list[Job]) -> Submitted:
     """
     inbox = settings.inbox
     if not inbox.is_dir():
-        raise SubmitError(f"{inbox} does not exist: is the spool right (`spool:` in the config) and the daemon installed?")
+        raise SubmitError(
+            f"{inbox} does not exist: is the spool right (`spool:` in the config) and the daemon installed?"
+        )
     data = path.read_bytes()
     stem, suffix = path.stem, path.suffix.lower()
     if suffix not in JOB_SUFFIXES:
@@ -70,7 +73,9 @@ def drop(settings: Settings, path: Path, jobs: list[Job]) -> Submitted:
             ) from exc
         _announce(inbox / name)
         if name != path.name:
-            jobs = load_job_bytes(data, name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration)
+            jobs = load_job_bytes(
+                data, name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration
+            )
         return Submitted(source=path, inbox_name=name, jobs=jobs, dropped_at=time.time())
     raise SubmitError(f"too many files named {stem}* waiting in {inbox}")
 
@@ -98,7 +103,10 @@ def find_results(settings: Settings, sub: Submitted) -> dict[str, tuple[Path, di
     """Sidecars (result or error) that belong to this submission, by job id."""
     found: dict[str, tuple[Path, dict[str, Any]]] = {}
     for job in sub.jobs:
-        for folder, pattern in ((settings.outbox, f"{job.id}*.json"), (settings.failed, f"{job.id}*.error.json")):
+        for folder, pattern in (
+            (settings.outbox, f"{job.id}*.json"),
+            (settings.failed, f"{job.id}*.error.json"),
+        ):
             for p in folder.glob(pattern):
                 if folder == settings.outbox and p.name.endswith(".error.json"):
                     continue
@@ -261,12 +269,19 @@ def daemons_report(settings: Settings) -> list[dict[str, Any]]:
         else:
             owner = Owner.from_json(hb)
             verdict = "live" if peers.alive(owner) else "dead"
-        out.append({
-            "instance": hb.get("instance"), "host": hb.get("host"), "pid": hb.get("pid"),
-            "slurm_job_id": hb.get("slurm_job_id"), "slurm_array": hb.get("slurm_array"),
-            "device": hb.get("device"), "started": hb.get("started"),
-            "heartbeat_age_s": round(peers.age(hb), 1), "state": verdict,
-        })
+        out.append(
+            {
+                "instance": hb.get("instance"),
+                "host": hb.get("host"),
+                "pid": hb.get("pid"),
+                "slurm_job_id": hb.get("slurm_job_id"),
+                "slurm_array": hb.get("slurm_array"),
+                "device": hb.get("device"),
+                "started": hb.get("started"),
+                "heartbeat_age_s": round(peers.age(hb), 1),
+                "state": verdict,
+            }
+        )
     return out
 
 

@@ -106,7 +106,9 @@ def _request(
     prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(batch)]
     enc = processor(text=prompts, padding=True, return_tensors="pt")
     device = next(model.parameters()).device
-    rows = [RowSampling(temperature=1.0, top_k=250, top_p=0.0, greedy=greedy, seed=seed + i) for i in range(batch)]
+    rows = [
+        RowSampling(temperature=1.0, top_k=250, top_p=0.0, greedy=greedy, seed=seed + i) for i in range(batch)
+    ]
     return DecodeRequest(
         input_ids=enc["input_ids"].to(device),
         attention_mask=enc["attention_mask"].to(device),

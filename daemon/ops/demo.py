@@ -22,8 +22,8 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from daemon.ops.client import Submitted, drop, validate_file, wait_for
 from daemon.core.config import load_settings
+from daemon.ops.client import Submitted, drop, validate_file, wait_for
 from daemon.ops.progressbar import ProgressBar
 
 MELODY_MODEL = "tiny-melody"
@@ -84,17 +84,23 @@ def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoError(f"the daemon exited with {proc.returncode}; its log:\n{log_path.read_text(errors='replace')}")
+            raise DemoError(
+                f"the daemon exited with {proc.returncode}; its log:\n{log_path.read_text(errors='replace')}"
+            )
         if "ready: watching" in log_path.read_text(errors="replace"):
             return
         time.sleep(0.1)
     raise DemoError(f"the daemon was not ready after {timeout_s:.0f} s; see {log_path}")
 
 
-def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap: float = 4.0, device: str = "cpu") -> int:
+def run_demo(
+    workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap: float = 4.0, device: str = "cpu"
+) -> int:
     from daemon.ops.tinymodel import init_tiny
 
-    files = sorted(p for p in examples.iterdir() if p.suffix in (".yaml", ".yml")) if examples.is_dir() else []
+    files = (
+        sorted(p for p in examples.iterdir() if p.suffix in (".yaml", ".yml")) if examples.is_dir() else []
+    )
     if not files:
         raise DemoError(f"no job files in {examples} (pass --examples DIR)")
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dgx-music-demo-"))
@@ -129,7 +135,10 @@ def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap
     env = {k: v for k, v in os.environ.items() if not k.startswith("DGX_MUSIC_") and k != "NOTIFY_SOCKET"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "daemon", "serve", "--config", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         print("demo: starting the daemon (loading the model)...")
@@ -140,13 +149,17 @@ def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap
         for src in files:
             doc = cap_durations(yaml.safe_load(src.read_text(encoding="utf-8-sig")), cap, long_cap)
             capped = jobs_dir / src.name
-            capped.write_text(f"# {src.name}, durations capped for the demo\n" + yaml.safe_dump(doc, sort_keys=False))
+            capped.write_text(
+                f"# {src.name}, durations capped for the demo\n" + yaml.safe_dump(doc, sort_keys=False)
+            )
             subs.append(drop(settings, capped, validate_file(settings, capped)))
         total = sum(len(s.jobs) for s in subs)
         print(f"demo: submitted {len(subs)} files ({total} jobs) to {settings.inbox}")
         bar = ProgressBar("demo")
         results = wait_for(
-            settings, subs, timeout_s=600,
+            settings,
+            subs,
+            timeout_s=600,
             on_tick=lambda p: bar.update(p.fraction, f"{p.done}/{p.total} jobs {p.note}", eta_s=p.eta_s),
         )
         bar.close()
@@ -161,13 +174,32 @@ def run_demo(workdir: Path | None, examples: Path, *, cap: float = 2.0, long_cap
     for _key, (path, body) in sorted(results.items(), key=lambda kv: kv[1][1].get("job_id", "")):
         if body.get("status") == "completed":
             outs = body["outputs"]
-            lufs = "/".join(f"{o['integrated_lufs']:.1f}" if o.get("integrated_lufs") is not None else "-" for o in outs)
-            rows.append((body["job_id"], "completed", f"{outs[0]['duration_s']:.1f}s x{len(outs)}", lufs,
-                         f"{body['rtf']:.3f}", ", ".join(o["path"] for o in outs)))
+            lufs = "/".join(
+                f"{o['integrated_lufs']:.1f}" if o.get("integrated_lufs") is not None else "-" for o in outs
+            )
+            rows.append(
+                (
+                    body["job_id"],
+                    "completed",
+                    f"{outs[0]['duration_s']:.1f}s x{len(outs)}",
+                    lufs,
+                    f"{body['rtf']:.3f}",
+                    ", ".join(o["path"] for o in outs),
+                )
+            )
         else:
             failed += 1
             err = body.get("error", {})
-            rows.append((body["job_id"], body.get("status", "?"), "-", "-", "-", f"{err.get('type')}: {err.get('message')}"))
+            rows.append(
+                (
+                    body["job_id"],
+                    body.get("status", "?"),
+                    "-",
+                    "-",
+                    "-",
+                    f"{err.get('type')}: {err.get('message')}",
+                )
+            )
     headers = ("job", "status", "audio", "LUFS", "RTF", "files")
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     print()

@@ -28,17 +28,63 @@ from torch.utils._python_dispatch import TorchDispatchMode
 FREE_OPS: frozenset[str] = frozenset(
     {
         # views and reshapes
-        "view", "_unsafe_view", "reshape", "_reshape_alias", "as_strided", "expand", "expand_as",
-        "permute", "transpose", "t", "squeeze", "unsqueeze", "select", "slice", "narrow", "split",
-        "split_with_sizes", "unbind", "chunk", "unflatten", "flatten", "view_as", "diagonal",
-        "movedim", "swapaxes", "unfold", "view_as_real", "view_as_complex", "_unsafe_split",
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "_reshape_alias",
+        "as_strided",
+        "expand",
+        "expand_as",
+        "permute",
+        "transpose",
+        "t",
+        "squeeze",
+        "unsqueeze",
+        "select",
+        "slice",
+        "narrow",
+        "split",
+        "split_with_sizes",
+        "unbind",
+        "chunk",
+        "unflatten",
+        "flatten",
+        "view_as",
+        "diagonal",
+        "movedim",
+        "swapaxes",
+        "unfold",
+        "view_as_real",
+        "view_as_complex",
+        "_unsafe_split",
         # identities and aliasing
-        "dropout", "native_dropout", "feature_dropout", "alpha_dropout", "detach", "alias",
-        "lift_fresh", "lift_fresh_copy", "_conj", "conj", "resolve_conj", "resolve_neg", "_neg_view",
+        "dropout",
+        "native_dropout",
+        "feature_dropout",
+        "alpha_dropout",
+        "detach",
+        "alias",
+        "lift_fresh",
+        "lift_fresh_copy",
+        "_conj",
+        "conj",
+        "resolve_conj",
+        "resolve_neg",
+        "_neg_view",
         "contiguous",  # a no-op on a contiguous tensor; a real copy shows up as clone/copy_
         # metadata queries
-        "size", "stride", "numel", "dim", "is_contiguous", "storage_offset", "sym_size", "sym_stride",
-        "sym_numel", "sym_storage_offset", "is_same_size", "_has_compatible_shallow_copy_type",
+        "size",
+        "stride",
+        "numel",
+        "dim",
+        "is_contiguous",
+        "storage_offset",
+        "sym_size",
+        "sym_stride",
+        "sym_numel",
+        "sym_storage_offset",
+        "is_same_size",
+        "_has_compatible_shallow_copy_type",
     }
 )
 
@@ -127,8 +173,15 @@ def step_layers(bucket: Any) -> Sequence[torch.nn.Module]:
     return list(bucket.parts.core.layers)
 
 
-def count_decode_step(model: Any, processor: Any, *, batch: int = 1, cfg_coef: float = 3.0,
-                      greedy: bool = False, warm_frames: int = 4) -> dict[str, Any]:
+def count_decode_step(
+    model: Any,
+    processor: Any,
+    *,
+    batch: int = 1,
+    cfg_coef: float = 3.0,
+    greedy: bool = False,
+    warm_frames: int = 4,
+) -> dict[str, Any]:
     """`{ops_per_step, ops_per_layer, layers, outside_layers, by_name, free_ops}` for one decode step.
 
     A static (uncaptured) bucket decodes `warm_frames` frames first, so the step counted sees the

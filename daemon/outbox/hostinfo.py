@@ -6,9 +6,8 @@ import functools
 import socket
 from importlib.metadata import PackageNotFoundError, version
 
-from jobspec.sidecar import HostInfo
-
 from daemon import __version__
+from jobspec.sidecar import HostInfo
 
 
 def _dist_version(name: str) -> str | None:

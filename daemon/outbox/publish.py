@@ -17,19 +17,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from jobspec import Job
-from jobspec.names import audio_names, source_folder
-from jobspec.sidecar import ModelInfo, OutputInfo, ReferenceInfo, ResultSidecar, Timings, Waveform
 
+from daemon import __version__
+from daemon.audio.encode import write_audio
+from daemon.audio.loudness import SILENCE_LUFS, integrated_lufs, normalize, true_peak_dbtp
+from daemon.audio.waveform import peak_envelope
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, message_id
-from daemon.queue.jobs import QueuedJob
 from daemon.outbox.hostinfo import host_info
-from daemon import __version__
-from daemon.audio.loudness import SILENCE_LUFS, integrated_lufs, normalize, true_peak_dbtp
-from daemon.audio.encode import write_audio
-from daemon.audio.waveform import peak_envelope
+from daemon.queue.jobs import QueuedJob
+from jobspec import Job
+from jobspec.names import audio_names, source_folder
+from jobspec.sidecar import ModelInfo, OutputInfo, ReferenceInfo, ResultSidecar, Timings, Waveform
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ _NUMBER_ARRAY = re.compile(r"\[\n\s+(-?[0-9][-0-9.e+]*(?:,\n\s+-?[0-9][-0-9.e+]*
 def sidecar_json(body: object) -> str:
     """Indented JSON with number arrays (the waveform envelopes) on one line each."""
     text = json.dumps(body, indent=2)
+
     def one_line(m: re.Match[str]) -> str:
         return "[" + ",".join(v.strip() for v in m.group(1).split(",")) + "]"
 
@@ -121,9 +122,14 @@ def publish(
             post = normalize(audio[i], sample_rate, target_lufs, ceiling)
             variation_seed = (seed + i) % 2**63
             info = write_audio(
-                outbox / name, post.audio, sample_rate, job.output.format, job.output.subtype,
+                outbox / name,
+                post.audio,
+                sample_rate,
+                job.output.format,
+                job.output.subtype,
                 create_new=True,
-                codec=job.output.codec, quality=job.output.quality,
+                codec=job.output.codec,
+                quality=job.output.quality,
                 tags=file_tags(job_id, job, variation_seed, model, time.time()),
             )
             written.append(info.path)
@@ -164,7 +170,10 @@ def publish(
             started=utc(started),
             finished=utc(finished),
             timings=timings.model_copy(
-                update={"postprocess_s": round(post_s, 4), "total_s": round(max(0.0, finished - submitted), 4)}
+                update={
+                    "postprocess_s": round(post_s, 4),
+                    "total_s": round(max(0.0, finished - submitted), 4),
+                }
             ),
             rtf=round(timings.generate_s / audio_s, 5) if audio_s > 0 else 0.0,
             request=job.model_copy(update={"seed": seed, "id": job_id}),
@@ -221,7 +230,9 @@ def publish_job(settings: Settings, item: QueuedJob) -> Path:
         decoder=res.decoder,
     )
     sc = out.sidecar
-    loud = ", ".join(f"{o.integrated_lufs} LUFS" for o in sc.outputs if o.integrated_lufs is not None) or "n/a"
+    loud = (
+        ", ".join(f"{o.integrated_lufs} LUFS" for o in sc.outputs if o.integrated_lufs is not None) or "n/a"
+    )
     log.info(
         "job %s completed: %.1f s audio x%d in %.2f s (RTF %.3f), %s, -> %s",
         item.job_id,

@@ -65,7 +65,9 @@ class JobQueue(Generic[T]):
         try:
             return self._lanes[item.priority]
         except KeyError:
-            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {item.priority!r}") from None
+            raise ValueError(
+                f"priority must be one of {', '.join(PRIORITIES)}, not {item.priority!r}"
+            ) from None
 
     def get(self, timeout: float | None = None) -> T | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -112,7 +114,12 @@ class JobQueue(Generic[T]):
         with self._cond:
             entries = [e for lane in self._lanes.values() for e in lane]
         return [
-            {"position": i, "job_id": e.item.job_id, "priority": e.item.priority, "enqueued_at": e.enqueued_at}
+            {
+                "position": i,
+                "job_id": e.item.job_id,
+                "priority": e.item.priority,
+                "enqueued_at": e.enqueued_at,
+            }
             for i, e in enumerate(entries, start=1)
         ]
 

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobspec import Job
-from jobspec.sidecar import Timings
-
 from daemon import spool
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.logctx import MESSAGE_ID_JOB_FAILED, message_id
 from daemon.spool import state
+from jobspec import Job
+from jobspec.sidecar import Timings
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +110,26 @@ class Outcomes:
     ) -> None:
         try:
             fail_group_job(
-                self.settings, item.group, item.job_id, item.job, error_type, message,
-                hint=hint, status=status, details=details, started_at=item.started_at,
+                self.settings,
+                item.group,
+                item.job_id,
+                item.job,
+                error_type,
+                message,
+                hint=hint,
+                status=status,
+                details=details,
+                started_at=item.started_at,
             )
         except OSError as exc:
             # Even the error sidecar cannot be written (full disk): keep the job in work/ rather
             # than lose it or kill the worker; the next start runs it again.
-            log.error("job %s: cannot record its %s outcome (%s); it stays in work/ for the next start",
-                      item.job_id, error_type, exc)
+            log.error(
+                "job %s: cannot record its %s outcome (%s); it stays in work/ for the next start",
+                item.job_id,
+                error_type,
+                exc,
+            )
             with contextlib.suppress(OSError):  # the meta write may fail the same way
                 spool.mark_requeued(self.settings, item.claim)
             return
@@ -129,7 +140,12 @@ class Outcomes:
         self.completed += 1
         state.record_outcome(
             self.settings,
-            {"job_id": item.job_id, "status": "completed", "path": str(sidecar_path), "finished": time.time()},
+            {
+                "job_id": item.job_id,
+                "status": "completed",
+                "path": str(sidecar_path),
+                "finished": time.time(),
+            },
         )
         finish_group_job(self.settings, item.group, item.job_id)
 
@@ -165,10 +181,18 @@ def fail_group_job(
     )
     # A batch keeps its work file until every job has an outcome: failed jobs get a copy.
     _job_file, err_path = spool.fail_job(settings, claim, body, job_id=job_id, keep_work=group.is_batch)
-    log.warning("job %s %s: %s: %s", job_id, status, error_type, message, extra=message_id(MESSAGE_ID_JOB_FAILED))
+    log.warning(
+        "job %s %s: %s: %s", job_id, status, error_type, message, extra=message_id(MESSAGE_ID_JOB_FAILED)
+    )
     state.record_outcome(
         settings,
-        {"job_id": job_id, "status": status, "error": error_type, "path": str(err_path), "finished": time.time()},
+        {
+            "job_id": job_id,
+            "status": status,
+            "error": error_type,
+            "path": str(err_path),
+            "finished": time.time(),
+        },
     )
 
 
@@ -179,7 +203,9 @@ def finish_group_job(settings: Settings, group: ClaimGroup, job_id: str, *, fail
         all_done = group.done >= set(group.job_ids)
         if not all_done:
             # Persist progress so a crash mid-batch does not run the finished jobs again.
-            atomic_write_bytes(done_path(settings, group.claim.claim_id), json.dumps(sorted(group.done)).encode())
+            atomic_write_bytes(
+                done_path(settings, group.claim.claim_id), json.dumps(sorted(group.done)).encode()
+            )
             return
         if group.is_batch:
             spool.complete_job(settings, group.claim, group.job_ids)

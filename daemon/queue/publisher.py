@@ -92,7 +92,12 @@ class Publisher:
             self.outcomes.fail(item, ErrorType.INTERNAL, f"I/O error: {exc}", hint="see the daemon's journal")
         except Exception as exc:
             log.exception("job %s: internal error", item.job_id)
-            self.outcomes.fail(item, ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
+            self.outcomes.fail(
+                item,
+                ErrorType.INTERNAL,
+                f"{type(exc).__name__}: {exc}",
+                hint="see the daemon's journal; report it",
+            )
         else:
             self.outcomes.complete(item, sidecar_path)
 

@@ -17,9 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from jobspec import ErrorDetail, locate_field
-from jobspec.sidecar import Timings
-
 from daemon import spool
 from daemon.core.config import Settings
 from daemon.core.errors import (
@@ -33,12 +30,13 @@ from daemon.core.logctx import job_context, set_stage
 from daemon.core.messages import AudioPrompt, GenerationRequest, Progress
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.queue.jobs import Outcomes, QueuedJob
-from daemon.queue.publisher import PublishFn, Publisher
+from daemon.queue.publisher import Publisher, PublishFn
 from daemon.spool import state
 from daemon.spool.library import resolve_reference
+from jobspec import ErrorDetail, locate_field
+from jobspec.sidecar import Timings
 
 log = logging.getLogger(__name__)
-
 
 
 class Engine(Protocol):
@@ -163,8 +161,16 @@ class Worker:
     def remove_deferred(self, job_id: str) -> QueuedJob | None:
         return self.publisher.remove(job_id)
 
-    def fail(self, item: QueuedJob, error_type: str, message: str, *, hint: str | None,
-             status: str = "failed", details: list[dict[str, Any]] | None = None) -> None:
+    def fail(
+        self,
+        item: QueuedJob,
+        error_type: str,
+        message: str,
+        *,
+        hint: str | None,
+        status: str = "failed",
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.outcomes.fail(item, error_type, message, hint=hint, status=status, details=details)
 
     @property
@@ -186,7 +192,9 @@ class Worker:
         try:
             with job_context(job_id=first.job_id, model=model, stage="start"):
                 if len(batch) > 1:
-                    log.info("decoding %d jobs as one batch: %s", len(batch), ", ".join(j.job_id for j in batch))
+                    log.info(
+                        "decoding %d jobs as one batch: %s", len(batch), ", ".join(j.job_id for j in batch)
+                    )
                 self._generate_guarded(batch, model)
             ready = [item for item in batch if item.pending is not None]
             if ready:
@@ -214,18 +222,28 @@ class Worker:
         except Exception as exc:  # the daemon must outlive any one job
             log.exception("internal error while generating %s", ", ".join(j.job_id for j in todo))
             for item in todo:
-                self.fail(item, ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}", hint="see the daemon's journal; report it")
+                self.fail(
+                    item,
+                    ErrorType.INTERNAL,
+                    f"{type(exc).__name__}: {exc}",
+                    hint="see the daemon's journal; report it",
+                )
 
     def _after_cancel(self, todo: list[QueuedJob], exc: GenerationCancelled) -> None:
         cancelled = [j for j in todo if state.cancel_requested(self.settings, j.job_id)]
         if self.abort_event.is_set() and not cancelled:
             for item in todo:
-                log.warning("job %s interrupted by shutdown; it stays in work/ and runs again at next start", item.job_id)
+                log.warning(
+                    "job %s interrupted by shutdown; it stays in work/ and runs again at next start",
+                    item.job_id,
+                )
                 spool.mark_requeued(self.settings, item.claim)
             return
         for item in cancelled or todo:
             state.clear_cancel(self.settings, item.job_id)
-            self.fail(item, ErrorType.CANCELLED, "cancelled by request while running", hint=None, status="cancelled")
+            self.fail(
+                item, ErrorType.CANCELLED, "cancelled by request while running", hint=None, status="cancelled"
+            )
         # Batch-mates of a cancelled job lost their shared decode, not their turn.
         for item in todo:
             if item not in cancelled and cancelled:
@@ -249,8 +267,13 @@ class Worker:
                 loc, line = locate_field(data, item.claim.source_name, index, exc.loc)
         detail = ErrorDetail(loc=loc, line=line, msg=exc.message, hint=exc.hint)
         log.error("job %s is invalid: %s", item.job_id, detail.format(item.claim.source_name))
-        self.fail(item, ErrorType.INVALID_JOB, detail.format(item.claim.source_name), hint=exc.hint,
-                  details=[detail.model_dump(mode="json")])
+        self.fail(
+            item,
+            ErrorType.INVALID_JOB,
+            detail.format(item.claim.source_name),
+            hint=exc.hint,
+            details=[detail.model_dump(mode="json")],
+        )
 
     def _references(self, item: QueuedJob) -> None:
         """Read the job's reference audio (library/ or outbox/), checked; InvalidJobError otherwise."""
@@ -304,15 +327,21 @@ class Worker:
         set_stage("generate")
         first = batch[0]
         self.progress.start(
-            first.job_id, frames_total=0, model=name, source_file=first.claim.source_name,
-            batch=[j.job_id for j in batch], sources=[j.claim.source_name for j in batch],
+            first.job_id,
+            frames_total=0,
+            model=name,
+            source_file=first.claim.source_name,
+            batch=[j.job_id for j in batch],
+            sources=[j.claim.source_name for j in batch],
         )
         label = first.job_id if len(batch) == 1 else f"{first.job_id} (+{len(batch) - 1} batched)"
         last_status = [0.0]
 
         def on_progress(p: Progress) -> None:
             self.on_step()
-            if self.current_cancel.is_set() or any(state.cancel_requested(self.settings, j.job_id) for j in batch):
+            if self.current_cancel.is_set() or any(
+                state.cancel_requested(self.settings, j.job_id) for j in batch
+            ):
                 raise GenerationCancelled(f"job {label} cancelled")
             if self.abort_event.is_set():
                 raise GenerationCancelled("daemon stopping")
@@ -349,4 +378,3 @@ class Worker:
         item.group.claim = new
 
     # ------------------------------------------------------------------ outcomes
-

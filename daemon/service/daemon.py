@@ -18,26 +18,24 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from jobspec import ErrorDetail, JobSpecError, default_job_id, load_job_bytes
-from jobspec.names import source_folder
-
 from daemon import spool
-
-from daemon.spool import state
-from daemon.spool.owner import host_name
-from daemon.spool.peers import Heartbeat
 from daemon.core.config import ConfigError, Settings, load_settings
-from daemon.engine.model import MusicEngine
 from daemon.core.errors import DgxMusicError, ErrorType, ExitCode
-from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.core.logctx import job_context
+from daemon.engine.model import MusicEngine
+from daemon.outbox.publish import output_names, publish_job
+from daemon.queue.jobqueue import JobQueue, QueueClosed
+from daemon.queue.jobs import ClaimGroup, QueuedJob, fail_group_job, finish_group_job, load_done
+from daemon.queue.worker import Worker
 from daemon.service.faults import apply_identity, faults_from_environment, with_faults
 from daemon.service.notify import Notifier
 from daemon.service.outcomes import OutcomeObserver, queue_snapshot
-from daemon.outbox.publish import output_names, publish_job
+from daemon.spool import state
+from daemon.spool.owner import host_name
+from daemon.spool.peers import Heartbeat
 from daemon.spool.watcher import InboxWatcher
-from daemon.queue.jobs import ClaimGroup, QueuedJob, fail_group_job, finish_group_job, load_done
-from daemon.queue.worker import Worker
+from jobspec import ErrorDetail, JobSpecError, default_job_id, load_job_bytes
+from jobspec.names import source_folder
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,9 @@ CANCEL_SCAN_S = 0.5
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, config_path: Path | None, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, config_path: Path | None, notifier: Notifier | None = None
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.notifier = notifier or Notifier()
@@ -105,7 +105,11 @@ class Daemon:
             return EXIT_MODEL_LOAD
         log.info(
             "model %s ready on %s (%s, %.1f M parameters, loaded in %.1f s)",
-            name, info.device, info.dtype, info.parameters / 1e6, info.load_s,
+            name,
+            info.device,
+            info.dtype,
+            info.parameters / 1e6,
+            info.load_s,
         )
         self.notifier.set_watchdog_timeout(None)
         state.add_outcome_listener(self.observer.on_outcome)
@@ -150,7 +154,9 @@ class Daemon:
         picked = time.time()
         try:
             data = claimed.read_bytes(s.max_job_bytes)
-            jobs = load_job_bytes(data, claimed.source_name, max_bytes=s.max_job_bytes, max_duration=s.max_duration)
+            jobs = load_job_bytes(
+                data, claimed.source_name, max_bytes=s.max_job_bytes, max_duration=s.max_duration
+            )
         except JobSpecError as exc:
             self._reject(claimed, exc)
             return
@@ -161,18 +167,27 @@ class Daemon:
             # Unreadable (mode 0600 by another user, EIO): to failed/ untouched, with the reason;
             # left in work/ it would sit there until the daemon restarts.
             why = exc.strerror or str(exc)
-            self._reject(claimed, JobSpecError(
-                [ErrorDetail(loc="", msg=f"cannot read the job file: {why}",
-                             hint="make it readable by the dgx-music group (chmod g+r FILE), then submit it again")],
-                filename=claimed.source_name,
-            ))
+            self._reject(
+                claimed,
+                JobSpecError(
+                    [
+                        ErrorDetail(
+                            loc="",
+                            msg=f"cannot read the job file: {why}",
+                            hint="make it readable by the dgx-music group (chmod g+r FILE), then submit it again",
+                        )
+                    ],
+                    filename=claimed.source_name,
+                ),
+            )
             return
         group = ClaimGroup(claim=claimed, job_ids=[])
         items: list[QueuedJob] = []
         folder = source_folder(claimed.source_name)
         for job in jobs:
-            job_id = spool.reserve_id(s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id,
-                                      folder=folder)
+            job_id = spool.reserve_id(
+                s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id, folder=folder
+            )
             group.job_ids.append(job_id)
             # A recovered claim may have written this job's outcome just before it died.
             if job_id in done or (recovered and spool.outcome_exists(s, job_id, folder)):
@@ -195,7 +210,11 @@ class Daemon:
             with job_context(job_id=item.job_id, model=item.job.model or s.default_model, stage="queued"):
                 if item.job.model is not None and item.job.model not in s.models:
                     fail_group_job(
-                        s, group, item.job_id, item.job, ErrorType.UNKNOWN_MODEL,
+                        s,
+                        group,
+                        item.job_id,
+                        item.job,
+                        ErrorType.UNKNOWN_MODEL,
                         f"model {item.job.model!r} is not configured on this daemon",
                         hint=f"use one of: {', '.join(sorted(s.models))} (or leave `model:` out for {s.default_model})",
                     )
@@ -207,7 +226,14 @@ class Daemon:
                     self.queue.put(item)
                 except QueueClosed:
                     return  # stopping: the claim stays in work/ for the next start
-                log.info("queued %s from %s (%s, %.0f s x%d)", item.job_id, claimed.source_name, item.job.priority, item.job.duration, item.job.count)
+                log.info(
+                    "queued %s from %s (%s, %.0f s x%d)",
+                    item.job_id,
+                    claimed.source_name,
+                    item.job.priority,
+                    item.job.duration,
+                    item.job.count,
+                )
         # state/queue.json follows within a second (main loop): rewriting it per pickup would
         # cost O(n^2) bytes in a burst of n jobs.
 
@@ -219,22 +245,42 @@ class Daemon:
             return False
         for i in ids:
             state.clear_cancel(s, i)
-        fail_group_job(s, item.group, item.job_id, item.job, "cancelled",
-                       "cancelled by request before it was picked up",
-                       hint=None, status="cancelled")
+        fail_group_job(
+            s,
+            item.group,
+            item.job_id,
+            item.job,
+            "cancelled",
+            "cancelled by request before it was picked up",
+            hint=None,
+            status="cancelled",
+        )
         finish_group_job(s, item.group, item.job_id, failed=True)
         return True
 
     def _reject(self, claimed: spool.Claimed, exc: JobSpecError) -> None:
         s = self.settings
-        job_id = spool.reserve_id(s, default_job_id(claimed.source_name), lambda i: [], claim_id=claimed.claim_id,
-                                  folder=source_folder(claimed.source_name))
+        job_id = spool.reserve_id(
+            s,
+            default_job_id(claimed.source_name),
+            lambda i: [],
+            claim_id=claimed.claim_id,
+            folder=source_folder(claimed.source_name),
+        )
         group = ClaimGroup(claim=claimed, job_ids=[job_id])
         with job_context(job_id=job_id, stage="validate"):
             log.error("invalid job file %s:\n%s", claimed.source_name, exc)
             fail_group_job(
-                s, group, job_id, None, ErrorType.INVALID_JOB, exc.message,
-                hint=next((d.hint for d in exc.details if d.hint), "run `dgx-music validate FILE` before dropping it"),
+                s,
+                group,
+                job_id,
+                None,
+                ErrorType.INVALID_JOB,
+                exc.message,
+                hint=next(
+                    (d.hint for d in exc.details if d.hint),
+                    "run `dgx-music validate FILE` before dropping it",
+                ),
                 details=[d.model_dump(mode="json") for d in exc.details],
             )
 
@@ -244,7 +290,9 @@ class Daemon:
         if not recovered:
             return
         crashed = [c for c in recovered if c.crashed]
-        log.warning("recovered %d job file(s) from work/ (%d failed as crashed)", len(recovered), len(crashed))
+        log.warning(
+            "recovered %d job file(s) from work/ (%d failed as crashed)", len(recovered), len(crashed)
+        )
         for claimed in recovered:
             done = load_done(s, claimed.claim_id)
             if claimed.crashed:
@@ -255,17 +303,25 @@ class Daemon:
     def _fail_crashed(self, claimed: spool.Claimed, done: set[str]) -> None:
         s = self.settings
         try:
-            jobs = load_job_bytes(claimed.read_bytes(s.max_job_bytes), claimed.source_name,
-                                  max_bytes=s.max_job_bytes, max_duration=s.max_duration)
+            jobs = load_job_bytes(
+                claimed.read_bytes(s.max_job_bytes),
+                claimed.source_name,
+                max_bytes=s.max_job_bytes,
+                max_duration=s.max_duration,
+            )
         except (JobSpecError, OSError):
             jobs = []
         group = ClaimGroup(claim=claimed, job_ids=[])
         pairs = []
         for job in jobs or [None]:
             base = job.id if job is not None else default_job_id(claimed.source_name)
-            job_id = spool.reserve_id(s, base, (lambda i, j=job: output_names(i, j) if j else []),
-                                      claim_id=claimed.claim_id,
-                                      folder=source_folder(claimed.source_name))
+            job_id = spool.reserve_id(
+                s,
+                base,
+                (lambda i, j=job: output_names(i, j) if j else []),
+                claim_id=claimed.claim_id,
+                folder=source_folder(claimed.source_name),
+            )
             group.job_ids.append(job_id)
             if job_id in done:
                 group.done.add(job_id)
@@ -273,7 +329,11 @@ class Daemon:
                 pairs.append((job_id, job))
         for job_id, job in pairs:
             fail_group_job(
-                s, group, job_id, job, ErrorType.CRASHED,
+                s,
+                group,
+                job_id,
+                job,
+                ErrorType.CRASHED,
                 f"the daemon died {claimed.crashes} time(s) while running this job",
                 hint="check `journalctl -u dgx-music` around the crashes; resubmit with a shorter duration or another model",
             )
@@ -307,7 +367,9 @@ class Daemon:
                 last_recover = now
                 with self._pickup_lock:
                     self._housekeeping(self._recover)  # jobs of a peer daemon that died
-            if self._worker_thread is not None and not (self._worker_thread.is_alive() and self.worker.alive()):
+            if self._worker_thread is not None and not (
+                self._worker_thread.is_alive() and self.worker.alive()
+            ):
                 log.critical("the worker or writer thread died; exiting so systemd restarts the daemon")
                 raise SystemExit(EXIT_FAILED)
 
@@ -338,19 +400,34 @@ class Daemon:
 
     def _write_queue(self) -> None:
         try:
-            snap = queue_snapshot(self.settings, self.queue, self.worker, self.instance,
-                                  self.observer.metrics.seconds_per_audio_second())
+            snap = queue_snapshot(
+                self.settings,
+                self.queue,
+                self.worker,
+                self.instance,
+                self.observer.metrics.seconds_per_audio_second(),
+            )
             info = self.engine.info
-            model = None if info is None else {
-                "name": info.name, "device": info.device, "dtype": info.dtype, "decoder": info.backend,
-            }
+            model = (
+                None
+                if info is None
+                else {
+                    "name": info.name,
+                    "device": info.device,
+                    "dtype": info.dtype,
+                    "decoder": info.backend,
+                }
+            )
             state.write_queue(self.settings, snap, instance=self.instance, model=model)
         except OSError as exc:
             # queue.json only informs `dgx-music status`: a full or read-only disk must not
             # take the daemon (and the jobs it holds) down. Logged once per outage.
             if not self._queue_file_failing:
-                log.warning("cannot update the queue file in %s (%s); `dgx-music status` may show an old queue",
-                            self.settings.state_dir, exc.strerror or exc)
+                log.warning(
+                    "cannot update the queue file in %s (%s); `dgx-music status` may show an old queue",
+                    self.settings.state_dir,
+                    exc.strerror or exc,
+                )
             self._queue_file_failing = True
         else:
             self._queue_file_failing = False
@@ -362,8 +439,16 @@ class Daemon:
             if item is not None:
                 with job_context(job_id=job_id, stage="cancel"):
                     state.clear_cancel(s, job_id)
-                    fail_group_job(s, item.group, job_id, item.job, ErrorType.CANCELLED, "cancelled by request while queued",
-                                   hint=None, status="cancelled")
+                    fail_group_job(
+                        s,
+                        item.group,
+                        job_id,
+                        item.job,
+                        ErrorType.CANCELLED,
+                        "cancelled by request while queued",
+                        hint=None,
+                        status="cancelled",
+                    )
                     finish_group_job(s, item.group, job_id, failed=True)
                 self._write_queue()
             else:
@@ -381,7 +466,8 @@ class Daemon:
         if new.spool.resolve() != self.settings.spool.resolve():
             log.error(
                 "reload refused: the spool changed (%s -> %s); restart the service to move the spool",
-                self.settings.spool, new.spool,
+                self.settings.spool,
+                new.spool,
             )
             self.notifier.ready(status=self._idle_text())
             return

@@ -36,9 +36,12 @@ class Faults(BaseModel):
     oom_once: bool = Field(default=False, description="the first decode of more than one row raises CUDA OOM")
     stall_after_steps: int | None = Field(default=None, ge=0, description="sleep once after this many steps")
     stall_s: float = Field(default=0.0, ge=0, description="how long the stall lasts (a cancel ends it)")
-    kill_on_prompt: str | None = Field(default=None, description="SIGKILL the daemon on a job whose prompt has this")
+    kill_on_prompt: str | None = Field(
+        default=None, description="SIGKILL the daemon on a job whose prompt has this"
+    )
     pretend_host: str | None = Field(
-        default=None, description="report this host name and a boot id of its own: a daemon on another machine"
+        default=None,
+        description="report this host name and a boot id of its own: a daemon on another machine",
     )
 
     @property
@@ -59,8 +62,11 @@ def faults_from_environment(environ: Mapping[str, str] | None = None) -> Faults 
         faults = Faults.model_validate(json.loads(raw))
     except (ValueError, ValidationError) as exc:
         raise ValueError(f"{ENV_VAR} is not a valid fault description: {exc}") from exc
-    log.warning("FAULT INJECTION ACTIVE (%s): %s; this daemon will misbehave on purpose", ENV_VAR,
-                faults.model_dump(exclude_defaults=True))
+    log.warning(
+        "FAULT INJECTION ACTIVE (%s): %s; this daemon will misbehave on purpose",
+        ENV_VAR,
+        faults.model_dump(exclude_defaults=True),
+    )
     return faults
 
 

@@ -41,7 +41,9 @@ def _monotonic_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
-def watchdog_interval_from_env(env: Mapping[str, str] | None = None, *, pid: int | None = None) -> float | None:
+def watchdog_interval_from_env(
+    env: Mapping[str, str] | None = None, *, pid: int | None = None
+) -> float | None:
     """WatchdogSec= as seconds, or None when the watchdog is off or meant for another process.
 
     Mirrors sd_watchdog_enabled(3): WATCHDOG_USEC must be a positive integer, and when
@@ -120,7 +122,9 @@ class Notifier:
                 raise NotifyError("backend 'systemd' asked for, but systemd-python is not installed")
             if address != os.environ.get("NOTIFY_SOCKET"):
                 # libsystemd reads the process environment, not our mapping.
-                raise NotifyError("backend 'systemd' sends to the process's NOTIFY_SOCKET, not the env= one given")
+                raise NotifyError(
+                    "backend 'systemd' sends to the process's NOTIFY_SOCKET, not the env= one given"
+                )
             self.backend = "systemd"
             self._send = _sd_daemon.notify  # reads NOTIFY_SOCKET from the real environment
         else:

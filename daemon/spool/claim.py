@@ -109,7 +109,7 @@ def list_claims(settings: Settings) -> list[dict[str, Any]]:
     for name in names:
         if name.startswith(".") and name.endswith(".meta.json"):
             meta = load_meta(settings.work / name)
-            if meta and (settings.work / f"{name[1:-len('.meta.json')]}.yaml").exists():
+            if meta and (settings.work / f"{name[1 : -len('.meta.json')]}.yaml").exists():
                 out.append(meta)
     return out
 

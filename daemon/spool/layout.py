@@ -14,6 +14,7 @@ moment (docs/design.md, "Spool protocol"):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -22,7 +23,6 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-import json
 
 from daemon.core.config import Settings
 
@@ -82,7 +82,9 @@ def _layout_dirs(settings: Settings) -> list[Path]:
 
 
 def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def dump(obj: Any) -> bytes:

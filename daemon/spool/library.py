@@ -89,13 +89,22 @@ def resolve_reference(
     spool_root = settings.spool.resolve()
     # The second fence: whatever the walk below allowed must still resolve inside the spool.
     if not (settings.spool / ref).resolve().is_relative_to(spool_root / parts[0]):
-        raise _refuse(ref, loc, line, "leads out of the spool's " + where,
-                      "references must be files inside " + where + "; symlinks are not followed")
+        raise _refuse(
+            ref,
+            loc,
+            line,
+            "leads out of the spool's " + where,
+            "references must be files inside " + where + "; symlinks are not followed",
+        )
     try:
         root_fd = os.open(spool_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise InvalidJobError(f"the spool cannot be read: {exc.strerror}", loc=loc, line=line,
-                              hint="check the spool's permissions") from None
+        raise InvalidJobError(
+            f"the spool cannot be read: {exc.strerror}",
+            loc=loc,
+            line=line,
+            hint="check the spool's permissions",
+        ) from None
     try:
         try:
             fd = _open_below(root_fd, parts)
@@ -103,11 +112,21 @@ def resolve_reference(
             raise _refuse(ref, loc, line, f"does not exist in {where}", missing_hint) from None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _refuse(ref, loc, line, "is, or lies below, a symbolic link",
-                              "copy the audio into " + where + " instead of linking it") from None
+                raise _refuse(
+                    ref,
+                    loc,
+                    line,
+                    "is, or lies below, a symbolic link",
+                    "copy the audio into " + where + " instead of linking it",
+                ) from None
             if exc.errno in (errno.EACCES, errno.EPERM):
-                raise _refuse(ref, loc, line, "cannot be read by the daemon",
-                              "make it readable by the dgx-music group (chmod g+r FILE)") from None
+                raise _refuse(
+                    ref,
+                    loc,
+                    line,
+                    "cannot be read by the daemon",
+                    "make it readable by the dgx-music group (chmod g+r FILE)",
+                ) from None
             raise _refuse(ref, loc, line, f"cannot be opened: {exc.strerror}", missing_hint) from None
     finally:
         os.close(root_fd)
@@ -117,29 +136,53 @@ def resolve_reference(
         raise _refuse(ref, loc, line, "is not a regular file", "name an audio file (wav, flac, ogg or mp3)")
     with os.fdopen(fd, "rb") as fh:
         if st.st_nlink > 1:
-            raise _refuse(ref, loc, line, f"has {st.st_nlink} hard links; a linked file could be any file "
-                          "on this filesystem", "copy the audio into " + where + " instead of linking it")
+            raise _refuse(
+                ref,
+                loc,
+                line,
+                f"has {st.st_nlink} hard links; a linked file could be any file on this filesystem",
+                "copy the audio into " + where + " instead of linking it",
+            )
         limit = settings.max_reference_bytes
         if st.st_size > limit:
-            raise _refuse(ref, loc, line, f"is {st.st_size} bytes; references are limited to {limit} bytes",
-                          "trim or compress it (flac, ogg), or ask the operator to raise max_reference_bytes")
+            raise _refuse(
+                ref,
+                loc,
+                line,
+                f"is {st.st_size} bytes; references are limited to {limit} bytes",
+                "trim or compress it (flac, ogg), or ask the operator to raise max_reference_bytes",
+            )
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise _refuse(ref, loc, line, f"grew past {limit} bytes while it was read",
-                      "write the file elsewhere and move it into place when complete")
+        raise _refuse(
+            ref,
+            loc,
+            line,
+            f"grew past {limit} bytes while it was read",
+            "write the file elsewhere and move it into place when complete",
+        )
     try:
         snd, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise _refuse(ref, loc, line, f"is not audio soundfile can read ({exc})",
-                      "use wav, flac, ogg (vorbis/opus) or mp3") from None
+        raise _refuse(
+            ref,
+            loc,
+            line,
+            f"is not audio soundfile can read ({exc})",
+            "use wav, flac, ogg (vorbis/opus) or mp3",
+        ) from None
     frames, channels = snd.shape
     if frames == 0:
         raise _refuse(ref, loc, line, "holds no audio (0 samples)", "name a file with some sound in it")
     duration = frames / float(rate)
     if duration > settings.max_reference_s:
-        raise _refuse(ref, loc, line, f"is {duration:.1f} s long; references are limited to "
-                      f"{settings.max_reference_s:g} s",
-                      "trim it, or ask the operator to raise max_reference_s")
+        raise _refuse(
+            ref,
+            loc,
+            line,
+            f"is {duration:.1f} s long; references are limited to {settings.max_reference_s:g} s",
+            "trim it, or ask the operator to raise max_reference_s",
+        )
     samples = np.ascontiguousarray(snd.T)
     if not np.isfinite(samples).all():
         raise _refuse(ref, loc, line, "contains NaN or infinite samples", "export it again as PCM audio")

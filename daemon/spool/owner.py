@@ -92,7 +92,9 @@ def current_owner() -> Owner:
         host=host_name(),
         pid=pid,
         start_ticks=_start_ticks(pid),
-        boot_id=_identity_override[1] if _identity_override else _read_text("/proc/sys/kernel/random/boot_id"),
+        boot_id=_identity_override[1]
+        if _identity_override
+        else _read_text("/proc/sys/kernel/random/boot_id"),
         pid_ns=_pid_ns(),
     )
 

@@ -54,8 +54,14 @@ def slurm_context(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 class Heartbeat:
     """This daemon's state/daemon.<instance>.json: `beat()` rewrites it, `remove()` at stop."""
 
-    def __init__(self, settings: Settings, instance: str, *, extra: Mapping[str, Any] | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        instance: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.path = heartbeat_path(settings, instance)
         self.interval_s = settings.heartbeat_interval_s
         self._wall = wall
@@ -79,7 +85,9 @@ class Heartbeat:
     def stopped(self) -> None:
         """The last write: this daemon holds nothing any more, its claims are free now."""
         now = self._wall()
-        replace_json(self.path, {**self._base, "heartbeat": now, "heartbeat_at": iso_utc(now), "stopped": True})
+        replace_json(
+            self.path, {**self._base, "heartbeat": now, "heartbeat_at": iso_utc(now), "stopped": True}
+        )
 
 
 def read_heartbeats(settings: Settings) -> list[dict[str, Any]]:

@@ -21,7 +21,9 @@ from daemon.spool.reserve import clean_reservations
 log = logging.getLogger(__name__)
 
 
-def recover(settings: Settings, *, max_attempts: int | None = None, orphan_grace_s: float = 60.0) -> list[Claimed]:
+def recover(
+    settings: Settings, *, max_attempts: int | None = None, orphan_grace_s: float = 60.0
+) -> list[Claimed]:
     """Take over jobs left in work/ by daemons that died; safe to call at any time, from several
     daemons at once. Returns them oldest claim first; `crashed` is set on those that crashed their
     daemon `max_attempts` times (default: settings.max_attempts) and must be failed as `crashed`.
@@ -35,7 +37,9 @@ def recover(settings: Settings, *, max_attempts: int | None = None, orphan_grace
         entries = list(os.scandir(settings.work))
     except FileNotFoundError:
         return []
-    work_files = {e.name[: -len(".yaml")]: e for e in entries if not e.name.startswith(".") and e.name.endswith(".yaml")}
+    work_files = {
+        e.name[: -len(".yaml")]: e for e in entries if not e.name.startswith(".") and e.name.endswith(".yaml")
+    }
     meta_names = {e.name for e in entries if e.name.startswith(".") and e.name.endswith(".meta.json")}
     # After the listing (see Peers): owners here by /proc, owners on other nodes by heartbeat.
     peers = Peers(settings, me=me, now=now)
@@ -54,7 +58,11 @@ def recover(settings: Settings, *, max_attempts: int | None = None, orphan_grace
                 continue
             if now - st.st_ctime < orphan_grace_s:
                 continue
-            meta = {"source_name": f"{token_stem(token)}.yaml", "submitted_at": st.st_mtime, "claimed_at": st.st_ctime}
+            meta = {
+                "source_name": f"{token_stem(token)}.yaml",
+                "submitted_at": st.st_mtime,
+                "claimed_at": st.st_ctime,
+            }
         owner_data = meta.get("owner")
         if owner_data:
             owner = Owner.from_json(owner_data)
@@ -72,7 +80,9 @@ def recover(settings: Settings, *, max_attempts: int | None = None, orphan_grace
         data = load_meta(settings.work / name) or {}
         token = name[1 : -len(".meta.json")]
         owner_data = data.get("owner")
-        if token in work_files or (owner_data and peers.alive(Owner.from_json(owner_data), since=_float(data.get("claimed_at")))):
+        if token in work_files or (
+            owner_data and peers.alive(Owner.from_json(owner_data), since=_float(data.get("claimed_at")))
+        ):
             if data.get("claim_id"):
                 live_claims.add(str(data["claim_id"]))
             continue
@@ -89,7 +99,9 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _take_over(settings: Settings, token: str, meta: Mapping[str, Any], me: Owner, limit: int) -> Claimed | None:
+def _take_over(
+    settings: Settings, token: str, meta: Mapping[str, Any], me: Owner, limit: int
+) -> Claimed | None:
     running = bool(meta.get("running", False))
     crashes = int(meta.get("crashes", 0)) + (1 if running else 0)
     fresh = new_token(token_stem(token))

@@ -134,7 +134,9 @@ def _stale_empty(path: Path, *, older_than_s: float = 10.0) -> bool:
     return st.st_size == 0 and time.time() - st.st_mtime > older_than_s
 
 
-def _names_taken(settings: Settings, candidate: str, names_for: Callable[[str], list[str]], folder: str = "") -> bool:
+def _names_taken(
+    settings: Settings, candidate: str, names_for: Callable[[str], list[str]], folder: str = ""
+) -> bool:
     names = {*names_for(candidate), *outcome_names(candidate)}
     for name in names:
         if "/" in name or name in ("", ".", ".."):
@@ -193,6 +195,6 @@ def clean_reservations(
             if owner_data:
                 owner = Owner.from_json(owner_data)
                 since = data.get("reserved_at")
-                if (alive(owner, since=since) if alive else owner_alive(owner, me=me)):
+                if alive(owner, since=since) if alive else owner_alive(owner, me=me):
                     continue
             unlink_quiet(res_dir / name)

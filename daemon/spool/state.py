@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.core.fsio import temp_name_for
 from daemon.core.config import Settings
+from daemon.core.fsio import temp_name_for
 from daemon.spool.layout import iso_utc
 from daemon.spool.owner import host_name
 from jobspec.names import is_valid_job_id
@@ -139,7 +139,9 @@ class ProgressWriter:
             self._last_write = None
             self._maybe_write()
 
-    def update(self, frames_done: int, frames_total: int | None = None, *, eta_s: float | None = None) -> bool:
+    def update(
+        self, frames_done: int, frames_total: int | None = None, *, eta_s: float | None = None
+    ) -> bool:
         """Record progress; returns True when the file was replaced now."""
         with self._lock:
             if self._state is None:
@@ -215,8 +217,13 @@ def write_queue(
     """
     replace_json(
         queue_path(settings, instance),
-        {"updated": iso_utc(time.time()), "pid": os.getpid(), "host": host_name(),
-         "queued": [dict(e) for e in snapshot], "model": dict(model) if model is not None else None},
+        {
+            "updated": iso_utc(time.time()),
+            "pid": os.getpid(),
+            "host": host_name(),
+            "queued": [dict(e) for e in snapshot],
+            "model": dict(model) if model is not None else None,
+        },
     )
 
 
@@ -333,8 +340,11 @@ def remove_dead_instances(settings: Settings) -> list[Path]:
     OOM kill), so `status` does not show their jobs as running."""
     host = host_name()
     removed = []
-    for path in [*settings.state_dir.glob("running*.json"), *settings.state_dir.glob("queue*.json"),
-                 *settings.state_dir.glob("daemon.*.json")]:
+    for path in [
+        *settings.state_dir.glob("running*.json"),
+        *settings.state_dir.glob("queue*.json"),
+        *settings.state_dir.glob("daemon.*.json"),
+    ]:
         data = read_json(path)
         if not isinstance(data, dict) or data.get("host") != host:
             continue

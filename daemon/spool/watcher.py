@@ -98,7 +98,9 @@ class InboxWatcher:
         self.mode = mode or settings.watch
         if self.mode not in ("inotify", "poll"):
             raise ValueError(f"watch mode must be 'inotify' or 'poll', not {self.mode!r}")
-        self.rescan_interval_s = settings.rescan_interval_s if rescan_interval_s is None else rescan_interval_s
+        self.rescan_interval_s = (
+            settings.rescan_interval_s if rescan_interval_s is None else rescan_interval_s
+        )
         self.poll_interval_s = settings.poll_interval_s if poll_interval_s is None else poll_interval_s
         self.settle_s = settings.settle_s if settle_s is None else settle_s
         self._on_candidate = on_candidate
@@ -128,7 +130,9 @@ class InboxWatcher:
                 observer = InotifyObserver(generate_full_events=True)
                 observer.schedule(
                     # recursive: inbox/<folder>/ jobs too (deeper entries are refused in _consider)
-                    _Handler(self), str(self.inbox), recursive=True,
+                    _Handler(self),
+                    str(self.inbox),
+                    recursive=True,
                     event_filter=[FileClosedEvent, FileMovedEvent],
                 )
                 observer.start()
@@ -136,7 +140,12 @@ class InboxWatcher:
             except OSError as exc:
                 # Typically the inotify watch/instance limit (ENOSPC/EMFILE). Polling keeps jobs
                 # flowing; the operator sees why and can raise fs.inotify.max_user_watches.
-                log.error("inotify on %s failed (%s); falling back to polling every %.1f s", self.inbox, exc, self.poll_interval_s)
+                log.error(
+                    "inotify on %s failed (%s); falling back to polling every %.1f s",
+                    self.inbox,
+                    exc,
+                    self.poll_interval_s,
+                )
                 self.mode = "poll"
         self._spawn(self._scan_loop, "dgx-music-rescan")
         log.info("watching %s (%s)", self.inbox, self.mode)
@@ -223,10 +232,15 @@ class InboxWatcher:
                 self._on_candidate(item)
             except OSError as exc:
                 # A full or read-only disk: one line per try, not a traceback per rescan.
-                log.error("cannot take %s from the inbox (%s); it stays there for the next scan",
-                          item.name, exc.strerror or exc)
+                log.error(
+                    "cannot take %s from the inbox (%s); it stays there for the next scan",
+                    item.name,
+                    exc.strerror or exc,
+                )
             except Exception:
-                log.exception("handling inbox file %s failed; it stays in the inbox for the next scan", item.name)
+                log.exception(
+                    "handling inbox file %s failed; it stays in the inbox for the next scan", item.name
+                )
             finally:
                 with self._lock:
                     self._active = None
@@ -288,14 +302,18 @@ class InboxWatcher:
         for name, entry in entries:
             if not is_candidate(entry.name):
                 if not is_ignored_name(entry.name):
-                    log_once("other", name, "inbox: %s is not a job file (*.yaml, *.yml); leaving it alone", name)
+                    log_once(
+                        "other", name, "inbox: %s is not a job file (*.yaml, *.yml); leaving it alone", name
+                    )
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if entry.is_dir(follow_symlinks=False):
-                log_once("dir", name, "inbox: %s is a directory; directories are not jobs, leaving it alone", name)
+                log_once(
+                    "dir", name, "inbox: %s is a directory; directories are not jobs, leaving it alone", name
+                )
                 continue
             path = Path(entry.path)
             sig = (st.st_size, st.st_mtime_ns, st.st_ino)
@@ -304,7 +322,10 @@ class InboxWatcher:
                 self._seen[name] = (sig, now, None)
                 # Only the start scan trusts the mtime (files dropped while we were down): later,
                 # a recent change means a writer is at work and its close-write will report it.
-                if not (self.settle_s <= 0 or (first_scan and self.mode == "inotify" and now_wall - st.st_mtime >= self.settle_s)):
+                if not (
+                    self.settle_s <= 0
+                    or (first_scan and self.mode == "inotify" and now_wall - st.st_mtime >= self.settle_s)
+                ):
                     continue
             elif now - prev[1] < self.settle_s:
                 continue

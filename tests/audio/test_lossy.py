@@ -15,9 +15,12 @@ import pytest
 from daemon.audio.encode import read_audio, write_audio
 
 SR = 32000
-TAGS = {"title": "warm lo-fi piano, vinyl", "comment": "job loop seed 7 model tiny",
-        "software": "dgx-music 9.9",
-        "date": "2026-12-01"}
+TAGS = {
+    "title": "warm lo-fi piano, vinyl",
+    "comment": "job loop seed 7 model tiny",
+    "software": "dgx-music 9.9",
+    "date": "2026-12-01",
+}
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe")
 
 
@@ -29,7 +32,9 @@ def tone(channels: int, seconds: float = 1.0) -> np.ndarray:
 def probe(path: Path) -> dict:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out)
 

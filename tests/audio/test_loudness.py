@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon.audio.encode import read_audio, write_audio
 from daemon.audio.loudness import (
     LOOKAHEAD_S,
     integrated_lufs,
@@ -15,7 +16,6 @@ from daemon.audio.loudness import (
     normalize,
     true_peak_dbtp,
 )
-from daemon.audio.encode import read_audio, write_audio
 
 SR = 32000
 
@@ -29,7 +29,9 @@ def music_like(seconds: float, *, channels: int = 2, level: float = 0.05, seed: 
     hits = np.zeros(n)
     for start in range(0, n, SR // 2):  # a kick every half second
         m = min(n - start, SR // 8)
-        hits[start : start + m] = 3.0 * np.exp(-np.arange(m) / (SR * 0.02)) * np.sin(2 * np.pi * 60 * np.arange(m) / SR)
+        hits[start : start + m] = (
+            3.0 * np.exp(-np.arange(m) / (SR * 0.02)) * np.sin(2 * np.pi * 60 * np.arange(m) / SR)
+        )
     base = level * (tones / 5 + hits) + 0.01 * rng.standard_normal(n)
     out = np.stack([base * (1.0 - 0.1 * c) + 0.005 * rng.standard_normal(n) for c in range(channels)])
     return out.astype(np.float32)
@@ -118,7 +120,9 @@ def test_loud_sine_boosted_to_a_loud_target_ends_under_the_ceiling(tmp_path: Pat
         assert true_peak_dbtp(back, SR) <= -1.0
         assert result.integrated_lufs == pytest.approx(integrated_lufs(back, SR), abs=0.05)
     # -8 is reachable under a -1 dBTP ceiling: it must be met
-    assert normalize(sine(3, -0.1, channels=2), SR, -8.0, -1.0).integrated_lufs == pytest.approx(-8.0, abs=0.5)
+    assert normalize(sine(3, -0.1, channels=2), SR, -8.0, -1.0).integrated_lufs == pytest.approx(
+        -8.0, abs=0.5
+    )
 
 
 def test_unreachable_target_reports_what_was_achieved() -> None:

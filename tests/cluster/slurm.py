@@ -40,11 +40,16 @@ def ensure_installed(timeout_s: float = 600.0) -> None:
     if not _missing():
         return
     if os.geteuid() != 0:
-        raise SlurmError(f"Slurm is not installed ({', '.join(_missing())} missing) and we are not root to install it")
+        raise SlurmError(
+            f"Slurm is not installed ({', '.join(_missing())} missing) and we are not root to install it"
+        )
     if shutil.which("apt-get") is None:
         raise SlurmError("Slurm is not installed and there is no apt-get to install it")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"]):
+    for cmd in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"],
+    ):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0:
             raise SlurmError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -109,7 +114,9 @@ class SlurmCluster:
             self._write_files()
             self._start_munge()
             self._spawn("slurmctld", [_which("slurmctld"), "-D", "-c", "-i", "-f", str(self.conf)])
-            self._wait_for(lambda: self._ok(["scontrol", "ping"], "UP"), timeout_s, "slurmctld to answer ping")
+            self._wait_for(
+                lambda: self._ok(["scontrol", "ping"], "UP"), timeout_s, "slurmctld to answer ping"
+            )
             self._spawn("slurmd", [_which("slurmd"), "-D", "-N", self.node, "-f", str(self.conf)])
             self._wait_for(self._node_idle, timeout_s, f"node {self.node} to be idle")
         except BaseException:
@@ -121,8 +128,12 @@ class SlurmCluster:
         """Cancel what is left, then end slurmd, slurmctld and munged (started here, by pid)."""
         if "slurmctld" in self._procs and self._procs["slurmctld"].poll() is None:
             with contextlib.suppress(Exception):
-                subprocess.run([_which("scancel"), "--full", "--user", str(os.getuid())], env=self.env,
-                               capture_output=True, timeout=10)
+                subprocess.run(
+                    [_which("scancel"), "--full", "--user", str(os.getuid())],
+                    env=self.env,
+                    capture_output=True,
+                    timeout=10,
+                )
                 self._wait_for(lambda: not self.queue(), self.kill_wait_s + 15, "jobs to end", raise_=False)
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self._procs.pop(name, None)
@@ -143,12 +154,22 @@ class SlurmCluster:
 
     # ------------------------------------------------------------------ clients
 
-    def run(self, args: Sequence[str], *, check: bool = True, timeout: float = 30.0,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 30.0,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [_which(args[0]), *args[1:]]
-        proc = subprocess.run(cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
-            raise SlurmError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}\n{self.logs_tail()}")
+            raise SlurmError(
+                f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}\n{self.logs_tail()}"
+            )
         return proc
 
     def sbatch(self, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:
@@ -258,18 +279,26 @@ class SlurmCluster:
 
     def _start_munge(self) -> None:
         m = self.root / "munge"
-        self._spawn("munged", [
-            _which("munged"), "--foreground", "--force",
-            f"--socket={self.munge_socket}", f"--key-file={m / 'munge.key'}",
-            f"--pid-file={m / 'munged.pid'}", f"--seed-file={m / 'munged.seed'}",
-            f"--log-file={self.root / 'log' / 'munged.log'}",
-        ])
+        self._spawn(
+            "munged",
+            [
+                _which("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={m / 'munge.key'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--seed-file={m / 'munged.seed'}",
+                f"--log-file={self.root / 'log' / 'munged.log'}",
+            ],
+        )
         self._wait_for(self.munge_socket.exists, 20, "munged's socket")
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.stderr", "wb")  # noqa: SIM115 (kept open for the child)
-        self._procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                             start_new_session=True)
+        self._procs[name] = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         log.close()
 
     def _ok(self, args: Sequence[str], needle: str) -> bool:
@@ -279,14 +308,18 @@ class SlurmCluster:
         out = self.run(["scontrol", "show", "node", self.node], check=False, timeout=10).stdout
         return "State=IDLE" in out
 
-    def _wait_for(self, cond: "callable[[], bool]", timeout_s: float, what: str, *, raise_: bool = True) -> bool:  # type: ignore[valid-type]
+    def _wait_for(
+        self, cond: "callable[[], bool]", timeout_s: float, what: str, *, raise_: bool = True
+    ) -> bool:  # type: ignore[valid-type]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:
-                    raise SlurmError(f"{name} exited ({proc.returncode}) while waiting for {what}\n"
-                                     f"{(self.root / 'log' / (name + '.stderr')).read_text(errors='replace')[-2000:]}\n"
-                                     f"{self.logs_tail()}")
+                    raise SlurmError(
+                        f"{name} exited ({proc.returncode}) while waiting for {what}\n"
+                        f"{(self.root / 'log' / (name + '.stderr')).read_text(errors='replace')[-2000:]}\n"
+                        f"{self.logs_tail()}"
+                    )
             if cond():
                 return True
             time.sleep(0.2)

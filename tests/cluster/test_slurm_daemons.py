@@ -51,16 +51,29 @@ def test_scancel_drains_one_daemon_and_the_other_finishes_its_job(
     slurm: SlurmCluster, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     spool = tmp_path / "spool"
-    config = write_config(tmp_path / "config.yaml", spool, tiny_model_dir,
-                          watch="poll", poll_interval_s=0.2, rescan_interval_s=2, stop_grace_s=1)
+    config = write_config(
+        tmp_path / "config.yaml",
+        spool,
+        tiny_model_dir,
+        watch="poll",
+        poll_interval_s=0.2,
+        rescan_interval_s=2,
+        stop_grace_s=1,
+    )
     view = SpoolView(spool)
     out_a, out_b = tmp_path / "a.out", tmp_path / "b.out"
     # A pauses 3 s in every decode: far longer than its 1 s stop grace, so its job is handed back.
-    job_a = _submit(slurm, out_a, config, DGXMUSIC_TEST_FAULTS=json.dumps({"stall_after_steps": 2, "stall_s": 3}))
+    job_a = _submit(
+        slurm, out_a, config, DGXMUSIC_TEST_FAULTS=json.dumps({"stall_after_steps": 2, "stall_s": 3})
+    )
     job_b = _submit(slurm, out_b, config)
     for job, out in ((job_a, out_a), (job_b, out_b)):
-        wait_until(lambda out=out: out.exists() and READY_LINE in out.read_text(), 180, interval=0.2,
-                   what=f"daemon job {job} to be ready")
+        wait_until(
+            lambda out=out: out.exists() and READY_LINE in out.read_text(),
+            180,
+            interval=0.2,
+            what=f"daemon job {job} to be ready",
+        )
         assert slurm.job_state(job) == "RUNNING"
     pid_a = _daemon_pid(out_a)
 
@@ -78,8 +91,12 @@ def test_scancel_drains_one_daemon_and_the_other_finishes_its_job(
     drain_s = time.monotonic() - t_cancel
     assert not Path(f"/proc/{pid_a}").exists(), "daemon A outlived its Slurm job"
 
-    wait_until(lambda: len(view.sidecars()) >= JOBS and spool_quiet(spool), 240, interval=0.2,
-               what=f"all {JOBS} outcomes")
+    wait_until(
+        lambda: len(view.sidecars()) >= JOBS and spool_quiet(spool),
+        240,
+        interval=0.2,
+        what=f"all {JOBS} outcomes",
+    )
     wall_s = time.monotonic() - t_drop
     assert slurm.job_state(job_b) == "RUNNING", out_b.read_text()[-3000:]
 
@@ -92,7 +109,15 @@ def test_scancel_drains_one_daemon_and_the_other_finishes_its_job(
     assert set(handed_back) <= set(done_b) - set(done_a)
     assert sorted(done_a + done_b) == ids  # each job completed by exactly one daemon
     assert re.search(rf"^\[{job_a} \S+ gpu0\] .*stopped$", log_a, re.M), log_a[-2000:]
-    record_figures("slurm_scancel", {
-        "jobs": JOBS, "clip_s": 0.5, "drain_s": round(drain_s, 2), "wall_s": round(wall_s, 1),
-        "jobs_daemon_a": len(done_a), "jobs_daemon_b": len(done_b), "handed_back": len(handed_back),
-    })
+    record_figures(
+        "slurm_scancel",
+        {
+            "jobs": JOBS,
+            "clip_s": 0.5,
+            "drain_s": round(drain_s, 2),
+            "wall_s": round(wall_s, 1),
+            "jobs_daemon_a": len(done_a),
+            "jobs_daemon_b": len(done_b),
+            "handed_back": len(handed_back),
+        },
+    )

@@ -14,7 +14,7 @@ ARRAY = REPO / "contrib" / "slurm" / "dgx-music-array.sbatch"
 
 def _body(path: Path) -> str:
     text = path.read_text()
-    return text[text.index("\nset -uo pipefail\n"):]
+    return text[text.index("\nset -uo pipefail\n") :]
 
 
 def test_array_script_runs_the_same_body() -> None:
@@ -36,8 +36,10 @@ def test_trivial_batch_job_runs_with_a_gpu(slurm: SlurmCluster, tmp_path: Path) 
 def test_one_daemon_per_allocated_gpu(slurm: SlurmCluster, tmp_path: Path) -> None:
     # `env` in place of the daemon prints what each daemon would be started with, then exits 0.
     out = tmp_path / "env.out"
-    job = slurm.sbatch(["--gres=gpu:2", "--cpus-per-task=2", f"--output={out}", str(SBATCH)],
-                       env={"DGX_MUSIC_SERVE": "env", "HF_HOME": ""})
+    job = slurm.sbatch(
+        ["--gres=gpu:2", "--cpus-per-task=2", f"--output={out}", str(SBATCH)],
+        env={"DGX_MUSIC_SERVE": "env", "HF_HOME": ""},
+    )
     assert slurm.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, 60) == "COMPLETED", out.read_text()
     text = out.read_text()
     per_gpu = {i: dict(re.findall(rf"^\[{job} \S+ gpu{i}\] ([A-Z_]+)=(.*)$", text, re.M)) for i in (0, 1)}

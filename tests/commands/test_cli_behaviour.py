@@ -12,8 +12,14 @@ from daemon_harness import clean_env
 
 
 def cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True,
-                          cwd=cwd, env=clean_env(**env), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(**env),
+        timeout=120,
+    )
 
 
 def test_status_on_a_missing_spool_says_so(tmp_path: Path) -> None:
@@ -54,8 +60,15 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = subprocess.run([sys.executable, "-m", "daemon", "schema"], stdout=write_end, stderr=subprocess.PIPE,
-                              text=True, cwd=tmp_path, env=clean_env(), timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "daemon", "schema"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(),
+            timeout=120,
+        )
     finally:
         os.close(write_end)
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
@@ -64,6 +77,13 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 
 
 def test_head_of_a_pipe_through_a_shell(tmp_path: Path) -> None:
-    res = subprocess.run(f"{sys.executable} -m daemon schema | head -1", shell=True, capture_output=True, text=True,
-                         cwd=tmp_path, env=clean_env(), timeout=120)
+    res = subprocess.run(
+        f"{sys.executable} -m daemon schema | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=120,
+    )
     assert res.stdout == "{\n" and res.stderr == ""

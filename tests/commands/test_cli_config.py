@@ -11,8 +11,14 @@ from daemon_harness import clean_env
 
 
 def config_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", "config", *args], capture_output=True, text=True,
-                          cwd=cwd, env=clean_env(**env), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "config", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(**env),
+        timeout=120,
+    )
 
 
 def test_file_dotenv_and_environment_merge_key_by_key(tmp_path: Path) -> None:
@@ -54,7 +60,7 @@ def test_file_dotenv_and_environment_merge_key_by_key(tmp_path: Path) -> None:
     assert set(values) == set(s) and "settings" not in values  # one object, keys as in the file
 
     text = config_cli(work, "--show-origin")
-    assert f'max_duration = 200.0    # dotenv {etc / ".env"}:1 DGX_MUSIC_MAX_DURATION' in text.stdout
+    assert f"max_duration = 200.0    # dotenv {etc / '.env'}:1 DGX_MUSIC_MAX_DURATION" in text.stdout
 
 
 def test_invalid_file_is_refused_with_file_and_line(tmp_path: Path) -> None:

@@ -27,7 +27,9 @@ def test_valid_file_prints_ok_and_exits_0(tmp_path: Path, capsys: pytest.Capture
     assert capsys.readouterr().out == f"{path}: ok (1 job)\n"
 
 
-def test_bad_file_prints_file_line_field_message_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_file_prints_file_line_field_message_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write(tmp_path, "typo.yaml", "prompt: warm piano\nsampling:\n  temprature: 0.5\n")
     assert main(["validate", str(path)]) == 2
     out = capsys.readouterr().out
@@ -44,7 +46,9 @@ def test_mixed_files_report_each_and_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert lines[2].startswith(f"{bad}:3: duration: ")
 
 
-def test_missing_file_exits_2_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_file_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "nope.yaml"
     assert main(["validate", str(missing)]) == 2
     assert capsys.readouterr().out == f"{missing}: no such file\n"
@@ -86,7 +90,8 @@ def test_config_supplies_limits_and_model_names(tmp_path: Path, capsys: pytest.C
     model_dir = tmp_path / "tiny"
     model_dir.mkdir()
     config = write(
-        tmp_path, "config.yaml",
+        tmp_path,
+        "config.yaml",
         f"spool: {tmp_path / 'spool'}\nmodels:\n  tiny: {{path: {model_dir}}}\ndefault_model: tiny\nmax_duration: 12\n",
     )
     ok = write(tmp_path, "ok.yaml", "prompt: warm piano\nmodel: tiny\nduration: 12\n")
@@ -106,13 +111,18 @@ def test_bad_config_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "max_durration" in capsys.readouterr().err
 
 
-def test_directory_argument_validates_its_job_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_directory_argument_validates_its_job_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write(tmp_path, "a.yaml", "prompt: warm piano\n")
     write(tmp_path, "b.yml", "prompt: cold synth\n")
     write(tmp_path, ".hidden.yaml", "not: a job\n")
     write(tmp_path, "notes.txt", "not a job\n")
     assert main(["validate", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"{tmp_path / 'a.yaml'}: ok (1 job)", f"{tmp_path / 'b.yml'}: ok (1 job)"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path / 'a.yaml'}: ok (1 job)",
+        f"{tmp_path / 'b.yml'}: ok (1 job)",
+    ]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["validate", str(empty)]) == 2
@@ -137,8 +147,16 @@ def test_schema_result_prints_the_sidecar_schemas(capsys: pytest.CaptureFixture[
     schema = json.loads(capsys.readouterr().out)
     assert {"ResultSidecar", "ErrorSidecar", "OutputInfo", "ErrorInfo"} <= set(schema["$defs"])
     error_types = schema["$defs"]["ErrorInfo"]["properties"]["type"]["enum"]
-    assert set(error_types) == {"invalid_job", "unknown_model", "out_of_memory", "timeout", "cancelled",
-                                "crashed", "generation_error", "internal"}
+    assert set(error_types) == {
+        "invalid_job",
+        "unknown_model",
+        "out_of_memory",
+        "timeout",
+        "cancelled",
+        "crashed",
+        "generation_error",
+        "internal",
+    }
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -149,7 +167,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_subprocess_validate_examples_exits_0() -> None:
-    result = _run("validate", *sorted(str(p) for p in (ROOT / "examples").iterdir() if p.suffix in (".yaml", ".yml")))
+    result = _run(
+        "validate", *sorted(str(p) for p in (ROOT / "examples").iterdir() if p.suffix in (".yaml", ".yml"))
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(": ok (") >= 6
     assert "examples/batch.yaml: ok (3 jobs)" in result.stdout

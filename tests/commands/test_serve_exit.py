@@ -9,14 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from daemon_harness import clean_env, write_config
 
 from daemon.core.errors import ExitCode
-from daemon_harness import clean_env, write_config
 
 
 def serve(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", "serve", "--config", str(config)],
-                          capture_output=True, text=True, cwd=cwd, env=clean_env(), timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(),
+        timeout=240,
+    )
 
 
 def test_invalid_config_exits_78(tmp_path: Path) -> None:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.core.config import ConfigError, Settings, load_settings, load_settings_with_origins, resolve_config_path
+from daemon.core.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    load_settings_with_origins,
+    resolve_config_path,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +42,10 @@ def test_defaults_match_design() -> None:
 
 
 def test_yaml_file_is_read(tmp_path: Path) -> None:
-    p = write(tmp_path, f"spool: {tmp_path}/spool\nmodels:\n  tiny: {{path: {tmp_path}/m}}\ndefault_model: tiny\ndevice: cpu\n")
+    p = write(
+        tmp_path,
+        f"spool: {tmp_path}/spool\nmodels:\n  tiny: {{path: {tmp_path}/m}}\ndefault_model: tiny\ndevice: cpu\n",
+    )
     s = load_settings(p)
     assert s.spool == tmp_path / "spool"
     assert s.models["tiny"].path == tmp_path / "m"
@@ -84,9 +93,15 @@ def test_bad_env_value_names_variable(tmp_path: Path, monkeypatch: pytest.Monkey
         ("extend_stride_s: 40\n", "extend_stride_s"),
         ("- a\n- b\n", "mapping"),
         ("spool: [unclosed\n", "config.yaml:2: YAML syntax error"),
-        ("device: cpu\ndevice: cuda\n", "config.yaml:2: device: duplicate key 'device' (first set on line 1)"),
+        (
+            "device: cpu\ndevice: cuda\n",
+            "config.yaml:2: device: duplicate key 'device' (first set on line 1)",
+        ),
         ("x: &a 1\ny: *a\n", "config.yaml:1: YAML anchors and aliases are not allowed"),
-        ("log_level: !!python/name:os.system INFO\n", "config.yaml:1: YAML tag '!!python/name:os.system' is not allowed"),
+        (
+            "log_level: !!python/name:os.system INFO\n",
+            "config.yaml:1: YAML tag '!!python/name:os.system' is not allowed",
+        ),
         ("device: off\n", "config.yaml:1: device: Value error, device must be"),  # YAML 1.2: "off", not false
     ],
 )
@@ -115,8 +130,12 @@ def test_empty_or_comment_only_file_means_defaults(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, "# nothing set yet\n\n")).spool == Path("/var/lib/dgx-music")
 
 
-def test_nested_environment_override_merges_into_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    p = write(tmp_path, "models:\n  small: {id: facebook/musicgen-small, revision: main}\n  tiny: {path: /m/tiny}\n")
+def test_nested_environment_override_merges_into_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = write(
+        tmp_path, "models:\n  small: {id: facebook/musicgen-small, revision: main}\n  tiny: {path: /m/tiny}\n"
+    )
     monkeypatch.setenv("DGX_MUSIC_MODELS__SMALL__REVISION", "x")
     s = load_settings(p)
     assert set(s.models) == {"small", "tiny"}
@@ -130,12 +149,16 @@ def test_nested_override_merges_into_the_default_models(monkeypatch: pytest.Monk
     assert (s.models["small"].id, s.models["small"].revision) == ("facebook/musicgen-small", "v2")
 
 
-def test_precedence_environment_then_dotenvs_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_environment_then_dotenvs_then_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
     cfg = etc / "config.yaml"
     cfg.write_text("log_level: ERROR\ndevice: cuda:1\nmax_attempts: 5\nsettle_s: 2\n")
-    (etc / ".env").write_text("DGX_MUSIC_LOG_LEVEL=WARNING\nDGX_MUSIC_DEVICE=cuda:2\nDGX_MUSIC_MAX_ATTEMPTS=6\n")
+    (etc / ".env").write_text(
+        "DGX_MUSIC_LOG_LEVEL=WARNING\nDGX_MUSIC_DEVICE=cuda:2\nDGX_MUSIC_MAX_ATTEMPTS=6\n"
+    )
     (tmp_path / ".env").write_text("DGX_MUSIC_LOG_LEVEL=DEBUG\nDGX_MUSIC_DEVICE=cuda:3\nHF_HOME=/elsewhere\n")
     monkeypatch.setenv("DGX_MUSIC_LOG_LEVEL", "CRITICAL")
     s, origins = load_settings_with_origins(cfg)
@@ -158,6 +181,8 @@ def test_config_file_chosen_in_dotenv(tmp_path: Path) -> None:
     cfg = write(tmp_path, "device: cpu\n")
     (tmp_path / ".env").write_text(f"DGX_MUSIC_CONFIG={cfg}\n")
     assert resolve_config_path(None, env={}) == cfg
-    assert load_settings(resolve_config_path(None, env={})).device == "cpu"  # and DGX_MUSIC_CONFIG is no unknown key
+    assert (
+        load_settings(resolve_config_path(None, env={})).device == "cpu"
+    )  # and DGX_MUSIC_CONFIG is no unknown key
     assert resolve_config_path(tmp_path / "other.yaml", env={}) == tmp_path / "other.yaml"
     assert resolve_config_path(None, env={"DGX_MUSIC_CONFIG": "/from/env.yaml"}) == Path("/from/env.yaml")

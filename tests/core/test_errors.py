@@ -18,7 +18,13 @@ def test_error_types_are_the_sidecar_schema_values() -> None:
 
 
 def test_exit_codes_and_the_units_agree() -> None:
-    assert (ExitCode.OK, ExitCode.JOB_FAILED, ExitCode.USAGE, ExitCode.UNAVAILABLE, ExitCode.CONFIG) == (0, 1, 2, 69, 78)
+    assert (ExitCode.OK, ExitCode.JOB_FAILED, ExitCode.USAGE, ExitCode.UNAVAILABLE, ExitCode.CONFIG) == (
+        0,
+        1,
+        2,
+        69,
+        78,
+    )
     for unit in ("dgx-music.service", "dgx-music@.service"):
         text = (SYSTEMD / unit).read_text()
         prevented = re.findall(r"^RestartPreventExitStatus=(.*)$", text, re.M)

@@ -80,7 +80,11 @@ def test_filter_sets_upper_case_fields_and_explicit_extra_wins() -> None:
     with job_context("abc", model="small", stage="generate"):
         rec = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
         assert flt.filter(rec)
-        assert (rec.DGX_MUSIC_JOB_ID, rec.DGX_MUSIC_MODEL, rec.DGX_MUSIC_STAGE) == ("abc", "small", "generate")  # type: ignore[attr-defined]
+        assert (rec.DGX_MUSIC_JOB_ID, rec.DGX_MUSIC_MODEL, rec.DGX_MUSIC_STAGE) == (
+            "abc",
+            "small",
+            "generate",
+        )  # type: ignore[attr-defined]
         assert rec.dgx_context == "[job abc/small/generate] "  # type: ignore[attr-defined]
         rec2 = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
         rec2.DGX_MUSIC_JOB_ID = "other"  # as logging does for extra={"DGX_MUSIC_JOB_ID": ...}
@@ -143,9 +147,15 @@ def test_journal_handler_sends_fields(clean_root: None) -> None:
         log.removeHandler(handler)
     (msg, fields), (_, done), (msg2, fields2) = sent
     assert msg == "[job abc/small/generate] 43% done"
-    assert (fields["DGX_MUSIC_JOB_ID"], fields["DGX_MUSIC_MODEL"], fields["DGX_MUSIC_STAGE"]) == ("abc", "small", "generate")
+    assert (fields["DGX_MUSIC_JOB_ID"], fields["DGX_MUSIC_MODEL"], fields["DGX_MUSIC_STAGE"]) == (
+        "abc",
+        "small",
+        "generate",
+    )
     assert "JOB_ID" not in fields and "MESSAGE_ID" not in fields
-    assert done["MESSAGE_ID"] == MESSAGE_ID_JOB_COMPLETED and len(bytes.fromhex(MESSAGE_ID_JOB_COMPLETED)) == 16
+    assert (
+        done["MESSAGE_ID"] == MESSAGE_ID_JOB_COMPLETED and len(bytes.fromhex(MESSAGE_ID_JOB_COMPLETED)) == 16
+    )
     assert fields["SYSLOG_IDENTIFIER"] == "dgx-music"
     assert fields["CODE_FILE"] == __file__ and isinstance(fields["CODE_LINE"], int)
     assert fields["PRIORITY"] == "6"
@@ -170,8 +180,14 @@ def _run_child(stderr_path: Path, journal_stream: str | None, code: str) -> str:
     if journal_stream is not None:
         env["JOURNAL_STREAM"] = journal_stream
     with stderr_path.open("w") as err:
-        subprocess.run([sys.executable, "-c", code], stderr=err, env=env, check=True, timeout=60,
-                       cwd=Path(__file__).resolve().parents[2])
+        subprocess.run(
+            [sys.executable, "-c", code],
+            stderr=err,
+            env=env,
+            check=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
+        )
     return stderr_path.read_text()
 
 
@@ -197,8 +213,13 @@ def test_handler_selection_follows_journal_stream(tmp_path: Path) -> None:
 
     with stderr_file.open("w") as err:
         out = subprocess.run(
-            [sys.executable, "-c", SELECT_CODE], stderr=err, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "JOURNAL_STREAM": match}, check=True, timeout=60,
+            [sys.executable, "-c", SELECT_CODE],
+            stderr=err,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "JOURNAL_STREAM": match},
+            check=True,
+            timeout=60,
             cwd=Path(__file__).resolve().parents[2],
         )
     expected = "JournalHandler" if HAVE_JOURNAL else "StreamHandler"

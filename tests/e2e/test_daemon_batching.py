@@ -19,23 +19,37 @@ def pcm_hash(path: Path) -> str:
     return hashlib.sha256(data.tobytes()).hexdigest()
 
 
-def test_batched_jobs_get_their_own_sidecars_and_the_audio_they_get_alone(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_batched_jobs_get_their_own_sidecars_and_the_audio_they_get_alone(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     # Every decode pauses 2 s at its third step: time to queue jobs behind the blocker.
     config = write_config(
-        tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir,
-        max_batch=8, fault_injection={"stall_after_steps": 3, "stall_s": 2},
+        tmp_path / "config.yaml",
+        tmp_path / "spool",
+        tiny_model_dir,
+        max_batch=8,
+        fault_injection={"stall_after_steps": 3, "stall_s": 2},
     )
     sp = SpoolView(tmp_path / "spool")
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
         daemon.start()
         sp.drop("blocker.yaml", job_yaml("a blocker of another length", duration=1.0, seed=1))
-        wait_until(lambda: any(r.get("job_id") == "blocker" for r in sp.running()), TIMEOUT_S,
-                   what="blocker running", alive=daemon)
+        wait_until(
+            lambda: any(r.get("job_id") == "blocker" for r in sp.running()),
+            TIMEOUT_S,
+            what="blocker running",
+            alive=daemon,
+        )
         mates = {"mate-a": (11, 1), "mate-b": (12, 2), "mate-c": (20, 1)}  # id: (seed, count)
         prompts = {"mate-a": "calm piano", "mate-b": "fast drums", "mate-c": "sad violin"}
         for job_id, (seed, count) in mates.items():
             sp.drop(f"{job_id}.yaml", job_yaml(prompts[job_id], duration=0.5, seed=seed, count=count))
-        wait_until(lambda: sorted(sp.queued_ids()) == sorted(mates), TIMEOUT_S, what="three jobs queued", alive=daemon)
+        wait_until(
+            lambda: sorted(sp.queued_ids()) == sorted(mates),
+            TIMEOUT_S,
+            what="three jobs queued",
+            alive=daemon,
+        )
 
         bodies = {job_id: sp.wait_outcome(job_id, TIMEOUT_S, alive=daemon) for job_id in mates}
         assert "decoding 3 jobs as one batch: mate-a, mate-b, mate-c" in daemon.log()
@@ -56,5 +70,6 @@ def test_batched_jobs_get_their_own_sidecars_and_the_audio_they_get_alone(tmp_pa
         sp.drop("mate-b-alone.yaml", job_yaml("fast drums", duration=0.5, seed=12, count=2))
         alone = sp.wait_outcome("mate-b-alone", TIMEOUT_S, alive=daemon)
         assert [pcm_hash(sp.outbox / o["path"]) for o in alone["outputs"]] == [
-            pcm_hash(sp.outbox / o["path"]) for o in bodies["mate-b"]["outputs"]]
+            pcm_hash(sp.outbox / o["path"]) for o in bodies["mate-b"]["outputs"]
+        ]
         assert daemon.stop() == 0

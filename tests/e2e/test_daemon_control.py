@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from daemon_harness import DaemonProcess, SpoolView, job_yaml, run_cli, wait_until, write_config
 
 LONG_S = 8.0  # 40 frames/s: ~323 decode steps, so the stall at step 300 hits it
@@ -57,7 +56,9 @@ def _running_stalled(sp: SpoolView, job_id: str) -> dict | None:
 def _start_long_and_queue(served: Served, long_id: str, queued: list[str]) -> dict:
     sp = served.spool
     sp.drop(f"{long_id}.yaml", job_yaml(f"a long job {long_id} that stalls part way", duration=LONG_S))
-    running = wait_until(lambda: _running_stalled(sp, long_id), TIMEOUT_S, what=f"{long_id} running", alive=served.daemon)
+    running = wait_until(
+        lambda: _running_stalled(sp, long_id), TIMEOUT_S, what=f"{long_id} running", alive=served.daemon
+    )
     for job_id in queued:
         sp.drop(f"{job_id}.yaml", job_yaml(f"a short job {job_id} waiting its turn"))
     wait_until(lambda: sp.queued_ids() == queued, TIMEOUT_S, what=f"{queued} queued", alive=served.daemon)
@@ -98,7 +99,9 @@ def test_status_shows_the_running_job_with_percent_and_the_queue(served: Served)
     res = run_cli(served.config, "status")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert any(line.startswith("running  st-long") and "%" in line and "eta" in line for line in lines), res.stdout
+    assert any(line.startswith("running  st-long") and "%" in line and "eta" in line for line in lines), (
+        res.stdout
+    )
     assert any(line.startswith("queued   st-q1  #1") for line in lines), res.stdout
     assert any(line.startswith("queued   st-q2  #2") for line in lines), res.stdout
 
@@ -143,9 +146,13 @@ def test_cancel_a_job_running_in_a_shared_batch(served: Served) -> None:
     _start_long_and_queue(served, "bx-blocker", [])
     for job_id in ("bx-a", "bx-b"):
         sp.drop(f"{job_id}.yaml", job_yaml(f"a long job {job_id} sharing a batch", duration=LONG_S + 1))
-    wait_until(lambda: sp.queued_ids() == ["bx-a", "bx-b"], TIMEOUT_S, what="two jobs queued", alive=served.daemon)
+    wait_until(
+        lambda: sp.queued_ids() == ["bx-a", "bx-b"], TIMEOUT_S, what="two jobs queued", alive=served.daemon
+    )
     _cancel(served, "bx-blocker")
-    running = wait_until(lambda: _running_stalled(sp, "bx-a"), TIMEOUT_S, what="bx-a running", alive=served.daemon)
+    running = wait_until(
+        lambda: _running_stalled(sp, "bx-a"), TIMEOUT_S, what="bx-a running", alive=served.daemon
+    )
     assert running["batch"] == ["bx-a", "bx-b"]
 
     res = run_cli(served.config, "status")
@@ -155,7 +162,9 @@ def test_cancel_a_job_running_in_a_shared_batch(served: Served) -> None:
 
     _cancel(served, "bx-b")  # not the batch's first job
     # Its batch-mate lost the shared decode, not its turn: it runs again, alone.
-    wait_until(lambda: _running_stalled(sp, "bx-a"), TIMEOUT_S, what="bx-a running again", alive=served.daemon)
+    wait_until(
+        lambda: _running_stalled(sp, "bx-a"), TIMEOUT_S, what="bx-a running again", alive=served.daemon
+    )
     assert sp.outcome("bx-a") is None
     _cancel(served, "bx-a")
     wait_until(lambda: not sp.job_files(sp.work), 10, what="work/ to empty")

@@ -17,15 +17,21 @@ TIMEOUT_S = 60.0
 def test_kill_9_mid_job_then_restart_completes_the_job(tmp_path: Path, tiny_model_dir: Path) -> None:
     # Every generation pauses at step 5 for 3 s: a window in which the job is surely mid-run.
     config = write_config(
-        tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir,
+        tmp_path / "config.yaml",
+        tmp_path / "spool",
+        tiny_model_dir,
         fault_injection={"stall_after_steps": 5, "stall_s": 3},
     )
     sp = SpoolView(tmp_path / "spool")
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
         daemon.start()
         sp.drop("victim.yaml", job_yaml("a job whose daemon is killed under it", duration=1, seed=42))
-        wait_until(lambda: any(r.get("job_id") == "victim" for r in sp.running()), TIMEOUT_S,
-                   what="victim running", alive=daemon)
+        wait_until(
+            lambda: any(r.get("job_id") == "victim" for r in sp.running()),
+            TIMEOUT_S,
+            what="victim running",
+            alive=daemon,
+        )
         assert daemon.kill() == -signal.SIGKILL
 
         # The claim survived the kill, marked as running (a crash blamed on it).
@@ -49,7 +55,9 @@ def test_kill_9_mid_job_then_restart_completes_the_job(tmp_path: Path, tiny_mode
 def test_job_that_kills_the_daemon_every_time_ends_crashed(tmp_path: Path, tiny_model_dir: Path) -> None:
     # Long jobs pause at decode step 300 for 3 s; the 0.5 s jobs never get that far.
     config = write_config(
-        tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir,
+        tmp_path / "config.yaml",
+        tmp_path / "spool",
+        tiny_model_dir,
         max_attempts=2,
         fault_injection={"kill_on_prompt": "KILL-THE-DAEMON", "stall_after_steps": 300, "stall_s": 3},
     )
@@ -61,17 +69,29 @@ def test_job_that_kills_the_daemon_every_time_ends_crashed(tmp_path: Path, tiny_
         # While a long job holds the worker, queue a good job, the crasher and another good one
         # (same length: the worker decodes them as one batch, the good one ahead of the crasher).
         sp.drop("blocker.yaml", job_yaml("a long job that keeps the worker busy", duration=8))
-        wait_until(lambda: any(r.get("job_id") == "blocker" for r in sp.running()), TIMEOUT_S,
-                   what="blocker running", alive=daemon)
+        wait_until(
+            lambda: any(r.get("job_id") == "blocker" for r in sp.running()),
+            TIMEOUT_S,
+            what="blocker running",
+            alive=daemon,
+        )
         sp.drop("good-1.yaml", job_yaml("a good job before the crasher"))
         sp.drop("crasher.yaml", crasher)
         sp.drop("good-2.yaml", job_yaml("a good job after the crasher"))
-        wait_until(lambda: sp.queued_ids() == ["good-1", "crasher", "good-2"], TIMEOUT_S,
-                   what="three jobs queued", alive=daemon)
+        wait_until(
+            lambda: sp.queued_ids() == ["good-1", "crasher", "good-2"],
+            TIMEOUT_S,
+            what="three jobs queued",
+            alive=daemon,
+        )
 
         for _start in range(4):  # a restart policy: bring it back until the crasher is settled
-            wait_until(lambda: not daemon.alive() or sp.outcome("crasher") is not None, 120,
-                       interval=0.1, what="a crash or the crasher's outcome")
+            wait_until(
+                lambda: not daemon.alive() or sp.outcome("crasher") is not None,
+                120,
+                interval=0.1,
+                what="a crash or the crasher's outcome",
+            )
             if daemon.alive():
                 break
             assert daemon.proc is not None and daemon.proc.returncode == -signal.SIGKILL, daemon.log_tail()
@@ -89,7 +109,9 @@ def test_job_that_kills_the_daemon_every_time_ends_crashed(tmp_path: Path, tiny_
 
         # A job that merely shared a decode batch with the crasher is not blamed for its crashes.
         for job_id in ("blocker", "good-1", "good-2"):
-            assert sp.wait_outcome(job_id, TIMEOUT_S, alive=daemon)["status"] == "completed", sp.outcome(job_id)
+            assert sp.wait_outcome(job_id, TIMEOUT_S, alive=daemon)["status"] == "completed", sp.outcome(
+                job_id
+            )
         by_source = sp.by_source()
         assert sorted(by_source) == ["blocker.yaml", "crasher.yaml", "good-1.yaml", "good-2.yaml"]
         assert all(len(v) == 1 for v in by_source.values()), by_source

@@ -18,8 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs f
 
 def probe(path: Path) -> dict:
     cmd = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)]
-    out = subprocess.run(cmd,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
 
@@ -36,18 +35,30 @@ def test_mp3_ogg_and_flac_results_are_what_ffprobe_says(tmp_path: Path, tiny_mod
     batch = {
         "defaults": {"duration": 1.0, "seed": 5},
         "jobs": [
-            {"id": "prev-mp3", "prompt": "an mp3 preview of a tune",
-             "output": {"format": "mp3", "quality": 0.4}},
+            {
+                "id": "prev-mp3",
+                "prompt": "an mp3 preview of a tune",
+                "output": {"format": "mp3", "quality": 0.4},
+            },
             {"id": "prev-vorbis", "prompt": "a vorbis preview of a tune", "output": {"format": "ogg"}},
-            {"id": "prev-opus", "prompt": "an opus preview of a tune",
-             "output": {"format": "ogg", "codec": "opus"}},
-            {"id": "master", "prompt": "a flac master of a tune",
-             "output": {"format": "flac", "subtype": "PCM_24"}},
+            {
+                "id": "prev-opus",
+                "prompt": "an opus preview of a tune",
+                "output": {"format": "ogg", "codec": "opus"},
+            },
+            {
+                "id": "master",
+                "prompt": "a flac master of a tune",
+                "output": {"format": "flac", "subtype": "PCM_24"},
+            },
         ],
     }
-    expect = {"prev-mp3": ("mp3", "mp3", "MPEG_LAYER_III", 32000),
-              "prev-vorbis": ("ogg", "vorbis", "VORBIS", 32000),
-              "prev-opus": ("ogg", "opus", "OPUS", 48000), "master": ("flac", "flac", "PCM_24", 32000)}
+    expect = {
+        "prev-mp3": ("mp3", "mp3", "MPEG_LAYER_III", 32000),
+        "prev-vorbis": ("ogg", "vorbis", "VORBIS", 32000),
+        "prev-opus": ("ogg", "opus", "OPUS", 48000),
+        "master": ("flac", "flac", "PCM_24", 32000),
+    }
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
         daemon.start()
         sp.drop("previews.yaml", yaml.safe_dump(batch, sort_keys=False))

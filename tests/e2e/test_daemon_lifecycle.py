@@ -11,8 +11,12 @@ from daemon_harness import DaemonProcess, SpoolView, job_yaml, wait_until, write
 
 def test_poll_mode_never_reads_a_half_written_job(tmp_path: Path, tiny_model_dir: Path) -> None:
     config = write_config(
-        tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir,
-        watch="poll", poll_interval_s=0.1, settle_s=0.5,
+        tmp_path / "config.yaml",
+        tmp_path / "spool",
+        tiny_model_dir,
+        watch="poll",
+        poll_interval_s=0.1,
+        settle_s=0.5,
     )
     sp = SpoolView(tmp_path / "spool")
     # Every proper prefix of the file is an invalid job (no prompt yet, or its quote still

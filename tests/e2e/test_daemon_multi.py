@@ -53,7 +53,9 @@ def test_two_daemons_one_spool_no_duplicates(tmp_path: Path, tiny_model_dir: Pat
         print(f"daemon a ran {len(done_a)} job(s), daemon b {len(done_b)}")
         assert sorted(done_a + done_b) == sorted(n[:-5] for n in names)
         assert not set(done_a) & set(done_b)
-        assert done_a and done_b, f"one daemon did everything ({len(done_a)} / {len(done_b)}): no race was tested"
+        assert done_a and done_b, (
+            f"one daemon did everything ({len(done_a)} / {len(done_b)}): no race was tested"
+        )
 
         assert a.stop() == 0
         assert b.stop() == 0

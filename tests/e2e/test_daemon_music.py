@@ -21,8 +21,13 @@ FRAME_RATE = 40.0  # the tiny codec's frames per second
 
 def riff(path: Path, seconds: float = 1.5, channels: int = 1) -> bytes:
     t = np.arange(int(SR * seconds)) / SR
-    x = np.stack([0.4 * np.sin(2 * np.pi * 220 * (c + 1) * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2
-                  for c in range(channels)], 1).astype(np.float32)
+    x = np.stack(
+        [
+            0.4 * np.sin(2 * np.pi * 220 * (c + 1) * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2
+            for c in range(channels)
+        ],
+        1,
+    ).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), x, SR)
     return path.read_bytes()
@@ -35,10 +40,17 @@ def models(
     # A 1 s window with a 0.6 s stride: continuations keep at most 0.4 s of the reference, and a
     # 2 s piece needs several windows (and so several sections can each get their own).
     return write_config(
-        tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir,
-        models={"tiny": {"path": str(tiny_model_dir)}, "stereo": {"path": str(tiny_stereo_model_dir)},
-                "melodic": {"path": str(tiny_melody_model_dir)}},
-        window_s=1.0, extend_stride_s=0.6, max_batch=8,
+        tmp_path / "config.yaml",
+        tmp_path / "spool",
+        tiny_model_dir,
+        models={
+            "tiny": {"path": str(tiny_model_dir)},
+            "stereo": {"path": str(tiny_stereo_model_dir)},
+            "melodic": {"path": str(tiny_melody_model_dir)},
+        },
+        window_s=1.0,
+        extend_stride_s=0.6,
+        max_batch=8,
     )
 
 
@@ -50,22 +62,48 @@ def test_continuation_melody_sections_and_stereo(tmp_path: Path, models: Path) -
         assert library.is_dir()
         data = riff(library / "riff.wav")
         mtime = (library / "riff.wav").stat().st_mtime_ns
-        batch = {"defaults": {"seed": 3}, "jobs": [
-            {"id": "cont", "prompt": "keep the riff going", "continue_from": "library/riff.wav",
-             "duration": 1.5},
-            {"id": "tune", "prompt": "follow the tune", "melody": "library/riff.wav", "duration": 1.0,
-             "model": "melodic"},
-            {"id": "parts", "sections": [{"prompt": "quiet intro part", "duration": 0.5},
-                                         {"prompt": "loud drums part", "duration": 1.0},
-                                         {"prompt": "outro part alone", "duration": 0.75}]},
-            {"id": "wide", "prompt": "a wide stereo pad", "duration": 1.0, "model": "stereo",
-             "continue_from": "library/riff.wav"},
-        ]}
+        batch = {
+            "defaults": {"seed": 3},
+            "jobs": [
+                {
+                    "id": "cont",
+                    "prompt": "keep the riff going",
+                    "continue_from": "library/riff.wav",
+                    "duration": 1.5,
+                },
+                {
+                    "id": "tune",
+                    "prompt": "follow the tune",
+                    "melody": "library/riff.wav",
+                    "duration": 1.0,
+                    "model": "melodic",
+                },
+                {
+                    "id": "parts",
+                    "sections": [
+                        {"prompt": "quiet intro part", "duration": 0.5},
+                        {"prompt": "loud drums part", "duration": 1.0},
+                        {"prompt": "outro part alone", "duration": 0.75},
+                    ],
+                },
+                {
+                    "id": "wide",
+                    "prompt": "a wide stereo pad",
+                    "duration": 1.0,
+                    "model": "stereo",
+                    "continue_from": "library/riff.wav",
+                },
+            ],
+        }
         sp.drop("music.yaml", yaml.safe_dump(batch, sort_keys=False))
         bodies = {j: sp.wait_outcome(j, TIMEOUT_S, alive=daemon) for j in ("cont", "tune", "parts", "wide")}
         # An earlier result as the reference of a later job.
-        sp.drop("again.yaml", yaml.safe_dump({"prompt": "and once more", "duration": 1.0, "seed": 4,
-                                               "continue_from": "outbox/cont.wav"}))
+        sp.drop(
+            "again.yaml",
+            yaml.safe_dump(
+                {"prompt": "and once more", "duration": 1.0, "seed": 4, "continue_from": "outbox/cont.wav"}
+            ),
+        )
         again = sp.wait_outcome("again", TIMEOUT_S, alive=daemon)
         assert daemon.stop() == 0
     for body in [*bodies.values(), again]:
@@ -95,8 +133,11 @@ def test_continuation_melody_sections_and_stereo(tmp_path: Path, models: Path) -
 
     parts = bodies["parts"]
     assert parts["outputs"][0]["duration_s"] == pytest.approx(2.25)
-    assert [s["prompt"] for s in parts["request"]["sections"]] == ["quiet intro part", "loud drums part",
-                                                                    "outro part alone"]
+    assert [s["prompt"] for s in parts["request"]["sections"]] == [
+        "quiet intro part",
+        "loud drums part",
+        "outro part alone",
+    ]
     assert parts["request"]["duration"] == 2.25
 
     wide = bodies["wide"]["outputs"][0]
@@ -117,16 +158,39 @@ def test_references_that_are_refused(tmp_path: Path, models: Path) -> None:
         library = sp.root / "library"
         riff(library / "tune.wav", 1.0)
         (library / "escape.wav").symlink_to(outside)
-        sp.drop("refs.yaml", yaml.safe_dump({"defaults": {"duration": 0.5}, "jobs": [
-            {"id": "missing", "prompt": "a missing reference", "continue_from": "library/nothing.wav"},
-            {"id": "escape", "prompt": "a symlink out of the spool", "continue_from": "library/escape.wav"},
-            {"id": "plain-melody", "prompt": "melody on a plain model", "melody": "library/tune.wav"},
-        ]}, sort_keys=False))
+        sp.drop(
+            "refs.yaml",
+            yaml.safe_dump(
+                {
+                    "defaults": {"duration": 0.5},
+                    "jobs": [
+                        {
+                            "id": "missing",
+                            "prompt": "a missing reference",
+                            "continue_from": "library/nothing.wav",
+                        },
+                        {
+                            "id": "escape",
+                            "prompt": "a symlink out of the spool",
+                            "continue_from": "library/escape.wav",
+                        },
+                        {
+                            "id": "plain-melody",
+                            "prompt": "melody on a plain model",
+                            "melody": "library/tune.wav",
+                        },
+                    ],
+                },
+                sort_keys=False,
+            ),
+        )
         # Refused by the validator already: the whole file fails.
         sp.drop("traversal.yaml", "prompt: out of the spool\ncontinue_from: library/../../etc/passwd.wav\n")
         sp.drop("absolute.yaml", f"prompt: an absolute path\nmelody: {outside}\n")
-        bodies = {j: sp.wait_outcome(j, TIMEOUT_S, alive=daemon)
-                  for j in ("missing", "escape", "plain-melody", "traversal", "absolute")}
+        bodies = {
+            j: sp.wait_outcome(j, TIMEOUT_S, alive=daemon)
+            for j in ("missing", "escape", "plain-melody", "traversal", "absolute")
+        }
         assert daemon.stop() == 0
     for job_id, body in bodies.items():
         assert body["status"] == "failed" and body["error"]["type"] == "invalid_job", (job_id, body)

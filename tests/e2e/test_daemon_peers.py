@@ -19,18 +19,35 @@ TIMEOUT_S = 3.0
 
 @pytest.mark.slow  # two daemon starts: ~40 s on a 2-core box
 @pytest.mark.timeout(180)
-def test_remote_daemon_shown_by_status_and_its_job_recovered_after_the_timeout(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_remote_daemon_shown_by_status_and_its_job_recovered_after_the_timeout(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     spool = tmp_path / "spool"
-    config = write_config(tmp_path / "config.yaml", spool, tiny_model_dir,
-                          heartbeat_interval_s=0.5, peer_timeout_s=TIMEOUT_S, rescan_interval_s=0.5)
+    config = write_config(
+        tmp_path / "config.yaml",
+        spool,
+        tiny_model_dir,
+        heartbeat_interval_s=0.5,
+        peer_timeout_s=TIMEOUT_S,
+        rescan_interval_s=0.5,
+    )
     view = SpoolView(spool)
     # "node-b" stalls in its first decode: it holds a running job when it dies.
-    remote_env = {"DGXMUSIC_TEST_FAULTS": json.dumps({"pretend_host": "node-b", "stall_after_steps": 1, "stall_s": 120}),
-                  "SLURM_JOB_ID": "4242", "OMP_NUM_THREADS": "1"}
+    remote_env = {
+        "DGXMUSIC_TEST_FAULTS": json.dumps(
+            {"pretend_host": "node-b", "stall_after_steps": 1, "stall_s": 120}
+        ),
+        "SLURM_JOB_ID": "4242",
+        "OMP_NUM_THREADS": "1",
+    }
     with DaemonProcess(config, tmp_path / "b.log", env=remote_env) as b:
         b.start()
         view.drop("peer-job.yaml", job_yaml("a job the remote daemon dies with", duration=0.5))
-        wait_until(lambda: any(r.get("job_id") == "peer-job" for r in view.running()), 60, what="node-b running the job")
+        wait_until(
+            lambda: any(r.get("job_id") == "peer-job" for r in view.running()),
+            60,
+            what="node-b running the job",
+        )
         with DaemonProcess(config, tmp_path / "a.log", env={"OMP_NUM_THREADS": "1"}) as a:
             a.start()
             report = json.loads(run_cli(config, "status", "--json").stdout)
@@ -60,4 +77,6 @@ def test_remote_daemon_shown_by_status_and_its_job_recovered_after_the_timeout(t
             assert states["node-b"] == "stale", report["daemons"]
             assert not [r for r in report["running"] if r.get("host") == "node-b"]
             assert TIMEOUT_S - 1.0 <= recovered_after < TIMEOUT_S + 30
-            print(f"\n[peers] remote job recovered {recovered_after:.1f} s after kill -9 (peer_timeout_s={TIMEOUT_S})")
+            print(
+                f"\n[peers] remote job recovered {recovered_after:.1f} s after kill -9 (peer_timeout_s={TIMEOUT_S})"
+            )

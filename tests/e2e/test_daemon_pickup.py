@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from daemon_harness import DaemonProcess, SpoolView, job_yaml, run_cli, wait_until, write_config
 
 PICKUP_TIMEOUT_S = 60.0  # far below the rescan interval: only inotify can make it
@@ -79,7 +78,9 @@ def test_drop_styles_cp_editor_rename_rsync_dot_temp(served: Served) -> None:
         fh.write(text[10:])
     os.rename(tmp, sp.inbox / "synced.yaml")
 
-    got = sp.wait_sources(["copied.yaml", "edited.yaml", "synced.yaml"], PICKUP_TIMEOUT_S, alive=served.daemon)
+    got = sp.wait_sources(
+        ["copied.yaml", "edited.yaml", "synced.yaml"], PICKUP_TIMEOUT_S, alive=served.daemon
+    )
     for source, job_id in (("copied.yaml", "copied"), ("edited.yaml", "edited"), ("synced.yaml", "synced")):
         assert len(got[source]) == 1, got[source]
         body = got[source][0]
@@ -116,7 +117,9 @@ def test_bad_job_never_stops_the_next_good_one(served: Served) -> None:
     (sp.inbox / "notes.txt").write_text("not a job")  # left alone, never moved
     sp.drop("good-after-bad.yaml", job_yaml("the good job after two bad ones"))
 
-    got = sp.wait_sources(["bad-key.yaml", "bad-yaml.yaml", "good-after-bad.yaml"], PICKUP_TIMEOUT_S, alive=served.daemon)
+    got = sp.wait_sources(
+        ["bad-key.yaml", "bad-yaml.yaml", "good-after-bad.yaml"], PICKUP_TIMEOUT_S, alive=served.daemon
+    )
     _assert_completed(got["good-after-bad.yaml"][0], "good-after-bad.yaml", sp)
     for source in ("bad-key.yaml", "bad-yaml.yaml"):
         (body,) = got[source]
@@ -162,7 +165,9 @@ def test_symlink_and_fifo_are_rejected_and_block_nothing(served: Served) -> None
     os.rename(sp.inbox / ".pipe.yaml.tmp1", sp.inbox / "pipe.yaml")
     sp.drop("after-special.yaml", job_yaml("the good job after a symlink and a fifo"))
 
-    got = sp.wait_sources(["linked.yaml", "pipe.yaml", "after-special.yaml"], PICKUP_TIMEOUT_S, alive=served.daemon)
+    got = sp.wait_sources(
+        ["linked.yaml", "pipe.yaml", "after-special.yaml"], PICKUP_TIMEOUT_S, alive=served.daemon
+    )
     _assert_completed(got["after-special.yaml"][0], "after-special.yaml", sp)
     for source, word in (("linked.yaml", "symbolic link"), ("pipe.yaml", "FIFO")):
         (body,) = got[source]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from daemon.core.config import ModelSpec, Settings
+from daemon.core.errors import ModelLoadError, UnknownModelError
 from daemon.engine.checkpoints import (
     _hub_error,
     check_local_dir,
@@ -20,8 +22,6 @@ from daemon.engine.checkpoints import (
     local_revision,
     resolve_spec,
 )
-from daemon.core.config import ModelSpec, Settings
-from daemon.core.errors import ModelLoadError, UnknownModelError
 
 CPU = torch.device("cpu")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -56,21 +56,28 @@ def test_tiny_melody_checkpoint_loads_with_its_chroma(tiny_melody_model_dir: Pat
     assert config["model_type"] == "musicgen_melody"
     pre = json.loads((tiny_melody_model_dir / "preprocessor_config.json").read_text())
     assert pre["feature_extractor_type"] == "MusicgenMelodyFeatureExtractor"  # as the hub ships it
-    ck = load_checkpoint("mel", _settings({"mel": {"path": str(tiny_melody_model_dir)}}), device=CPU,
-                         dtype=torch.float32)
+    ck = load_checkpoint(
+        "mel", _settings({"mel": {"path": str(tiny_melody_model_dir)}}), device=CPU, dtype=torch.float32
+    )
     assert ck.melody and type(ck.model).__name__ == "MusicgenMelodyForConditionalGeneration"
     assert ck.processor.chroma.params.hop_length == pre["hop_length"]
     ids = ck.processor(text=["Warm dusty piano"], padding=True, return_tensors="pt")["input_ids"]
     assert ids.shape == (1, 4)
 
 
-def test_melody_models_are_told_apart_without_loading(tiny_model_dir: Path,
-    tiny_melody_model_dir: Path) -> None:
+def test_melody_models_are_told_apart_without_loading(
+    tiny_model_dir: Path, tiny_melody_model_dir: Path
+) -> None:
     from daemon.engine.checkpoints import melody_models
 
-    s = _settings({"plain": {"path": str(tiny_model_dir)}, "mel": {"path": str(tiny_melody_model_dir)},
-                   "hub": {"id": "facebook/musicgen-stereo-melody"},
-                   "small": {"id": "facebook/musicgen-small"}})
+    s = _settings(
+        {
+            "plain": {"path": str(tiny_model_dir)},
+            "mel": {"path": str(tiny_melody_model_dir)},
+            "hub": {"id": "facebook/musicgen-stereo-melody"},
+            "small": {"id": "facebook/musicgen-small"},
+        }
+    )
     assert melody_models(s) == ["hub", "mel"]
 
 
@@ -81,7 +88,9 @@ def _settings(models: dict, default: str | None = None) -> Settings:
 
 
 def test_load_local_checkpoint_records_a_content_revision(tiny_model_dir: Path, tmp_path: Path) -> None:
-    ck = load_checkpoint("tiny", _settings({"tiny": {"path": str(tiny_model_dir)}}), device=CPU, dtype=torch.float32)
+    ck = load_checkpoint(
+        "tiny", _settings({"tiny": {"path": str(tiny_model_dir)}}), device=CPU, dtype=torch.float32
+    )
     assert ck.source == str(tiny_model_dir)
     assert ck.revision.startswith("local:") and len(ck.revision) == len("local:") + 64
     assert ck.revision == local_revision(tiny_model_dir)
@@ -202,9 +211,15 @@ def test_bad_revision_message() -> None:
     import httpx2 as httpx
     from huggingface_hub.errors import RevisionNotFoundError
 
-    response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/x/resolve/v9/config.json"))
-    err = _hub_error("small", ModelSpec(id="facebook/musicgen-small", revision="v9"),
-                     RevisionNotFoundError("404", response=response), offline=False)
+    response = httpx.Response(
+        404, request=httpx.Request("GET", "https://huggingface.co/x/resolve/v9/config.json")
+    )
+    err = _hub_error(
+        "small",
+        ModelSpec(id="facebook/musicgen-small", revision="v9"),
+        RevisionNotFoundError("404", response=response),
+        offline=False,
+    )
     assert "revision 'v9' does not exist" in str(err)
     assert "models.small.revision" in (err.hint or "")
 
@@ -218,7 +233,9 @@ def _cli(argv: list[str]) -> int:
     return int(args.func(args))
 
 
-def test_cli_init_tiny_makes_a_loadable_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_init_tiny_makes_a_loadable_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = tmp_path / "made"
     assert _cli(["model", "init-tiny", str(d), "--stereo"]) == 0
     assert "models:" in capsys.readouterr().out
@@ -233,8 +250,9 @@ def test_cli_init_tiny_makes_a_loadable_checkpoint(tmp_path: Path, capsys: pytes
     assert config["model_type"] == "musicgen_melody" and config["decoder"]["audio_channels"] == 2
 
 
-def test_cli_fetch_unknown_and_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_fetch_unknown_and_offline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text("models: {small: {id: facebook/musicgen-small}}\ndefault_model: small\n")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -251,7 +269,12 @@ def test_init_random_small_shape(tmp_path: Path) -> None:
     d = init_random(tmp_path / "small", "small", dtype="float16")
     ck = load_checkpoint("s", _settings({"s": {"path": str(d)}}), device=CPU, dtype=torch.float32)
     dec = ck.model.config.decoder
-    assert (dec.hidden_size, dec.num_hidden_layers, dec.num_attention_heads, dec.ffn_dim) == (1024, 24, 16, 4096)
+    assert (dec.hidden_size, dec.num_hidden_layers, dec.num_attention_heads, dec.ffn_dim) == (
+        1024,
+        24,
+        16,
+        4096,
+    )
     assert ck.model.config.text_encoder.d_model == 768
     assert ck.model.config.audio_encoder.frame_rate == 50
     decoder_params = sum(p.numel() for p in ck.model.decoder.parameters())

@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from daemon.core.config import Settings
-from daemon.service.faults import Faults, with_faults, without_faults
-from daemon.core.messages import GenerationRequest, Progress
-from daemon.engine.model import MusicEngine
 from daemon.core.errors import (
     GenerationCancelled,
     GenerationTimeoutError,
     OutOfMemoryError,
     UnknownModelError,
 )
+from daemon.core.messages import GenerationRequest, Progress
 from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.hf import TransformersBackend
+from daemon.engine.model import MusicEngine
+from daemon.service.faults import Faults, with_faults, without_faults
 
 SR = 32000
 FPS = 40  # the tiny codec's frame rate
@@ -121,7 +121,9 @@ def test_progress_is_monotonic_and_complete(engine: MusicEngine) -> None:
 
 def test_cancel_mid_generation_from_another_thread(make_settings: Callable[..., Settings]) -> None:
     # the stall holds the decode loop at step 4 so the canceller thread surely acts mid-way
-    engine = with_faults(MusicEngine(make_settings(decoder="transformers")), Faults(**{"stall_after_steps": 4, "stall_s": 10}))
+    engine = with_faults(
+        MusicEngine(make_settings(decoder="transformers")), Faults(**{"stall_after_steps": 4, "stall_s": 10})
+    )
     cancel = threading.Event()
     started = threading.Event()
     steps: list[int] = []
@@ -148,13 +150,18 @@ def test_cancel_mid_generation_from_another_thread(make_settings: Callable[..., 
 
 
 def test_timeout_mid_generation(make_settings: Callable[..., Settings]) -> None:
-    engine = with_faults(MusicEngine(make_settings(decoder="transformers")), Faults(**{"stall_after_steps": 3, "stall_s": 3}))
+    engine = with_faults(
+        MusicEngine(make_settings(decoder="transformers")), Faults(**{"stall_after_steps": 3, "stall_s": 3})
+    )
     engine.load_model()  # the time limit covers generation, not loading
     steps: list[int] = []
     t0 = time.monotonic()
     with pytest.raises(GenerationTimeoutError) as ei:
-        engine.generate([GenerationRequest("ambient pad", 1.0, seed=1)], timeout_s=1.5,
-                        progress=lambda p: steps.append(p.frames_done))
+        engine.generate(
+            [GenerationRequest("ambient pad", 1.0, seed=1)],
+            timeout_s=1.5,
+            progress=lambda p: steps.append(p.frames_done),
+        )
     assert time.monotonic() - t0 < 3 + 2
     assert ei.value.error_type == "timeout" and "job_timeout_s" in (ei.value.hint or "")
     assert len(steps) == 2  # steps 1 and 2 reported; step 3 stalled past the deadline
@@ -173,8 +180,9 @@ def test_progress_callback_exceptions_pass_through_unchanged(engine: MusicEngine
         engine.generate([GenerationRequest("ambient pad", 1.0, seed=1)], progress=progress)
 
 
-def test_injected_oom_splits_the_batch(make_settings: Callable[..., Settings],
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_injected_oom_splits_the_batch(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
     engine = with_faults(MusicEngine(make_settings(decoder="transformers")), Faults(**{"oom_once": True}))
     with caplog.at_level(logging.WARNING, logger="daemon.engine.run"):
         (res,) = engine.generate([GenerationRequest("techno loop", 0.5, seed=7, count=4)])
@@ -218,7 +226,9 @@ def test_max_batch_splits_rows(make_settings: Callable[..., Settings]) -> None:
 
 
 def test_stats(engine: MusicEngine) -> None:
-    engine.generate([GenerationRequest("lofi beat", 0.5, seed=1, count=2), GenerationRequest("rock", 0.25, seed=2)])
+    engine.generate(
+        [GenerationRequest("lofi beat", 0.5, seed=1, count=2), GenerationRequest("rock", 0.25, seed=2)]
+    )
     st = engine.get_stats()
     assert (st.model, st.device, st.dtype, st.backend) == ("tiny", "cpu", "float32", "transformers")
     assert st.parameters == engine.info.parameters  # type: ignore[union-attr]
@@ -257,8 +267,11 @@ def test_unknown_model_keeps_the_resident_one(engine: MusicEngine) -> None:
 
 
 def test_stereo(make_settings: Callable[..., Settings], tiny_stereo_model_dir: Path) -> None:
-    engine = MusicEngine(make_settings(models={"st": {"path": str(tiny_stereo_model_dir)}}, default_model="st",
-                                       decoder="transformers"))
+    engine = MusicEngine(
+        make_settings(
+            models={"st": {"path": str(tiny_stereo_model_dir)}}, default_model="st", decoder="transformers"
+        )
+    )
     (res,) = engine.generate([GenerationRequest("wide stereo pad", 0.5, seed=3, count=2)])
     assert engine.info is not None and engine.info.channels == 2
     assert res.audio.shape == (2, 2, 16000)
@@ -305,7 +318,9 @@ def test_greedy_audio_matches_transformers_generate(
     """End to end against the reference: codes captured from generate and decoded by us (stereo
     codebooks de-interleaved) give the audio transformers itself produces."""
     d = tiny_stereo_model_dir if stereo else tiny_model_dir
-    engine = MusicEngine(make_settings(models={"m": {"path": str(d)}}, default_model="m", decoder="transformers"))
+    engine = MusicEngine(
+        make_settings(models={"m": {"path": str(d)}}, default_model="m", decoder="transformers")
+    )
     (res,) = engine.generate([GenerationRequest("deep house groove", 0.5, greedy=True, cfg_coef=3.0)])
     ckpt = engine._ckpt
     assert ckpt is not None

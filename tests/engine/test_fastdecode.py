@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from daemon.core.errors import GenerationError
+from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.sampler import RowNoise, guide, pick_tokens, sampling_tensors
-from daemon.engine.decoding.api import DecodeRequest, RowSampling
 
 PROMPTS = ["warm lofi hip hop beat with dusty piano", "dark techno", "calm ambient pad with soft strings"]
 
@@ -137,7 +137,9 @@ def test_stereo_greedy_matches_transformers_generate(tiny_stereo: tuple[Any, Any
 def test_prompt_continuation_matches_transformers_and_is_deterministic(tiny: tuple[Any, Any]) -> None:
     model, processor = tiny
     enc = _text(processor, PROMPTS[:2])
-    prompt = torch.randint(0, model.config.decoder.vocab_size, (2, 4, 9), generator=torch.Generator().manual_seed(5))
+    prompt = torch.randint(
+        0, model.config.decoder.vocab_size, (2, 4, 9), generator=torch.Generator().manual_seed(5)
+    )
     expected = hf_greedy_codes(model, enc, 3.0, 15, prompt)
     backend = DgxBackend()
     got = backend.decode(model, _request(enc, [GREEDY, GREEDY], 3.0, 15, prompt))
@@ -233,7 +235,9 @@ def test_on_step_reports_every_step(tiny: tuple[Any, Any]) -> None:
     frames = 12
     DgxBackend().decode(
         model,
-        _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, frames, on_step=lambda s, n: calls.append((s, n))),
+        _request(
+            _text(processor, PROMPTS[:1]), [GREEDY], 3.0, frames, on_step=lambda s, n: calls.append((s, n))
+        ),
     )
     total = frames + 3  # the delay pattern costs K - 1 steps
     assert calls == [(i, total) for i in range(1, total + 1)]
@@ -253,7 +257,9 @@ def test_exception_in_on_step_aborts_the_decode(tiny: tuple[Any, Any]) -> None:
             raise _Stop("cancelled by the test")
 
     with pytest.raises(_Stop, match="cancelled by the test"):
-        DgxBackend().decode(model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 50, on_step=on_step))
+        DgxBackend().decode(
+            model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 50, on_step=on_step)
+        )
     assert seen == [1, 2, 3]
 
 
@@ -367,8 +373,13 @@ def test_static_bucket_is_reused_and_rows_are_batch_independent(tiny: tuple[Any,
     # batch 3 and batch 4 share the power-of-two bucket; a shorter length shares the length bucket
     four = backend.decode(
         model,
-        _request(_text(processor, PROMPTS + PROMPTS[:1]), [RowSampling(seed=5), row, GREEDY, GREEDY], 3.0, 10,
-                 torch.cat([prompt, prompt[:1]])),
+        _request(
+            _text(processor, PROMPTS + PROMPTS[:1]),
+            [RowSampling(seed=5), row, GREEDY, GREEDY],
+            3.0,
+            10,
+            torch.cat([prompt, prompt[:1]]),
+        ),
     )
     assert len(backend.buckets) == 1
     assert four.shape == (4, 4, 10)
@@ -388,8 +399,9 @@ def test_static_path_reports_steps_and_aborts(tiny: tuple[Any, Any]) -> None:
             raise _Stop("stop")
 
     with pytest.raises(_Stop):
-        DgxBackend(mode="static").decode(model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 20,
-                                                         on_step=on_step))
+        DgxBackend(mode="static").decode(
+            model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 20, on_step=on_step)
+        )
     assert calls == [(1, 23), (2, 23), (3, 23), (4, 23)]
 
 
@@ -424,8 +436,9 @@ def test_oom_split_retry_runs_with_every_bucket_released(make_settings: Any) -> 
     assert backend.seen == [(4, 0), (2, 0), (2, 1)]  # released before the retry; the halves share one
 
 
-def test_failed_capture_falls_back_to_uncaptured_steps(tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_capture_falls_back_to_uncaptured_steps(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """CUDA stand-in: a capture that raises gives a working uncaptured bucket and one warning."""
     import logging
 

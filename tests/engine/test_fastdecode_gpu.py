@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
+from daemon.engine.decoding.dgx import DgxBackend
 
 pytestmark = pytest.mark.gpu
 
@@ -25,7 +25,9 @@ def tiny_cuda(tiny_model_dir: Path) -> tuple[Any, Any]:
     return model, AutoProcessor.from_pretrained(tiny_model_dir)
 
 
-def _request(processor: Any, prompts: list[str], rows: list[RowSampling], frames: int, **kw: Any) -> DecodeRequest:
+def _request(
+    processor: Any, prompts: list[str], rows: list[RowSampling], frames: int, **kw: Any
+) -> DecodeRequest:
     enc = processor(text=prompts, padding=True, return_tensors="pt")
     return DecodeRequest(
         input_ids=enc["input_ids"].to("cuda"),
@@ -77,8 +79,14 @@ def test_graph_prompt_continuation_and_on_step(tiny_cuda: tuple[Any, Any]) -> No
     model, processor = tiny_cuda
     prompt = torch.randint(0, 64, (2, 4, 9), device="cuda")
     calls: list[tuple[int, int]] = []
-    req = lambda cb=None: _request(processor, PROMPTS[:2], [GREEDY, RowSampling(seed=4)], 15,  # noqa: E731
-                                   prompt_codes=prompt, on_step=cb)
+    req = lambda cb=None: _request(
+        processor,
+        PROMPTS[:2],
+        [GREEDY, RowSampling(seed=4)],
+        15,  # noqa: E731
+        prompt_codes=prompt,
+        on_step=cb,
+    )
     eager = DgxBackend(mode="eager").decode(model, req())
     got = DgxBackend().decode(model, req(lambda s, n: calls.append((s, n))))
     assert torch.equal(got, eager)

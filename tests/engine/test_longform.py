@@ -10,12 +10,12 @@ import torch
 
 from daemon.core.config import Settings
 from daemon.core.messages import GenerationRequest, Progress
-from daemon.engine.model import MusicEngine
-from daemon.engine.plan import row_sampling
-from daemon.engine.longform import WindowPlan, decode_long, plan_windows, planned_steps
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.codec import codes_to_audio
 from daemon.engine.decoding.hf import TransformersBackend
+from daemon.engine.longform import WindowPlan, decode_long, plan_windows, planned_steps
+from daemon.engine.model import MusicEngine
+from daemon.engine.plan import row_sampling
 
 SR = 32000
 HOP = 800  # samples per frame of the tiny codec (40 frames/s)
@@ -29,7 +29,12 @@ def long_engine(make_settings: Callable[..., Settings]) -> MusicEngine:
 def test_plan_windows() -> None:
     assert plan_windows(30, 40, 24) == [WindowPlan(0, 30)]
     assert plan_windows(40, 40, 24) == [WindowPlan(0, 40)]
-    assert plan_windows(100, 40, 24) == [WindowPlan(0, 40), WindowPlan(16, 24), WindowPlan(16, 24), WindowPlan(16, 12)]
+    assert plan_windows(100, 40, 24) == [
+        WindowPlan(0, 40),
+        WindowPlan(16, 24),
+        WindowPlan(16, 24),
+        WindowPlan(16, 12),
+    ]
     # MusicGen defaults: 30 s window, 18 s stride at 50 Hz -> 12 s of context
     plans = plan_windows(60 * 50, 1500, 900)
     assert plans[0] == WindowPlan(0, 1500) and all(p.context == 600 for p in plans[1:])
@@ -42,7 +47,9 @@ def test_plan_windows() -> None:
 @pytest.mark.parametrize("duration", [1.0, 1.3, 2.0, 2.55])
 def test_exact_length_past_the_window(long_engine: MusicEngine, duration: float) -> None:
     seen: list[Progress] = []
-    (res,) = long_engine.generate([GenerationRequest("ambient drone", duration, seed=4)], progress=seen.append)
+    (res,) = long_engine.generate(
+        [GenerationRequest("ambient drone", duration, seed=4)], progress=seen.append
+    )
     assert res.audio.shape == (1, 1, round(duration * SR))
     assert np.all(np.isfinite(res.audio))
     frames = long_engine.frames_for(duration)
@@ -60,13 +67,25 @@ def test_windows_continue_the_generated_tokens(long_engine: MusicEngine) -> None
     req = DecodeRequest(enc["input_ids"], enc["attention_mask"], [RowSampling(greedy=True)], 3.0, 64)
     with torch.inference_mode():
         codes = decode_long(backend, ckpt.model, req, window_frames=40, stride_frames=24)
-        first = backend.decode(ckpt.model, DecodeRequest(enc["input_ids"], enc["attention_mask"],
-                                                         [RowSampling(greedy=True)], 3.0, 40))
-        cont = backend.decode(ckpt.model, DecodeRequest(enc["input_ids"], enc["attention_mask"],
-                                                        [RowSampling(greedy=True)], 3.0, 24,
-                                                        prompt_codes=first[..., 24:]))
-        fresh = backend.decode(ckpt.model, DecodeRequest(enc["input_ids"], enc["attention_mask"],
-                                                         [RowSampling(greedy=True)], 3.0, 24))
+        first = backend.decode(
+            ckpt.model,
+            DecodeRequest(enc["input_ids"], enc["attention_mask"], [RowSampling(greedy=True)], 3.0, 40),
+        )
+        cont = backend.decode(
+            ckpt.model,
+            DecodeRequest(
+                enc["input_ids"],
+                enc["attention_mask"],
+                [RowSampling(greedy=True)],
+                3.0,
+                24,
+                prompt_codes=first[..., 24:],
+            ),
+        )
+        fresh = backend.decode(
+            ckpt.model,
+            DecodeRequest(enc["input_ids"], enc["attention_mask"], [RowSampling(greedy=True)], 3.0, 24),
+        )
     assert codes.shape == (1, 4, 64)
     assert torch.equal(codes[..., :40], first)
     assert torch.equal(codes[..., 40:], cont)
@@ -94,9 +113,13 @@ def test_long_form_audio_is_one_pass_over_all_codes(long_engine: MusicEngine) ->
     assert ckpt is not None
     enc = ckpt.processor(text=[req.prompt], return_tensors="pt")
     with torch.inference_mode():
-        codes = decode_long(TransformersBackend(), ckpt.model,
-                            DecodeRequest(enc["input_ids"], enc["attention_mask"], [row_sampling(req, 5)], 3.0, 64),
-                            window_frames=40, stride_frames=24)
+        codes = decode_long(
+            TransformersBackend(),
+            ckpt.model,
+            DecodeRequest(enc["input_ids"], enc["attention_mask"], [row_sampling(req, 5)], 3.0, 64),
+            window_frames=40,
+            stride_frames=24,
+        )
         audio = codes_to_audio(ckpt.model, codes)[0].numpy()
     assert audio.shape[-1] == 64 * HOP
     assert np.array_equal(res.audio[0], audio[:, : round(1.6 * SR)])

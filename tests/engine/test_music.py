@@ -35,10 +35,13 @@ def engine(
     make_settings: Callable[..., Settings], tiny_melody_model_dir: Path, tiny_stereo_model_dir: Path
 ) -> MusicEngine:
     settings = make_settings(
-        window_s=1.0, extend_stride_s=0.6,
-        models={"tiny": {"path": str(make_settings().models["tiny"].path)},
-                "melodic": {"path": str(tiny_melody_model_dir)},
-                "stereo": {"path": str(tiny_stereo_model_dir)}},
+        window_s=1.0,
+        extend_stride_s=0.6,
+        models={
+            "tiny": {"path": str(make_settings().models["tiny"].path)},
+            "melodic": {"path": str(tiny_melody_model_dir)},
+            "stereo": {"path": str(tiny_stereo_model_dir)},
+        },
     )
     return MusicEngine(settings)
 
@@ -47,7 +50,11 @@ def test_plan_segments_matches_plain_long_form_and_stays_inside_sections() -> No
     assert plan_segments([100], 40, 24) == plan_windows(100, 40, 24)
     plans = plan_segments([10, 50], 40, 24, prefix=16)
     assert [(p.context, p.new, p.segment) for p in plans] == [
-        (16, 10, 0), (16, 24, 1), (16, 24, 1), (16, 2, 1)]
+        (16, 10, 0),
+        (16, 24, 1),
+        (16, 24, 1),
+        (16, 2, 1),
+    ]
     assert sum(p.new for p in plans) == 60
     with pytest.raises(ValueError, match="prefix"):
         plan_segments([10], 40, 24, prefix=17)
@@ -55,8 +62,9 @@ def test_plan_segments_matches_plain_long_form_and_stays_inside_sections() -> No
 
 def test_sections_are_planned_by_their_boundaries() -> None:
     framing = Framing(frame_rate=40.0, sample_rate=SR, window=40, stride=24)
-    req = GenerationRequest("a / b", 2.0, seed=1, sections=(("intro part", 0.5), ("main part", 1.5)),
-                            continue_from=tone(3.0))
+    req = GenerationRequest(
+        "a / b", 2.0, seed=1, sections=(("intro part", 0.5), ("main part", 1.5)), continue_from=tone(3.0)
+    )
     [chunk] = plan_chunks([req], [1], framing, max_batch=8, per_row_seeds=True)
     assert chunk.frames == 80 and chunk.prefix_frames == 16  # window - stride
     assert chunk.segments == (4, 60) and chunk.segment_prompts == ("intro part", "main part")
@@ -95,8 +103,7 @@ def test_a_melody_model_leaves_the_decode_loop_of_the_others_alone(engine: Music
 
 def test_continuation_on_stereo_and_from_another_rate(engine: MusicEngine) -> None:
     ref = tone(1.0, rate=44100, channels=2)
-    res = engine.generate(GenerationRequest("wide", 1.0, seed=5, continue_from=ref),
-                          model="stereo")[0]
+    res = engine.generate(GenerationRequest("wide", 1.0, seed=5, continue_from=ref), model="stereo")[0]
     assert res.audio.shape == (1, 2, SR) and res.continued_s == pytest.approx(0.4)
 
 
@@ -127,12 +134,18 @@ def test_each_window_gets_the_text_of_its_section(engine: MusicEngine) -> None:
     res = engine.generate(GenerationRequest("x / y", 2.0, seed=9, count=2, sections=sections))[0]
     assert res.audio.shape == (2, 1, 2 * SR)
     processor = engine._ckpt.processor  # type: ignore[union-attr]
-    ids = {p: processor(text=[p], padding=True, return_tensors="pt")["input_ids"][0].tolist()
-           for p, _ in sections}
+    ids = {
+        p: processor(text=[p], padding=True, return_tensors="pt")["input_ids"][0].tolist()
+        for p, _ in sections
+    }
     # 0.6 s = 24 frames for the intro, then 56 frames of drums in windows of 24 new frames
     # after 16 of context.
     assert [(t == ids["warm piano intro"], n, c) for t, n, c in rec.calls] == [
-        (True, 24, 0), (False, 24, 16), (False, 24, 16), (False, 8, 16)]
+        (True, 24, 0),
+        (False, 24, 16),
+        (False, 24, 16),
+        (False, 8, 16),
+    ]
     assert all(t == ids["loud metal drums"] for t, _, _ in rec.calls[1:])
 
 
@@ -155,8 +168,9 @@ def test_melody_model_is_given_the_chroma_and_plain_models_refuse(engine: MusicE
         return inner(model, req)
 
     rec.decode = decode  # type: ignore[method-assign]
-    a = engine.generate(GenerationRequest("tune", 1.0, seed=4, count=2, melody=tone(2.0, 220.0)),
-                        model="melodic")[0]
+    a = engine.generate(
+        GenerationRequest("tune", 1.0, seed=4, count=2, melody=tone(2.0, 220.0)), model="melodic"
+    )[0]
     engine.generate(GenerationRequest("tune", 1.0, seed=4, melody=tone(2.0, 370.0)), model="melodic")
     assert a.decoder == "transformers" and a.audio.shape == (2, 1, SR)
     assert seen[0].shape == (2, 235, 12)  # one chroma per row, 30 s of frames as the checkpoint says

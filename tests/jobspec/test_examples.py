@@ -17,8 +17,14 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".yam
 def test_there_are_at_least_six_examples() -> None:
     names = {p.name for p in EXAMPLES}
     assert len(EXAMPLES) >= 6
-    assert {"lofi-loop.yaml", "seeded.yaml", "variations.yaml", "long-piece.yaml", "flac-master.yaml",
-            "batch.yaml"} <= names
+    assert {
+        "lofi-loop.yaml",
+        "seeded.yaml",
+        "variations.yaml",
+        "long-piece.yaml",
+        "flac-master.yaml",
+        "batch.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

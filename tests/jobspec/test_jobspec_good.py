@@ -42,7 +42,9 @@ id: my-take_1.v2
     assert job.id == "my-take_1.v2"
     assert (job.duration, job.model, job.seed, job.count, job.priority) == (12.5, "small", 1234, 3, "high")
     assert job.sampling.top_p == 0.9 and job.sampling.top_k == 0 and job.sampling.cfg_coef == 5.0
-    assert job.output.format == "flac" and job.output.subtype == "PCM_24" and job.output.loudness_lufs == -14.0
+    assert (
+        job.output.format == "flac" and job.output.subtype == "PCM_24" and job.output.loudness_lufs == -14.0
+    )
 
 
 def test_utf8_bom_is_accepted() -> None:
@@ -204,7 +206,11 @@ jobs:
     # sampling/output merge key by key: the job's top_k wins, temperature still comes from defaults
     assert (second.sampling.top_k, second.sampling.temperature) == (5, 0.8)
     assert (first.sampling.top_k, first.sampling.cfg_coef) == (100, 3.0)
-    assert (third.output.format, third.output.subtype, third.output.loudness_lufs) == ("flac", "PCM_24", -20.0)
+    assert (third.output.format, third.output.subtype, third.output.loudness_lufs) == (
+        "flac",
+        "PCM_24",
+        -20.0,
+    )
 
 
 def test_batch_with_prompt_in_defaults() -> None:
@@ -295,8 +301,9 @@ def test_inbox_folder_names_follow_the_job_id_rule() -> None:
 
 
 def test_sections_stand_for_prompt_and_duration() -> None:
-    job = one("sections:\n  - {prompt: soft piano intro, duration: 4}\n"
-              "  - {prompt: drums come in, duration: 6.5}\n")
+    job = one(
+        "sections:\n  - {prompt: soft piano intro, duration: 4}\n  - {prompt: drums come in, duration: 6.5}\n"
+    )
     assert job.duration == 10.5
     assert job.prompt == "soft piano intro / drums come in"
     assert job.sections is not None and [s.duration for s in job.sections] == [4.0, 6.5]
@@ -338,7 +345,9 @@ def test_references_are_kept_as_written() -> None:
 
 def test_lossy_formats_record_their_effective_codec_and_quality() -> None:
     assert one("prompt: abc\noutput: {format: ogg}\n").output.model_dump(include={"codec", "quality"}) == {
-        "codec": "vorbis", "quality": 0.6}
+        "codec": "vorbis",
+        "quality": 0.6,
+    }
     out = one("prompt: abc\noutput: {format: ogg, codec: opus, quality: 0.2}\n").output
     assert (out.codec, out.quality) == ("opus", 0.2)
     out = one("prompt: abc\noutput: {format: mp3}\n").output
@@ -355,4 +364,7 @@ def test_defaults_output_keys_that_do_not_fit_a_jobs_format_stay_behind() -> Non
         "b.yaml",
     )
     assert [(j.output.format, j.output.codec, j.output.quality) for j in jobs] == [
-        ("flac", None, None), ("mp3", None, 0.3), ("ogg", "opus", 0.3)]
+        ("flac", None, None),
+        ("mp3", None, 0.3),
+        ("ogg", "opus", 0.3),
+    ]

@@ -73,8 +73,17 @@ def _result() -> ResultSidecar:
     (job,) = load_job_bytes(b"prompt: warm piano\nseed: 42\ncount: 2\n", "loop.yaml")
     now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     output = dict(
-        format="wav", subtype="PCM_16", sample_rate=32000, channels=1, frames=512000, duration_s=16.0,
-        bytes=1024044, sha256="0" * 64, integrated_lufs=-16.0, true_peak_dbtp=-1.2, gain_db=3.5,
+        format="wav",
+        subtype="PCM_16",
+        sample_rate=32000,
+        channels=1,
+        frames=512000,
+        duration_s=16.0,
+        bytes=1024044,
+        sha256="0" * 64,
+        integrated_lufs=-16.0,
+        true_peak_dbtp=-1.2,
+        gain_db=3.5,
     )
     return ResultSidecar(
         job_id="loop",
@@ -85,10 +94,18 @@ def _result() -> ResultSidecar:
         timings=Timings(queue_s=0.1, model_load_s=0.0, generate_s=8.0, postprocess_s=0.2, total_s=8.3),
         rtf=0.5,
         request=job,
-        model=ModelInfo(name="small", source="facebook/musicgen-small", revision="abc123", dtype="float32",
-                        device="cpu", parameters=590_000_000),
-        outputs=[OutputInfo(path="loop-v1.wav", variation=1, seed=42, **output),
-                 OutputInfo(path="loop-v2.wav", variation=2, seed=43, **output)],
+        model=ModelInfo(
+            name="small",
+            source="facebook/musicgen-small",
+            revision="abc123",
+            dtype="float32",
+            device="cpu",
+            parameters=590_000_000,
+        ),
+        outputs=[
+            OutputInfo(path="loop-v1.wav", variation=1, seed=42, **output),
+            OutputInfo(path="loop-v2.wav", variation=2, seed=43, **output),
+        ],
         peak_memory_bytes=123,
         host=HostInfo(hostname="dgx", gpu=None, torch="2.3", transformers="5.0", dgx_music="0.1.0"),
     )
@@ -113,7 +130,9 @@ def test_error_sidecar_with_details_matches_its_schema(jsonschema) -> None:  # t
     sidecar = ErrorSidecar(
         job_id="bad",
         source_file="bad.yaml",
-        error=ErrorInfo(type=error.error_type, message=error.message, details=error.details, hint="fix count"),
+        error=ErrorInfo(
+            type=error.error_type, message=error.message, details=error.details, hint="fix count"
+        ),
         attempts=1,
     )
     data = json.loads(sidecar.model_dump_json())
@@ -131,8 +150,17 @@ def test_error_sidecar_refuses_unknown_error_types() -> None:
 @pytest.mark.parametrize("path", ["/etc/passwd", "../x.wav", "a/../../b.wav", "a\\b.wav", ""])
 def test_output_paths_must_stay_inside_outbox(path: str) -> None:
     with pytest.raises(pydantic.ValidationError):
-        OutputInfo(path=path, format="wav", subtype="PCM_16", sample_rate=1, channels=1, frames=0,
-                   duration_s=0, bytes=0, sha256="0" * 64)
+        OutputInfo(
+            path=path,
+            format="wav",
+            subtype="PCM_16",
+            sample_rate=1,
+            channels=1,
+            frames=0,
+            duration_s=0,
+            bytes=0,
+            sha256="0" * 64,
+        )
 
 
 def test_sidecar_timestamps_must_carry_a_timezone() -> None:
@@ -143,9 +171,16 @@ def test_sidecar_timestamps_must_carry_a_timezone() -> None:
 
 
 def test_job_spec_error_text_and_summary() -> None:
-    details = [ErrorDetail(loc="count", line=2, msg="too big", hint="use 1..8"), ErrorDetail(loc="", line=None, msg="x")]
+    details = [
+        ErrorDetail(loc="count", line=2, msg="too big", hint="use 1..8"),
+        ErrorDetail(loc="", line=None, msg="x"),
+    ]
     error = JobSpecError(details, "a.yaml")
-    assert str(error).splitlines() == ["a.yaml: 2 problems", "  a.yaml:2: count: too big (use 1..8)", "  a.yaml: x"]
+    assert str(error).splitlines() == [
+        "a.yaml: 2 problems",
+        "  a.yaml:2: count: too big (use 1..8)",
+        "  a.yaml: x",
+    ]
     assert error.message == "a.yaml:2: count: too big (use 1..8) (and 1 more)"
     with pytest.raises(ValueError):
         JobSpecError([], "a.yaml")
@@ -176,8 +211,12 @@ def test_schema_takes_sections_instead_of_prompt_and_never_both() -> None:
     section = [{"prompt": "soft intro", "duration": 4}]
     jsonschema.validate({"sections": section}, schema)
     jsonschema.validate({"prompt": "warm piano", "continue_from": "library/riff.wav"}, schema)
-    for bad in ({"sections": section, "prompt": "x y z"}, {"sections": section, "duration": 4},
-                {"seed": 1}, {"prompt": "warm piano", "melody": "../riff.wav"},
-                {"prompt": "warm piano", "melody": "/x.wav"}):
+    for bad in (
+        {"sections": section, "prompt": "x y z"},
+        {"sections": section, "duration": 4},
+        {"seed": 1},
+        {"prompt": "warm piano", "melody": "../riff.wav"},
+        {"prompt": "warm piano", "melody": "/x.wav"},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)

@@ -9,6 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
+from daemon.core.config import Settings
+from daemon.core.messages import Progress
+from daemon.engine.decoding.hf import TransformersBackend
+from daemon.engine.model import MusicEngine
 from daemon.ops.bench import (
     BenchReport,
     BenchRow,
@@ -20,10 +24,6 @@ from daemon.ops.bench import (
     verdict_for,
     verdict_from_rows,
 )
-from daemon.core.config import Settings
-from daemon.core.messages import Progress
-from daemon.engine.model import MusicEngine
-from daemon.engine.decoding.hf import TransformersBackend
 
 
 def _row(duration: float, gen_s: float, batch: int = 1) -> BenchRow:
@@ -32,12 +32,20 @@ def _row(duration: float, gen_s: float, batch: int = 1) -> BenchRow:
 
 @pytest.mark.parametrize(
     ("gen_s", "label"),
-    [(0.5, "EXCELLENT"), (29.99, "EXCELLENT"), (30.0, "ACCEPTABLE"), (60.0, "ACCEPTABLE"), (60.01, "BLOCKER")],
+    [
+        (0.5, "EXCELLENT"),
+        (29.99, "EXCELLENT"),
+        (30.0, "ACCEPTABLE"),
+        (60.0, "ACCEPTABLE"),
+        (60.01, "BLOCKER"),
+    ],
 )
 def test_verdict_thresholds(gen_s: float, label: str) -> None:
     v = verdict_for(gen_s)
     assert v.label == label and v.blocker == (label == "BLOCKER")
-    report = BenchReport(model={}, device="cpu", rows=[_row(16, gen_s)], verdict=verdict_from_rows([_row(16, gen_s)]))
+    report = BenchReport(
+        model={}, device="cpu", rows=[_row(16, gen_s)], verdict=verdict_from_rows([_row(16, gen_s)])
+    )
     assert exit_code(report) == (1 if label == "BLOCKER" else 0)
 
 
@@ -45,7 +53,9 @@ def test_verdict_uses_the_16s_clip_or_scales_the_longest() -> None:
     exact = verdict_from_rows([_row(4, 1.0), _row(16, 45.0), _row(30, 200.0)])
     assert exact is not None and exact.label == "ACCEPTABLE" and not exact.estimated
     est = verdict_from_rows([_row(4, 1.0), _row(8, 40.0)])  # RTF 5 -> 80 s for 16 s
-    assert est is not None and est.estimated and est.gen_s_16 == pytest.approx(80.0) and est.label == "BLOCKER"
+    assert (
+        est is not None and est.estimated and est.gen_s_16 == pytest.approx(80.0) and est.label == "BLOCKER"
+    )
     assert verdict_from_rows([]) is None
 
 
@@ -92,8 +102,9 @@ def test_cli_bench_tiny_json(capsys: pytest.CaptureFixture[str]) -> None:
 
     parser = argparse.ArgumentParser(prog="dgx-music")
     bench.register(parser.add_subparsers())
-    args = parser.parse_args(["bench", "--tiny", "--durations", "0.5,1", "--decoder", "transformers",
-                              "--device", "cpu", "--json"])
+    args = parser.parse_args(
+        ["bench", "--tiny", "--durations", "0.5,1", "--decoder", "transformers", "--device", "cpu", "--json"]
+    )
     assert args.func(args) == 0
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
@@ -109,8 +120,9 @@ def test_cli_bench_compare_json(capsys: pytest.CaptureFixture[str]) -> None:
 
     parser = argparse.ArgumentParser(prog="dgx-music")
     bench.register(parser.add_subparsers())
-    args = parser.parse_args(["bench", "--tiny", "--compare", "--durations", "0.5", "--batch", "2",
-                              "--device", "cpu", "--json"])
+    args = parser.parse_args(
+        ["bench", "--tiny", "--compare", "--durations", "0.5", "--batch", "2", "--device", "cpu", "--json"]
+    )
     assert args.func(args) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sorted(r["engine"] for r in rows) == ["dgx-music", "transformers"]
@@ -118,4 +130,6 @@ def test_cli_bench_compare_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert {"engine", "model", "batch", "duration_s", "gen_s", "rtf", "peak_memory_bytes"} <= set(r)
         assert r["batch"] == 2 and r["duration_s"] == 0.5 and r["model"] == "tiny"
         assert r["gen_s"] > 0
-        assert r["rtf"] == pytest.approx(r["gen_s"] / 0.5, rel=0.01, abs=1e-3)  # per clip: the batch runs in parallel
+        assert r["rtf"] == pytest.approx(
+            r["gen_s"] / 0.5, rel=0.01, abs=1e-3
+        )  # per clip: the batch runs in parallel

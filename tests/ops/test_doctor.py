@@ -16,9 +16,7 @@ import pytest
 import torch
 import yaml
 
-from daemon.ops import doctor as doc
 from daemon.commands import doctor as doctor_command
-from daemon.spool.layout import SPOOL_DIRS
 from daemon.engine.devices import (
     DeviceError,
     arch_supported,
@@ -28,6 +26,8 @@ from daemon.engine.devices import (
     resolve_device,
     resolve_dtype,
 )
+from daemon.ops import doctor as doc
+from daemon.spool.layout import SPOOL_DIRS
 
 CUDA = torch.cuda.is_available()
 REPO = Path(__file__).resolve().parents[2]
@@ -152,9 +152,15 @@ def test_missing_model_directory_fails_with_the_fix(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("skip", "named"),
-    [(("config.json",), "config.json"), (("model.safetensors",), "weights"), (("tokenizer.json",), "tokenizer")],
+    [
+        (("config.json",), "config.json"),
+        (("model.safetensors",), "weights"),
+        (("tokenizer.json",), "tokenizer"),
+    ],
 )
-def test_incomplete_model_directory_names_what_is_missing(tmp_path: Path, skip: tuple[str, ...], named: str) -> None:
+def test_incomplete_model_directory_names_what_is_missing(
+    tmp_path: Path, skip: tuple[str, ...], named: str
+) -> None:
     fake_checkpoint(tmp_path / "models" / "tiny", skip=skip)
     code, checks = checks_by_name(write_config(tmp_path))
     assert code == 1
@@ -166,11 +172,16 @@ def _hub_config(tmp_path: Path) -> Path:
     fake_checkpoint(tmp_path / "models" / "tiny")
     return write_config(
         tmp_path,
-        models={"tiny": {"path": str(tmp_path / "models" / "tiny")}, "small": {"id": "facebook/musicgen-small"}},
+        models={
+            "tiny": {"path": str(tmp_path / "models" / "tiny")},
+            "small": {"id": "facebook/musicgen-small"},
+        },
     )
 
 
-def test_hub_model_not_cached_offline_fails_with_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_model_not_cached_offline_fails_with_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, checks = checks_by_name(_hub_config(tmp_path))
     assert code == 1
@@ -200,7 +211,9 @@ def test_hub_model_in_the_cache_passes_offline(tmp_path: Path, monkeypatch: pyte
     assert code == 0
 
 
-def test_sharded_hub_weights_with_a_missing_shard_are_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sharded_hub_weights_with_a_missing_shard_are_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     commit = "89abcdef0123456789abcdef0123456789abcdef"
     repo = tmp_path / "hf" / "hub" / "models--facebook--musicgen-small"
     (repo / "refs").mkdir(parents=True)
@@ -316,7 +329,18 @@ def test_json_output_is_a_list_of_checks(tmp_path: Path) -> None:
     assert isinstance(data, list) and data
     assert all(set(item) == {"name", "status", "detail", "fix"} for item in data)
     names = [item["name"] for item in data]
-    for expected in ("python", "torch", "cuda", "host memory", "device", "tensor check", "config", "spool", "model tiny", "systemd-python"):
+    for expected in (
+        "python",
+        "torch",
+        "cuda",
+        "host memory",
+        "device",
+        "tensor check",
+        "config",
+        "spool",
+        "model tiny",
+        "systemd-python",
+    ):
         assert expected in names
     assert code == 0
 
@@ -347,8 +371,14 @@ def test_doctor_reads_the_config_named_by_the_environment(tmp_path: Path) -> Non
     fake_checkpoint(tmp_path / "models" / "tiny")
     config = write_config(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DGX_MUSIC_")}
-    proc = subprocess.run([sys.executable, "-m", "daemon", "doctor", "--json"], cwd=tmp_path,
-                          env={**env, "DGX_MUSIC_CONFIG": str(config)}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "doctor", "--json"],
+        cwd=tmp_path,
+        env={**env, "DGX_MUSIC_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     assert checks["config"]["status"] == "ok" and str(config) in checks["config"]["detail"], checks["config"]
     assert checks["spool"]["status"] == "ok", checks["spool"]
@@ -386,7 +416,11 @@ def test_the_installed_cli_runs_doctor(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DGX_MUSIC_")}
     proc = subprocess.run(
         [sys.executable, "-m", "daemon", "doctor", "--config", str(config)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stderr
     assert "FAIL" in proc.stdout and "dgx-music model init-tiny" in proc.stdout

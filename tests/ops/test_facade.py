@@ -13,7 +13,9 @@ from daemon.ops.facade import SeedEngine, save_audio
 SR = 32000
 
 
-def test_seed_engine_generates_saves_and_benchmarks(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+def test_seed_engine_generates_saves_and_benchmarks(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     engine = SeedEngine(make_settings(decoder="transformers"))
     engine.set_generation_params(duration=0.5, temperature=0.8, top_k=50)
     (res,) = engine.generate([engine.request("dreamy synthwave", seed=5, count=2)])

@@ -28,7 +28,10 @@ def test_compare_gives_one_row_per_engine_and_duration(tiny: tuple[Any, Any]) ->
     model, processor = tiny
     rows = compare(model, processor, [0.25, 0.5], 2, model_name="tiny", warmup=False)
     assert [(r["engine"], r["duration_s"]) for r in rows] == [
-        ("transformers", 0.25), ("dgx-music", 0.25), ("transformers", 0.5), ("dgx-music", 0.5),
+        ("transformers", 0.25),
+        ("dgx-music", 0.25),
+        ("transformers", 0.5),
+        ("dgx-music", 0.5),
     ]
     for row in rows:
         assert CONTRACT <= set(row)
@@ -46,9 +49,21 @@ def test_compare_gives_one_row_per_engine_and_duration(tiny: tuple[Any, Any]) ->
 
 def test_script_prints_json_rows() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compare_decoders.py"), "--shape", "tiny",
-         "--durations", "0.25", "--batch", "1", "--json"],
-        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compare_decoders.py"),
+            "--shape",
+            "tiny",
+            "--durations",
+            "0.25",
+            "--batch",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
@@ -59,7 +74,10 @@ def test_script_prints_json_rows() -> None:
 def test_script_rejects_bad_durations() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "compare_decoders.py"), "--durations", "x"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert proc.returncode == 2
     assert "--durations" in proc.stderr

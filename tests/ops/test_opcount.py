@@ -55,8 +55,9 @@ def test_decode_step_counts_are_positive_and_consistent(tiny: tuple[Any, Any]) -
     assert report["by_name"]["sort"] == 1  # one sort serves top-k and top-p
 
 
-def _transformers_layer_step(layer: Any, hidden: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
-                             prefix: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _transformers_layer_step(
+    layer: Any, hidden: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, prefix: torch.Tensor
+) -> tuple[torch.Tensor, int]:
     """One decode-token forward of a plain transformers layer (after a prefill), and its op count."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -125,7 +126,10 @@ def test_delay_pattern_is_built_on_the_cpu_and_copied_once(tiny: tuple[Any, Any]
 def test_bench_ops_cli_prints_the_counts(tiny_model_dir: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "daemon.cli", "bench", "--ops", "--tiny", "--device", "cpu", "--json"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

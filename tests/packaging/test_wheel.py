@@ -38,8 +38,21 @@ def source_packages() -> set[str]:
 
 def test_the_wheel_holds_every_package_and_the_shipped_data(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
-        check=True, timeout=300, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("dgx_music-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -61,9 +74,14 @@ def _installed_cli() -> Path:
 @needs_installed
 def test_the_installed_package_is_the_wheel_not_the_checkout() -> None:
     py = Path(INSTALLED_ROOT) / "opt/dgx-music/venv/bin/python"
-    out = subprocess.run([str(py), "-c", "import daemon, jobspec; print(daemon.__file__); print(jobspec.__file__)"],
-                         capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir(),
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    out = subprocess.run(
+        [str(py), "-c", "import daemon, jobspec; print(daemon.__file__); print(jobspec.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tempfile.gettempdir(),
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert out.returncode == 0, out.stderr
     for line in out.stdout.split():
         assert line.startswith(INSTALLED_ROOT) and "site-packages" in line, line
@@ -72,8 +90,13 @@ def test_the_installed_package_is_the_wheel_not_the_checkout() -> None:
 @needs_installed
 def test_the_installed_config_example_loads() -> None:
     cfg = Path(INSTALLED_ROOT) / "etc/dgx-music/config.yaml"
-    out = subprocess.run([str(_installed_cli()), "config", "--config", str(cfg), "--json"],
-                         capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [str(_installed_cli()), "config", "--config", str(cfg), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tempfile.gettempdir(),
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["spool"] == "/var/lib/dgx-music"
 
@@ -87,22 +110,44 @@ def test_the_installed_daemon_reaches_ready_and_completes_a_job(tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DGX_MUSIC_", "PYTHON"))}
     env["HF_HUB_OFFLINE"] = "1"
     model = tmp_path / "tiny"
-    subprocess.run([str(cli), "model", "init-tiny", str(model)], check=True, timeout=300, env=env, cwd=tmp_path,
-                   capture_output=True)
+    subprocess.run(
+        [str(cli), "model", "init-tiny", str(model)],
+        check=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     spool = tmp_path / "spool"
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump({"spool": str(spool), "models": {"tiny": {"path": str(model)}},
-                                   "default_model": "tiny", "device": "cpu", "settle_s": 0.1}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "spool": str(spool),
+                "models": {"tiny": {"path": str(model)}},
+                "default_model": "tiny",
+                "device": "cpu",
+                "settle_s": 0.1,
+            }
+        )
+    )
     listener = NotifyListener(Path(tempfile.mkdtemp(prefix="dgxn")) / "n.sock")
     env["NOTIFY_SOCKET"] = str(listener.path)
-    proc = subprocess.Popen([str(cli), "serve", "--config", str(cfg)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(cli), "serve", "--config", str(cfg)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 180
         while not any(m == "READY=1" for _, line in listener.snapshot() for m in line.splitlines()):
             assert proc.poll() is None and time.monotonic() < deadline, "serve died or never sent READY=1"
             time.sleep(0.1)
-        (spool / "inbox" / "first.yaml").write_text("prompt: the installed wheel plays\nduration: 0.5\nseed: 3\n")
+        (spool / "inbox" / "first.yaml").write_text(
+            "prompt: the installed wheel plays\nduration: 0.5\nseed: 3\n"
+        )
         sidecar = spool / "outbox" / "first.json"
         while not sidecar.exists():
             assert proc.poll() is None and time.monotonic() < deadline, "serve died before the job completed"

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from daemon_harness import DaemonProcess, wait_until  # noqa: F401  (re-exported for the suite)
 from daemon_harness import clean_env as _clean_env
 from daemon_harness import job_yaml as _job_yaml
@@ -28,7 +27,9 @@ DEFAULT_START_TIMEOUT_S = 180.0  # importing torch + loading on a busy 2-core CI
 
 def write_config(path: Path, spool: Path, model_dir: Path, **extra: Any) -> Path:
     """The shared tiny-model config, with the suite's quicker settle, rescan and grace times."""
-    return _write_config(path, spool, model_dir, **{"settle_s": 0.1, "rescan_interval_s": 2.0, "stop_grace_s": 5.0, **extra})
+    return _write_config(
+        path, spool, model_dir, **{"settle_s": 0.1, "rescan_interval_s": 2.0, "stop_grace_s": 5.0, **extra}
+    )
 
 
 def job_yaml(prompt: str, duration: float = 0.1, seed: int = 1, **extra: Any) -> str:
@@ -87,7 +88,9 @@ class NotifyListener:
             out.extend((t, line) for line in msg.split("\n") if line)
         return out
 
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float, *, after: float = 0.0) -> tuple[float, str]:
+    def wait_for(
+        self, predicate: Callable[[str], bool], timeout: float, *, after: float = 0.0
+    ) -> tuple[float, str]:
         """The first assignment after monotonic time `after` matching `predicate`."""
         deadline = time.monotonic() + timeout
         while True:
@@ -95,7 +98,9 @@ class NotifyListener:
                 if t >= after and predicate(line):
                     return t, line
             if time.monotonic() > deadline:
-                raise AssertionError(f"no notify message matched within {timeout} s; got {self.lines()[-30:]}")
+                raise AssertionError(
+                    f"no notify message matched within {timeout} s; got {self.lines()[-30:]}"
+                )
             time.sleep(0.02)
 
     def close(self) -> None:
@@ -149,7 +154,9 @@ def outcomes(spool: Path) -> Outcomes:
             completed[body["job_id"]] = body
             owned.add(name)
             owned.update(o["path"] for o in body["outputs"])
-    stray.extend(f"outbox/{n}" for n in sorted(os.listdir(outbox)) if not n.startswith(".") and n not in owned)
+    stray.extend(
+        f"outbox/{n}" for n in sorted(os.listdir(outbox)) if not n.startswith(".") and n not in owned
+    )
     for name in sorted(os.listdir(failed)):
         if name.startswith("."):
             temps.append(f"failed/{name}")
@@ -189,7 +196,9 @@ def assert_exactly_once(spool: Path, expected_ids: Iterable[str]) -> Outcomes:
         for out in body["outputs"]:
             data = (spool / "outbox" / out["path"]).read_bytes()
             assert len(data) == out["bytes"], f"{out['path']}: size differs from its sidecar"
-            assert hashlib.sha256(data).hexdigest() == out["sha256"], f"{out['path']}: sha256 differs from its sidecar"
+            assert hashlib.sha256(data).hexdigest() == out["sha256"], (
+                f"{out['path']}: sha256 differs from its sidecar"
+            )
     return got
 
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from reliability.daemonproc import (
     DaemonProc,
     assert_exactly_once,
@@ -62,7 +61,9 @@ def _wait_moment(predicate, timeout: float) -> bool:
     return False
 
 
-def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     seed = int(os.environ.get("DGX_MUSIC_CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
     rng = random.Random(seed)
     print(f"\nchaos seed {seed} (DGX_MUSIC_CHAOS_SEED={seed} replays it)")
@@ -72,9 +73,15 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path
     inbox = spool / "inbox"
     inbox.mkdir(parents=True)
 
-    jobs = {f"chaos{i:02d}": job_yaml(f"chaos tune number {i}", duration=rng.choice([0.4, 0.6, 0.8, 1.2]), seed=i,
-                                       **({"count": 2} if i % 7 == 3 else {}))
-            for i in range(JOBS)}
+    jobs = {
+        f"chaos{i:02d}": job_yaml(
+            f"chaos tune number {i}",
+            duration=rng.choice([0.4, 0.6, 0.8, 1.2]),
+            seed=i,
+            **({"count": 2} if i % 7 == 3 else {}),
+        )
+        for i in range(JOBS)
+    }
     pending = list(jobs)
     rng.shuffle(pending)
 
@@ -110,7 +117,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path
             hit[got] = hit.get(got, 0) + 1
         drop_some(len(pending))
         daemon.start().wait_ready()
-        wait_until(lambda: outcomes(spool).count() >= JOBS and spool_quiet(spool), 300, what="every job's outcome")
+        wait_until(
+            lambda: outcomes(spool).count() >= JOBS and spool_quiet(spool), 300, what="every job's outcome"
+        )
         time.sleep(1.0)  # anything running twice would show up now
         assert daemon.stop() == 0
     finally:
@@ -152,8 +161,12 @@ def test_kill_between_audio_and_sidecar_rewrites_the_job_once(tmp_path: Path, ti
     outbox/ but before its sidecar was. The restart must neither fail the job on its own leftover
     nor publish it under another id: one result, whole, under the job's id."""
     spool = tmp_path / "spool"
-    cfg = write_config(tmp_path / "config.yaml", spool, tiny_model_dir,
-                       fault_injection={"stall_after_steps": 10, "stall_s": 60})
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        spool,
+        tiny_model_dir,
+        fault_injection={"stall_after_steps": 10, "stall_s": 60},
+    )
     daemon = DaemonProc(cfg, tmp_path / "daemon.log")
     try:
         daemon.start().wait_ready()
@@ -162,10 +175,14 @@ def test_kill_between_audio_and_sidecar_rewrites_the_job_once(tmp_path: Path, ti
         assert _wait_moment(lambda: _running(spool), 30), "the job never started"
         daemon.kill()
         # What the killed writer would have left: the audio renamed in, no sidecar yet.
-        (spool / "outbox" / "pub.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE partial audio of the killed attempt")
+        (spool / "outbox" / "pub.wav").write_bytes(
+            b"RIFF\x00\x00\x00\x00WAVE partial audio of the killed attempt"
+        )
         write_config(cfg, spool, tiny_model_dir)
         daemon.start().wait_ready()
-        wait_until(lambda: (spool / "outbox" / "pub.json").exists() and spool_quiet(spool), 60, what="the re-run")
+        wait_until(
+            lambda: (spool / "outbox" / "pub.json").exists() and spool_quiet(spool), 60, what="the re-run"
+        )
         assert daemon.stop() == 0
     finally:
         daemon.cleanup()

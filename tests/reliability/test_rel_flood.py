@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from reliability.daemonproc import (
     DaemonProc,
     assert_exactly_once,
@@ -70,7 +69,9 @@ def test_flood_one_daemon_then_jobs_dropped_while_down(tmp_path: Path, tiny_mode
         daemon.start().wait_ready()
         time.sleep(0.5)
         _release(staged, spool / "inbox")
-        wait_until(lambda: _done_count(spool, "f") >= BASELINE_AFTER, 300, interval=0.02, what="the first 50 jobs")
+        wait_until(
+            lambda: _done_count(spool, "f") >= BASELINE_AFTER, 300, interval=0.02, what="the first 50 jobs"
+        )
         rss_base, fds_base = daemon.rss_kb(), daemon.fd_count()
         samples = []
         deadline = time.monotonic() + 1500
@@ -88,7 +89,11 @@ def test_flood_one_daemon_then_jobs_dropped_while_down(tmp_path: Path, tiny_mode
         down = _stage(spool / "staging", "down", DOWN_JOBS)
         _release(down, spool / "inbox")
         daemon.start().wait_ready()
-        wait_until(lambda: _done_count(spool, "down") >= DOWN_JOBS and spool_quiet(spool), 300, what="jobs dropped while down")
+        wait_until(
+            lambda: _done_count(spool, "down") >= DOWN_JOBS and spool_quiet(spool),
+            300,
+            what="jobs dropped while down",
+        )
         assert daemon.stop() == 0
     finally:
         daemon.cleanup()
@@ -97,18 +102,21 @@ def test_flood_one_daemon_then_jobs_dropped_while_down(tmp_path: Path, tiny_mode
     assert not got.failed
     growth = (rss_end - rss_base) / rss_base
     peak_fds = max(f for _, f in samples) if samples else fds_end
-    record_figures("flood", {
-        "jobs": FLOOD_JOBS,
-        "jobs_dropped_while_down": DOWN_JOBS,
-        "rss_after_50_kb": rss_base,
-        "rss_end_kb": rss_end,
-        "rss_growth_pct": round(100 * growth, 2),
-        "fds_after_50": fds_base,
-        "fds_end": fds_end,
-        "fds_peak": peak_fds,
-        "wall_s": round(flood_s, 1),
-        "jobs_per_s": round(FLOOD_JOBS / flood_s, 1),
-    })
+    record_figures(
+        "flood",
+        {
+            "jobs": FLOOD_JOBS,
+            "jobs_dropped_while_down": DOWN_JOBS,
+            "rss_after_50_kb": rss_base,
+            "rss_end_kb": rss_end,
+            "rss_growth_pct": round(100 * growth, 2),
+            "fds_after_50": fds_base,
+            "fds_end": fds_end,
+            "fds_peak": peak_fds,
+            "wall_s": round(flood_s, 1),
+            "jobs_per_s": round(FLOOD_JOBS / flood_s, 1),
+        },
+    )
     assert growth <= 0.10, f"RSS grew {100 * growth:.1f}% ({rss_base} -> {rss_end} kB)"
     # Stable: back where it was once idle, and never more than a handful above it while busy.
     assert fds_end <= fds_base + 2, f"fds {fds_base} -> {fds_end}"
@@ -128,8 +136,12 @@ def test_flood_two_daemons_sharing_one_spool(tmp_path: Path, tiny_model_dir: Pat
         a.wait_ready()
         b.wait_ready()
         _release(staged, spool / "inbox")
-        wait_until(lambda: _done_count(spool, "s") >= SHARED_JOBS and spool_quiet(spool), 1500, interval=0.5,
-                   what="the shared flood")
+        wait_until(
+            lambda: _done_count(spool, "s") >= SHARED_JOBS and spool_quiet(spool),
+            1500,
+            interval=0.5,
+            what="the shared flood",
+        )
         time.sleep(1.0)
         wall = time.monotonic() - t0
         assert a.alive() and b.alive()
@@ -143,4 +155,7 @@ def test_flood_two_daemons_sharing_one_spool(tmp_path: Path, tiny_model_dir: Pat
     done_b = b.log_text().count(" completed: ")
     assert done_a + done_b == SHARED_JOBS, (done_a, done_b)
     assert done_a > 0 and done_b > 0, f"one daemon did all the work: {done_a} / {done_b}"
-    record_figures("flood_shared", {"jobs": SHARED_JOBS, "daemon_a": done_a, "daemon_b": done_b, "wall_s": round(wall, 1)})
+    record_figures(
+        "flood_shared",
+        {"jobs": SHARED_JOBS, "daemon_a": done_a, "daemon_b": done_b, "wall_s": round(wall, 1)},
+    )

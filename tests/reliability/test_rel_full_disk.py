@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-
 from reliability.daemonproc import (
     DaemonProc,
     assert_exactly_once,
@@ -42,11 +41,16 @@ JOB_S = 2.0  # 128 KB of 16-bit mono 32 kHz audio: more than phase 2 leaves free
 @pytest.fixture
 def small_fs() -> Iterator[Path]:
     mnt = Path(tempfile.mkdtemp(prefix="dgxfull-", dir="/tmp"))
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
         mnt.rmdir()
-        pytest.skip(f"cannot mount a tmpfs for the full-disk test ({res.stderr.strip() or res.returncode}); needs root or CAP_SYS_ADMIN")
+        pytest.skip(
+            f"cannot mount a tmpfs for the full-disk test ({res.stderr.strip() or res.returncode}); needs root or CAP_SYS_ADMIN"
+        )
     try:
         yield mnt
     finally:
@@ -90,7 +94,9 @@ def test_full_disk_keeps_jobs_queued_and_completes_them_when_space_returns(
     inbox = spool / "inbox"
     filler = small_fs / "filler"
     ids = [f"full{i}" for i in range(4)]
-    originals = {j: job_yaml(f"full disk tune {j[4:]}", duration=JOB_S, seed=n).encode() for n, j in enumerate(ids)}
+    originals = {
+        j: job_yaml(f"full disk tune {j[4:]}", duration=JOB_S, seed=n).encode() for n, j in enumerate(ids)
+    }
     t0 = time.monotonic()
     try:
         # Phase 1: staged while there is room, filled to the last block, then renamed in.
@@ -101,7 +107,10 @@ def test_full_disk_keeps_jobs_queued_and_completes_them_when_space_returns(
             os.rename(inbox / f".{job_id}.part", inbox / f"{job_id}.yaml")
         time.sleep(3.0)  # a few rescans
         assert daemon.alive(), daemon.log_text()[-3000:]
-        assert sorted(p.name for p in inbox.iterdir() if not p.name.startswith(".")) == ["full0.yaml", "full1.yaml"]
+        assert sorted(p.name for p in inbox.iterdir() if not p.name.startswith(".")) == [
+            "full0.yaml",
+            "full1.yaml",
+        ]
         assert all((inbox / f"{j}.yaml").read_bytes() == originals[j] for j in ids[:2])
         assert outcomes(spool).count() == 0
 
@@ -111,8 +120,13 @@ def test_full_disk_keeps_jobs_queued_and_completes_them_when_space_returns(
         for job_id in ids[2:]:
             os.rename(inbox / f".{job_id}.part", inbox / f"{job_id}.yaml")
         try:
-            wait_until(lambda: set(re.findall(r"job (full\d): cannot write its results", daemon.log_text())) == set(ids), 60,
-                       what="every job to hit ENOSPC on its results")
+            wait_until(
+                lambda: (
+                    set(re.findall(r"job (full\d): cannot write its results", daemon.log_text())) == set(ids)
+                ),
+                60,
+                what="every job to hit ENOSPC on its results",
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{daemon.log_text()[-4000:]}") from None
         assert daemon.alive()
@@ -125,7 +139,11 @@ def test_full_disk_keeps_jobs_queued_and_completes_them_when_space_returns(
         # Phase 3: space back; the retries (5 s, then 15 s...) publish everything.
         filler.unlink()
         t_free = time.monotonic()
-        wait_until(lambda: outcomes(spool).count() >= len(ids) and spool_quiet(spool), 120, what="completion after freeing space")
+        wait_until(
+            lambda: outcomes(spool).count() >= len(ids) and spool_quiet(spool),
+            120,
+            what="completion after freeing space",
+        )
         recovered_s = time.monotonic() - t_free
         assert daemon.stop() == 0
     finally:
@@ -138,9 +156,12 @@ def test_full_disk_keeps_jobs_queued_and_completes_them_when_space_returns(
         assert sr == body["outputs"][0]["sample_rate"] and len(data) == body["outputs"][0]["frames"]
     log = daemon.log_text()
     assert "No space left on device" in log
-    record_figures("full_disk", {
-        "jobs": len(ids),
-        "lost": len(ids) - got.count(),
-        "completed_after_space_freed_s": round(recovered_s, 1),
-        "wall_s": round(time.monotonic() - t0, 1),
-    })
+    record_figures(
+        "full_disk",
+        {
+            "jobs": len(ids),
+            "lost": len(ids) - got.count(),
+            "completed_after_space_freed_s": round(recovered_s, 1),
+            "wall_s": round(time.monotonic() - t0, 1),
+        },
+    )

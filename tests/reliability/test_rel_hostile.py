@@ -18,8 +18,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from reliability.daemonproc import DaemonProc, drop, job_yaml, outcomes, record_figures, wait_until, write_config
+from reliability.daemonproc import (
+    DaemonProc,
+    drop,
+    job_yaml,
+    outcomes,
+    record_figures,
+    wait_until,
+    write_config,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -85,17 +92,53 @@ def test_hostile_inputs_end_in_failed_with_precise_errors(tmp_path: Path, tiny_m
         def check(err: dict) -> None:
             text = json.dumps(err["error"]).lower()
             assert all(w.lower() in text for w in words), (words, err)
+
         return check
 
     extras: dict[str, tuple[str, bytes, str, object]] = {
         "alias-bomb": ("alias-bomb.yaml", BILLION_LAUGHS, "invalid_job", msg_has("alias")),
-        "deep-nesting": ("deep-nesting.yaml", b"prompt: " + b"[" * 10_000 + b"]" * 10_000 + b"\n", "invalid_job", msg_has()),
-        "deep-mapping": ("deep-mapping.yaml", b"prompt: " + b"{a: " * 10_000 + b"1" + b"}" * 10_000 + b"\n", "invalid_job", msg_has()),
-        "id-traversal": ("id-traversal.yaml", job_yaml("escape by id", id="../../../tmp/escape").encode(), "invalid_job", msg_has("id")),
-        "id-absolute": ("id-absolute.yaml", job_yaml("escape by id", id="/etc/passwd").encode(), "invalid_job", msg_has("id")),
-        "model-traversal": ("model-traversal.yaml", job_yaml("escape by model", model="../../../../etc/passwd").encode(), "invalid_job", msg_has("model")),
-        "model-absolute": ("model-absolute.yaml", job_yaml("escape by model", model="/tmp").encode(), "invalid_job", msg_has("model")),
-        "model-unknown": ("model-unknown.yaml", job_yaml("no such model", model="large").encode(), "unknown_model", msg_has("large", "tiny")),
+        "deep-nesting": (
+            "deep-nesting.yaml",
+            b"prompt: " + b"[" * 10_000 + b"]" * 10_000 + b"\n",
+            "invalid_job",
+            msg_has(),
+        ),
+        "deep-mapping": (
+            "deep-mapping.yaml",
+            b"prompt: " + b"{a: " * 10_000 + b"1" + b"}" * 10_000 + b"\n",
+            "invalid_job",
+            msg_has(),
+        ),
+        "id-traversal": (
+            "id-traversal.yaml",
+            job_yaml("escape by id", id="../../../tmp/escape").encode(),
+            "invalid_job",
+            msg_has("id"),
+        ),
+        "id-absolute": (
+            "id-absolute.yaml",
+            job_yaml("escape by id", id="/etc/passwd").encode(),
+            "invalid_job",
+            msg_has("id"),
+        ),
+        "model-traversal": (
+            "model-traversal.yaml",
+            job_yaml("escape by model", model="../../../../etc/passwd").encode(),
+            "invalid_job",
+            msg_has("model"),
+        ),
+        "model-absolute": (
+            "model-absolute.yaml",
+            job_yaml("escape by model", model="/tmp").encode(),
+            "invalid_job",
+            msg_has("model"),
+        ),
+        "model-unknown": (
+            "model-unknown.yaml",
+            job_yaml("no such model", model="large").encode(),
+            "unknown_model",
+            msg_has("large", "tiny"),
+        ),
         "not-utf8": ("not-utf8.yaml", b"prompt: \xff\xfe caf\xe9\n", "invalid_job", msg_has()),
         "nul-bytes": ("nul-bytes.yaml", b"prompt: warm\x00piano\n", "invalid_job", msg_has()),
         "empty": ("empty.yaml", b"", "invalid_job", msg_has()),
@@ -108,7 +151,7 @@ def test_hostile_inputs_end_in_failed_with_precise_errors(tmp_path: Path, tiny_m
     big = inbox / ".big.yaml.part"
     h = hashlib.sha256()
     with open(big, "wb") as fh:
-        chunk = (b"prompt: " + b"x" * (1024 * 1024 - 9) + b"\n")
+        chunk = b"prompt: " + b"x" * (1024 * 1024 - 9) + b"\n"
         for _ in range(BIG_BYTES // len(chunk)):
             fh.write(chunk)
             h.update(chunk)
@@ -133,7 +176,15 @@ def test_hostile_inputs_end_in_failed_with_precise_errors(tmp_path: Path, tiny_m
     as_root = os.geteuid() == 0
 
     # Names the contract never reads: left alone.
-    ignored = [".hidden.yaml", "draft.yaml~", "x.yaml.swp", "upload.yaml.part", "y.tmp", "notes.txt", ".#lock.yaml"]
+    ignored = [
+        ".hidden.yaml",
+        "draft.yaml~",
+        "x.yaml.swp",
+        "upload.yaml.part",
+        "y.tmp",
+        "notes.txt",
+        ".#lock.yaml",
+    ]
     for name in ignored:
         (inbox / name).write_text(job_yaml("must be ignored"))
     (inbox / "subdir.yaml").mkdir()
@@ -150,13 +201,24 @@ def test_hostile_inputs_end_in_failed_with_precise_errors(tmp_path: Path, tiny_m
 
     try:
         wanted = set(expected)
-        wait_until(lambda: wanted <= set(outcomes(spool).failed), 240, interval=0.25, what="every hostile input's outcome")
-        wait_until(lambda: (spool / "outbox" / "unreadable.json").exists() or not as_root, 60, what="the unreadable job")
+        wait_until(
+            lambda: wanted <= set(outcomes(spool).failed),
+            240,
+            interval=0.25,
+            what="every hostile input's outcome",
+        )
+        wait_until(
+            lambda: (spool / "outbox" / "unreadable.json").exists() or not as_root,
+            60,
+            what="the unreadable job",
+        )
         for job_id in raced:
             wait_until(lambda: (spool / "outbox" / f"{job_id}.json").exists(), 60, what=f"raced {job_id}")
         # Still up and still working.
         drop(inbox, "after.yaml", job_yaml("after the storm", duration=0.1))
-        wait_until(lambda: (spool / "outbox" / "after.json").exists(), 60, what="a good job after the hostile ones")
+        wait_until(
+            lambda: (spool / "outbox" / "after.json").exists(), 60, what="a good job after the hostile ones"
+        )
         assert daemon.alive()
     finally:
         rc = daemon.stop()
@@ -193,14 +255,17 @@ def test_hostile_inputs_end_in_failed_with_precise_errors(tmp_path: Path, tiny_m
     assert not os.listdir(spool / "state" / "reserved")
     log = daemon.log_text()
     assert "Traceback" not in log, log[log.index("Traceback") - 1500 :][:4000]
-    record_figures("hostile", {
-        "inputs_tried": len(expected) + len(ignored) + 1 + 40 + 1,
-        "corpus_cases": len(corpus),
-        "corpus_not_applicable": not_applicable,
-        "failed_as_expected": held,
-        "ignored_left_alone": len(ignored) + 1,
-        "vanished_before_claim": vanished,
-        "raced_and_ran": len(raced),
-        "unreadable_as_root": "completed" if as_root else "n/a",
-        "held": held + len(ignored) + 1 + 40 + (1 if as_root else 0),
-    })
+    record_figures(
+        "hostile",
+        {
+            "inputs_tried": len(expected) + len(ignored) + 1 + 40 + 1,
+            "corpus_cases": len(corpus),
+            "corpus_not_applicable": not_applicable,
+            "failed_as_expected": held,
+            "ignored_left_alone": len(ignored) + 1,
+            "vanished_before_claim": vanished,
+            "raced_and_ran": len(raced),
+            "unreadable_as_root": "completed" if as_root else "n/a",
+            "held": held + len(ignored) + 1 + 40 + (1 if as_root else 0),
+        },
+    )

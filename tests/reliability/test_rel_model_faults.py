@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from reliability.daemonproc import (
     DaemonProc,
     assert_exactly_once,
@@ -43,7 +42,9 @@ def _broken_checkpoints(tmp_path: Path, tiny_model_dir: Path) -> dict[str, Path]
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "truncated"])
-def test_broken_checkpoint_fails_serve_with_model_load_error(kind: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_broken_checkpoint_fails_serve_with_model_load_error(
+    kind: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     model = _broken_checkpoints(tmp_path, tiny_model_dir)[kind]
     cfg = write_config(tmp_path / "config.yaml", tmp_path / "spool", model)
     daemon = DaemonProc(cfg, tmp_path / "serve.log")
@@ -60,19 +61,27 @@ def test_broken_checkpoint_fails_serve_with_model_load_error(kind: str, tmp_path
     assert "CRITICAL cannot load model tiny" in log
     assert "Traceback" not in log, log[-3000:]
     assert "ready: watching" not in log
-    record_figures(f"model_fault_{kind}", {"serve_exit": rc, "seconds_to_exit": round(time.monotonic() - t0, 1)})
+    record_figures(
+        f"model_fault_{kind}", {"serve_exit": rc, "seconds_to_exit": round(time.monotonic() - t0, 1)}
+    )
 
 
 @pytest.mark.parametrize(
     "kind",
     ["missing", "corrupt", "truncated"],
 )
-def test_doctor_reports_a_broken_checkpoint_with_exit_1(kind: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_doctor_reports_a_broken_checkpoint_with_exit_1(
+    kind: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     model = _broken_checkpoints(tmp_path, tiny_model_dir)[kind]
     cfg = write_config(tmp_path / "config.yaml", tmp_path / "spool", model)
     doctor = subprocess.run(
         [sys.executable, "-m", "daemon", "doctor", "--config", str(cfg)],
-        capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=300,
     )
     out = doctor.stdout + doctor.stderr
     assert doctor.returncode == 1, out
@@ -80,7 +89,9 @@ def test_doctor_reports_a_broken_checkpoint_with_exit_1(kind: str, tmp_path: Pat
     assert "FAIL" in line.upper(), out
 
 
-def test_injected_cuda_oom_splits_the_batch_and_the_job_completes(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_injected_cuda_oom_splits_the_batch_and_the_job_completes(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     spool = tmp_path / "spool"
     cfg = write_config(tmp_path / "config.yaml", spool, tiny_model_dir, fault_injection={"oom_once": True})
     daemon = DaemonProc(cfg, tmp_path / "daemon.log")

@@ -78,7 +78,10 @@ def test_status_is_deduplicated(fake_systemd: FakeSystemd, backend: str) -> None
     assert n.status("job abc 43% (3 queued)")
     assert not n.status("job abc 43% (3 queued)")  # same text: nothing sent
     assert n.status("job abc 44% (3 queued)")
-    assert [m["STATUS"] for m in fake_systemd.pending()] == ["job abc 43% (3 queued)", "job abc 44% (3 queued)"]
+    assert [m["STATUS"] for m in fake_systemd.pending()] == [
+        "job abc 43% (3 queued)",
+        "job abc 44% (3 queued)",
+    ]
     # READY with a status counts as the last status too.
     n.ready(status="idle, 0 queued")
     assert not n.status("idle, 0 queued")
@@ -201,9 +204,7 @@ def test_unsupported_socket_kind_is_refused() -> None:
         Notifier(env={"NOTIFY_SOCKET": "vsock:2:1234"}, backend="socket")
 
 
-def test_gone_socket_logs_once_and_carries_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_gone_socket_logs_once_and_carries_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     n = Notifier(env={"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")}, backend="socket")
     assert not n.status("a")
     assert not n.status("b")
@@ -212,7 +213,9 @@ def test_gone_socket_logs_once_and_carries_on(
 
 
 @pytest.mark.skipif(not HAVE_SYSTEMD_PYTHON, reason="systemd-python not installed")
-def test_explicit_env_socket_is_not_sent_through_libsystemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_env_socket_is_not_sent_through_libsystemd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     path = str(tmp_path / "n.sock")
     assert Notifier(env={"NOTIFY_SOCKET": path}).backend == "socket"

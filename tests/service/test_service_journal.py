@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability.daemonproc import DaemonProc, clean_env, drop, job_yaml, wait_until, write_config
 
 from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, MESSAGE_ID_JOB_FAILED
-from reliability.daemonproc import DaemonProc, clean_env, drop, job_yaml, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,19 @@ COMPLETED_RE = re.compile(
 )
 
 
-def test_plain_stderr_lines_carry_the_job_context_and_one_summary_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_plain_stderr_lines_carry_the_job_context_and_one_summary_line(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     spool = tmp_path / "spool"
     cfg = write_config(tmp_path / "config.yaml", spool, tiny_model_dir)
     daemon = DaemonProc(cfg, tmp_path / "daemon.log")
     try:
         daemon.start().wait_ready()
-        drop(spool / "inbox", "jr1.yaml", job_yaml("journal story tune", duration=0.5, seed=5,
-                                                 output={"loudness_lufs": -20.0}))
+        drop(
+            spool / "inbox",
+            "jr1.yaml",
+            job_yaml("journal story tune", duration=0.5, seed=5, output={"loudness_lufs": -20.0}),
+        )
         drop(spool / "inbox", "broken.yaml", "prompt: [unclosed\n")
         wait_until(lambda: (spool / "outbox" / "jr1.json").exists(), 60, what="jr1 result")
         wait_until(lambda: (spool / "failed" / "broken.error.json").exists(), 60, what="broken rejected")
@@ -76,7 +81,7 @@ def test_plain_stderr_lines_carry_the_job_context_and_one_summary_line(tmp_path:
 
 # --------------------------------------------------------------------------- journal fields
 
-_FAKE_JOURNALD = r'''
+_FAKE_JOURNALD = r"""
 import json, os, socket, struct, subprocess, sys
 
 records, pidfile, stderr_path, config = sys.argv[1:5]
@@ -122,7 +127,7 @@ with open(records, "a") as out:
         out.write(json.dumps(parse(data)) + "\n")
         out.flush()
 sys.exit(daemon.returncode)
-'''
+"""
 
 
 def _journal_records(path: Path) -> list[dict[str, str]]:
@@ -137,7 +142,9 @@ def _can_make_mount_namespace() -> str | None:
         return "unshare(1) is not installed"
     probe = subprocess.run(
         ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /run"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     if probe.returncode != 0:
         return f"cannot make a mount namespace with a tmpfs on /run: {probe.stderr.strip()}"
@@ -159,12 +166,29 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
         helper = tmp / "fake_journald.py"
         helper.write_text(_FAKE_JOURNALD)
         records, pidfile, stderr_path = tmp / "records.jsonl", tmp / "daemon.pid", tmp / "stderr.txt"
-        cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs /run && exec "$0" "$@"',
-               sys.executable, str(helper), str(records), str(pidfile), str(stderr_path), str(cfg)]
+        cmd = [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=1m tmpfs /run && exec "$0" "$@"',
+            sys.executable,
+            str(helper),
+            str(records),
+            str(pidfile),
+            str(stderr_path),
+            str(cfg),
+        ]
         proc = subprocess.Popen(cmd, env=clean_env(), cwd=tmp)
         try:
-            wait_until(lambda: any("ready: watching" in r.get("MESSAGE", "") for r in _journal_records(records))
-                       or proc.poll() is not None, 180, what="READY in the journal")
+            wait_until(
+                lambda: (
+                    any("ready: watching" in r.get("MESSAGE", "") for r in _journal_records(records))
+                    or proc.poll() is not None
+                ),
+                180,
+                what="READY in the journal",
+            )
             assert proc.poll() is None, stderr_path.read_text()[-3000:]
             drop(spool / "inbox", "jr2.yaml", job_yaml("journal fields tune", duration=0.2, seed=2))
             wait_until(lambda: (spool / "outbox" / "jr2.json").exists(), 60, what="jr2 result")
@@ -197,9 +221,15 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
         assert [r["DGX_MUSIC_JOB_ID"] for r in failed] == ["jr3"], failed
         assert "unknown_model" in failed[0]["MESSAGE"] and failed[0]["PRIORITY"] == "4"
         assert rec["CODE_FILE"].endswith("worker.py") and rec["CODE_LINE"].isdigit()
-        assert "RTF" in rec["MESSAGE"] and "LUFS" in rec["MESSAGE"] and str(spool / "outbox" / "jr2.json") in rec["MESSAGE"]
+        assert (
+            "RTF" in rec["MESSAGE"]
+            and "LUFS" in rec["MESSAGE"]
+            and str(spool / "outbox" / "jr2.json") in rec["MESSAGE"]
+        )
         # Records outside any job carry no job fields.
         ready = next(r for r in recs if "ready: watching" in r["MESSAGE"])
-        assert "DGX_MUSIC_JOB_ID" not in ready and "DGX_MUSIC_STAGE" not in ready and "MESSAGE_ID" not in ready
+        assert (
+            "DGX_MUSIC_JOB_ID" not in ready and "DGX_MUSIC_STAGE" not in ready and "MESSAGE_ID" not in ready
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from daemon_harness import write_faults
 from reliability.daemonproc import (
     DaemonProc,
@@ -99,7 +98,9 @@ def _stop(served: Served) -> None:
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path) -> Iterator[Served]:
     tmp = _short_dir()
-    s = _start(tmp, tiny_model_dir, fault_injection={"stall_after_steps": STALL_AFTER_STEPS, "stall_s": STALL_S})
+    s = _start(
+        tmp, tiny_model_dir, fault_injection={"stall_after_steps": STALL_AFTER_STEPS, "stall_s": STALL_S}
+    )
     try:
         yield s
     finally:
@@ -120,7 +121,9 @@ def test_ready_only_after_the_model_is_loaded(served: Served) -> None:
     first_ready = lines.index("READY=1")
     before = lines[:first_ready]
     assert "STATUS=loading model tiny" in before, lines[:10]
-    assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in before), "no start timeout extension for the load"
+    assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in before), (
+        "no start timeout extension for the load"
+    )
     # A load cannot ping per step: the watchdog is widened for it and set back before READY.
     widened = [line for line in before if line.startswith("WATCHDOG_USEC=")]
     if widened:
@@ -145,7 +148,11 @@ def test_status_follows_a_job_and_watchdog_stops_while_generation_is_stalled(ser
     lines = _lines_after(served, t0 - 1.5)
 
     statuses = [line for _, line in lines if line.startswith("STATUS=")]
-    percents = [int(m.group(1)) for s in statuses if (m := re.fullmatch(r"STATUS=job stall1 (\d+)% \(\d+ queued\)", s))]
+    percents = [
+        int(m.group(1))
+        for s in statuses
+        if (m := re.fullmatch(r"STATUS=job stall1 (\d+)% \(\d+ queued\)", s))
+    ]
     assert len(percents) >= 2, f"STATUS did not follow the job: {statuses}"
     assert percents == sorted(percents) and percents[0] < percents[-1], percents
     assert statuses[-1].startswith("STATUS=idle"), statuses[-3:]
@@ -163,7 +170,9 @@ def test_status_follows_a_job_and_watchdog_stops_while_generation_is_stalled(ser
     healthy = [g for g, a, _ in gaps if (a, g) != (gap_start, longest)]
     assert max(healthy) < WATCHDOG_S, f"a healthy gap reached the watchdog interval: {max(healthy):.2f} s"
     # Pings resumed from the decoding steps after the stall, before the job had finished.
-    assert any(gap_end <= ts <= t_done for ts in pings), "no ping between the end of the stall and the job's end"
+    assert any(gap_end <= ts <= t_done for ts in pings), (
+        "no ping between the end of the stall and the job's end"
+    )
     assert sum(1 for ts in pings if ts > t_done) >= 3, "idle pings did not resume"
     print(f"\nwatchdog silent for {longest:.2f} s during a {STALL_S:.0f} s stall; statuses {statuses}")
 
@@ -182,7 +191,10 @@ def _reload(served: Served, config: dict | str) -> tuple[list[str], str]:
 def test_sighup_reloads_with_reloading_then_ready(served: Served) -> None:
     try:
         before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        new = {**served.base_config, "models": {**served.base_config["models"], "tiny2": served.base_config["models"]["tiny"]}}
+        new = {
+            **served.base_config,
+            "models": {**served.base_config["models"], "tiny2": served.base_config["models"]["tiny"]},
+        }
         lines, log = _reload(served, new)
         after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         assert lines[0] == "RELOADING=1", lines
@@ -206,7 +218,9 @@ def test_sighup_reloads_with_reloading_then_ready(served: Served) -> None:
         assert "reload refused, keeping the old configuration" in log and "max_attempts" in log, log
 
         assert served.daemon.alive()
-        drop(served.spool / "inbox", "after-reload.yaml", job_yaml("still working after reloads", duration=0.1))
+        drop(
+            served.spool / "inbox", "after-reload.yaml", job_yaml("still working after reloads", duration=0.1)
+        )
         _wait_result(served.spool, "after-reload")
     finally:
         served.config.write_text(yaml.safe_dump(served.base_config))
@@ -214,7 +228,12 @@ def test_sighup_reloads_with_reloading_then_ready(served: Served) -> None:
 
 def test_sigterm_sends_stopping_and_hands_the_running_job_back(tiny_model_dir: Path) -> None:
     tmp = _short_dir()
-    s = _start(tmp, tiny_model_dir, stop_grace_s=1.0, fault_injection={"stall_after_steps": STALL_AFTER_STEPS, "stall_s": 60})
+    s = _start(
+        tmp,
+        tiny_model_dir,
+        stop_grace_s=1.0,
+        fault_injection={"stall_after_steps": STALL_AFTER_STEPS, "stall_s": 60},
+    )
     try:
         original = job_yaml("interrupted by a stop", duration=2.0, seed=9).encode()
         drop(s.spool / "inbox", "term1.yaml", original)

@@ -82,9 +82,15 @@ def test_unit_core_settings(unit: str) -> None:
     assert int(s["WatchdogSec"].rstrip("s")) >= 60
     assert int(s["MemoryMax"].rstrip("G")) >= defaults.max_memory_gb
     for key, want in [
-        ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
-        ("NoNewPrivileges", "yes"), ("CapabilityBoundingSet", ""), ("DevicePolicy", "closed"),
-        ("PrivateNetwork", "yes"), ("RestrictAddressFamilies", "AF_UNIX"), ("UMask", "0027"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("DevicePolicy", "closed"),
+        ("PrivateNetwork", "yes"),
+        ("RestrictAddressFamilies", "AF_UNIX"),
+        ("UMask", "0027"),
     ]:
         assert s[key] == want, key
     assert ("SystemCallFilter", "@system-service") in unit_settings(text)
@@ -113,7 +119,10 @@ def test_per_gpu_device_variable_is_read_by_settings(monkeypatch: pytest.MonkeyP
 def run_verify(tmp_path: Path, path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [ANALYZE or "systemd-analyze", "verify", "--man=no", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
 
 
@@ -131,7 +140,9 @@ def verify_complaints(proc: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit, as_name", [("dgx-music.service", None), ("dgx-music@.service", "dgx-music@0.service")])
+@pytest.mark.parametrize(
+    "unit, as_name", [("dgx-music.service", None), ("dgx-music@.service", "dgx-music@0.service")]
+)
 def test_systemd_analyze_verify(tmp_path: Path, unit: str, as_name: str | None) -> None:
     staged_unit(tmp_path, "dgx-music.service")  # the template's Conflicts= names it
     path = staged_unit(tmp_path, unit, as_name)
@@ -152,7 +163,10 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
 def exposure(tmp_path: Path, path: Path) -> float:
     proc = subprocess.run(
         [ANALYZE or "systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     if "--offline" in proc.stderr and ("unrecognized" in proc.stderr or "Unknown" in proc.stderr):
         pytest.skip("systemd-analyze security --offline needs systemd >= 250")
@@ -162,7 +176,9 @@ def exposure(tmp_path: Path, path: Path) -> float:
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit, as_name", [("dgx-music.service", None), ("dgx-music@.service", "dgx-music@1.service")])
+@pytest.mark.parametrize(
+    "unit, as_name", [("dgx-music.service", None), ("dgx-music@.service", "dgx-music@1.service")]
+)
 def test_security_exposure_is_ok(tmp_path: Path, unit: str, as_name: str | None) -> None:
     path = staged_unit(tmp_path, unit, as_name)
     score = exposure(tmp_path, path)
@@ -209,7 +225,8 @@ def test_tmpfiles_modes() -> None:
 
 def test_sysusers_lines() -> None:
     lines = [
-        line.split(None, 2) for line in (SYSTEMD / "dgx-music.sysusers").read_text().splitlines()
+        line.split(None, 2)
+        for line in (SYSTEMD / "dgx-music.sysusers").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert ["u", "dgx-music", '- "dgx-music daemon" /var/lib/dgx-music'] in lines
@@ -225,20 +242,32 @@ def test_sysusers_lines() -> None:
 def test_sysusers_and_tmpfiles_applied_to_a_scratch_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
-    subprocess.run(["systemd-sysusers", f"--root={root}", str(SYSTEMD / "dgx-music.sysusers")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["systemd-sysusers", f"--root={root}", str(SYSTEMD / "dgx-music.sysusers")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     users = {l.split(":")[0]: l.split(":") for l in (root / "etc/passwd").read_text().splitlines()}
     groups = {l.split(":")[0]: l.split(":") for l in (root / "etc/group").read_text().splitlines()}
     assert users["dgx-music"][5] == "/var/lib/dgx-music"
     assert "dgx-music" in groups["dgx-music-submit"][3].split(",")
     assert "dgx-music" in groups["video"][3].split(",")
-    subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}", str(SYSTEMD / "dgx-music.tmpfiles")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["systemd-tmpfiles", "--create", f"--root={root}", str(SYSTEMD / "dgx-music.tmpfiles")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     uid = {name: int(fields[2]) for name, fields in users.items()}
     gid = {name: int(fields[2]) for name, fields in groups.items()}
     for path, (mode, user, group) in EXPECTED_TMPFILES.items():
         st = (root / path.lstrip("/")).stat()
-        assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == (oct(int(mode, 8)), uid[user], gid[group]), path
+        assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == (
+            oct(int(mode, 8)),
+            uid[user],
+            gid[group],
+        ), path
 
 
 # ---- sample config -----------------------------------------------------------------
@@ -266,13 +295,16 @@ def sh(script: str, *args: str, destdir: Path | None = None) -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if k != "DESTDIR"}
     if destdir is not None:
         env["DESTDIR"] = str(destdir)
-    return subprocess.run(["sh", str(SYSTEMD / script), *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        ["sh", str(SYSTEMD / script), *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 def tree(root: Path) -> dict[str, tuple[str, str]]:
     return {
         str(p.relative_to(root)): (oct(p.stat().st_mode), hashlib.sha256(p.read_bytes()).hexdigest())
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -280,9 +312,15 @@ def test_install_dry_run_changes_nothing(tmp_path: Path) -> None:
     proc = sh("install.sh", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     for expected in [
-        "-m venv /opt/dgx-music/venv", "pip install", "/etc/systemd/system/dgx-music.service",
-        "/etc/systemd/system/dgx-music@.service", "/etc/sysusers.d/dgx-music.conf",
-        "/etc/tmpfiles.d/dgx-music.conf", "systemd-sysusers", "systemd-tmpfiles --create", "systemctl daemon-reload",
+        "-m venv /opt/dgx-music/venv",
+        "pip install",
+        "/etc/systemd/system/dgx-music.service",
+        "/etc/systemd/system/dgx-music@.service",
+        "/etc/sysusers.d/dgx-music.conf",
+        "/etc/tmpfiles.d/dgx-music.conf",
+        "systemd-sysusers",
+        "systemd-tmpfiles --create",
+        "systemctl daemon-reload",
     ]:
         assert expected in proc.stdout, expected
     proc = sh("install.sh", "--dry-run", destdir=tmp_path / "root")
@@ -301,8 +339,11 @@ def test_destdir_install_is_idempotent_and_keeps_config(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     snapshot = tree(root)
     assert set(snapshot) >= {
-        "etc/systemd/system/dgx-music.service", "etc/systemd/system/dgx-music@.service",
-        "etc/sysusers.d/dgx-music.conf", "etc/tmpfiles.d/dgx-music.conf", "etc/dgx-music/config.yaml",
+        "etc/systemd/system/dgx-music.service",
+        "etc/systemd/system/dgx-music@.service",
+        "etc/sysusers.d/dgx-music.conf",
+        "etc/tmpfiles.d/dgx-music.conf",
+        "etc/dgx-music/config.yaml",
     }
     unit = (root / "etc/systemd/system/dgx-music.service").read_text()
     assert "ExecStart=/srv/dgx/venv/bin/dgx-music serve --config /etc/dgx-music/config.yaml" in unit

@@ -21,8 +21,14 @@ SR = 32000
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = load_settings(None, spool=tmp_path / "spool", models={"tiny": {"path": str(tmp_path / "m")}},
-                      default_model="tiny", max_reference_bytes=200_000, max_reference_s=3.0)
+    s = load_settings(
+        None,
+        spool=tmp_path / "spool",
+        models={"tiny": {"path": str(tmp_path / "m")}},
+        default_model="tiny",
+        max_reference_bytes=200_000,
+        max_reference_s=3.0,
+    )
     ensure_layout(s)
     return s
 
@@ -138,7 +144,9 @@ def test_file_the_daemon_cannot_read(settings: Settings) -> None:
 def test_locate_field_finds_the_line_in_a_job_or_batch_or_defaults() -> None:
     single = b"prompt: keep going\n\ncontinue_from: library/a.wav\n"
     assert locate_field(single, "j.yaml", 0, "continue_from") == ("continue_from", 3)
-    batch = (b"defaults:\n  melody: library/m.wav\njobs:\n  - prompt: one song\n"
-             b"  - prompt: two songs\n    melody: library/n.wav\n")
+    batch = (
+        b"defaults:\n  melody: library/m.wav\njobs:\n  - prompt: one song\n"
+        b"  - prompt: two songs\n    melody: library/n.wav\n"
+    )
     assert locate_field(batch, "b.yaml", 0, "melody") == ("defaults.melody", 2)
     assert locate_field(batch, "b.yaml", 1, "melody") == ("jobs[1].melody", 6)

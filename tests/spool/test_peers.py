@@ -84,7 +84,9 @@ def test_local_owner_judged_by_proc_not_by_heartbeat(settings: Settings) -> None
     me = owner_mod.current_owner()
     peers = Peers(settings)
     assert peers.heartbeats == [] and peers.alive(me, since=0)  # no heartbeat, long ago: still alive
-    dead = owner_mod.Owner(host=me.host, pid=2**22 + 12345, start_ticks=None, boot_id=me.boot_id, pid_ns=me.pid_ns)
+    dead = owner_mod.Owner(
+        host=me.host, pid=2**22 + 12345, start_ticks=None, boot_id=me.boot_id, pid_ns=me.pid_ns
+    )
     assert not peers.alive(dead, since=time.time())
 
 

@@ -17,9 +17,6 @@ from pathlib import Path
 import pytest
 
 from daemon import spool
-from daemon.spool import reserve
-from daemon.spool.records import write_meta
-from jobspec.names import default_job_id, is_candidate, is_valid_job_id
 from daemon.core.config import Settings, load_settings
 from daemon.spool import (
     Claimed,
@@ -37,8 +34,11 @@ from daemon.spool import (
     owner_alive,
     recover,
     release_id,
+    reserve,
     reserve_id,
 )
+from daemon.spool.records import write_meta
+from jobspec.names import default_job_id, is_candidate, is_valid_job_id
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,15 @@ def work_listing(settings: Settings) -> tuple[list[str], list[str]]:
 def test_ensure_layout_creates_every_directory(tmp_path: Path) -> None:
     s = load_settings(None, spool=tmp_path / "deep" / "spool")
     ensure_layout(s)
-    for d in (s.inbox, s.work, s.outbox, s.failed, s.state_dir, s.state_dir / "cancel", s.state_dir / "reserved"):
+    for d in (
+        s.inbox,
+        s.work,
+        s.outbox,
+        s.failed,
+        s.state_dir,
+        s.state_dir / "cancel",
+        s.state_dir / "reserved",
+    ):
         assert d.is_dir(), d
     ensure_layout(s)  # idempotent
 
@@ -151,7 +159,11 @@ def test_same_stem_twice_never_collides_in_work(settings: Settings) -> None:
     c = claim(settings, drop(settings, "x.yaml", b"three"))
     assert a and b and c
     assert len({a.work_path, b.work_path, c.work_path}) == 3
-    assert sorted(p.read_bytes() for p in (a.work_path, b.work_path, c.work_path)) == [b"one", b"three", b"two"]
+    assert sorted(p.read_bytes() for p in (a.work_path, b.work_path, c.work_path)) == [
+        b"one",
+        b"three",
+        b"two",
+    ]
 
 
 def test_claim_ignores_names_that_are_not_jobs(settings: Settings) -> None:
@@ -196,11 +208,17 @@ def test_symlink_is_moved_to_failed_and_its_target_never_touched(settings: Setti
         assert "symlinks are not accepted" in err["error"]["message"]
     after = os.stat(secret)
     assert secret.read_bytes() == b"prompt: do not read me\n"
-    assert (after.st_mtime_ns, after.st_size, after.st_ino) == (before.st_mtime_ns, before.st_size, before.st_ino)
+    assert (after.st_mtime_ns, after.st_size, after.st_ino) == (
+        before.st_mtime_ns,
+        before.st_size,
+        before.st_ino,
+    )
     assert sorted(os.listdir(outside)) == ["secret.yaml", "trap"]
 
 
-def test_directory_with_a_job_name_is_left_alone_and_logged_once(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def test_directory_with_a_job_name_is_left_alone_and_logged_once(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     d = settings.inbox / "folder.yaml"
     d.mkdir()
     caplog.set_level("WARNING", logger="daemon.spool.layout")
@@ -217,7 +235,13 @@ def test_read_bytes_stops_one_byte_past_the_limit(settings: Settings) -> None:
     assert len(c.read_bytes(200_000)) == 100_000
 
 
-def _claim_all(spool_dir: str, names: list[str], threads: int, barrier_timeout: float, out: "multiprocessing.Queue[list[str]]") -> None:
+def _claim_all(
+    spool_dir: str,
+    names: list[str],
+    threads: int,
+    barrier_timeout: float,
+    out: "multiprocessing.Queue[list[str]]",
+) -> None:
     s = load_settings(None, spool=Path(spool_dir))
     got: list[str] = []
     lock = threading.Lock()
@@ -247,7 +271,9 @@ def test_claim_race_threads_and_processes_claim_each_file_exactly_once(settings:
         drop(settings, n, n.encode())
     ctx = multiprocessing.get_context("fork")
     out: multiprocessing.Queue[list[str]] = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(settings.spool), names, 4, 10.0, out)) for _ in range(2)]
+    procs = [
+        ctx.Process(target=_claim_all, args=(str(settings.spool), names, 4, 10.0, out)) for _ in range(2)
+    ]
     for p in procs:
         p.start()
     # 8 more threads in this process race the two processes' 4 threads each.
@@ -275,7 +301,9 @@ def _run_in_child(code: str, settings: Settings) -> str:
         "from daemon.spool import *\n"
         f"s = load_settings(None, spool=Path({str(settings.spool)!r}), max_attempts={settings.max_attempts})\n"
     )
-    proc = subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -310,7 +338,13 @@ def test_recover_counts_crashes_of_running_jobs_and_flags_them_at_max_attempts(s
         settings,
     )
     for c in (boom, calm):  # pretend this process died: rewrite the owner to a dead one
-        dead = Owner(host=c.owner.host, pid=_dead_pid(), start_ticks=None, boot_id=c.owner.boot_id, pid_ns=c.owner.pid_ns)
+        dead = Owner(
+            host=c.owner.host,
+            pid=_dead_pid(),
+            start_ticks=None,
+            boot_id=c.owner.boot_id,
+            pid_ns=c.owner.pid_ns,
+        )
         write_meta(Claimed(**{**c.__dict__, "owner": dead, "running": c is boom}))
     out = _run_in_child(
         "got = {c.source_name: c for c in recover(s)}\n"
@@ -395,7 +429,9 @@ def test_reservations_are_born_with_their_claim_and_empty_leftovers_expire(setti
     assert reserve_id(settings, "tune", audio_names, claim_id="c1") == "tune"
     record = json.loads((settings.state_dir / "reserved" / "tune").read_bytes())
     assert record["claim_id"] == "c1"
-    assert not [p for p in (settings.state_dir / "reserved").iterdir() if p.name.startswith(".")]  # no temp left
+    assert not [
+        p for p in (settings.state_dir / "reserved").iterdir() if p.name.startswith(".")
+    ]  # no temp left
     empty = settings.state_dir / "reserved" / "old"
     empty.write_bytes(b"")
     assert reserve_id(settings, "old", audio_names) == "old-2"  # fresh: maybe being written
@@ -420,7 +456,9 @@ def test_reserve_id_is_unique_under_concurrency(settings: Settings) -> None:
         t.start()
     for t in ts:
         t.join()
-    assert sorted(got, key=lambda x: int(x.split("-")[1]) if "-" in x else 1) == ["same"] + [f"same-{n}" for n in range(2, 25)]
+    assert sorted(got, key=lambda x: int(x.split("-")[1]) if "-" in x else 1) == ["same"] + [
+        f"same-{n}" for n in range(2, 25)
+    ]
 
 
 def _reserve_in_child(spool_dir: str, n: int, out: "multiprocessing.Queue[list[str]]") -> None:

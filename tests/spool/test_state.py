@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.spool import state
 from daemon.core.config import Settings, load_settings
+from daemon.spool import state
 from daemon.spool.layout import ensure_layout
 from daemon.spool.state import (
     InvalidJobIdError,
@@ -116,7 +116,11 @@ def test_instances_sharing_a_spool_keep_separate_files(settings: Settings) -> No
         ProgressWriter(settings, instance="../x")
 
 
-def _hammer(paths: list[str], stop: "multiprocessing.synchronize.Event", out: "multiprocessing.Queue[tuple[int, list[str]]]") -> None:
+def _hammer(
+    paths: list[str],
+    stop: "multiprocessing.synchronize.Event",
+    out: "multiprocessing.Queue[tuple[int, list[str]]]",
+) -> None:
     reads, errors = 0, []
     while not stop.is_set():
         for p in paths:
@@ -138,7 +142,11 @@ def test_state_files_are_valid_json_whenever_a_reader_looks(settings: Settings) 
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
     out: multiprocessing.Queue[tuple[int, list[str]]] = ctx.Queue()
-    paths = [str(running_path(settings)), str(settings.state_dir / "queue.json"), str(settings.state_dir / "recent.json")]
+    paths = [
+        str(running_path(settings)),
+        str(settings.state_dir / "queue.json"),
+        str(settings.state_dir / "recent.json"),
+    ]
     reader = ctx.Process(target=_hammer, args=(paths, stop, out))
     reader.start()
     pw = ProgressWriter(settings, min_interval_s=0.0)
@@ -146,7 +154,10 @@ def test_state_files_are_valid_json_whenever_a_reader_looks(settings: Settings) 
         pw.start("hammer", frames_total=200, prompt="x" * 8000)  # a big file: a torn write would show
         for i in range(1, 201):
             pw.update(i)
-            write_queue(settings, [{"position": n, "job_id": f"j{n}", "priority": "normal"} for n in range(1 + i % 100)])
+            write_queue(
+                settings,
+                [{"position": n, "job_id": f"j{n}", "priority": "normal"} for n in range(1 + i % 100)],
+            )
             if i % 10 == 0:
                 record_outcome(settings, {"job_id": f"r{i}", "status": "completed", "note": "y" * 200})
     finally:
@@ -193,7 +204,9 @@ def test_recent_keeps_the_last_50(settings: Settings) -> None:
 
 def test_recent_loses_no_entry_to_two_processes_and_a_thread_writing_at_once(settings: Settings) -> None:
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_record_many, args=(str(settings.spool), tag, 30, 1000)) for tag in ("a", "b")]
+    procs = [
+        ctx.Process(target=_record_many, args=(str(settings.spool), tag, 30, 1000)) for tag in ("a", "b")
+    ]
     for p in procs:
         p.start()
     thread = threading.Thread(target=_record_many, args=(str(settings.spool), "c", 20, 1000))
@@ -204,7 +217,9 @@ def test_recent_loses_no_entry_to_two_processes_and_a_thread_writing_at_once(set
     thread.join()
     ids = [r["job_id"] for r in read_recent(settings)]
     # A lost read-modify-write would drop entries; each writer's entries keep their order.
-    assert sorted(ids) == sorted([f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)] + [f"c{i}" for i in range(20)])
+    assert sorted(ids) == sorted(
+        [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)] + [f"c{i}" for i in range(20)]
+    )
     for tag in ("a", "b", "c"):
         mine = [int(i[1:]) for i in ids if i[0] == tag]
         assert mine == sorted(mine)
@@ -218,7 +233,9 @@ def test_dead_instances_state_files_are_removed(tmp_path: Path) -> None:
     settings.state_dir.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    state.replace_json(state.running_path(settings, "dead"), {"job_id": "x", "pid": dead.pid, "host": socket.gethostname()})
+    state.replace_json(
+        state.running_path(settings, "dead"), {"job_id": "x", "pid": dead.pid, "host": socket.gethostname()}
+    )
     state.write_queue(settings, [], instance="alive")  # this process: alive
     removed = state.remove_dead_instances(settings)
     assert removed == [state.running_path(settings, "dead")]

@@ -54,7 +54,9 @@ class Recorder:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     # A long rescan interval: what inotify mode reports here, the observer reported.
-    s = load_settings(None, spool=tmp_path / "spool", rescan_interval_s=3600, settle_s=0.3, poll_interval_s=0.05)
+    s = load_settings(
+        None, spool=tmp_path / "spool", rescan_interval_s=3600, settle_s=0.3, poll_interval_s=0.05
+    )
     ensure_layout(s)
     return s
 
@@ -63,7 +65,9 @@ def settings(tmp_path: Path) -> Settings:
 def watch(settings: Settings) -> Iterator[Callable[..., tuple[InboxWatcher, Recorder]]]:
     started: list[InboxWatcher] = []
 
-    def start(mode: str = "inotify", callback: Callable[[Path], None] | None = None, **kw: float) -> tuple[InboxWatcher, Recorder]:
+    def start(
+        mode: str = "inotify", callback: Callable[[Path], None] | None = None, **kw: float
+    ) -> tuple[InboxWatcher, Recorder]:
         rec = Recorder()
         w = InboxWatcher(settings, callback or rec, mode=mode, **kw)
         w.start()
@@ -153,7 +157,16 @@ def test_ignored_names_directories_and_other_files_are_never_reported(
 ) -> None:
     caplog.set_level("WARNING")
     w, rec = watch()
-    ignored = [".hidden.yaml", "x.yaml~", "x.yaml.part", "x.yaml.tmp", "x.yaml.swp", "#x.yaml#", ".~lock.x.yaml#", "~$x.yaml"]
+    ignored = [
+        ".hidden.yaml",
+        "x.yaml~",
+        "x.yaml.part",
+        "x.yaml.tmp",
+        "x.yaml.swp",
+        "#x.yaml#",
+        ".~lock.x.yaml#",
+        "~$x.yaml",
+    ]
     for name in [*ignored, "notes.txt"]:
         (settings.inbox / name).write_bytes(b"prompt: never read\n")
     (settings.inbox / "dir.yaml").mkdir()

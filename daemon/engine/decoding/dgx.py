@@ -40,8 +40,8 @@ from daemon.engine.decoding.parts import (
     extract_frames,
     model_parts,
 )
-from daemon.engine.decoding.step import float_mask, fused_decoder
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
+from daemon.engine.decoding.step import float_mask, fused_decoder
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,11 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
     decoder = fused_decoder(parts)
     cross_mask = float_mask(encoder_mask, parts.dtype)
     cross = decoder.cross_kv(encoder_states)
-    kv = torch.zeros((len(decoder.layers), 2, rows, parts.heads_count, total_len, parts.head_dim),
-                     dtype=parts.dtype, device=parts.device)
+    kv = torch.zeros(
+        (len(decoder.layers), 2, rows, parts.heads_count, total_len, parts.head_dim),
+        dtype=parts.dtype,
+        device=parts.device,
+    )
     params = sampling_tensors(req.rows, parts.vocab_size, parts.device)
     noise = RowNoise(req.rows, parts.num_codebooks, parts.vocab_size, parts.device, noise_chunk)
     seq = pattern.clone()
@@ -193,8 +196,11 @@ class DgxBackend:
             raise
         except RuntimeError as exc:
             self._capture_failed = True
-            log.warning("CUDA graph capture failed (%s: %s); decoding without graphs from now on",
-                        type(exc).__name__, exc)
+            log.warning(
+                "CUDA graph capture failed (%s: %s); decoding without graphs from now on",
+                type(exc).__name__,
+                exc,
+            )
             if torch.cuda.is_available():
                 torch.cuda.synchronize(parts.device)
             return GraphBucket(parts, key, False)
@@ -217,7 +223,9 @@ class DgxBackend:
                 if parts.core.embed_positions.weights.shape[0] < key.length + 1:
                     # A new position table moves the buffer the captured graphs read: drop them.
                     self._buckets.clear()
-                    parts.core.embed_positions.make_weights(key.length + 1, parts.core.embed_positions.embedding_dim)
+                    parts.core.embed_positions.make_weights(
+                        key.length + 1, parts.core.embed_positions.embedding_dim
+                    )
                 while len(self._buckets) >= self.max_buckets:
                     self._buckets.popitem(last=False)
                 bucket = self._new_bucket(parts, key, self.uses_graphs(model) and not self._capture_failed)

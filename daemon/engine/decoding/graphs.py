@@ -24,8 +24,8 @@ from daemon.engine.decoding.parts import (
     encode_text,
     extract_frames,
 )
-from daemon.engine.decoding.step import float_mask, fused_decoder
 from daemon.engine.decoding.sampler import RowNoise, SamplingTensors, guide, pick_tokens, sampling_tensors
+from daemon.engine.decoding.step import float_mask, fused_decoder
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -84,7 +84,9 @@ class GraphBucket:
         self_mask = torch.where(visible, self.zero, self.neg)
         logits = self.decoder(self.tokens, self.kv, position, self_mask, self.cross, self.cross_mask)
         scores = guide(logits, self.cfg_coef, self.key.doubled)
-        nxt = pick_tokens(scores, self.params, self.noise if self.key.sampling else None, static=self.key.sampling)
+        nxt = pick_tokens(
+            scores, self.params, self.noise if self.key.sampling else None, static=self.key.sampling
+        )
         target = position + 1
         forced = self.pattern.index_select(2, target).squeeze(-1)
         nxt = torch.where(forced == -1, nxt, forced)
@@ -145,8 +147,9 @@ class GraphBucket:
         self.pattern[:batch, :, :total_len] = pattern
         self.seq.copy_(self.pattern)
         self.seq[:batch, :, :start] = prefix
-        padded_prefix = torch.full((key.rows, parts.num_codebooks, start), parts.start_id, dtype=torch.long,
-                                   device=parts.device)
+        padded_prefix = torch.full(
+            (key.rows, parts.num_codebooks, start), parts.start_id, dtype=torch.long, device=parts.device
+        )
         padded_prefix[:batch] = prefix
         rows: list[RowSampling | None] = list(req.rows) + [None] * (key.rows - batch)
         fresh = sampling_tensors(rows, parts.vocab_size, parts.device)
@@ -189,5 +192,3 @@ def copy_params(dst: SamplingTensors, src: SamplingTensors) -> None:
     dst.top_k.copy_(src.top_k)
     dst.top_p.copy_(src.top_p)
     dst.greedy.copy_(src.greedy)
-
-

@@ -21,7 +21,11 @@ from daemon.engine.decoding.codec import delay_steps
 @contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Run with torch's RNG seeded to `seed`, leaving the global RNG state as it was."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
@@ -54,7 +58,9 @@ def _codes_instead_of_audio(model: Any) -> Iterator[list[torch.Tensor]]:
 
     def take(audio_codes: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         captured.append(audio_codes)
-        return SimpleNamespace(audio_values=audio_codes.new_zeros((audio_codes.shape[1], 1, 0), dtype=torch.float32))
+        return SimpleNamespace(
+            audio_values=audio_codes.new_zeros((audio_codes.shape[1], 1, 0), dtype=torch.float32)
+        )
 
     codec.decode = take  # instance attribute shadows the method
     try:
@@ -91,7 +97,9 @@ class TransformersBackend:
                 out[i] = codes[j]
         return torch.stack([c for c in out if c is not None])
 
-    def _decode_group(self, model: Any, req: DecodeRequest, idx: list[int], on_step: StepCallback) -> torch.Tensor:
+    def _decode_group(
+        self, model: Any, req: DecodeRequest, idx: list[int], on_step: StepCallback
+    ) -> torch.Tensor:
         row = req.rows[idx[0]]
         sel = torch.tensor(idx, device=req.input_ids.device)
         input_ids = req.input_ids.index_select(0, sel)

@@ -159,5 +159,3 @@ def decode_lengths(parts: ModelParts, prompt_len: int, frames: int) -> tuple[int
 def call_on_step(on_step: Callable[[int, int], None] | None, step: int, total: int) -> None:
     if on_step is not None:
         on_step(step, total)
-
-

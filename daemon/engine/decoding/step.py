@@ -51,8 +51,16 @@ class FusedLayer(nn.Module):
     def __init__(self, layer: Any) -> None:
         super().__init__()
         sa, ca = layer.self_attn, layer.encoder_attn
-        projections = (sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj, ca.q_proj, ca.out_proj,
-                       layer.fc1, layer.fc2)
+        projections = (
+            sa.q_proj,
+            sa.k_proj,
+            sa.v_proj,
+            sa.out_proj,
+            ca.q_proj,
+            ca.out_proj,
+            layer.fc1,
+            layer.fc2,
+        )
         for proj in projections:
             if proj.bias is not None:
                 raise ValueError("the fused MusicGen step expects bias-free projections")
@@ -126,8 +134,11 @@ class FusedDecoder(nn.Module):
         self.vocab_size = parts.heads[0].weight.shape[0]
         if any(head.bias is not None for head in parts.heads):
             raise ValueError("the fused MusicGen step expects bias-free lm heads")
-        cross = [w for layer in core.layers for w in (layer.encoder_attn.k_proj.weight,
-                                                         layer.encoder_attn.v_proj.weight)]
+        cross = [
+            w
+            for layer in core.layers
+            for w in (layer.encoder_attn.k_proj.weight, layer.encoder_attn.v_proj.weight)
+        ]
         if any(layer.encoder_attn.k_proj.bias is not None for layer in core.layers):
             raise ValueError("the fused MusicGen step expects bias-free cross-attention projections")
         self.w_cross = _share(cross)

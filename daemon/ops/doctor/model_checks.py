@@ -9,11 +9,19 @@ from pathlib import Path
 from daemon.core.config import ModelSpec
 from daemon.engine.hub import hf_cache_dir as _hf_cache_dir
 from daemon.engine.hub import hf_offline as _hf_offline
-from daemon.ops.doctor.checks import Check, fail, ok, user_name as _user, warn
+from daemon.ops.doctor.checks import Check, fail, ok, warn
+from daemon.ops.doctor.checks import user_name as _user
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
 def check_model(name: str, spec: ModelSpec) -> Check:
     label = f"model {name}"
     if spec.path is not None:
@@ -38,8 +46,11 @@ def _check_local_model(label: str, path: Path) -> Check:
         return fail(label, f"{path}: missing {', '.join(missing)}", init_fix)
     unreadable = [f.name for f in path.iterdir() if f.is_file() and not os.access(f, os.R_OK)]
     if unreadable:
-        return fail(label, f"{path}: not readable by {_user()}: {', '.join(sorted(unreadable))}",
-                    f"chmod a+r {path}/* (safetensors files are written 0600)")
+        return fail(
+            label,
+            f"{path}: not readable by {_user()}: {', '.join(sorted(unreadable))}",
+            f"chmod a+r {path}/* (safetensors files are written 0600)",
+        )
     for weights in sorted(path.glob("*.safetensors")):
         problem = safetensors_problem(weights)
         if problem:
@@ -67,7 +78,9 @@ def safetensors_problem(path: Path) -> str | None:
         return f"unreadable header ({exc})"
     if not isinstance(header, dict):
         return "corrupt header"
-    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    ends = [
+        int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+    ]
     expected = 8 + n + max(ends, default=0)
     if expected != size:
         return f"truncated or padded: header says {expected} bytes, file has {size}"
@@ -101,8 +114,10 @@ def _check_hub_model(label: str, name: str, spec: ModelSpec) -> Check:
     where = f"{repo}@{revision} in {cache}"
     if config is not None and weights and not shards_missing:
         return ok(label, f"{where}: cached ({config.parent.name[:12]})")
-    what = "not in the cache" if config is None else "partly cached: missing " + (
-        ", ".join(shards_missing) if shards_missing else "weights"
+    what = (
+        "not in the cache"
+        if config is None
+        else "partly cached: missing " + (", ".join(shards_missing) if shards_missing else "weights")
     )
     if _hf_offline():
         return fail(label, f"{where}: {what}, and HF_HUB_OFFLINE is set", fetch)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.config import Settings
-from daemon.ops.doctor.checks import Check, fail, gib as _gib, ok, warn
+from daemon.ops.doctor.checks import Check, fail, ok, warn
+from daemon.ops.doctor.checks import gib as _gib
 from daemon.ops.doctor.requirements import requirement, version_problem
 
 MIN_PYTHON = (3, 10)
@@ -29,8 +30,11 @@ def check_torch() -> Check:
     try:
         import torch
     except ImportError as exc:
-        return fail("torch", f"cannot import torch: {exc}",
-                    f"pip install '{requirement('torch')}' (a CUDA build on GPU machines)")
+        return fail(
+            "torch",
+            f"cannot import torch: {exc}",
+            f"pip install '{requirement('torch')}' (a CUDA build on GPU machines)",
+        )
     cuda = torch.version.cuda
     detail = f"torch {torch.__version__}, " + (f"built for CUDA {cuda}" if cuda else "CPU-only build")
     try:
@@ -38,9 +42,19 @@ def check_torch() -> Check:
 
         detail += f", transformers {transformers.__version__}"
     except ImportError as exc:
-        return fail("torch", f"{detail}; cannot import transformers: {exc}", f"pip install '{requirement('transformers')}'")
-    problems = [p for p in (version_problem("torch", torch.__version__.split("+")[0]),
-                            version_problem("transformers", transformers.__version__)) if p]
+        return fail(
+            "torch",
+            f"{detail}; cannot import transformers: {exc}",
+            f"pip install '{requirement('transformers')}'",
+        )
+    problems = [
+        p
+        for p in (
+            version_problem("torch", torch.__version__.split("+")[0]),
+            version_problem("transformers", transformers.__version__),
+        )
+        if p
+    ]
     if problems:
         wanted = " ".join(f"'{requirement(n)}'" for n in ("torch", "transformers"))
         return fail("torch", f"{detail}; " + "; ".join(problems), f"pip install {wanted}")
@@ -80,20 +94,34 @@ def check_gpu(settings: Settings | None) -> list[Check]:
             return []  # check_device reports the bad index
     info = gpu_info(index)
     assert info is not None
-    checks = [ok("gpu", f"cuda:{info.index} {info.name}, compute capability {info.compute_capability}, "
-                        f"{info.multi_processor_count} SMs, driver {info.driver_version or 'unknown'}")]
+    checks = [
+        ok(
+            "gpu",
+            f"cuda:{info.index} {info.name}, compute capability {info.compute_capability}, "
+            f"{info.multi_processor_count} SMs, driver {info.driver_version or 'unknown'}",
+        )
+    ]
     arch_list = torch.cuda.get_arch_list()
     if info.compute_capability in arch_list:
-        checks.append(ok("gpu arch", f"torch ships {info.compute_capability} kernels ({' '.join(arch_list)})"))
+        checks.append(
+            ok("gpu arch", f"torch ships {info.compute_capability} kernels ({' '.join(arch_list)})")
+        )
     elif info.arch_supported:
-        checks.append(ok("gpu arch", f"{info.compute_capability} runs torch's compatible kernels ({' '.join(arch_list)})"))
+        checks.append(
+            ok(
+                "gpu arch",
+                f"{info.compute_capability} runs torch's compatible kernels ({' '.join(arch_list)})",
+            )
+        )
     else:
-        checks.append(warn(
-            "gpu arch",
-            f"torch {torch.__version__} has no kernels for {info.compute_capability} (it has: {' '.join(arch_list) or 'none'})",
-            "install a torch build that lists your GPU's sm in torch.cuda.get_arch_list() "
-            "(GB10 / DGX Spark is sm_121: use a CUDA 12.9+ or 13 aarch64 wheel)",
-        ))
+        checks.append(
+            warn(
+                "gpu arch",
+                f"torch {torch.__version__} has no kernels for {info.compute_capability} (it has: {' '.join(arch_list) or 'none'})",
+                "install a torch build that lists your GPU's sm in torch.cuda.get_arch_list() "
+                "(GB10 / DGX Spark is sm_121: use a CUDA 12.9+ or 13 aarch64 wheel)",
+            )
+        )
     budget = settings.max_memory_gb * (1 << 30) if settings is not None else None
     mem = f"{_gib(info.total_memory_bytes)} total, {_gib(info.free_memory_bytes)} free"
     if settings is not None:
@@ -101,27 +129,45 @@ def check_gpu(settings: Settings | None) -> list[Check]:
     if info.free_memory_bytes < LOW_GPU_FREE_BYTES:
         checks.append(warn("gpu memory", mem, "another process holds the GPU memory: see nvidia-smi"))
     elif budget is not None and info.total_memory_bytes < budget:
-        checks.append(warn("gpu memory", mem, "the GPU is smaller than max_memory_gb: use a smaller model or lower the budget"))
+        checks.append(
+            warn(
+                "gpu memory",
+                mem,
+                "the GPU is smaller than max_memory_gb: use a smaller model or lower the budget",
+            )
+        )
     else:
         checks.append(ok("gpu memory", mem))
     if info.bf16_supported:
         checks.append(ok("bf16", "supported: dtype auto uses bfloat16"))
     else:
-        checks.append(warn("bf16", "not supported: dtype auto uses float16", "none needed; float16 works (Ampere or newer adds bf16)"))
+        checks.append(
+            warn(
+                "bf16",
+                "not supported: dtype auto uses float16",
+                "none needed; float16 works (Ampere or newer adds bf16)",
+            )
+        )
     return checks
 
 
 def check_host_memory() -> Check:
     """System RAM: the CPU fallback holds the model there, and on GB10 the GPU shares it."""
     try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        info = dict(
+            line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line
+        )
         total = int(info["MemTotal"].split()[0]) * 1024
         available = int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return ok("host memory", "unknown (no /proc/meminfo)")
     detail = f"{_gib(total)} total, {_gib(available)} available"
     if available < LOW_HOST_AVAILABLE_BYTES:
-        return warn("host memory", detail, "free memory: loading musicgen-small needs about 3 GiB, -large about 14 GiB (float32)")
+        return warn(
+            "host memory",
+            detail,
+            "free memory: loading musicgen-small needs about 3 GiB, -large about 14 GiB (float32)",
+        )
     return ok("host memory", detail)
 
 
@@ -138,7 +184,9 @@ def check_device(settings: Settings | None) -> list[Check]:
         dtype = resolve_dtype(dtype_spec, device)
     except DeviceError as exc:
         return [fail("device", exc.message, exc.hint or "set device: auto in the config")]
-    checks = [ok("device", f"{device_spec} -> {device}, dtype {dtype_spec} -> {str(dtype).removeprefix('torch.')}")]
+    checks = [
+        ok("device", f"{device_spec} -> {device}, dtype {dtype_spec} -> {str(dtype).removeprefix('torch.')}")
+    ]
     checks.append(_tensor_check(torch, device, dtype))
     return checks
 
@@ -169,5 +217,9 @@ def _tensor_check(torch: Any, device: Any, dtype: Any) -> Check:
     if dtype != torch.float32:
         detail += f", {err:.1e} ({str(dtype).removeprefix('torch.')})"
     if err32 > 2e-3 or err > tol:
-        return fail("tensor check", detail, "results are wrong: check the driver, GPU health (nvidia-smi -q) and dmesg for Xid errors")
+        return fail(
+            "tensor check",
+            detail,
+            "results are wrong: check the driver, GPU health (nvidia-smi -q) and dmesg for Xid errors",
+        )
     return ok("tensor check", detail)

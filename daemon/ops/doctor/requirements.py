@@ -36,7 +36,7 @@ def requirement(package: str) -> str:
 
 def version_problem(package: str, installed: str) -> str | None:
     """Why `installed` does not satisfy the requirement, or None (also when it cannot be told)."""
-    spec = requirement(package)[len(package):]
+    spec = requirement(package)[len(package) :]
     if not spec:
         return None
     try:

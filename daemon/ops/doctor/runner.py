@@ -28,8 +28,13 @@ def _guard(name: str, fn: Callable[[], Check | list[Check]]) -> list[Check]:
     try:
         result = fn()
     except Exception as exc:  # doctor must report every problem it meets, not stop at the first
-        return [fail(name, f"the check itself crashed: {type(exc).__name__}: {exc}",
-                     "report this as a dgx-music bug, with the output of dgx-music doctor --json")]
+        return [
+            fail(
+                name,
+                f"the check itself crashed: {type(exc).__name__}: {exc}",
+                "report this as a dgx-music bug, with the output of dgx-music doctor --json",
+            )
+        ]
     return result if isinstance(result, list) else [result]
 
 

@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 from daemon.core.config import ConfigError, Settings, load_settings
-from daemon.ops.doctor.checks import Check, fail, gib as _gib, ok, user_name as _user, warn
+from daemon.ops.doctor.checks import Check, fail, ok, warn
+from daemon.ops.doctor.checks import gib as _gib
+from daemon.ops.doctor.checks import user_name as _user
 from daemon.spool.layout import SPOOL_DIRS as SPOOL_SUBDIRS
 
 LOW_DISK_FREE_BYTES = 1 << 30
@@ -24,7 +26,9 @@ def check_config(path: Path | None) -> tuple[Check, Settings | None]:
             fix = "fix the named key (the example: systemd/config.example.yaml)"
         return fail("config", f"{where}: {exc}" if path is None else str(exc), fix), None
     models = ", ".join(sorted(settings.models))
-    return ok("config", f"{where}: models {models}, default {settings.default_model}, device {settings.device}"), settings
+    return ok(
+        "config", f"{where}: models {models}, default {settings.default_model}, device {settings.device}"
+    ), settings
 
 
 def _writable(directory: Path) -> str | None:
@@ -62,15 +66,29 @@ def check_spool(settings: Settings) -> Check:
             problems.append(f"{name}/ not writable by {user} ({err})")
     if len(set(devices.values())) > 1:
         groups = ", ".join(f"{k}/ on dev {v}" for k, v in devices.items())
-        return fail("spool", f"{spool}: subdirectories on different filesystems ({groups}): renames would not be atomic",
-                    "keep inbox/ work/ outbox/ failed/ on one filesystem (no separate mounts below the spool)")
+        return fail(
+            "spool",
+            f"{spool}: subdirectories on different filesystems ({groups}): renames would not be atomic",
+            "keep inbox/ work/ outbox/ failed/ on one filesystem (no separate mounts below the spool)",
+        )
     if problems:
-        return fail("spool", f"{spool}: " + "; ".join(problems),
-                    f"run doctor as the daemon's user, or chown -R dgx-music {spool} (submitters need group write on inbox/)")
+        return fail(
+            "spool",
+            f"{spool}: " + "; ".join(problems),
+            f"run doctor as the daemon's user, or chown -R dgx-music {spool} (submitters need group write on inbox/)",
+        )
     free = shutil.disk_usage(spool).free
     if missing:
-        return warn("spool", f"{spool}: missing {', '.join(d + '/' for d in missing)} (the daemon creates them at start)",
-                    mkfix)
+        return warn(
+            "spool",
+            f"{spool}: missing {', '.join(d + '/' for d in missing)} (the daemon creates them at start)",
+            mkfix,
+        )
     if free < LOW_DISK_FREE_BYTES:
-        return warn("spool", f"{spool}: only {_gib(free)} free", "free disk space: a 300 s FLOAT WAV is about 77 MB")
-    return ok("spool", f"{spool}: {', '.join(d + '/' for d in SPOOL_SUBDIRS)} writable by {user}, one filesystem, {_gib(free)} free")
+        return warn(
+            "spool", f"{spool}: only {_gib(free)} free", "free disk space: a 300 s FLOAT WAV is about 77 MB"
+        )
+    return ok(
+        "spool",
+        f"{spool}: {', '.join(d + '/' for d in SPOOL_SUBDIRS)} writable by {user}, one filesystem, {_gib(free)} free",
+    )

@@ -7,7 +7,8 @@ from daemon.ops.doctor.checks import Check, ok, warn
 
 def check_systemd() -> Check:
     try:
-        from systemd import daemon as _d, journal as _j  # noqa: F401
+        from systemd import daemon as _d  # noqa: F401
+        from systemd import journal as _j
     except ImportError:
         return warn(
             "systemd-python",
