@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             f"daemon overhead: {args.jobs} jobs x {args.duration:g} s on {r['device']} (daemon max_batch 1)"
         )
         print(
-            f"  in-process generate    {before:8.2f} s before, {after:.2f} s after (baseline {baseline:.2f} s)"
+            f"  in-process generate    {before:8.2f} s before, {after:.2f} s after "
+            f"(baseline {baseline:.2f} s)"
         )
         print(f"  through the daemon     {daemon_wall:8.2f} s (drop of the first -> sidecar of the last)")
         print(
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  daemon wall / its own generate_s sum  {r['daemon_wall_over_its_generate']:.3f}")
         if batched_wall is not None:
             print(
-                f"  batched daemon         {batched_wall:8.2f} s  (ratio {r['batched_ratio']:.3f} vs one-by-one in-process)"
+                f"  batched daemon         {batched_wall:8.2f} s  "
+                f"(ratio {r['batched_ratio']:.3f} vs one-by-one in-process)"
             )
         verdict = "meets" if r["meets_target"] else "MISSES"
         print(f"  target <= {TARGET_RATIO}: {verdict}")

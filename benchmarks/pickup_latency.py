@@ -6,7 +6,8 @@
 
 Starts `dgx-music serve` as a subprocess on a temporary spool with the tiny model, then drops
 one job at a time (`--style rename`: a dot-temp renamed onto its name, as rsync, editors and
-most tools do; `--style write`: written in place, as `cp` does) and waits for it to finish before the next, so each pickup meets an idle daemon. For each drop:
+most tools do; `--style write`: written in place, as `cp` does) and waits for it to finish before the next, \
+so each pickup meets an idle daemon. For each drop:
 
 * claim: `claimed_at` from the claim's meta file in work/ (stamped by the daemon as it
   claims) minus the moment our rename returned;
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "--style",
         choices=["rename", "write"],
         default="rename",
-        help="rename: a dot-temp renamed onto the name (submit, rsync, editors); write: written in place (cp)",
+        help="rename: a dot-temp renamed onto the name (submit, rsync, editors); "
+        "write: written in place (cp)",
     )
     parser.add_argument("--duration", type=float, default=0.5, help="seconds of audio per probe job")
     parser.add_argument("--model-dir", help="a MusicGen checkpoint (default: a fresh tiny one)")
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         c, g = report["claim_ms"], report["gone_from_inbox_ms"]
         print(f"pickup latency over {args.drops} drops ({args.watch}, {args.style} drops):")
         print(
-            f"  drop -> claim         p50 {c['p50']:7.1f} ms  p95 {c['p95']:7.1f} ms  (min {c['min']:.1f}, max {c['max']:.1f})"
+            f"  drop -> claim         p50 {c['p50']:7.1f} ms  p95 {c['p95']:7.1f} ms  "
+            f"(min {c['min']:.1f}, max {c['max']:.1f})"
         )
         print(f"  drop -> left inbox    p50 {g['p50']:7.1f} ms  p95 {g['p95']:7.1f} ms  (max {g['max']:.1f})")
         verdict = "meets" if report["meets_target"] else "MISSES"

@@ -62,7 +62,8 @@ def table(data: dict[str, Any], *, wall_s: float | None, ok: bool | None) -> str
         (
             "Jobs through the real daemon",
             f"{jobs} (chaos {chaos.get('jobs', 0)}, flood {flood.get('jobs', 0)} + "
-            f"{flood.get('jobs_dropped_while_down', 0)} dropped while down, two daemons {shared.get('jobs', 0)}, "
+            f"{flood.get('jobs_dropped_while_down', 0)} dropped while down, "
+            f"two daemons {shared.get('jobs', 0)}, "
             f"full disk {disk.get('jobs', 0)})",
         ),
         ("SIGKILLs", f"{chaos.get('kills', 0)} ({moments})"),
@@ -77,11 +78,13 @@ def table(data: dict[str, Any], *, wall_s: float | None, ok: bool | None) -> str
         ),
         (
             "Flood memory growth (RSS after 50 jobs -> end)",
-            f"{flood.get('rss_growth_pct', 'n/a')} % ({flood.get('rss_after_50_kb', '?')} -> {flood.get('rss_end_kb', '?')} kB)",
+            f"{flood.get('rss_growth_pct', 'n/a')} % "
+            f"({flood.get('rss_after_50_kb', '?')} -> {flood.get('rss_end_kb', '?')} kB)",
         ),
         (
             "Flood open fds (after 50 -> end, peak)",
-            f"{flood.get('fds_after_50', '?')} -> {flood.get('fds_end', '?')}, peak {flood.get('fds_peak', '?')}",
+            f"{flood.get('fds_after_50', '?')} -> {flood.get('fds_end', '?')}, "
+            f"peak {flood.get('fds_peak', '?')}",
         ),
         (
             "Flood throughput",
@@ -90,7 +93,8 @@ def table(data: dict[str, Any], *, wall_s: float | None, ok: bool | None) -> str
         ),
         (
             "Full disk",
-            f"{disk.get('jobs', 0)} jobs held in inbox/work, all done {disk.get('completed_after_space_freed_s', '?')} s "
+            f"{disk.get('jobs', 0)} jobs held in inbox/work, "
+            f"all done {disk.get('completed_after_space_freed_s', '?')} s "
             "after space was freed",
         ),
         (

@@ -68,7 +68,8 @@ def load_job_file(
                         ErrorDetail(
                             loc="",
                             line=None,
-                            msg=f"the file is {max(size, len(data))} bytes; job files are limited to {max_bytes} bytes",
+                            msg=f"the file is {max(size, len(data))} bytes; "
+                            f"job files are limited to {max_bytes} bytes",
                             hint="split it into several job files (a batch holds up to 32 jobs)",
                         )
                     ],

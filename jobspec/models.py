@@ -118,7 +118,8 @@ class Sampling(BaseModel):
     greedy: bool = Field(
         default=False,
         strict=True,
-        description="true: always take the most likely token (no sampling; temperature, top_k, top_p unused).",
+        description="true: always take the most likely token "
+        "(no sampling; temperature, top_k, top_p unused).",
     )
 
 
@@ -315,7 +316,8 @@ def _partial_job_fields() -> dict[str, Any]:
 JobDefaults = create_model(  # type: ignore[call-overload]
     "JobDefaults",
     __config__=ConfigDict(extra="forbid", frozen=True),
-    __doc__="Values merged under every job of a batch; a job's own values win (sampling and output key by key).",
+    __doc__="Values merged under every job of a batch; "
+    "a job's own values win (sampling and output key by key).",
     **_partial_job_fields(),
 )
 

@@ -38,7 +38,8 @@ class Output(BaseModel):
     loudness_lufs: Annotated[float, Field(strict=True, ge=-70.0, le=-5.0, allow_inf_nan=False)] | None = (
         Field(
             default=-16.0,
-            description="Integrated loudness target (EBU R128), -70..-5 LUFS; null leaves the level untouched.",
+            description="Integrated loudness target (EBU R128), -70..-5 LUFS; "
+            "null leaves the level untouched.",
         )
     )
     true_peak_dbtp: Annotated[float, Field(strict=True, ge=-9.0, le=0.0, allow_inf_nan=False)] | None = Field(

@@ -99,7 +99,8 @@ def _check(format: str, subtype: str, audio: np.ndarray, sample_rate: int) -> np
         raise ValueError(f"audio must be [channels, samples], got shape {np.shape(audio)}")
     if x.shape[0] > 8:
         raise ValueError(
-            f"audio shape {x.shape} has {x.shape[0]} channels: pass [channels, samples], not [samples, channels]"
+            f"audio shape {x.shape} has {x.shape[0]} channels: "
+            "pass [channels, samples], not [samples, channels]"
         )
     if not np.all(np.isfinite(x)):
         # NaN/inf means the model or the post-processing broke: never ship it as audio

@@ -28,7 +28,8 @@ EXIT_USAGE = ExitCode.USAGE
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="time 4/8/16/30 s clips; verdict for 16 s: EXCELLENT < 30 s, ACCEPTABLE, BLOCKER > 60 s (exit 1)",
+        help="time 4/8/16/30 s clips; verdict for 16 s: "
+        "EXCELLENT < 30 s, ACCEPTABLE, BLOCKER > 60 s (exit 1)",
         description="Load a model and generate clips of each duration: generation time, real-time factor "
         "(generation seconds per audio second), peak memory, and the seed's verdict for the 16 s clip.",
     )

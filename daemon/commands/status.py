@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     c = {k: ("?" if v < 0 else v) for k, v in report["counts"].items()}  # "?": not readable by this user
     print(
-        f"spool {report['spool']}: inbox {c['inbox']}, work {c['work']}, outbox {c['outbox']} results, failed {c['failed']}"
+        f"spool {report['spool']}: inbox {c['inbox']}, work {c['work']}, "
+        f"outbox {c['outbox']} results, failed {c['failed']}"
     )
     # Every serving daemon keeps a queue file (empty when idle).
     if not report["queued"]:
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     for d in report["daemons"]:
         slurm = f", slurm job {d['slurm_array'] or d['slurm_job_id']}" if d.get("slurm_job_id") else ""
         print(
-            f"host     {d['host']} pid {d['pid']}{slurm}: {d['state']}, heartbeat {d['heartbeat_age_s']:.0f} s ago"
+            f"host     {d['host']} pid {d['pid']}{slurm}: {d['state']}, "
+            f"heartbeat {d['heartbeat_age_s']:.0f} s ago"
         )
     for q in report["queued"]:
         n = len(q.get("queued", []))
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         eta = r.get("eta_s")
         eta_text = f", eta {eta:.0f} s" if isinstance(eta, (int, float)) else ""
         print(
-            f"running  {r.get('job_id')}  {float(r.get('percent') or 0):5.1f}%{eta_text}  (pid {r.get('pid')} on {r.get('host')})"
+            f"running  {r.get('job_id')}  {float(r.get('percent') or 0):5.1f}%{eta_text}  "
+            f"(pid {r.get('pid')} on {r.get('host')})"
         )
         for mate in (r.get("batch") or [])[1:]:
             print(f"running  {mate}  (decoded in one batch with {r.get('job_id')})")

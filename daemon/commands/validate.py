@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate",
         help="check job files (exit 0 when all are valid, 2 otherwise)",
         description="Check job files the way the daemon will: prints `file:line: field: message (hint)` "
-        "for every problem, `file: ok (N jobs)` for good files. A directory means its *.yaml and *.yml files.",
+        "for every problem, `file: ok (N jobs)` for good files. "
+        "A directory means its *.yaml and *.yml files.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="job files (or directories of them)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_positive_float,
         default=None,
         metavar="S",
-        help=f"longest duration accepted, seconds (default: the config's max_duration, else {DEFAULT_MAX_DURATION:g})",
+        help="longest duration accepted, seconds "
+        f"(default: the config's max_duration, else {DEFAULT_MAX_DURATION:g})",
     )
     parser.add_argument(
         "--max-bytes",
@@ -129,7 +131,8 @@ def _limits(args: argparse.Namespace) -> tuple[float, int, set[str] | None] | in
     if path is None:
         # Said on stderr so stdout stays the report (and --json stays one document).
         print(
-            "dgx-music validate: no config file (no --config, $DGX_MUSIC_CONFIG or /etc/dgx-music/config.yaml): "
+            "dgx-music validate: no config file "
+            "(no --config, $DGX_MUSIC_CONFIG or /etc/dgx-music/config.yaml): "
             f"limits max_duration {max_duration:g} s, max_job_bytes {max_bytes}; model names are not checked",
             file=sys.stderr,
         )

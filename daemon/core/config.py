@@ -117,7 +117,8 @@ class Settings(BaseSettings):
         default=60.0,
         gt=0,
         le=86400,
-        description="a daemon on another host whose heartbeat is older than this is dead: peers take over its jobs",
+        description="a daemon on another host whose heartbeat is older than this is dead: "
+        "peers take over its jobs",
     )
     max_attempts: int = Field(
         default=2, ge=1, le=100, description="crashes a job may cause before it fails as crashed"
@@ -260,7 +261,10 @@ def _error_lines(exc: ValidationError, origins: Origins) -> list[str]:
             if kind in ("dotenv", "environment"):
                 shown = place.rsplit(" ", 1)[-1]
                 where = place.rsplit(" ", 1)[0] if kind == "dotenv" else "environment"
-                msg = f"unknown setting (allowed: {ENV_PREFIX}<KEY> for the keys {', '.join(Settings.model_fields)})"
+                msg = (
+                    f"unknown setting (allowed: {ENV_PREFIX}<KEY> "
+                    f"for the keys {', '.join(Settings.model_fields)})"
+                )
             else:
                 msg = f"unknown key (allowed: {', '.join(sorted(Settings.model_fields))})"
         elif kind == "environment":

@@ -167,7 +167,10 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 def check_local_dir(name: str, directory: Path) -> dict[str, Any]:
-    """A readable MusicGen checkpoint directory, or a ModelLoadError saying what is wrong; returns its config."""
+    """A readable MusicGen checkpoint directory, or a ModelLoadError saying what is wrong.
+
+    Returns its config.
+    """
     made_by = "make one with `dgx-music model init-tiny DIR` or point models.{n}.path at a checkpoint".format(
         n=name
     )

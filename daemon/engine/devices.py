@@ -56,7 +56,8 @@ def resolve_device(spec: str) -> torch.device:
             index = torch.cuda.current_device()
         if index < 0 or index >= count:
             raise DeviceError(
-                f"device {spec!r} does not exist: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})",
+                f"device {spec!r} does not exist: this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1})",
                 hint="pick an existing index, or check CUDA_VISIBLE_DEVICES",
             )
         return torch.device("cuda", index)

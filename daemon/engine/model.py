@@ -105,7 +105,8 @@ class MusicEngine:
                 # header is none of OSError/ValueError): the daemon must still see a load failure.
                 raise ModelLoadError(
                     f"model {name!r}: cannot load the checkpoint: {type(exc).__name__}: {exc}",
-                    hint="the checkpoint is damaged or from an incompatible version: copy or download it again",
+                    hint="the checkpoint is damaged or from an incompatible version: "
+                    "copy or download it again",
                 ) from exc
             backend = self._checked_backend(ckpt)
             model = ckpt.model

@@ -88,7 +88,8 @@ class ChunkRunner:
                 except torch.OutOfMemoryError as exc2:
                     self._release()
                     raise OutOfMemoryError(
-                        f"out of memory even after splitting the batch ({len(sub.rows)} of {len(chunk.rows)} rows)",
+                        "out of memory even after splitting the batch "
+                        f"({len(sub.rows)} of {len(chunk.rows)} rows)",
                         hint="lower max_batch or count, shorten the clip, or use a smaller model",
                     ) from exc2
             return out

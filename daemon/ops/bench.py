@@ -226,7 +226,8 @@ def format_report(report: BenchReport) -> str:
     if report.gpu:
         g = report.gpu
         lines.append(
-            f"GPU {g.get('name')} ({g.get('compute_capability')}), {g.get('total_memory_bytes', 0) / 2**30:.1f} GiB"
+            f"GPU {g.get('name')} ({g.get('compute_capability')}), "
+            f"{g.get('total_memory_bytes', 0) / 2**30:.1f} GiB"
         )
     lines.append(f"{'clip':>7} {'batch':>5} {'gen s':>8} {'RTF':>7} {'ms/step':>8} {'peak MiB':>9}")
     for r in report.rows:
@@ -238,7 +239,8 @@ def format_report(report: BenchReport) -> str:
         peak = max(r.peak_memory_bytes for r in report.rows)
         within = "within" if peak <= report.memory_budget_bytes else "OVER"
         lines.append(
-            f"peak memory {peak / 2**30:.2f} GiB, {within} the {report.memory_budget_bytes / 2**30:.0f} GiB budget"
+            f"peak memory {peak / 2**30:.2f} GiB, "
+            f"{within} the {report.memory_budget_bytes / 2**30:.0f} GiB budget"
         )
     v = report.verdict
     if v is not None:

@@ -174,7 +174,8 @@ class Daemon:
                         ErrorDetail(
                             loc="",
                             msg=f"cannot read the job file: {why}",
-                            hint="make it readable by the dgx-music group (chmod g+r FILE), then submit it again",
+                            hint="make it readable by the dgx-music group (chmod g+r FILE), "
+                            "then submit it again",
                         )
                     ],
                     filename=claimed.source_name,
@@ -216,7 +217,8 @@ class Daemon:
                         item.job,
                         ErrorType.UNKNOWN_MODEL,
                         f"model {item.job.model!r} is not configured on this daemon",
-                        hint=f"use one of: {', '.join(sorted(s.models))} (or leave `model:` out for {s.default_model})",
+                        hint=f"use one of: {', '.join(sorted(s.models))} "
+                        f"(or leave `model:` out for {s.default_model})",
                     )
                     finish_group_job(s, group, item.job_id, failed=True)
                     continue
@@ -335,7 +337,8 @@ class Daemon:
                 job,
                 ErrorType.CRASHED,
                 f"the daemon died {claimed.crashes} time(s) while running this job",
-                hint="check `journalctl -u dgx-music` around the crashes; resubmit with a shorter duration or another model",
+                hint="check `journalctl -u dgx-music` around the crashes; "
+                "resubmit with a shorter duration or another model",
             )
             finish_group_job(s, group, job_id, failed=True)
 

@@ -1,4 +1,7 @@
-"""The rename claim: an inbox file becomes a job in work/, and the claim's life until its outcome is on disk."""
+"""The rename claim: an inbox file becomes a job in work/.
+
+And the claim's life until its outcome is on disk.
+"""
 
 from __future__ import annotations
 

@@ -242,7 +242,8 @@ def _cancel_dir(settings: Settings) -> Path:
 def _cancel_path(settings: Settings, job_id: str) -> Path:
     if not is_valid_job_id(job_id):
         raise InvalidJobIdError(
-            f"{job_id!r} is not a job id: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            f"{job_id!r} is not a job id: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
         )
     return _cancel_dir(settings) / job_id
 

@@ -267,8 +267,11 @@ class SlurmCluster:
             "InactiveLimit=0",
             "SlurmdTimeout=60",
             "GresTypes=gpu",
-            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} Sockets=1 CoresPerSocket={self.cpus} ThreadsPerCore=1 RealMemory=1024 Gres=gpu:{self.gpus} State=UNKNOWN",
-            f"PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",
+            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} Sockets=1 "
+            f"CoresPerSocket={self.cpus} ThreadsPerCore=1 RealMemory=1024 "
+            f"Gres=gpu:{self.gpus} State=UNKNOWN",
+            f"PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP "
+            "OverSubscribe=FORCE:4",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
         files = ",".join(gpu_files)

@@ -92,7 +92,8 @@ def test_config_supplies_limits_and_model_names(tmp_path: Path, capsys: pytest.C
     config = write(
         tmp_path,
         "config.yaml",
-        f"spool: {tmp_path / 'spool'}\nmodels:\n  tiny: {{path: {model_dir}}}\ndefault_model: tiny\nmax_duration: 12\n",
+        f"spool: {tmp_path / 'spool'}\nmodels:\n  tiny: {{path: {model_dir}}}\n"
+        "default_model: tiny\nmax_duration: 12\n",
     )
     ok = write(tmp_path, "ok.yaml", "prompt: warm piano\nmodel: tiny\nduration: 12\n")
     unknown = write(tmp_path, "unknown.yaml", "prompt: warm piano\nmodel: large\nduration: 5\n")

@@ -44,7 +44,8 @@ def test_defaults_match_design() -> None:
 def test_yaml_file_is_read(tmp_path: Path) -> None:
     p = write(
         tmp_path,
-        f"spool: {tmp_path}/spool\nmodels:\n  tiny: {{path: {tmp_path}/m}}\ndefault_model: tiny\ndevice: cpu\n",
+        f"spool: {tmp_path}/spool\nmodels:\n  tiny: {{path: {tmp_path}/m}}\n"
+        "default_model: tiny\ndevice: cpu\n",
     )
     s = load_settings(p)
     assert s.spool == tmp_path / "spool"

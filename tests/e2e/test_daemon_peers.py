@@ -78,5 +78,6 @@ def test_remote_daemon_shown_by_status_and_its_job_recovered_after_the_timeout(
             assert not [r for r in report["running"] if r.get("host") == "node-b"]
             assert TIMEOUT_S - 1.0 <= recovered_after < TIMEOUT_S + 30
             print(
-                f"\n[peers] remote job recovered {recovered_after:.1f} s after kill -9 (peer_timeout_s={TIMEOUT_S})"
+                f"\n[peers] remote job recovered {recovered_after:.1f} s after kill -9 "
+                f"(peer_timeout_s={TIMEOUT_S})"
             )

@@ -79,14 +79,17 @@ def test_graph_prompt_continuation_and_on_step(tiny_cuda: tuple[Any, Any]) -> No
     model, processor = tiny_cuda
     prompt = torch.randint(0, 64, (2, 4, 9), device="cuda")
     calls: list[tuple[int, int]] = []
-    req = lambda cb=None: _request(
-        processor,
-        PROMPTS[:2],
-        [GREEDY, RowSampling(seed=4)],
-        15,  # noqa: E731
-        prompt_codes=prompt,
-        on_step=cb,
-    )
+
+    def req(cb: Any = None) -> DecodeRequest:
+        return _request(
+            processor,
+            PROMPTS[:2],
+            [GREEDY, RowSampling(seed=4)],
+            15,
+            prompt_codes=prompt,
+            on_step=cb,
+        )
+
     eager = DgxBackend(mode="eager").decode(model, req())
     got = DgxBackend().decode(model, req(lambda s, n: calls.append((s, n))))
     assert torch.equal(got, eager)

@@ -594,7 +594,10 @@ def test_bad_input_is_refused_with_field_line_and_message(case: Bad) -> None:
 
 
 def test_defaults_error_is_reported_once_not_per_job() -> None:
-    data = b"defaults:\n  promt: x\njobs:\n  - prompt: one song\n  - prompt: two songs\n  - prompt: three songs\n"
+    data = (
+        b"defaults:\n  promt: x\n"
+        b"jobs:\n  - prompt: one song\n  - prompt: two songs\n  - prompt: three songs\n"
+    )
     error = _refuse(Bad("x", data, "", None, ""))
     assert [d.loc for d in error.details] == ["defaults.promt"]
 
@@ -607,7 +610,10 @@ def test_every_problem_in_a_file_is_reported_together() -> None:
 
 
 def test_batch_error_at_third_job_in_crlf_file_keeps_its_line() -> None:
-    data = b"jobs:\r\n  - prompt: one song\r\n  - prompt: two songs\r\n  - prompt: three songs\r\n    count: 0\r\n"
+    data = (
+        b"jobs:\r\n  - prompt: one song\r\n  - prompt: two songs\r\n"
+        b"  - prompt: three songs\r\n    count: 0\r\n"
+    )
     detail = _find(_refuse(Bad("x", data, "", None, "")), "jobs[2].count")
     assert detail.line == 5
 

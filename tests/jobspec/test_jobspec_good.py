@@ -81,7 +81,8 @@ def test_prompt_length_counts_characters_not_bytes() -> None:
 
 def test_comments_everywhere_are_ignored() -> None:
     job = one(
-        "# a comment first\nprompt: warm piano  # trailing\n\n# between\nsampling:\n  # inside\n  top_k: 10 # x\n"
+        "# a comment first\nprompt: warm piano  # trailing\n\n"
+        "# between\nsampling:\n  # inside\n  top_k: 10 # x\n"
     )
     assert (job.prompt, job.sampling.top_k) == ("warm piano", 10)
 

@@ -49,7 +49,8 @@ def small_fs() -> Iterator[Path]:
     if res.returncode != 0:
         mnt.rmdir()
         pytest.skip(
-            f"cannot mount a tmpfs for the full-disk test ({res.stderr.strip() or res.returncode}); needs root or CAP_SYS_ADMIN"
+            f"cannot mount a tmpfs for the full-disk test ({res.stderr.strip() or res.returncode}); "
+            "needs root or CAP_SYS_ADMIN"
         )
     try:
         yield mnt

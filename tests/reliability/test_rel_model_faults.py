@@ -85,7 +85,7 @@ def test_doctor_reports_a_broken_checkpoint_with_exit_1(
     )
     out = doctor.stdout + doctor.stderr
     assert doctor.returncode == 1, out
-    line = next((l for l in out.splitlines() if "model tiny" in l), "")
+    line = next((ln for ln in out.splitlines() if "model tiny" in ln), "")
     assert "FAIL" in line.upper(), out
 
 

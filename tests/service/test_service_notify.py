@@ -162,8 +162,8 @@ def test_status_follows_a_job_and_watchdog_stops_while_generation_is_stalled(ser
     longest, gap_start, gap_end = max(gaps)
     # Silent for the stall: systemd (WatchdogSec=2) would have restarted a daemon stuck like this.
     assert longest >= STALL_S - 1.0, (
-        f"pings went on during the stall (longest gap {longest:.2f} s): {[(round(t - t0, 2), l) for t, l in lines]}\n"
-        + served.daemon.log_text()[-3000:]
+        f"pings went on during the stall (longest gap {longest:.2f} s): "
+        f"{[(round(t - t0, 2), ln) for t, ln in lines]}\n" + served.daemon.log_text()[-3000:]
     )
     assert longest > 3 * WATCHDOG_S
     # ...and only then: before the job and after it, pings come well inside the interval.
@@ -183,7 +183,7 @@ def _reload(served: Served, config: dict | str) -> tuple[list[str], str]:
     t0 = time.monotonic()
     mark = len(served.daemon.log_text())
     served.daemon.signal(signal.SIGHUP)
-    served.notify.wait_for(lambda l: l == "READY=1", 30, after=t0)
+    served.notify.wait_for(lambda ln: ln == "READY=1", 30, after=t0)
     lines = [line for _, line in _lines_after(served, t0)]
     return lines, served.daemon.log_text()[mark:]
 
@@ -198,7 +198,7 @@ def test_sighup_reloads_with_reloading_then_ready(served: Served) -> None:
         lines, log = _reload(served, new)
         after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         assert lines[0] == "RELOADING=1", lines
-        usec = int(next(l for l in lines if l.startswith("MONOTONIC_USEC=")).split("=", 1)[1])
+        usec = int(next(ln for ln in lines if ln.startswith("MONOTONIC_USEC=")).split("=", 1)[1])
         assert before <= usec <= after, "MONOTONIC_USEC is not CLOCK_MONOTONIC at the reload"
         assert lines.index("READY=1") > lines.index("RELOADING=1")
         assert "configuration reloaded (models added: ['tiny2']" in log, log
@@ -237,11 +237,11 @@ def test_sigterm_sends_stopping_and_hands_the_running_job_back(tiny_model_dir: P
     try:
         original = job_yaml("interrupted by a stop", duration=2.0, seed=9).encode()
         drop(s.spool / "inbox", "term1.yaml", original)
-        s.notify.wait_for(lambda l: l.startswith("STATUS=job term1 "), 60)
+        s.notify.wait_for(lambda ln: ln.startswith("STATUS=job term1 "), 60)
         time.sleep(0.5)  # well into the stall
         t_term = time.monotonic()
         s.daemon.signal(signal.SIGTERM)
-        s.notify.wait_for(lambda l: l == "STOPPING=1", 5, after=t_term)
+        s.notify.wait_for(lambda ln: ln == "STOPPING=1", 5, after=t_term)
         rc = s.daemon.wait_exit(30)
         assert rc == 0, s.daemon.log_text(this_run=True)[-3000:]
         stop_s = time.monotonic() - t_term

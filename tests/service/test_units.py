@@ -248,8 +248,8 @@ def test_sysusers_and_tmpfiles_applied_to_a_scratch_root(tmp_path: Path) -> None
         capture_output=True,
         timeout=60,
     )
-    users = {l.split(":")[0]: l.split(":") for l in (root / "etc/passwd").read_text().splitlines()}
-    groups = {l.split(":")[0]: l.split(":") for l in (root / "etc/group").read_text().splitlines()}
+    users = {ln.split(":")[0]: ln.split(":") for ln in (root / "etc/passwd").read_text().splitlines()}
+    groups = {ln.split(":")[0]: ln.split(":") for ln in (root / "etc/group").read_text().splitlines()}
     assert users["dgx-music"][5] == "/var/lib/dgx-music"
     assert "dgx-music" in groups["dgx-music-submit"][3].split(",")
     assert "dgx-music" in groups["video"][3].split(",")

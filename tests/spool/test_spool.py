@@ -299,7 +299,8 @@ def _run_in_child(code: str, settings: Settings) -> str:
         "from pathlib import Path\n"
         "from daemon.core.config import load_settings\n"
         "from daemon.spool import *\n"
-        f"s = load_settings(None, spool=Path({str(settings.spool)!r}), max_attempts={settings.max_attempts})\n"
+        f"s = load_settings(None, spool=Path({str(settings.spool)!r}), "
+        f"max_attempts={settings.max_attempts})\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True, timeout=60
@@ -348,7 +349,8 @@ def test_recover_counts_crashes_of_running_jobs_and_flags_them_at_max_attempts(s
         write_meta(Claimed(**{**c.__dict__, "owner": dead, "running": c is boom}))
     out = _run_in_child(
         "got = {c.source_name: c for c in recover(s)}\n"
-        "print(got['boom.yaml'].crashes, got['boom.yaml'].crashed, got['calm.yaml'].crashes, got['calm.yaml'].crashed)\n",
+        "print(got['boom.yaml'].crashes, got['boom.yaml'].crashed, "
+        "got['calm.yaml'].crashes, got['calm.yaml'].crashed)\n",
         settings,
     )
     assert out.split() == ["2", "True", "0", "False"]

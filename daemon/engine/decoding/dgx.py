@@ -104,7 +104,9 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
 
 
 class DgxBackend:
-    """`daemon.engine.decoding.api.DecodeBackend` implementation: `decode(model, req) -> codes [B, K, max_frames]`.
+    """`daemon.engine.decoding.api.DecodeBackend` implementation.
+
+    `decode(model, req) -> codes [B, K, max_frames]`.
 
     Args:
         mode: "auto": CUDA graphs when the model is on CUDA, eager otherwise; "eager": never

@@ -161,7 +161,9 @@ class TransformersBackend:
         want = prompt_frames + frames
         if codes.shape[-1] != want or codes.shape[1] != k:
             raise GenerationError(
-                f"transformers generate produced codes of shape {tuple(codes.shape)}, expected [.., {k}, {want}]",
-                hint="this transformers version changed MusicGen's delay pattern; pin transformers or use decoder: dgx",
+                f"transformers generate produced codes of shape {tuple(codes.shape)}, "
+                f"expected [.., {k}, {want}]",
+                hint="this transformers version changed MusicGen's delay pattern; "
+                "pin transformers or use decoder: dgx",
             )
         return codes[..., prompt_frames : prompt_frames + req.max_frames].long()

@@ -30,7 +30,10 @@ def check_model(name: str, spec: ModelSpec) -> Check:
 
 
 def _check_local_model(label: str, path: Path) -> Check:
-    init_fix = f"point models.<name>.path at a save_pretrained directory, or make one: dgx-music model init-tiny {path}"
+    init_fix = (
+        "point models.<name>.path at a save_pretrained directory, "
+        f"or make one: dgx-music model init-tiny {path}"
+    )
     if not path.is_dir():
         return fail(label, f"{path}: no such directory", init_fix)
     missing = []

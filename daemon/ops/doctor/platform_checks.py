@@ -117,7 +117,8 @@ def check_gpu(settings: Settings | None) -> list[Check]:
         checks.append(
             warn(
                 "gpu arch",
-                f"torch {torch.__version__} has no kernels for {info.compute_capability} (it has: {' '.join(arch_list) or 'none'})",
+                f"torch {torch.__version__} has no kernels for {info.compute_capability} "
+                f"(it has: {' '.join(arch_list) or 'none'})",
                 "install a torch build that lists your GPU's sm in torch.cuda.get_arch_list() "
                 "(GB10 / DGX Spark is sm_121: use a CUDA 12.9+ or 13 aarch64 wheel)",
             )

@@ -46,7 +46,8 @@ def check_spool(settings: Settings) -> Check:
     spool = settings.spool
     user = _user()
     mkfix = (
-        f"create it: systemd-tmpfiles --create dgx-music.conf, or mkdir -p {spool}/{{{','.join(SPOOL_SUBDIRS)}}} "
+        "create it: systemd-tmpfiles --create dgx-music.conf, "
+        f"or mkdir -p {spool}/{{{','.join(SPOOL_SUBDIRS)}}} "
         "owned by the dgx-music user"
     )
     if not spool.exists():
@@ -75,7 +76,8 @@ def check_spool(settings: Settings) -> Check:
         return fail(
             "spool",
             f"{spool}: " + "; ".join(problems),
-            f"run doctor as the daemon's user, or chown -R dgx-music {spool} (submitters need group write on inbox/)",
+            f"run doctor as the daemon's user, or chown -R dgx-music {spool} "
+            "(submitters need group write on inbox/)",
         )
     free = shutil.disk_usage(spool).free
     if missing:
@@ -90,5 +92,6 @@ def check_spool(settings: Settings) -> Check:
         )
     return ok(
         "spool",
-        f"{spool}: {', '.join(d + '/' for d in SPOOL_SUBDIRS)} writable by {user}, one filesystem, {_gib(free)} free",
+        f"{spool}: {', '.join(d + '/' for d in SPOOL_SUBDIRS)} writable by {user}, "
+        f"one filesystem, {_gib(free)} free",
     )

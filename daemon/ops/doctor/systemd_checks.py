@@ -8,7 +8,7 @@ from daemon.ops.doctor.checks import Check, ok, warn
 def check_systemd() -> Check:
     try:
         from systemd import daemon as _d  # noqa: F401
-        from systemd import journal as _j
+        from systemd import journal as _j  # noqa: F401
     except ImportError:
         return warn(
             "systemd-python",
