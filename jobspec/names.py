@@ -90,6 +90,10 @@ def failed_job_name(job_id: str) -> str:
     return f"{job_id}.yaml"
 
 
+# The daemon's own page of recent results in outbox/ (not a job's outcome).
+PAGE_NAME = "index.html"
+
+
 def outcome_names(job_id: str) -> list[str]:
     """Names besides the audio that an outcome of `job_id` may take in outbox/ or failed/."""
     return [sidecar_name(job_id), error_name(job_id), failed_job_name(job_id)]

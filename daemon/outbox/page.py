@@ -25,10 +25,10 @@ from typing import Any
 from urllib.parse import quote
 
 from daemon.core.fsio import atomic_write_bytes
+from jobspec.names import PAGE_NAME
 
 log = logging.getLogger(__name__)
 
-PAGE_NAME = "index.html"
 DEFAULT_MAX_JOBS = 200
 MIN_INTERVAL_S = 2.0
 

@@ -23,9 +23,10 @@ from daemon.core.config import ConfigError, Settings, load_settings
 from daemon.core.errors import DgxMusicError, ErrorType, ExitCode
 from daemon.core.logctx import job_context
 from daemon.engine.model import MusicEngine
-from daemon.outbox.publish import output_names, publish_job
-from daemon.queue.jobqueue import JobQueue, QueueClosed
-from daemon.queue.jobs import ClaimGroup, QueuedJob, fail_group_job, finish_group_job, load_done
+from daemon.outbox.publish import publish_job
+from daemon.queue.admit import Admission
+from daemon.queue.jobqueue import JobQueue
+from daemon.queue.jobs import QueuedJob, fail_group_job, finish_group_job
 from daemon.queue.worker import Worker
 from daemon.service.faults import apply_identity, faults_from_environment, with_faults
 from daemon.service.notify import Notifier
@@ -34,8 +35,6 @@ from daemon.spool import state
 from daemon.spool.owner import host_name
 from daemon.spool.peers import Heartbeat
 from daemon.spool.watcher import InboxWatcher
-from jobspec import ErrorDetail, JobSpecError, default_job_id, load_job_bytes
-from jobspec.names import source_folder
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,7 @@ class Daemon:
         self.watcher: InboxWatcher | None = None
         self._worker_thread: threading.Thread | None = None
         self._queue_file_failing = False
+        self.admission = Admission(settings, self.queue)
         self.observer = OutcomeObserver(settings)
         self._gauges = lambda: self.observer.gauges(self.engine, self.queue, self.worker)
 
@@ -113,7 +113,7 @@ class Daemon:
         )
         self.notifier.set_watchdog_timeout(None)
         state.add_outcome_listener(self.observer.on_outcome)
-        self._recover()
+        self.admission.recover()
         self.watcher = InboxWatcher(s, self.pickup)
         self.watcher.start()
         self._worker_thread = threading.Thread(target=self.worker.run, name="dgx-music-worker", daemon=True)
@@ -147,200 +147,7 @@ class Daemon:
             claimed = spool.claim(self.settings, path)
             if claimed is None:
                 return
-            self._accept(claimed, done=set())
-
-    def _accept(self, claimed: spool.Claimed, *, done: set[str], recovered: bool = False) -> None:
-        s = self.settings
-        picked = time.time()
-        try:
-            data = claimed.read_bytes(s.max_job_bytes)
-            jobs = load_job_bytes(
-                data, claimed.source_name, max_bytes=s.max_job_bytes, max_duration=s.max_duration
-            )
-        except JobSpecError as exc:
-            self._reject(claimed, exc)
-            return
-        except FileNotFoundError:
-            log.error("work/%s vanished after its claim (removed by hand?)", claimed.work_path.name)
-            return
-        except OSError as exc:
-            # Unreadable (mode 0600 by another user, EIO): to failed/ untouched, with the reason;
-            # left in work/ it would sit there until the daemon restarts.
-            why = exc.strerror or str(exc)
-            self._reject(
-                claimed,
-                JobSpecError(
-                    [
-                        ErrorDetail(
-                            loc="",
-                            msg=f"cannot read the job file: {why}",
-                            hint="make it readable by the dgx-music group (chmod g+r FILE), "
-                            "then submit it again",
-                        )
-                    ],
-                    filename=claimed.source_name,
-                ),
-            )
-            return
-        group = ClaimGroup(claim=claimed, job_ids=[])
-        items: list[QueuedJob] = []
-        folder = source_folder(claimed.source_name)
-        for job in jobs:
-            job_id = spool.reserve_id(
-                s, job.id, lambda i, j=job: output_names(i, j), claim_id=claimed.claim_id, folder=folder
-            )
-            group.job_ids.append(job_id)
-            # A recovered claim may have written this job's outcome just before it died.
-            if job_id in done or (recovered and spool.outcome_exists(s, job_id, folder)):
-                group.done.add(job_id)
-                continue
-            if recovered:
-                # Killed between its audio and its sidecar: audio under this reserved id is the
-                # job's own partial result, invisible to readers (no sidecar); it is written again.
-                for name in output_names(job_id, job):
-                    try:
-                        os.unlink(spool.result_dirs(s, folder)[0] / name)
-                        log.warning("removed outbox/%s left by the interrupted attempt of %s", name, job_id)
-                    except FileNotFoundError:
-                        pass
-            items.append(QueuedJob(group=group, job=job, job_id=job_id, queued_at=picked))
-        if not items and group.job_ids:
-            finish_group_job(s, group, group.job_ids[-1])  # everything was done already
-            return
-        for item in items:
-            with job_context(job_id=item.job_id, model=item.job.model or s.default_model, stage="queued"):
-                if item.job.model is not None and item.job.model not in s.models:
-                    fail_group_job(
-                        s,
-                        group,
-                        item.job_id,
-                        item.job,
-                        ErrorType.UNKNOWN_MODEL,
-                        f"model {item.job.model!r} is not configured on this daemon",
-                        hint=f"use one of: {', '.join(sorted(s.models))} "
-                        f"(or leave `model:` out for {s.default_model})",
-                    )
-                    finish_group_job(s, group, item.job_id, failed=True)
-                    continue
-                if self._cancelled_before_pickup(item, claimed):
-                    continue
-                try:
-                    self.queue.put(item)
-                except QueueClosed:
-                    return  # stopping: the claim stays in work/ for the next start
-                log.info(
-                    "queued %s from %s (%s, %.0f s x%d)",
-                    item.job_id,
-                    claimed.source_name,
-                    item.job.priority,
-                    item.job.duration,
-                    item.job.count,
-                )
-        # state/queue.json follows within a second (main loop): rewriting it per pickup would
-        # cost O(n^2) bytes in a burst of n jobs.
-
-    def _cancelled_before_pickup(self, item: QueuedJob, claimed: spool.Claimed) -> bool:
-        # `cancel` asks by request when it may not move an inbox file to failed/ itself.
-        s = self.settings
-        ids = {item.job_id, item.job.id} - {None}
-        if not any(state.cancel_requested(s, i, since=claimed.submitted_at) for i in ids):
-            return False
-        for i in ids:
-            state.clear_cancel(s, i)
-        fail_group_job(
-            s,
-            item.group,
-            item.job_id,
-            item.job,
-            "cancelled",
-            "cancelled by request before it was picked up",
-            hint=None,
-            status="cancelled",
-        )
-        finish_group_job(s, item.group, item.job_id, failed=True)
-        return True
-
-    def _reject(self, claimed: spool.Claimed, exc: JobSpecError) -> None:
-        s = self.settings
-        job_id = spool.reserve_id(
-            s,
-            default_job_id(claimed.source_name),
-            lambda i: [],
-            claim_id=claimed.claim_id,
-            folder=source_folder(claimed.source_name),
-        )
-        group = ClaimGroup(claim=claimed, job_ids=[job_id])
-        with job_context(job_id=job_id, stage="validate"):
-            log.error("invalid job file %s:\n%s", claimed.source_name, exc)
-            fail_group_job(
-                s,
-                group,
-                job_id,
-                None,
-                ErrorType.INVALID_JOB,
-                exc.message,
-                hint=next(
-                    (d.hint for d in exc.details if d.hint),
-                    "run `dgx-music validate FILE` before dropping it",
-                ),
-                details=[d.model_dump(mode="json") for d in exc.details],
-            )
-
-    def _recover(self) -> None:
-        s = self.settings
-        recovered = spool.recover(s)
-        if not recovered:
-            return
-        crashed = [c for c in recovered if c.crashed]
-        log.warning(
-            "recovered %d job file(s) from work/ (%d failed as crashed)", len(recovered), len(crashed)
-        )
-        for claimed in recovered:
-            done = load_done(s, claimed.claim_id)
-            if claimed.crashed:
-                self._fail_crashed(claimed, done)
-            else:
-                self._accept(claimed, done=done, recovered=True)
-
-    def _fail_crashed(self, claimed: spool.Claimed, done: set[str]) -> None:
-        s = self.settings
-        try:
-            jobs = load_job_bytes(
-                claimed.read_bytes(s.max_job_bytes),
-                claimed.source_name,
-                max_bytes=s.max_job_bytes,
-                max_duration=s.max_duration,
-            )
-        except (JobSpecError, OSError):
-            jobs = []
-        group = ClaimGroup(claim=claimed, job_ids=[])
-        pairs = []
-        for job in jobs or [None]:
-            base = job.id if job is not None else default_job_id(claimed.source_name)
-            job_id = spool.reserve_id(
-                s,
-                base,
-                (lambda i, j=job: output_names(i, j) if j else []),
-                claim_id=claimed.claim_id,
-                folder=source_folder(claimed.source_name),
-            )
-            group.job_ids.append(job_id)
-            if job_id in done:
-                group.done.add(job_id)
-            else:
-                pairs.append((job_id, job))
-        for job_id, job in pairs:
-            fail_group_job(
-                s,
-                group,
-                job_id,
-                job,
-                ErrorType.CRASHED,
-                f"the daemon died {claimed.crashes} time(s) while running this job",
-                hint="check `journalctl -u dgx-music` around the crashes; "
-                "resubmit with a shorter duration or another model",
-            )
-            finish_group_job(s, group, job_id, failed=True)
+            self.admission.accept(claimed, done=set())
 
     # ------------------------------------------------------------------ main loop
 
@@ -369,7 +176,7 @@ class Daemon:
             if now - last_recover >= s.rescan_interval_s:
                 last_recover = now
                 with self._pickup_lock:
-                    self._housekeeping(self._recover)  # jobs of a peer daemon that died
+                    self._housekeeping(self.admission.recover)  # jobs of a peer daemon that died
             if self._worker_thread is not None and not (
                 self._worker_thread.is_alive() and self.worker.alive()
             ):
@@ -481,6 +288,7 @@ class Daemon:
         setup_logging(new.log_level)
         self.settings = new
         self.worker.update_settings(new)
+        self.admission.settings = new
         self.engine.settings = new
         self.observer.reconfigure(new)
         if self.watcher is not None:

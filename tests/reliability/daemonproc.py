@@ -22,6 +22,8 @@ from daemon_harness import clean_env as _clean_env
 from daemon_harness import job_yaml as _job_yaml
 from daemon_harness import write_config as _write_config
 
+from jobspec.names import PAGE_NAME
+
 DEFAULT_START_TIMEOUT_S = 180.0  # importing torch + loading on a busy 2-core CI box
 
 
@@ -155,7 +157,9 @@ def outcomes(spool: Path) -> Outcomes:
             owned.add(name)
             owned.update(o["path"] for o in body["outputs"])
     stray.extend(
-        f"outbox/{n}" for n in sorted(os.listdir(outbox)) if not n.startswith(".") and n not in owned
+        f"outbox/{n}"
+        for n in sorted(os.listdir(outbox))
+        if not n.startswith(".") and n not in owned and n != PAGE_NAME
     )
     for name in sorted(os.listdir(failed)):
         if name.startswith("."):

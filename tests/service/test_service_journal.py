@@ -220,7 +220,7 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
         failed = [r for r in recs if r.get("MESSAGE_ID") == MESSAGE_ID_JOB_FAILED]
         assert [r["DGX_MUSIC_JOB_ID"] for r in failed] == ["jr3"], failed
         assert "unknown_model" in failed[0]["MESSAGE"] and failed[0]["PRIORITY"] == "4"
-        assert rec["CODE_FILE"].endswith("worker.py") and rec["CODE_LINE"].isdigit()
+        assert rec["CODE_FILE"].endswith("publish.py") and rec["CODE_LINE"].isdigit()
         assert (
             "RTF" in rec["MESSAGE"]
             and "LUFS" in rec["MESSAGE"]
