@@ -201,6 +201,21 @@ class DotEnvFileSource(DotEnvSettingsSource):
         }
 
 
+class _Without(PydanticBaseSettingsSource):
+    """A source minus the keys that code passed explicitly: those values are complete (a whole
+    `models:` mapping, say) and replace, rather than merge into, what the file or environment says."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource, keys: frozenset[str]) -> None:
+        super().__init__(inner.settings_cls)
+        self.inner, self.keys = inner, keys
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.inner().items() if k not in self.keys}
+
+
 def build_sources(
     settings_cls: type[BaseSettings],
     init_settings: PydanticBaseSettingsSource,
@@ -208,7 +223,11 @@ def build_sources(
 ) -> tuple[PydanticBaseSettingsSource, ...]:
     plan = CURRENT_PLAN.get()
     dotenvs = tuple(DotEnvFileSource(settings_cls, f) for f in plan.env_files)
-    return (init_settings, env_settings, *dotenvs, YamlFileSource(settings_cls, plan.config_file))
+    lower = (env_settings, *dotenvs, YamlFileSource(settings_cls, plan.config_file))
+    given = frozenset(getattr(init_settings, "init_kwargs", {}) or {})
+    if given:
+        lower = tuple(_Without(src, given) for src in lower)
+    return (init_settings, *lower)
 
 
 # ---------------------------------------------------------------- where a value came from

@@ -187,3 +187,10 @@ def test_config_file_chosen_in_dotenv(tmp_path: Path) -> None:
     )  # and DGX_MUSIC_CONFIG is no unknown key
     assert resolve_config_path(tmp_path / "other.yaml", env={}) == tmp_path / "other.yaml"
     assert resolve_config_path(None, env={"DGX_MUSIC_CONFIG": "/from/env.yaml"}) == Path("/from/env.yaml")
+
+
+def test_values_passed_in_code_replace_the_mapping_whole(tmp_path: Path) -> None:
+    # bench and demo pass a complete `models:`; merging it into the default small (a hub id)
+    # would give one model both an id and a path.
+    s = load_settings(None, models={"small": {"path": str(tmp_path)}}, default_model="small")
+    assert set(s.models) == {"small"} and s.models["small"].path == tmp_path and s.models["small"].id is None
