@@ -70,3 +70,17 @@ def test_code_and_docs_cite_only_files_in_the_repository() -> None:
             if not (REPO / ref).exists() and not (path.parent / ref).exists():
                 missing.add(f"{path.relative_to(REPO)}: {ref}")
     assert not missing, sorted(missing)
+
+
+@pytest.mark.parametrize("package", ["daemon", "jobspec"])
+def test_no_import_cycle(package: str) -> None:
+    """grimp reads the source, so lazy imports and imports under TYPE_CHECKING count too."""
+    grimp = pytest.importorskip("grimp")  # installed with import-linter
+    graph = grimp.build_graph(package, include_external_packages=False, cache_dir=None)
+    cycles = set()
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            chain = graph.find_shortest_chain(importer=imported, imported=module)
+            if chain:
+                cycles.add(" -> ".join([module, *chain]))
+    assert not cycles, sorted(cycles)
