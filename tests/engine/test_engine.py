@@ -30,8 +30,8 @@ FPS = 40  # the tiny codec's frame rate
 
 
 @pytest.fixture
-def engine(make_settings: Callable[..., Settings]) -> MusicEngine:
-    return MusicEngine(make_settings(decoder="transformers"))
+def engine(make_settings: Callable[..., Settings], decoder: str) -> MusicEngine:
+    return MusicEngine(make_settings(decoder=decoder))
 
 
 def _gen(engine: MusicEngine, **kw: object) -> np.ndarray:
@@ -40,11 +40,11 @@ def _gen(engine: MusicEngine, **kw: object) -> np.ndarray:
     return res.audio
 
 
-def test_load_reports_the_model(engine: MusicEngine, tiny_model_dir: Path) -> None:
+def test_load_reports_the_model(engine: MusicEngine, tiny_model_dir: Path, decoder: str) -> None:
     info = engine.load_model()
     assert info.name == "tiny" and info.source == str(tiny_model_dir)
     assert info.revision.startswith("local:")
-    assert (info.device, info.dtype, info.backend) == ("cpu", "float32", "transformers")
+    assert (info.device, info.dtype, info.backend) == ("cpu", "float32", decoder)
     assert info.sample_rate == SR and info.channels == 1
     assert info.frame_rate == FPS  # from the codec config, not a hard-coded 50
     assert info.parameters == sum(p.numel() for p in engine._ckpt.model.parameters())  # type: ignore[union-attr]
@@ -119,10 +119,12 @@ def test_progress_is_monotonic_and_complete(engine: MusicEngine) -> None:
     assert all(b.elapsed_s >= a.elapsed_s for a, b in zip(seen, seen[1:]))
 
 
-def test_cancel_mid_generation_from_another_thread(make_settings: Callable[..., Settings]) -> None:
+def test_cancel_mid_generation_from_another_thread(
+    make_settings: Callable[..., Settings], decoder: str
+) -> None:
     # the stall holds the decode loop at step 4 so the canceller thread surely acts mid-way
     engine = with_faults(
-        MusicEngine(make_settings(decoder="transformers")), Faults(**{"stall_after_steps": 4, "stall_s": 10})
+        MusicEngine(make_settings(decoder=decoder)), Faults(**{"stall_after_steps": 4, "stall_s": 10})
     )
     cancel = threading.Event()
     started = threading.Event()
@@ -149,9 +151,9 @@ def test_cancel_mid_generation_from_another_thread(make_settings: Callable[..., 
     assert engine.get_stats().failed_jobs == 1
 
 
-def test_timeout_mid_generation(make_settings: Callable[..., Settings]) -> None:
+def test_timeout_mid_generation(make_settings: Callable[..., Settings], decoder: str) -> None:
     engine = with_faults(
-        MusicEngine(make_settings(decoder="transformers")), Faults(**{"stall_after_steps": 3, "stall_s": 3})
+        MusicEngine(make_settings(decoder=decoder)), Faults(**{"stall_after_steps": 3, "stall_s": 3})
     )
     engine.load_model()  # the time limit covers generation, not loading
     steps: list[int] = []
@@ -181,9 +183,9 @@ def test_progress_callback_exceptions_pass_through_unchanged(engine: MusicEngine
 
 
 def test_injected_oom_splits_the_batch(
-    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture, decoder: str
 ) -> None:
-    engine = with_faults(MusicEngine(make_settings(decoder="transformers")), Faults(**{"oom_once": True}))
+    engine = with_faults(MusicEngine(make_settings(decoder=decoder)), Faults(**{"oom_once": True}))
     with caplog.at_level(logging.WARNING, logger="daemon.engine.run"):
         (res,) = engine.generate([GenerationRequest("techno loop", 0.5, seed=7, count=4)])
     assert res.audio.shape == (4, 1, 16000)
@@ -225,12 +227,12 @@ def test_max_batch_splits_rows(make_settings: Callable[..., Settings]) -> None:
     assert res.audio.shape[0] == 5 and backend.batches == [2, 2, 1]
 
 
-def test_stats(engine: MusicEngine) -> None:
+def test_stats(engine: MusicEngine, decoder: str) -> None:
     engine.generate(
         [GenerationRequest("lofi beat", 0.5, seed=1, count=2), GenerationRequest("rock", 0.25, seed=2)]
     )
     st = engine.get_stats()
-    assert (st.model, st.device, st.dtype, st.backend) == ("tiny", "cpu", "float32", "transformers")
+    assert (st.model, st.device, st.dtype, st.backend) == ("tiny", "cpu", "float32", decoder)
     assert st.parameters == engine.info.parameters  # type: ignore[union-attr]
     assert st.jobs == 2 and st.failed_jobs == 0 and st.loads == 1
     assert st.audio_seconds == pytest.approx(1.25)
@@ -239,14 +241,14 @@ def test_stats(engine: MusicEngine) -> None:
     assert st.as_dict()["jobs"] == 2 and st.loaded
 
 
-def test_warmup_at_load_is_not_counted(make_settings: Callable[..., Settings]) -> None:
-    engine = MusicEngine(make_settings(decoder="transformers", warmup=True))
+def test_warmup_at_load_is_not_counted(make_settings: Callable[..., Settings], decoder: str) -> None:
+    engine = MusicEngine(make_settings(decoder=decoder, warmup=True))
     info = engine.load_model()
     assert info.load_s > 0 and engine.get_stats().jobs == 0
 
 
-def test_unload_and_idle_unload(make_settings: Callable[..., Settings]) -> None:
-    engine = MusicEngine(make_settings(decoder="transformers", idle_unload_s=60))
+def test_unload_and_idle_unload(make_settings: Callable[..., Settings], decoder: str) -> None:
+    engine = MusicEngine(make_settings(decoder=decoder, idle_unload_s=60))
     engine.load_model()
     engine.unload_model()
     assert not engine.is_loaded() and engine.info is None
@@ -266,10 +268,10 @@ def test_unknown_model_keeps_the_resident_one(engine: MusicEngine) -> None:
     assert engine.is_loaded("tiny")
 
 
-def test_stereo(make_settings: Callable[..., Settings], tiny_stereo_model_dir: Path) -> None:
+def test_stereo(make_settings: Callable[..., Settings], tiny_stereo_model_dir: Path, decoder: str) -> None:
     engine = MusicEngine(
         make_settings(
-            models={"st": {"path": str(tiny_stereo_model_dir)}}, default_model="st", decoder="transformers"
+            models={"st": {"path": str(tiny_stereo_model_dir)}}, default_model="st", decoder=decoder
         )
     )
     (res,) = engine.generate([GenerationRequest("wide stereo pad", 0.5, seed=3, count=2)])

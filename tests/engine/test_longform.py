@@ -22,8 +22,8 @@ HOP = 800  # samples per frame of the tiny codec (40 frames/s)
 
 
 @pytest.fixture
-def long_engine(make_settings: Callable[..., Settings]) -> MusicEngine:
-    return MusicEngine(make_settings(decoder="transformers", window_s=1.0, extend_stride_s=0.6))
+def long_engine(make_settings: Callable[..., Settings], decoder: str) -> MusicEngine:
+    return MusicEngine(make_settings(decoder=decoder, window_s=1.0, extend_stride_s=0.6))
 
 
 def test_plan_windows() -> None:
@@ -114,7 +114,7 @@ def test_long_form_audio_is_one_pass_over_all_codes(long_engine: MusicEngine) ->
     enc = ckpt.processor(text=[req.prompt], return_tensors="pt")
     with torch.inference_mode():
         codes = decode_long(
-            TransformersBackend(),
+            long_engine.backend,  # the engine's own loop, so the same seeded samples
             ckpt.model,
             DecodeRequest(enc["input_ids"], enc["attention_mask"], [row_sampling(req, 5)], 3.0, 64),
             window_frames=40,

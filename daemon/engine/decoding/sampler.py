@@ -102,6 +102,15 @@ def pick_tokens(
         return greedy_tokens
     if noise is None:
         raise ValueError("sampling rows need noise")
+    x = filtered_scores(scores, params, static=static)
+    u = noise.clamp(min=torch.finfo(noise.dtype).tiny)
+    sampled = (x - torch.log(-torch.log(u))).argmax(dim=-1)
+    return torch.where(params.greedy[:, None], greedy_tokens, sampled)
+
+
+def filtered_scores(scores: torch.Tensor, params: SamplingTensors, *, static: bool = False) -> torch.Tensor:
+    """Guided scores [B, K, V] after temperature, top-k and top-p: what transformers' warpers give
+    (filtered tokens at -inf); the sample is the Gumbel-max of these."""
     x = scores / params.temperature[:, None, None]
     batch, codebooks, vocab = x.shape
     use_k = static or params.any_top_k
@@ -121,9 +130,7 @@ def pick_tokens(
         remove_sorted[..., -1] = False  # keep at least one token, as transformers does
         remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
         x = x.masked_fill(remove, float("-inf"))
-    u = noise.clamp(min=torch.finfo(noise.dtype).tiny)
-    sampled = (x - torch.log(-torch.log(u))).argmax(dim=-1)
-    return torch.where(params.greedy[:, None], greedy_tokens, sampled)
+    return x
 
 
 class RowNoise:
