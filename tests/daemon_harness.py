@@ -353,6 +353,15 @@ class SpoolView:
         """Visible (non-dot) names in a spool folder."""
         return sorted(n for n in os.listdir(folder) if not n.startswith("."))
 
+    def wait_running(self, job_id: str, timeout: float = 60.0, *, alive: DaemonProcess | None = None) -> None:
+        """Until a daemon's state/ shows `job_id` running."""
+        wait_until(
+            lambda: any(r.get("job_id") == job_id for r in self.running()),
+            timeout,
+            what=f"{job_id} running",
+            alive=alive,
+        )
+
     def running(self) -> list[dict[str, Any]]:
         out = []
         for p in sorted(self.state.glob("running*.json")):

@@ -161,26 +161,6 @@ class Worker:
     def remove_deferred(self, job_id: str) -> QueuedJob | None:
         return self.publisher.remove(job_id)
 
-    def fail(
-        self,
-        item: QueuedJob,
-        error_type: str,
-        message: str,
-        *,
-        hint: str | None,
-        status: str = "failed",
-        details: list[dict[str, Any]] | None = None,
-    ) -> None:
-        self.outcomes.fail(item, error_type, message, hint=hint, status=status, details=details)
-
-    @property
-    def completed(self) -> int:
-        return self.outcomes.completed
-
-    @property
-    def failed(self) -> int:
-        return self.outcomes.failed
-
     # ------------------------------------------------------------------ one batch
 
     def _run_batch(self, batch: list[QueuedJob]) -> None:
@@ -218,11 +198,11 @@ class Worker:
         except DgxMusicError as exc:
             for item in todo:
                 log.error("job %s failed: %s", item.job_id, exc)
-                self.fail(item, exc.error_type, exc.message, hint=exc.hint)
+                self.outcomes.fail(item, exc.error_type, exc.message, hint=exc.hint)
         except Exception as exc:  # the daemon must outlive any one job
             log.exception("internal error while generating %s", ", ".join(j.job_id for j in todo))
             for item in todo:
-                self.fail(
+                self.outcomes.fail(
                     item,
                     ErrorType.INTERNAL,
                     f"{type(exc).__name__}: {exc}",
@@ -241,7 +221,7 @@ class Worker:
             return
         for item in cancelled or todo:
             state.clear_cancel(self.settings, item.job_id)
-            self.fail(
+            self.outcomes.fail(
                 item, ErrorType.CANCELLED, "cancelled by request while running", hint=None, status="cancelled"
             )
         # Batch-mates of a cancelled job lost their shared decode, not their turn.
@@ -267,7 +247,7 @@ class Worker:
                 loc, line = locate_field(data, item.claim.source_name, index, exc.loc)
         detail = ErrorDetail(loc=loc, line=line, msg=exc.message, hint=exc.hint)
         log.error("job %s is invalid: %s", item.job_id, detail.format(item.claim.source_name))
-        self.fail(
+        self.outcomes.fail(
             item,
             ErrorType.INVALID_JOB,
             detail.format(item.claim.source_name),

@@ -56,7 +56,7 @@ def reject_non_regular(
     target = failed_dir / f"{job_id}.yaml"
     try:
         try:
-            _move_no_clobber(path, target)
+            move_no_clobber(path, target)
         except FileNotFoundError:
             return None
         now = time.time()
@@ -151,7 +151,7 @@ def fail_job(
         data = claimed.work_path.read_bytes()
         _write_new_or_same(yaml_path, data)
     else:
-        _move_no_clobber(claimed.work_path, yaml_path, accept_same=True)
+        move_no_clobber(claimed.work_path, yaml_path, accept_same=True)
     atomic_write_bytes(err_path, _sidecar_bytes(error), create_new=True)
     if not keep_work:
         unlink_quiet(claimed.meta_path)
@@ -177,7 +177,7 @@ def _write_new_or_same(path: Path, data: bytes) -> None:
             raise
 
 
-def _move_no_clobber(src: Path, dst: Path, *, accept_same: bool = False) -> None:
+def move_no_clobber(src: Path, dst: Path, *, accept_same: bool = False) -> None:
     """rename(2) without replacing an existing `dst`: link + unlink where links work."""
     linked = True
     try:

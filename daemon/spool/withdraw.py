@@ -17,7 +17,7 @@ from pathlib import Path
 
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
-from daemon.spool.failed import _move_no_clobber, error_sidecar
+from daemon.spool.failed import error_sidecar, move_no_clobber
 from daemon.spool.layout import dump
 from daemon.spool.reserve import release_id, reserve_id
 from jobspec import JobSpecError, load_job_bytes
@@ -84,7 +84,7 @@ def withdraw(
             os.rename(hold, path)
         raise
     try:
-        _move_no_clobber(hold, settings.failed / f"{final_id}.yaml")
+        move_no_clobber(hold, settings.failed / f"{final_id}.yaml")
         body = error_sidecar(
             job_id=final_id,
             source_file=path.name,

@@ -13,26 +13,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _gpu_check(cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """`benchmarks/gpu_check.py ARGS` as a person runs it, with this checkout's code."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=cwd,
+    )
+
+
 @pytest.mark.slow  # every section starts its own `dgx-music` processes: about a minute on a quiet CPU
 def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "gpu_check.py"),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--quick",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = _gpu_check(tmp_path, "--out", str(out), "--device", "cpu", "--quick")
     results = json.loads((out / "results.json").read_text())
     summary = (out / "summary.md").read_text()
     sections = results["sections"]
@@ -56,25 +52,9 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
 
 def test_a_failing_section_is_recorded_and_sets_the_exit_code(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     # No such device: the section fails with its error, the files are still written.
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "gpu_check.py"),
-            "--out",
-            str(out),
-            "--device",
-            "cuda:99",
-            "--quick",
-            "--only",
-            "compare",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
+    proc = _gpu_check(
+        tmp_path, "--out", str(out), "--device", "cuda:99", "--quick", "--only", "compare", timeout=300
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())

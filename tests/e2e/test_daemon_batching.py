@@ -34,12 +34,7 @@ def test_batched_jobs_get_their_own_sidecars_and_the_audio_they_get_alone(
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
         daemon.start()
         sp.drop("blocker.yaml", job_yaml("a blocker of another length", duration=1.0, seed=1))
-        wait_until(
-            lambda: any(r.get("job_id") == "blocker" for r in sp.running()),
-            TIMEOUT_S,
-            what="blocker running",
-            alive=daemon,
-        )
+        sp.wait_running("blocker", TIMEOUT_S, alive=daemon)
         mates = {"mate-a": (11, 1), "mate-b": (12, 2), "mate-c": (20, 1)}  # id: (seed, count)
         prompts = {"mate-a": "calm piano", "mate-b": "fast drums", "mate-c": "sad violin"}
         for job_id, (seed, count) in mates.items():

@@ -67,12 +67,7 @@ def test_status_and_wait_show_queue_positions_and_the_daemons_eta(
         sp.drop("warm.yaml", job_yaml("a warm up for the estimate", duration=0.5))
         assert sp.wait_outcome("warm", 60, alive=daemon)["status"] == "completed"
         sp.drop("slow.yaml", job_yaml("this one stalls until cancelled", duration=3.0))
-        wait_until(
-            lambda: any(r.get("job_id") == "slow" for r in sp.running()),
-            30,
-            what="slow running",
-            alive=daemon,
-        )
+        sp.wait_running("slow", 30, alive=daemon)
         sp.drop("q1.yaml", job_yaml("first in the queue", duration=0.5))
         sp.drop("q2.yaml", job_yaml("second in the queue", duration=1.0))
         wait_until(lambda: sp.queued_ids() == ["q1", "q2"], 20, what="two queued jobs", alive=daemon)

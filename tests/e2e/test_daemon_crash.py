@@ -26,12 +26,7 @@ def test_kill_9_mid_job_then_restart_completes_the_job(tmp_path: Path, tiny_mode
     with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
         daemon.start()
         sp.drop("victim.yaml", job_yaml("a job whose daemon is killed under it", duration=1, seed=42))
-        wait_until(
-            lambda: any(r.get("job_id") == "victim" for r in sp.running()),
-            TIMEOUT_S,
-            what="victim running",
-            alive=daemon,
-        )
+        sp.wait_running("victim", TIMEOUT_S, alive=daemon)
         assert daemon.kill() == -signal.SIGKILL
 
         # The claim survived the kill, marked as running (a crash blamed on it).
@@ -69,12 +64,7 @@ def test_job_that_kills_the_daemon_every_time_ends_crashed(tmp_path: Path, tiny_
         # While a long job holds the worker, queue a good job, the crasher and another good one
         # (same length: the worker decodes them as one batch, the good one ahead of the crasher).
         sp.drop("blocker.yaml", job_yaml("a long job that keeps the worker busy", duration=8))
-        wait_until(
-            lambda: any(r.get("job_id") == "blocker" for r in sp.running()),
-            TIMEOUT_S,
-            what="blocker running",
-            alive=daemon,
-        )
+        sp.wait_running("blocker", TIMEOUT_S, alive=daemon)
         sp.drop("good-1.yaml", job_yaml("a good job before the crasher"))
         sp.drop("crasher.yaml", crasher)
         sp.drop("good-2.yaml", job_yaml("a good job after the crasher"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import DaemonProcess, SpoolView, job_yaml, run_cli, wait_until, write_config
+from tests.daemon_harness import DaemonProcess, SpoolView, job_yaml, run_cli, write_config
 
 TIMEOUT_S = 3.0
 
@@ -43,11 +43,7 @@ def test_remote_daemon_shown_by_status_and_its_job_recovered_after_the_timeout(
     with DaemonProcess(config, tmp_path / "b.log", env=remote_env) as b:
         b.start()
         view.drop("peer-job.yaml", job_yaml("a job the remote daemon dies with", duration=0.5))
-        wait_until(
-            lambda: any(r.get("job_id") == "peer-job" for r in view.running()),
-            60,
-            what="node-b running the job",
-        )
+        view.wait_running("peer-job", 60)
         with DaemonProcess(config, tmp_path / "a.log", env={"OMP_NUM_THREADS": "1"}) as a:
             a.start()
             report = json.loads(run_cli(config, "status", "--json").stdout)
