@@ -276,10 +276,10 @@ def _error_lines(exc: ValidationError, origins: Origins) -> list[str]:
 def load_settings_with_origins(path: Path | str | None = None, **overrides: Any) -> tuple[Settings, Origins]:
     """The settings and, for each value, the source it came from (`dgx-music config --show-origin`)."""
     cfg_path = Path(path) if path is not None else None
-    plan = SourcePlan(config_file=cfg_path, env_files=dotenv_files(cfg_path))
+    plan = SourcePlan.for_file(cfg_path, dotenv_files(cfg_path))  # ConfigError with file:line
     token = CURRENT_PLAN.set(plan)
     try:
-        origins = Origins.collect(Settings, plan, overrides)  # reads the file: ConfigError with file:line
+        origins = Origins.collect(Settings, plan, overrides)
         try:
             return Settings(**overrides), origins
         except ValidationError as exc:

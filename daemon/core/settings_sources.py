@@ -105,6 +105,14 @@ class SourcePlan:
 
     config_file: Path | None = None
     env_files: tuple[Path, ...] = (Path(DOTENV_NAME),)
+    # The file read once per load (`read_config_file`): the settings source and the origins share it.
+    file_data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    file_lines: LineMap = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def for_file(cls, config_file: Path | None, env_files: tuple[Path, ...]) -> "SourcePlan":
+        data, lines = read_config_file(config_file) if config_file is not None else ({}, {})
+        return cls(config_file=config_file, env_files=env_files, file_data=data, file_lines=lines)
 
 
 CURRENT_PLAN: ContextVar[SourcePlan] = ContextVar("dgx_music_settings_plan", default=SourcePlan())
@@ -155,13 +163,11 @@ class YamlFileSource(PydanticBaseSettingsSource):
     of one nested key (DGX_MUSIC_MODELS__SMALL__REVISION) merges into the default mapping too.
     """
 
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+    def __init__(self, settings_cls: type[BaseSettings], plan: SourcePlan) -> None:
         super().__init__(settings_cls)
-        self.path = path
-        self.data: dict[str, Any] = {}
-        self.lines: LineMap = {}
-        if path is not None:
-            self.data, self.lines = read_config_file(path)
+        self.path = plan.config_file
+        self.data: dict[str, Any] = plan.file_data
+        self.lines: LineMap = plan.file_lines
 
     def get_field_value(
         self, field: Any, field_name: str
@@ -223,7 +229,7 @@ def build_sources(
 ) -> tuple[PydanticBaseSettingsSource, ...]:
     plan = CURRENT_PLAN.get()
     dotenvs = tuple(DotEnvFileSource(settings_cls, f) for f in plan.env_files)
-    lower = (env_settings, *dotenvs, YamlFileSource(settings_cls, plan.config_file))
+    lower = (env_settings, *dotenvs, YamlFileSource(settings_cls, plan))
     given = frozenset(getattr(init_settings, "init_kwargs", {}) or {})
     if given:
         lower = tuple(_Without(src, given) for src in lower)
@@ -283,14 +289,13 @@ class Origins:
     def collect(
         cls, settings_cls: type[BaseSettings], plan: SourcePlan, overrides: dict[str, Any]
     ) -> "Origins":
-        yaml_source = YamlFileSource(settings_cls, plan.config_file)
         return cls(
             overrides=overrides,
             env=EnvSettingsSource(settings_cls)(),
             dotenvs=[(f, DotEnvFileSource(settings_cls, f)()) for f in plan.env_files if f.is_file()],
             file=plan.config_file,
-            file_data=yaml_source.data,
-            file_lines=yaml_source.lines,
+            file_data=plan.file_data,
+            file_lines=plan.file_lines,
         )
 
     def where(self, loc: Loc) -> tuple[str, str]:
