@@ -49,8 +49,10 @@ def test_decode_step_counts_are_positive_and_consistent(tiny: tuple[Any, Any]) -
     assert report["ops_per_layer"] > 0 and report["outside_layers"] > 0
     assert report["ops_per_step"] >= report["layers"] * report["ops_per_layer"]
     assert report["ops_per_step"] == sum(report["by_name"].values())
-    # The fused step's budget: 3 norms, 6 matmuls, 3 adds, 1 cache write, 2 attentions, 1 GELU.
-    assert report["ops_per_layer"] <= 16, report["layer_by_name"]
+    # The fused step's budget: 3 norms, 6 matmuls (3 carrying the residual add), 1 cache write,
+    # 2 attentions, 1 GELU.
+    assert report["ops_per_layer"] <= 13, report["layer_by_name"]
+    assert "add" not in report["layer_by_name"], report["layer_by_name"]
     assert report["layer_by_name"].get("sort", 0) == 0
     assert report["by_name"]["sort"] == 1  # one sort serves top-k and top-p
 
@@ -90,8 +92,9 @@ def test_fused_layer_does_the_same_work_in_fewer_ops(tiny: tuple[Any, Any]) -> N
         with counting([fused]) as counter:
             got = fused(hidden.reshape(rows, width), rows, kv[0], 3, None, cross[0], fmask)
     fused_ops = sum(counter.counts.per_layer[0].values())
-    assert torch.equal(got.view(rows, 1, width), expected)  # bit for bit
-    assert fused_ops <= 16, counter.counts.by_name()
+    # addmm's accumulate may round differently from transformers' matmul-then-add: close, not bitwise.
+    torch.testing.assert_close(got.view(rows, 1, width), expected, rtol=1e-5, atol=1e-6)
+    assert fused_ops <= 13, counter.counts.by_name()
     assert fused_ops < plain_ops, (fused_ops, plain_ops)
 
 

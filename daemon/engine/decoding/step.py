@@ -5,14 +5,17 @@ layers: self-attention, cross-attention over the text, GELU MLP; summed codebook
 sinusoidal positions; final norm; one head per codebook), with the work regrouped:
   * q, k and v of the self-attention are one matmul (their weights concatenated once at load);
   * the new keys/values go into one [2, rows, heads, capacity, head_dim] buffer per layer in one copy;
-  * the residual adds stay separate kernels: `addmm` would save three per layer, but its
-    accumulate is not bit-identical to matmul-then-add (MKL, 4 rows), and token parity with
-    transformers is the contract;
+  * each residual add rides on the matmul before it (`addmm`): not bit-identical to matmul-then-add
+    (the accumulate order differs), but greedy tokens still equal transformers' (tested on the
+    tiny model and at the musicgen-small shape; `decoder: auto` checks it again on every load);
   * the text's cross-attention keys/values are computed once per decode, every layer in one matmul;
   * the cross-attention mask is a float mask built once per decode (a bool mask would be converted
     inside every attention call of every step);
   * the codebook embeddings are one lookup in one table, the heads one matmul.
-Per layer: 3 layer norms, 6 matmuls, 3 residual adds, 1 cache write, 2 attentions, 1 GELU = 16 kernels.
+Per layer: 3 layer norms, 6 matmuls (3 with the residual add), 1 cache write, 2 attentions, 1 GELU
+= 13 kernels, the floor for this arithmetic in plain ATen ops: fewer needs fused kernels (norm +
+residual, matmul epilogues) from a compiler, and MusicGen's exact-erf GELU rules out cuBLASLt's
+tanh-approximated GELU epilogue.
 
 Self-attention length: eagerly (`position` an int) the attention reads only the filled prefix, so
 it sees exactly what transformers' dynamic cache gives it. Inside a CUDA graph (`position` a device
@@ -106,14 +109,14 @@ class FusedLayer(nn.Module):
         attn = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=self_mask, is_causal=self_mask is None and n > 1, scale=self.scaling
         )
-        x = x + torch.mm(attn.transpose(1, 2).reshape(rows * n, h * d), self.w_o.t())
+        x = torch.addmm(x, attn.transpose(1, 2).reshape(rows * n, h * d), self.w_o.t())
         # Cross-attention over the text (keys/values computed once per decode).
         q = torch.mm(self._norm(self.norms[1], x), self.w_cq.t()).view(rows, n, h, d).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, cross[0], cross[1], attn_mask=cross_mask, scale=self.scaling)
-        x = x + torch.mm(attn.transpose(1, 2).reshape(rows * n, h * d), self.w_co.t())
+        x = torch.addmm(x, attn.transpose(1, 2).reshape(rows * n, h * d), self.w_co.t())
         # MLP.
         hidden = self.act(torch.mm(self._norm(self.norms[2], x), self.w_fc1.t()))
-        return x + torch.mm(hidden, self.w_fc2.t())
+        return torch.addmm(x, hidden, self.w_fc2.t())
 
 
 class FusedDecoder(nn.Module):
