@@ -197,8 +197,13 @@ class MusicEngine:
         return fallback
 
     def _warmup(self) -> None:
-        """One short generation so the first job pays no lazy-initialisation cost."""
-        assert self._info is not None
+        """The decode buckets jobs use, then one short generation, so no job pays a capture or
+        lazy initialisation."""
+        assert self._info is not None and self._ckpt is not None
+        prepare = getattr(self.backend, "prepare", None)
+        if callable(prepare) and not self._ckpt.melody:
+            # Full batches at the long-form window's length: every job up to the window uses it.
+            prepare(self._ckpt.model, rows=self.settings.max_batch, frames=self._framing().window)
         seconds = min(1.0, self.settings.window_s)
         t0 = time.monotonic()
         self._generate_locked([GenerationRequest("warm up", seconds, seed=0)], None, None, None, record=False)

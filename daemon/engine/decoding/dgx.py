@@ -5,9 +5,12 @@ It runs transformers' text encoder and `enc_to_dec_proj` as they are, and the de
 dozen kernels per layer. Around it: the text encoder runs once per call, the KV cache is allocated
 once, the delay pattern is built once on the CPU (transformers' own `build_delay_pattern_mask`),
 and per-row sampling replaces the logits-processor chain (`daemon.engine.decoding.sampler`).
-On CUDA one decode step, sampling included, is captured in a CUDA graph
+On CUDA one decode step, sampling included, is captured in CUDA graphs
 per shape bucket (`daemon.engine.decoding.graphs`: batch padded to a power of two, sequence and
-text length to a multiple), so a step costs one graph launch; on CPU the same loop runs eagerly.
+text length to a multiple; one graph per self-attention chunk, so a step attends over the live
+length rounded up to `attention_chunk` rather than the whole capacity), so a step costs one graph
+launch; on CPU the same loop runs eagerly. `DgxBackend.prepare` captures the buckets a daemon's
+jobs will use at load time (full batches, the long-form window), so no job pays a capture.
 The model pieces both paths call are in `daemon.engine.decoding.parts`.
 
 Equivalence with transformers (tested): greedy decoding gives the same tokens as
@@ -20,16 +23,18 @@ eager path hands the attention the same shapes transformers' dynamic cache does.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest
-from daemon.engine.decoding.graphs import BucketKey, GraphBucket, next_pow2, round_up
+from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2, round_up
 from daemon.engine.decoding.parts import (
     ModelParts,
     call_on_step,
@@ -44,6 +49,9 @@ from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, p
 from daemon.engine.decoding.step import float_mask, fused_decoder
 
 log = logging.getLogger(__name__)
+
+# Text tokens `prepare` captures for by default: a prompt of a line of tags is 15-30 T5 tokens.
+PREPARED_TEXT_TOKENS = 32
 
 
 # ---------------------------------------------------------------- eager loop (CPU, or CUDA without graphs)
@@ -113,9 +121,12 @@ class DgxBackend:
             graphs; "graphs": CUDA graphs (the model must be on CUDA); "static": the graph path's
             bucketed static buffers with the step run without capture, on any device (lets the
             graph path's logic be tested where there is no GPU).
-        length_multiple: KV capacity is rounded up to this (one graph serves many durations).
+        length_multiple: KV capacity is rounded up to this (one bucket serves many durations).
         text_multiple: text length is rounded up to this.
-        max_buckets: captured buckets kept (least recently used dropped first); each holds its KV cache.
+        max_buckets: captured buckets kept (least recently used dropped first, buckets made by
+            `prepare` last); each holds its KV cache and graphs.
+        attention_chunk: self-attention positions per captured graph: a step reads the live
+            length rounded up to this; a bucket of capacity C holds ceil(C / attention_chunk) graphs.
         sync_every: on CUDA, wait for the GPU every this many steps before calling `on_step`, so
             progress reports and cancellation trail the device by a bounded amount.
     """
@@ -134,6 +145,7 @@ class DgxBackend:
         max_buckets: int = 4,
         noise_chunk: int | None = None,
         sync_every: int = 8,
+        attention_chunk: int = ATTENTION_CHUNK,
     ) -> None:
         if mode not in ("auto", "eager", "graphs", "static"):
             raise ValueError(f"mode must be auto, eager, graphs or static, not {mode!r}")
@@ -143,13 +155,20 @@ class DgxBackend:
         self.max_buckets = max_buckets
         self.noise_chunk = noise_chunk or NOISE_CHUNK_STEPS
         self.sync_every = max(1, sync_every)
+        self.attention_chunk = max(1, attention_chunk)
         self._buckets: OrderedDict[BucketKey, GraphBucket] = OrderedDict()
+        # Set by `prepare`: its keys are evicted last, and requests up to `_prepared_length`
+        # positions use that capacity (chunked attention makes the larger capacity cost memory only).
+        self._pinned: set[BucketKey] = set()
+        self._prepared_length = 0
         self._model_ref: weakref.ReferenceType[Any] | None = None
         self._capture_failed = False
 
     def reset(self) -> None:
         """Drop every captured graph and its buffers (call when the model is unloaded)."""
         self._buckets.clear()
+        self._pinned.clear()
+        self._prepared_length = 0
         self._model_ref = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -177,10 +196,13 @@ class DgxBackend:
         parts = model_parts(model)
         batch, prompt_len = check_request(parts, req)
         _, total_len = decode_lengths(parts, prompt_len, req.max_frames)
+        length = round_up(total_len, self.length_multiple)
+        if total_len <= self._prepared_length:
+            length = self._prepared_length
         return BucketKey(
             rows=next_pow2(batch),
             doubled=req.cfg_coef is not None and req.cfg_coef > 1.0,
-            length=round_up(total_len, self.length_multiple),
+            length=length,
             text_length=round_up(req.input_ids.shape[1], self.text_multiple),
             sampling=any(not row.is_greedy for row in req.rows),
         )
@@ -189,10 +211,10 @@ class DgxBackend:
         """A bucket, captured when asked; a capture that fails (other than for memory) falls back to
         running the step uncaptured, with one warning for the backend's life."""
         if not capture:
-            return GraphBucket(parts, key, False)
-        log.info("capturing a CUDA graph for %s", key)
+            return GraphBucket(parts, key, False, self.attention_chunk)
+        log.info("capturing CUDA graphs for %s", key)
         try:
-            return GraphBucket(parts, key, True)
+            return GraphBucket(parts, key, True, self.attention_chunk)
         except torch.OutOfMemoryError:
             self.release()  # a capture cut short by OOM may leave a broken graph pool behind
             raise
@@ -205,33 +227,93 @@ class DgxBackend:
             )
             if torch.cuda.is_available():
                 torch.cuda.synchronize(parts.device)
-            return GraphBucket(parts, key, False)
+            return GraphBucket(parts, key, False, self.attention_chunk)
 
     @property
     def buckets(self) -> Sequence[BucketKey]:
         return list(self._buckets)
+
+    def bucket(self, key: BucketKey) -> GraphBucket | None:
+        """The resident bucket for `key` (its replay count, capture time, memory), if any."""
+        return self._buckets.get(key)
+
+    def prepare(
+        self,
+        model: Any,
+        *,
+        rows: int,
+        frames: int,
+        text_tokens: int = PREPARED_TEXT_TOKENS,
+        doubled: bool = True,
+        sampling: bool = True,
+    ) -> list[BucketKey]:
+        """Build (on CUDA: capture) the bucket that requests of up to `rows` rows, `frames` new
+        frames (prompt included) and `text_tokens` text tokens decode in, so that no job pays it.
+
+        From then on, every request of up to that length uses the prepared capacity, so one bucket
+        serves every duration up to `frames` (a long-form window included); the bucket is evicted
+        last. Greedy requests use a resident sampling bucket of their shape (its per-row greedy
+        choice gives the argmax), so the default `sampling=True` serves both. Returns the keys
+        built; none where the loop runs eagerly (CPU under mode "auto").
+        """
+        if not self._uses_buckets(model):
+            return []
+        parts = model_parts(model)
+        self._bind(model)
+        _, total_len = decode_lengths(parts, 0, frames)
+        self._prepared_length = max(self._prepared_length, round_up(total_len, self.length_multiple))
+        key = BucketKey(
+            rows=next_pow2(rows),
+            doubled=doubled,
+            length=self._prepared_length,
+            text_length=round_up(text_tokens, self.text_multiple),
+            sampling=sampling,
+        )
+        t0 = time.monotonic()
+        with torch.inference_mode():
+            bucket = self._bucket_for(model, parts, key)
+        self._pinned.add(key)
+        log.info(
+            "prepared the decode bucket %s in %.2f s (%d CUDA graphs, %.0f MiB)",
+            key,
+            time.monotonic() - t0,
+            len(bucket.graphs),
+            bucket.nbytes() / 2**20,
+        )
+        return [key]
+
+    def _bind(self, model: Any) -> None:
+        """Buckets belong to one model: another one (or a reload) drops them first."""
+        if self._model_ref is None or self._model_ref() is not model:
+            self.reset()
+            self._model_ref = weakref.ref(model)
+
+    def _bucket_for(self, model: Any, parts: ModelParts, key: BucketKey) -> GraphBucket:
+        """The resident bucket for `key`, built (and on CUDA captured) when missing."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            self._buckets.move_to_end(key)
+            return bucket
+        if parts.core.embed_positions.weights.shape[0] < key.length + 1:
+            # A new position table moves the buffer the captured graphs read: drop them.
+            self._buckets.clear()
+            parts.core.embed_positions.make_weights(key.length + 1, parts.core.embed_positions.embedding_dim)
+        while len(self._buckets) >= self.max_buckets:
+            unpinned = [k for k in self._buckets if k not in self._pinned]
+            del self._buckets[unpinned[0] if unpinned else next(iter(self._buckets))]
+        bucket = self._new_bucket(parts, key, self.uses_graphs(model) and not self._capture_failed)
+        self._buckets[key] = bucket
+        return bucket
 
     def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
         with torch.inference_mode():
             parts = model_parts(model)
             if not self._uses_buckets(model):
                 return _decode_eager(parts, req, self.noise_chunk)
-            if self._model_ref is None or self._model_ref() is not model:
-                self.reset()
-                self._model_ref = weakref.ref(model)
+            self._bind(model)
             key = self.bucket_key(model, req)
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                if parts.core.embed_positions.weights.shape[0] < key.length + 1:
-                    # A new position table moves the buffer the captured graphs read: drop them.
-                    self._buckets.clear()
-                    parts.core.embed_positions.make_weights(
-                        key.length + 1, parts.core.embed_positions.embedding_dim
-                    )
-                while len(self._buckets) >= self.max_buckets:
-                    self._buckets.popitem(last=False)
-                bucket = self._new_bucket(parts, key, self.uses_graphs(model) and not self._capture_failed)
-                self._buckets[key] = bucket
-            else:
-                self._buckets.move_to_end(key)
+            shared = replace(key, sampling=True)
+            if not key.sampling and key not in self._buckets and shared in self._buckets:
+                key = shared  # greedy rows in a sampling bucket: the same argmax, no new capture
+            bucket = self._bucket_for(model, parts, key)
             return bucket.decode(req, self.noise_chunk, self.sync_every)

@@ -1,15 +1,26 @@
-"""CUDA-graph buckets for the dgx loop: static buffers and one captured decode step per shape.
+"""CUDA-graph buckets for the dgx loop: static buffers and captured decode steps per shape.
 
 A bucket is keyed by the batch padded to a power of two, the KV capacity and text length rounded
-up to a multiple, guidance on/off and whether any row samples; one graph serves every request
+up to a multiple, guidance on/off and whether any row samples; its graphs serve every request
 that fits its key. The prefill runs eagerly, then each step is one graph replay that reads and
-advances a device-side position. With `capture=False` the same buffers run the step eagerly (how
-the graph path's logic is tested where there is no GPU).
+advances a device-side position.
+
+Self-attention reads the live length, not the capacity: the capacity is cut into chunks of
+`attention_chunk` positions and one graph is captured per chunk, the graph for chunk c attending
+over kv[..., :(c + 1) * chunk] with a float mask hiding the unwritten positions of that slice. The
+host knows the step index, so it picks the graph; every graph of a bucket reads and writes the
+same static buffers and their temporaries share one graph memory pool (they never run at once).
+A step therefore reads at most `attention_chunk - 1` positions more than the live length.
+
+With `capture=False` the same buffers and the same chunked slices run the step eagerly (how the
+graph path's logic is tested where there is no GPU).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +37,12 @@ from daemon.engine.decoding.parts import (
 )
 from daemon.engine.decoding.sampler import RowNoise, SamplingTensors, guide, pick_tokens, sampling_tensors
 from daemon.engine.decoding.step import float_mask, fused_decoder
+
+log = logging.getLogger(__name__)
+
+# Positions per self-attention chunk (one graph each): a step reads at most this many positions
+# past the live length, and a bucket of capacity C holds ceil(C / chunk) graphs.
+ATTENTION_CHUNK = 128
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -46,11 +63,21 @@ class BucketKey:
 
 
 class GraphBucket:
-    """Static buffers and one captured decode step for one BucketKey."""
+    """Static buffers and one captured decode step per attention chunk for one BucketKey.
 
-    def __init__(self, parts: ModelParts, key: BucketKey, capture: bool) -> None:
+    `replays` counts graph replays over the bucket's life (0 when it runs uncaptured);
+    `capture_s` is the time its captures took.
+    """
+
+    def __init__(
+        self, parts: ModelParts, key: BucketKey, capture: bool, attention_chunk: int = ATTENTION_CHUNK
+    ) -> None:
         self.key = key
         self.parts = parts
+        self.chunk = max(1, min(int(attention_chunk), key.length))
+        # The end of each chunk's key slice; the last one is the capacity.
+        chunks = math.ceil(key.length / self.chunk)
+        self.ends = [min(key.length, (i + 1) * self.chunk) for i in range(chunks)]
         dev, dt = parts.device, parts.dtype
         k, v = parts.num_codebooks, parts.vocab_size
         rows = 2 * key.rows if key.doubled else key.rows
@@ -76,13 +103,23 @@ class GraphBucket:
         self.key_positions = torch.arange(key.length, device=dev)
         self.neg = torch.tensor(torch.finfo(dt).min, dtype=dt, device=dev)
         self.zero = torch.zeros((), dtype=dt, device=dev)
-        self.graph = self._capture() if capture else None
+        self.replays = 0
+        self.capture_s = 0.0
+        self.pool_bytes = 0  # the graphs' memory pool, measured at capture
+        self.graphs: list[torch.cuda.CUDAGraph] = self._capture() if capture else []
 
-    def _step(self) -> None:
+    def _step(self, end: int | None = None) -> None:
+        """One decode step attending over kv[..., :end] (default: the whole capacity).
+
+        The slice is a view of the static cache, so a captured step writes the same memory every
+        chunk's graph reads; positions in [position + 1, end) are masked.
+        """
+        end = self.key.length if end is None else end
         position = self.position
-        visible = (self.key_positions <= position).view(1, 1, 1, -1)
+        visible = (self.key_positions[:end] <= position).view(1, 1, 1, -1)
         self_mask = torch.where(visible, self.zero, self.neg)
-        logits = self.decoder(self.tokens, self.kv, position, self_mask, self.cross, self.cross_mask)
+        kv = self.kv[:, :, :, :, :end]
+        logits = self.decoder(self.tokens, kv, position, self_mask, self.cross, self.cross_mask)
         scores = guide(logits, self.cfg_coef, self.key.doubled)
         nxt = pick_tokens(
             scores, self.params, self.noise if self.key.sampling else None, static=self.key.sampling
@@ -95,26 +132,66 @@ class GraphBucket:
         self.tokens.copy_(fed[:, :, None])
         position.add_(1)
 
-    def _capture(self) -> torch.cuda.CUDAGraph:
+    def _capture(self) -> list[torch.cuda.CUDAGraph]:
+        t0 = time.monotonic()
+        dev = self.parts.device
         if self.key.sampling:
             self.params.greedy.fill_(False)  # exercise the sampling kernels during warm-up
-        stream = torch.cuda.Stream(device=self.parts.device)
-        stream.wait_stream(torch.cuda.current_stream(self.parts.device))
+        stream = torch.cuda.Stream(device=dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up: kernel selection, cuBLAS workspaces
-                self._step()
-        torch.cuda.current_stream(self.parts.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: CUDA calls from other threads (status, memory queries) during the capture
-        # must not invalidate it, as the default global mode would.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._step()
+            # Warm-up: kernel selection per slice length, cuBLAS workspaces (three runs of the first).
+            for index, end in enumerate(self.ends):
+                for _ in range(3 if index == 0 else 1):
+                    self.position.zero_()  # the step advances it: stay inside the capacity
+                    self._step(end)
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()  # so that the growth measured below is the graphs' pool alone
+        reserved = torch.cuda.memory_reserved(dev)
+        pool = torch.cuda.graph_pool_handle()
+        graphs = []
+        for end in self.ends:
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: CUDA calls from other threads (status, memory queries) during the capture
+            # must not invalidate it, as the default global mode would.
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                self._step(end)
+            graphs.append(graph)
         self.position.zero_()
-        return graph
+        self.pool_bytes = max(0, torch.cuda.memory_reserved(dev) - reserved)
+        self.capture_s = time.monotonic() - t0
+        log.info(
+            "captured %d CUDA graphs (attention chunks of %d) for %s in %.2f s: buffers %.0f MiB, "
+            "graph pool %.0f MiB",
+            len(graphs),
+            self.chunk,
+            self.key,
+            self.capture_s,
+            self.buffer_bytes() / 2**20,
+            self.pool_bytes / 2**20,
+        )
+        return graphs
+
+    def buffer_bytes(self) -> int:
+        """The static buffers' bytes (KV cache, text states, tokens, sampling state)."""
+        buffers = (
+            self.kv,
+            self.cross,
+            self.encoder_states,
+            self.encoder_mask,
+            self.cross_mask,
+            self.tokens,
+            self.pattern,
+            self.seq,
+            self.noise,
+            self.key_positions,
+        )
+        return sum(t.numel() * t.element_size() for t in buffers)
 
     def nbytes(self) -> int:
-        buffers = (self.kv, self.cross, self.encoder_states)
-        return sum(t.numel() * t.element_size() for t in buffers)
+        """Device memory the bucket holds: its static buffers and its graphs' memory pool."""
+        return self.buffer_bytes() + self.pool_bytes
 
     def decode(self, req: DecodeRequest, noise_chunk: int, sync_every: int) -> torch.Tensor:
         parts, key = self.parts, self.key
@@ -169,18 +246,21 @@ class GraphBucket:
         self.tokens.copy_((torch.cat([nxt, nxt]) if key.doubled else nxt)[:, :, None])
         call_on_step(req.on_step, 1, steps)
 
-        # Then one graph replay per step; the graph reads position start .. and advances it.
+        # Then one graph replay per step; the graph reads position start .. and advances it. Step
+        # `step` feeds position start + step - 1, so the host picks that position's chunk graph.
         self.position.fill_(start)
         for step in range(1, steps):
             step_noise = noise.step(step)
             if step_noise is not None:
                 self.noise.copy_(step_noise)
-            if self.graph is not None:
-                self.graph.replay()
+            chunk = (start + step - 1) // self.chunk
+            if self.graphs:
+                self.graphs[chunk].replay()
+                self.replays += 1
             else:
-                self._step()
+                self._step(self.ends[chunk])
             if req.on_step is not None:
-                if self.graph is not None and (step % sync_every == 0 or step == steps - 1):
+                if self.graphs and (step % sync_every == 0 or step == steps - 1):
                     torch.cuda.current_stream(parts.device).synchronize()
                 req.on_step(step + 1, steps)
         seq = self.seq[:batch, :, :total_len]
