@@ -346,7 +346,7 @@ def test_greedy_matches_transformers_at_the_musicgen_small_shape(small_random: t
 
 
 # ---------------------------------------------------------------- the CUDA-graph path's buffers, without CUDA
-# mode="static" runs the graph path (bucketed batch/length/text, full-length KV with a position
+# mode="static" runs the graph path (bucketed batch/length/text, KV read in chunks with a position
 # mask, in-place position and token updates) with the step executed instead of replayed.
 
 

@@ -1,4 +1,4 @@
-"""The CUDA-graph decode path against the eager one (needs CUDA; skipped cleanly without it)."""
+"""The CUDA-graph decode path against the eager one and transformers (needs CUDA; skipped without it)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
+from tests.engine.test_fastdecode import hf_greedy_codes
 
 pytestmark = pytest.mark.gpu
 
@@ -105,3 +106,53 @@ def test_graph_decode_aborts_on_exception(tiny_cuda: tuple[Any, Any]) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         DgxBackend().decode(model, _request(processor, PROMPTS[:1], [GREEDY], 40, on_step=stop))
+
+
+@pytest.mark.parametrize("cfg_coef", [1.0, 3.0])
+def test_chunked_graphs_replay_and_match_transformers_greedy(
+    tiny_cuda: tuple[Any, Any], cfg_coef: float
+) -> None:
+    model, processor = tiny_cuda
+    frames = 70  # 74 positions: five attention chunks of 16, so five graphs take turns
+    backend = DgxBackend(mode="graphs", length_multiple=16, attention_chunk=16)
+    got = backend.decode(model, _request(processor, PROMPTS[:2], [GREEDY] * 2, frames, cfg_coef=cfg_coef))
+    (key,) = backend.buckets
+    bucket = backend.bucket(key)
+    assert bucket is not None and len(bucket.graphs) == len(bucket.ends) == 5
+    steps = frames + 4 - 1  # the delayed length minus the start token
+    assert bucket.replays == steps - 1  # every step after the eager prefill was a graph replay
+    enc = processor(text=PROMPTS[:2], padding=True, return_tensors="pt").to("cuda")
+    assert torch.equal(got, hf_greedy_codes(model, enc, cfg_coef, frames))
+
+
+def test_chunked_graph_sampling_equals_eager(tiny_cuda: tuple[Any, Any]) -> None:
+    model, processor = tiny_cuda
+    rows = [
+        RowSampling(seed=1, temperature=0.7, top_k=20),
+        RowSampling(seed=2),
+        RowSampling(seed=3, top_p=0.9),
+    ]
+    eager = DgxBackend(mode="eager").decode(model, _request(processor, PROMPTS, rows, 60))
+    backend = DgxBackend(mode="graphs", length_multiple=16, attention_chunk=24)
+    got = backend.decode(model, _request(processor, PROMPTS, rows, 60))
+    bucket = backend.bucket(backend.buckets[0])
+    assert bucket is not None and bucket.ends == [24, 48, 64] and bucket.replays == 60 + 4 - 2
+    assert torch.equal(got, eager)
+
+
+def test_prepared_bucket_is_captured_before_the_job(tiny_cuda: tuple[Any, Any]) -> None:
+    model, processor = tiny_cuda
+    backend = DgxBackend(attention_chunk=32)
+    (key,) = backend.prepare(model, rows=4, frames=200, text_tokens=16)
+    bucket = backend.bucket(key)
+    assert bucket is not None and len(bucket.graphs) == 8 and bucket.replays == 0
+    assert bucket.capture_s > 0 and bucket.nbytes() > bucket.buffer_bytes()  # the graph pool counts
+    rows = [RowSampling(seed=5), RowSampling(seed=6), GREEDY]
+    sampled = backend.decode(model, _request(processor, PROMPTS, rows, 30))
+    greedy = backend.decode(model, _request(processor, PROMPTS, [GREEDY] * 3, 30))
+    assert backend.buckets == [key]  # both found the prepared bucket: no capture during the jobs
+    assert bucket.replays == 2 * (30 + 4 - 2)
+    assert torch.equal(
+        sampled, DgxBackend(mode="eager").decode(model, _request(processor, PROMPTS, rows, 30))
+    )
+    assert torch.equal(greedy[2], sampled[2])

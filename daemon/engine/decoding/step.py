@@ -19,9 +19,10 @@ tanh-approximated GELU epilogue.
 
 Self-attention length: eagerly (`position` an int) the attention reads only the filled prefix, so
 it sees exactly what transformers' dynamic cache gives it. Inside a CUDA graph (`position` a device
-tensor) shapes are fixed: the attention reads the whole bucket capacity with a float mask hiding
-the unwritten tail (SDPA's kernels take a float mask and stay graph-safe; reading only the live
-length there needs split-KV kernels with device-side lengths, which this loop does not have yet).
+tensor) shapes are fixed: the attention reads all of the `kv` it is handed, with a float mask hiding
+the unwritten tail (SDPA's kernels take a float mask and stay graph-safe). The graph path hands it
+a view of its cache cut at the end of the live length's chunk (`graphs.GraphBucket`: one captured
+graph per chunk), so a step reads at most a chunk more than the live length, not the capacity.
 
 The concatenated weights are the model's storage: the original `q_proj`/`k_proj`/`v_proj`, head
 and embedding weights are turned into views of them, so nothing is held twice and transformers'
@@ -87,7 +88,7 @@ class FusedLayer(nn.Module):
         self,
         x: torch.Tensor,  # [R*n, E]
         rows: int,
-        kv: torch.Tensor,  # [2, R, H, capacity, D]
+        kv: torch.Tensor,  # [2, R, H, S, D]: the cache, or a view of its first S positions
         position: int | torch.Tensor,
         self_mask: torch.Tensor | None,
         cross: torch.Tensor,  # [2, R, H, T, D]
@@ -168,7 +169,7 @@ class FusedDecoder(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,  # [R, K, n]
-        kv: torch.Tensor,  # [L, 2, R, H, capacity, D]
+        kv: torch.Tensor,  # [L, 2, R, H, S, D]: the cache, or a view of its first S positions
         position: int | torch.Tensor,
         self_mask: torch.Tensor | None,
         cross: torch.Tensor,  # [L, 2, R, H, T, D]
