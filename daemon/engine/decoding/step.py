@@ -26,7 +26,8 @@ graph per chunk), so a step reads at most a chunk more than the live length, not
 
 The concatenated weights are the model's storage: the original `q_proj`/`k_proj`/`v_proj`, head
 and embedding weights are turned into views of them, so nothing is held twice and transformers'
-own forward keeps working on the same numbers.
+own forward keeps working on the same numbers. (On a CPU in bfloat16 the matmuls also keep a
+oneDNN-packed copy: `daemon.engine.decoding.linear`.)
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from daemon.engine.decoding.linear import Linear, packing_wanted
 
 
 def _share(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
@@ -52,7 +55,7 @@ def _share(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
 class FusedLayer(nn.Module):
     """One decoder layer's step; an nn.Module only so that tools can hook its `forward`."""
 
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, layer: Any, *, pack: bool = False) -> None:
         super().__init__()
         sa, ca = layer.self_attn, layer.encoder_attn
         projections = (
@@ -73,11 +76,12 @@ class FusedLayer(nn.Module):
         self.scaling = sa.scaling
         self.norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
         self.w_qkv = _share([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
-        self.w_o = sa.out_proj.weight
-        self.w_cq = ca.q_proj.weight
-        self.w_co = ca.out_proj.weight
-        self.w_fc1 = layer.fc1.weight
-        self.w_fc2 = layer.fc2.weight
+        self.qkv = Linear(self.w_qkv, pack=pack)
+        self.o = Linear(sa.out_proj.weight, pack=pack)
+        self.cq = Linear(ca.q_proj.weight, pack=pack)
+        self.co = Linear(ca.out_proj.weight, pack=pack)
+        self.fc1 = Linear(layer.fc1.weight, pack=pack)
+        self.fc2 = Linear(layer.fc2.weight, pack=pack)
         self.act = layer.activation_fn
 
     @staticmethod
@@ -97,7 +101,7 @@ class FusedLayer(nn.Module):
         n = x.shape[0] // rows
         h, d = self.heads, self.head_dim
         # Self-attention: one matmul for q, k, v; one write of k and v into the cache.
-        qkv = torch.mm(self._norm(self.norms[0], x), self.w_qkv.t()).view(rows, n, 3, h, d)
+        qkv = self.qkv.mm(self._norm(self.norms[0], x)).view(rows, n, 3, h, d)
         q = qkv[:, :, 0].transpose(1, 2)
         new_kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)
         if isinstance(position, int):
@@ -110,14 +114,14 @@ class FusedLayer(nn.Module):
         attn = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=self_mask, is_causal=self_mask is None and n > 1, scale=self.scaling
         )
-        x = torch.addmm(x, attn.transpose(1, 2).reshape(rows * n, h * d), self.w_o.t())
+        x = self.o.addmm(x, attn.transpose(1, 2).reshape(rows * n, h * d))
         # Cross-attention over the text (keys/values computed once per decode).
-        q = torch.mm(self._norm(self.norms[1], x), self.w_cq.t()).view(rows, n, h, d).transpose(1, 2)
+        q = self.cq.mm(self._norm(self.norms[1], x)).view(rows, n, h, d).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, cross[0], cross[1], attn_mask=cross_mask, scale=self.scaling)
-        x = torch.addmm(x, attn.transpose(1, 2).reshape(rows * n, h * d), self.w_co.t())
+        x = self.co.addmm(x, attn.transpose(1, 2).reshape(rows * n, h * d))
         # MLP.
-        hidden = self.act(torch.mm(self._norm(self.norms[2], x), self.w_fc1.t()))
-        return torch.addmm(x, hidden, self.w_fc2.t())
+        hidden = self.act(self.fc1.mm(self._norm(self.norms[2], x)))
+        return self.fc2.addmm(x, hidden)
 
 
 class FusedDecoder(nn.Module):
@@ -127,7 +131,8 @@ class FusedDecoder(nn.Module):
         super().__init__()
         core = parts.core
         self.core = core
-        self.layers = nn.ModuleList([FusedLayer(layer) for layer in core.layers])
+        pack = packing_wanted(core.layers[0].fc1.weight.device, core.layers[0].fc1.weight.dtype)
+        self.layers = nn.ModuleList([FusedLayer(layer, pack=pack) for layer in core.layers])
         self.num_codebooks = parts.num_codebooks
         self.heads_count = parts.heads_count
         self.head_dim = parts.head_dim
@@ -135,6 +140,7 @@ class FusedDecoder(nn.Module):
         self.rows_per_codebook = embeds[0].shape[0]
         self.embed = _share(embeds)
         self.head = _share([head.weight for head in parts.heads])
+        self.head_linear = Linear(self.head, pack=pack)
         self.vocab_size = parts.heads[0].weight.shape[0]
         if any(head.bias is not None for head in parts.heads):
             raise ValueError("the fused MusicGen step expects bias-free lm heads")
@@ -190,7 +196,7 @@ class FusedDecoder(nn.Module):
         last = x.view(rows, n, -1)[:, -1]
         norm = core.layer_norm
         last = F.layer_norm(last, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        return torch.mm(last, self.head.t()).view(rows, self.num_codebooks, self.vocab_size)
+        return self.head_linear.mm(last).view(rows, self.num_codebooks, self.vocab_size)
 
 
 def fused_decoder(parts: Any) -> FusedDecoder:

@@ -1,0 +1,61 @@
+"""The fused step's matmul kernels: oneDNN-packed weights on a bfloat16 CPU give exactly `mm`'s numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from daemon.engine.decoding.api import DecodeRequest, RowSampling
+from daemon.engine.decoding.dgx import DgxBackend
+from daemon.engine.decoding.linear import Linear, packing_wanted
+from daemon.engine.decoding.parts import model_parts
+from daemon.engine.decoding.step import fused_decoder
+
+needs_packing = pytest.mark.skipif(
+    not packing_wanted(torch.device("cpu"), torch.bfloat16), reason="this CPU build has no oneDNN packing"
+)
+
+
+def test_packing_is_only_wanted_for_bfloat16_on_the_cpu() -> None:
+    assert not packing_wanted(torch.device("cpu"), torch.float32)
+    assert not packing_wanted(torch.device("cuda"), torch.bfloat16)
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [1, 4, 16])
+def test_packed_matmuls_equal_mm_and_addmm(rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(96, 64, generator=gen).to(torch.bfloat16)
+    x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
+    residual = torch.randn(rows, 96, generator=gen).to(torch.bfloat16)
+    packed, plain = Linear(weight, pack=True), Linear(weight, pack=False)
+    assert packed.packed is not None and plain.packed is None
+    assert torch.equal(packed.mm(x), plain.mm(x))
+    assert torch.equal(packed.addmm(residual, x), plain.addmm(residual, x))
+
+
+@needs_packing
+def test_a_bfloat16_cpu_decode_uses_packed_weights_and_gives_the_same_tokens(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir).eval().to(torch.bfloat16)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    enc = processor(text=["dark techno", "warm lofi beat with piano"], padding=True, return_tensors="pt")
+
+    def decode() -> Any:
+        rows = [RowSampling(seed=7), RowSampling(greedy=True)]
+        req = DecodeRequest(enc["input_ids"], enc["attention_mask"], rows, cfg_coef=3.0, max_frames=24)
+        return DgxBackend(mode="eager").decode(model, req)
+
+    with_packing = decode()
+    assert all(layer.fc1.packed is not None for layer in fused_decoder(model_parts(model)).layers)
+    monkeypatch.setattr("daemon.engine.decoding.step.packing_wanted", lambda *_: False)
+    object.__setattr__(model, "_dgx_fused_decoder", None)  # rebuild the step without packing
+    without = decode()
+    assert fused_decoder(model_parts(model)).layers[0].fc1.packed is None
+    assert torch.equal(with_packing, without)
