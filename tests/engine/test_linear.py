@@ -1,4 +1,5 @@
-"""The fused step's matmul kernels: oneDNN-packed weights on a bfloat16 CPU give exactly `mm`'s numbers."""
+"""The fused step's matmul kernels: oneDNN-packed weights on the CPU give `mm`'s numbers (bit for bit
+in bfloat16, to rounding in float32) and the same tokens."""
 
 from __future__ import annotations
 
@@ -14,36 +15,43 @@ from daemon.engine.decoding.linear import Linear, packing_wanted
 from daemon.engine.decoding.parts import model_parts
 from daemon.engine.decoding.step import fused_decoder
 
+CPU = torch.device("cpu")
 needs_packing = pytest.mark.skipif(
-    not packing_wanted(torch.device("cpu"), torch.bfloat16), reason="this CPU build has no oneDNN packing"
+    not packing_wanted(CPU, torch.float32), reason="this CPU build has no oneDNN packing"
 )
+DTYPES = [torch.float32, torch.bfloat16]
 
 
-def test_packing_is_only_wanted_for_bfloat16_on_the_cpu() -> None:
-    assert not packing_wanted(torch.device("cpu"), torch.float32)
+def test_packing_is_only_wanted_on_the_cpu_in_float32_and_bfloat16() -> None:
+    assert not packing_wanted(CPU, torch.float16)
     assert not packing_wanted(torch.device("cuda"), torch.bfloat16)
 
 
 @needs_packing
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 4, 16])
-def test_packed_matmuls_equal_mm_and_addmm(rows: int) -> None:
+def test_packed_matmuls_equal_mm_and_addmm(rows: int, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(rows)
-    weight = torch.randn(96, 64, generator=gen).to(torch.bfloat16)
-    x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
-    residual = torch.randn(rows, 96, generator=gen).to(torch.bfloat16)
+    weight = torch.randn(96, 64, generator=gen).to(dtype)
+    x = torch.randn(rows, 64, generator=gen).to(dtype)
+    residual = torch.randn(rows, 96, generator=gen).to(dtype)
     packed, plain = Linear(weight, pack=True), Linear(weight, pack=False)
     assert packed.packed is not None and plain.packed is None
-    assert torch.equal(packed.mm(x), plain.mm(x))
-    assert torch.equal(packed.addmm(residual, x), plain.addmm(residual, x))
+    for got, expected in ((packed.mm(x), plain.mm(x)), (packed.addmm(residual, x), plain.addmm(residual, x))):
+        if dtype == torch.bfloat16:
+            assert torch.equal(got, expected)
+        else:
+            torch.testing.assert_close(got, expected)
 
 
 @needs_packing
-def test_a_bfloat16_cpu_decode_uses_packed_weights_and_gives_the_same_tokens(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_cpu_decode_uses_packed_weights_and_gives_the_same_tokens(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
 ) -> None:
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-    model = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir).eval().to(torch.bfloat16)
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir).eval().to(dtype)
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     enc = processor(text=["dark techno", "warm lofi beat with piano"], padding=True, return_tensors="pt")
 
