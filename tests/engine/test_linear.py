@@ -11,7 +11,7 @@ import torch
 
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
-from daemon.engine.decoding.linear import Linear, packing_wanted
+from daemon.engine.decoding.linear import Linear, available_memory, packing_wanted
 from daemon.engine.decoding.parts import model_parts
 from daemon.engine.decoding.step import fused_decoder
 
@@ -67,3 +67,11 @@ def test_a_cpu_decode_uses_packed_weights_and_gives_the_same_tokens(
     without = decode()
     assert fused_decoder(model_parts(model)).layers[0].fc1.packed is None
     assert torch.equal(with_packing, without)
+
+
+@needs_packing
+def test_no_packing_when_the_second_copy_would_not_fit() -> None:
+    free = available_memory()
+    assert free is not None and free > 0  # Linux: /proc/meminfo
+    assert packing_wanted(CPU, torch.float32, free // 4)
+    assert not packing_wanted(CPU, torch.float32, free)

@@ -20,14 +20,37 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def packing_wanted(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether weights on `device` in `dtype` are worth packing for oneDNN."""
-    return (
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says can still be allocated without swapping (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def packing_wanted(device: torch.device, dtype: torch.dtype, weight_bytes: int = 0) -> bool:
+    """Whether `weight_bytes` of weights on `device` in `dtype` are worth packing for oneDNN: on a
+    CPU, in float32 or bfloat16, and only while the second copy leaves as much memory free again."""
+    if not (
         device.type == "cpu"
         and dtype in (torch.bfloat16, torch.float32)
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
+    ):
+        return False
+    free = available_memory()
+    if free is not None and free < 2 * weight_bytes:
+        log.info(
+            "not packing the decoder's weights for oneDNN: %.1f GiB would leave %.1f GiB free",
+            weight_bytes / 2**30,
+            (free - weight_bytes) / 2**30,
+        )
+        return False
+    return True
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor | None:

@@ -131,7 +131,9 @@ class FusedDecoder(nn.Module):
         super().__init__()
         core = parts.core
         self.core = core
-        pack = packing_wanted(core.layers[0].fc1.weight.device, core.layers[0].fc1.weight.dtype)
+        weight = core.layers[0].fc1.weight
+        layer_bytes = sum(p.numel() * p.element_size() for p in core.layers.parameters())
+        pack = packing_wanted(weight.device, weight.dtype, layer_bytes)
         self.layers = nn.ModuleList([FusedLayer(layer, pack=pack) for layer in core.layers])
         self.num_codebooks = parts.num_codebooks
         self.heads_count = parts.heads_count
