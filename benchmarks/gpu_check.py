@@ -252,7 +252,19 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         pattern_s, _ = timed(lambda: delay_pattern(parts, 1, None, total_len))
         codec_s, _ = timed(lambda: codes_to_audio(model, codes))
         kernels = _kernels_per_step(lambda: backend.decode(model, req), steps, cuda)
-    peak = int(torch.cuda.max_memory_allocated(device)) if cuda else _rss_peak()
+        peak = int(torch.cuda.max_memory_allocated(device)) if cuda else _rss_peak()
+        # The price of batch invariance (fixed rows and text length) at batch 1, against the same
+        # decode padded only to a power of two. On CUDA the backend above is the invariant one (auto);
+        # on the CPU both run the bucket path uncaptured (mode static).
+        invariant_s = warm_s
+        if not cuda:
+            fixed = DgxBackend(mode="static", batch_invariant="on")
+            fixed.decode(model, req)
+            invariant_s, _ = timed(lambda: fixed.decode(model, req))
+        loose = DgxBackend(mode="auto" if cuda else "static", batch_invariant="off")
+        loose.decode(model, req)
+        loose_s, _ = timed(lambda: loose.decode(model, req))
+        loose.reset()
     return {
         "ok": True,
         "shape": shape,
@@ -266,6 +278,9 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         # The first decode of a shape pays the graph capture (and lazy initialisation): the difference.
         "capture_s": round(max(0.0, first_s - warm_s), 4),
         "ms_per_step": round(1000 * warm_s / steps, 3),
+        "batch_invariant": backend.invariant(model),
+        "ms_per_step_invariant": round(1000 * invariant_s / steps, 3),
+        "ms_per_step_invariant_off": round(1000 * loose_s / steps, 3),
         "t5_s": round(t5_s, 4),
         "delay_pattern_s": round(pattern_s, 4),
         "encodec_s": round(codec_s, 4),

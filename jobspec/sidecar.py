@@ -62,6 +62,40 @@ class ModelInfo(_Strict):
     )
 
 
+REPRODUCED_BY = [
+    "request",
+    "seed",
+    "model.source",
+    "model.revision",
+    "model.dtype",
+    "decoder",
+    "device type",
+    "dgx-music version",
+    "torch and transformers versions",
+]
+
+
+class Reproducibility(_Strict):
+    """What reproduces the result's tokens, and whether other jobs decoded with it could change them."""
+
+    requires: list[str] = Field(
+        default_factory=lambda: list(REPRODUCED_BY),
+        description="What must be the same to get the same tokens again: the normalized request "
+        "(its seed included), the model's source, revision and dtype, the decoder, the device type "
+        "(the same GPU model, or CPU), and the dgx-music, torch and transformers versions.",
+    )
+    batch_mates: Literal["independent", "same_job_only", "may_differ"] = Field(
+        description="independent: the tokens do not depend on the other rows (other jobs) decoded "
+        "with them; same_job_only: only rows of this job shared its decode calls, and the tokens "
+        "depend on how they were split; may_differ: other rows of the call may change them.",
+    )
+    by_construction: bool = Field(
+        description="True when independence is built in (fixed decode shapes: `batch_invariant`); "
+        "False when it rests on the device's kernels (tested on the CPU) or is not promised.",
+    )
+    basis: str = Field(description="One sentence on why, for a person.")
+
+
 class Waveform(_Strict):
     """A min/max peak envelope of the channel-mixed signal, for drawing the waveform."""
 
@@ -183,6 +217,9 @@ class ResultSidecar(_Strict):
         default=None,
         description="The token decode loop that ran: dgx (ours) or transformers "
         "(generate; always for melody models).",
+    )
+    reproducibility: Reproducibility | None = Field(
+        default=None, description="What reproduces these tokens (absent in sidecars of older versions)."
     )
     references: list[ReferenceInfo] = Field(
         default_factory=list,

@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     decoder: Literal["auto", "dgx", "transformers"] = Field(
         default="auto", description="token decode loop: our static-cache loop (dgx) or transformers generate"
     )
+    batch_invariant: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="dgx decoder: decode at fixed shapes (max_batch rows, each row's own text length) so a "
+        "job's tokens never depend on its batch mates; auto: on with CUDA graphs, off on the CPU "
+        "(whose loop computes rows alone)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )

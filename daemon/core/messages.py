@@ -130,6 +130,8 @@ class GenerationResult:
     model: LoadedModelInfo
     request: GenerationRequest | None = None
     decoder: str | None = None  # the decode loop that ran (melody jobs always use transformers generate)
+    # What reproduces the tokens (jobspec.sidecar.Reproducibility's fields, less `requires`).
+    reproducibility: dict[str, Any] | None = None
     continued_s: float = 0.0  # seconds of the continue_from audio the result starts with
 
     @property

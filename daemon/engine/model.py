@@ -12,6 +12,8 @@ variation i uses seed + i. Decoding runs under a forked, seeded torch RNG, so no
 job (other jobs, global torch.manual_seed calls) changes its samples. With the transformers
 backend a row's samples also depend on its batch mates (one RNG per `generate` call); the engine
 only batches rows of the same job together unless the dgx backend (per-row generators) is used.
+The dgx backend's `batch_invariant` keeps a row's arithmetic independent of its batch mates too
+(fixed decode shapes); each result says what reproduces it (`GenerationResult.reproducibility`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from daemon.core.messages import (
 )
 from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, melody_models, resolve_spec
 from daemon.engine.decoding import get_backend
-from daemon.engine.decoding.api import DecodeBackend
+from daemon.engine.decoding.api import DecodeBackend, reproducibility
 from daemon.engine.decoding.codec import frame_rate
 from daemon.engine.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
 from daemon.engine.plan import Framing, effective_seeds, plan_chunks
@@ -248,7 +250,8 @@ class MusicEngine:
     def backend(self) -> DecodeBackend:
         """The decode loop in use (resolved from the `decoder` setting on first use)."""
         if self._backend is None:
-            self._backend = get_backend(self.settings.decoder)
+            s = self.settings
+            self._backend = get_backend(s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch)
         return self._backend
 
     def set_backend(self, backend: DecodeBackend) -> None:
@@ -372,6 +375,7 @@ class MusicEngine:
                     per_request_s[ri] += spent
         peak = peak_memory_bytes(self._device)
         prefix = {c.rows[0].req_index: c.prefix_frames for c in chunks if c.prefix_frames}
+        repro = reproducibility(backend, self._ckpt.model)
         results = []
         for i, (req, seed) in enumerate(zip(requests, seeds)):
             audio = np.stack([audio_rows[(i, v)] for v in range(req.count)]).astype(np.float32, copy=False)
@@ -385,6 +389,7 @@ class MusicEngine:
                     model=info,
                     request=req,
                     decoder=backend.name,
+                    reproducibility=repro,
                     continued_s=prefix.get(i, 0) / framing.frame_rate,
                 )
             )

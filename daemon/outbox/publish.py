@@ -29,7 +29,15 @@ from daemon.outbox.hostinfo import host_info
 from daemon.queue.jobs import QueuedJob
 from jobspec import Job
 from jobspec.names import audio_names, source_folder
-from jobspec.sidecar import ModelInfo, OutputInfo, ReferenceInfo, ResultSidecar, Timings, Waveform
+from jobspec.sidecar import (
+    ModelInfo,
+    OutputInfo,
+    ReferenceInfo,
+    Reproducibility,
+    ResultSidecar,
+    Timings,
+    Waveform,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,7 @@ def publish(
     rtf_audio_s: float | None = None,
     references: list[ReferenceInfo] | None = None,
     decoder: str | None = None,
+    reproducibility: Reproducibility | None = None,
 ) -> Published:
     """Write the job's audio ([count, channels, samples]) and its sidecar; returns the sidecar.
 
@@ -183,6 +192,7 @@ def publish(
             host=host_info(model.device),
             references=list(references or []),
             decoder=decoder,
+            reproducibility=reproducibility,
         )
         path = outbox / f"{job_id}.json"
         body = sidecar_json(sidecar.model_dump(mode="json"))
@@ -228,6 +238,7 @@ def publish_job(settings: Settings, item: QueuedJob) -> Path:
             for r in item.references
         ],
         decoder=res.decoder,
+        reproducibility=Reproducibility(**res.reproducibility) if res.reproducibility else None,
     )
     sc = out.sidecar
     loud = (

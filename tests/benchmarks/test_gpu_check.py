@@ -45,6 +45,8 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     for key in ("ms_per_step", "kernels_per_step", "t5_s", "delay_pattern_s", "encodec_s", "capture_s"):
         assert profile[key] >= 0, key
     assert profile["kernels_per_step"] > 10 and profile["peak_memory_bytes"] > 0
+    assert profile["ms_per_step_invariant"] > 0 and profile["ms_per_step_invariant_off"] > 0
+    assert profile["batch_invariant"] is False  # auto on the CPU: the eager loop
     daemon = sections["daemon"]
     assert daemon["status"] == "completed" and daemon["model"]["decoder"] in ("dgx", "transformers")
     assert "| daemon | yes |" in summary and "Overall: PASS" in summary

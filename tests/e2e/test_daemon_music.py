@@ -118,6 +118,10 @@ def test_continuation_melody_sections_and_stereo(tmp_path: Path, models: Path) -
     assert (ref["sample_rate"], ref["channels"], ref["duration_s"]) == (SR, 1, 1.5)
     assert ref["used_s"] == pytest.approx(0.4)  # window - stride
     assert cont["decoder"] in ("dgx", "transformers")
+    # What reproduces it: on the CPU the dgx loop keeps a job's tokens free of its batch mates.
+    repro = cont["reproducibility"]
+    assert "seed" in repro["requires"] and "model.revision" in repro["requires"]
+    assert repro["batch_mates"] == ("independent" if cont["decoder"] == "dgx" else "same_job_only")
     # The library file is read, never changed.
     assert (library / "riff.wav").read_bytes() == data and (library / "riff.wav").stat().st_mtime_ns == mtime
 
@@ -129,6 +133,7 @@ def test_continuation_melody_sections_and_stereo(tmp_path: Path, models: Path) -
 
     tune = bodies["tune"]
     assert tune["decoder"] == "transformers" and tune["references"][0]["role"] == "melody"
+    assert tune["reproducibility"]["batch_mates"] == "same_job_only"
     assert tune["outputs"][0]["duration_s"] == pytest.approx(1.0)
 
     parts = bodies["parts"]

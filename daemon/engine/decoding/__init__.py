@@ -15,8 +15,12 @@ from daemon.engine.decoding.api import DecodeBackend
 log = logging.getLogger(__name__)
 
 
-def get_backend(name: str) -> DecodeBackend:
-    """The decode loop for the `decoder` setting: auto (ours when available), dgx, transformers."""
+def get_backend(name: str, *, batch_invariant: str = "auto", max_batch: int = 8) -> DecodeBackend:
+    """The decode loop for the `decoder` setting: auto (ours when available), dgx, transformers.
+
+    `batch_invariant` and `max_batch` (the settings of those names) size the dgx loop's fixed
+    decode shapes; transformers' generate has none.
+    """
     from daemon.engine.decoding.hf import TransformersBackend
 
     if name == "transformers":
@@ -33,4 +37,4 @@ def get_backend(name: str) -> DecodeBackend:
             ) from exc
         log.debug("dgx decode loop unavailable (%s); using transformers generate", exc)
         return TransformersBackend()
-    return DgxBackend()
+    return DgxBackend(batch_invariant=batch_invariant, max_rows=max_batch)

@@ -80,3 +80,15 @@ class DecodeBackend(Protocol):
     def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
         """Codes [B, K, max_frames] (long), delay pattern removed; the prompt is not included."""
         ...
+
+
+def reproducibility(backend: Any, model: Any) -> dict[str, Any]:
+    """`backend.reproducibility(model)` when the backend says; otherwise nothing is promised."""
+    describe = getattr(backend, "reproducibility", None)
+    if describe is None:
+        return {
+            "batch_mates": "may_differ",
+            "by_construction": False,
+            "basis": f"the {getattr(backend, 'name', 'unknown')} decoder makes no promise",
+        }
+    return dict(describe(model))

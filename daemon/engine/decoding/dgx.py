@@ -13,6 +13,15 @@ launch; on CPU the same loop runs eagerly. `DgxBackend.prepare` captures the buc
 jobs will use at load time (full batches, the long-form window), so no job pays a capture.
 The model pieces both paths call are in `daemon.engine.decoding.parts`.
 
+Batch invariance: in reduced precision a row's arithmetic depends on the shapes it is computed at
+(cuBLAS picks kernels by the row count M, the attention by the text length), so a job's tokens
+would change with its batch mates. With `batch_invariant` on, every call of the bucket path runs at
+one fixed row count (`max_rows` rounded up to a power of two) and each row's text at a length set
+by that row's own token count (rows are grouped by it and each group decoded separately, the text
+encoder included), so nothing a row is computed with depends on the other rows of the call. The
+eager loop groups rows by text length the same way (on the CPU the text length is what changes a
+bf16 row's text encoding; the row count does not).
+
 Equivalence with transformers (tested): greedy decoding gives the same tokens as
 `MusicgenForConditionalGeneration.generate` with and without classifier-free guidance, because
 the unconditional half is built exactly as transformers builds it (zeroed text states, zeroed
@@ -26,14 +35,14 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 
 from daemon.core.errors import GenerationError
-from daemon.engine.decoding.api import DecodeRequest
+from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2, round_up
 from daemon.engine.decoding.parts import (
     ModelParts,
@@ -129,6 +138,17 @@ class DgxBackend:
             length rounded up to this; a bucket of capacity C holds ceil(C / attention_chunk) graphs.
         sync_every: on CUDA, wait for the GPU every this many steps before calling `on_step`, so
             progress reports and cancellation trail the device by a bounded amount.
+        batch_invariant: "on": every decode runs the bucket path at `fixed_rows` rows and a text
+            bucket of each row's own length (uncaptured where graphs do not run), so a row's
+            tokens cannot depend on its batch mates; "off": buckets padded to the next power of
+            two of the batch (fastest); "auto": on whenever CUDA graphs run, off otherwise. The
+            eager loop always decodes each row's text at its own length, and runs the rows at the
+            batch's count, which CPU kernels do not depend on (tested, not by construction).
+        max_rows: the most rows a call gets (the engine's `max_batch`); `fixed_rows` is this
+            rounded up to a power of two.
+        text_group: where rows are grouped by their own text length (batch invariance, and the
+            eager loop), that length is rounded up to this: prompts of a line of tags share one
+            call, and the bucket `prepare` builds.
     """
 
     name = "dgx"
@@ -146,9 +166,19 @@ class DgxBackend:
         noise_chunk: int | None = None,
         sync_every: int = 8,
         attention_chunk: int = ATTENTION_CHUNK,
+        batch_invariant: str = "auto",
+        max_rows: int = 8,
+        text_group: int = PREPARED_TEXT_TOKENS,
     ) -> None:
         if mode not in ("auto", "eager", "graphs", "static"):
             raise ValueError(f"mode must be auto, eager, graphs or static, not {mode!r}")
+        if batch_invariant not in ("auto", "on", "off"):
+            raise ValueError(f"batch_invariant must be auto, on or off, not {batch_invariant!r}")
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, not {max_rows}")
+        self.batch_invariant = batch_invariant
+        self.fixed_rows = next_pow2(max_rows)
+        self.text_group = round_up(max(1, text_group), text_multiple)
         self.mode = mode
         self.length_multiple = length_multiple
         self.text_multiple = text_multiple
@@ -189,8 +219,38 @@ class DgxBackend:
             )
         return self.mode in ("auto", "graphs") and device.type == "cuda"
 
+    def invariant(self, model: Any) -> bool:
+        """Whether decodes of `model` run at fixed shapes (tokens independent of batch mates)."""
+        if self.batch_invariant == "auto":
+            return self.uses_graphs(model)
+        return self.batch_invariant == "on"
+
     def _uses_buckets(self, model: Any) -> bool:
-        return self.mode == "static" or self.uses_graphs(model)
+        return self.mode == "static" or self.uses_graphs(model) or self.batch_invariant == "on"
+
+    def reproducibility(self, model: Any) -> dict[str, Any]:
+        """What makes this backend's tokens for `model` repeatable (the sidecar's `reproducibility`)."""
+        if self.invariant(model):
+            return {
+                "batch_mates": "independent",
+                "by_construction": True,
+                "basis": f"fixed decode shapes: {self.fixed_rows} rows per call, each row's text "
+                f"padded to a multiple of {self.text_group} tokens of its own length",
+            }
+        if next(model.decoder.parameters()).device.type == "cpu" and not self._uses_buckets(model):
+            return {
+                "batch_mates": "independent",
+                "by_construction": False,
+                "basis": "CPU decode: each row's text at its own length, the rows at the batch's count, "
+                "which the CPU kernels do not depend on (tested); batch_invariant: on makes it so by "
+                "construction",
+            }
+        return {
+            "batch_mates": "may_differ",
+            "by_construction": False,
+            "basis": "batch_invariant is off: the padded batch and text length follow the batch, "
+            "and reduced-precision kernels change with them",
+        }
 
     def bucket_key(self, model: Any, req: DecodeRequest) -> BucketKey:
         parts = model_parts(model)
@@ -199,8 +259,11 @@ class DgxBackend:
         length = round_up(total_len, self.length_multiple)
         if total_len <= self._prepared_length:
             length = self._prepared_length
+        rows = self.fixed_rows if self.invariant(model) else next_pow2(batch)
+        if batch > rows:
+            raise ValueError(f"a batch of {batch} rows does not fit the fixed {rows} rows")
         return BucketKey(
-            rows=next_pow2(batch),
+            rows=rows,
             doubled=req.cfg_coef is not None and req.cfg_coef > 1.0,
             length=length,
             text_length=round_up(req.input_ids.shape[1], self.text_multiple),
@@ -263,7 +326,7 @@ class DgxBackend:
         _, total_len = decode_lengths(parts, 0, frames)
         self._prepared_length = max(self._prepared_length, round_up(total_len, self.length_multiple))
         key = BucketKey(
-            rows=next_pow2(rows),
+            rows=self.fixed_rows if self.invariant(model) else next_pow2(rows),
             doubled=doubled,
             length=self._prepared_length,
             text_length=round_up(text_tokens, self.text_multiple),
@@ -309,11 +372,101 @@ class DgxBackend:
         with torch.inference_mode():
             parts = model_parts(model)
             if not self._uses_buckets(model):
-                return _decode_eager(parts, req, self.noise_chunk)
+                # Each row's text at its own length; the rows at the batch's count (CPU kernels
+                # do not change with it: tested).
+                eager = lambda sub: _decode_eager(parts, sub, self.noise_chunk)  # noqa: E731
+                return self._by_text_length(parts, req, None, eager)
             self._bind(model)
-            key = self.bucket_key(model, req)
-            shared = replace(key, sampling=True)
-            if not key.sampling and key not in self._buckets and shared in self._buckets:
-                key = shared  # greedy rows in a sampling bucket: the same argmax, no new capture
-            bucket = self._bucket_for(model, parts, key)
-            return bucket.decode(req, self.noise_chunk, self.sync_every)
+            bucket = lambda sub: self._decode_bucket(model, parts, sub)  # noqa: E731
+            if self.invariant(model):
+                return self._by_text_length(parts, req, self.fixed_rows, bucket)
+            return bucket(req)
+
+    def _by_text_length(
+        self,
+        parts: ModelParts,
+        req: DecodeRequest,
+        rows: int | None,
+        run: Callable[[DecodeRequest], torch.Tensor],
+    ) -> torch.Tensor:
+        """Rows grouped by their own text bucket (a multiple of `text_group`), each group run
+        as one call at that text length: at exactly `rows` rows (padding added, more rows split
+        into several calls) or, with None, at the group's own row count."""
+        lengths = [max(1, int(n)) for n in req.attention_mask.sum(dim=1).tolist()]
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(round_up(n, self.text_group), []).append(i)
+        per_call = rows or len(lengths)
+        calls = [
+            (text_len, idx[k : k + per_call])
+            for text_len, idx in groups.items()
+            for k in range(0, len(idx), per_call)
+        ]
+        out: torch.Tensor | None = None
+        for c, (text_len, idx) in enumerate(calls):
+            sub = fixed_request(parts, req, idx, rows or len(idx), text_len, c, len(calls))
+            codes = run(sub)[: len(idx)]
+            if out is None:
+                out = codes.new_empty((len(lengths), *codes.shape[1:]))
+            out[torch.tensor(idx, device=codes.device)] = codes
+        assert out is not None
+        return out
+
+    def _decode_bucket(self, model: Any, parts: ModelParts, req: DecodeRequest) -> torch.Tensor:
+        key = self.bucket_key(model, req)
+        shared = replace(key, sampling=True)
+        if not key.sampling and key not in self._buckets and shared in self._buckets:
+            key = shared  # greedy rows in a sampling bucket: the same argmax, no new capture
+        bucket = self._bucket_for(model, parts, key)
+        return bucket.decode(req, self.noise_chunk, self.sync_every)
+
+
+def fixed_request(
+    parts: ModelParts,
+    req: DecodeRequest,
+    idx: list[int],
+    rows: int,
+    text_len: int,
+    call: int,
+    calls: int,
+) -> DecodeRequest:
+    """Rows `idx` of `req` as a request of exactly `rows` rows and `text_len` text tokens.
+
+    Each row's own tokens come first (the mask picks them, so left or right padding alike), then
+    text padding; the rows after `idx` are greedy padding whose output is thrown away. Progress
+    of call `call` of `calls` is reported as its share of the whole request.
+    """
+    n = len(idx)
+    pad_id = parts.model.text_encoder.config.pad_token_id
+    ids = torch.full((rows, text_len), 0 if pad_id is None else int(pad_id), dtype=torch.long)
+    mask = torch.zeros((rows, text_len), dtype=torch.long)
+    src_ids, src_mask = req.input_ids.cpu(), req.attention_mask.cpu().bool()
+    for r, i in enumerate(idx):
+        own = src_ids[i][src_mask[i]]
+        if own.numel() == 0:  # no text at all: one pad token, as a padding row gets
+            own = ids[r, :1]
+        ids[r, : own.numel()] = own
+        mask[r, : own.numel()] = 1
+    mask[n:, 0] = 1  # padding rows see one pad token: no fully masked row in the text encoder
+    prompt = None
+    if req.prompt_codes is not None:
+        chosen = req.prompt_codes[torch.tensor(idx, device=req.prompt_codes.device)]
+        prompt = torch.zeros((rows, *chosen.shape[1:]), dtype=chosen.dtype, device=chosen.device)
+        prompt[:n] = chosen
+    on_step = req.on_step
+    if on_step is not None and calls > 1:
+        outer = on_step
+
+        def on_step(step: int, total: int) -> None:
+            outer(call * total + step, calls * total)
+
+    return DecodeRequest(
+        input_ids=ids.to(req.input_ids.device),
+        attention_mask=mask.to(req.attention_mask.device),
+        rows=[req.rows[i] for i in idx] + [RowSampling(greedy=True)] * (rows - n),
+        cfg_coef=req.cfg_coef,
+        max_frames=req.max_frames,
+        prompt_codes=prompt,
+        on_step=on_step,
+        extras=req.extras,
+    )

@@ -76,6 +76,15 @@ class TransformersBackend:
 
     name = "transformers"
 
+    def reproducibility(self, model: Any) -> dict[str, Any]:
+        """What makes this backend's tokens repeatable (the sidecar's `reproducibility`)."""
+        return {
+            "batch_mates": "same_job_only",
+            "by_construction": False,
+            "basis": "transformers generate: one random stream per call, so only rows of one job "
+            "share a call, and its tokens also depend on how its rows were split (count, max_batch)",
+        }
+
     def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
         groups: dict[tuple[float, int, float, bool], list[int]] = {}
         for i, row in enumerate(req.rows):

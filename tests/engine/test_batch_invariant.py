@@ -1,0 +1,192 @@
+"""A job's tokens alone and inside a batch of other jobs, in bfloat16: the same (batch invariance).
+
+The dgx loop's bucket path with `batch_invariant` on decodes every call at a fixed row count and
+each row's text at a length set by its own tokens; the CPU eager loop computes each row alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from daemon.engine.decoding.api import DecodeRequest, RowSampling
+from daemon.engine.decoding.dgx import DgxBackend
+
+JOB_PROMPT = "warm lofi hip hop beat with dusty piano"
+JOB = RowSampling(temperature=1.0, top_k=250, seed=1234)
+# Batch mates of several token lengths (text buckets of 32), settings and seeds.
+MATES = [
+    ("dark techno", RowSampling(temperature=0.7, top_k=10, seed=99)),
+    ("calm ambient pad with soft strings", RowSampling(top_p=0.9, seed=7)),
+    (
+        "a very long prompt about an orchestral film score with soaring strings, brass fanfares, "
+        "timpani rolls and a choir singing in the distance",
+        RowSampling(seed=3),
+    ),
+    ("drums", RowSampling(greedy=True)),
+    ("jazz trio, brushed snare, upright bass, late night", RowSampling(temperature=1.3, seed=42)),
+    (
+        "chiptune boss battle theme, fast arpeggios, square waves and noise drums, 8-bit console",
+        RowSampling(top_k=50, seed=5),
+    ),
+    ("rain", RowSampling(seed=11)),
+]
+JOB_INDEX = 4  # where the job sits in the batch of eight
+
+
+def _bf16(directory: Path) -> tuple[Any, Any]:
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    model = MusicgenForConditionalGeneration.from_pretrained(directory).eval()
+    model.to(torch.bfloat16)
+    model.audio_encoder.float()
+    return model, AutoProcessor.from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny_model_dir: Path) -> tuple[Any, Any]:
+    return _bf16(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def small_bf16(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    from daemon.ops.tinymodel import init_random
+
+    yield _bf16(init_random(tmp_path_factory.mktemp("small") / "small", "small"))
+
+
+def _request(
+    processor: Any, prompts: list[str], rows: list[RowSampling], frames: int, **kw: Any
+) -> DecodeRequest:
+    enc = processor(text=prompts, padding=True, return_tensors="pt")
+    return DecodeRequest(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        rows=rows,
+        cfg_coef=kw.pop("cfg_coef", 3.0),
+        max_frames=frames,
+        **kw,
+    )
+
+
+def _batch_of_eight() -> tuple[list[str], list[RowSampling]]:
+    mates = list(MATES)
+    mates.insert(JOB_INDEX, (JOB_PROMPT, JOB))
+    return [p for p, _ in mates], [r for _, r in mates]
+
+
+def _alone_and_batched(model: Any, processor: Any, backend: DgxBackend, frames: int) -> tuple[Any, Any]:
+    alone = backend.decode(model, _request(processor, [JOB_PROMPT], [JOB], frames))
+    prompts, rows = _batch_of_eight()
+    batched = backend.decode(model, _request(processor, prompts, rows, frames))
+    return alone, batched
+
+
+def _text_buckets(processor: Any, prompts: list[str], multiple: int = 32) -> set[int]:
+    enc = processor(text=prompts, padding=True, return_tensors="pt")
+    return {-(-int(n) // multiple) * multiple for n in enc["attention_mask"].sum(dim=1)}
+
+
+@pytest.mark.parametrize(
+    "mode, invariant", [("eager", "auto"), ("static", "on")], ids=["cpu-eager", "fixed-shapes"]
+)
+def test_a_job_alone_and_in_a_mixed_batch_of_eight_gives_the_same_tokens_in_bf16(
+    tiny_bf16: tuple[Any, Any], mode: str, invariant: str
+) -> None:
+    model, processor = tiny_bf16
+    assert len(_text_buckets(processor, _batch_of_eight()[0])) >= 2  # the batch spans text buckets
+    backend = DgxBackend(mode=mode, batch_invariant=invariant, length_multiple=64)
+    alone, batched = _alone_and_batched(model, processor, backend, 30)
+    assert batched.shape == (8, 4, 30)
+    assert torch.equal(batched[JOB_INDEX], alone[0])
+    # ... and the batch is not a copy of one row: the mates' own prompts and seeds show.
+    assert len({tuple(row.flatten().tolist()) for row in batched}) == 8
+    if mode == "static":
+        assert {b.rows for b in backend.buckets} == {8}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "mode, invariant", [("eager", "auto"), ("static", "on")], ids=["cpu-eager", "fixed-shapes"]
+)
+def test_same_tokens_alone_and_batched_at_the_musicgen_small_shape_in_bf16(
+    small_bf16: tuple[Any, Any], mode: str, invariant: str
+) -> None:
+    model, processor = small_bf16
+    backend = DgxBackend(mode=mode, batch_invariant=invariant, length_multiple=64)
+    alone, batched = _alone_and_batched(model, processor, backend, 12)
+    assert torch.equal(batched[JOB_INDEX], alone[0])
+
+
+def test_fixed_shapes_pad_every_call_to_the_fixed_rows_and_decode_text_buckets_apart(
+    tiny_bf16: tuple[Any, Any],
+) -> None:
+    model, processor = tiny_bf16
+    long_prompt = MATES[2][0]
+    prompts = ["dark techno", long_prompt, "rain"]
+    rows = [RowSampling(seed=1), RowSampling(seed=2), RowSampling(seed=3)]
+    short, long = sorted(_text_buckets(processor, prompts))
+    assert short == 32 and long > 32
+    backend = DgxBackend(mode="static", batch_invariant="on", max_rows=5, length_multiple=64)
+    assert backend.fixed_rows == 8  # max_batch rounded up to a power of two
+    calls: list[tuple[int, int]] = []
+    got = backend.decode(
+        model, _request(processor, prompts, rows, 10, on_step=lambda s, n: calls.append((s, n)))
+    )
+    # Two calls (one per text bucket), each at 8 rows; progress counts over both.
+    assert sorted((b.rows, b.text_length) for b in backend.buckets) == [(8, short), (8, long)]
+    steps = calls[-1][1] // 2
+    assert calls == [(i, 2 * steps) for i in range(1, 2 * steps + 1)]
+    # Rows come back in request order: each is what that row gives decoded alone.
+    for i, (prompt, row) in enumerate(zip(prompts, rows)):
+        alone = backend.decode(model, _request(processor, [prompt], [row], 10))
+        assert torch.equal(got[i], alone[0]), f"row {i}"
+    assert len(backend.buckets) == 2  # alone, a row reuses its bucket: rows and text are fixed
+    # More rows than the fixed count are decoded in several fixed-size calls.
+    many = backend.decode(
+        model, _request(processor, ["rain"] * 9, [RowSampling(seed=s) for s in range(9)], 10)
+    )
+    assert many.shape == (9, 4, 10) and torch.equal(
+        many[3], backend.decode(model, _request(processor, ["rain"], [RowSampling(seed=3)], 10))[0]
+    )
+
+
+def test_batch_invariant_auto_on_and_off(tiny_bf16: tuple[Any, Any]) -> None:
+    model, processor = tiny_bf16
+    req = lambda: _request(processor, ["rain", "dark techno"], [JOB, JOB], 5)  # noqa: E731
+    auto = DgxBackend(mode="static")
+    auto.decode(model, req())
+    assert not auto.invariant(model) and [b.rows for b in auto.buckets] == [2]  # CPU: auto is off
+    on_eager = DgxBackend(mode="eager", batch_invariant="on", max_rows=3)
+    on_eager.decode(model, req())
+    assert [b.rows for b in on_eager.buckets] == [4]  # "on" runs the fixed shapes even without graphs
+    assert DgxBackend(mode="eager").buckets == []
+    assert on_eager.reproducibility(model)["by_construction"] is True
+    cpu = DgxBackend(mode="eager").reproducibility(model)
+    assert (cpu["batch_mates"], cpu["by_construction"]) == ("independent", False)
+    with pytest.raises(ValueError, match="batch_invariant must be auto, on or off"):
+        DgxBackend(batch_invariant="yes")
+
+
+def test_the_engine_builds_the_backend_from_the_settings_and_reports_reproducibility(
+    make_settings: Any,
+) -> None:
+    from daemon.engine.model import GenerationRequest, MusicEngine
+    from jobspec.sidecar import Reproducibility
+
+    engine = MusicEngine(make_settings(decoder="dgx", batch_invariant="on", max_batch=3))
+    backend = engine.backend
+    assert isinstance(backend, DgxBackend) and backend.fixed_rows == 4 and backend.batch_invariant == "on"
+    (res,) = engine.generate([GenerationRequest("techno loop", 0.25, seed=7)])
+    assert res.reproducibility is not None
+    repro = Reproducibility(**res.reproducibility)
+    assert repro.batch_mates == "independent" and repro.by_construction
+    assert "4 rows per call" in repro.basis and "seed" in repro.requires
+
+    hf = MusicEngine(make_settings(decoder="transformers"))
+    (res,) = hf.generate([GenerationRequest("techno loop", 0.25, seed=7)])
+    assert res.reproducibility is not None and res.reproducibility["batch_mates"] == "same_job_only"
