@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from daemon.core.errors import GenerationError
-from daemon.engine.decoding.api import DecodeRequest, RowSampling
+from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2, round_up
 from daemon.engine.decoding.parts import (
     ModelParts,
@@ -52,7 +52,9 @@ from daemon.engine.decoding.parts import (
     delay_pattern,
     encode_text,
     extract_frames,
+    fixed_request,
     model_parts,
+    text_length_calls,
 )
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
 from daemon.engine.decoding.step import float_mask, fused_decoder
@@ -392,22 +394,13 @@ class DgxBackend:
         """Rows grouped by their own text bucket (a multiple of `text_group`), each group run
         as one call at that text length: at exactly `rows` rows (padding added, more rows split
         into several calls) or, with None, at the group's own row count."""
-        lengths = [max(1, int(n)) for n in req.attention_mask.sum(dim=1).tolist()]
-        groups: dict[int, list[int]] = {}
-        for i, n in enumerate(lengths):
-            groups.setdefault(round_up(n, self.text_group), []).append(i)
-        per_call = rows or len(lengths)
-        calls = [
-            (text_len, idx[k : k + per_call])
-            for text_len, idx in groups.items()
-            for k in range(0, len(idx), per_call)
-        ]
+        calls = text_length_calls(req, self.text_group, rows)
         out: torch.Tensor | None = None
         for c, (text_len, idx) in enumerate(calls):
             sub = fixed_request(parts, req, idx, rows or len(idx), text_len, c, len(calls))
             codes = run(sub)[: len(idx)]
             if out is None:
-                out = codes.new_empty((len(lengths), *codes.shape[1:]))
+                out = codes.new_empty((len(req.rows), *codes.shape[1:]))
             out[torch.tensor(idx, device=codes.device)] = codes
         assert out is not None
         return out
@@ -419,54 +412,3 @@ class DgxBackend:
             key = shared  # greedy rows in a sampling bucket: the same argmax, no new capture
         bucket = self._bucket_for(model, parts, key)
         return bucket.decode(req, self.noise_chunk, self.sync_every)
-
-
-def fixed_request(
-    parts: ModelParts,
-    req: DecodeRequest,
-    idx: list[int],
-    rows: int,
-    text_len: int,
-    call: int,
-    calls: int,
-) -> DecodeRequest:
-    """Rows `idx` of `req` as a request of exactly `rows` rows and `text_len` text tokens.
-
-    Each row's own tokens come first (the mask picks them, so left or right padding alike), then
-    text padding; the rows after `idx` are greedy padding whose output is thrown away. Progress
-    of call `call` of `calls` is reported as its share of the whole request.
-    """
-    n = len(idx)
-    pad_id = parts.model.text_encoder.config.pad_token_id
-    ids = torch.full((rows, text_len), 0 if pad_id is None else int(pad_id), dtype=torch.long)
-    mask = torch.zeros((rows, text_len), dtype=torch.long)
-    src_ids, src_mask = req.input_ids.cpu(), req.attention_mask.cpu().bool()
-    for r, i in enumerate(idx):
-        own = src_ids[i][src_mask[i]]
-        if own.numel() == 0:  # no text at all: one pad token, as a padding row gets
-            own = ids[r, :1]
-        ids[r, : own.numel()] = own
-        mask[r, : own.numel()] = 1
-    mask[n:, 0] = 1  # padding rows see one pad token: no fully masked row in the text encoder
-    prompt = None
-    if req.prompt_codes is not None:
-        chosen = req.prompt_codes[torch.tensor(idx, device=req.prompt_codes.device)]
-        prompt = torch.zeros((rows, *chosen.shape[1:]), dtype=chosen.dtype, device=chosen.device)
-        prompt[:n] = chosen
-    on_step = req.on_step
-    if on_step is not None and calls > 1:
-        outer = on_step
-
-        def on_step(step: int, total: int) -> None:
-            outer(call * total + step, calls * total)
-
-    return DecodeRequest(
-        input_ids=ids.to(req.input_ids.device),
-        attention_mask=mask.to(req.attention_mask.device),
-        rows=[req.rows[i] for i in idx] + [RowSampling(greedy=True)] * (rows - n),
-        cfg_coef=req.cfg_coef,
-        max_frames=req.max_frames,
-        prompt_codes=prompt,
-        on_step=on_step,
-        extras=req.extras,
-    )

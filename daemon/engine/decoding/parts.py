@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from daemon.core.errors import GenerationError
-from daemon.engine.decoding.api import DecodeRequest
+from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.codec import channel_codebooks
 
 
@@ -159,3 +159,68 @@ def decode_lengths(parts: ModelParts, prompt_len: int, frames: int) -> tuple[int
 def call_on_step(on_step: Callable[[int, int], None] | None, step: int, total: int) -> None:
     if on_step is not None:
         on_step(step, total)
+
+
+def text_length_calls(req: DecodeRequest, multiple: int, rows: int | None) -> list[tuple[int, list[int]]]:
+    """The request's rows grouped by their own text length rounded up to `multiple`, as
+    (text length, row indices) calls of at most `rows` rows each (None: a group per call)."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(req.attention_mask.sum(dim=1).tolist()):
+        length = max(1, int(n))
+        groups.setdefault(-(-length // multiple) * multiple, []).append(i)
+    calls = []
+    for text_len, idx in groups.items():
+        per_call = rows or len(idx)
+        calls += [(text_len, idx[k : k + per_call]) for k in range(0, len(idx), per_call)]
+    return calls
+
+
+def fixed_request(
+    parts: ModelParts,
+    req: DecodeRequest,
+    idx: list[int],
+    rows: int,
+    text_len: int,
+    call: int,
+    calls: int,
+) -> DecodeRequest:
+    """Rows `idx` of `req` as a request of exactly `rows` rows and `text_len` text tokens.
+
+    Each row's own tokens come first (the mask picks them, so left or right padding alike), then
+    text padding; the rows after `idx` are greedy padding whose output is thrown away. Progress
+    of call `call` of `calls` is reported as its share of the whole request.
+    """
+    n = len(idx)
+    pad_id = parts.model.text_encoder.config.pad_token_id
+    ids = torch.full((rows, text_len), 0 if pad_id is None else int(pad_id), dtype=torch.long)
+    mask = torch.zeros((rows, text_len), dtype=torch.long)
+    src_ids, src_mask = req.input_ids.cpu(), req.attention_mask.cpu().bool()
+    for r, i in enumerate(idx):
+        own = src_ids[i][src_mask[i]]
+        if own.numel() == 0:  # no text at all: one pad token, as a padding row gets
+            own = ids[r, :1]
+        ids[r, : own.numel()] = own
+        mask[r, : own.numel()] = 1
+    mask[n:, 0] = 1  # padding rows see one pad token: no fully masked row in the text encoder
+    prompt = None
+    if req.prompt_codes is not None:
+        chosen = req.prompt_codes[torch.tensor(idx, device=req.prompt_codes.device)]
+        prompt = torch.zeros((rows, *chosen.shape[1:]), dtype=chosen.dtype, device=chosen.device)
+        prompt[:n] = chosen
+    on_step = req.on_step
+    if on_step is not None and calls > 1:
+        outer = on_step
+
+        def on_step(step: int, total: int) -> None:
+            outer(call * total + step, calls * total)
+
+    return DecodeRequest(
+        input_ids=ids.to(req.input_ids.device),
+        attention_mask=mask.to(req.attention_mask.device),
+        rows=[req.rows[i] for i in idx] + [RowSampling(greedy=True)] * (rows - n),
+        cfg_coef=req.cfg_coef,
+        max_frames=req.max_frames,
+        prompt_codes=prompt,
+        on_step=on_step,
+        extras=req.extras,
+    )
