@@ -198,3 +198,34 @@ def test_a_job_alone_and_in_a_mixed_batch_of_eight_gives_the_same_tokens_in_bf16
         off.decode(model, _request(processor, [prompts[4]], [job], 60))[0],
     )
     print(f"batch_invariant off: alone == batched: {same}")
+
+
+def _synchronizing_calls(fn: Any) -> int:
+    """How many synchronizing CUDA calls `fn()` makes (torch's sync debug mode, warn level)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_host_syncs_per_decode_do_not_grow_with_the_length_or_the_batch(
+    tiny_cuda: tuple[Any, Any], rows: int
+) -> None:
+    """No per-element (delay pattern) or per-step host reads: a decode's syncs are a constant few."""
+    model, processor = tiny_cuda
+    prompts = (PROMPTS * 3)[:rows]
+    samplers = [RowSampling(seed=s) for s in range(rows)]
+    backend = DgxBackend()
+    backend.prepare(model, rows=rows, frames=400)  # captures happen here, not in the counted decodes
+    short = _synchronizing_calls(lambda: backend.decode(model, _request(processor, prompts, samplers, 50)))
+    long = _synchronizing_calls(lambda: backend.decode(model, _request(processor, prompts, samplers, 400)))
+    assert long == short, (short, long)
+    assert short <= 16, short
