@@ -87,7 +87,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
         "--ops",
         action="store_true",
         help="count the ATen ops that do work in one decode step of our loop "
-        "(views and identities left out): ops_per_step, ops_per_layer, layers",
+        "(views and identities left out): ops_per_step, ops_per_layer, layers "
+        "(on the CPU in float32 unless --dtype is given)",
     )
 
 
@@ -157,12 +158,18 @@ def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -
 
 
 def run_ops(args: argparse.Namespace, settings: Settings, model_name: str) -> int:
+    import torch
+
     from daemon.engine.checkpoints import load_checkpoint
     from daemon.engine.devices import resolve_device, resolve_dtype
     from daemon.ops.opcount import count_decode_step
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    if device.type == "cpu" and settings.dtype == "auto":
+        # The count stands for the kernels a CUDA graph replays. On the CPU a bfloat16 model attends
+        # in float32 (`step.attention_dtype`), which adds conversions CUDA does not have.
+        dtype = torch.float32
     ckpt = load_checkpoint(model_name, settings, device=device, dtype=dtype)
     report = count_decode_step(ckpt.model, ckpt.processor, batch=args.batch)
     report = {"model": model_name, "device": str(device), "dtype": str(dtype).replace("torch.", ""), **report}

@@ -95,7 +95,7 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
     cross = decoder.cross_kv(encoder_states)
     kv = torch.zeros(
         (len(decoder.layers), 2, rows, parts.heads_count, total_len, parts.head_dim),
-        dtype=parts.dtype,
+        dtype=decoder.kv_dtype,
         device=parts.device,
     )
     params = sampling_tensors(req.rows, parts.vocab_size, parts.device)

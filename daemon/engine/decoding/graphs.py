@@ -86,7 +86,10 @@ class GraphBucket:
         n_layers = len(self.decoder.layers)
         head_shape = (rows, parts.heads_count)
         # Every layer's self-attention keys/values, and the text's cross-attention keys/values.
-        self.kv = torch.zeros((n_layers, 2, *head_shape, key.length, parts.head_dim), dtype=dt, device=dev)
+        kv_dtype = self.decoder.kv_dtype
+        self.kv = torch.zeros(
+            (n_layers, 2, *head_shape, key.length, parts.head_dim), dtype=kv_dtype, device=dev
+        )
         cross_shape = (n_layers, 2, *head_shape, key.text_length, parts.head_dim)
         self.cross = torch.zeros(cross_shape, dtype=dt, device=dev)
         self.position = torch.zeros(1, dtype=torch.long, device=dev)
@@ -101,8 +104,8 @@ class GraphBucket:
         self.params = sampling_tensors([None] * key.rows, v, dev)
         self.noise = torch.zeros((key.rows, k, v), dtype=torch.float32, device=dev)
         self.key_positions = torch.arange(key.length, device=dev)
-        self.neg = torch.tensor(torch.finfo(dt).min, dtype=dt, device=dev)
-        self.zero = torch.zeros((), dtype=dt, device=dev)
+        self.neg = torch.tensor(torch.finfo(kv_dtype).min, dtype=kv_dtype, device=dev)  # the self-attention mask
+        self.zero = torch.zeros((), dtype=kv_dtype, device=dev)
         self.replays = 0
         self.capture_s = 0.0
         self.pool_bytes = 0  # the graphs' memory pool, measured at capture
