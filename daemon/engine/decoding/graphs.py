@@ -104,7 +104,8 @@ class GraphBucket:
         self.params = sampling_tensors([None] * key.rows, v, dev)
         self.noise = torch.zeros((key.rows, k, v), dtype=torch.float32, device=dev)
         self.key_positions = torch.arange(key.length, device=dev)
-        self.neg = torch.tensor(torch.finfo(kv_dtype).min, dtype=kv_dtype, device=dev)  # the self-attention mask
+        # The self-attention mask's values, in the attention's dtype.
+        self.neg = torch.tensor(torch.finfo(kv_dtype).min, dtype=kv_dtype, device=dev)
         self.zero = torch.zeros((), dtype=kv_dtype, device=dev)
         self.replays = 0
         self.capture_s = 0.0
