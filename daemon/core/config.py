@@ -88,7 +88,9 @@ class Settings(BaseSettings):
         description="auto, cpu, cuda or cuda:N (auto: CUDA when present, else CPU with a warning)",
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        default="auto", description="auto: bfloat16 on GPUs that support it, else float16; float32 on CPU"
+        default="auto",
+        description="auto: bfloat16 on GPUs that support it, else float16; on the CPU bfloat16 where it "
+        "computes it natively (AVX512-BF16, AMX, Arm BF16), else float32",
     )
     max_duration: float = Field(default=300.0, gt=0, le=3600, description="longest job accepted, seconds")
     max_job_bytes: int = Field(
