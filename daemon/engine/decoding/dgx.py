@@ -5,12 +5,13 @@ It runs transformers' text encoder and `enc_to_dec_proj` as they are, and the de
 dozen kernels per layer. Around it: the text encoder runs once per call, the KV cache is allocated
 once, the delay pattern is built once on the CPU (transformers' own `build_delay_pattern_mask`),
 and per-row sampling replaces the logits-processor chain (`daemon.engine.decoding.sampler`).
-On CUDA one decode step, sampling included, is captured in CUDA graphs
-per shape bucket (`daemon.engine.decoding.graphs`: batch padded to a power of two, sequence and
-text length to a multiple; one graph per self-attention chunk, so a step attends over the live
-length rounded up to `attention_chunk` rather than the whole capacity), so a step costs one graph
-launch; on CPU the same loop runs eagerly. `DgxBackend.prepare` captures the buckets a daemon's
-jobs will use at load time (full batches, the long-form window), so no job pays a capture.
+On CUDA one decode step, sampling included, is captured in CUDA graphs per shape bucket
+(`daemon.engine.decoding.graphs`: batch padded to a power of two, or to the fixed row count under
+batch invariance; sequence and text length to a multiple; one graph per self-attention chunk, so a
+step attends over the live length rounded up to `attention_chunk` rather than the whole
+capacity), so a step costs one graph launch; on CPU the same loop runs eagerly.
+`DgxBackend.prepare` captures the buckets a daemon's jobs will use at load time (full batches,
+the long-form window), so no job pays a capture.
 The model pieces both paths call are in `daemon.engine.decoding.parts`.
 
 Batch invariance: in reduced precision a row's arithmetic depends on the shapes it is computed at

@@ -26,8 +26,8 @@ graph per chunk), so a step reads at most a chunk more than the live length, not
 
 The concatenated weights are the model's storage: the original `q_proj`/`k_proj`/`v_proj`, head
 and embedding weights are turned into views of them, so nothing is held twice and transformers'
-own forward keeps working on the same numbers. (On a CPU in bfloat16 the matmuls also keep a
-oneDNN-packed copy: `daemon.engine.decoding.linear`.)
+own forward keeps working on the same numbers. (On a CPU the matmuls also keep a oneDNN-packed
+copy, `daemon.engine.decoding.linear`, and the self-attention runs in float32: `attention_dtype`.)
 """
 
 from __future__ import annotations
