@@ -70,7 +70,8 @@ class ChunkRunner:
             if len(chunk.rows) == 1:
                 raise OutOfMemoryError(
                     f"out of memory generating {chunk.frames} frames for one row on {self.device}",
-                    hint="shorten the clip, use a smaller model, or free GPU memory",
+                    hint="shorten the clip, use a smaller model, free GPU memory, or lower max_batch "
+                    "(with batch_invariant on, every decode runs at max_batch rows)",
                 ) from exc
             half = len(chunk.rows) // 2
             log.warning(
@@ -90,7 +91,8 @@ class ChunkRunner:
                     raise OutOfMemoryError(
                         "out of memory even after splitting the batch "
                         f"({len(sub.rows)} of {len(chunk.rows)} rows)",
-                        hint="lower max_batch or count, shorten the clip, or use a smaller model",
+                        hint="lower max_batch (with batch_invariant on, every decode runs at max_batch "
+                        "rows, halves included) or count, shorten the clip, or use a smaller model",
                     ) from exc2
             return out
 
