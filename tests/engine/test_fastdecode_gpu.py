@@ -228,4 +228,6 @@ def test_host_syncs_per_decode_do_not_grow_with_the_length_or_the_batch(
     short = _synchronizing_calls(lambda: backend.decode(model, _request(processor, prompts, samplers, 50)))
     long = _synchronizing_calls(lambda: backend.decode(model, _request(processor, prompts, samplers, 400)))
     assert long == short, (short, long)
-    assert short <= 16, short
+    # A constant few: copies in and out, the text encoder's mask checks. A per-element pattern
+    # build would be hundreds (B x K x length), a per-step read one per step.
+    assert short <= 64, short
