@@ -451,7 +451,9 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
         return (
             f"{sec['ms_per_step']} ms/step, capture {sec['capture_s']} s, "
             f"{sec['kernels_per_step']} kernels/step, "
-            f"T5 {sec['t5_s']} s, delay pattern {sec['delay_pattern_s']} s, EnCodec {sec['encodec_s']} s"
+            f"T5 {sec['t5_s']} s, delay pattern {sec['delay_pattern_s']} s, EnCodec {sec['encodec_s']} s, "
+            f"fixed shapes {sec['ms_per_step_invariant']} ms/step "
+            f"({sec['ms_per_step_invariant_off']} without)"
         )
     if name == "daemon":
         model = sec.get("model") or {}
