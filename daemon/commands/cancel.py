@@ -61,10 +61,14 @@ def run(args: argparse.Namespace) -> int:
     except PermissionError as exc:
         print(f"dgx-music: cannot write the cancel request: {exc}", file=sys.stderr)
         return 2
-    sidecar = settings.failed / f"{job_id}.error.json"
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if sidecar.exists():
+        # failed/<id>.error.json, or failed/<folder>/<id>.error.json for a job from an inbox subfolder
+        name = f"{job_id}.error.json"
+        sidecar = next(
+            (p for p in [settings.failed / name, *settings.failed.glob(f"*/{name}")] if p.exists()), None
+        )
+        if sidecar is not None:
             print(f"cancelled: {sidecar}")
             return 0
         time.sleep(0.1)

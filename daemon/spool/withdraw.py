@@ -17,26 +17,41 @@ from pathlib import Path
 
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
-from daemon.spool.failed import error_sidecar, move_no_clobber
+from daemon.spool.failed import error_sidecar, failed_dir_for, move_no_clobber
 from daemon.spool.layout import dump
 from daemon.spool.reserve import release_id, reserve_id
 from jobspec import JobSpecError, load_job_bytes
-from jobspec.names import default_job_id, is_candidate
+from jobspec.names import default_job_id, folder_problem, is_candidate, is_ignored_name, source_name_for
 
 log = logging.getLogger(__name__)
 
 
-def find_in_inbox(settings: Settings, job_id: str) -> Path | None:
-    """The inbox file that holds job `job_id` alone: named after it, or a one-job file whose
-    `id:` is it. A job inside a batch file is not cancelled alone (the file is one unit)."""
+def _inbox_files(settings: Settings) -> list[Path]:
+    """Job-file candidates of the inbox and of its subfolders one level deep (those the watcher
+    reads: a valid folder name, not an ignored one), in name order."""
     try:
-        names = sorted(os.listdir(settings.inbox))
+        top = sorted(os.listdir(settings.inbox))
     except FileNotFoundError:
-        return None
-    for name in names:
-        if not is_candidate(name):
-            continue
+        return []
+    files: list[Path] = []
+    for name in top:
         path = settings.inbox / name
+        if is_candidate(name):
+            files.append(path)
+        elif not is_ignored_name(name) and folder_problem(name) is None and path.is_dir():
+            try:
+                files += [path / n for n in sorted(os.listdir(path)) if is_candidate(n)]
+            except OSError:
+                continue
+    return files
+
+
+def find_in_inbox(settings: Settings, job_id: str) -> Path | None:
+    """The inbox file (inbox/ or one of its subfolders) that holds job `job_id` alone: named after
+    it, or a one-job file whose `id:` is it. A job inside a batch file is not cancelled alone (the
+    file is one unit)."""
+    for path in _inbox_files(settings):
+        name = path.name
         try:
             st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode):
@@ -67,27 +82,31 @@ def withdraw(
 ) -> Path | None:
     """Move inbox `path` to failed/<id>.yaml and write a `cancelled` error sidecar. Returns the
     error sidecar's path, or None when a daemon claimed the file first. PermissionError when
-    this user may not write failed/ (the caller then asks the daemon instead)."""
+    this user may not write failed/ (the caller then asks the daemon instead). A file from
+    inbox/<folder>/ goes to failed/<folder>/, as the daemon's failures of it would."""
     st = os.lstat(path)
+    folder = "" if path.parent == settings.inbox else path.parent.name
+    source = source_name_for(folder, path.name)
+    failed = failed_dir_for(settings, source)
     # Take the file out of the inbox first (a claim-like rename into failed/ under a dot-name
     # that nothing reads), then give it its final no-clobber name.
     # Not a `.tmp` name: stale-temp cleaning must never take a user's job file.
-    hold = settings.failed / f".{path.name}.{secrets.token_hex(6)}.cancelling"
+    hold = failed / f".{path.name}.{secrets.token_hex(6)}.cancelling"
     try:
         os.rename(path, hold)
     except FileNotFoundError:
         return None
     try:
-        final_id = reserve_id(settings, job_id, lambda i: [f"{i}.yaml"])
+        final_id = reserve_id(settings, job_id, lambda i: [f"{i}.yaml"], folder=folder)
     except BaseException:
         with contextlib.suppress(OSError):
             os.rename(hold, path)
         raise
     try:
-        move_no_clobber(hold, settings.failed / f"{final_id}.yaml")
+        move_no_clobber(hold, failed / f"{final_id}.yaml")
         body = error_sidecar(
             job_id=final_id,
-            source_file=path.name,
+            source_file=source,
             error_type="cancelled",
             message=reason,
             hint=None,
@@ -97,7 +116,7 @@ def withdraw(
             attempts=0,
             status="cancelled",
         )
-        err = settings.failed / f"{final_id}.error.json"
+        err = failed / f"{final_id}.error.json"
         atomic_write_bytes(err, dump(body), create_new=True)
     except BaseException:
         # Never lose the user's file: put it back where it was.
@@ -106,5 +125,5 @@ def withdraw(
         raise
     finally:
         release_id(settings, final_id)
-    log.info("inbox: %s cancelled before pickup: moved to failed/%s.yaml", path.name, final_id)
+    log.info("inbox: %s cancelled before pickup: moved to %s", source, failed / f"{final_id}.yaml")
     return err

@@ -48,6 +48,30 @@ def test_without_a_daemon_submit_warns_and_cancel_moves_the_inbox_file_to_failed
     assert run_cli(config, "cancel", "waiting").returncode == 2  # nothing left to cancel
 
 
+def test_cancel_finds_a_waiting_job_in_an_inbox_subfolder_and_files_it_under_that_folder(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = write_config(tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir)
+    _spool_dirs(tmp_path / "spool")
+    sp = SpoolView(tmp_path / "spool")
+    (sp.inbox / "band").mkdir()
+    body = "# kept byte for byte\n" + job_yaml("a riff for the band", duration=0.5)
+    (sp.inbox / "band" / "riff.yaml").write_text(body)
+    (sp.inbox / ".hidden").mkdir()  # never read by the watcher, so never searched either
+    (sp.inbox / ".hidden" / "riff.yaml").write_text(body)
+
+    cancel = run_cli(config, "cancel", "riff")
+    assert cancel.returncode == 0, cancel.stderr
+    assert "cancelled:" in cancel.stdout
+    assert not (sp.inbox / "band" / "riff.yaml").exists()
+    assert (sp.failed / "band" / "riff.yaml").read_text() == body
+    err = json.loads((sp.failed / "band" / "riff.error.json").read_text())
+    assert err["status"] == "cancelled" and err["source_file"] == "band/riff.yaml"
+    assert not (sp.failed / "riff.yaml").exists()
+    assert (sp.inbox / ".hidden" / "riff.yaml").is_file()
+    assert run_cli(config, "cancel", "riff").returncode == 2  # nothing left to cancel
+
+
 @pytest.mark.slow  # a daemon, a stalled job and four CLI runs: about half a minute
 def test_status_and_wait_show_queue_positions_and_the_daemons_eta(
     tmp_path: Path, tiny_model_dir: Path
