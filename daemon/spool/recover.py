@@ -138,11 +138,18 @@ def _take_over(
 
 def clean_stale_temps(settings: Settings, *, older_than_s: float = 600.0) -> list[Path]:
     """Remove dot-temps (`.<name>.<hex>.tmp`, see daemon.core.fsio) that a killed writer left in
-    work/ outbox/ failed/ state/. A live writer touches its temp with every write, so one
-    untouched for `older_than_s` is abandoned."""
+    work/ outbox/ failed/ state/, and in the outbox/<folder>/ and failed/<folder>/ of jobs from
+    inbox subfolders. A live writer touches its temp with every write, so one untouched for
+    `older_than_s` is abandoned."""
     removed = []
     cutoff = time.time() - older_than_s
-    for folder in (settings.work, settings.outbox, settings.failed, settings.state_dir):
+    folders = [settings.work, settings.outbox, settings.failed, settings.state_dir]
+    for results in (settings.outbox, settings.failed):
+        try:
+            folders += [Path(e.path) for e in os.scandir(results) if _result_subfolder(e)]
+        except FileNotFoundError:
+            continue
+    for folder in folders:
         try:
             entries = list(os.scandir(folder))
         except FileNotFoundError:
@@ -157,3 +164,8 @@ def clean_stale_temps(settings: Settings, *, older_than_s: float = 600.0) -> lis
             except FileNotFoundError:
                 continue
     return removed
+
+
+def _result_subfolder(entry: os.DirEntry[str]) -> bool:
+    """A per-inbox-folder results directory (not a dot-folder, not a link)."""
+    return not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)

@@ -562,3 +562,22 @@ def test_clean_stale_temps_removes_only_old_dot_temps(settings: Settings) -> Non
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert clean_stale_temps(settings) == [old]
     assert new.exists() and keep.exists()
+
+
+def test_clean_stale_temps_also_cleans_the_results_of_inbox_subfolders(settings: Settings) -> None:
+    an_hour_ago = time.time() - 3600
+    stale = [
+        settings.outbox / "band" / ".x.wav.0123456789ab.tmp",
+        settings.failed / "band" / ".x.json.0a.tmp",
+    ]
+    kept = [
+        settings.outbox / "band" / "x.wav",
+        settings.failed / "band" / ".x.yaml.0123456789ab.cancelling",  # a user's file on its way
+        settings.outbox / ".hidden" / ".y.wav.0123456789ab.tmp",  # not a results folder
+    ]
+    for p in stale + kept:
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"data")
+        os.utime(p, (an_hour_ago, an_hour_ago))
+    assert sorted(clean_stale_temps(settings)) == sorted(stale)
+    assert all(p.exists() for p in kept)
