@@ -44,7 +44,7 @@ import torch
 
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest
-from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2, round_up
+from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2
 from daemon.engine.decoding.parts import (
     ModelParts,
     call_on_step,
@@ -55,6 +55,7 @@ from daemon.engine.decoding.parts import (
     extract_frames,
     fixed_request,
     model_parts,
+    round_up,
     text_length_calls,
 )
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors

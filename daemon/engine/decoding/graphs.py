@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 ATTENTION_CHUNK = 128
 
 
-def round_up(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)
-
-
 def next_pow2(value: int) -> int:
     return 1 << max(0, (value - 1).bit_length())
 

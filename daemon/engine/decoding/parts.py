@@ -161,13 +161,17 @@ def call_on_step(on_step: Callable[[int, int], None] | None, step: int, total: i
         on_step(step, total)
 
 
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
 def text_length_calls(req: DecodeRequest, multiple: int, rows: int | None) -> list[tuple[int, list[int]]]:
     """The request's rows grouped by their own text length rounded up to `multiple`, as
     (text length, row indices) calls of at most `rows` rows each (None: a group per call)."""
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(req.attention_mask.sum(dim=1).tolist()):
         length = max(1, int(n))
-        groups.setdefault(-(-length // multiple) * multiple, []).append(i)
+        groups.setdefault(round_up(length, multiple), []).append(i)
     calls = []
     for text_len, idx in groups.items():
         per_call = rows or len(idx)
