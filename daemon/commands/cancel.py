@@ -10,6 +10,7 @@ import time
 from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.ops.client import live_running, serving_daemons
 from daemon.spool import state
+from daemon.spool.reserve import result_folders
 from daemon.spool.withdraw import find_in_inbox, withdraw
 
 
@@ -64,10 +65,8 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         # failed/<id>.error.json, or failed/<folder>/<id>.error.json for a job from an inbox subfolder
-        name = f"{job_id}.error.json"
-        sidecar = next(
-            (p for p in [settings.failed / name, *settings.failed.glob(f"*/{name}")] if p.exists()), None
-        )
+        candidates = [d / f"{job_id}.error.json" for _, d in result_folders(settings.failed)]
+        sidecar = next((p for p in candidates if p.exists()), None)
         if sidecar is not None:
             print(f"cancelled: {sidecar}")
             return 0

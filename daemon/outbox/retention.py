@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from daemon.spool.reserve import result_folders
+
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
@@ -30,15 +32,6 @@ class Expired:
     sidecar: Path
     files: tuple[Path, ...]  # removed after the sidecar
     age_days: float
-
-
-def _dirs(root: Path) -> list[tuple[str, Path]]:
-    out = [("", root)]
-    with contextlib.suppress(OSError):
-        for d in os.scandir(root):
-            if not d.name.startswith(".") and d.is_dir(follow_symlinks=False):
-                out.append((d.name, Path(d.path)))
-    return out
 
 
 def _result_files(sidecar: Path) -> list[Path] | None:
@@ -71,7 +64,7 @@ def find_expired(
     keep = {str(PurePosixPath(p)) for p in protected}
     found: list[Expired] = []
     for base, root, suffix in (("outbox", outbox, ".json"), ("failed", failed, ".error.json")):
-        for folder, directory in _dirs(root):
+        for folder, directory in result_folders(root):
             try:
                 entries = list(os.scandir(directory))
             except OSError:

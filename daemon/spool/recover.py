@@ -16,7 +16,7 @@ from daemon.spool.layout import unlink_quiet
 from daemon.spool.owner import Owner, current_owner
 from daemon.spool.peers import Peers
 from daemon.spool.records import Claimed, load_meta, meta_file, new_token, token_stem, write_meta
-from daemon.spool.reserve import clean_reservations
+from daemon.spool.reserve import clean_reservations, result_folders
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,9 @@ def clean_stale_temps(settings: Settings, *, older_than_s: float = 600.0) -> lis
     `older_than_s` is abandoned."""
     removed = []
     cutoff = time.time() - older_than_s
-    folders = [settings.work, settings.outbox, settings.failed, settings.state_dir]
+    folders = [settings.work, settings.state_dir]
     for results in (settings.outbox, settings.failed):
-        try:
-            folders += [Path(e.path) for e in os.scandir(results) if _result_subfolder(e)]
-        except FileNotFoundError:
-            continue
+        folders += [directory for _, directory in result_folders(results)]
     for folder in folders:
         try:
             entries = list(os.scandir(folder))
@@ -164,8 +161,3 @@ def clean_stale_temps(settings: Settings, *, older_than_s: float = 600.0) -> lis
             except FileNotFoundError:
                 continue
     return removed
-
-
-def _result_subfolder(entry: os.DirEntry[str]) -> bool:
-    """A per-inbox-folder results directory (not a dot-folder, not a link)."""
-    return not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)

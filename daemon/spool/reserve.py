@@ -5,6 +5,7 @@ A reservation records the claim it belongs to, so a recovered job gets its old i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -91,6 +92,17 @@ def result_dirs(settings: Settings, folder: str = "") -> tuple[Path, Path]:
     if not folder:
         return settings.outbox, settings.failed
     return settings.outbox / folder, settings.failed / folder
+
+
+def result_folders(root: Path) -> list[tuple[str, Path]]:
+    """(folder, directory) for outbox/ or failed/ itself ("", root) and each of its per-inbox-folder
+    subdirectories (not a dot-folder, not a link); a root that cannot be listed gives itself only."""
+    out = [("", root)]
+    with contextlib.suppress(OSError):
+        for d in os.scandir(root):
+            if not d.name.startswith(".") and d.is_dir(follow_symlinks=False):
+                out.append((d.name, Path(d.path)))
+    return out
 
 
 def _create_with(path: Path, record: bytes) -> bool:
