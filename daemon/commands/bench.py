@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 import sys
 import tempfile
@@ -88,7 +89,14 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="count the ATen ops that do work in one decode step of our loop "
         "(views and identities left out): ops_per_step, ops_per_layer, layers "
-        "(on the CPU in float32 unless --dtype is given)",
+        "(on the CPU in float32 unless --dtype is given; a Triton kernel counts as one op)",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=("auto", "triton", "aten"),
+        default=None,
+        help="override the config's kernels setting; with --ops the default is triton wherever "
+        "Triton imports (the step a GPU runs; on a CPU in Triton's interpreter), else aten",
     )
 
 
@@ -112,6 +120,8 @@ def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
         overrides["decoder"] = args.decoder
     if getattr(args, "dtype", None):
         overrides["dtype"] = args.dtype
+    if getattr(args, "kernels", None):
+        overrides["kernels"] = args.kernels
     if tiny_dir is not None:
         name = tiny_dir.name
         overrides["models"] = {name: {"path": str(tiny_dir)}}
@@ -161,6 +171,7 @@ def run_ops(args: argparse.Namespace, settings: Settings, model_name: str) -> in
     import torch
 
     from daemon.engine.checkpoints import load_checkpoint
+    from daemon.engine.decoding.launches import kernels_problem
     from daemon.engine.devices import resolve_device, resolve_dtype
     from daemon.ops.opcount import count_decode_step
 
@@ -170,14 +181,26 @@ def run_ops(args: argparse.Namespace, settings: Settings, model_name: str) -> in
         # The count stands for the kernels a CUDA graph replays. On the CPU a bfloat16 model attends
         # in float32 (`step.attention_dtype`), which adds conversions CUDA does not have.
         dtype = torch.float32
+    kernels = args.kernels or ("triton" if kernels_problem(device) is None else "aten")
+    if kernels == "auto":
+        kernels = "triton" if device.type == "cuda" and kernels_problem(device) is None else "aten"
     ckpt = load_checkpoint(model_name, settings, device=device, dtype=dtype)
-    report = count_decode_step(ckpt.model, ckpt.processor, batch=args.batch)
+    report = count_decode_step(ckpt.model, ckpt.processor, batch=args.batch, kernels=kernels)
     report = {"model": model_name, "device": str(device), "dtype": str(dtype).replace("torch.", ""), **report}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(json.dumps({k: report[k] for k in ("ops_per_step", "ops_per_layer", "layers")}))
     return EXIT_OK
+
+
+def interpret_triton_without_gpu() -> None:
+    """Where there is no GPU, have Triton interpret its kernels (chosen before transformers
+    imports it: `daemon.engine.decoding.kernels`)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -193,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tiny and args.shape:
         print("dgx-music: give --tiny or --shape, not both", file=sys.stderr)
         return EXIT_USAGE
+    if args.ops:
+        interpret_triton_without_gpu()
     with tempfile.TemporaryDirectory(prefix="dgx-music-bench-") as tmp:
         made = made_model(args, Path(tmp))
         try:

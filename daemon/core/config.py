@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         "job's tokens never depend on its batch mates; auto: on with CUDA graphs, off on the CPU "
         "(whose loop computes rows alone)",
     )
+    kernels: Literal["auto", "triton", "aten"] = Field(
+        default="auto",
+        description="dgx decoder: the step's layer norms fused into the matmuls after them (triton: 8 "
+        "kernels a layer) or plain PyTorch ops (aten: 13); auto: triton on CUDA when it imports and "
+        "passes its check on the loaded model, aten otherwise",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )

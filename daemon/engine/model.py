@@ -251,7 +251,9 @@ class MusicEngine:
         """The decode loop in use (resolved from the `decoder` setting on first use)."""
         if self._backend is None:
             s = self.settings
-            self._backend = get_backend(s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch)
+            self._backend = get_backend(
+                s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch, kernels=s.kernels
+            )
         return self._backend
 
     def set_backend(self, backend: DecodeBackend) -> None:

@@ -7,6 +7,10 @@ and identities (eval-mode dropout, detach, aliasing) launch nothing. Those are l
 `forward` was running (module hooks on the step's layers), so the report splits into ops per layer
 and the rest (embeddings, final norm, heads, sampling, the step's bookkeeping).
 
+A Triton kernel of the fused step (`kernels="triton"`) is one op too, named `triton:<kernel>`: its
+launch is announced by `daemon.engine.decoding.launches`, since a dispatch mode cannot see it (on a
+CPU the kernel runs in Triton's interpreter, whose tensor bookkeeping is not counted).
+
 The step counted is exactly the body a CUDA graph captures (`GraphBucket._step`, run here without
 capture on any device), after a short decode has filled the bucket with real state.
 """
@@ -72,6 +76,10 @@ FREE_OPS: frozenset[str] = frozenset(
         "resolve_neg",
         "_neg_view",
         "contiguous",  # a no-op on a contiguous tensor; a real copy shows up as clone/copy_
+        # allocations (a kernel's output buffer; inside a CUDA graph not even that)
+        "empty",
+        "empty_strided",
+        "empty_like",
         # metadata queries
         "size",
         "stride",
@@ -129,22 +137,41 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.counts = OpCounts(per_layer=[Counter() for _ in range(layers)])
         self.layer: int | None = None
+        self.in_kernel = False
+
+    def _add(self, name: str) -> None:
+        if self.layer is not None:
+            self.counts.per_layer[self.layer][name] += 1
+        else:
+            self.counts.outside[name] += 1
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         name = op_name(func)
         out = func(*args, **(kwargs or {}))
-        if name in FREE_OPS or (name in MAYBE_IDENTITY and _returns_input(args, out)):
+        if self.in_kernel:
+            pass  # the interpreter's own tensor bookkeeping around a Triton launch: no kernel
+        elif name in FREE_OPS or (name in MAYBE_IDENTITY and _returns_input(args, out)):
             self.counts.free[name] += 1
-        elif self.layer is not None:
-            self.counts.per_layer[self.layer][name] += 1
         else:
-            self.counts.outside[name] += 1
+            self._add(name)
         return out
+
+    @contextmanager
+    def triton_launch(self, name: str) -> Iterator[None]:
+        """One Triton kernel (`daemon.engine.decoding.launches.observers`): counted as one op."""
+        self._add(f"triton:{name}")
+        self.in_kernel = True
+        try:
+            yield
+        finally:
+            self.in_kernel = False
 
 
 @contextmanager
 def counting(layers: Sequence[torch.nn.Module] = ()) -> Iterator[OpCounter]:
     """Count ops in the block, attributing those inside `layers[i].forward` to layer i."""
+    from daemon.engine.decoding.launches import observers
+
     counter = OpCounter(len(layers))
     handles = []
     for index, layer in enumerate(layers):
@@ -157,10 +184,12 @@ def counting(layers: Sequence[torch.nn.Module] = ()) -> Iterator[OpCounter]:
 
         handles.append(layer.register_forward_pre_hook(enter))
         handles.append(layer.register_forward_hook(leave))
+    observers.append(counter.triton_launch)
     try:
         with counter:
             yield counter
     finally:
+        observers.remove(counter.triton_launch)
         for handle in handles:
             handle.remove()
 
@@ -181,6 +210,7 @@ def count_decode_step(
     cfg_coef: float = 3.0,
     greedy: bool = False,
     warm_frames: int = 4,
+    kernels: str = "aten",
 ) -> dict[str, Any]:
     """`{ops_per_step, ops_per_layer, layers, outside_layers, by_name, free_ops}` for one decode step.
 
@@ -192,6 +222,7 @@ def count_decode_step(
     from daemon.engine.decoding.dgx import DgxBackend
     from daemon.engine.decoding.graphs import GraphBucket
     from daemon.engine.decoding.parts import model_parts
+    from daemon.engine.decoding.step import fused_decoder
 
     device = next(model.parameters()).device
     enc = processor(text=["warm lo-fi hip hop beat"] * batch, padding=True, return_tensors="pt")
@@ -203,7 +234,7 @@ def count_decode_step(
         cfg_coef=cfg_coef,
         max_frames=warm_frames,
     )
-    backend = DgxBackend(mode="static")
+    backend = DgxBackend(mode="static", kernels=kernels)
     # no_grad, not inference_mode: under inference_mode composite ops (linear, layer_norm,
     # scaled_dot_product_attention) reach the counter whole, hiding the kernels they run (a bool
     # mask converted inside the attention, a bias add); here they arrive decomposed.
@@ -212,6 +243,8 @@ def count_decode_step(
         key = backend.bucket_key(model, req)
         if parts.core.embed_positions.weights.shape[0] < key.length + 1:
             parts.core.embed_positions.make_weights(key.length + 1, parts.core.embed_positions.embedding_dim)
+        kind = backend.kernels_for(model)
+        fused_decoder(parts).use_kernels(kind)
         bucket = GraphBucket(parts, key, capture=False)
         bucket.decode(req, backend.noise_chunk, backend.sync_every)
         layers = step_layers(bucket)
@@ -222,6 +255,7 @@ def count_decode_step(
     counts = counter.counts
     per_layer = [sum(c.values()) for c in counts.per_layer]
     return {
+        "kernels": kind,
         "ops_per_step": counts.total,
         "ops_per_layer": max(per_layer) if per_layer else 0,
         "layers": len(layers),

@@ -15,11 +15,13 @@ from daemon.engine.decoding.api import DecodeBackend
 log = logging.getLogger(__name__)
 
 
-def get_backend(name: str, *, batch_invariant: str = "auto", max_batch: int = 8) -> DecodeBackend:
+def get_backend(
+    name: str, *, batch_invariant: str = "auto", max_batch: int = 8, kernels: str = "auto"
+) -> DecodeBackend:
     """The decode loop for the `decoder` setting: auto (ours when available), dgx, transformers.
 
     `batch_invariant` and `max_batch` (the settings of those names) size the dgx loop's fixed
-    decode shapes; transformers' generate has none.
+    decode shapes and `kernels` picks its step's kernels; transformers' generate has none.
     """
     from daemon.engine.decoding.hf import TransformersBackend
 
@@ -37,4 +39,4 @@ def get_backend(name: str, *, batch_invariant: str = "auto", max_batch: int = 8)
             ) from exc
         log.debug("dgx decode loop unavailable (%s); using transformers generate", exc)
         return TransformersBackend()
-    return DgxBackend(batch_invariant=batch_invariant, max_rows=max_batch)
+    return DgxBackend(batch_invariant=batch_invariant, max_rows=max_batch, kernels=kernels)

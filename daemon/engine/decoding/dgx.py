@@ -59,7 +59,8 @@ from daemon.engine.decoding.parts import (
     text_length_calls,
 )
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
-from daemon.engine.decoding.step import float_mask, fused_decoder
+from daemon.engine.decoding.launches import kernels_problem
+from daemon.engine.decoding.step import FusedDecoder, float_mask, fused_decoder, kernels_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ PREPARED_TEXT_TOKENS = 32
 # ---------------------------------------------------------------- eager loop (CPU, or CUDA without graphs)
 
 
-def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> torch.Tensor:
+def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int, kernels: str) -> torch.Tensor:
     batch, prompt_len = check_request(parts, req)
     doubled = req.cfg_coef is not None and req.cfg_coef > 1.0
     decoded, total_len = decode_lengths(parts, prompt_len, req.max_frames)
@@ -93,6 +94,7 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
         parts.core.embed_positions.make_weights(total_len, parts.core.embed_positions.embedding_dim)
 
     decoder = fused_decoder(parts)
+    decoder.use_kernels(kernels)
     cross_mask = float_mask(encoder_mask, parts.dtype)
     cross = decoder.cross_kv(encoder_states)
     kv = torch.zeros(
@@ -124,6 +126,11 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int) -> to
 # ---------------------------------------------------------------- the backend
 
 
+def _kernels_check(decoder: FusedDecoder) -> str | None:
+    with torch.inference_mode():
+        return kernels_mismatch(decoder)
+
+
 class DgxBackend:
     """`daemon.engine.decoding.api.DecodeBackend` implementation.
 
@@ -153,6 +160,11 @@ class DgxBackend:
         text_group: where rows are grouped by their own text length (batch invariance, and the
             eager loop), that length is rounded up to this: prompts of a line of tags share one
             call, and the bucket `prepare` builds.
+        kernels: "triton": the step's layer norms fused into the matmuls after them
+            (`daemon.engine.decoding.kernels`: 8 kernels a layer instead of 13); "aten": plain
+            PyTorch ops; "auto": triton on CUDA when Triton imports and the kernels pass their
+            check on the loaded model (`step.kernels_mismatch`), aten otherwise (one warning says
+            why). On a CPU "triton" runs Triton's interpreter: for tests only.
     """
 
     name = "dgx"
@@ -173,7 +185,11 @@ class DgxBackend:
         batch_invariant: str = "auto",
         max_rows: int = 8,
         text_group: int = PREPARED_TEXT_TOKENS,
+        kernels: str = "auto",
     ) -> None:
+        if kernels not in ("auto", "triton", "aten"):
+            raise ValueError(f"kernels must be auto, triton or aten, not {kernels!r}")
+        self.kernels = kernels
         if mode not in ("auto", "eager", "graphs", "static"):
             raise ValueError(f"mode must be auto, eager, graphs or static, not {mode!r}")
         if batch_invariant not in ("auto", "on", "off"):
@@ -197,9 +213,12 @@ class DgxBackend:
         self._prepared_length = 0
         self._model_ref: weakref.ReferenceType[Any] | None = None
         self._capture_failed = False
+        # The kernels chosen for the bound model (set on first use, checked once per load).
+        self._kernels_used: str | None = None
 
     def reset(self) -> None:
         """Drop every captured graph and its buffers (call when the model is unloaded)."""
+        self._kernels_used = None
         self._buckets.clear()
         self._pinned.clear()
         self._prepared_length = 0
@@ -212,6 +231,32 @@ class DgxBackend:
         self._buckets.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def kernels_for(self, model: Any) -> str:
+        """The kernels the step of `model` runs on ("triton" or "aten"), chosen and checked once
+        per model (see the `kernels` argument)."""
+        self._bind(model)
+        if self._kernels_used is not None:
+            return self._kernels_used
+        parts = model_parts(model)
+        device = parts.device
+        if self.kernels == "aten" or (self.kernels == "auto" and device.type != "cuda"):
+            choice = "aten"
+        else:
+            decoder = fused_decoder(parts)
+            why = kernels_problem(device) or _kernels_check(decoder)
+            if why is None:
+                choice = "triton"
+            elif self.kernels == "triton":
+                raise GenerationError(
+                    f"the Triton kernels cannot run this model: {why}",
+                    hint="set `kernels: aten` (or auto) in the config",
+                )
+            else:
+                log.warning("decoding with plain PyTorch ops, not the fused Triton kernels: %s", why)
+                choice = "aten"
+        self._kernels_used = choice
+        return choice
 
     def uses_graphs(self, model: Any) -> bool:
         """Whether decode steps of `model` are replayed from captured CUDA graphs."""
@@ -277,6 +322,7 @@ class DgxBackend:
     def _new_bucket(self, parts: ModelParts, key: BucketKey, capture: bool) -> GraphBucket:
         """A bucket, captured when asked; a capture that fails (other than for memory) falls back to
         running the step uncaptured, with one warning for the backend's life."""
+        fused_decoder(parts).use_kernels(self.kernels_for(parts.model))
         if not capture:
             return GraphBucket(parts, key, False, self.attention_chunk)
         log.info("capturing CUDA graphs for %s", key)
@@ -378,7 +424,8 @@ class DgxBackend:
             if not self._uses_buckets(model):
                 # Each row's text at its own length; the rows at the batch's count (CPU kernels
                 # do not change with it: tested).
-                eager = lambda sub: _decode_eager(parts, sub, self.noise_chunk)  # noqa: E731
+                kernels = self.kernels_for(model)
+                eager = lambda sub: _decode_eager(parts, sub, self.noise_chunk, kernels)  # noqa: E731
                 return self._by_text_length(parts, req, None, eager)
             self._bind(model)
             bucket = lambda sub: self._decode_bucket(model, parts, sub)  # noqa: E731

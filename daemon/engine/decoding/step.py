@@ -41,6 +41,13 @@ from torch import nn
 from daemon.engine.decoding.linear import Linear, packing_wanted
 
 
+def kernels() -> Any:
+    """The Triton kernels module, imported on first use (it imports Triton)."""
+    from daemon.engine.decoding import kernels as module
+
+    return module
+
+
 def _share(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
     """Concatenate `tensors` and make each one a view of the result (no second copy kept)."""
     joined = torch.cat([t.detach() for t in tensors], dim=dim)
@@ -83,6 +90,13 @@ class FusedLayer(nn.Module):
         self.fc1 = Linear(layer.fc1.weight, pack=pack)
         self.fc2 = Linear(layer.fc2.weight, pack=pack)
         self.act = layer.activation_fn
+        # Set by `FusedDecoder.use_kernels`: the Triton norm-matmul kernels instead of ATen ops.
+        self.triton = False
+        probe = torch.linspace(-4.0, 4.0, 33, device=layer.fc1.weight.device)
+        # The kernels implement exactly this layer's arithmetic only: erf GELU, affine layer norms.
+        self.kernel_ready = torch.equal(self.act(probe), F.gelu(probe)) and all(
+            norm.weight is not None and norm.bias is not None for norm in self.norms
+        )
 
     @staticmethod
     def _norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -100,29 +114,42 @@ class FusedLayer(nn.Module):
     ) -> torch.Tensor:
         n = x.shape[0] // rows
         h, d = self.heads, self.head_dim
-        # Self-attention: one matmul for q, k, v; one write of k and v into the cache.
-        qkv = self.qkv.mm(self._norm(self.norms[0], x)).view(rows, n, 3, h, d)
-        # The cache's dtype is the attention's (`attention_dtype`): no-op conversions unless they differ.
-        q = qkv[:, :, 0].transpose(1, 2).to(kv.dtype)
-        new_kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)
-        if isinstance(position, int):
-            end = position + n
-            kv[:, :, :, position:end].copy_(new_kv)
-            keys, values = kv[0, :, :, :end], kv[1, :, :, :end]
+        # Self-attention: one matmul for q, k, v; one write of k and v into the cache (with the
+        # Triton kernels, norm + matmul + cache write are one kernel).
+        if self.triton:
+            q = kernels().norm_qkv(x, self.norms[0], self.w_qkv, kv, position, n)
+            q = q.view(rows, n, h, d).transpose(1, 2)
         else:
-            # device-side position: stays inside a captured graph
-            kv.index_copy_(3, position, new_kv.to(kv.dtype))
+            qkv = self.qkv.mm(self._norm(self.norms[0], x)).view(rows, n, 3, h, d)
+            # The cache's dtype is the attention's (`attention_dtype`): no-op conversions unless they differ.
+            q = qkv[:, :, 0].transpose(1, 2).to(kv.dtype)
+            new_kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)
+            if isinstance(position, int):
+                kv[:, :, :, position : position + n].copy_(new_kv)
+            else:
+                # device-side position: stays inside a captured graph
+                kv.index_copy_(3, position, new_kv.to(kv.dtype))
+        if isinstance(position, int):
+            keys, values = kv[0, :, :, : position + n], kv[1, :, :, : position + n]
+        else:
             keys, values = kv[0], kv[1]
         attn = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=self_mask, is_causal=self_mask is None and n > 1, scale=self.scaling
         ).to(x.dtype)
         x = self.o.addmm(x, attn.transpose(1, 2).reshape(rows * n, h * d))
         # Cross-attention over the text (keys/values computed once per decode).
-        q = self.cq.mm(self._norm(self.norms[1], x)).view(rows, n, h, d).transpose(1, 2)
+        if self.triton:
+            q = kernels().norm_linear(x, self.norms[1], self.cq.weight)
+        else:
+            q = self.cq.mm(self._norm(self.norms[1], x))
+        q = q.view(rows, n, h, d).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, cross[0], cross[1], attn_mask=cross_mask, scale=self.scaling)
         x = self.co.addmm(x, attn.transpose(1, 2).reshape(rows * n, h * d))
         # MLP.
-        hidden = self.act(self.fc1.mm(self._norm(self.norms[2], x)))
+        if self.triton:
+            hidden = kernels().norm_linear(x, self.norms[2], self.fc1.weight, gelu=True)
+        else:
+            hidden = self.act(self.fc1.mm(self._norm(self.norms[2], x)))
         return self.fc2.addmm(x, hidden)
 
 
@@ -160,6 +187,17 @@ class FusedDecoder(nn.Module):
         codebooks = torch.arange(parts.num_codebooks, device=self.embed.device)
         self.offsets = (codebooks * self.rows_per_codebook).view(1, -1, 1)
         self.anchor = core.layers[0].self_attn.q_proj.weight
+        self.kernels = "aten"
+
+    def use_kernels(self, kind: str) -> None:
+        """Run the step on "triton" (the norm-matmul kernels: 8 kernels a layer) or "aten" (13)."""
+        if kind not in ("aten", "triton"):
+            raise ValueError(f"kernels must be aten or triton, not {kind!r}")
+        if kind == "triton" and not all(layer.kernel_ready for layer in self.layers):
+            raise ValueError("this model's layers are not the ones the Triton kernels implement")
+        for layer in self.layers:
+            layer.triton = kind == "triton"
+        self.kernels = kind
 
     def is_current(self, parts: Any) -> bool:
         """Still the model's storage (a `.to()` or reload gives the model new tensors)."""
@@ -233,3 +271,46 @@ def float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | 
         return mask
     zero = torch.zeros((), dtype=dtype, device=mask.device)
     return torch.where(mask, zero, torch.tensor(float("-inf"), dtype=dtype, device=mask.device))
+
+
+def kernels_mismatch(decoder: FusedDecoder) -> str | None:
+    """Why the Triton kernels cannot serve `decoder` (None when they can): they must run and give
+    the ATen step's result for its first layer, to reduced-precision rounding, on random state.
+
+    Run once per load before a decode uses them, so a Triton release or GPU that miscompiles the
+    kernels costs a warning and the plain ops, never a wrong clip.
+    """
+    layer = decoder.layers[0]
+    if not layer.kernel_ready:
+        return "the model's layers are not the arithmetic the kernels implement (exact GELU, affine norms)"
+    weight = layer.w_qkv
+    dev, dt = weight.device, weight.dtype
+    rows, text, capacity = 2, 8, 16
+    h, d = layer.heads, layer.head_dim
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn((rows, h * d), generator=gen).to(dev, dt)
+    cross = torch.randn((2, rows, h, text, d), generator=gen).to(dev, dt)
+    outs = []
+    try:
+        for kind in ("aten", "triton"):
+            layer.triton = kind == "triton"
+            kv = torch.randn((2, rows, h, capacity, d), generator=gen.manual_seed(1)).to(dev, decoder.kv_dtype)
+            position = torch.tensor([5], device=dev)
+            mask = torch.where(
+                (torch.arange(capacity, device=dev) <= 5).view(1, 1, 1, -1),
+                torch.zeros((), dtype=kv.dtype, device=dev),
+                torch.tensor(float("-inf"), dtype=kv.dtype, device=dev),
+            )
+            with torch.no_grad():
+                outs.append((layer(x, rows, kv, position, mask, cross, None).float(), kv.float()))
+    except Exception as exc:  # noqa: BLE001 - a compile or launch failure of any kind means "do not use"
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        layer.triton = decoder.kernels == "triton"
+    (ref, ref_kv), (got, got_kv) = outs
+    tolerance = 1e-4 if dt == torch.float32 else 3e-2
+    for name, a, b in (("layer output", got, ref), ("KV cache", got_kv, ref_kv)):
+        error = ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+        if not error <= tolerance:  # NaN fails too
+            return f"the kernels' {name} differs from the ATen step's by {error:.2e} (relative; limit {tolerance:.0e})"
+    return None

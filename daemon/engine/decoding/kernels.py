@@ -1,0 +1,283 @@
+"""Triton kernels of the fused step: a layer norm fused into the matmul that reads its output.
+
+Three matmuls of a MusicGen layer read a layer norm (q/k/v, the cross-attention query, fc1). Here
+each of them is one kernel: a program computes its rows' mean and variance itself (the rows of a
+decode step are few, at most 2 x max_batch, so recomputing them per program costs a few KiB of
+cached reads), normalises as `F.layer_norm` does (float32 statistics, mean then variance, output
+rounded to the model's dtype) and multiplies by its block of weight rows with float32 accumulation.
+Epilogues:
+  * after fc1, the exact-erf GELU (cuBLASLt's GELU epilogue is the tanh approximation, which
+    MusicGen does not use), applied to the product rounded to the model's dtype as `gelu(mm(.))` is;
+  * after q/k/v, the keys and values are stored straight into the KV cache at the step's position
+    (the device-side position of a captured graph, or a host int eagerly), the queries into their
+    own buffer in the attention's dtype.
+A layer is then 8 kernels (these 3, 2 attentions, 3 matmuls carrying the residual add) instead of
+13 (`daemon.engine.decoding.step`).
+
+Triton compiles for CUDA; where no GPU exists its interpreter runs the same kernel on CPU tensors
+(numpy underneath: slow, for tests and `bench --ops`). The interpreter's bf16 `tl.dot` is wrong
+(seen with Triton 3.9), so there the operands are widened to float32 first: products of bf16
+values are exact in float32, so only the accumulation order can differ from the compiled kernel.
+
+Every launch is announced to `daemon.engine.decoding.launches.observers` (`daemon.ops.opcount`
+counts them as kernels: a Triton launch is invisible to a TorchDispatchMode). This module imports
+Triton; `launches.kernels_problem` says whether it can be used without importing it here.
+"""
+
+# No `from __future__ import annotations`: Triton reads the kernel's `tl.constexpr` annotations as objects.
+
+from contextlib import ExitStack
+from typing import Any
+
+import os
+
+import torch
+
+# Where there is no GPU the kernel can only be interpreted. Triton decides between compiling and
+# interpreting as it is imported (its own language functions are wrapped then), so a process that
+# wants the interpreter sets TRITON_INTERPRET=1 before anything imports Triton (transformers'
+# MusicGen does): the test suite's conftest and `bench --ops` do.
+INTERPRETED = not torch.cuda.is_available()
+if INTERPRETED:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from torch import nn  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+if INTERPRETED and isinstance(tl.sum, JITFunction):
+    raise ImportError(
+        "Triton was imported for compiling before TRITON_INTERPRET=1 was set, and this machine has no "
+        "GPU: set TRITON_INTERPRET=1 in the environment to run the kernels in Triton's interpreter"
+    )
+
+from daemon.engine.decoding.launches import observers  # noqa: E402
+
+
+def _norm_linear_source(
+    X,  # [M, K] rows (model dtype), stride_xm apart
+    W,  # [N, K] weight rows, stride_wn apart
+    OUT,  # [M, N] (or [M, q_cols] when TO_CACHE)
+    GAMMA,  # [K]
+    BETA,  # [K]
+    KV,  # cache [2, R, H, S, D] (any strides), written when TO_CACHE
+    POS,  # [1] int64: the first position (POS_ON_DEVICE)
+    M,
+    N,
+    K,
+    pos0,
+    tokens,
+    eps,
+    stride_xm,
+    stride_wn,
+    stride_om,
+    kv_s0,
+    kv_s1,
+    kv_s2,
+    kv_s3,
+    kv_s4,
+    q_cols,
+    head_dim,
+    GELU: tl.constexpr,
+    TO_CACHE: tl.constexpr,
+    POS_ON_DEVICE: tl.constexpr,
+    F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    # Statistics in float32, mean first, then the variance about it (as F.layer_norm: no E[x^2] - m^2).
+    total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        ok = row_ok[:, None] & (ks[None, :] < K)
+        x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=ok, other=0.0).to(tl.float32)
+        total += tl.sum(x, axis=1)
+    mean = total / K
+    squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        ok = row_ok[:, None] & (ks[None, :] < K)
+        x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=ok, other=0.0).to(tl.float32)
+        centred = tl.where(ok, x - mean[:, None], 0.0)
+        squares += tl.sum(centred * centred, axis=1)
+    rstd = 1.0 / tl.sqrt(squares / K + eps)
+
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        x = tl.load(
+            X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
+        ).to(tl.float32)
+        g = tl.load(GAMMA + ks, mask=k_ok, other=0.0).to(tl.float32)
+        b = tl.load(BETA + ks, mask=k_ok, other=0.0).to(tl.float32)
+        normed = ((x - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :]).to(W.dtype.element_ty)
+        w = tl.load(W + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        if F32_DOT:
+            acc += tl.dot(normed.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+        else:
+            acc += tl.dot(normed, tl.trans(w))
+
+    y = acc
+    if GELU:
+        y = y.to(OUT.dtype.element_ty).to(tl.float32)
+        y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
+    if TO_CACHE:
+        is_q = cols < q_cols
+        tl.store(
+            OUT + rows[:, None] * stride_om + cols[None, :],
+            y.to(OUT.dtype.element_ty),
+            mask=row_ok[:, None] & (col_ok & is_q)[None, :],
+        )
+        c = tl.where(is_q, 0, cols - q_cols)
+        which = c // q_cols
+        head = (c % q_cols) // head_dim
+        dim = c % head_dim
+        if POS_ON_DEVICE:
+            first = tl.load(POS)
+        else:
+            first = pos0
+        row = rows // tokens
+        pos = first + rows % tokens
+        col_off = which * kv_s0 + head * kv_s2 + dim * kv_s4
+        row_off = row * kv_s1 + pos * kv_s3
+        tl.store(
+            KV + row_off[:, None] + col_off[None, :],
+            y.to(KV.dtype.element_ty),
+            mask=row_ok[:, None] & (col_ok & (cols >= q_cols))[None, :],
+        )
+    else:
+        tl.store(
+            OUT + rows[:, None] * stride_om + cols[None, :],
+            y.to(OUT.dtype.element_ty),
+            mask=row_ok[:, None] & col_ok[None, :],
+        )
+
+
+_norm_linear = triton.jit(_norm_linear_source, do_not_specialize=["pos0"])
+
+
+def _blocks(m: int, n: int, k: int, interpreted: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). On a GPU: all rows of a decode step in one block,
+    narrow column blocks so that even a 1024-column weight is spread over 64 programs (a decode
+    matmul is bound by streaming the weight, which needs many programs in flight). Interpreted:
+    big blocks, as each program is a Python loop."""
+    block_m = min(64, max(16, 1 << max(0, (m - 1).bit_length())))
+    if interpreted:
+        return block_m, 256, min(1024, max(16, 1 << max(0, (k - 1).bit_length()))), 4
+    return block_m, 16 if n <= 2048 else 32, 128, 4
+
+
+def _launch(name: str, grid: tuple[int, int], *args: Any, interpreted: bool, **meta: Any) -> None:
+    with ExitStack() as stack:
+        for observer in observers:
+            stack.enter_context(observer(name))
+        _norm_linear[grid](*args, **meta)
+
+
+def norm_linear(
+    x: torch.Tensor,  # [M, K]
+    norm: nn.LayerNorm,
+    weight: torch.Tensor,  # [N, K]
+    *,
+    gelu: bool = False,
+) -> torch.Tensor:
+    """`layer_norm(x) @ weight.T` (then GELU) in one kernel: [M, N] in x's dtype."""
+    m, k = x.shape
+    n = weight.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    _run(x, norm, weight, out, None, None, 0, 1, gelu=gelu, name="norm_linear_gelu" if gelu else "norm_linear")
+    return out
+
+
+def norm_qkv(
+    x: torch.Tensor,  # [R*n, E]
+    norm: nn.LayerNorm,
+    weight: torch.Tensor,  # [3E, E]: q, k, v rows
+    kv: torch.Tensor,  # [2, R, H, S, D]
+    position: int | torch.Tensor,  # the first token's position (an int, or a [1] int64 tensor)
+    tokens: int,  # n: tokens per row
+) -> torch.Tensor:
+    """`layer_norm(x) @ weight.T` split three ways in one kernel: k and v written into `kv` at
+    positions position .. position + tokens - 1 of each row, q returned ([R*n, E], kv's dtype)."""
+    m = x.shape[0]
+    q_cols = weight.shape[0] // 3
+    q = torch.empty((m, q_cols), dtype=kv.dtype, device=x.device)
+    _run(x, norm, weight, q, kv, position, q_cols, tokens, gelu=False, name="norm_qkv_cache")
+    return q
+
+
+def _run(
+    x: torch.Tensor,
+    norm: nn.LayerNorm,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    kv: torch.Tensor | None,
+    position: int | torch.Tensor | None,
+    q_cols: int,
+    tokens: int,
+    *,
+    gelu: bool,
+    name: str,
+) -> None:
+    if x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("norm_linear needs row-major x and weight (unit stride along K)")
+    if norm.weight is None or norm.bias is None:
+        raise ValueError("norm_linear expects a layer norm with weight and bias")
+    m, k = x.shape
+    n = weight.shape[0]
+    interpreted = x.device.type == "cpu"
+    if interpreted != INTERPRETED:
+        raise ValueError(
+            f"the Triton kernels run on {'CPU' if INTERPRETED else 'CUDA'} tensors in this process, "
+            f"not on {x.device.type} ones"
+        )
+    block_m, block_n, block_k, warps = _blocks(m, n, k, interpreted)
+    on_device = isinstance(position, torch.Tensor)
+    cache = kv if kv is not None else out  # an unused pointer when not writing the cache
+    strides = kv.stride() if kv is not None else (0, 0, 0, 0, 0)
+    head_dim = kv.shape[-1] if kv is not None else 1
+    pos_tensor = position if isinstance(position, torch.Tensor) else out  # unused when on the host
+    grid = ((n + block_n - 1) // block_n, (m + block_m - 1) // block_m)
+    meta: dict[str, Any] = {
+        "GELU": gelu,
+        "TO_CACHE": kv is not None,
+        "POS_ON_DEVICE": on_device,
+        "F32_DOT": interpreted or weight.dtype == torch.float32,
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        "BLOCK_K": block_k,
+    }
+    if not interpreted:
+        meta["num_warps"] = warps
+    _launch(
+        name,
+        grid,
+        x,
+        weight,
+        out,
+        norm.weight,
+        norm.bias,
+        cache,
+        pos_tensor,
+        m,
+        n,
+        k,
+        0 if on_device or position is None else int(position),
+        max(1, tokens),
+        float(norm.eps),
+        x.stride(0),
+        weight.stride(0),
+        out.stride(0),
+        *strides,
+        max(1, q_cols),
+        head_dim,
+        interpreted=interpreted,
+        **meta,
+    )
