@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.parts import delay_pattern, model_parts
 from daemon.engine.decoding.step import float_mask, fused_decoder
 from daemon.ops.opcount import FREE_OPS, count_decode_step, counting
@@ -55,6 +56,32 @@ def test_decode_step_counts_are_positive_and_consistent(tiny: tuple[Any, Any]) -
     assert "add" not in report["layer_by_name"], report["layer_by_name"]
     assert report["layer_by_name"].get("sort", 0) == 0
     assert report["by_name"]["sort"] == 1  # one sort serves top-k and top-p
+    assert report["kernels"] == "aten"
+
+
+@pytest.mark.skipif(kernels_problem(torch.device("cpu")) is not None, reason="Triton is not installed")
+def test_the_step_on_the_triton_kernels_is_eight_kernels_a_layer(tiny: tuple[Any, Any]) -> None:
+    """The step a GPU runs by default: each layer norm fused into the matmul after it (q/k/v with
+    the cache write, the cross-attention query, fc1 with its GELU), 2 attentions, 3 matmuls with the
+    residual add. The rest of the step (embeddings, heads, sampling) is the same as on ATen."""
+    model, processor = tiny
+    plain = count_decode_step(model, processor, kernels="aten")
+    report = count_decode_step(model, processor, kernels="triton")
+    assert report["kernels"] == "triton"
+    assert report["ops_per_layer"] == 8 <= 10, report["layer_by_name"]
+    # The matmuls and attentions keep their ATen names (on this CPU oneDNN's `_linear_pointwise`).
+    (matmul,) = [name for name, n in plain["layer_by_name"].items() if n == 6]
+    (attention,) = [name for name, n in plain["layer_by_name"].items() if n == 2]
+    assert report["layer_by_name"] == {
+        "triton:norm_qkv_cache": 1,
+        "triton:norm_linear": 1,
+        "triton:norm_linear_gelu": 1,
+        matmul: 3,
+        attention: 2,
+    }
+    assert "native_layer_norm" not in report["layer_by_name"]
+    assert report["outside_layers"] == plain["outside_layers"]
+    assert report["ops_per_step"] == plain["ops_per_step"] - 5 * report["layers"]
 
 
 def _transformers_layer_step(
@@ -138,3 +165,6 @@ def test_bench_ops_cli_prints_the_counts(tiny_model_dir: Path) -> None:
     report = json.loads(out.stdout)
     assert report["ops_per_step"] >= report["layers"] * report["ops_per_layer"] > 0
     assert report["by_name"] and report["device"] == "cpu"
+    if kernels_problem(torch.device("cpu")) is None:
+        # the default where Triton imports: the step a GPU runs (here in Triton's interpreter)
+        assert report["kernels"] == "triton" and report["ops_per_layer"] == 8, report["layer_by_name"]

@@ -45,6 +45,7 @@ import torch
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2
+from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.parts import (
     ModelParts,
     call_on_step,
@@ -59,7 +60,6 @@ from daemon.engine.decoding.parts import (
     text_length_calls,
 )
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
-from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.step import FusedDecoder, float_mask, fused_decoder, kernels_mismatch
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,10 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int, kerne
 
 
 # ---------------------------------------------------------------- the backend
+
+
+def on_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
 
 
 def _kernels_check(decoder: FusedDecoder) -> str | None:
@@ -240,7 +244,7 @@ class DgxBackend:
             return self._kernels_used
         parts = model_parts(model)
         device = parts.device
-        if self.kernels == "aten" or (self.kernels == "auto" and device.type != "cuda"):
+        if self.kernels == "aten" or (self.kernels == "auto" and not on_cuda(device)):
             choice = "aten"
         else:
             decoder = fused_decoder(parts)

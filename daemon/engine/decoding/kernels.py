@@ -26,10 +26,9 @@ Triton; `launches.kernels_problem` says whether it can be used without importing
 
 # No `from __future__ import annotations`: Triton reads the kernel's `tl.constexpr` annotations as objects.
 
+import os
 from contextlib import ExitStack
 from typing import Any
-
-import os
 
 import torch
 
@@ -53,6 +52,19 @@ if INTERPRETED and isinstance(tl.sum, JITFunction):
     )
 
 from daemon.engine.decoding.launches import observers  # noqa: E402
+
+
+@triton.jit
+def _cast(x, dtype: tl.constexpr, ROUND: tl.constexpr):
+    """float32 `x` to `dtype`, rounding to nearest even. The interpreter truncates float32 to
+    bfloat16 (seen with Triton 3.9: half of all values off by one unit), so there the rounding is
+    done on the bits first; compiled kernels round correctly by themselves."""
+    if ROUND:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
 
 
 def _norm_linear_source(
@@ -117,8 +129,12 @@ def _norm_linear_source(
         ).to(tl.float32)
         g = tl.load(GAMMA + ks, mask=k_ok, other=0.0).to(tl.float32)
         b = tl.load(BETA + ks, mask=k_ok, other=0.0).to(tl.float32)
-        normed = ((x - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :]).to(W.dtype.element_ty)
-        w = tl.load(W + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        normed = _cast(
+            (x - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :], W.dtype.element_ty, F32_DOT
+        )
+        w = tl.load(
+            W + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0
+        )
         if F32_DOT:
             acc += tl.dot(normed.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
@@ -126,13 +142,13 @@ def _norm_linear_source(
 
     y = acc
     if GELU:
-        y = y.to(OUT.dtype.element_ty).to(tl.float32)
+        y = _cast(y, OUT.dtype.element_ty, F32_DOT).to(tl.float32)
         y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
     if TO_CACHE:
         is_q = cols < q_cols
         tl.store(
             OUT + rows[:, None] * stride_om + cols[None, :],
-            y.to(OUT.dtype.element_ty),
+            _cast(y, OUT.dtype.element_ty, F32_DOT),
             mask=row_ok[:, None] & (col_ok & is_q)[None, :],
         )
         c = tl.where(is_q, 0, cols - q_cols)
@@ -149,13 +165,13 @@ def _norm_linear_source(
         row_off = row * kv_s1 + pos * kv_s3
         tl.store(
             KV + row_off[:, None] + col_off[None, :],
-            y.to(KV.dtype.element_ty),
+            _cast(y, KV.dtype.element_ty, F32_DOT),
             mask=row_ok[:, None] & (col_ok & (cols >= q_cols))[None, :],
         )
     else:
         tl.store(
             OUT + rows[:, None] * stride_om + cols[None, :],
-            y.to(OUT.dtype.element_ty),
+            _cast(y, OUT.dtype.element_ty, F32_DOT),
             mask=row_ok[:, None] & col_ok[None, :],
         )
 
@@ -192,7 +208,9 @@ def norm_linear(
     m, k = x.shape
     n = weight.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    _run(x, norm, weight, out, None, None, 0, 1, gelu=gelu, name="norm_linear_gelu" if gelu else "norm_linear")
+    _run(
+        x, norm, weight, out, None, None, 0, 1, gelu=gelu, name="norm_linear_gelu" if gelu else "norm_linear"
+    )
     return out
 
 
