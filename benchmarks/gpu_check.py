@@ -265,6 +265,22 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         loose.decode(model, req)
         loose_s, _ = timed(lambda: loose.decode(model, req))
         loose.reset()
+        # The other kernels of the step: plain ATen ops against the fused Triton kernels (on the
+        # CPU the Triton ones run in the interpreter: a count, not a speed).
+        kernels_used = backend.kernels_for(model)
+        other = "aten" if kernels_used == "triton" else "triton"
+        alternative: dict[str, Any] = {"kernels_other": other}
+        try:
+            alt = DgxBackend(kernels=other)
+            alt.decode(model, req)
+            alt_s, _ = timed(lambda: alt.decode(model, req))
+            alternative["ms_per_step_other"] = round(1000 * alt_s / steps, 3)
+            if cuda:  # interpreted kernels' bookkeeping would swamp a CPU count: bench --ops counts there
+                counted = _kernels_per_step(lambda: alt.decode(model, req), steps, cuda)
+                alternative["kernels_per_step_other"] = counted["kernels_per_step"]
+            alt.reset()
+        except Exception as exc:  # noqa: BLE001 - recorded: Triton missing or refused is a finding
+            alternative["other_error"] = f"{type(exc).__name__}: {exc}"
     return {
         "ok": True,
         "shape": shape,
@@ -278,6 +294,8 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         # The first decode of a shape pays the graph capture (and lazy initialisation): the difference.
         "capture_s": round(max(0.0, first_s - warm_s), 4),
         "ms_per_step": round(1000 * warm_s / steps, 3),
+        "kernels": kernels_used,
+        **alternative,
         "batch_invariant": backend.invariant(model),
         "ms_per_step_invariant": round(1000 * invariant_s / steps, 3),
         "ms_per_step_invariant_off": round(1000 * loose_s / steps, 3),
@@ -450,7 +468,9 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
     if name == "profile":
         return (
             f"{sec['ms_per_step']} ms/step, capture {sec['capture_s']} s, "
-            f"{sec['kernels_per_step']} kernels/step, "
+            f"{sec['kernels_per_step']} kernels/step on {sec.get('kernels')} "
+            f"({sec.get('kernels_other')}: {sec.get('ms_per_step_other', 'n/a')} ms/step, "
+            f"{sec.get('kernels_per_step_other', 'n/a')} kernels/step), "
             f"T5 {sec['t5_s']} s, delay pattern {sec['delay_pattern_s']} s, EnCodec {sec['encodec_s']} s, "
             f"fixed shapes {sec['ms_per_step_invariant']} ms/step "
             f"({sec['ms_per_step_invariant_off']} without)"
@@ -491,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(SECTIONS)})")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    if args.device == "cpu":
+        # The Triton kernels can only be interpreted here; Triton must hear so before it is imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     chosen = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
     unknown = [s for s in chosen if s not in SECTIONS]

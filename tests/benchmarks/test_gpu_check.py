@@ -47,6 +47,9 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     assert profile["kernels_per_step"] > 10 and profile["peak_memory_bytes"] > 0
     assert profile["ms_per_step_invariant"] > 0 and profile["ms_per_step_invariant_off"] > 0
     assert profile["batch_invariant"] is False  # auto on the CPU: the eager loop
+    # auto on the CPU: plain ops; the fused Triton kernels (interpreted here) are timed beside them
+    assert profile["kernels"] == "aten" and profile["kernels_other"] == "triton"
+    assert profile["ms_per_step_other"] > 0 or "other_error" in profile
     daemon = sections["daemon"]
     assert daemon["status"] == "completed" and daemon["model"]["decoder"] in ("dgx", "transformers")
     assert "| daemon | yes |" in summary and "Overall: PASS" in summary

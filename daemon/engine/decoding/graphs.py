@@ -79,6 +79,8 @@ class GraphBucket:
         rows = 2 * key.rows if key.doubled else key.rows
         hidden = parts.core.config.hidden_size
         self.decoder = fused_decoder(parts)
+        # The kernels the bucket's steps were built (and captured) on; its eager prefill uses them too.
+        self.kernels = self.decoder.kernels
         n_layers = len(self.decoder.layers)
         head_shape = (rows, parts.heads_count)
         # Every layer's self-attention keys/values, and the text's cross-attention keys/values.
@@ -195,6 +197,7 @@ class GraphBucket:
 
     def decode(self, req: DecodeRequest, noise_chunk: int, sync_every: int) -> torch.Tensor:
         parts, key = self.parts, self.key
+        self.decoder.use_kernels(self.kernels)
         batch, prompt_len = check_request(parts, req)
         decoded, total_len = decode_lengths(parts, prompt_len, req.max_frames)
         states, mask_2d = encode_text(parts, req, key.doubled)
