@@ -252,6 +252,7 @@ def count_decode_step(
         (bucket.position if hasattr(bucket, "position") else bucket.cache.position_tensor).fill_(warm_frames)
         with counting(layers) as counter:
             bucket._step()
+        device_kernels = _device_kernels(bucket, warm_frames) if device.type == "cuda" else None
     counts = counter.counts
     per_layer = [sum(c.values()) for c in counts.per_layer]
     return {
@@ -263,4 +264,18 @@ def count_decode_step(
         "by_name": counts.by_name(),
         "layer_by_name": dict(sorted(counts.per_layer[0].items())) if counts.per_layer else {},
         "free_ops": sum(counts.free.values()),
+        # On CUDA: what the proxy stands for, the kernels the same step launches (torch.profiler).
+        **({"cuda_kernels_per_step": device_kernels} if device_kernels is not None else {}),
     }
+
+
+def _device_kernels(bucket: Any, position: int) -> int:
+    """CUDA kernels (memory copies and fills included: each is a graph node) one step launches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    bucket.position.fill_(position)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        bucket._step()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if "CUDA" in str(getattr(e, "device_type", "")))

@@ -231,3 +231,35 @@ def test_host_syncs_per_decode_do_not_grow_with_the_length_or_the_batch(
     # A constant few: copies in and out, the text encoder's mask checks. A per-element pattern
     # build would be hundreds (B x K x length), a per-step read one per step.
     assert short <= 64, short
+
+
+@pytest.mark.parametrize("kernels", ["triton", "aten"])
+def test_graphs_on_either_kernels_match_transformers_greedy_and_replay(
+    tiny_cuda: tuple[Any, Any], kernels: str
+) -> None:
+    model, processor = tiny_cuda
+    backend = DgxBackend(mode="graphs", length_multiple=16, attention_chunk=16, kernels=kernels)
+    got = backend.decode(model, _request(processor, PROMPTS[:2], [GREEDY] * 2, 40))
+    assert backend.kernels_for(model) == kernels  # the load check passed: no silent fallback
+    (key,) = backend.buckets
+    bucket = backend.bucket(key)
+    assert bucket is not None and bucket.replays > 0 and bucket.kernels == kernels
+    enc = processor(text=PROMPTS[:2], padding=True, return_tensors="pt").to("cuda")
+    assert torch.equal(got, hf_greedy_codes(model, enc, 3.0, 40))
+
+
+def test_the_op_count_is_the_kernel_count_on_cuda(tiny_cuda: tuple[Any, Any]) -> None:
+    """`bench --ops` counts ATen ops and Triton launches as a proxy for the kernels a graph replays:
+    on CUDA the profiler's kernel count of the same step says how faithful it is."""
+    from daemon.ops.opcount import count_decode_step
+
+    model, processor = tiny_cuda
+    fused = count_decode_step(model, processor, kernels="triton")
+    plain = count_decode_step(model, processor, kernels="aten")
+    assert fused["ops_per_layer"] == 8 and plain["ops_per_layer"] == 13
+    print("cuda kernels per step:", fused["cuda_kernels_per_step"], plain["cuda_kernels_per_step"])
+    # An attention or a matmul may be two kernels (a split-K reduction); a copy of nothing none.
+    for report in (fused, plain):
+        assert 0.8 * report["ops_per_step"] <= report["cuda_kernels_per_step"] <= 1.3 * report["ops_per_step"]
+    layers = fused["layers"]
+    assert plain["cuda_kernels_per_step"] - fused["cuda_kernels_per_step"] >= 4 * layers
