@@ -47,6 +47,21 @@ say "demo"
 "$CLI" demo --dir demo >demo.log 2>&1 || { tail -30 demo.log; exit 1; }
 grep -q "completed" demo.log
 
+say "the fused step's Triton kernels are in the wheel, and their absence is reported, not fatal"
+"$W/bin/python" - <<'PY'
+import importlib.util
+
+import torch
+
+from daemon.engine.decoding.launches import kernels_problem
+
+assert importlib.util.find_spec("daemon.engine.decoding.kernels") is not None, "kernels.py not in the wheel"
+why = kernels_problem(torch.device("cpu"))
+if importlib.util.find_spec("triton") is None:
+    assert why is not None and why.startswith("Triton is not installed"), why
+print("check-installed: kernels:", why or "Triton available")
+PY
+
 say "systemd-analyze verify on the installed units"
 if command -v systemd-analyze >/dev/null; then
     # verify resolves ExecStart= on this host, where the DESTDIR prefix is part of the path.

@@ -190,7 +190,7 @@ def run_ops(args: argparse.Namespace, settings: Settings, model_name: str) -> in
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(json.dumps({k: report[k] for k in ("ops_per_step", "ops_per_layer", "layers")}))
+        print(json.dumps({k: report[k] for k in ("kernels", "ops_per_step", "ops_per_layer", "layers")}))
     return EXIT_OK
 
 

@@ -516,6 +516,8 @@ def test_gpu_report_on_a_real_gpu(tmp_path: Path) -> None:
     assert checks["cuda"]["status"] == "ok"
     assert checks["gpu"]["detail"].split(",")[1].strip().startswith("compute capability sm_")
     assert checks["tensor check"]["status"] == "ok"
+    # the image's Triton compiles the fused step's kernels (the load checks their results)
+    assert checks["kernels"]["status"] == "ok" and "Triton" in checks["kernels"]["detail"], checks["kernels"]
     info = gpu_info()
     assert info is not None and info.total_memory_bytes > 0
     dev = resolve_device("cuda")
@@ -524,3 +526,19 @@ def test_gpu_report_on_a_real_gpu(tmp_path: Path) -> None:
     x = torch.ones(1 << 20, device=dev)
     assert peak_memory_bytes(dev) >= x.numel() * 4
     assert code == 0
+
+
+def test_the_kernels_check_says_which_kernels_the_step_will_run(make_settings: Any) -> None:
+    from daemon.engine.decoding.launches import kernels_problem
+    from daemon.ops.doctor.platform_checks import check_kernels
+
+    cpu = torch.device("cpu")  # the check is made for a GPU; the CPU (Triton's interpreter) stands in
+    aten = check_kernels(cpu, make_settings(kernels="aten"))
+    assert aten.status == "ok" and "plain PyTorch ops" in aten.detail
+    default = check_kernels(cpu, make_settings())
+    if kernels_problem(cpu) is None:
+        assert default.status == "ok" and default.detail.startswith("Triton ")
+    else:
+        assert default.status == "warn" and "13 kernels a layer" in default.detail and default.fix
+        forced = check_kernels(cpu, make_settings(kernels="triton"))
+        assert forced.status == "fail" and "kernels: aten" in (forced.fix or "")

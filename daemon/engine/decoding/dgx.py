@@ -1,10 +1,11 @@
 """dgx-music's own MusicGen decode loop (the "dgx" decode backend).
 
 It runs transformers' text encoder and `enc_to_dec_proj` as they are, and the decoder step as
-`daemon.engine.decoding.step.FusedDecoder`: the same weights and arithmetic regrouped into about a
-dozen kernels per layer. Around it: the text encoder runs once per call, the KV cache is allocated
-once, the delay pattern is built once on the CPU (transformers' own `build_delay_pattern_mask`),
-and per-row sampling replaces the logits-processor chain (`daemon.engine.decoding.sampler`).
+`daemon.engine.decoding.step.FusedDecoder`: the same weights and arithmetic regrouped into 8 kernels
+per layer on CUDA (Triton kernels fuse each layer norm into its matmul), 13 on plain ATen ops.
+Around it: the text encoder runs once per call, the KV cache is allocated once, the delay pattern
+is built once on the CPU (transformers' own `build_delay_pattern_mask`), and per-row sampling
+replaces the logits-processor chain (`daemon.engine.decoding.sampler`).
 On CUDA one decode step, sampling included, is captured in CUDA graphs per shape bucket
 (`daemon.engine.decoding.graphs`: batch padded to a power of two, or to the fixed row count under
 batch invariance; sequence and text length to a multiple; one graph per self-attention chunk, so a

@@ -1,4 +1,5 @@
-"""One MusicGen decoder step in a dozen kernels per layer, built from the loaded transformers weights.
+"""One MusicGen decoder step in 8 kernels per layer (13 on plain ATen ops), built from the loaded
+transformers weights.
 
 The same arithmetic as transformers' `MusicgenDecoder` + `MusicgenForCausalLM` heads (pre-norm
 layers: self-attention, cross-attention over the text, GELU MLP; summed codebook embeddings plus
@@ -12,10 +13,13 @@ sinusoidal positions; final norm; one head per codebook), with the work regroupe
   * the cross-attention mask is a float mask built once per decode (a bool mask would be converted
     inside every attention call of every step);
   * the codebook embeddings are one lookup in one table, the heads one matmul.
-Per layer: 3 layer norms, 6 matmuls (3 with the residual add), 1 cache write, 2 attentions, 1 GELU
-= 13 kernels, the floor for this arithmetic in plain ATen ops: fewer needs fused kernels (norm +
-residual, matmul epilogues) from a compiler, and MusicGen's exact-erf GELU rules out cuBLASLt's
-tanh-approximated GELU epilogue.
+On ATen ops a layer is 3 layer norms, 6 matmuls (3 with the residual add), 1 cache write, 2
+attentions, 1 GELU = 13 kernels, the floor for plain ops (MusicGen's exact-erf GELU rules out
+cuBLASLt's tanh-approximated GELU epilogue). With `kernels: triton` (the default on CUDA) each
+layer norm is fused into the matmul that reads it, the cache write into the q/k/v matmul and the
+GELU into fc1 (`daemon.engine.decoding.kernels`): 3 Triton kernels + 2 attentions + 3 matmuls = 8.
+A layer switches with `FusedDecoder.use_kernels`; `kernels_mismatch` checks the Triton kernels
+against the ATen step on the loaded model before they are used.
 
 Self-attention length: eagerly (`position` an int) the attention reads only the filled prefix, so
 it sees exactly what transformers' dynamic cache gives it. Inside a CUDA graph (`position` a device

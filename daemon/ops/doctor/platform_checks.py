@@ -149,7 +149,33 @@ def check_gpu(settings: Settings | None) -> list[Check]:
                 "none needed; float16 works (Ampere or newer adds bf16)",
             )
         )
+    checks.append(check_kernels(torch.device("cuda", info.index), settings))
     return checks
+
+
+def check_kernels(device: Any, settings: Settings | None) -> Check:
+    """Whether the fused step's Triton kernels can run on the GPU (the load checks their results)."""
+    from daemon.engine.decoding.launches import kernels_problem
+
+    chosen = settings.kernels if settings is not None else "auto"
+    if chosen == "aten":
+        return ok("kernels", "kernels: aten in the config: the decode step runs on plain PyTorch ops")
+    why = kernels_problem(device)
+    if why is None:
+        import triton
+
+        return ok(
+            "kernels",
+            f"Triton {triton.__version__}: the fused step's kernels can run (checked again at load)",
+        )
+    fix = (
+        "install the Triton your torch was built with (PyTorch's CUDA wheels bring it), or set kernels: aten"
+    )
+    if chosen == "triton":
+        return fail("kernels", f"kernels: triton, but {why}", fix)
+    return warn(
+        "kernels", f"{why}: the decode step runs on plain PyTorch ops (13 kernels a layer, not 8)", fix
+    )
 
 
 def check_host_memory() -> Check:
