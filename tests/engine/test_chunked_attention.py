@@ -8,7 +8,6 @@ instead of replayed, so these tests cover the graph path's arithmetic where ther
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,15 +21,10 @@ from daemon.engine.decoding.graphs import BucketKey
 from daemon.engine.decoding.parts import model_parts
 from daemon.engine.decoding.step import fused_decoder
 from daemon.engine.model import MusicEngine
-from tests.engine.test_fastdecode import GREEDY, PROMPTS, _load, _request, _text, hf_greedy_codes
+from tests.engine.test_fastdecode import GREEDY, PROMPTS, _request, _text, hf_greedy_codes
 
 # A prompt of the length real jobs have (17-32 T5 tokens: the prepared text bucket).
 TAGS = "lo-fi hip hop loop, dusty piano chords, soft vinyl crackle, mellow boom bap drums, 80 bpm"
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    return _load(tiny_model_dir)
 
 
 def _chunked(chunk: int = 16, **kw: Any) -> DgxBackend:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,25 +12,9 @@ from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.sampler import RowNoise, guide, pick_tokens, sampling_tensors
+from tests.engine.conftest import load_pretrained
 
 PROMPTS = ["warm lofi hip hop beat with dusty piano", "dark techno", "calm ambient pad with soft strings"]
-
-
-def _load(directory: Path) -> tuple[Any, Any]:
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
-
-    model = MusicgenForConditionalGeneration.from_pretrained(directory).eval()
-    return model, AutoProcessor.from_pretrained(directory)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    return _load(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_stereo(tiny_stereo_model_dir: Path) -> tuple[Any, Any]:
-    return _load(tiny_stereo_model_dir)
 
 
 def _text(processor: Any, prompts: list[str]) -> Any:
@@ -332,7 +315,7 @@ def small_random(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
     from daemon.ops.tinymodel import init_random
 
     directory = init_random(tmp_path_factory.mktemp("small") / "small", "small")
-    yield _load(directory)
+    yield load_pretrained(directory)
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ anything imports Triton): the same kernel source, every load, mask and store exe
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,23 +126,6 @@ def test_the_kernels_refuse_inputs_they_cannot_read() -> None:
 
 
 # ---------------------------------------------------------------- the step on the kernels
-
-
-def _load(directory: Path) -> tuple[Any, Any]:
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
-
-    model = MusicgenForConditionalGeneration.from_pretrained(directory).eval()
-    return model, AutoProcessor.from_pretrained(directory)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    return _load(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_stereo(tiny_stereo_model_dir: Path) -> tuple[Any, Any]:
-    return _load(tiny_stereo_model_dir)
 
 
 @pytest.mark.parametrize("mode", ["eager", "static"])

@@ -16,18 +16,12 @@ from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.parts import delay_pattern, model_parts
 from daemon.engine.decoding.step import float_mask, fused_decoder
 from daemon.ops.opcount import FREE_OPS, count_decode_step, counting
-
-
-def _load(directory: Path) -> tuple[Any, Any]:
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
-
-    model = MusicgenForConditionalGeneration.from_pretrained(directory).eval()
-    return model, AutoProcessor.from_pretrained(directory)
+from tests.engine.conftest import load_pretrained
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    return _load(tiny_model_dir)
+    return load_pretrained(tiny_model_dir)
 
 
 def test_counter_leaves_out_views_and_counts_work() -> None:
