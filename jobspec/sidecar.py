@@ -69,6 +69,7 @@ REPRODUCED_BY = [
     "model.revision",
     "model.dtype",
     "decoder",
+    "kernels (the dgx decoder's step: triton or aten)",
     "device model (the same GPU or CPU model)",
     "max_batch (where batch_invariant is on)",
     "dgx-music version",
@@ -82,9 +83,10 @@ class Reproducibility(_Strict):
     requires: list[str] = Field(
         default_factory=lambda: list(REPRODUCED_BY),
         description="What must be the same to get the same tokens again: the normalized request "
-        "(its seed included), the model's source, revision and dtype, the decoder, the device model "
-        "(the same GPU or CPU model: kernels differ between them), max_batch where batch_invariant is "
-        "on (it sets the fixed row count), and the dgx-music, torch and transformers versions.",
+        "(its seed included), the model's source, revision and dtype, the decoder and its kernels, the "
+        "device model (the same GPU or CPU model: kernels differ between them), max_batch where "
+        "batch_invariant is on (it sets the fixed row count), and the dgx-music, torch and transformers "
+        "versions.",
     )
     batch_mates: Literal["independent", "same_job_only", "may_differ"] = Field(
         description="independent: the tokens do not depend on the other rows (other jobs) decoded "

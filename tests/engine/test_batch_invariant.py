@@ -186,6 +186,8 @@ def test_the_engine_builds_the_backend_from_the_settings_and_reports_reproducibi
     repro = Reproducibility(**res.reproducibility)
     assert repro.batch_mates == "independent" and repro.by_construction
     assert "4 rows per call" in repro.basis and "seed" in repro.requires
+    assert repro.basis.endswith("on the aten kernels")  # the CPU's step (kernels auto)
+    assert any(r.startswith("kernels") for r in repro.requires)
 
     hf = MusicEngine(make_settings(decoder="transformers"))
     (res,) = hf.generate([GenerationRequest("techno loop", 0.25, seed=7)])

@@ -284,6 +284,11 @@ class DgxBackend:
 
     def reproducibility(self, model: Any) -> dict[str, Any]:
         """What makes this backend's tokens for `model` repeatable (the sidecar's `reproducibility`)."""
+        facts = self._reproducibility(model)
+        facts["basis"] += f"; the step runs on the {self.kernels_for(model)} kernels"
+        return facts
+
+    def _reproducibility(self, model: Any) -> dict[str, Any]:
         if self.invariant(model):
             return {
                 "batch_mates": "independent",
