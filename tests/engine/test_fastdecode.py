@@ -11,6 +11,7 @@ import torch
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
+from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.sampler import RowNoise, guide, pick_tokens, sampling_tensors
 from tests.engine.conftest import load_pretrained
 
@@ -319,12 +320,30 @@ def small_random(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
 
 
 @pytest.mark.slow
-def test_greedy_matches_transformers_at_the_musicgen_small_shape(small_random: tuple[Any, Any]) -> None:
+@pytest.mark.parametrize(
+    "kernels, frames",
+    [
+        ("aten", 10),
+        # the fused Triton kernels, in Triton's interpreter here: fewer frames, it is slow
+        pytest.param(
+            "triton",
+            4,
+            marks=pytest.mark.skipif(
+                kernels_problem(torch.device("cpu")) is not None, reason="Triton is not installed"
+            ),
+        ),
+    ],
+)
+def test_greedy_matches_transformers_at_the_musicgen_small_shape(
+    small_random: tuple[Any, Any], kernels: str, frames: int
+) -> None:
     model, processor = small_random
     enc = _text(processor, PROMPTS[:1])
-    expected = hf_greedy_codes(model, enc, 3.0, 10)
-    got = DgxBackend().decode(model, _request(enc, [GREEDY], 3.0, 10))
-    assert got.shape == (1, 4, 10)
+    expected = hf_greedy_codes(model, enc, 3.0, frames)
+    backend = DgxBackend(kernels=kernels)
+    got = backend.decode(model, _request(enc, [GREEDY], 3.0, frames))
+    assert backend.kernels_for(model) == kernels
+    assert got.shape == (1, 4, frames)
     assert torch.equal(got, expected)
 
 

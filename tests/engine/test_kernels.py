@@ -194,6 +194,6 @@ def test_kernels_that_compute_the_wrong_thing_are_refused(
 
     # auto considers Triton on CUDA only: the one stand-in here says this CPU model is on CUDA.
     monkeypatch.setattr("daemon.engine.decoding.dgx.on_cuda", lambda device: True)
-    with caplog.at_level(logging.WARNING, logger="daemon.engine.decoding.dgx"):
+    with caplog.at_level(logging.WARNING, logger="daemon.engine.decoding.step"):
         assert DgxBackend(kernels="auto").kernels_for(model) == "aten"
     assert caplog.text.count("not the fused Triton kernels") == 1

@@ -46,7 +46,6 @@ import torch
 from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2
-from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.parts import (
     ModelParts,
     call_on_step,
@@ -61,7 +60,7 @@ from daemon.engine.decoding.parts import (
     text_length_calls,
 )
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
-from daemon.engine.decoding.step import FusedDecoder, float_mask, fused_decoder, kernels_mismatch
+from daemon.engine.decoding.step import choose_kernels, float_mask, fused_decoder
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +128,6 @@ def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int, kerne
 
 def on_cuda(device: torch.device) -> bool:
     return device.type == "cuda"
-
-
-def _kernels_check(decoder: FusedDecoder) -> str | None:
-    with torch.inference_mode():
-        return kernels_mismatch(decoder)
 
 
 class DgxBackend:
@@ -241,27 +235,10 @@ class DgxBackend:
         """The kernels the step of `model` runs on ("triton" or "aten"), chosen and checked once
         per model (see the `kernels` argument)."""
         self._bind(model)
-        if self._kernels_used is not None:
-            return self._kernels_used
-        parts = model_parts(model)
-        device = parts.device
-        if self.kernels == "aten" or (self.kernels == "auto" and not on_cuda(device)):
-            choice = "aten"
-        else:
-            decoder = fused_decoder(parts)
-            why = kernels_problem(device) or _kernels_check(decoder)
-            if why is None:
-                choice = "triton"
-            elif self.kernels == "triton":
-                raise GenerationError(
-                    f"the Triton kernels cannot run this model: {why}",
-                    hint="set `kernels: aten` (or auto) in the config",
-                )
-            else:
-                log.warning("decoding with plain PyTorch ops, not the fused Triton kernels: %s", why)
-                choice = "aten"
-        self._kernels_used = choice
-        return choice
+        if self._kernels_used is None:
+            parts = model_parts(model)
+            self._kernels_used = choose_kernels(self.kernels, fused_decoder(parts), on_cuda(parts.device))
+        return self._kernels_used
 
     def uses_graphs(self, model: Any) -> bool:
         """Whether decode steps of `model` are replayed from captured CUDA graphs."""

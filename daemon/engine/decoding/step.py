@@ -36,13 +36,18 @@ copy, `daemon.engine.decoding.linear`, and the self-attention runs in float32: `
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from daemon.core.errors import GenerationError
+from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.linear import Linear, packing_wanted
+
+log = logging.getLogger(__name__)
 
 
 def kernels() -> Any:
@@ -327,3 +332,22 @@ def kernels_mismatch(decoder: FusedDecoder) -> str | None:
                 f"(relative; limit {tolerance:.0e})"
             )
     return None
+
+
+def choose_kernels(setting: str, decoder: FusedDecoder, cuda: bool) -> str:
+    """The kernels ("triton" or "aten") the `kernels` setting gives `decoder`'s step: "auto" is
+    triton on CUDA when Triton imports and `kernels_mismatch` finds nothing (otherwise aten, with
+    one warning saying why); "triton" insists (a GenerationError with a hint when it cannot)."""
+    if setting == "aten" or (setting == "auto" and not cuda):
+        return "aten"
+    with torch.inference_mode():
+        why = kernels_problem(decoder.embed.device) or kernels_mismatch(decoder)
+    if why is None:
+        return "triton"
+    if setting == "triton":
+        raise GenerationError(
+            f"the Triton kernels cannot run this model: {why}",
+            hint="set `kernels: aten` (or auto) in the config",
+        )
+    log.warning("decoding with plain PyTorch ops, not the fused Triton kernels: %s", why)
+    return "aten"
