@@ -18,10 +18,12 @@ Triton compiles for CUDA; where no GPU exists its interpreter runs the same kern
 (numpy underneath: slow, for tests and `bench --ops`). The interpreter's bf16 `tl.dot` is wrong
 (seen with Triton 3.9), so there the operands are widened to float32 first: products of bf16
 values are exact in float32, so only the accumulation order can differ from the compiled kernel.
+It also truncates float32 to bf16 where the GPU rounds to nearest even: `_cast` rounds first.
 
 Every launch is announced to `daemon.engine.decoding.launches.observers` (`daemon.ops.opcount`
 counts them as kernels: a Triton launch is invisible to a TorchDispatchMode). This module imports
-Triton; `launches.kernels_problem` says whether it can be used without importing it here.
+Triton; `launches.kernels_problem` says whether it can be used (and imports it only where Triton
+is installed).
 """
 
 # No `from __future__ import annotations`: Triton reads the kernel's `tl.constexpr` annotations as objects.
@@ -190,7 +192,7 @@ def _blocks(m: int, n: int, k: int, interpreted: bool) -> tuple[int, int, int, i
     return block_m, 16 if n <= 2048 else 32, 128, 4
 
 
-def _launch(name: str, grid: tuple[int, int], *args: Any, interpreted: bool, **meta: Any) -> None:
+def _launch(name: str, grid: tuple[int, int], *args: Any, **meta: Any) -> None:
     with ExitStack() as stack:
         for observer in observers:
             stack.enter_context(observer(name))
@@ -296,6 +298,5 @@ def _run(
         *strides,
         max(1, q_cols),
         head_dim,
-        interpreted=interpreted,
         **meta,
     )
