@@ -184,12 +184,16 @@ _norm_linear = triton.jit(_norm_linear_source, do_not_specialize=["pos0"])
 def _blocks(m: int, n: int, k: int, interpreted: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). On a GPU: all rows of a decode step in one block,
     narrow column blocks so that even a 1024-column weight is spread over 64 programs (a decode
-    matmul is bound by streaming the weight, which needs many programs in flight). Interpreted:
-    big blocks, as each program is a Python loop."""
+    matmul is bound by streaming the weight, which needs many programs in flight), and 64-deep K
+    steps: compiled for sm_90 the bf16 decode variants take 96-128 registers a thread with Triton
+    3.9 (4 programs of 4 warps fit an SM; 96-161 with 3.6), against 211-255 with 128-deep steps
+    (test_kernels_compile.py). Chosen
+    without a GPU to time them: gpu_check's profile compares the step with the ATen one.
+    Interpreted: big blocks, as each program is a Python loop."""
     block_m = min(64, max(16, 1 << max(0, (m - 1).bit_length())))
     if interpreted:
         return block_m, 256, min(1024, max(16, 1 << max(0, (k - 1).bit_length()))), 4
-    return block_m, 16 if n <= 2048 else 32, 128, 4
+    return block_m, 16 if n <= 2048 else 32, 64, 4
 
 
 def _launch(name: str, grid: tuple[int, int], *args: Any, **meta: Any) -> None:
