@@ -187,7 +187,7 @@ def test_kernels_that_compute_the_wrong_thing_are_refused(
 
     monkeypatch.setattr(kernels, "norm_qkv", miscompiled)
     why = kernels_mismatch(fused_decoder(model_parts(model)))
-    assert why is not None and "differs from the ATen step" in why
+    assert why is not None and "q/k/v queries kernel differs from the ATen ops" in why, why
     with pytest.raises(GenerationError, match="cannot run this model") as err:
         DgxBackend(kernels="triton").kernels_for(model)
     assert "kernels: aten" in str(err.value)
@@ -197,3 +197,20 @@ def test_kernels_that_compute_the_wrong_thing_are_refused(
     with caplog.at_level(logging.WARNING, logger="daemon.engine.decoding.step"):
         assert DgxBackend(kernels="auto").kernels_for(model) == "aten"
     assert caplog.text.count("not the fused Triton kernels") == 1
+
+
+def test_a_kernel_that_drops_its_gelu_is_caught_too(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kernel is checked against its own ATen ops, not through the residual stream (where a
+    small layer's wrong MLP would hide behind the input it is added to)."""
+    kernels = _kernels()
+    model, _ = tiny
+    original = kernels.norm_linear
+
+    def without_gelu(x: Any, norm: Any, weight: Any, *, gelu: bool = False) -> Any:
+        return original(x, norm, weight)
+
+    monkeypatch.setattr(kernels, "norm_linear", without_gelu)
+    why = kernels_mismatch(fused_decoder(model_parts(model)))
+    assert why is not None and why.startswith("the fc1 + GELU kernel differs"), why
