@@ -327,7 +327,7 @@ def small_random(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
         # the fused Triton kernels, in Triton's interpreter here: fewer frames, it is slow
         pytest.param(
             "triton",
-            4,
+            3,
             marks=pytest.mark.skipif(
                 kernels_problem(torch.device("cpu")) is not None, reason="Triton is not installed"
             ),

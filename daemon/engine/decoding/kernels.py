@@ -189,10 +189,11 @@ def _blocks(m: int, n: int, k: int, interpreted: bool) -> tuple[int, int, int, i
     3.9 (4 programs of 4 warps fit an SM; 96-161 with 3.6), against 211-255 with 128-deep steps
     (test_kernels_compile.py). Chosen
     without a GPU to time them: gpu_check's profile compares the step with the ATen one.
-    Interpreted: big blocks, as each program is a Python loop."""
+    Interpreted: big blocks, as each program costs the interpreter tens of milliseconds whatever
+    its size (64 columns for small matrices, so that the tests still cover several programs)."""
     block_m = min(64, max(16, 1 << max(0, (m - 1).bit_length())))
     if interpreted:
-        return block_m, 256, min(1024, max(16, 1 << max(0, (k - 1).bit_length()))), 4
+        return block_m, 1024 if n > 1024 else 64, min(1024, max(16, 1 << max(0, (k - 1).bit_length()))), 4
     return block_m, 16 if n <= 2048 else 32, 64, 4
 
 
