@@ -181,9 +181,8 @@ def run_ops(args: argparse.Namespace, settings: Settings, model_name: str) -> in
         # The count stands for the kernels a CUDA graph replays. On the CPU a bfloat16 model attends
         # in float32 (`step.attention_dtype`), which adds conversions CUDA does not have.
         dtype = torch.float32
+    # Default: the step a GPU runs wherever Triton imports; `auto` is resolved by the backend itself.
     kernels = args.kernels or ("triton" if kernels_problem(device) is None else "aten")
-    if kernels == "auto":
-        kernels = "triton" if device.type == "cuda" and kernels_problem(device) is None else "aten"
     ckpt = load_checkpoint(model_name, settings, device=device, dtype=dtype)
     report = count_decode_step(ckpt.model, ckpt.processor, batch=args.batch, kernels=kernels)
     report = {"model": model_name, "device": str(device), "dtype": str(dtype).replace("torch.", ""), **report}
