@@ -22,6 +22,7 @@ from jobspec.models import (
     Sampling,
     Section,
 )
+from jobspec.music import BPM_MAX, BPM_MIN
 from jobspec.names import REFERENCE_HINT, default_job_id
 from jobspec.yamlsafe import DEFAULT_MAX_BYTES, LineMap, Path_, line_for, load_yaml_bytes, loc_text
 
@@ -46,6 +47,9 @@ _RANGE_HINTS: dict[str, str] = {
     "sections": f"give 1 to {MAX_SECTIONS} sections, each `{{prompt: ..., duration: ...}}`",
     "subtype": "use PCM_16, PCM_24 or FLOAT (FLOAT with wav only)",
     "greedy": "write true or false",
+    "bpm": f"use a whole number of beats a minute, {BPM_MIN}..{BPM_MAX}, or leave it out",
+    "key": 'write the tonic and the mode, e.g. "A minor", "F# major", "Bb min"',
+    "time_signature": "write beats/note value, e.g. 4/4, 3/4, 6/8",
 }
 
 

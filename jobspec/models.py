@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from jobspec.music import BPM_MAX, BPM_MIN, Bpm, MusicalKey, TimeSignature
 from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 from jobspec.output import LOSSY_FORMATS, Output
 
@@ -237,6 +238,22 @@ class JobSpec(BaseModel):
         default=1, description="Number of variations of this prompt, 1..8 (seed, seed+1, ...)."
     )
     priority: Priority = Field(default="normal", description="Queue priority: high, normal or low.")
+    bpm: Bpm | None = Field(
+        default=None,
+        description=f"Tempo to ask for, {BPM_MIN}..{BPM_MAX} beats (quarter notes) a minute, "
+        "every model family; MusicGen reads it as a hint in its text.",
+    )
+    key: MusicalKey | None = Field(
+        default=None,
+        description='Key to ask for, e.g. "A minor", "F# major" (# or b, major/minor or maj/min; '
+        'enharmonics accepted and recorded one way, "A# minor" as "Bb minor"). MusicGen reads it as a '
+        "hint in its text.",
+    )
+    time_signature: TimeSignature | None = Field(
+        default=None,
+        description='Metre to ask for, beats/note value: "4/4", "3/4", "6/8", ... '
+        "(1..16 over 2, 4, 8 or 16). MusicGen reads it as a hint in its text.",
+    )
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling settings (see sampling.*).")
     output: Output = Field(default_factory=Output, description="Audio file settings (see output.*).")
     id: JobId | None = Field(

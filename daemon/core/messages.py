@@ -40,7 +40,8 @@ class GenerationRequest:
     `sections` ((prompt, seconds), ...) give each long-form window the text of the section it falls
     in (`prompt` and `duration` then stand for all of them). `continue_from`: the result starts with
     this audio's last seconds (at most the window minus the stride) and is `duration` long in all.
-    `melody`: chroma conditioning, melody models only.
+    `melody`: chroma conditioning, melody models only. `bpm`, `key`, `time_signature`: what the job
+    asks of the music, family-neutral (normalised key names, jobspec.music).
     """
 
     prompt: str
@@ -55,6 +56,10 @@ class GenerationRequest:
     sections: tuple[tuple[str, float], ...] = ()
     continue_from: AudioPrompt | None = field(default=None, compare=False)
     melody: AudioPrompt | None = field(default=None, compare=False)
+    # What the job asks of the music (jobspec.music): each family honours them its own way.
+    bpm: int | None = None
+    key: str | None = None
+    time_signature: str | None = None
 
     @property
     def conditioned(self) -> bool:

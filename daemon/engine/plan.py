@@ -21,6 +21,7 @@ from daemon.core.config import Settings
 from daemon.core.messages import SEED_MOD, AudioPrompt, GenerationRequest, LoadedModelInfo
 from daemon.engine.decoding.api import RowSampling
 from daemon.engine.longform import plan_segments, planned_steps
+from jobspec.music import text_hint
 
 
 @dataclass
@@ -104,7 +105,7 @@ class Framing:
                 bounds.append(min(chunk.frames, self.frames_for(t)))
             bounds[-1] = chunk.frames
             segments = tuple(max(0, hi - max(lo, prefix)) for lo, hi in zip(bounds, bounds[1:]))
-            prompts = tuple(p for p, _ in req.sections)
+            prompts = tuple(model_text(req, p) for p, _ in req.sections)
         return Chunk(
             chunk.rows,
             chunk.prompts,
@@ -117,6 +118,13 @@ class Framing:
             prefix_frames=prefix,
             melody=req.melody,
         )
+
+
+def model_text(req: GenerationRequest, text: str) -> str:
+    """MusicGen's text for `text` of `req`: the asked tempo, key and metre appended as a hint
+    (MusicGen has no other input for them and follows them only roughly)."""
+    hint = text_hint(req.bpm, req.key, req.time_signature)
+    return f"{text.rstrip().rstrip('.')}. {hint}" if hint else text
 
 
 def row_sampling(req: GenerationRequest, seed: int) -> RowSampling:
@@ -155,7 +163,7 @@ def plan_chunks(
             row = Row(i, v, row_sampling(req, (seed + v) % SEED_MOD))
             alone = not per_row_seeds or req.conditioned
             key = (row.sampling.without_seed(), req.cfg_coef, frames, samples) + ((i,) if alone else ())
-            groups.setdefault(key, []).append((row, req.prompt))
+            groups.setdefault(key, []).append((row, model_text(req, req.prompt)))
     chunks = []
     for key, members in groups.items():
         cfg_coef, frames, samples = key[1], key[2], key[3]

@@ -280,6 +280,9 @@ class Worker:
             sections=tuple((x.prompt, x.duration) for x in job.sections or ()),
             continue_from=audio.get("continue_from"),
             melody=audio.get("melody"),
+            bpm=job.bpm,
+            key=job.key,
+            time_signature=job.time_signature,
         )
 
     def _generate(self, batch: list[QueuedJob], name: str) -> None:

@@ -52,6 +52,8 @@ def test_example_matches_the_published_schema(path: Path) -> None:
 def test_examples_show_what_they_promise() -> None:
     by_name = {p.name: load_job_file(p) for p in EXAMPLES}
     assert by_name["lofi-loop.yaml"][0].duration == 8.0
+    tk = by_name["tempo-key.yaml"][0]
+    assert (tk.bpm, tk.key, tk.time_signature) == (92, "D minor", "4/4")
     assert by_name["seeded.yaml"][0].seed is not None
     assert by_name["variations.yaml"][0].count == 4
     assert by_name["long-piece.yaml"][0].duration == 60.0
