@@ -66,6 +66,17 @@ def tiny_melody_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_tiny(tmp_path_factory.mktemp("tiny-melody") / "tiny-melody", melody=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_acestep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ACE-Step 1.5 turbo pipeline (48 kHz stereo, 31.25 latent frames/s), MIT model card."""
+    import torch
+
+    from daemon.ops.tinyacestep import init_tiny
+
+    torch.set_num_threads(1)
+    return init_tiny(tmp_path_factory.mktemp("tiny-acestep") / "tiny-song")
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, tiny_model_dir: Path) -> Callable[..., Settings]:
     """Settings for the tiny model on CPU with the spool under tmp_path; keyword overrides win."""

@@ -52,6 +52,15 @@ class ModelSpec(BaseModel):
     id: str | None = Field(default=None, description="Hugging Face hub repo id, e.g. facebook/musicgen-small")
     revision: str = Field(default="main", description="branch, tag or commit hash on the hub")
     path: Path | None = Field(default=None, description="a local checkpoint directory")
+    family: Literal["musicgen", "ace-step"] | None = Field(
+        default=None,
+        description="musicgen or ace-step; omitted: read from the checkpoint (model_index.json naming "
+        "AceStepPipeline: ace-step; a MusicGen config.json: musicgen)",
+    )
+    license: str | None = Field(
+        default=None,
+        description="the weights' licence recorded in every sidecar (default: the model card's `license`)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":

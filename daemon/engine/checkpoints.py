@@ -127,8 +127,12 @@ def _hub_error(name: str, spec: ModelSpec, exc: Exception, *, offline: bool) -> 
     return ModelLoadError(f"model {name!r}: cannot download {where}: {exc}", hint=fetch_hint)
 
 
-def _snapshot(name: str, spec: ModelSpec, *, local_files_only: bool) -> Path:
-    """The hub snapshot folder for `spec` (downloaded if allowed); its name is the commit hash."""
+def snapshot(
+    name: str, spec: ModelSpec, *, local_files_only: bool, patterns: list[str] | None = None
+) -> Path:
+    """The hub snapshot folder for `spec` (downloaded if allowed); its name is the commit hash.
+
+    `patterns`: the files to fetch (default: a MusicGen checkpoint's)."""
     from huggingface_hub import snapshot_download
 
     offline = hf_offline()
@@ -139,6 +143,8 @@ def _snapshot(name: str, spec: ModelSpec, *, local_files_only: bool) -> Path:
         local_files_only=local_files_only or offline,
     )
     try:
+        if patterns is not None:
+            return Path(snapshot_download(allow_patterns=patterns, **kwargs))
         path = Path(snapshot_download(allow_patterns=_HUB_PATTERNS, **kwargs))
         if not _weight_files(path):
             # Older repos carry only PyTorch pickles.
@@ -159,7 +165,7 @@ def fetch(name: str, settings: Settings) -> Path:
             f"cannot fetch model {name!r} ({spec.id}): HF_HUB_OFFLINE is set",
             hint="unset HF_HUB_OFFLINE and run again on a machine with network access",
         )
-    return _snapshot(name, spec, local_files_only=False)
+    return snapshot(name, spec, local_files_only=False)
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -244,7 +250,7 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
         revision = local_revision(directory)
         source = str(directory)
     else:
-        directory = _snapshot(name, spec, local_files_only=False)
+        directory = snapshot(name, spec, local_files_only=False)
         revision = directory.name  # snapshots/<commit hash>
         source = str(spec.id)
     config = check_local_dir(name, directory)

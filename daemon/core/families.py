@@ -1,0 +1,77 @@
+"""Which family a configured model belongs to, and which job keys each family honours.
+
+Read without loading anything (a local checkpoint's model_index.json or config.json, or the
+`family` the config gives), so the admission of a job can refuse a key its model's family cannot
+honour and name the configured models that can. The engine's families (`daemon.engine.family`)
+implement what is promised here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from daemon.core.config import ModelSpec, Settings
+
+MUSICGEN = "musicgen"
+ACE_STEP = "ace-step"
+FAMILIES = (MUSICGEN, ACE_STEP)
+
+# Job keys only one family can honour (every other key is common to all).
+FAMILY_KEYS: dict[str, frozenset[str]] = {
+    MUSICGEN: frozenset({"sections", "continue_from", "melody", "sampling"}),
+    ACE_STEP: frozenset({"lyrics", "language", "steps", "guidance"}),
+}
+
+# Longest song a family makes by default (MusicGen continues window by window up to max_duration).
+FAMILY_MAX_DURATION: dict[str, float] = {ACE_STEP: 600.0}
+
+# Native output of each family, for messages before a model is loaded.
+FAMILY_SAMPLE_RATE: dict[str, int] = {MUSICGEN: 32000, ACE_STEP: 48000}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def directory_family(directory: Path) -> str | None:
+    """The family of the checkpoint in `directory` (None when it holds neither kind)."""
+    index = _read_json(directory / "model_index.json")
+    if isinstance(index, dict) and index.get("_class_name") == "AceStepPipeline":
+        return ACE_STEP
+    config = _read_json(directory / "config.json")
+    if isinstance(config, dict) and str(config.get("model_type", "")).startswith("musicgen"):
+        return MUSICGEN
+    return None
+
+
+def spec_family(spec: ModelSpec) -> str:
+    """The family of a configured model: as configured, else as its local checkpoint says, else
+    judged by a hub id's name (ACE-Step repos are named ace-step / acestep), else MusicGen."""
+    if spec.family is not None:
+        return spec.family
+    if spec.path is not None:
+        return directory_family(Path(spec.path).expanduser()) or MUSICGEN
+    name = str(spec.id).lower().replace("-", "").replace("_", "")
+    return ACE_STEP if "acestep" in name else MUSICGEN
+
+
+def models_of(settings: Settings, family: str) -> list[str]:
+    """Names of the configured models of `family`, sorted."""
+    return sorted(n for n, spec in settings.models.items() if spec_family(spec) == family)
+
+
+def foreign_keys(keys: set[str], family: str) -> list[str]:
+    """The job keys among `keys` that `family` cannot honour, sorted."""
+    return sorted(k for k in keys for f, own in FAMILY_KEYS.items() if f != family and k in own)
+
+
+def family_of_key(key: str) -> str | None:
+    for family, own in FAMILY_KEYS.items():
+        if key in own:
+            return family
+    return None

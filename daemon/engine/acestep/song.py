@@ -1,0 +1,270 @@
+"""One ACE-Step text2music call: rows of songs that share a decode, rendered with per-row seeds.
+
+`render` is diffusers' `AceStepPipeline.__call__` for text2music, step for step (the pipeline's own
+prompt encoding, source latents, masks, schedule, scheduler and guidance), with what the daemon
+needs and the pipeline has not: every row draws its noise from its own generator seeded with the
+row's seed (on the CPU, so the noise is the same on every device), a callback after every
+denoising step that may raise to cancel, and the cross-attention keys and values of the
+conditioning computed once per call instead of once per step (they do not change between steps;
+`crossattn`). The audio equals the pipeline's for the same inputs and seed, which a test checks.
+
+Rows share a call only when everything the pipeline takes once per call is equal (duration,
+steps, guidance, shift, bpm, key, time signature) and their prompt and lyrics have the same
+token counts: the DiT's cross-attention has no padding mask, so a row padded to a longer batch
+mate's conditioning would hear the padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from daemon.engine.acestep.crossattn import cached_cross_attention
+
+# The pipeline's own token limits (its __call__ defaults).
+MAX_TEXT_TOKENS = 256
+MAX_LYRIC_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class SongParams:
+    """What every row of one call shares (the pipeline takes these once per call)."""
+
+    duration: float
+    steps: int
+    guidance: float  # <= 1.0, or a turbo checkpoint: no classifier-free guidance
+    shift: float
+    bpm: int | None = None
+    keyscale: str | None = None  # "C major", "F# minor"
+    timesignature: str | None = None  # beats per bar: "4" for 4/4
+
+
+@dataclass(frozen=True)
+class SongRow:
+    """One output: variation `variation` of request `req_index`, with its own seed and text."""
+
+    req_index: int
+    variation: int
+    seed: int
+    prompt: str
+    lyrics: str = ""
+    language: str = "en"
+
+
+@dataclass
+class SongBatch:
+    """Rows rendered in one call."""
+
+    params: SongParams
+    rows: list[SongRow]
+    continued_s: float = 0.0  # ACE-Step text2music never continues a reference
+
+
+def token_counts(pipe: Any, params: SongParams, row: SongRow) -> tuple[int, int]:
+    """(prompt tokens, lyric tokens) of `row` as the pipeline formats and truncates them."""
+    text, lyrics = pipe._format_prompt(
+        prompt=row.prompt,
+        lyrics=row.lyrics,
+        vocal_language=row.language,
+        audio_duration=params.duration,
+        bpm=params.bpm,
+        keyscale=params.keyscale,
+        timesignature=params.timesignature,
+    )
+    n_text = len(pipe.tokenizer(text, truncation=True, max_length=MAX_TEXT_TOKENS).input_ids)
+    n_lyric = len(pipe.tokenizer(lyrics).input_ids)
+    return n_text, n_lyric
+
+
+def lyric_tokens(pipe: Any, lyrics: str, language: str) -> int:
+    """Tokens the formatted lyrics take (the pipeline cuts them at MAX_LYRIC_TOKENS)."""
+    _, formatted = pipe._format_prompt(prompt="", lyrics=lyrics, vocal_language=language)
+    return len(pipe.tokenizer(formatted).input_ids)
+
+
+def latent_frames(pipe: Any, duration: float) -> int:
+    return math.ceil(duration * pipe.latents_per_second)
+
+
+def pipeline_kwargs(batch: SongBatch) -> dict[str, Any]:
+    """The AceStepPipeline.__call__ arguments that render the same rows (minus the generators)."""
+    p = batch.params
+    return dict(
+        prompt=[r.prompt for r in batch.rows],
+        lyrics=[r.lyrics for r in batch.rows],
+        vocal_language=[r.language for r in batch.rows],
+        audio_duration=p.duration,
+        num_inference_steps=p.steps,
+        guidance_scale=p.guidance,
+        shift=p.shift,
+        bpm=p.bpm,
+        keyscale=p.keyscale,
+        timesignature=p.timesignature,
+    )
+
+
+def row_generators(rows: Sequence[SongRow]) -> list[torch.Generator]:
+    """One CPU generator per row, seeded with the row's seed."""
+    return [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
+
+
+def calls(rows: int, fixed_rows: int | None) -> int:
+    """Pipeline calls a batch of `rows` takes (see `render`)."""
+    return 1 if not fixed_rows else math.ceil(rows / fixed_rows)
+
+
+def render(
+    pipe: Any,
+    batch: SongBatch,
+    *,
+    on_step: Callable[[int], None] | None = None,
+    fixed_rows: int | None = None,
+    cache_cross_attention: bool = True,
+) -> list[np.ndarray]:
+    """Audio per row, float32 [channels, samples] at the VAE's rate, exactly `duration` long.
+
+    `fixed_rows`: every call runs at exactly this many rows (the last one filled up with copies of
+    its last row, whose audio is dropped), so that a row's arithmetic is the same whatever its batch
+    mates: 1 renders each row alone. None: all rows in one call (a row's last bits may then depend on
+    how many rows shared it). `on_step(done)` runs after each denoising step (done counts the
+    steps of all the batch's calls) and may raise to abort."""
+    rows = batch.rows
+    if not fixed_rows:
+        return _call(pipe, batch.params, rows, on_step, 0, cache_cross_attention)
+    out: list[np.ndarray] = []
+    for k in range(0, len(rows), fixed_rows):
+        part = rows[k : k + fixed_rows]
+        filled = part + [part[-1]] * (fixed_rows - len(part))
+        done = (k // fixed_rows) * batch.params.steps
+        out.extend(_call(pipe, batch.params, filled, on_step, done, cache_cross_attention)[: len(part)])
+    return out
+
+
+@torch.no_grad()
+def _call(
+    pipe: Any,
+    p: SongParams,
+    rows: list[SongRow],
+    on_step: Callable[[int], None] | None,
+    steps_before: int,
+    cache_cross_attention: bool,
+) -> list[np.ndarray]:
+    from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
+
+    n = len(rows)
+    device = pipe._execution_device
+    dtype = pipe.transformer.dtype
+    acoustic_dim = pipe.transformer.config.audio_acoustic_hidden_dim
+    text_h, text_mask, lyric_h, lyric_mask = pipe.encode_prompt(
+        prompt=[r.prompt for r in rows],
+        lyrics=[r.lyrics for r in rows],
+        device=device,
+        vocal_language=[r.language for r in rows],
+        audio_duration=p.duration,
+        instruction=pipe._get_task_instruction("text2music"),
+        bpm=p.bpm,
+        keyscale=p.keyscale,
+        timesignature=p.timesignature,
+        max_text_length=MAX_TEXT_TOKENS,
+        max_lyric_length=MAX_LYRIC_TOKENS,
+    )
+    length = latent_frames(pipe, p.duration)
+    src_latents, length = pipe.prepare_src_latents(
+        device=device, dtype=dtype, batch_size=n, latent_length=length, task_type="text2music"
+    )
+    # No reference audio: the timbre encoder reads the checkpoint's learned silence (as the pipeline).
+    timbre_frames = math.ceil(30 * pipe.latents_per_second)
+    silence = pipe.condition_encoder.silence_latent[:, :timbre_frames, :].to(device=device, dtype=dtype)
+    encoder_states, _ = pipe.condition_encoder(
+        text_hidden_states=text_h,
+        text_attention_mask=text_mask,
+        lyric_hidden_states=lyric_h,
+        lyric_attention_mask=lyric_mask,
+        refer_audio_acoustic_hidden_states_packed=silence.expand(n, -1, -1).contiguous(),
+        refer_audio_order_mask=torch.arange(n, device=device, dtype=torch.long),
+    )
+    chunk_mask = pipe._build_chunk_mask(
+        task_type="text2music",
+        latent_length=length,
+        batch_size=n,
+        device=device,
+        dtype=dtype,
+        acoustic_dim=acoustic_dim,
+    )
+    context = torch.cat([src_latents, chunk_mask], dim=-1)
+    latents = pipe.prepare_latents(
+        batch_size=n,
+        audio_duration=length / pipe.latents_per_second,
+        dtype=dtype,
+        device=device,
+        generator=row_generators(rows),
+    )
+    guided = p.guidance > 1.0 and not pipe.is_turbo
+    if guided:
+        null = pipe.condition_encoder.null_condition_emb.to(device=device, dtype=encoder_states.dtype)
+        encoder_states = torch.cat([encoder_states, null.expand_as(encoder_states)], dim=0)
+        context = torch.cat([context, context], dim=0)
+    schedule = pipe._get_timestep_schedule(
+        num_inference_steps=p.steps, shift=p.shift, device=device, dtype=torch.float32
+    )
+    pipe.scheduler.set_timesteps(sigmas=schedule.tolist(), device=device)
+    momentum = MomentumBuffer(momentum=-0.75) if guided else None
+    xt = latents
+    with cached_cross_attention(pipe.transformer, enabled=cache_cross_attention):
+        for i, t_sched in enumerate(pipe.scheduler.timesteps):
+            t = float(t_sched) * torch.ones((n,), device=device, dtype=dtype)
+            if guided:
+                t2 = torch.cat([t, t], dim=0)
+                out = pipe.transformer(
+                    hidden_states=torch.cat([xt, xt], dim=0),
+                    timestep=t2,
+                    timestep_r=t2,
+                    encoder_hidden_states=encoder_states,
+                    context_latents=context,
+                    return_dict=False,
+                )[0]
+                cond, uncond = out.chunk(2, dim=0)
+                vt = normalized_guidance(
+                    pred_cond=cond,
+                    pred_uncond=uncond,
+                    guidance_scale=p.guidance - 1.0,
+                    momentum_buffer=momentum,
+                    eta=0.0,
+                    norm_threshold=2.5,
+                    use_original_formulation=True,
+                    norm_dim=(1,),
+                )
+            else:
+                vt = pipe.transformer(
+                    hidden_states=xt,
+                    timestep=t,
+                    timestep_r=t,
+                    encoder_hidden_states=encoder_states,
+                    context_latents=context,
+                    return_dict=False,
+                )[0]
+            xt = pipe.scheduler.step(vt, t_sched, xt, return_dict=False)[0]
+            if on_step is not None:
+                on_step(steps_before + i + 1)
+    audio = pipe.vae.decode(xt.transpose(1, 2)).sample.float()
+    # The pipeline's loudness: anti-clip, then every row's peak at -1 dBFS (each row on its own).
+    peak = audio.abs().amax(dim=[1, 2], keepdim=True)
+    if torch.any(peak > 1.0):
+        audio = audio / peak.clamp(min=1.0)
+    peak = audio.abs().amax(dim=[1, 2], keepdim=True).clamp(min=1e-6)
+    audio = audio * (10.0 ** (-1.0 / 20.0) / peak)
+    samples = int(round(p.duration * pipe.sample_rate))
+    out_np = audio.cpu().numpy()
+    return [_fit(out_np[j], samples) for j in range(n)]
+
+
+def _fit(audio: np.ndarray, n: int) -> np.ndarray:
+    """[channels, samples] trimmed or zero-padded to exactly n samples."""
+    if audio.shape[-1] >= n:
+        return np.ascontiguousarray(audio[..., :n])
+    return np.pad(audio, ((0, 0), (0, n - audio.shape[-1])))
