@@ -24,6 +24,7 @@ from jobspec.models import (
 )
 from jobspec.music import BPM_MAX, BPM_MIN
 from jobspec.names import REFERENCE_HINT, default_job_id
+from jobspec.song import GUIDANCE_MAX, LYRICS_MAX_CHARS, STEPS_MAX
 from jobspec.yamlsafe import DEFAULT_MAX_BYTES, LineMap, Path_, line_for, load_yaml_bytes, loc_text
 
 _BATCH_KEYS = ("jobs", "defaults")
@@ -50,6 +51,11 @@ _RANGE_HINTS: dict[str, str] = {
     "bpm": f"use a whole number of beats a minute, {BPM_MIN}..{BPM_MAX}, or leave it out",
     "key": 'write the tonic and the mode, e.g. "A minor", "F# major", "Bb min"',
     "time_signature": "write beats/note value, e.g. 4/4, 3/4, 6/8",
+    "lyrics": f"write 1 to {LYRICS_MAX_CHARS} characters: lines of words, section tags like [verse] on "
+    "lines of their own",
+    "language": 'write an ISO 639 code in lower case: "en", "de", "ja", "pt-br"',
+    "steps": f"use a whole number of denoising steps, 1..{STEPS_MAX} (8 suits turbo checkpoints)",
+    "guidance": f"use 1..{GUIDANCE_MAX:g} (7 is ACE-Step's default), base checkpoints only",
 }
 
 

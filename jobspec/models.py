@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 from jobspec.music import BPM_MAX, BPM_MIN, Bpm, MusicalKey, TimeSignature
 from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 from jobspec.output import LOSSY_FORMATS, Output
+from jobspec.song import GUIDANCE_MAX, LYRICS_MAX_CHARS, STEPS_MAX, Guidance, Language, Lyrics, Steps
 
 DEFAULT_MAX_DURATION = 300.0
 MAX_BATCH_JOBS = 32
@@ -253,6 +254,27 @@ class JobSpec(BaseModel):
         default=None,
         description='Metre to ask for, beats/note value: "4/4", "3/4", "6/8", ... '
         "(1..16 over 2, 4, 8 or 16). MusicGen reads it as a hint in its text.",
+    )
+    lyrics: Lyrics | None = Field(
+        default=None,
+        description=f"ACE-Step models: the words to sing, up to {LYRICS_MAX_CHARS} characters, lines of "
+        "text with section tags on lines of their own ([verse], [chorus], [bridge], ...); "
+        "left out: an instrumental.",
+    )
+    language: Language | None = Field(
+        default=None,
+        description='ACE-Step models: the language of the lyrics, an ISO 639 code ("en", "de", "ja", '
+        '"zh", "pt-br", ...); default "en".',
+    )
+    steps: Steps | None = Field(
+        default=None,
+        description=f"ACE-Step models: denoising steps, 1..{STEPS_MAX}; default the checkpoint's "
+        "(8 for turbo checkpoints, 50 for base ones).",
+    )
+    guidance: Guidance | None = Field(
+        default=None,
+        description=f"ACE-Step base models: classifier-free guidance scale, 1..{GUIDANCE_MAX:g} "
+        "(default 7); a turbo checkpoint has its guidance built in and refuses the key.",
     )
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling settings (see sampling.*).")
     output: Output = Field(default_factory=Output, description="Audio file settings (see output.*).")

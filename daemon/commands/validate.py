@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from daemon.core.config import Settings
+from daemon.core.families import job_refusal
 from jobspec import DEFAULT_MAX_BYTES, DEFAULT_MAX_DURATION, ErrorDetail, JobSpecError, load_job_file
 
 EXIT_OK = 0
@@ -89,7 +91,7 @@ def _expand(names: list[str]) -> list[str]:
     return files
 
 
-def _check(name: str, *, max_bytes: int, max_duration: float, models: set[str] | None) -> dict[str, Any]:
+def _check(name: str, *, max_bytes: int, max_duration: float, settings: Settings | None) -> dict[str, Any]:
     path = Path(name)
     if path.is_dir():
         errors = [ErrorDetail(loc="", line=None, msg="directory holds no *.yaml or *.yml job files")]
@@ -102,7 +104,8 @@ def _check(name: str, *, max_bytes: int, max_duration: float, models: set[str] |
     except JobSpecError as exc:
         return {"file": name, "ok": False, "jobs": [], "errors": exc.details}
     errors = []
-    if models is not None:
+    if settings is not None:
+        models = set(settings.models)
         for job in jobs:
             if job.model is not None and job.model not in models:
                 errors.append(
@@ -113,11 +116,21 @@ def _check(name: str, *, max_bytes: int, max_duration: float, models: set[str] |
                         hint="configured models: " + (", ".join(sorted(models)) or "none"),
                     )
                 )
+                continue
+            # What the daemon refuses at admission: a key the model's family cannot honour.
+            refusal = job_refusal(
+                set(job.model_fields_set), job.duration, job.model or settings.default_model, settings
+            )
+            if refusal is not None:
+                errors.append(
+                    ErrorDetail(loc="model", line=None, msg=f"job '{job.id}': {refusal[0]}", hint=refusal[1])
+                )
     return {"file": name, "ok": not errors, "jobs": [job.id for job in jobs], "errors": errors}
 
 
-def _limits(args: argparse.Namespace) -> tuple[float, int, set[str] | None] | int:
-    """max_duration, max_job_bytes and the model names, from the config every command reads."""
+def _limits(args: argparse.Namespace) -> tuple[float, int, Settings | None] | int:
+    """max_duration, max_job_bytes and the settings (model names and families), from the config every
+    command reads (None: no config file, models are not checked)."""
     from daemon.commands._common import config_path, exit_config_error
     from daemon.core.config import ConfigError, load_settings
 
@@ -137,17 +150,17 @@ def _limits(args: argparse.Namespace) -> tuple[float, int, set[str] | None] | in
             file=sys.stderr,
         )
         return max_duration, max_bytes, None
-    return max_duration, max_bytes, set(settings.models)
+    return max_duration, max_bytes, settings
 
 
 def run(args: argparse.Namespace) -> int:
     limits = _limits(args)
     if isinstance(limits, int):
         return EXIT_INVALID
-    max_duration, max_bytes, models = limits
+    max_duration, max_bytes, settings = limits
 
     results = [
-        _check(name, max_bytes=max_bytes, max_duration=max_duration, models=models)
+        _check(name, max_bytes=max_bytes, max_duration=max_duration, settings=settings)
         for name in _expand(args.files)
     ]
     all_ok = all(r["ok"] for r in results)

@@ -75,3 +75,31 @@ def family_of_key(key: str) -> str | None:
         if key in own:
             return family
     return None
+
+
+def job_refusal(keys: set[str], duration: float, model: str, settings: Settings) -> tuple[str, str] | None:
+    """(message, hint) when model `model` cannot run a job that sets `keys` (the job's keys as
+    written) for `duration` seconds; None when it can. The hint names the configured models that can."""
+    spec = settings.models.get(model)
+    if spec is None:
+        return None  # unknown models have their own refusal
+    family = spec_family(spec)
+    foreign = foreign_keys(keys, family)
+    if foreign:
+        owner = family_of_key(foreign[0]) or ""
+        able = models_of(settings, owner)
+        named = ", ".join(repr(k) for k in foreign)
+        hint = (
+            f"name a model that takes it (`model: {able[0]}`; configured {owner} models: {', '.join(able)}) "
+            f"or remove {named}"
+            if able
+            else f"this daemon has no {owner} model: remove {named}, or add one under `models:` in the config"
+        )
+        return f"model {model!r} is of the {family} family and cannot honour {named} ({owner} only)", hint
+    limit = FAMILY_MAX_DURATION.get(family)
+    if limit is not None and duration > limit:
+        return (
+            f"duration {duration:g} s is longer than {family} models make ({limit:g} s at most)",
+            f"ask for at most {limit:g} seconds, or split the piece into several jobs",
+        )
+    return None

@@ -15,6 +15,7 @@ import time
 from daemon import spool
 from daemon.core.config import Settings
 from daemon.core.errors import ErrorType
+from daemon.core.families import job_refusal
 from daemon.core.logctx import job_context
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.queue.jobs import ClaimGroup, QueuedJob, fail_group_job, finish_group_job, load_done
@@ -106,6 +107,15 @@ class Admission:
                         f"model {item.job.model!r} is not configured on this daemon",
                         hint=f"use one of: {', '.join(sorted(s.models))} "
                         f"(or leave `model:` out for {s.default_model})",
+                    )
+                    finish_group_job(s, group, item.job_id, failed=True)
+                    continue
+                refusal = job_refusal(
+                    set(item.job.model_fields_set), item.job.duration, item.job.model or s.default_model, s
+                )
+                if refusal is not None:
+                    fail_group_job(
+                        s, group, item.job_id, item.job, ErrorType.INVALID_JOB, refusal[0], hint=refusal[1]
                     )
                     finish_group_job(s, group, item.job_id, failed=True)
                     continue

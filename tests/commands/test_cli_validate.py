@@ -181,3 +181,32 @@ def test_subprocess_validate_bad_file_exits_2(tmp_path: Path) -> None:
     result = _run("validate", str(bad))
     assert result.returncode == 2
     assert result.stdout.startswith(f"{bad}:1: YAML anchors and aliases are not allowed")
+
+
+def test_config_families_refuse_keys_a_model_cannot_honour(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    song = tmp_path / "song"
+    song.mkdir()
+    (song / "model_index.json").write_text('{"_class_name": "AceStepPipeline"}')
+    config = write(
+        tmp_path,
+        "config.yaml",
+        f"models:\n  small: {{id: facebook/musicgen-small}}\n  song: {{path: {song}}}\ndefault_model: small\n",
+    )
+    lyrics = write(tmp_path, "lyrics.yaml", "prompt: indie pop\nlyrics: |\n  [verse]\n  la la\n")
+    melody = write(tmp_path, "melody.yaml", "prompt: indie pop\nmodel: song\nmelody: library/a.wav\n")
+    long = write(tmp_path, "long.yaml", "prompt: indie pop\nmodel: song\nduration: 700\n")
+    fine = write(tmp_path, "fine.yaml", "prompt: indie pop\nmodel: song\nlyrics: '[verse]'\nsteps: 8\n")
+    args = ["validate", "--config", str(config), "--max-duration", "900"]
+    assert main([*args, str(lyrics), str(melody), str(long), str(fine)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        f"{lyrics}: model: job 'lyrics': model 'small' is of the musicgen family and cannot honour 'lyrics' "
+        "(ace-step only) (name a model that takes it (`model: song`; configured ace-step models: song) "
+        "or remove 'lyrics')"
+    )
+    assert "model 'song' is of the ace-step family and cannot honour 'melody'" in out[1]
+    assert "configured musicgen models: small" in out[1]
+    assert "longer than ace-step models make (600 s at most)" in out[2]
+    assert out[3] == f"{fine}: ok (1 job)"
