@@ -192,7 +192,8 @@ def test_config_families_refuse_keys_a_model_cannot_honour(
     config = write(
         tmp_path,
         "config.yaml",
-        f"models:\n  small: {{id: facebook/musicgen-small}}\n  song: {{path: {song}}}\ndefault_model: small\n",
+        f"models:\n  small: {{id: facebook/musicgen-small}}\n  song: {{path: {song}}}\n"
+        "default_model: small\n",
     )
     lyrics = write(tmp_path, "lyrics.yaml", "prompt: indie pop\nlyrics: |\n  [verse]\n  la la\n")
     melody = write(tmp_path, "melody.yaml", "prompt: indie pop\nmodel: song\nmelody: library/a.wav\n")
