@@ -46,6 +46,7 @@ cmp -s schema.json ex/job.schema.json || { say "schema of the installed wheel di
 say "demo"
 "$CLI" demo --dir demo >demo.log 2>&1 || { tail -30 demo.log; exit 1; }
 grep -q "completed" demo.log
+grep -q "open file://.*/outbox/index.html in a browser" demo.log || { echo "demo did not print the page URL"; tail -5 demo.log; exit 1; }
 
 say "the fused step's Triton kernels are in the wheel, and their absence is reported, not fatal"
 "$W/bin/python" - <<'PY'

@@ -25,6 +25,7 @@ import yaml
 from daemon.core.config import load_settings
 from daemon.ops.client import Submitted, drop, validate_file, wait_for
 from daemon.ops.progressbar import ProgressBar
+from jobspec.names import PAGE_NAME
 
 MELODY_MODEL = "tiny-melody"
 
@@ -210,4 +211,7 @@ def run_demo(
     print(f"demo: {len(results) - failed} completed, {failed} failed, {missing} missing")
     print(f"demo: audio and sidecars in {settings.outbox}")
     print(f"demo: failures in {settings.failed}; daemon log in {log_path}")
+    page = settings.outbox / PAGE_NAME
+    if page.is_file():  # written by the daemon as it stopped; absent only with page_max_jobs: 0
+        print(f"demo: open {page.resolve().as_uri()} in a browser to see and play the results")
     return 0 if failed == 0 and missing == 0 else 1

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_JOBS = 200
 MIN_INTERVAL_S = 2.0
+NBSP = "\u00a0"
 
 _SCRIPT = (
     "(function(){var q=document.getElementById('q'),f=document.getElementById('folder'),"
@@ -40,15 +41,18 @@ _SCRIPT = (
     "(!d||a.getAttribute('data-folder')===d));}}q.addEventListener('input',run);"
     "if(f){f.addEventListener('change',run);}})();"
 )
+# overflow-wrap: a long word in a prompt or an id must not widen a phone's viewport.
 _STYLE = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:1em auto;max-width:1400px;padding:0 1em;"
-    "background:#fafafa;color:#222}h1{font-size:1.4em}.job{background:#fff;border:1px solid #ddd;"
+    "background:#fafafa;color:#222;overflow-wrap:anywhere}h1{font-size:1.4em}"
+    ".job{background:#fff;border:1px solid #ddd;"
     "border-left:4px solid #3a7;border-radius:4px;margin:0 0 1em;padding:.6em 1em}"
     ".job.failed{border-left-color:#c33}.job h3{font-size:1.05em;margin:.2em 0}"
-    ".job h3 time,.folder{color:#777;font-weight:normal;font-size:.9em}.prompt{margin:.3em 0;"
-    "h2.group{font-size:1.15em;margin:1.2em 0 .5em}"
-    "white-space:pre-wrap;font-size:1.05em}.meta{color:#555;font-size:.9em;margin:.3em 0}"
-    ".meta span{margin-right:1.2em}.vars{display:flex;flex-wrap:wrap;gap:1em}"
+    ".job h3 time,.folder{color:#777;font-weight:normal;font-size:.9em}"
+    ".prompt{margin:.3em 0;white-space:pre-wrap;font-size:1.05em}"
+    "h2.group{font-size:1.15em;margin:1.2em 0 .5em}.meta{color:#555;font-size:.9em;margin:.3em 0}"
+    ".meta span{margin-right:1.2em;display:inline-block}"
+    ".vars{display:flex;flex-wrap:wrap;gap:1em}"
     ".var{margin:0;flex:1 1 300px;max-width:460px}.var figcaption{font-size:.85em;color:#555}"
     ".var svg{display:block;width:100%;height:56px;background:#f0f4f2}.var svg path{fill:#3a7}"
     ".var audio{width:100%}.error{color:#a22;font-weight:bold}.hint{color:#555}"
@@ -94,9 +98,10 @@ def _href(*parts: str) -> str:
 
 
 def _num(value: object, fmt: str, unit: str = "") -> str:
+    # A no-break space: on a phone a unit never wraps away from its number.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "n/a"
-    return f"{value:{fmt}}{unit}"
+    return f"{value:{fmt}}{unit.replace(' ', NBSP)}"
 
 
 # --------------------------------------------------------------------------- collecting
@@ -294,7 +299,7 @@ def render_result(entry: Entry) -> str:
         )
         figures.append(
             f'<figure class="var"><figcaption>{caption}</figcaption>{waveform_svg(o.get("waveform"))}'
-            f'<audio controls preload="none" src="{href}"></audio></figure>'
+            f'<audio controls preload="metadata" src="{href}"></audio></figure>'
         )
     return (
         f'<article class="job ok" {_data_attrs(entry, request)}>{_header(entry, "completed")}'
@@ -302,33 +307,47 @@ def render_result(entry: Entry) -> str:
     )
 
 
+def _failure_text(status: str, error: dict[str, Any]) -> tuple[str, list[str], str]:
+    """The card's headline, detail lines and hint, each said once: the validator's message
+    already ends with its hint and repeats its one detail, and a cancelled job's type is its
+    status."""
+    etype, message = str(error.get("type") or ""), str(error.get("message") or "")
+    hint = str(error.get("hint") or "")
+    if hint and message.endswith(f" ({hint})"):
+        message = message[: -len(hint) - 3]
+    headline = f"{etype}: {message}" if etype and etype != status else message
+    details = []
+    for d in error.get("details") or []:
+        if not isinstance(d, dict):
+            continue
+        if message.endswith(f"{d.get('msg')}"):
+            continue  # the headline is this detail, formatted
+        line = f" line {d.get('line')}" if d.get("line") else ""
+        extra = f" ({d.get('hint')})" if d.get("hint") and d.get("hint") != hint else ""
+        details.append(f"{d.get('loc')}{line}: {d.get('msg')}{extra}")
+    return headline, details, hint
+
+
 def render_failure(entry: Entry) -> str:
     b = entry.body
     request = b.get("request") if isinstance(b.get("request"), dict) else {}
     error = b.get("error") if isinstance(b.get("error"), dict) else {}
     assert isinstance(request, dict) and isinstance(error, dict)
+    status = str(b.get("status", "failed"))
     job_href = entry.sidecar_href[: -len(".error.json")] + ".yaml"
-    spans = [("attempts", str(b.get("attempts", "?")))]
-    if request:
-        seed = request.get("seed")
-        spans = [
-            *([("seed", str(seed))] if seed is not None else []),
-            ("model", str(request.get("model"))),
-            *spans,
-        ]
-    hint = f'<p class="hint">hint: {_e(error.get("hint"))}</p>' if error.get("hint") else ""
-    details = "".join(
-        f"<li>{_e(d.get('loc'))}{' line ' + _e(d.get('line')) if d.get('line') else ''}: "
-        f"{_e(d.get('msg'))}</li>"
-        for d in error.get("details") or []
-        if isinstance(d, dict)
-    )
+    # A request without `model:` means the daemon's default: left out rather than shown as None.
+    spans = [(key, str(request[key])) for key in ("seed", "model") if request.get(key) is not None]
+    spans.append(("attempts", str(b.get("attempts", "?"))))
+    headline, details, hint = _failure_text(status, error)
+    items = "".join(f"<li>{_e(d)}</li>" for d in details)
+    hint_html = f'<p class="hint">hint: {_e(hint)}</p>' if hint else ""
     return (
         f'<article class="job failed" {_data_attrs(entry, request)}>'
-        f"{_header(entry, str(b.get('status', 'failed')))}"
+        f"{_header(entry, status)}"
         f"{_prompt_html(request) if request else ''}"
-        f'<p class="error"><span class="etype">{_e(error.get("type"))}</span>: {_e(error.get("message"))}</p>'
-        f"{'<ul>' + details + '</ul>' if details else ''}{hint}{_meta(spans)}"
+        f'<p class="error">{_e(headline)}</p>'
+        f"{'<ul>' + items + '</ul>' if items else ''}"
+        f"{hint_html}{_meta(spans)}"
         f'<p class="meta"><a href="{_href(*job_href.split("/"))}">job file</a></p></article>'
     )
 
