@@ -11,6 +11,8 @@ install:
 demo: install
 	$(VENV)/bin/dgx-music demo
 
+# Chromium and ffmpeg judge the page and the audio formats in the tests only: the demo needs neither.
 test: install
+	./scripts/test-tools.sh
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	./scripts/check-installed.sh

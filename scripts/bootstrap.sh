@@ -19,22 +19,6 @@ if [ "$(uname -s)" = Linux ] && ! pkg-config --exists libsystemd 2>/dev/null; th
     fi
 fi
 
-# Tests judge real output with real tools: the outbox page in a headless Chromium, mp3/ogg/flac
-# files with ffprobe (ffmpeg). Without them those tests skip, saying so.
-missing=
-command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$missing chromium"
-command -v ffprobe >/dev/null || missing="$missing ffmpeg"
-if [ -n "$missing" ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "bootstrap: installing$missing (the page and audio-format tests use them)" >&2
-        # shellcheck disable=SC2086  # a list of package names
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null; } \
-            || echo "bootstrap: could not install$missing; the tests that need them will skip" >&2
-    else
-        echo "bootstrap:$missing not found; the tests that need them will skip (sudo apt-get install$missing)" >&2
-    fi
-fi
-
 stamp="$VENV/.dgx-music-installed"
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
     exit 0

@@ -63,6 +63,10 @@ def test_the_wheel_holds_every_package_and_the_shipped_data(tmp_path: Path) -> N
     assert examples and all(f"jobspec/examples/{e}" in names for e in examples), examples
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "dgx-music = daemon.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    # What it is and under which licence, with the licence text itself.
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: MIT" in meta and "Classifier: Operating System :: POSIX :: Linux" in meta
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]
 
 
 def _installed_cli() -> Path:
@@ -159,3 +163,42 @@ def test_the_installed_daemon_reaches_ready_and_completes_a_job(tmp_path: Path) 
         out, _ = proc.communicate(timeout=60)
         listener.close()
     assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+
+
+def _fake_root_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A PATH as root on Debian without chromium or ffmpeg, where apt-get only notes its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt-calls"
+    for tool in ("bash", "dirname", "uname", "pkg-config", "cat"):
+        found = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True)
+        if found.returncode:
+            pytest.skip(f"{tool} is not installed")
+        (bin_dir / tool).symlink_to(found.stdout.strip())
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    for script in ("id", "apt-get"):
+        (bin_dir / script).chmod(0o755)
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".dgx-music-installed").touch()  # newer than pyproject.toml: nothing to pip install
+    os.utime(venv / ".dgx-music-installed", (time.time() + 60, time.time() + 60))
+    return {"PATH": str(bin_dir), "VENV": str(venv), "HOME": str(tmp_path)}, calls
+
+
+def test_the_demos_install_leaves_the_test_tools_to_the_tests(tmp_path: Path) -> None:
+    """`make demo` runs bootstrap.sh only: as root it must not apt-get chromium or ffmpeg, which
+    only the tests use; `make test` runs test-tools.sh, which does."""
+    if not subprocess.run(["pkg-config", "--exists", "libsystemd"]).returncode == 0:
+        pytest.skip("libsystemd-dev is missing: bootstrap.sh would install it first")
+    env, calls = _fake_root_path(tmp_path)
+    boot = subprocess.run([str(REPO / "scripts/bootstrap.sh")], env=env, capture_output=True, text=True)
+    assert boot.returncode == 0, boot.stderr
+    assert not calls.exists(), calls.read_text()
+    demo = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "test-tools" not in demo.stdout and "bootstrap.sh" in demo.stdout
+    tools = subprocess.run([str(REPO / "scripts/test-tools.sh")], env=env, capture_output=True, text=True)
+    assert tools.returncode == 0, tools.stderr
+    assert "install -y -qq chromium ffmpeg" in calls.read_text()
+    make_test = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "./scripts/test-tools.sh" in make_test.stdout
