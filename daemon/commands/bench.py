@@ -74,10 +74,25 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
         help="benchmark a tiny random model built in a temporary directory (runs anywhere)",
     )
     parser.add_argument(
+        "--family",
+        choices=("musicgen", "ace-step"),
+        default="musicgen",
+        help="the model family of --tiny / --shape (default musicgen); with ace-step, --compare times "
+        "diffusers' AceStepPipeline against the daemon's render",
+    )
+    parser.add_argument(
         "--shape",
-        choices=("small", "medium", "large"),
+        choices=("small", "medium", "large", "turbo", "base"),
         default=None,
-        help="random weights at this real MusicGen shape, built in a temporary directory",
+        help="random weights at this real shape (musicgen: small, medium, large, built in a temporary "
+        "directory; ace-step: turbo or base, the 2B DiT, built in memory)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ace-step: denoising steps (default the checkpoint's)",
     )
     parser.add_argument(
         "--compare",
@@ -130,7 +145,14 @@ def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
 
 
 def made_model(args: argparse.Namespace, tmp: Path) -> Path | None:
-    """--tiny / --shape: a checkpoint built here, so the benchmark needs no download."""
+    """--tiny / --shape: a checkpoint built here, so the benchmark needs no download (ACE-Step
+    shapes are built in memory by run_song_compare)."""
+    if args.family == "ace-step":
+        if args.tiny:
+            from daemon.ops.tinyacestep import init_tiny as init_tiny_song
+
+            return init_tiny_song(tmp / "tiny-song")
+        return None
     if args.tiny:
         from daemon.ops.tinymodel import init_tiny
 
@@ -142,6 +164,47 @@ def made_model(args: argparse.Namespace, tmp: Path) -> Path | None:
         # Half precision on disk keeps the large shape at ~7 GB; the load casts to the run dtype.
         return init_random(tmp / args.shape, args.shape, dtype="float16")
     return None
+
+
+def run_song_compare(args: argparse.Namespace, settings: Settings, model_name: str | None) -> int:
+    """`--compare --family ace-step`: diffusers' own pipeline call against the daemon's render."""
+    from daemon.engine.devices import resolve_device, resolve_dtype
+    from daemon.ops.decodebench import format_table
+    from daemon.ops.songbench import compare
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    if args.shape:
+        from daemon.ops.tinyacestep import real_pipeline
+
+        print(f"building random weights at the ACE-Step 1.5 {args.shape} shape in memory...", file=sys.stderr)
+        pipe = real_pipeline(variant=args.shape).to(device, dtype)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.vae.enable_slicing()
+        pipe.vae.enable_tiling()
+        name = f"acestep-{args.shape}"
+    else:
+        from daemon.engine.acestep.checkpoint import load_pipeline
+
+        name = model_name or settings.default_model
+        pipe = load_pipeline(name, settings, device=device, dtype=dtype).pipe
+    rows = compare(
+        pipe,
+        args.durations or (4.0, 8.0),
+        args.batch,
+        model_name=name,
+        steps=args.steps,
+        progress=lambda text: print(text, file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+        for row in rows[1::2]:
+            same = "identical audio" if row["identical"] else "DIFFERENT audio"
+            ratio = row["ratio"]
+            print(f"{row['duration_s']:g} s x{row['batch']}: dgx-music / diffusers = {ratio:.3f} ({same})")
+    return EXIT_OK if all(r["identical"] for r in rows) else EXIT_FAILED
 
 
 def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -> int:
@@ -215,6 +278,17 @@ def run(args: argparse.Namespace) -> int:
     if args.tiny and args.shape:
         print("dgx-music: give --tiny or --shape, not both", file=sys.stderr)
         return EXIT_USAGE
+    shapes = ("turbo", "base") if args.family == "ace-step" else ("small", "medium", "large")
+    if args.shape and args.shape not in shapes:
+        article = "an" if args.family == "ace-step" else "a"
+        print(
+            f"dgx-music: --shape {args.shape} is not {article} {args.family} shape ({', '.join(shapes)})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.family == "ace-step" and not args.compare:
+        print("dgx-music: --family ace-step benchmarks with --compare", file=sys.stderr)
+        return EXIT_USAGE
     if args.ops:
         interpret_triton_without_gpu()
     with tempfile.TemporaryDirectory(prefix="dgx-music-bench-") as tmp:
@@ -225,6 +299,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"dgx-music: {exc}", file=sys.stderr)
             return EXIT_USAGE
         model = made.name if made is not None else (args.model or settings.default_model)
+        if args.family == "ace-step":
+            try:
+                return run_song_compare(args, settings, model)
+            except DgxMusicError as exc:
+                print(f"dgx-music: bench failed: {exc}", file=sys.stderr)
+                return EXIT_USAGE if exc.error_type == ErrorType.UNKNOWN_MODEL else EXIT_FAILED
         if args.compare or args.ops:
             try:
                 return (run_ops if args.ops else run_compare)(args, settings, model)

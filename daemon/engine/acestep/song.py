@@ -29,6 +29,19 @@ from daemon.engine.acestep.crossattn import cached_cross_attention
 # The pipeline's own token limits (its __call__ defaults).
 MAX_TEXT_TOKENS = 256
 MAX_LYRIC_TOKENS = 2048
+# The timestep shift ACE-Step 1.5 checkpoints are made for (the pipeline's default).
+SHIFT = 3.0
+
+
+def default_steps(turbo: bool) -> int:
+    """Denoising steps when a job gives none: turbo checkpoints are distilled for 8, base ones
+    want many more (ACE-Step's own default for them is 50)."""
+    return 8 if turbo else 50
+
+
+def default_guidance(turbo: bool) -> float:
+    """Guidance when a job gives none: none for turbo checkpoints (built in), ACE-Step's 7 otherwise."""
+    return 1.0 if turbo else 7.0
 
 
 @dataclass(frozen=True)
