@@ -9,8 +9,10 @@ doctor (`dgx-music doctor --json`), gpu_tests (`pytest -m gpu`), compare (transf
 against the dgx loop, musicgen-small shape, 16 s at batch 1 and 8), shapes (medium and large random
 weights at the real shapes, 8 s), profile (capture time, graph replay ms per step, kernels per step,
 delay pattern, T5 and EnCodec times, peak memory), daemon (one job through `serve` + `submit --wait`
-on a temporary spool). Writes DIR/results.json and DIR/summary.md; exit 0 when every section
-passed, 1 otherwise. docs/gpu.md explains the figures and the targets.
+on a temporary spool), acestep (ACE-Step 1.5 at the real turbo shape, random weights: the daemon's
+render against diffusers' AceStepPipeline call, 60 s and 180 s songs at batch 1 and 4). Writes
+DIR/results.json and DIR/summary.md; exit 0 when every section passed, 1 otherwise. docs/gpu.md
+explains the figures and the targets.
 """
 
 from __future__ import annotations
@@ -144,6 +146,37 @@ def section_compare(plan: Plan) -> dict[str, Any]:
         f"batch{b}": _speedups(_compare(plan, shape, plan.compare_durations, b)) for b in plan.compare_batches
     }
     return {"ok": True, "shape": shape, "duration_s": float(plan.compare_durations), **runs}
+
+
+def section_acestep(plan: Plan) -> dict[str, Any]:
+    """ACE-Step 1.5 at the real turbo shape (random weights built in memory; --quick: the tiny
+    pipeline): the daemon's render against diffusers' own AceStepPipeline call, a 60 s and a 180 s
+    song, batch 1 and 4, with whether both made the same audio."""
+    durations = "1" if plan.quick else "60,180"
+    model = ["--tiny"] if plan.quick else ["--shape", "turbo"]
+    out: dict[str, Any] = {"ok": True, "shape": "tiny" if plan.quick else "turbo"}
+    for batch in (1, 2) if plan.quick else (1, 4):
+        args = ["bench", "--compare", "--family", "ace-step", "--json", "--device", plan.device]
+        proc = _cli(*args, "--durations", durations, "--batch", str(batch), *model, timeout=plan.timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"bench --compare --family ace-step exited {proc.returncode}: {_tail(proc.stderr, 800)}"
+            )
+        rows = json.loads(proc.stdout)
+        for row in rows:
+            if row["engine"] != "dgx-music":
+                continue
+            ref = next(r for r in rows if r["engine"] == "diffusers" and r["duration_s"] == row["duration_s"])
+            out[f"{row['duration_s']:g}s_batch{batch}"] = {
+                "dgx_gen_s": row["gen_s"],
+                "diffusers_gen_s": ref["gen_s"],
+                "ratio": row["ratio"],
+                "identical": row["identical"],
+                "dgx_audio_s_per_s": row["audio_s_per_s"],
+                "dgx_peak_memory_bytes": row["peak_memory_bytes"],
+            }
+            out["ok"] = out["ok"] and bool(row["identical"])
+    return out
 
 
 def _build(shape: str, directory: str) -> str:
@@ -415,6 +448,7 @@ SECTIONS: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "shapes": section_shapes,
     "profile": section_profile,
     "daemon": section_daemon,
+    "acestep": section_acestep,
 }
 
 
@@ -474,6 +508,13 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
             f"T5 {sec['t5_s']} s, delay pattern {sec['delay_pattern_s']} s, EnCodec {sec['encodec_s']} s, "
             f"fixed shapes {sec['ms_per_step_invariant']} ms/step "
             f"({sec['ms_per_step_invariant_off']} without)"
+        )
+    if name == "acestep":
+        return "; ".join(
+            f"{k}: dgx {v['dgx_gen_s']:.3f} s vs diffusers {v['diffusers_gen_s']:.3f} s (ratio {v['ratio']}, "
+            f"{'identical' if v['identical'] else 'DIFFERENT'}), {v['dgx_audio_s_per_s']} audio s/s"
+            for k, v in sec.items()
+            if isinstance(v, dict) and "dgx_gen_s" in v
         )
     if name == "daemon":
         model = sec.get("model") or {}

@@ -32,7 +32,7 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     results = json.loads((out / "results.json").read_text())
     summary = (out / "summary.md").read_text()
     sections = results["sections"]
-    assert set(sections) == {"doctor", "gpu_tests", "compare", "shapes", "profile", "daemon"}
+    assert set(sections) == {"doctor", "gpu_tests", "compare", "shapes", "profile", "daemon", "acestep"}
     failed = {name: sec.get("error") for name, sec in sections.items() if not sec.get("ok")}
     assert proc.returncode == 0, (failed, proc.stderr[-3000:])
     assert results["ok"] is True and results["device"] == "cpu" and results["quick"] is True
@@ -52,7 +52,9 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     assert profile["ms_per_step_other"] > 0 or "other_error" in profile
     daemon = sections["daemon"]
     assert daemon["status"] == "completed" and daemon["model"]["decoder"] in ("dgx", "transformers")
-    assert "| daemon | yes |" in summary and "Overall: PASS" in summary
+    song = sections["acestep"]
+    assert song["1s_batch1"]["identical"] and song["1s_batch2"]["ratio"] > 0
+    assert "| daemon | yes |" in summary and "| acestep | yes |" in summary and "Overall: PASS" in summary
 
 
 def test_a_failing_section_is_recorded_and_sets_the_exit_code(tmp_path: Path) -> None:
