@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
+from daemon.core.messages import SEED_MOD
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
 from daemon.engine.decoding.codec import delay_steps
 
 # Later windows use their own random stream: an odd 63-bit constant (golden ratio) per window
 # keeps window w of variation i away from every other variation's streams.
 _WINDOW_SEED_STEP = 0x1E3779B97F4A7C15
-_SEED_MOD = 2**63
 
 # Text conditioning of one segment: (input_ids [B, L], attention_mask [B, L]).
 SegmentText = tuple[torch.Tensor, torch.Tensor]
@@ -83,7 +83,7 @@ def planned_steps(model: Any, plans: list[WindowPlan]) -> int:
 
 
 def window_seed(seed: int, window: int) -> int:
-    return (seed + window * _WINDOW_SEED_STEP) % _SEED_MOD
+    return (seed + window * _WINDOW_SEED_STEP) % SEED_MOD
 
 
 def decode_long(

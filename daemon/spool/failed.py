@@ -17,7 +17,7 @@ from daemon.core.fsio import atomic_write_bytes, fsync_dir
 from daemon.spool.layout import dump, iso_utc, unlink_quiet
 from daemon.spool.records import Claimed
 from daemon.spool.reserve import release_id, reserve_id, result_dirs
-from jobspec.names import default_job_id, source_folder
+from jobspec.names import default_job_id, error_name, failed_job_name, source_folder
 from jobspec.sidecar import ErrorSidecar
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,10 @@ def reject_non_regular(
         )
     else:
         message = f"{name} is {kind}; only regular files are accepted as jobs"
-    job_id = reserve_id(settings, default_job_id(name), lambda i: [f"{i}.yaml"], folder=source_folder(name))
-    target = failed_dir / f"{job_id}.yaml"
+    job_id = reserve_id(
+        settings, default_job_id(name), lambda i: [failed_job_name(i)], folder=source_folder(name)
+    )
+    target = failed_dir / failed_job_name(job_id)
     try:
         try:
             move_no_clobber(path, target)
@@ -71,7 +73,7 @@ def reject_non_regular(
             finished_at=now,
             attempts=0,
         )
-        atomic_write_bytes(failed_dir / f"{job_id}.error.json", dump(sidecar), create_new=True)
+        atomic_write_bytes(failed_dir / error_name(job_id), dump(sidecar), create_new=True)
     finally:
         release_id(settings, job_id)
     log.warning("inbox: rejected %s (%s): moved to failed/%s", name, kind, target.name)
@@ -145,8 +147,8 @@ def fail_job(
     and leaves the claim in work/, to be retried.
     """
     failed_dir = failed_dir_for(settings, claimed.source_name)
-    yaml_path = failed_dir / f"{job_id}.yaml"
-    err_path = failed_dir / f"{job_id}.error.json"
+    yaml_path = failed_dir / failed_job_name(job_id)
+    err_path = failed_dir / error_name(job_id)
     if keep_work:
         data = claimed.work_path.read_bytes()
         _write_new_or_same(yaml_path, data)

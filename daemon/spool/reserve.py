@@ -20,7 +20,7 @@ from daemon.core.config import Settings
 from daemon.core.fsio import TEMP_SUFFIX
 from daemon.spool.layout import SpoolError, dump, unlink_quiet
 from daemon.spool.owner import Owner, current_owner, owner_alive
-from jobspec.names import is_valid_job_id, numbered_id, outcome_names
+from jobspec.names import error_name, is_valid_job_id, numbered_id, outcome_names, sidecar_name
 
 _MAX_SUFFIX = 100_000
 
@@ -84,7 +84,7 @@ def outcome_exists(settings: Settings, job_id: str, folder: str = "") -> bool:
     failed/<id>.error.json, in the job's inbox subfolder): a recovered claim whose job finished
     just before the crash."""
     outbox, failed = result_dirs(settings, folder)
-    return (outbox / f"{job_id}.json").exists() or (failed / f"{job_id}.error.json").exists()
+    return (outbox / sidecar_name(job_id)).exists() or (failed / error_name(job_id)).exists()
 
 
 def result_dirs(settings: Settings, folder: str = "") -> tuple[Path, Path]:

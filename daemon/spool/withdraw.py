@@ -21,7 +21,14 @@ from daemon.spool.failed import error_sidecar, failed_dir_for, move_no_clobber
 from daemon.spool.layout import dump
 from daemon.spool.reserve import release_id, reserve_id
 from jobspec import JobSpecError, load_job_bytes
-from jobspec.names import default_job_id, folder_problem, is_candidate, is_ignored_name, source_name_for
+from jobspec.names import (
+    default_job_id,
+    error_name,
+    folder_problem,
+    is_candidate,
+    is_ignored_name,
+    source_name_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +123,7 @@ def withdraw(
             attempts=0,
             status="cancelled",
         )
-        err = failed / f"{final_id}.error.json"
+        err = failed / error_name(final_id)
         atomic_write_bytes(err, dump(body), create_new=True)
     except BaseException:
         # Never lose the user's file: put it back where it was.
