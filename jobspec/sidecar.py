@@ -45,6 +45,28 @@ class Timings(_Strict):
     total_s: Seconds = Field(default=0.0, description="From pickup to the result being written.")
 
 
+class DecodeSetupInfo(_Strict):
+    """How the model decoded, decided once when it was loaded (or the configuration reloaded)."""
+
+    family: str = Field(description="The model family, e.g. musicgen.")
+    decoder: str = Field(description="The decode loop that ran: dgx or transformers.")
+    capture: Literal["on", "off", "failed"] | None = Field(
+        default=None, description="CUDA graphs: on, off, or failed (then the step ran uncaptured)."
+    )
+    capture_error: str | None = Field(default=None, description="Why the capture failed.")
+    rows: int | None = Field(
+        default=None, ge=1, description="The fixed row count of every decode call (batch invariance)."
+    )
+    kernels: str | None = Field(
+        default=None, description="The kernels the decode step ran on: triton or aten."
+    )
+    batch_invariant: bool = Field(default=False, description="Whether decodes ran at fixed shapes.")
+    fallback: str | None = Field(
+        default=None, description="Why the configured decoder is not the one that ran (None: it is)."
+    )
+    load_check: str | None = Field(default=None, description="What the decode loop's check at load found.")
+
+
 class ModelInfo(_Strict):
     """The model that made the audio."""
 
@@ -59,6 +81,9 @@ class ModelInfo(_Strict):
     decoder: str | None = Field(
         default=None,
         description="The token decode loop that ran: dgx (dgx-music's own) or transformers (generate).",
+    )
+    setup: DecodeSetupInfo | None = Field(
+        default=None, description="How the model decoded (its decode setup)."
     )
 
 

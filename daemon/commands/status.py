@@ -8,6 +8,7 @@ import sys
 
 from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.core.errors import ExitCode
+from daemon.core.messages import setup_summary
 from daemon.ops.client import status_report
 from daemon.ops.progressbar import format_eta
 
@@ -57,10 +58,9 @@ def run(args: argparse.Namespace) -> int:
         n = len(q.get("queued", []))
         what = "running a job" if (q.get("host"), q.get("pid")) in busy else "idle"
         m = q.get("model") or {}
+        decoder = setup_summary(m["setup"]) if m.get("setup") else m.get("decoder")
         resident = (
-            f", model {m.get('name')} on {m.get('device')}/{m.get('dtype')}, decoder {m.get('decoder')}"
-            if m
-            else ""
+            f", model {m.get('name')} on {m.get('device')}/{m.get('dtype')}, decoder {decoder}" if m else ""
         )
         print(f"daemon   pid {q.get('pid')} on {q.get('host')}: {what}, {n} queued{resident}")
     for r in report["running"]:

@@ -1,9 +1,10 @@
 """The values passed between the stages: what the worker asks of the engine and what it gets back.
 
 The queue builds a `GenerationRequest` per job, the engine answers with a `GenerationResult` and
-reports `Progress` while it decodes; `LoadedModelInfo` is the sidecar's `model` block and
-`EngineStats` what `status` shows. Plain frozen-where-possible dataclasses, no torch: any stage may
-import them without pulling in the engine.
+reports `Progress` while it decodes; `LoadedModelInfo` is the sidecar's `model` block (with the
+`DecodeSetup` the model decodes with) and `EngineStats` what `status` shows. `Generated` is what the
+queue hands the outbox for one job. Plain frozen-where-possible dataclasses, no torch: any stage may
+import them without pulling in the engine, and none of them names a model family's internals.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from jobspec import Job
+from jobspec.sidecar import ReferenceInfo, Timings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,6 +103,55 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class DecodeSetup:
+    """How a loaded model decodes: decided once, when it is loaded (or the configuration reloaded),
+    and never changed while it is resident. What `status`, the sidecar, `doctor` and `bench` report.
+
+    `family` is the model family (musicgen, ...) and `decoder` the loop that runs (dgx,
+    transformers, ...). The rest is what a family reports of itself, None where it has no such
+    choice: `capture` (CUDA graphs captured: on, off, or failed, the reason in `capture_error`),
+    `rows` (the fixed row count of every decode call, batch invariance), `kernels` (which
+    kernels the step runs), `fallback` (why the configured decoder is not the one that runs) and
+    `load_check` (what the check at load time found).
+    """
+
+    family: str
+    decoder: str
+    capture: str | None = None
+    capture_error: str | None = None
+    rows: int | None = None
+    kernels: str | None = None
+    batch_invariant: bool = False
+    fallback: str | None = None
+    load_check: str | None = None
+
+    def with_capture_failed(self, reason: str) -> DecodeSetup:
+        """The setup after a capture failed: decoding goes on uncaptured, and says so."""
+        return DecodeSetup(**{**asdict(self), "capture": "failed", "capture_error": reason})
+
+    def report(self) -> dict[str, Any]:
+        """The fields that apply (None left out), for status, the sidecar, doctor and bench."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def setup_summary(setup: dict[str, Any]) -> str:
+    """One line for a person from `DecodeSetup.report()`: "dgx (capture on, 8 fixed rows, ...)"."""
+    facts = []
+    if setup.get("capture"):
+        facts.append(
+            f"capture {setup['capture']}"
+            + (f": {setup['capture_error']}" if setup.get("capture_error") else "")
+        )
+    if setup.get("rows"):
+        facts.append(f"{setup['rows']} fixed rows")
+    if setup.get("kernels"):
+        facts.append(f"{setup['kernels']} kernels")
+    if setup.get("fallback"):
+        facts.append(f"because {setup['fallback']}")
+    return f"{setup.get('decoder')}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+@dataclass(frozen=True)
 class LoadedModelInfo:
     name: str
     source: str  # hub repo id or local directory
@@ -111,6 +164,7 @@ class LoadedModelInfo:
     frame_rate: float  # codec frames per second = sample_rate / prod(upsampling_ratios)
     load_s: float
     backend: str = "transformers"
+    setup: DecodeSetup | None = None
 
     def sidecar_fields(self) -> dict[str, Any]:
         """The sidecar's `model` block (jobspec.sidecar.ModelInfo)."""
@@ -122,6 +176,7 @@ class LoadedModelInfo:
             "device": self.device,
             "parameters": self.parameters,
             "decoder": self.backend,
+            "setup": self.setup.report() if self.setup is not None else None,
         }
 
 
@@ -147,6 +202,22 @@ class GenerationResult:
     def rtf(self) -> float:
         """Generation seconds per second of audio produced (all variations)."""
         return self.generate_s / self.audio_seconds if self.audio_seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One job's generated audio on its way from the queue to the outbox: everything `publish`
+    writes, and nothing of the queue's own bookkeeping."""
+
+    job_id: str
+    job: Job  # normalized, its model resolved
+    source_file: str  # the job file's name in inbox/ ("band/x.yaml" from a folder)
+    submitted: float  # time.time() of the job file's arrival
+    started: float  # time.time() the job's generation began
+    result: GenerationResult
+    timings: Timings  # queue_s, model_load_s, generate_s; publish fills in the rest
+    batch_audio_s: float | None = None  # audio seconds of the decode batch, when shared with other jobs
+    references: tuple[ReferenceInfo, ...] = ()
 
 
 @dataclass

@@ -1,25 +1,27 @@
-"""The music engine: a resident MusicGen model that turns prompts into audio arrays.
+"""The music engine: one resident model at a time that turns prompts into audio arrays.
 
-Kept from the seed system: `load_model`, `unload_model`, `set_generation_params`, `generate`,
-`get_stats` (its `save_audio` and `benchmark` are in `daemon.ops.facade`). Post-processing
-(loudness) and writing belong to the caller (`daemon.audio.loudness`, `daemon.audio.encode`).
-How a call is cut into decode batches is `daemon.engine.plan`; running them (progress, abort,
-OOM split) is `daemon.engine.run`. The values it takes and returns are `daemon.core.messages`
-(re-exported here).
+Its entry points are `load_model`, `unload_model`, `set_generation_params`, `generate` and
+`get_stats` (`save_audio` and `benchmark` are in `daemon.ops.facade`). It knows no model family:
+`daemon.engine.family` says which family loads a configured model, and the engine then only uses
+that seam (warm up, plan rows, decode, reproducibility facts); MusicGen is `daemon.engine.musicgen`.
+Post-processing (loudness) and writing belong to the caller (`daemon.audio`). The values it takes
+and returns are `daemon.core.messages` (re-exported here).
 
 Reproducibility: every job gets an effective seed (given, or drawn from os.urandom) and
 variation i uses seed + i. Decoding runs under a forked, seeded torch RNG, so nothing outside the
-job (other jobs, global torch.manual_seed calls) changes its samples. With the transformers
-backend a row's samples also depend on its batch mates (one RNG per `generate` call); the engine
-only batches rows of the same job together unless the dgx backend (per-row generators) is used.
-The dgx backend's `batch_invariant` keeps a row's arithmetic independent of its batch mates too
-(fixed decode shapes); each result says what reproduces it (`GenerationResult.reproducibility`).
+job (other jobs, global torch.manual_seed calls) changes its samples; each result says what
+reproduces it (`GenerationResult.reproducibility`).
+
+A configuration reload (`reconfigure`) takes effect between calls, never under a running decode:
+when anything the loaded model's setup is resolved from changed (device, dtype, its source or
+revision, the decode settings), the model is loaded again before the next call.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,25 +32,23 @@ import numpy as np
 import torch
 
 from daemon.core.config import Settings
-from daemon.core.errors import DgxMusicError, InvalidJobError, ModelLoadError
+from daemon.core.errors import DgxMusicError, ModelLoadError
 from daemon.core.messages import (
     SEED_MOD,
+    DecodeSetup,
     EngineStats,
     GenerationRequest,
     GenerationResult,
     LoadedModelInfo,
     Progress,
 )
-from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, melody_models, resolve_spec
-from daemon.engine.decoding import get_backend
-from daemon.engine.decoding.api import DecodeBackend, reproducibility
-from daemon.engine.decoding.codec import frame_rate
+from daemon.engine.checkpoints import resolve_spec
 from daemon.engine.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
-from daemon.engine.plan import Framing, effective_seeds, plan_chunks
-from daemon.engine.run import ChunkRunner
+from daemon.engine.family import LoadedFamily, StepClock, decode_call, effective_seeds, family_for
 
 __all__ = [
     "SEED_MOD",
+    "DecodeSetup",
     "EngineStats",
     "GenerationRequest",
     "GenerationResult",
@@ -63,14 +63,17 @@ log = logging.getLogger(__name__)
 class MusicEngine:
     """One resident model at a time (loading another unloads the first); thread-safe entry points."""
 
-    def __init__(self, settings: Settings, *, backend: DecodeBackend | None = None) -> None:
+    def __init__(self, settings: Settings, *, backend: Any = None) -> None:
         self.settings = settings
-        self._backend = backend
-        self._hf_backend: DecodeBackend | None = None  # melody checkpoints decode with transformers
+        # A decode loop that replaces the configured one (bench --compare, fault injection, tests).
+        self._loop = backend
         self._lock = threading.RLock()
-        self._ckpt: LoadedCheckpoint | None = None
-        self._info: LoadedModelInfo | None = None
+        self._model: LoadedFamily | None = None
         self._device: torch.device | None = None
+        self._loaded_from: tuple[Any, ...] | None = None  # what the resident model was resolved from
+        self._load_s = 0.0
+        self._info: LoadedModelInfo | None = None
+        self._info_base: LoadedModelInfo | None = None
         self._defaults: dict[str, Any] = {}
         self._last_used: float | None = None
         self._stats = EngineStats(None, None, None, None, None, 0, None)
@@ -80,57 +83,73 @@ class MusicEngine:
 
     @property
     def info(self) -> LoadedModelInfo | None:
+        """The resident model's facts and decode setup, with its load time."""
+        if self._model is None:
+            return None
+        base = self._model.info
+        if self._info is None or self._info_base is not base:
+            self._info, self._info_base = replace(base, load_s=self._load_s), base
         return self._info
 
+    @property
+    def loaded(self) -> LoadedFamily | None:
+        """The resident model, as its family loaded it."""
+        return self._model
+
+    @property
+    def setup(self) -> DecodeSetup | None:
+        """How the resident model decodes (None when none is loaded)."""
+        return None if self._model is None else self._model.setup
+
     def is_loaded(self, name: str | None = None) -> bool:
-        if self._info is None:
+        """Whether `name` (any model: None) is resident as the current settings would load it."""
+        info = self.info
+        if info is None:
             return False
-        return name is None or self._info.name == name
+        return name is None or (info.name == name and self._loaded_from == self._resolved_from(name))
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A reloaded configuration: used from the next call on (the running one keeps its own);
+        the resident model is loaded again then when anything its setup rests on changed."""
+        self.settings = settings
+
+    def _resolved_from(self, name: str) -> tuple[Any, ...]:
+        s = self.settings
+        spec = s.models.get(name)
+        return (
+            name,
+            spec.model_dump() if spec is not None and hasattr(spec, "model_dump") else spec,
+            s.device,
+            s.dtype,
+            s.decoder,
+            s.kernels,
+            s.batch_invariant,
+            s.max_batch,
+            s.window_s,
+            s.extend_stride_s,
+            id(self._loop),
+        )
 
     def load_model(self, name: str | None = None) -> LoadedModelInfo:
-        """Load `name` (default: the config's default_model) unless it is already resident."""
+        """Load `name` (default: the config's default_model) unless it is already resident, as
+        the current settings would load it."""
         name = name or self.settings.default_model
         with self._lock:
-            if self._info is not None and self._info.name == name:
-                return self._info
+            if self._model is not None and self._loaded_from == self._resolved_from(name):
+                info = self.info
+                assert info is not None
+                return info
             resolve_spec(name, self.settings)  # unknown names fail before anything is unloaded
             self.unload_model()
             t0 = time.monotonic()
             device = resolve_device(self.settings.device)
             dtype = resolve_dtype(self.settings.dtype, device)
-            try:
-                ckpt = load_checkpoint(name, self.settings, device=device, dtype=dtype)
-            except DgxMusicError:
-                raise
-            except Exception as exc:
-                # Loaders raise their own types (safetensors' SafetensorError on a damaged
-                # header is none of OSError/ValueError): the daemon must still see a load failure.
-                raise ModelLoadError(
-                    f"model {name!r}: cannot load the checkpoint: {type(exc).__name__}: {exc}",
-                    hint="the checkpoint is damaged or from an incompatible version: "
-                    "copy or download it again",
-                ) from exc
-            backend = self._checked_backend(ckpt)
-            model = ckpt.model
-            acfg = model.config.audio_encoder
-            info = LoadedModelInfo(
-                name=name,
-                source=ckpt.source,
-                revision=ckpt.revision,
-                dtype=str(dtype).removeprefix("torch."),
-                device=str(device),
-                parameters=int(sum(p.numel() for p in model.parameters())),
-                sample_rate=int(acfg.sampling_rate),
-                channels=int(model.config.decoder.audio_channels),
-                frame_rate=frame_rate(model),
-                load_s=0.0,
-                backend="transformers" if ckpt.melody else backend.name,
-            )
-            self._ckpt, self._device, self._backend = ckpt, device, backend
-            self._info = info
+            family = family_for(name, self.settings)
+            model = family.load(name, self.settings, device, dtype, loop=self._loop)
+            self._model, self._device = model, device
             try:
                 if self.settings.warmup:
-                    self._warmup()
+                    model.warm_up()
             except DgxMusicError as exc:
                 self.unload_model()
                 raise ModelLoadError(
@@ -140,8 +159,10 @@ class MusicEngine:
             except BaseException:
                 self.unload_model()
                 raise
-            info = replace(info, load_s=time.monotonic() - t0)
-            self._info = info
+            self._loaded_from = self._resolved_from(name)
+            self._load_s, self._info = time.monotonic() - t0, None
+            info = self.info
+            assert info is not None
             self._last_used = time.monotonic()
             # Job counters span the engine's life; the model fields describe the resident model.
             self._stats = replace(
@@ -157,7 +178,7 @@ class MusicEngine:
             )
             log.info(
                 "model %s loaded from %s (revision %s) on %s/%s: %.1fM parameters, %d Hz, %d channel(s), "
-                "%.2f frames/s, decoder %s, %.1f s",
+                "%.2f frames/s, decode setup %s, %.1f s",
                 info.name,
                 info.source,
                 info.revision,
@@ -167,61 +188,23 @@ class MusicEngine:
                 info.sample_rate,
                 info.channels,
                 info.frame_rate,
-                info.backend,
+                info.setup.report() if info.setup else info.backend,
                 info.load_s,
             )
             return info
 
-    def _checked_backend(self, ckpt: LoadedCheckpoint) -> DecodeBackend:
-        """The backend to use for `ckpt`: under `decoder: auto`, the dgx loop only if it runs here."""
-        backend = self.backend
-        if self.settings.decoder != "auto" or getattr(backend, "name", None) != "dgx":
-            return backend
-        if ckpt.melody:
-            # Melody checkpoints always decode with generate (see _generate_locked); probing the dgx
-            # loop on them would only find that out and switch every later model to generate too.
-            return backend
-        from daemon.engine.decoding.hf import TransformersBackend
-        from daemon.engine.decoding.probe import dgx_problem
-
-        problem = dgx_problem(backend, TransformersBackend(), ckpt.model, ckpt.processor)
-        if problem is None:
-            return backend
-        log.warning(
-            "the dgx decode loop cannot run on this model with transformers %s (%s): using transformers "
-            "generate instead (slower); set `decoder: transformers` to silence this, or install a "
-            "transformers version pyproject.toml allows",
-            _transformers_version(),
-            problem,
-        )
-        fallback = TransformersBackend()
-        self._backend = fallback
-        return fallback
-
-    def _warmup(self) -> None:
-        """The decode buckets jobs use, then one short generation, so no job pays a capture or
-        lazy initialisation."""
-        assert self._info is not None and self._ckpt is not None
-        prepare = getattr(self.backend, "prepare", None)
-        if callable(prepare) and not self._ckpt.melody:
-            # Full batches at the long-form window's length: every job up to the window uses it.
-            prepare(self._ckpt.model, rows=self.settings.max_batch, frames=self._framing().window)
-        seconds = min(1.0, self.settings.window_s)
-        t0 = time.monotonic()
-        self._generate_locked([GenerationRequest("warm up", seconds, seed=0)], None, None, None, record=False)
-        log.info("warm-up generation of %.1f s took %.2f s", seconds, time.monotonic() - t0)
-
     def unload_model(self) -> None:
         """Drop the model and give its memory back (GPU memory included)."""
         with self._lock:
-            if self._ckpt is None:
+            model = self._model
+            if model is None:
                 return
-            name = self._info.name if self._info else "?"
+            name = model.info.name
             device = self._device
-            self._ckpt = None
-            self._info = None
-            if self._backend is not None and hasattr(self._backend, "reset"):
-                self._backend.reset()  # backends may hold caches or captured graphs
+            self._model = self._info = self._info_base = None
+            self._loaded_from = None
+            model.unload()
+            del model
             gc.collect()
             if device is not None and device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -230,7 +213,7 @@ class MusicEngine:
     def maybe_idle_unload(self, now: float | None = None) -> bool:
         """Unload when idle for `idle_unload_s` (0: never). Never blocks a running generation."""
         limit = self.settings.idle_unload_s
-        if limit <= 0 or self._ckpt is None or self._last_used is None:
+        if limit <= 0 or self._model is None or self._last_used is None:
             return False
         now = time.monotonic() if now is None else now
         if now - self._last_used < limit:
@@ -238,7 +221,7 @@ class MusicEngine:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            if self._ckpt is None or self._last_used is None or now - self._last_used < limit:
+            if self._model is None or self._last_used is None or now - self._last_used < limit:
                 return False
             log.info("model idle for %.0f s (idle_unload_s=%.0f): unloading", now - self._last_used, limit)
             self.unload_model()
@@ -247,30 +230,24 @@ class MusicEngine:
             self._lock.release()
 
     @property
-    def backend(self) -> DecodeBackend:
-        """The decode loop in use (resolved from the `decoder` setting on first use)."""
-        if self._backend is None:
-            s = self.settings
-            self._backend = get_backend(
-                s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch, kernels=s.kernels
-            )
-        return self._backend
+    def backend(self) -> Any:
+        """The decode loop set by `set_backend`, else the resident model's (None: neither)."""
+        return self._loop if self._loop is not None else getattr(self._model, "backend", None)
 
-    def set_backend(self, backend: DecodeBackend) -> None:
-        """Swap the decode loop (bench --compare); the model stays resident."""
+    def set_backend(self, backend: Any) -> None:
+        """Decode with `backend` from the next call on (bench --compare); the model stays resident."""
         with self._lock:
-            old = self._backend
-            if old is not None and old is not backend and hasattr(old, "reset"):
-                old.reset()
-            self._backend = backend
-            if self._info is not None:
-                self._info = replace(self._info, backend=backend.name)
+            self._loop = backend
+            replace_loop = getattr(self._model, "replace_loop", None)
+            if callable(replace_loop):
+                replace_loop(backend)
+                self._loaded_from = self._resolved_from(self._model.info.name)  # type: ignore[union-attr]
                 self._stats.backend = backend.name
 
     # ------------------------------------------------------------ generation
 
     def set_generation_params(self, **defaults: Any) -> None:
-        """Defaults for `request()` (the seed's API): any GenerationRequest field but prompt."""
+        """Defaults for `request()`: any GenerationRequest field but prompt."""
         allowed = {f.name for f in fields(GenerationRequest)} - {"prompt"}
         unknown = set(defaults) - allowed
         if unknown:
@@ -303,7 +280,8 @@ class MusicEngine:
         with self._lock:
             self.load_model(model)
             try:
-                results = self._generate_locked(list(requests), progress, cancel, timeout_s, record=True)
+                clock = StepClock(0, progress=progress, cancel=cancel, timeout_s=timeout_s)
+                results = self._generate_locked(list(requests), clock)
             except BaseException:
                 self._stats.failed_jobs += len(requests)
                 raise
@@ -311,73 +289,17 @@ class MusicEngine:
                 self._last_used = time.monotonic()
             return results
 
-    def _generate_locked(
-        self,
-        requests: list[GenerationRequest],
-        progress: Callable[[Progress], None] | None,
-        cancel: threading.Event | None,
-        timeout_s: float | None,
-        *,
-        record: bool,
-    ) -> list[GenerationResult]:
-        assert self._ckpt is not None and self._info is not None and self._device is not None
-        info = self._info
-        backend = self.backend
-        if self._ckpt.melody:
-            # The melody decoder prepends its conditioning to the sequence instead of attending to
-            # it: only transformers' generate implements that, so melody checkpoints always use it.
-            from daemon.engine.decoding.hf import TransformersBackend
-
-            if backend.name != "transformers":
-                backend = self._hf_backend = self._hf_backend or TransformersBackend()
-        for req in requests:
-            if req.melody is not None and not self._ckpt.melody:
-                melodic = melody_models(self.settings)
-                raise InvalidJobError(
-                    f"model {info.name!r} cannot follow a melody (it is not a musicgen-melody checkpoint)",
-                    loc="melody",
-                    hint=(
-                        f"use one of the melody models configured here: {', '.join(melodic)}"
-                        if melodic
-                        else "no melody model is configured here: ask the operator to add "
-                        "facebook/musicgen-melody to `models:`"
-                    )
-                    + ", or leave `melody:` out",
-                )
+    def _generate_locked(self, requests: list[GenerationRequest], clock: StepClock) -> list[GenerationResult]:
+        assert self._model is not None and self._device is not None
+        loaded = self._model
         seeds = effective_seeds(requests)
-        framing = self._framing()
-        chunks = plan_chunks(
-            requests,
-            seeds,
-            framing,
-            max_batch=self.settings.max_batch,
-            per_row_seeds=bool(getattr(backend, "per_row_seeds", False)),
-        )
-        runner = ChunkRunner(
-            self._ckpt,
-            self._device,
-            backend,
-            framing,
-            chunks,
-            progress=progress,
-            cancel=cancel,
-            timeout_s=timeout_s,
-        )
-        audio_rows: dict[tuple[int, int], np.ndarray] = {}
-        per_request_s = [0.0] * len(requests)
         reset_peak_memory(self._device)
-
         with torch.inference_mode():
-            for chunk in chunks:
-                t0 = time.monotonic()
-                for row, audio in zip(chunk.rows, runner.run(chunk)):
-                    audio_rows[(row.req_index, row.variation)] = audio
-                spent = time.monotonic() - t0
-                for ri in {r.req_index for r in chunk.rows}:
-                    per_request_s[ri] += spent
+            audio_rows, per_request_s, batches = decode_call(loaded, requests, seeds, clock)
         peak = peak_memory_bytes(self._device)
-        prefix = {c.rows[0].req_index: c.prefix_frames for c in chunks if c.prefix_frames}
-        repro = reproducibility(backend, self._ckpt.model)
+        info = loaded.info
+        repro = loaded.reproducibility()
+        continued = {b.rows[0].req_index: b.continued_s for b in batches if b.continued_s}
         results = []
         for i, (req, seed) in enumerate(zip(requests, seeds)):
             audio = np.stack([audio_rows[(i, v)] for v in range(req.count)]).astype(np.float32, copy=False)
@@ -390,13 +312,12 @@ class MusicEngine:
                     peak_memory_bytes=peak,
                     model=info,
                     request=req,
-                    decoder=backend.name,
+                    decoder=info.backend,
                     reproducibility=repro,
-                    continued_s=prefix.get(i, 0) / framing.frame_rate,
+                    continued_s=continued.get(i, 0.0),
                 )
             )
-        if record:
-            self._record(results, info, peak)
+        self._record(results, info, peak)
         return results
 
     def _record(self, results: list[GenerationResult], info: LoadedModelInfo, peak: int) -> None:
@@ -420,24 +341,13 @@ class MusicEngine:
         self._peak = max(self._peak, peak)
         self._stats.peak_memory_bytes = self._peak
 
-    def _framing(self) -> Framing:
-        assert self._info is not None
-        return Framing.of(self._info, self.settings)
-
     def frames_for(self, duration: float) -> int:
-        """Codec frames covering `duration` seconds at the loaded model's own frame rate."""
-        return self._framing().frames_for(duration)
-
-    def samples_for(self, duration: float) -> int:
-        return self._framing().samples_for(duration)
+        """Steps (codec frames) covering `duration` seconds at the loaded model's own rate."""
+        info = self.info
+        assert info is not None
+        return max(1, math.ceil(duration * info.frame_rate - 1e-9))
 
     # ------------------------------------------------------------ stats
 
     def get_stats(self) -> EngineStats:
-        return replace(self._stats, last_used_monotonic=self._last_used, loaded=self._info is not None)
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return str(transformers.__version__)
+        return replace(self._stats, last_used_monotonic=self._last_used, loaded=self._model is not None)

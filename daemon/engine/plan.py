@@ -12,7 +12,6 @@ depends on which other jobs were queued with it.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +47,7 @@ class Chunk:
     continue_from: AudioPrompt | None = None
     prefix_frames: int = 0  # frames of continue_from the result starts with
     melody: AudioPrompt | None = None
+    continued_s: float = 0.0  # prefix_frames in seconds
 
     @property
     def new_frames(self) -> int:
@@ -117,6 +117,7 @@ class Framing:
             continue_from=req.continue_from if prefix else None,
             prefix_frames=prefix,
             melody=req.melody,
+            continued_s=prefix / self.frame_rate,
         )
 
 
@@ -132,15 +133,6 @@ def row_sampling(req: GenerationRequest, seed: int) -> RowSampling:
     return RowSampling(
         temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, greedy=req.greedy, seed=seed
     )
-
-
-def random_seed() -> int:
-    return int.from_bytes(os.urandom(8), "little") % SEED_MOD
-
-
-def effective_seeds(requests: Sequence[GenerationRequest]) -> list[int]:
-    """Each request's seed, or a fresh random one (recorded in its result)."""
-    return [r.seed if r.seed is not None else random_seed() for r in requests]
 
 
 def plan_chunks(

@@ -1,4 +1,4 @@
-"""Running the chunks of one `generate` call: decode, codes to audio, progress, abort checks, OOM split.
+"""Decoding one MusicGen chunk: text, reference audio, long-form windows, codes to audio, OOM split.
 
 Progress is counted in decoding steps over the whole call (all chunks and long-form windows), and
 cancellation and the time limit are checked at every step. On CUDA out-of-memory a chunk is
@@ -10,61 +10,35 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from daemon.core.errors import (
-    DgxMusicError,
-    GenerationCancelled,
-    GenerationError,
-    GenerationTimeoutError,
-    OutOfMemoryError,
-)
-from daemon.core.messages import Progress
+from daemon.core.errors import DgxMusicError, GenerationError, OutOfMemoryError
 from daemon.engine.checkpoints import LoadedCheckpoint
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
 from daemon.engine.decoding.codec import audio_to_codes, codes_to_audio
+from daemon.engine.family import StepClock
 from daemon.engine.longform import SegmentText, decode_long
 from daemon.engine.melody import to_rate_and_channels
 from daemon.engine.plan import Chunk, Framing
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[Progress], None]
-
 
 class ChunkRunner:
-    """Decodes the chunks of one generate call on a loaded checkpoint, sharing one step clock."""
+    """Decodes chunks of a loaded checkpoint, each on the step clock of its call."""
 
     def __init__(
-        self,
-        ckpt: LoadedCheckpoint,
-        device: torch.device,
-        backend: DecodeBackend,
-        framing: Framing,
-        chunks: Sequence[Chunk],
-        *,
-        progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-        timeout_s: float | None,
+        self, ckpt: LoadedCheckpoint, device: torch.device, backend: DecodeBackend, framing: Framing
     ) -> None:
         self.ckpt, self.device, self.backend, self.framing = ckpt, device, backend, framing
-        self.progress, self.cancel = progress, cancel
-        self.start = time.monotonic()
-        self.deadline = None if timeout_s is None else self.start + timeout_s
-        self.total = sum(framing.steps(ckpt.model, c) for c in chunks)
-        self.done = 0
-        self.callback_error: BaseException | None = None
 
-    def run(self, chunk: Chunk) -> list[np.ndarray]:
+    def run(self, chunk: Chunk, clock: StepClock) -> list[np.ndarray]:
         """Audio per row; on CUDA out-of-memory: free the cache, split in halves, retry once."""
         try:
-            return self._decode(chunk)
+            return self._decode(chunk, clock)
         except torch.OutOfMemoryError as exc:
             self._release()
             if len(chunk.rows) == 1:
@@ -83,9 +57,9 @@ class ChunkRunner:
             out: list[np.ndarray] = []
             for part in (slice(0, half), slice(half, None)):
                 sub = replace(chunk, rows=chunk.rows[part], prompts=chunk.prompts[part])
-                self.total += self.framing.steps(self.ckpt.model, sub)
+                clock.total += self.framing.steps(self.ckpt.model, sub)
                 try:
-                    out.extend(self._decode(sub))
+                    out.extend(self._decode(sub, clock))
                 except torch.OutOfMemoryError as exc2:
                     self._release()
                     raise OutOfMemoryError(
@@ -108,7 +82,7 @@ class ChunkRunner:
         enc = self.ckpt.processor(text=prompts, padding=True, return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
-    def _decode(self, chunk: Chunk) -> list[np.ndarray]:
+    def _decode(self, chunk: Chunk, clock: StepClock) -> list[np.ndarray]:
         model = self.ckpt.model
         rows = len(chunk.rows)
         input_ids, attention_mask = self._text(chunk.prompts)
@@ -137,10 +111,10 @@ class ChunkRunner:
             prompt_codes=prompt_codes,
             extras=extras,
         )
-        base = self.done
+        base = clock.done
 
         def call_step(done_in_chunk: int, _total: int) -> None:
-            self._on_step(base + done_in_chunk)
+            clock.advance(base + done_in_chunk)
 
         try:
             codes = decode_long(
@@ -153,38 +127,19 @@ class ChunkRunner:
                 segments=chunk.segment_frames,
                 texts=texts,
             )
-            self.done = base + self.framing.steps(model, chunk)
-            self.check_abort()
+            clock.done = base + self.framing.steps(model, chunk)
+            clock.check()
             audio = codes_to_audio(model, codes)
         except (DgxMusicError, torch.OutOfMemoryError):
             raise
         except BaseException as exc:
-            if self.callback_error is not None and exc is self.callback_error:
+            if clock.callback_error is not None and exc is clock.callback_error:
                 raise  # the caller's own progress callback failed: its exception, unchanged
             if isinstance(exc, Exception):
                 raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
             raise
         audio_np = audio.detach().to("cpu", torch.float32).numpy()
         return [fit(audio_np[j], chunk.samples) for j in range(audio_np.shape[0])]
-
-    def check_abort(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise GenerationCancelled("generation cancelled")
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise GenerationTimeoutError(
-                "generation ran past its time limit",
-                hint="raise job_timeout_s in the config, or shorten the clip",
-            )
-
-    def _on_step(self, done: int) -> None:
-        self.done = max(self.done, done)
-        self.check_abort()
-        if self.progress is not None:
-            try:
-                self.progress(Progress(self.done, self.total, time.monotonic() - self.start))
-            except BaseException as exc:
-                self.callback_error = exc
-                raise
 
 
 def fit(audio: np.ndarray, n: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from daemon.core.messages import Progress
+from daemon.core.messages import Progress, setup_summary
 from daemon.engine.model import MusicEngine
 from daemon.ops.progressbar import ProgressBar as Bar
 
@@ -221,7 +221,8 @@ def format_report(report: BenchReport) -> str:
     m = report.model
     lines = [
         f"model {m.get('name')} ({m.get('source')}, {m.get('parameters', 0) / 1e6:.1f}M parameters) "
-        f"on {report.device} {m.get('dtype')}, decoder {m.get('backend')}",
+        f"on {report.device} {m.get('dtype')}, decoder "
+        + (setup_summary(m["setup"]) if m.get("setup") else str(m.get("backend"))),
     ]
     if report.gpu:
         g = report.gpu

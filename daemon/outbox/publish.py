@@ -25,17 +25,15 @@ from daemon.audio.waveform import peak_envelope
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, message_id
+from daemon.core.messages import SEED_MOD, Generated
 from daemon.outbox.hostinfo import host_info
-from daemon.queue.jobs import QueuedJob
 from jobspec import Job
-from jobspec.names import audio_names, source_folder
+from jobspec.names import audio_names, sidecar_name, source_folder
 from jobspec.sidecar import (
     ModelInfo,
     OutputInfo,
-    ReferenceInfo,
     Reproducibility,
     ResultSidecar,
-    Timings,
     Waveform,
 )
 
@@ -91,34 +89,18 @@ class Published:
     sidecar: ResultSidecar
 
 
-def publish(
-    outbox: Path,
-    *,
-    job_id: str,
-    job: Job,
-    seed: int,
-    audio: np.ndarray,
-    sample_rate: int,
-    source_file: str,
-    submitted: float,
-    started: float,
-    model: ModelInfo,
-    timings: Timings,
-    peak_memory_bytes: int,
-    normalize_audio: bool = True,
-    rtf_audio_s: float | None = None,
-    references: list[ReferenceInfo] | None = None,
-    decoder: str | None = None,
-    reproducibility: Reproducibility | None = None,
-) -> Published:
+def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> Published:
     """Write the job's audio ([count, channels, samples]) and its sidecar; returns the sidecar.
 
     `timings.postprocess_s` and `total_s` are filled in here; the others come from the caller.
-    `rtf_audio_s`: the audio seconds the RTF divides by, when the job shared its decode batch.
+    `batch_audio_s`: the audio seconds the RTF divides by, when the job shared its decode batch.
     """
+    res, job, job_id, timings = done.result, done.job, done.job_id, done.timings
+    audio, sample_rate, seed = res.audio, res.sample_rate, res.seed
+    model = ModelInfo(**res.model.sidecar_fields())
     t0 = time.monotonic()
     # A job from inbox/<folder>/ (source "band/x.yaml") publishes into outbox/<folder>/.
-    folder = source_folder(source_file)
+    folder = source_folder(done.source_file)
     if folder:
         outbox = outbox / folder
         outbox.mkdir(exist_ok=True)
@@ -129,7 +111,7 @@ def publish(
             target_lufs = job.output.loudness_lufs if normalize_audio else None
             ceiling = job.output.true_peak_dbtp if normalize_audio else None
             post = normalize(audio[i], sample_rate, target_lufs, ceiling)
-            variation_seed = (seed + i) % 2**63
+            variation_seed = (seed + i) % SEED_MOD
             info = write_audio(
                 outbox / name,
                 post.audio,
@@ -171,30 +153,30 @@ def publish(
         finished = time.time()
         post_s = time.monotonic() - t0
         # All variations (and batch-mates, when decoded together), as the engine's RTF.
-        audio_s = rtf_audio_s or sum(o.duration_s for o in outputs)
+        audio_s = done.batch_audio_s or sum(o.duration_s for o in outputs)
         sidecar = ResultSidecar(
             job_id=job_id,
-            source_file=source_file,
-            submitted=utc(submitted),
-            started=utc(started),
+            source_file=done.source_file,
+            submitted=utc(done.submitted),
+            started=utc(done.started),
             finished=utc(finished),
             timings=timings.model_copy(
                 update={
                     "postprocess_s": round(post_s, 4),
-                    "total_s": round(max(0.0, finished - submitted), 4),
+                    "total_s": round(max(0.0, finished - done.submitted), 4),
                 }
             ),
             rtf=round(timings.generate_s / audio_s, 5) if audio_s > 0 else 0.0,
             request=job.model_copy(update={"seed": seed, "id": job_id}),
             model=model,
             outputs=outputs,
-            peak_memory_bytes=peak_memory_bytes,
+            peak_memory_bytes=res.peak_memory_bytes,
             host=host_info(model.device),
-            references=list(references or []),
-            decoder=decoder,
-            reproducibility=reproducibility,
+            references=list(done.references),
+            decoder=res.decoder,
+            reproducibility=Reproducibility(**res.reproducibility) if res.reproducibility else None,
         )
-        path = outbox / f"{job_id}.json"
+        path = outbox / sidecar_name(job_id)
         body = sidecar_json(sidecar.model_dump(mode="json"))
         atomic_write_bytes(path, body.encode("utf-8"), create_new=True)
     except BaseException:
@@ -209,44 +191,18 @@ def publish(
     return Published(path, sidecar)
 
 
-def publish_job(settings: Settings, item: QueuedJob) -> Path:
-    """Write a generated queued job's audio and sidecar to the outbox; returns the sidecar path.
+def publish_job(settings: Settings, done: Generated) -> Path:
+    """Write a generated job's audio and sidecar to the outbox; returns the sidecar path.
 
     This is the publish step the service hands to the worker."""
-    assert item.pending is not None and item.pending_timings is not None
-    res = item.pending
-    job = item.job.model_copy(update={"model": item.job.model or settings.default_model})
-    out = publish(
-        settings.outbox,
-        job_id=item.job_id,
-        job=job,
-        seed=res.seed,
-        audio=res.audio,
-        sample_rate=res.sample_rate,
-        source_file=item.claim.source_name,
-        submitted=item.claim.submitted_at,
-        started=item.started_at or time.time(),
-        model=ModelInfo(**res.model.sidecar_fields()),
-        timings=item.pending_timings,
-        peak_memory_bytes=res.peak_memory_bytes,
-        normalize_audio=settings.normalize_audio,
-        rtf_audio_s=item.batch_audio_s,
-        references=[
-            ReferenceInfo(
-                **r.sidecar_fields(), used_s=round(res.continued_s, 6) if r.role == "continue_from" else None
-            )
-            for r in item.references
-        ],
-        decoder=res.decoder,
-        reproducibility=Reproducibility(**res.reproducibility) if res.reproducibility else None,
-    )
+    out = publish(settings.outbox, done, normalize_audio=settings.normalize_audio)
     sc = out.sidecar
     loud = (
         ", ".join(f"{o.integrated_lufs} LUFS" for o in sc.outputs if o.integrated_lufs is not None) or "n/a"
     )
     log.info(
         "job %s completed: %.1f s audio x%d in %.2f s (RTF %.3f), %s, -> %s",
-        item.job_id,
+        done.job_id,
         sc.outputs[0].duration_s,
         len(sc.outputs),
         sc.timings.generate_s,

@@ -21,9 +21,10 @@ from daemon import spool
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.logctx import MESSAGE_ID_JOB_FAILED, message_id
+from daemon.core.messages import Generated
 from daemon.spool import state
+from daemon.spool.library import ReferenceAudio
 from jobspec import Job
-from jobspec.sidecar import Timings
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,11 @@ class QueuedJob:
     job: Job  # normalized, model resolved
     job_id: str  # reserved result id (`<id>-2` ... on collision)
     queued_at: float  # time.time() at pickup
-    pending: Any = None  # generated, waiting for the outbox to accept it
-    pending_timings: Timings | None = None
-    batch_audio_s: float | None = None  # audio seconds of the whole decode batch this job was in
+    pending: Generated | None = None  # generated, waiting for the outbox to accept it
     started_at: float | None = None
     retries: int = 0
     not_before: float = 0.0  # monotonic time before which a retry must wait
-    references: list[Any] = field(default_factory=list)  # spool.library.ReferenceAudio, as read for the run
+    references: list[ReferenceAudio] = field(default_factory=list)  # as read for the run
 
     @property
     def conditioned(self) -> bool:

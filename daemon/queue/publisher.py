@@ -17,19 +17,16 @@ from queue import Queue
 from daemon.core.config import Settings
 from daemon.core.errors import DgxMusicError, ErrorType
 from daemon.core.logctx import job_context, set_stage
+from daemon.core.messages import Generated
 from daemon.queue.jobqueue import JobQueue
-from daemon.queue.jobs import RETRYABLE_ERRNOS, Outcomes, QueuedJob
+from daemon.queue.jobs import Outcomes, QueuedJob, is_retryable
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 
 # Writes a generated job's files and returns its sidecar path (the outbox stage, injected).
-PublishFn = Callable[[QueuedJob], Path]
-
-
-def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in RETRYABLE_ERRNOS
+PublishFn = Callable[[Generated], Path]
 
 
 class Publisher:
@@ -81,7 +78,8 @@ class Publisher:
     def _publish_guarded(self, item: QueuedJob) -> None:
         try:
             set_stage("write")
-            sidecar_path = self.publish(item)
+            assert item.pending is not None
+            sidecar_path = self.publish(item.pending)
         except DgxMusicError as exc:
             self.outcomes.fail(item, exc.error_type, exc.message, hint=exc.hint)
         except OSError as exc:

@@ -27,14 +27,21 @@ from daemon.core.errors import (
     UnknownModelError,
 )
 from daemon.core.logctx import job_context, set_stage
-from daemon.core.messages import AudioPrompt, GenerationRequest, Progress
+from daemon.core.messages import (
+    AudioPrompt,
+    Generated,
+    GenerationRequest,
+    GenerationResult,
+    LoadedModelInfo,
+    Progress,
+)
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.queue.jobs import Outcomes, QueuedJob
 from daemon.queue.publisher import Publisher, PublishFn
 from daemon.spool import state
 from daemon.spool.library import resolve_reference
 from jobspec import ErrorDetail, locate_field
-from jobspec.sidecar import Timings
+from jobspec.sidecar import ReferenceInfo, Timings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,7 @@ class Engine(Protocol):
 
     def is_loaded(self, name: str | None = None) -> bool: ...
 
-    def load_model(self, name: str | None = None) -> Any: ...
+    def load_model(self, name: str | None = None) -> LoadedModelInfo: ...
 
     def maybe_idle_unload(self, now: float) -> Any: ...
 
@@ -56,7 +63,7 @@ class Engine(Protocol):
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | None = None,
         timeout_s: float | None = None,
-    ) -> list[Any]: ...
+    ) -> list[GenerationResult]: ...
 
 
 class Worker:
@@ -346,14 +353,37 @@ class Worker:
         # RTF of a batched job is the batch's: generate seconds over all audio the decode made.
         batch_audio_s = sum(r.audio_seconds for r in results)
         for item, result in zip(batch, results, strict=True):
-            item.batch_audio_s = batch_audio_s
             queue_s = max(0.0, (item.started_at or 0.0) - item.queued_at)
-            item.pending = result
-            item.pending_timings = Timings(
-                queue_s=round(queue_s, 4), model_load_s=round(load_s, 4), generate_s=round(gen_s, 4)
+            item.pending = self._generated(
+                item,
+                result,
+                Timings(queue_s=round(queue_s, 4), model_load_s=round(load_s, 4), generate_s=round(gen_s, 4)),
+                batch_audio_s,
             )
             # Generated: a crash from here on (the next batch's) is not this job's doing.
             item.group.claim = spool.mark_requeued(self.settings, item.claim)
+
+    def _generated(
+        self, item: QueuedJob, result: GenerationResult, timings: Timings, batch_audio_s: float
+    ) -> Generated:
+        """The hand-off to the outbox: the job as it ran, its result and what it took."""
+        return Generated(
+            job_id=item.job_id,
+            job=item.job.model_copy(update={"model": item.job.model or self.settings.default_model}),
+            source_file=item.claim.source_name,
+            submitted=item.claim.submitted_at,
+            started=item.started_at or time.time(),
+            result=result,
+            timings=timings,
+            batch_audio_s=batch_audio_s,
+            references=tuple(
+                ReferenceInfo(
+                    **r.sidecar_fields(),
+                    used_s=round(result.continued_s, 6) if r.role == "continue_from" else None,
+                )
+                for r in item.references
+            ),
+        )
 
     def claim_started(self, item: QueuedJob) -> None:
         # Blame a crash from here on on this job (attempt count for `crashed`).

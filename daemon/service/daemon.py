@@ -65,7 +65,7 @@ class Daemon:
             settings,
             self.engine,
             self.queue,
-            lambda item: publish_job(self.settings, item),
+            lambda done: publish_job(self.settings, done),
             on_status=self._status,
             on_step=self.notifier.watchdog,
             on_long_call=self.notifier.set_watchdog_timeout,
@@ -226,6 +226,7 @@ class Daemon:
                     "device": info.device,
                     "dtype": info.dtype,
                     "decoder": info.backend,
+                    "setup": info.setup.report() if info.setup is not None else None,
                 }
             )
             state.write_queue(self.settings, snap, instance=self.instance, model=model)
@@ -289,7 +290,7 @@ class Daemon:
         self.settings = new
         self.worker.update_settings(new)
         self.admission.settings = new
-        self.engine.settings = new
+        self.engine.reconfigure(new)
         self.observer.reconfigure(new)
         if self.watcher is not None:
             self.watcher.scan_now()

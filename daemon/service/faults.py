@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from daemon.engine.decoding import get_backend
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,9 @@ def with_faults(engine: Any, faults: Faults | None) -> Any:
     if faults is None or not faults.any:
         return engine
     shared = _Shared()
-    engine.set_backend(FaultyBackend(engine.backend, faults, shared))
+    s = engine.settings
+    loop = get_backend(s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch, kernels=s.kernels)
+    engine.set_backend(FaultyBackend(loop, faults, shared))
     return FaultyEngine(engine, faults, shared)
 
 

@@ -179,8 +179,10 @@ def test_the_engine_builds_the_backend_from_the_settings_and_reports_reproducibi
     from jobspec.sidecar import Reproducibility
 
     engine = MusicEngine(make_settings(decoder="dgx", batch_invariant="on", max_batch=3))
+    info = engine.load_model()
     backend = engine.backend
     assert isinstance(backend, DgxBackend) and backend.fixed_rows == 4 and backend.batch_invariant == "on"
+    assert info.setup is not None and info.setup.rows == 4 and info.setup.batch_invariant
     (res,) = engine.generate([GenerationRequest("techno loop", 0.25, seed=7)])
     assert res.reproducibility is not None
     repro = Reproducibility(**res.reproducibility)

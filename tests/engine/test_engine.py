@@ -47,7 +47,7 @@ def test_load_reports_the_model(engine: MusicEngine, tiny_model_dir: Path, decod
     assert (info.device, info.dtype, info.backend) == ("cpu", "float32", decoder)
     assert info.sample_rate == SR and info.channels == 1
     assert info.frame_rate == FPS  # from the codec config, not a hard-coded 50
-    assert info.parameters == sum(p.numel() for p in engine._ckpt.model.parameters())  # type: ignore[union-attr]
+    assert info.parameters == sum(p.numel() for p in engine.loaded.ckpt.model.parameters())  # type: ignore[union-attr]
     assert engine.is_loaded("tiny") and not engine.is_loaded("other")
     assert engine.load_model("tiny") is info  # already resident: no reload
     assert engine.frames_for(1.0) == 40 and engine.frames_for(1.01) == 41
@@ -324,7 +324,7 @@ def test_greedy_audio_matches_transformers_generate(
         make_settings(models={"m": {"path": str(d)}}, default_model="m", decoder="transformers")
     )
     (res,) = engine.generate([GenerationRequest("deep house groove", 0.5, greedy=True, cfg_coef=3.0)])
-    ckpt = engine._ckpt
+    ckpt = engine.loaded.ckpt
     assert ckpt is not None
     enc = ckpt.processor(text=["deep house groove"], return_tensors="pt")
     with torch.inference_mode():

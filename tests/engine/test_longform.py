@@ -53,14 +53,14 @@ def test_exact_length_past_the_window(long_engine: MusicEngine, duration: float)
     assert res.audio.shape == (1, 1, round(duration * SR))
     assert np.all(np.isfinite(res.audio))
     frames = long_engine.frames_for(duration)
-    model = long_engine._ckpt.model  # type: ignore[union-attr]
+    model = long_engine.loaded.ckpt.model  # type: ignore[union-attr]
     assert seen[-1].frames_done == seen[-1].frames_total == planned_steps(model, plan_windows(frames, 40, 24))
 
 
 def test_windows_continue_the_generated_tokens(long_engine: MusicEngine) -> None:
     """Greedy: window 1 is the plain 40-frame decode; window 2 is the continuation of its last 16 frames."""
     long_engine.load_model()
-    ckpt = long_engine._ckpt
+    ckpt = long_engine.loaded.ckpt
     assert ckpt is not None
     enc = ckpt.processor(text=["slow piano ballad"], return_tensors="pt")
     backend = TransformersBackend()
@@ -109,7 +109,7 @@ def test_long_form_audio_is_one_pass_over_all_codes(long_engine: MusicEngine) ->
     exist to smooth over (a random tiny codec sounds like noise, so clicks alone would not show)."""
     req = GenerationRequest("ambient drone", 1.6, seed=5)
     (res,) = long_engine.generate([req])
-    ckpt = long_engine._ckpt
+    ckpt = long_engine.loaded.ckpt
     assert ckpt is not None
     enc = ckpt.processor(text=[req.prompt], return_tensors="pt")
     with torch.inference_mode():

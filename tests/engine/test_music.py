@@ -86,7 +86,7 @@ def test_continuation_has_the_length_and_starts_with_the_reference(engine: Music
     assert not np.allclose(a.audio[0, :, : n - margin], fresh.audio[0, :, : n - margin], atol=1e-3)
     # ... and they are what the codec makes of the reference's last 0.4 s. (The tiny random codec's
     # encoder tells few inputs apart, so this, not a second reference, is the check on content.)
-    model = engine._ckpt.model  # type: ignore[union-attr]
+    model = engine.loaded.ckpt.model  # type: ignore[union-attr]
     with torch.inference_mode():
         codes = audio_to_codes(model, torch.from_numpy(ref.samples), 16)
         alone = codes_to_audio(model, codes[None]).numpy()[0]
@@ -133,7 +133,7 @@ def test_each_window_gets_the_text_of_its_section(engine: MusicEngine) -> None:
     sections = (("warm piano intro", 0.6), ("loud metal drums", 1.4))
     res = engine.generate(GenerationRequest("x / y", 2.0, seed=9, count=2, sections=sections))[0]
     assert res.audio.shape == (2, 1, 2 * SR)
-    processor = engine._ckpt.processor  # type: ignore[union-attr]
+    processor = engine.loaded.ckpt.processor  # type: ignore[union-attr]
     ids = {
         p: processor(text=[p], padding=True, return_tensors="pt")["input_ids"][0].tolist()
         for p, _ in sections
@@ -177,8 +177,8 @@ def test_melody_model_is_given_the_chroma_and_plain_models_refuse(engine: MusicE
     pitch = [int(s[0, :10].argmax(-1).mode().values) for s in seen]
     assert pitch == [9, 6]  # A and F sharp, with C as bin 0
     # The checkpoint's decoder sees it: other chroma, other logits.
-    model = engine._ckpt.model  # type: ignore[union-attr]
-    ids = engine._ckpt.processor(text=["tune"], padding=True, return_tensors="pt")  # type: ignore[union-attr]
+    model = engine.loaded.ckpt.model  # type: ignore[union-attr]
+    ids = engine.loaded.ckpt.processor(text=["tune"], padding=True, return_tensors="pt")  # type: ignore[union-attr]
     start = torch.full((4, 1), model.generation_config.decoder_start_token_id)
     with torch.inference_mode():
         la, lb = (model(**ids, input_features=f[:1], decoder_input_ids=start).logits for f in seen)

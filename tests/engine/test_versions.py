@@ -18,6 +18,7 @@ from transformers.models.musicgen.modeling_musicgen import MusicgenDecoderLayer
 
 from daemon.core.config import Settings
 from daemon.engine.checkpoints import load_checkpoint
+from daemon.engine.chooser import choose_setup
 from daemon.engine.decoding.codec import codes_to_audio
 from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.hf import TransformersBackend
@@ -52,11 +53,11 @@ def test_auto_falls_back_to_generate_with_one_warning_when_the_loop_cannot_run(
     ckpt = load_checkpoint("tiny", settings, device=CPU, dtype=torch.float32)
     for layer in ckpt.model.decoder.model.decoder.layers:
         layer.__class__ = _AlteredLayer
-    engine = MusicEngine(settings)
-    assert engine.backend.name == "dgx"
-    with caplog.at_level(logging.WARNING, logger="daemon.engine.model"):
-        backend = engine._checked_backend(ckpt)
-    assert backend.name == "transformers" and engine.backend is backend
+    with caplog.at_level(logging.WARNING, logger="daemon.engine.chooser"):
+        backend, setup = choose_setup(settings, ckpt)
+    assert backend.name == "transformers" and setup.decoder == "transformers"
+    # The decision is part of the setup that status and the sidecar report.
+    assert setup.fallback is not None and "load check" in setup.fallback and setup.load_check
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "using transformers generate" in warnings[0].getMessage()
     # The fallback decodes this very model.
@@ -74,8 +75,8 @@ def test_an_explicit_dgx_decoder_is_not_replaced(make_settings: Callable[..., Se
     ckpt = load_checkpoint("tiny", settings, device=CPU, dtype=torch.float32)
     for layer in ckpt.model.decoder.model.decoder.layers:
         layer.__class__ = _AlteredLayer
-    engine = MusicEngine(settings)
-    assert engine._checked_backend(ckpt).name == "dgx"  # the operator asked for it: its errors surface
+    backend, setup = choose_setup(settings, ckpt)
+    assert backend.name == "dgx" and setup.fallback is None  # the operator asked for it: its errors surface
 
 
 def test_the_sidecar_and_stats_name_the_decoder_that_ran(make_settings: Callable[..., Settings]) -> None:
@@ -84,6 +85,7 @@ def test_the_sidecar_and_stats_name_the_decoder_that_ran(make_settings: Callable
     try:
         assert info.sidecar_fields()["decoder"] == "dgx"
         assert engine.get_stats().backend == "dgx"
+        assert info.setup is not None and info.setup.load_check and info.setup.kernels == "aten"
     finally:
         engine.unload_model()
 

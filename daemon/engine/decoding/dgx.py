@@ -211,7 +211,8 @@ class DgxBackend:
         self._pinned: set[BucketKey] = set()
         self._prepared_length = 0
         self._model_ref: weakref.ReferenceType[Any] | None = None
-        self._capture_failed = False
+        # Why a capture failed (None: none did): decoding then goes on uncaptured, and says so.
+        self.capture_error: str | None = None
         # The kernels chosen for the bound model (set on first use, checked once per load).
         self._kernels_used: str | None = None
 
@@ -319,7 +320,7 @@ class DgxBackend:
             self.release()  # a capture cut short by OOM may leave a broken graph pool behind
             raise
         except RuntimeError as exc:
-            self._capture_failed = True
+            self.capture_error = f"{type(exc).__name__}: {exc}"
             log.warning(
                 "CUDA graph capture failed (%s: %s); decoding without graphs from now on",
                 type(exc).__name__,
@@ -401,7 +402,7 @@ class DgxBackend:
         while len(self._buckets) >= self.max_buckets:
             unpinned = [k for k in self._buckets if k not in self._pinned]
             del self._buckets[unpinned[0] if unpinned else next(iter(self._buckets))]
-        bucket = self._new_bucket(parts, key, self.uses_graphs(model) and not self._capture_failed)
+        bucket = self._new_bucket(parts, key, self.uses_graphs(model) and self.capture_error is None)
         self._buckets[key] = bucket
         return bucket
 

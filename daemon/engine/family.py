@@ -1,0 +1,228 @@
+"""The engine's model-family seam: what a family of checkpoints gives the engine, and nothing more.
+
+`daemon.engine.model.MusicEngine` knows no family. For a configured model name it asks `family_for`
+which registered family serves it, has that family `load` the checkpoint, and from then on talks
+only to the `LoadedFamily` it got back: warm it up, plan a call's rows, decode them batch by
+batch, read the audio and the reproducibility facts. The stages after the engine (queue, outbox,
+service) see only `daemon.core.messages` values (`GenerationResult`, `LoadedModelInfo` with its
+`DecodeSetup`), so a job's path through spool/, queue/ and outbox/ is the same whichever family
+ran it. MusicGen (`daemon.engine.musicgen`) is the first family.
+
+How a new family plugs in:
+
+1. Write a module `daemon/engine/<family>.py` with a class satisfying `ModelFamily`:
+   `name` (what `DecodeSetup.family` and the logs say), `serves(name, settings)` (True for the
+   configured models it can load, from their `models:` entry), and `load(name, settings, device,
+   dtype)`. Keep its internals under it (as MusicGen keeps `decoding/`); they may import
+   `daemon.core` and this module, never another family.
+2. Register it in `_families()` below, before MusicGen: the first family that serves a name loads
+   it, and MusicGen serves every name no other family claims.
+3. `load` returns a `LoadedFamily`: its `info` is the `LoadedModelInfo` (sample rate and channels
+   of the audio it returns, `frame_rate` its steps per second of audio, `backend` and `setup` the
+   decode setup it resolved, once, from the settings). Its `plan(requests, seeds)` cuts a call into
+   `RowBatch`es (each row a variation of a request, with its own seed: seed + variation, modulo
+   `SEED_MOD`) and raises `InvalidJobError` for what it cannot do (a melody on a model without
+   one); `steps(batch)` is what a batch costs on the `StepClock`; `decode(batch, clock)` returns
+   one float32 array [channels, samples] per row, in the batch's row order, calling
+   `clock.advance(steps_done)` after each step (that reports progress and raises on cancel or
+   the time limit); `reproducibility()` gives the sidecar's reproducibility facts; `release()` drops
+   what it keeps resident after an out-of-memory error; `unload()` frees everything.
+4. List the module in the import-linter contracts (pyproject.toml) and the README code map, and
+   give it a tiny offline checkpoint for its tests (`dgx-music model init-tiny`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from daemon.core.errors import GenerationCancelled, GenerationTimeoutError
+from daemon.core.messages import (
+    SEED_MOD,
+    DecodeSetup,
+    GenerationRequest,
+    LoadedModelInfo,
+    Progress,
+)
+
+if TYPE_CHECKING:
+    import threading
+
+    import numpy as np
+    import torch
+
+    from daemon.core.config import Settings
+
+__all__ = [
+    "SEED_MOD",
+    "DecodeSetup",
+    "LoadedFamily",
+    "ModelFamily",
+    "RowBatch",
+    "RowRef",
+    "StepClock",
+    "decode_call",
+    "effective_seeds",
+    "family_for",
+]
+
+
+class RowRef(Protocol):
+    """One output row: variation `variation` of request `req_index`."""
+
+    @property
+    def req_index(self) -> int: ...
+
+    @property
+    def variation(self) -> int: ...
+
+
+class RowBatch(Protocol):
+    """Rows decoded together in one call (a family's own plan type satisfies this)."""
+
+    @property
+    def rows(self) -> Sequence[RowRef]: ...
+
+    @property
+    def continued_s(self) -> float:
+        """Seconds of the request's `continue_from` audio the rows start with (0: none)."""
+        ...
+
+
+class StepClock:
+    """One `generate` call's step count, progress reports, cancel and time limit, shared by its batches."""
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        progress: Callable[[Progress], None] | None,
+        cancel: threading.Event | None,
+        timeout_s: float | None,
+    ) -> None:
+        self.total, self.progress, self.cancel = total, progress, cancel
+        self.start = time.monotonic()
+        self.deadline = None if timeout_s is None else self.start + timeout_s
+        self.done = 0
+        self.callback_error: BaseException | None = None
+
+    @classmethod
+    def unbounded(cls) -> StepClock:
+        """A clock that never reports, cancels or times out (warm-up)."""
+        return cls(0, progress=None, cancel=None, timeout_s=None)
+
+    def check(self) -> None:
+        """Raise when the call was cancelled or ran past its time limit."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("generation cancelled")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise GenerationTimeoutError(
+                "generation ran past its time limit",
+                hint="raise job_timeout_s in the config, or shorten the clip",
+            )
+
+    def advance(self, done: int) -> None:
+        """`done` steps of the call are finished: check, then report progress.
+
+        An exception of the progress callback is kept in `callback_error` and re-raised, so the
+        family can pass it through unchanged."""
+        self.done = max(self.done, done)
+        self.check()
+        if self.progress is not None:
+            try:
+                self.progress(Progress(self.done, self.total, time.monotonic() - self.start))
+            except BaseException as exc:
+                self.callback_error = exc
+                raise
+
+
+class LoadedFamily(Protocol):
+    """A checkpoint of one family, resident on its device (what `ModelFamily.load` returns)."""
+
+    @property
+    def info(self) -> LoadedModelInfo: ...
+
+    @property
+    def setup(self) -> DecodeSetup: ...
+
+    def warm_up(self) -> None:
+        """Build what jobs will use (buffers, captured graphs) and run one short generation."""
+        ...
+
+    def plan(self, requests: Sequence[GenerationRequest], seeds: Sequence[int]) -> Sequence[RowBatch]: ...
+
+    def steps(self, batch: RowBatch) -> int: ...
+
+    def decode(self, batch: RowBatch, clock: StepClock) -> list[np.ndarray]: ...
+
+    def reproducibility(self) -> dict[str, object]: ...
+
+    def unload(self) -> None: ...
+
+
+class ModelFamily(Protocol):
+    """A family of checkpoints the engine can load (see the module docstring)."""
+
+    name: str
+
+    def serves(self, name: str, settings: Settings) -> bool: ...
+
+    def load(
+        self,
+        name: str,
+        settings: Settings,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        loop: Any = None,
+    ) -> LoadedFamily:
+        """The checkpoint resident on `device` in `dtype`, its setup resolved from `settings`.
+
+        `loop`: a decode loop that replaces the configured one (bench --compare, fault
+        injection); a family without such a loop ignores it."""
+        ...
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(8), "little") % SEED_MOD
+
+
+def effective_seeds(requests: Sequence[GenerationRequest]) -> list[int]:
+    """Each request's seed, or a fresh random one (recorded in its result)."""
+    return [r.seed if r.seed is not None else random_seed() for r in requests]
+
+
+def decode_call(
+    model: LoadedFamily, requests: Sequence[GenerationRequest], seeds: Sequence[int], clock: StepClock
+) -> tuple[dict[tuple[int, int], np.ndarray], list[float], list[RowBatch]]:
+    """Every row of one call: audio by (request, variation), seconds spent per request, the batches."""
+    batches = list(model.plan(requests, seeds))
+    clock.total = sum(model.steps(b) for b in batches)
+    audio: dict[tuple[int, int], np.ndarray] = {}
+    spent = [0.0] * len(requests)
+    for batch in batches:
+        t0 = time.monotonic()
+        for row, samples in zip(batch.rows, model.decode(batch, clock)):
+            audio[(row.req_index, row.variation)] = samples
+        seconds = time.monotonic() - t0
+        for i in {r.req_index for r in batch.rows}:
+            spent[i] += seconds
+    return audio, spent, batches
+
+
+def _families() -> list[ModelFamily]:
+    # Imported here: a family pulls in its framework (transformers, diffusers) only when asked.
+    from daemon.engine.musicgen import MusicGen
+
+    return [MusicGen()]
+
+
+def family_for(name: str, settings: Settings) -> ModelFamily:
+    """The first registered family that serves the configured model `name` (MusicGen last)."""
+    families = _families()
+    for family in families:
+        if family.serves(name, settings):
+            return family
+    return families[-1]
