@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from daemon.core.config import Settings
+from daemon.core.families import MUSICGEN
 from daemon.core.messages import DecodeSetup
 from daemon.engine.checkpoints import LoadedCheckpoint
 from daemon.engine.decoding import get_backend
@@ -22,7 +23,7 @@ from daemon.engine.decoding.api import DecodeBackend
 
 log = logging.getLogger(__name__)
 
-FAMILY = "musicgen"
+FAMILY = MUSICGEN
 MELODY_ROUTE = "melody checkpoints decode with transformers generate (their conditioning is prepended)"
 
 

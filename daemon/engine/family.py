@@ -1,7 +1,7 @@
 """The engine's model-family seam: what a family of checkpoints gives the engine, and nothing more.
 
 `daemon.engine.model.MusicEngine` knows no family. For a configured model name it asks `family_for`
-which registered family serves it, has that family `load` the checkpoint, and from then on talks
+which registered family it belongs to, has that family `load` the checkpoint, and from then on talks
 only to the `LoadedFamily` it got back: warm it up, plan a call's rows, decode them batch by
 batch, read the audio and the reproducibility facts. The stages after the engine (queue, outbox,
 service) see only `daemon.core.messages` values (`GenerationResult`, `LoadedModelInfo` with its
@@ -10,13 +10,14 @@ ran it. MusicGen (`daemon.engine.musicgen`) is the first family.
 
 How a new family plugs in:
 
-1. Write a module `daemon/engine/<family>.py` with a class satisfying `ModelFamily`:
-   `name` (what `DecodeSetup.family` and the logs say), `serves(name, settings)` (True for the
-   configured models it can load, from their `models:` entry), and `load(name, settings, device,
-   dtype)`. Keep its internals under it (as MusicGen keeps `decoding/`); they may import
-   `daemon.core` and this module, never another family.
-2. Register it in `_families()` below, before MusicGen: the first family that serves a name loads
-   it, and MusicGen serves every name no other family claims.
+1. Write a module (or package) `daemon/engine/<family>` with a class satisfying `ModelFamily`:
+   `name` (its name in `daemon.core.families.FAMILIES`, what `DecodeSetup.family` and the logs
+   say) and `load(name, settings, device, dtype, loop=None)`. Keep its internals under it (as
+   MusicGen keeps `decoding/`); they may import `daemon.core` and this module, never another
+   family.
+2. Register it in `_families()` below under that name: `family_for` picks the family a
+   configured model belongs to (`daemon.core.families.spec_family`: the config's `family`, the
+   local checkpoint's files, or the hub id's name).
 3. `load` returns a `LoadedFamily`: its `info` is the `LoadedModelInfo` (sample rate and channels
    of the audio it returns, `frame_rate` its steps per second of audio, `backend` and `setup` the
    decode setup it resolved, once, from the settings). Its `plan(requests, seeds)` cuts a call into
@@ -38,7 +39,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from daemon.core.errors import GenerationCancelled, GenerationTimeoutError
+from daemon.core.errors import GenerationCancelled, GenerationTimeoutError, ModelLoadError, UnknownModelError
+from daemon.core.families import MUSICGEN, spec_family
 from daemon.core.messages import (
     SEED_MOD,
     DecodeSetup,
@@ -167,8 +169,6 @@ class ModelFamily(Protocol):
 
     name: str
 
-    def serves(self, name: str, settings: Settings) -> bool: ...
-
     def load(
         self,
         name: str,
@@ -212,17 +212,25 @@ def decode_call(
     return audio, spent, batches
 
 
-def _families() -> list[ModelFamily]:
+def _families() -> dict[str, ModelFamily]:
     # Imported here: a family pulls in its framework (transformers, diffusers) only when asked.
     from daemon.engine.musicgen import MusicGen
 
-    return [MusicGen()]
+    return {MUSICGEN: MusicGen()}
 
 
 def family_for(name: str, settings: Settings) -> ModelFamily:
-    """The first registered family that serves the configured model `name` (MusicGen last)."""
-    families = _families()
-    for family in families:
-        if family.serves(name, settings):
-            return family
-    return families[-1]
+    """The family that loads the configured model `name` (`daemon.core.families.spec_family`)."""
+    spec = settings.models.get(name)
+    if spec is None:
+        raise UnknownModelError(
+            f"model {name!r} is not configured", hint=f"use one of: {', '.join(sorted(settings.models))}"
+        )
+    wanted = spec_family(spec)
+    family = _families().get(wanted)
+    if family is None:
+        raise ModelLoadError(
+            f"model {name!r} is a {wanted} checkpoint, which this daemon cannot load yet",
+            hint=f"configure a model of another family ({', '.join(_families())})",
+        )
+    return family

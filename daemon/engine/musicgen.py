@@ -32,12 +32,9 @@ log = logging.getLogger(__name__)
 
 
 class MusicGen:
-    """The MusicGen family: serves every configured model no other family claims."""
+    """The MusicGen family (transformers' MusicgenForConditionalGeneration and its melody variant)."""
 
     name = FAMILY
-
-    def serves(self, name: str, settings: Settings) -> bool:
-        return True
 
     def load(
         self,
