@@ -128,6 +128,37 @@ def test_a_real_tiny_checkpoint_passes(tmp_path: Path, tiny_model_dir: Path) -> 
     assert code == 0
 
 
+def test_an_acestep_checkpoint_shows_diffusers_its_components_and_licence(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    import diffusers
+
+    config = write_config(tmp_path, models={"song": {"path": str(tiny_acestep_dir)}}, default_model="song")
+    code, checks = checks_by_name(config)
+    assert code == 0, [c for c in checks.values() if c["status"] == "fail"]
+    assert checks["diffusers"]["status"] == "ok"
+    assert f"diffusers {diffusers.__version__}" in checks["diffusers"]["detail"]
+    detail = checks["model song"]["detail"]
+    assert "licence mit" in detail
+    for part in (
+        "transformer: AceStepTransformer1DModel",
+        "vae: AutoencoderOobleck",
+        "text_encoder: Qwen3Model",
+    ):
+        assert part in detail
+
+
+def test_an_incomplete_acestep_checkpoint_fails(tmp_path: Path) -> None:
+    song = tmp_path / "song"
+    song.mkdir()
+    (song / "model_index.json").write_text('{"_class_name": "AceStepPipeline", "vae": ["diffusers", "X"]}')
+    config = write_config(tmp_path, models={"song": {"path": str(song)}}, default_model="song")
+    code, checks = checks_by_name(config)
+    assert code != 0
+    assert checks["model song"]["status"] == "fail"
+    assert "lacks its transformer" in checks["model song"]["detail"]
+
+
 @pytest.mark.skipif(CUDA, reason="checks the CPU-only report")
 def test_without_cuda_the_gpu_checks_warn_but_do_not_fail(tmp_path: Path) -> None:
     fake_checkpoint(tmp_path / "models" / "tiny")

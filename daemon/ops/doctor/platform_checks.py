@@ -61,6 +61,31 @@ def check_torch() -> Check:
     return ok("torch", detail)
 
 
+def check_diffusers() -> Check:
+    """diffusers, which ACE-Step models run through (its AceStepPipeline)."""
+    try:
+        import diffusers
+    except ImportError as exc:
+        return fail(
+            "diffusers",
+            f"cannot import diffusers: {exc}; ACE-Step models cannot load",
+            f"pip install '{requirement('diffusers')}'",
+        )
+    detail = f"diffusers {diffusers.__version__}"
+    problem = version_problem("diffusers", diffusers.__version__)
+    if problem:
+        return fail("diffusers", f"{detail}; {problem}", f"pip install '{requirement('diffusers')}'")
+    try:
+        from diffusers import AceStepPipeline  # noqa: F401
+    except ImportError as exc:
+        return fail(
+            "diffusers",
+            f"{detail} has no AceStepPipeline ({exc})",
+            f"pip install '{requirement('diffusers')}'",
+        )
+    return ok("diffusers", f"{detail}: families musicgen (transformers) and ace-step (AceStepPipeline)")
+
+
 def check_cuda() -> Check:
     import torch
 

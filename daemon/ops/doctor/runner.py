@@ -14,6 +14,7 @@ from daemon.ops.doctor.model_checks import check_model
 from daemon.ops.doctor.platform_checks import (
     check_cuda,
     check_device,
+    check_diffusers,
     check_gpu,
     check_host_memory,
     check_python,
@@ -44,6 +45,7 @@ def run_checks(config_path: Path | str | None) -> list[Check]:
     checks += _guard("python", check_python)
     torch_checks = _guard("torch", check_torch)
     checks += torch_checks
+    checks += _guard("diffusers", check_diffusers)
     config_check, settings = check_config(Path(config_path) if config_path is not None else None)
     if torch_checks[0].status != "fail":
         checks += _guard("cuda", check_cuda)
