@@ -239,7 +239,8 @@ def _unknown_key_hint(key: str, parent: Path_, batch: bool) -> str:
     return "valid keys here: " + ", ".join(valid)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as the job file would write it, short: for messages."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -289,18 +290,18 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
         return ErrorDetail(loc=loc_text(loc), line=line, msg=f"required key '{field}' is missing", hint=what)
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         msg = (
-            f"'{field}' must be a mapping of `key: value` lines, not {_show(value)}"
+            f"'{field}' must be a mapping of `key: value` lines, not {show_value(value)}"
             if field
-            else (f"each job must be a mapping of `key: value` lines, not {_show(value)}")
+            else (f"each job must be a mapping of `key: value` lines, not {show_value(value)}")
         )
         if isinstance(loc[-1], int):
-            msg = f"each job must be a mapping of `key: value` lines, not {_show(value)}"
+            msg = f"each job must be a mapping of `key: value` lines, not {show_value(value)}"
         return ErrorDetail(loc=loc_text(loc), line=line, msg=msg, hint=None)
     if kind == "list_type":
         return ErrorDetail(
             loc=loc_text(loc),
             line=line,
-            msg=f"'{field}' must be a list, not {_show(value)}",
+            msg=f"'{field}' must be a list, not {show_value(value)}",
             hint="write each job as a `- prompt: ...` item under `jobs:`",
         )
     if kind == "too_short" and field == "jobs":
@@ -315,49 +316,49 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
         )
     if isinstance(value, bool) and kind in ("float_type", "int_type"):
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"expected a number, got {_show(value)}", hint=hint
+            loc=loc_text(loc), line=line, msg=f"expected a number, got {show_value(value)}", hint=hint
         )
     if isinstance(value, str) and kind in ("float_type", "int_type"):
         return ErrorDetail(
             loc=loc_text(loc),
             line=line,
-            msg=f"expected a number, got the string {_show(value)}",
+            msg=f"expected a number, got the string {show_value(value)}",
             hint="write the number without quotes",
         )
     if kind == "int_type" and isinstance(value, float):
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"expected a whole number, got {_show(value)}", hint=hint
+            loc=loc_text(loc), line=line, msg=f"expected a whole number, got {show_value(value)}", hint=hint
         )
     if kind == "bool_type":
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"expected true or false, got {_show(value)}", hint=hint
+            loc=loc_text(loc), line=line, msg=f"expected true or false, got {show_value(value)}", hint=hint
         )
     if kind == "string_type":
         return ErrorDetail(
             loc=loc_text(loc),
             line=line,
-            msg=f"expected text, got {_show(value)}",
+            msg=f"expected text, got {show_value(value)}",
             hint="put the text in quotes" if not isinstance(value, (dict, list)) else None,
         )
     if kind == "finite_number":
         return ErrorDetail(
-            loc=loc_text(loc), line=line, msg=f"must be a finite number, got {_show(value)}", hint=hint
+            loc=loc_text(loc), line=line, msg=f"must be a finite number, got {show_value(value)}", hint=hint
         )
     if kind in ("string_too_short", "string_too_long") and field == "prompt":
         length = len(value.strip()) if isinstance(value, str) else 0
         msg = f"prompt is {length} characters after trimming; it must be 3..500"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        msg = f"{msg[0].lower()}{msg[1:]}, got {_show(value)}"
+        msg = f"{msg[0].lower()}{msg[1:]}, got {show_value(value)}"
     elif kind == "literal_error":
-        msg = f"{msg[0].lower()}{msg[1:]}, got {_show(value)}"
+        msg = f"{msg[0].lower()}{msg[1:]}, got {show_value(value)}"
     elif kind in ("string_pattern_mismatch", "job_id") and field == "id":
         msg = (
-            f"{_show(value)} is not a valid job id: use letters, digits, '.', '_' and '-', starting with a "
-            "letter or digit, at most 128 characters, no '..'"
+            f"{show_value(value)} is not a valid job id: use letters, digits, '.', '_' and '-', starting "
+            "with a letter or digit, at most 128 characters, no '..'"
         )
         hint = "ids become file names, so paths and hidden names are refused"
     elif kind in ("string_pattern_mismatch", "model_name") and field == "model":
-        msg = f"{_show(value)} is not a model name"
+        msg = f"{show_value(value)} is not a model name"
         hint = "use a name from the daemon's `models:` config (never a path), or leave it out"
     elif kind == "duration_too_long" and field == "sections":
         hint = "ask the operator to raise max_duration, or shorten the sections"

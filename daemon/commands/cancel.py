@@ -15,8 +15,20 @@ from daemon.spool.withdraw import find_in_inbox, withdraw
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cancel", help="cancel a job by id (waiting in the inbox, queued or running)")
-    p.add_argument("job_id", metavar="ID")
+    p = sub.add_parser(
+        "cancel",
+        help="cancel a job by id (waiting in the inbox, queued or running)",
+        description="Cancel one job. A job still waiting in the inbox is moved to failed/ (your bytes "
+        "kept) with a `cancelled` error sidecar; a queued or running job is cancelled by the daemon "
+        "holding it, which confirms within --timeout. A job that has already finished is left alone: "
+        "cancel says how it ended and where its result is.",
+    )
+    p.add_argument(
+        "job_id",
+        metavar="ID",
+        help="the job's id: its `id:` field, else the job file's name without .yaml "
+        "(a batch's jobs are <name>.1, <name>.2 ...); `submit` and `status` print it",
+    )
     p.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="wait this long for the daemon to confirm"
     )

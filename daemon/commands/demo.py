@@ -8,13 +8,23 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the examples end to end on a tiny model in a temporary spool")
-    p.add_argument("--dir", type=Path, default=None, help="work here instead of a new temporary directory")
+    p = sub.add_parser(
+        "demo",
+        help="run the examples end to end on a tiny model in a temporary spool",
+        description="Build a tiny random MusicGen checkpoint offline, start a real daemon on a new "
+        "spool, submit every example (durations capped), wait, and print a table of the results, "
+        "where they are and the address of the outbox page. The audio is noise-like (random weights): "
+        "this shows the machinery, not the music. Needs no GPU and no network.",
+    )
+    p.add_argument(
+        "--dir", type=Path, default=None, metavar="DIR", help="work here instead of a new temporary directory"
+    )
     p.add_argument(
         "--examples",
         type=Path,
         default=None,
-        help="job files to run (default: the examples shipped with dgx-music)",
+        metavar="DIR",
+        help="a directory of job files to run (default: the examples shipped with dgx-music)",
     )
     p.add_argument(
         "--cap", type=float, default=2.0, metavar="S", help="cap every duration at S seconds (default 2)"

@@ -14,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "examples",
         help="copy the example job files (and job.schema.json, which their modeline names) into DIR",
+        description="Copy the example job files shipped with dgx-music into DIR, with job.schema.json "
+        "beside them (each example's first line names it, so editors with the YAML language server "
+        "complete and check fields). Edit one and `dgx-music submit` it.",
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="where to put them (created if missing)")
     p.add_argument("--force", action="store_true", help="replace files of the same name")

@@ -14,7 +14,13 @@ from daemon.ops.progressbar import format_eta
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="show the spool: queued, running, recent results")
+    p = sub.add_parser(
+        "status",
+        help="show the spool: queued, running, recent results",
+        description="Show the spool as the daemons see it: the daemons serving it, the running job "
+        "with its percentage and ETA, the queue in order with each job's ETA, the count of files in "
+        "each folder and the latest outcomes. Reads state/ only; needs no running daemon.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_config_arg(p)
     p.set_defaults(func=run)

@@ -21,8 +21,20 @@ from jobspec import JobSpecError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="validate job files and drop them into the inbox")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p = sub.add_parser(
+        "submit",
+        help="validate job files and drop them into the inbox",
+        description="Check each job file the way the daemon will (exit 2, nothing dropped, when one is "
+        "invalid), then copy it into the spool's inbox atomically; a name that is taken gets -2, -3 ... "
+        "With --wait, follow the jobs (queued, generating, writing) and print where each result is.",
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="a job file (YAML: one job, or `jobs:` for a batch); see `dgx-music examples`",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the results and print the sidecar paths")
     p.add_argument(
         "--timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds (exit 1)"

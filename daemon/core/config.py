@@ -9,7 +9,9 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daemon.core.config_messages import env_name_hint, unknown_environment_names, unknown_key, value_message
 from daemon.core.settings_sources import (
     CURRENT_PLAN,
     DEFAULT_CONFIG_PATH,
@@ -40,6 +43,8 @@ __all__ = [
     "resolve_config_path",
     "config_table_markdown",
 ]
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -279,21 +284,27 @@ def _error_lines(exc: ValidationError, origins: Origins) -> list[str]:
             place if kind not in ("default", "override") else ("defaults" if kind == "default" else "code")
         )
         shown = ".".join(str(p) for p in loc) or "(root)"
-        msg = err["msg"]
+        msg = value_message(err)
+        if loc and msg.startswith(f"{loc[-1]} "):
+            msg = msg[len(str(loc[-1])) + 1 :]  # a validator's own message names its field already
         if err["type"] == "extra_forbidden":
             if kind in ("dotenv", "environment"):
                 shown = place.rsplit(" ", 1)[-1]
                 where = place.rsplit(" ", 1)[0] if kind == "dotenv" else "environment"
-                msg = (
-                    f"unknown setting (allowed: {ENV_PREFIX}<KEY> "
-                    f"for the keys {', '.join(Settings.model_fields)})"
-                )
+                msg = f"unknown setting ({env_name_hint(Settings, shown)})"
             else:
-                msg = f"unknown key (allowed: {', '.join(sorted(Settings.model_fields))})"
+                msg = unknown_key(Settings, loc)
         elif kind == "environment":
             where = f"environment variable {place}"
         lines.append(f"{where}: {shown}: {msg}")
     return lines
+
+
+def _warn_unknown_environment() -> None:
+    for name in unknown_environment_names(Settings, os.environ):
+        log.warning(
+            "environment variable %s sets nothing and is ignored (%s)", name, env_name_hint(Settings, name)
+        )
 
 
 def load_settings_with_origins(path: Path | str | None = None, **overrides: Any) -> tuple[Settings, Origins]:
@@ -303,6 +314,7 @@ def load_settings_with_origins(path: Path | str | None = None, **overrides: Any)
     token = CURRENT_PLAN.set(plan)
     try:
         origins = Origins.collect(Settings, plan, overrides)
+        _warn_unknown_environment()
         try:
             return Settings(**overrides), origins
         except ValidationError as exc:

@@ -44,15 +44,13 @@ _SCRIPT = (
 # overflow-wrap: a long word in a prompt or an id must not widen a phone's viewport.
 _STYLE = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:1em auto;max-width:1400px;padding:0 1em;"
-    "background:#fafafa;color:#222;overflow-wrap:anywhere}h1{font-size:1.4em}"
-    ".job{background:#fff;border:1px solid #ddd;"
-    "border-left:4px solid #3a7;border-radius:4px;margin:0 0 1em;padding:.6em 1em}"
+    "background:#fafafa;color:#222;overflow-wrap:anywhere}h1{font-size:1.4em}.job{background:#fff;"
+    "border:1px solid #ddd;border-left:4px solid #3a7;border-radius:4px;margin:0 0 1em;padding:.6em 1em}"
     ".job.failed{border-left-color:#c33}.job h3{font-size:1.05em;margin:.2em 0}"
     ".job h3 time,.folder{color:#777;font-weight:normal;font-size:.9em}"
     ".prompt{margin:.3em 0;white-space:pre-wrap;font-size:1.05em}"
     "h2.group{font-size:1.15em;margin:1.2em 0 .5em}.meta{color:#555;font-size:.9em;margin:.3em 0}"
-    ".meta span{margin-right:1.2em;display:inline-block}"
-    ".vars{display:flex;flex-wrap:wrap;gap:1em}"
+    ".meta span{margin-right:1.2em;display:inline-block}.vars{display:flex;flex-wrap:wrap;gap:1em}"
     ".var{margin:0;flex:1 1 300px;max-width:460px}.var figcaption{font-size:.85em;color:#555}"
     ".var svg{display:block;width:100%;height:56px;background:#f0f4f2}.var svg path{fill:#3a7}"
     ".var audio{width:100%}.error{color:#a22;font-weight:bold}.hint{color:#555}"
@@ -318,10 +316,8 @@ def _failure_text(status: str, error: dict[str, Any]) -> tuple[str, list[str], s
     headline = f"{etype}: {message}" if etype and etype != status else message
     details = []
     for d in error.get("details") or []:
-        if not isinstance(d, dict):
-            continue
-        if message.endswith(f"{d.get('msg')}"):
-            continue  # the headline is this detail, formatted
+        if not isinstance(d, dict) or message.endswith(f"{d.get('msg')}"):
+            continue  # a detail the headline already is, formatted
         line = f" line {d.get('line')}" if d.get("line") else ""
         extra = f" ({d.get('hint')})" if d.get("hint") and d.get("hint") != hint else ""
         details.append(f"{d.get('loc')}{line}: {d.get('msg')}{extra}")
@@ -342,8 +338,7 @@ def render_failure(entry: Entry) -> str:
     items = "".join(f"<li>{_e(d)}</li>" for d in details)
     hint_html = f'<p class="hint">hint: {_e(hint)}</p>' if hint else ""
     return (
-        f'<article class="job failed" {_data_attrs(entry, request)}>'
-        f"{_header(entry, status)}"
+        f'<article class="job failed" {_data_attrs(entry, request)}>{_header(entry, status)}'
         f"{_prompt_html(request) if request else ''}"
         f'<p class="error">{_e(headline)}</p>'
         f"{'<ul>' + items + '</ul>' if items else ''}"

@@ -87,3 +87,29 @@ def test_head_of_a_pipe_through_a_shell(tmp_path: Path) -> None:
         timeout=120,
     )
     assert res.stdout == "{\n" and res.stderr == ""
+
+
+def test_every_command_describes_itself_and_its_arguments(tmp_path: Path) -> None:
+    from daemon.cli import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        res = cli(tmp_path, name, "--help")
+        assert res.returncode == 0, res.stderr
+        paragraphs = res.stdout.split("\n\n")
+        # usage, then a description of a sentence or more, then the arguments
+        assert len(paragraphs) >= 3 and not paragraphs[1].lstrip().startswith(("options:", "positional")), (
+            f"`{name} --help` has no description:\n{res.stdout}"
+        )
+        assert len(paragraphs[1].split()) >= 12, paragraphs[1]
+        if "positional arguments:" in res.stdout:
+            block = res.stdout.split("positional arguments:\n", 1)[1].split("\n\n", 1)[0]
+            # every FILE, ID, DIR ... says what it is: argparse puts an unexplained metavar alone on
+            # its line, with nothing indented under it (a long one has its help on the next line)
+            lines = block.splitlines()
+            indent = [len(ln) - len(ln.lstrip()) for ln in lines] + [0]
+            bare = [
+                ln.strip()
+                for i, ln in enumerate(lines)
+                if len(ln.split()) == 1 and indent[i + 1] <= indent[i]
+            ]
+            assert not bare, f"`{name} --help`: {bare} not explained:\n{block}"

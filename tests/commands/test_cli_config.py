@@ -70,3 +70,24 @@ def test_invalid_file_is_refused_with_file_and_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert f"{cfg}:3: device: duplicate key 'device' (first set on line 1)" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_misspelt_environment_variable_is_named_not_ignored(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("max_batch: 2\n")
+    res = config_cli(tmp_path, "--json", f"--config={cfg}", DGX_MUSIC_MAXBATCH="4", DGX_MUSIC_FROBNICATE="1")
+    assert res.returncode == 0, res.stderr  # a warning: the environment is not only ours
+    assert json.loads(res.stdout)["max_batch"] == 2
+    warning = "environment variable DGX_MUSIC_MAXBATCH sets nothing and is ignored"
+    assert f"{warning} (did you mean DGX_MUSIC_MAX_BATCH?)" in res.stderr
+    assert "DGX_MUSIC_FROBNICATE sets nothing" in res.stderr and "nested keys joined by __" in res.stderr
+    # The names that do set something, and the one that picks the file, are not warned about.
+    quiet = config_cli(tmp_path, "--json", DGX_MUSIC_CONFIG=str(cfg), DGX_MUSIC_MODELS__TINY__PATH="/m")
+    assert quiet.returncode == 0 and "sets nothing" not in quiet.stderr, quiet.stderr
+    # A wrong value in a variable is said as what it must be.
+    bad = config_cli(tmp_path, f"--config={cfg}", DGX_MUSIC_MAX_BATCH="many")
+    assert bad.returncode == 2
+    assert (
+        "environment variable DGX_MUSIC_MAX_BATCH: max_batch: must be a whole number, not 'many'"
+        in bad.stderr
+    )

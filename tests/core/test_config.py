@@ -103,13 +103,25 @@ def test_bad_env_value_names_variable(tmp_path: Path, monkeypatch: pytest.Monkey
             "log_level: !!python/name:os.system INFO\n",
             "config.yaml:1: YAML tag '!!python/name:os.system' is not allowed",
         ),
-        ("device: off\n", "config.yaml:1: device: Value error, device must be"),  # YAML 1.2: "off", not false
+        ("device: off\n", "config.yaml:1: device: must be auto, cpu, cuda"),  # YAML 1.2: "off", not false
+        ("max_btach: 4\n", "config.yaml:1: max_btach: unknown key 'max_btach' (did you mean 'max_batch'?)"),
+        ("maxbatch: 4\n", "unknown key 'maxbatch' (did you mean 'max_batch'?)"),
+        (
+            "models: {tiny: {path: /m, revison: v2}}\ndefault_model: tiny\n",
+            "models.tiny.revison: unknown key 'revison' (did you mean 'revision'?)",
+        ),
+        ("max_batch: lots\n", "config.yaml:1: max_batch: must be a whole number, not 'lots'"),
+        ("normalize_audio: maybe\n", "normalize_audio: must be true or false, not 'maybe'"),
+        ("watch: pol\n", "watch: must be 'inotify' or 'poll', not 'pol'"),
     ],
 )
 def test_invalid_configs(tmp_path: Path, text: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_settings(write(tmp_path, text))
     assert fragment in str(e.value)
+    # Said in the project's words: pydantic's own phrasing never reaches the user.
+    for raw in ("Input should", "Value error", "Extra inputs", "Field required", "unable to parse"):
+        assert raw not in str(e.value)
 
 
 def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
