@@ -1,6 +1,6 @@
 """`dgx-music bench [--model NAME] [--durations 4,8,16,30] [--json] [--tiny | --shape S] [--compare | --ops]`.
 
-Without --compare: the seed's benchmark. With it: transformers `generate` against our decode loop.
+Without --compare: the benchmark. With it: transformers `generate` against our decode loop.
 With --ops: the ATen ops that do work in one decode step (`daemon.ops.opcount`).
 
 Exit 0, or 1 when the verdict is BLOCKER (16 s clip over 60 s) or the model cannot run.
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="time 4/8/16/30 s clips; verdict for 16 s: "
         "EXCELLENT < 30 s, ACCEPTABLE, BLOCKER > 60 s (exit 1)",
         description="Load a model and generate clips of each duration: generation time, real-time factor "
-        "(generation seconds per audio second), peak memory, and the seed's verdict for the 16 s clip.",
+        "(generation seconds per audio second), peak memory, and the verdict for the 16 s clip.",
     )
     add_bench_args(parser)
     parser.set_defaults(func=run)

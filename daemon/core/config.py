@@ -175,7 +175,9 @@ class Settings(BaseSettings):
     max_reference_s: float = Field(
         default=600.0, gt=0, le=7200, description="longest reference audio a job may name, seconds"
     )
-    max_memory_gb: float = Field(default=30.0, gt=0, description="the seed's GPU memory budget")
+    max_memory_gb: float = Field(
+        default=30.0, gt=0, description="the GPU memory budget bench and doctor check against"
+    )
     normalize_audio: bool = Field(default=True, description="apply the job's loudness target")
     retention_days: float | None = Field(
         default=None,

@@ -70,13 +70,6 @@ def plan_segments(
     return plans
 
 
-def plan_windows(total_frames: int, window_frames: int, stride_frames: int) -> list[WindowPlan]:
-    """The decode calls that produce exactly `total_frames` frames from text alone."""
-    if total_frames < 1:
-        raise ValueError("total_frames must be at least 1")
-    return plan_segments([total_frames], window_frames, stride_frames)
-
-
 def planned_steps(model: Any, plans: list[WindowPlan]) -> int:
     """Decoding steps the plan costs (each call pays the delay pattern once more)."""
     return sum(p.new + delay_steps(model) for p in plans)

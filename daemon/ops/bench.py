@@ -1,6 +1,6 @@
-"""The seed's benchmark: clips of 4, 8, 16 and 30 s, generation time, RTF, peak memory, and a verdict.
+"""The benchmark: clips of 4, 8, 16 and 30 s, generation time, RTF, peak memory, and a verdict.
 
-Verdict (the seed's, for the 16 s clip): EXCELLENT under 30 s, ACCEPTABLE 30-60 s, BLOCKER over
+Verdict (for the 16 s clip): EXCELLENT under 30 s, ACCEPTABLE 30-60 s, BLOCKER over
 60 s. RTF everywhere is generation seconds per second of audio produced (batch rows included).
 `bench_backend` is the unit `dgx-music bench --compare` builds on: one decode backend, the same
 prompt and seed, several durations, one row each.
@@ -83,7 +83,7 @@ class BenchReport:
 
 
 def verdict_for(gen_s_16: float, *, estimated: bool = False) -> Verdict:
-    """The seed's thresholds on the 16 s clip's generation time."""
+    """The verdict's thresholds on the 16 s clip's generation time."""
     if gen_s_16 < EXCELLENT_BELOW_S:
         label = "EXCELLENT"
     elif gen_s_16 <= BLOCKER_ABOVE_S:
@@ -105,7 +105,7 @@ def verdict_from_rows(rows: Sequence[BenchRow]) -> Verdict | None:
 
 
 def exit_code(report: BenchReport) -> int:
-    """0, or 1 when the verdict is BLOCKER (the seed's contract for `bench`)."""
+    """0, or 1 when the verdict is BLOCKER (what `bench` exits with)."""
     return 1 if report.verdict is not None and report.verdict.blocker else 0
 
 
@@ -175,7 +175,7 @@ def run_benchmark(
     batch: int = 1,
     progress: Callable[[float, Progress], None] | None = None,
 ) -> BenchReport:
-    """The seed's benchmark on the engine's model and backend."""
+    """The benchmark on the engine's model and decode loop."""
     from daemon.engine.devices import gpu_info
 
     info = engine.load_model()

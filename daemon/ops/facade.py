@@ -1,7 +1,7 @@
-"""The seed system's engine surface in one object: `MusicEngine` plus `save_audio` and `benchmark`.
+"""The engine with its file and benchmark tools: `MusicEngine` plus `save_audio` and `benchmark`.
 
 The engine itself only turns prompts into arrays; writing files (`daemon.audio.encode`) and the
-benchmark (`daemon.ops.bench`) sit above it, so the two seed methods that reach them live here,
+benchmark (`daemon.ops.bench`) sit above it, so the two methods that reach them live here,
 where importing both directions tangles nothing.
 """
 
@@ -29,8 +29,8 @@ def save_audio(
     return write_audio(path, result.audio[variation], result.sample_rate, format, subtype)  # type: ignore[arg-type]
 
 
-class SeedEngine(MusicEngine):
-    """`MusicEngine` with the seed's `save_audio()` and `benchmark()` methods."""
+class EngineWithTools(MusicEngine):
+    """`MusicEngine` with `save_audio()` and `benchmark()` methods."""
 
     def save_audio(
         self,
@@ -44,5 +44,5 @@ class SeedEngine(MusicEngine):
         return save_audio(result, path, variation=variation, format=format, subtype=subtype)
 
     def benchmark(self, durations: Sequence[float] = (4, 8, 16, 30), **kwargs: Any) -> BenchReport:
-        """The seed's benchmark on the resident model (see daemon.ops.bench.run_benchmark)."""
+        """The benchmark on the resident model (see daemon.ops.bench.run_benchmark)."""
         return run_benchmark(self, durations, **kwargs)

@@ -13,7 +13,7 @@ from daemon.core.messages import GenerationRequest, Progress
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.codec import codes_to_audio
 from daemon.engine.decoding.hf import TransformersBackend
-from daemon.engine.longform import WindowPlan, decode_long, plan_windows, planned_steps
+from daemon.engine.longform import WindowPlan, decode_long, plan_segments, planned_steps
 from daemon.engine.model import MusicEngine
 from daemon.engine.plan import row_sampling
 
@@ -27,21 +27,21 @@ def long_engine(make_settings: Callable[..., Settings], decoder: str) -> MusicEn
 
 
 def test_plan_windows() -> None:
-    assert plan_windows(30, 40, 24) == [WindowPlan(0, 30)]
-    assert plan_windows(40, 40, 24) == [WindowPlan(0, 40)]
-    assert plan_windows(100, 40, 24) == [
+    assert plan_segments([30], 40, 24) == [WindowPlan(0, 30)]
+    assert plan_segments([40], 40, 24) == [WindowPlan(0, 40)]
+    assert plan_segments([100], 40, 24) == [
         WindowPlan(0, 40),
         WindowPlan(16, 24),
         WindowPlan(16, 24),
         WindowPlan(16, 12),
     ]
     # MusicGen defaults: 30 s window, 18 s stride at 50 Hz -> 12 s of context
-    plans = plan_windows(60 * 50, 1500, 900)
+    plans = plan_segments([60 * 50], 1500, 900)
     assert plans[0] == WindowPlan(0, 1500) and all(p.context == 600 for p in plans[1:])
     assert sum(p.new for p in plans) == 3000
     for bad in ((100, 40, 40), (100, 40, 0)):
         with pytest.raises(ValueError):
-            plan_windows(*bad)
+            plan_segments([bad[0]], *bad[1:])
 
 
 @pytest.mark.parametrize("duration", [1.0, 1.3, 2.0, 2.55])
@@ -54,7 +54,9 @@ def test_exact_length_past_the_window(long_engine: MusicEngine, duration: float)
     assert np.all(np.isfinite(res.audio))
     frames = long_engine.frames_for(duration)
     model = long_engine.loaded.ckpt.model  # type: ignore[union-attr]
-    assert seen[-1].frames_done == seen[-1].frames_total == planned_steps(model, plan_windows(frames, 40, 24))
+    assert (
+        seen[-1].frames_done == seen[-1].frames_total == planned_steps(model, plan_segments([frames], 40, 24))
+    )
 
 
 def test_windows_continue_the_generated_tokens(long_engine: MusicEngine) -> None:

@@ -16,7 +16,7 @@ from daemon.core.messages import AudioPrompt, GenerationRequest
 from daemon.engine.decoding import get_backend
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
 from daemon.engine.decoding.codec import audio_to_codes, codes_to_audio
-from daemon.engine.longform import plan_segments, plan_windows
+from daemon.engine.longform import plan_segments
 from daemon.engine.melody import ChromaExtractor, ChromaParams, to_rate_and_channels
 from daemon.engine.model import MusicEngine
 from daemon.engine.plan import Framing, plan_chunks
@@ -47,7 +47,6 @@ def engine(
 
 
 def test_plan_segments_matches_plain_long_form_and_stays_inside_sections() -> None:
-    assert plan_segments([100], 40, 24) == plan_windows(100, 40, 24)
     plans = plan_segments([10, 50], 40, 24, prefix=16)
     assert [(p.context, p.new, p.segment) for p in plans] == [
         (16, 10, 0),

@@ -1,4 +1,4 @@
-"""The seed's benchmark: rows, verdict thresholds, the progress bar and the CLI on the tiny model."""
+"""The benchmark: rows, verdict thresholds, the progress bar and the CLI on the tiny model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The seed's engine surface: SeedEngine keeps save_audio() and benchmark() on top of MusicEngine."""
+"""The engine with tools: EngineWithTools keeps save_audio() and benchmark() on top of MusicEngine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import soundfile as sf
 
 from daemon.core.config import Settings
-from daemon.ops.facade import SeedEngine, save_audio
+from daemon.ops.facade import EngineWithTools, save_audio
 
 SR = 32000
 
@@ -16,7 +16,7 @@ SR = 32000
 def test_seed_engine_generates_saves_and_benchmarks(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    engine = SeedEngine(make_settings(decoder="transformers"))
+    engine = EngineWithTools(make_settings(decoder="transformers"))
     engine.set_generation_params(duration=0.5, temperature=0.8, top_k=50)
     (res,) = engine.generate([engine.request("dreamy synthwave", seed=5, count=2)])
     info = engine.save_audio(res, tmp_path / "out.wav")

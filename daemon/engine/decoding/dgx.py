@@ -74,7 +74,7 @@ PREPARED_TEXT_TOKENS = 32
 def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int, kernels: str) -> torch.Tensor:
     batch, prompt_len = check_request(parts, req)
     doubled = req.cfg_coef is not None and req.cfg_coef > 1.0
-    decoded, total_len = decode_lengths(parts, prompt_len, req.max_frames)
+    _, total_len = decode_lengths(parts, prompt_len, req.max_frames)
     encoder_states, mask_2d = encode_text(parts, req, doubled)
     prefix, pattern = delay_pattern(parts, batch, req.prompt_codes, total_len)
     start = prefix.shape[-1]

@@ -199,7 +199,7 @@ class GraphBucket:
         parts, key = self.parts, self.key
         self.decoder.use_kernels(self.kernels)
         batch, prompt_len = check_request(parts, req)
-        decoded, total_len = decode_lengths(parts, prompt_len, req.max_frames)
+        _, total_len = decode_lengths(parts, prompt_len, req.max_frames)
         states, mask_2d = encode_text(parts, req, key.doubled)
         text_len = states.shape[1]
 

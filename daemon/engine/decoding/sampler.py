@@ -164,10 +164,6 @@ class RowNoise:
         )
         self._next_step = 0
 
-    @property
-    def active(self) -> bool:
-        return self._buffer is not None
-
     def step(self, index: int) -> torch.Tensor | None:
         if self._buffer is None:
             return None

@@ -195,7 +195,6 @@ class FusedDecoder(nn.Module):
         self.w_cross = _share(cross)
         codebooks = torch.arange(parts.num_codebooks, device=self.embed.device)
         self.offsets = (codebooks * self.rows_per_codebook).view(1, -1, 1)
-        self.anchor = core.layers[0].self_attn.q_proj.weight
         self.kernels = "aten"
 
     def use_kernels(self, kind: str) -> None:

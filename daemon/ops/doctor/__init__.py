@@ -1,6 +1,6 @@
 """`dgx-music doctor`: can this machine run the daemon, and if not, what to do about it.
 
-The seed system's GPU validation (torch and CUDA versions, device name and compute
+The GPU validation (torch and CUDA versions, device name and compute
 capability, memory, bf16, a tensor check) plus the things that stop a fresh install:
 the config, the spool, the model files. Each check is ok, warn (works, but not as
 intended: e.g. CPU fallback) or fail (the daemon will not run), and every non-ok check
