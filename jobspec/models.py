@@ -242,18 +242,20 @@ class JobSpec(BaseModel):
     bpm: Bpm | None = Field(
         default=None,
         description=f"Tempo to ask for, {BPM_MIN}..{BPM_MAX} beats (quarter notes) a minute, "
-        "every model family; MusicGen reads it as a hint in its text.",
+        "every model family; MusicGen reads it as a hint in its text. The sidecar's `analysis.asked` says "
+        "how far the result's measured tempo is from it.",
     )
     key: MusicalKey | None = Field(
         default=None,
         description='Key to ask for, e.g. "A minor", "F# major" (# or b, major/minor or maj/min; '
         'enharmonics accepted and recorded one way, "A# minor" as "Bb minor"). MusicGen reads it as a '
-        "hint in its text.",
+        "hint in its text; `analysis.asked.key_relation` in the sidecar compares the measured key.",
     )
     time_signature: TimeSignature | None = Field(
         default=None,
         description='Metre to ask for, beats/note value: "4/4", "3/4", "6/8", ... '
-        "(1..16 over 2, 4, 8 or 16). MusicGen reads it as a hint in its text.",
+        "(1..16 over 2, 4, 8 or 16). MusicGen reads it as a hint in its text; the analysis counts "
+        "downbeats by it (4/4 when unset).",
     )
     lyrics: Lyrics | None = Field(
         default=None,

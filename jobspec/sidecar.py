@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobspec.analysis import Analysis
 from jobspec.errors import ErrorDetail
 from jobspec.models import Job
 
@@ -41,6 +42,9 @@ class Timings(_Strict):
     generate_s: Seconds = Field(default=0.0, description="Token generation and decoding.")
     postprocess_s: Seconds = Field(
         default=0.0, description="Loudness, limiting, encoding and writing the files."
+    )
+    analysis_s: Seconds = Field(
+        default=0.0, description="Measuring tempo, beats, key and loudness range (part of postprocess_s)."
     )
     total_s: Seconds = Field(default=0.0, description="From pickup to the result being written.")
 
@@ -177,6 +181,11 @@ class OutputInfo(_Strict):
     )
     waveform: Waveform | None = Field(
         default=None, description="Peak envelope of the audio written (a few hundred points)."
+    )
+    analysis: Analysis | None = Field(
+        default=None,
+        description="Tempo, beats, key and loudness range measured on the file as written, and how far "
+        "they are from what the job asked (absent in sidecars of older versions).",
     )
 
     @field_validator("path")

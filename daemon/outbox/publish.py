@@ -27,6 +27,7 @@ from daemon.core.fsio import atomic_write_bytes
 from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, message_id
 from daemon.core.messages import SEED_MOD, Generated
 from daemon.outbox.hostinfo import host_info
+from daemon.outbox.measure import measure
 from jobspec import Job
 from jobspec.names import audio_names, sidecar_name, source_folder
 from jobspec.sidecar import (
@@ -106,6 +107,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
         outbox.mkdir(exist_ok=True)
     written: list[Path] = []
     outputs: list[OutputInfo] = []
+    analysis_s = 0.0
     try:
         for i, name in enumerate(output_names(job_id, job)):
             target_lufs = job.output.loudness_lufs if normalize_audio else None
@@ -129,6 +131,9 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
             # loudness and peak, and the sidecar reports what a listener gets.
             assert info.decoded is not None
             lufs, peak = _measured(info.decoded, info.sample_rate)
+            t_analysis = time.monotonic()
+            analysis = measure(info.decoded, info.sample_rate, job)
+            analysis_s += time.monotonic() - t_analysis
             outputs.append(
                 OutputInfo(
                     path=f"{folder}/{name}" if folder else name,
@@ -148,6 +153,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
                     variation=i + 1,
                     seed=variation_seed,
                     waveform=Waveform(bins=env.bins, min=env.min, max=env.max),
+                    analysis=analysis,
                 )
             )
         finished = time.time()
@@ -163,6 +169,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
             timings=timings.model_copy(
                 update={
                     "postprocess_s": round(post_s, 4),
+                    "analysis_s": round(analysis_s, 4),
                     "total_s": round(max(0.0, finished - done.submitted), 4),
                 }
             ),

@@ -1,0 +1,48 @@
+"""The `analysis` block of each output: the written audio measured (daemon.audio.analysis) and set
+against what the job asked. Runs in the publisher's thread, after the file is written."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daemon.audio.analysis import Measured, analyze
+from jobspec import Job
+from jobspec.analysis import Analysis, Asked, key_relation
+
+
+def asked_against(measured: Measured, job: Job) -> Asked | None:
+    """How far `measured` is from the job's bpm, key and time_signature; None when none is asked."""
+    if job.bpm is None and job.key is None and job.time_signature is None:
+        return None
+    error = None
+    if job.bpm is not None and measured.tempo_bpm is not None:
+        error = round(measured.tempo_bpm - job.bpm, 2)
+    relation = None
+    if job.key is not None and measured.key is not None:
+        relation = key_relation(measured.key, job.key)
+    return Asked(
+        bpm=job.bpm,
+        tempo_error_bpm=error,
+        key=job.key,
+        key_relation=relation,
+        time_signature=job.time_signature,
+    )
+
+
+def to_sidecar(measured: Measured, job: Job) -> Analysis:
+    lra = measured.loudness_range_lu
+    return Analysis(
+        tempo_bpm=None if measured.tempo_bpm is None else round(measured.tempo_bpm, 2),
+        tempo_confidence=round(measured.tempo_confidence, 3),
+        key=measured.key,
+        key_confidence=round(measured.key_confidence, 3),
+        beats_s=measured.beats_s,
+        downbeats_s=measured.downbeats_s,
+        loudness_range_lu=None if lra is None else round(lra, 2),
+        asked=asked_against(measured, job),
+    )
+
+
+def measure(audio: np.ndarray, sample_rate: int, job: Job) -> Analysis:
+    """The sidecar's analysis of one written output (`audio` decoded from its file)."""
+    return to_sidecar(analyze(audio, sample_rate, job.time_signature), job)
