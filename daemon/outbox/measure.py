@@ -3,6 +3,9 @@ against what the job asked. Runs in the publisher's thread, after the file is wr
 
 from __future__ import annotations
 
+import html
+from typing import Any
+
 import numpy as np
 
 from daemon.audio.analysis import Measured, analyze
@@ -46,3 +49,17 @@ def to_sidecar(measured: Measured, job: Job) -> Analysis:
 def measure(audio: np.ndarray, sample_rate: int, job: Job) -> Analysis:
     """The sidecar's analysis of one written output (`audio` decoded from its file)."""
     return to_sidecar(analyze(audio, sample_rate, job.time_signature), job)
+
+
+def measures_html(output: dict[str, Any]) -> str:
+    """What the page shows beside an output's player: " · 120.0 BPM · A minor" as escaped spans;
+    nothing for a sidecar written before outputs were measured."""
+    a = output.get("analysis")
+    if not isinstance(a, dict):
+        return ""
+    tempo = a.get("tempo_bpm")
+    shown = {
+        "tempo": f"{tempo:.1f} BPM" if isinstance(tempo, (int, float)) else "tempo n/a",
+        "key": str(a.get("key") or "key n/a"),
+    }
+    return "".join(f' · <span class="{c}">{html.escape(v)}</span>' for c, v in shown.items())

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from daemon.core.fsio import atomic_write_bytes
+from daemon.outbox.measure import measures_html
 from jobspec.names import PAGE_NAME
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ def render_result(entry: Entry) -> str:
         caption = (
             f"v{_e(o.get('variation'))} · seed {_e(o.get('seed'))} · "
             f"{_num(o.get('integrated_lufs'), '.1f', ' LUFS')}"
-            f" · peak {_num(o.get('true_peak_dbtp'), '.1f', ' dBTP')}{_measured(o)} · "
+            f" · peak {_num(o.get('true_peak_dbtp'), '.1f', ' dBTP')}{measures_html(o)} · "
             f'<a href="{href}" download>{_e(name)}</a>'
         )
         figures.append(
@@ -322,16 +323,6 @@ def _failure_text(status: str, error: dict[str, Any]) -> tuple[str, list[str], s
         extra = f" ({d.get('hint')})" if d.get("hint") and d.get("hint") != hint else ""
         details.append(f"{d.get('loc')}{line}: {d.get('msg')}{extra}")
     return headline, details, hint
-
-
-def _measured(output: dict[str, Any]) -> str:
-    """" · 120.0 BPM · A minor" from an output's analysis (nothing for sidecars without one)."""
-    a = output.get("analysis")
-    if not isinstance(a, dict):
-        return ""
-    tempo = _num(a.get("tempo_bpm"), ".1f", " BPM")
-    key = _e(a.get("key")) if a.get("key") else "key n/a"
-    return f' · <span class="tempo">{tempo}</span> · <span class="key">{key}</span>'
 
 
 def render_failure(entry: Entry) -> str:
