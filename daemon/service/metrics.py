@@ -1,12 +1,15 @@
 """`state/metrics.prom`: the daemon's figures in the Prometheus text format, for node_exporter's
 textfile collector (`--collector.textfile.directory=<spool>/state`).
 
-Written by hand (the format is a few lines of text; no runtime dependency), replaced atomically
-so the collector never reads half a file, every few seconds and at each job's end. Samples carry
-no timestamps (the collector refuses them). Every series has a `device` label, so daemons that
-share one spool (one per GPU, each writing its own `metrics.<device>.prom`) never collide in the
-collector. Counters start at zero when the daemon starts; `dgx_music_start_time_seconds` tells
-Prometheus' rate() about the reset.
+The text is prometheus_client's own writer (`generate_latest` over a registry of this daemon's
+families: escaping, `_total`/`_bucket` names and number formats are the library's), replaced
+atomically so the collector never reads half a file, every few seconds and at each job's end.
+Samples carry no timestamps (the collector refuses them). Every series has a `device` label, so
+daemons that share one spool (one per GPU, each writing its own `metrics.<device>.prom`) never
+collide in the collector. Counters start at zero when the daemon starts;
+`dgx_music_start_time_seconds` tells Prometheus' rate() about the reset. Names follow
+Prometheus' conventions: base units in the name (`_seconds`, `_bytes`), `_ratio` for the
+unitless real-time factor.
 """
 
 from __future__ import annotations
@@ -18,10 +21,18 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from daemon.core.fsio import atomic_write_bytes
 
@@ -36,24 +47,6 @@ def metrics_file_name(device: str) -> str:
     if re.fullmatch(r"cuda:\d+", device):
         return f"metrics.{device.replace(':', '')}.prom"
     return "metrics.prom"
-
-
-def _label_value(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: Mapping[str, object]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items()) + "}"
-
-
-def _value(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if math.isnan(v):
-        return "NaN"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
 
 
 @dataclass
@@ -75,12 +68,11 @@ class Histogram:
         self.total += v
         self.n += 1
 
-    def lines(self, name: str, labels: Mapping[str, object]) -> Iterable[str]:
-        for bound, c in zip(self.buckets, self.counts):
-            yield f"{name}_bucket{_labels({**labels, 'le': repr(float(bound))})} {c}"
-        yield f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {self.n}"
-        yield f"{name}_sum{_labels(labels)} {_value(self.total)}"
-        yield f"{name}_count{_labels(labels)} {self.n}"
+    def family(self, name: str, help_text: str, labels: Mapping[str, str]) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, help_text, labels=list(labels))
+        buckets = [(repr(float(b)), float(c)) for b, c in zip(self.buckets, self.counts)]
+        fam.add_metric(list(labels.values()), [*buckets, ("+Inf", float(self.n))], self.total)
+        return fam
 
 
 @dataclass(frozen=True)
@@ -134,103 +126,102 @@ class Metrics:
         with self._lock:
             return self.generate_s_sum / self.audio_s if self.audio_s > 0 else None
 
-    def render(self, g: Gauges) -> str:
-        dev = {"device": self.device}
-        out: list[str] = []
+    def families(self, g: Gauges) -> list[Metric]:
+        """Every family of the file, for the text writer."""
+        p, dev = PREFIX, {"device": self.device}
 
-        def family(name: str, kind: str, help_text: str, lines: Iterable[str]) -> None:
-            out.append(f"# HELP {PREFIX}{name} {help_text}")
-            out.append(f"# TYPE {PREFIX}{name} {kind}")
-            out.extend(lines)
+        def gauge(name: str, help_text: str, rows: list[tuple[dict[str, str], float]]) -> GaugeMetricFamily:
+            keys = list(rows[0][0]) if rows else list(dev)
+            fam = GaugeMetricFamily(p + name, help_text, labels=keys)
+            for labels, value in rows:
+                fam.add_metric(list(labels.values()), value)
+            return fam
 
-        p = PREFIX
         with self._lock:
-            jobs = sorted(self.jobs.items())
-            family(
-                "jobs_total",
-                "counter",
+            jobs = CounterMetricFamily(
+                p + "jobs",
                 "Jobs finished since the daemon started, by outcome and error type.",
-                (f"{p}jobs_total{_labels({**dev, 'outcome': o, 'error_type': e})} {n}" for (o, e), n in jobs),
+                labels=["device", "outcome", "error_type"],
             )
-            family(
-                "generation_seconds",
-                "histogram",
-                "Generation (decode) seconds per completed job.",
-                self.generation_s.lines(f"{p}generation_seconds", dev),
+            for (outcome, error), n in sorted(self.jobs.items()):
+                jobs.add_metric([self.device, outcome, error], n)
+            audio = CounterMetricFamily(
+                p + "audio_seconds", "Seconds of audio produced (all variations).", labels=list(dev)
             )
-            family(
-                "job_seconds",
-                "histogram",
-                "Seconds from pickup to the result on disk, per completed job.",
-                self.job_s.lines(f"{p}job_seconds", dev),
-            )
-            family(
-                "rtf",
-                "histogram",
-                "Real-time factor per completed job (generate seconds / audio seconds).",
-                self.rtf.lines(f"{p}rtf", dev),
-            )
-            family(
-                "audio_seconds_total",
-                "counter",
-                "Seconds of audio produced (all variations).",
-                [f"{p}audio_seconds_total{_labels(dev)} {_value(round(self.audio_s, 3))}"],
-            )
-        family(
-            "up",
-            "gauge",
-            "1 while the daemon serves the spool; 0 in the file a stopped daemon leaves.",
-            [f"{p}up{_labels(dev)} {int(g.up)}"],
-        )
-        family(
-            "queue_length",
-            "gauge",
-            "Jobs waiting in this daemon's queue.",
-            [f"{p}queue_length{_labels(dev)} {g.queue_length}"],
-        )
-        family(
-            "jobs_running",
-            "gauge",
-            "Jobs being generated now (a decode batch counts each job).",
-            [f"{p}jobs_running{_labels(dev)} {g.jobs_running}"],
-        )
-        family(
-            "model_loaded",
-            "gauge",
-            "1 when the configured model is resident.",
-            (f"{p}model_loaded{_labels({**dev, 'model': m})} {int(v)}" for m, v in sorted(g.models.items())),
-        )
-        family(
-            "model_load_seconds",
-            "gauge",
-            "Seconds the last load of the model took.",
-            (
-                f"{p}model_load_seconds{_labels({**dev, 'model': m})} {_value(round(v, 3))}"
-                for m, v in sorted(g.model_load_s.items())
+            audio.add_metric([self.device], round(self.audio_s, 3))
+            out: list[Metric] = [
+                jobs,
+                self.generation_s.family(
+                    p + "generation_seconds", "Generation (decode) seconds per completed job.", dev
+                ),
+                self.job_s.family(
+                    p + "job_seconds", "Seconds from pickup to the result on disk, per completed job.", dev
+                ),
+                self.rtf.family(
+                    p + "rtf_ratio",
+                    "Real-time factor per completed job: generate seconds over audio seconds (below 1 is "
+                    "faster than real time).",
+                    dev,
+                ),
+                audio,
+            ]
+        loaded = [({**dev, "model": m}, float(v)) for m, v in sorted(g.models.items())]
+        out += [
+            gauge(
+                "up",
+                "1 while the daemon serves the spool; 0 in the file a stopped daemon leaves.",
+                [(dev, float(g.up))],
             ),
-        )
-        family(
-            "gpu_memory_bytes",
-            "gauge",
-            "Accelerator memory held by the daemon's torch allocator (0 on CPU).",
-            [
-                f"{p}gpu_memory_bytes{_labels({**dev, 'kind': 'allocated'})} {g.gpu_allocated_bytes}",
-                f"{p}gpu_memory_bytes{_labels({**dev, 'kind': 'reserved'})} {g.gpu_reserved_bytes}",
-            ],
-        )
-        family(
-            "start_time_seconds",
-            "gauge",
-            "When the daemon started, UNIX time.",
-            [f"{p}start_time_seconds{_labels(dev)} {_value(round(self.start_time, 3))}"],
-        )
-        family(
-            "info",
-            "gauge",
-            "The daemon's version and host (always 1).",
-            [f"{p}info{_labels({**dev, 'version': self.version, 'hostname': self.hostname})} 1"],
-        )
-        return "\n".join(out) + "\n"
+            gauge("queue_length", "Jobs waiting in this daemon's queue.", [(dev, g.queue_length)]),
+            gauge(
+                "jobs_running",
+                "Jobs being generated now (a decode batch counts each job).",
+                [(dev, g.jobs_running)],
+            ),
+            gauge(
+                "model_loaded", "1 when the configured model is resident (0 once the daemon stopped).", loaded
+            ),
+            gauge(
+                "model_load_seconds",
+                "Seconds the last load of the model took.",
+                [({**dev, "model": m}, round(v, 3)) for m, v in sorted(g.model_load_s.items())],
+            ),
+            gauge(
+                "gpu_memory_bytes",
+                "Accelerator memory held by the daemon's torch allocator (0 on CPU).",
+                [
+                    ({**dev, "kind": "allocated"}, g.gpu_allocated_bytes),
+                    ({**dev, "kind": "reserved"}, g.gpu_reserved_bytes),
+                ],
+            ),
+            gauge(
+                "start_time_seconds",
+                "When the daemon started, UNIX time.",
+                [(dev, round(self.start_time, 3))],
+            ),
+            gauge(
+                "info",
+                "The daemon's version and host (always 1).",
+                [({**dev, "version": self.version, "hostname": self.hostname}, 1.0)],
+            ),
+        ]
+        return out
+
+    def render(self, g: Gauges) -> str:
+        """The exposition text, written by prometheus_client."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot(self.families(g)))
+        return generate_latest(registry).decode("utf-8")
+
+
+class _Snapshot:
+    """A collector that yields families made already (one render's worth)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
 
 
 def gpu_memory(device: str) -> tuple[int, int]:

@@ -144,7 +144,9 @@ class OutcomeObserver:
             page = self.page
             self._guard("page", lambda: page.flush())
         last = gauges()
-        stopped = Gauges(**{**last.__dict__, "up": False, "jobs_running": 0})
+        # The process is ending: no model stays resident, whatever it held a moment ago.
+        models = {name: False for name in last.models}
+        stopped = Gauges(**{**last.__dict__, "up": False, "jobs_running": 0, "models": models})
         self._guard("metrics", lambda: write_metrics(self.metrics_path, self.metrics.render(stopped)))
 
     def _guard(self, what: str, fn: Callable[[], object]) -> None:

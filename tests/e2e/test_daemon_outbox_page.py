@@ -227,13 +227,13 @@ def test_metrics_file_parses_and_counts_match_the_outbox(finished_run: dict[str,
     audio = next(s.value for s in samples("dgx_music_audio_seconds") if s.name.endswith("_total"))
     in_outbox = sum(o["duration_s"] for b in completed for o in b["outputs"])
     assert audio == pytest.approx(in_outbox + 0.5, abs=0.01)  # + album/track
-    assert families["dgx_music_rtf"].type == "histogram"
+    assert families["dgx_music_rtf_ratio"].type == "histogram" and "dgx_music_rtf" not in families
     # The file a stopped daemon leaves says so; nothing is queued or running any more.
     assert samples("dgx_music_up")[0].value == 0
     assert samples("dgx_music_queue_length")[0].value == 0
     assert samples("dgx_music_jobs_running")[0].value == 0
     loaded = {s.labels["model"]: s.value for s in samples("dgx_music_model_loaded")}
-    assert loaded == {"tiny": 1}
+    assert loaded == {"tiny": 0}  # the stopped daemon holds no model
     assert samples("dgx_music_gpu_memory_bytes")[0].value == 0  # CPU
     info = samples("dgx_music_info")[0]
     from daemon import __version__

@@ -47,6 +47,11 @@ def test_exposition_parses_with_counts_histograms_and_escaped_labels() -> None:
         "big": 0,
     }
     assert fams["dgx_music_queue_length"].samples[0].value == 3
+    rtf = {
+        s.labels.get("le"): s.value for s in fams["dgx_music_rtf_ratio"].samples if s.name.endswith("_bucket")
+    }
+    assert rtf["1.0"] == 1 and rtf["+Inf"] == 2 and fams["dgx_music_rtf_ratio"].type == "histogram"
+    assert "# TYPE dgx_music_jobs_total counter" in text and "dgx_music_rtf_ratio_sum" in text
     info = fams["dgx_music_info"].samples[0]
     assert info.labels["hostname"] == 'box "1"\\n' and info.labels["version"] == "1.2.3"
     assert all(s.labels["device"] == "cpu" for f in fams.values() for s in f.samples)
