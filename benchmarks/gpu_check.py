@@ -75,29 +75,63 @@ def section_doctor(plan: Plan) -> dict[str, Any]:
 
 
 def section_gpu_tests(plan: Plan) -> dict[str, Any]:
-    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*gpu*.py"))
-    if not files:
-        return {"ok": False, "error": "no GPU test files under tests/ (run from a checkout)"}
+    """`pytest -m gpu tests/`: every test marked gpu, wherever it lives. On a GPU the section passes
+    only when every collected test passed (a skip is a test that did not run); on `--device cpu`
+    only when every one of them skipped for want of CUDA and none failed."""
+    report = plan.work / "gpu-tests.xml"
     proc = subprocess.run(
-        [PY, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files],
+        [
+            PY,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            "tests/",
+        ],
         capture_output=True,
         text=True,
         timeout=plan.timeout,
         cwd=ROOT,
     )
     last = (proc.stdout.strip().splitlines() or [""])[-1]
-    # pytest exits 5 when everything was deselected or skipped: expected without CUDA.
-    ok = (
-        proc.returncode == 0
-        or (plan.device == "cpu" and proc.returncode == 5)
-        or (plan.device == "cpu" and "failed" not in last and "error" not in last)
-    )
+    counts = _junit_counts(report)
+    collected, passed = counts["collected"], counts["passed"]
+    if plan.device == "cpu":
+        ok = collected > 0 and counts["failed"] == 0 and counts["skipped"] == collected
+        ok = ok and all(r.startswith("needs CUDA") for r in counts["skip_reasons"])
+    else:
+        ok = collected > 0 and passed == collected
     return {
         "ok": ok,
         "exit_code": proc.returncode,
-        "files": files,
+        **counts,
         "summary": last,
         "output_tail": _tail(proc.stdout),
+    }
+
+
+def _junit_counts(report: Path) -> dict[str, Any]:
+    """collected / passed / failed / skipped and the distinct skip reasons of a JUnit XML report."""
+    import xml.etree.ElementTree as ET
+
+    if not report.exists():
+        return {"collected": 0, "passed": 0, "failed": 0, "skipped": 0, "skip_reasons": []}
+    cases = list(ET.parse(report).getroot().iter("testcase"))
+    failed = sum(1 for c in cases if c.find("failure") is not None or c.find("error") is not None)
+    skips = [c.find("skipped") for c in cases]
+    reasons = sorted({(s.get("message") or "").removeprefix("Skipped: ") for s in skips if s is not None})
+    skipped = sum(1 for s in skips if s is not None)
+    return {
+        "collected": len(cases),
+        "passed": len(cases) - failed - skipped,
+        "failed": failed,
+        "skipped": skipped,
+        "skip_reasons": reasons,
     }
 
 
@@ -483,7 +517,7 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
     if name == "doctor":
         return f"failed checks: {', '.join(sec.get('failed_checks') or []) or 'none'}"
     if name == "gpu_tests":
-        return str(sec.get("summary", ""))
+        return f"{sec.get('passed', 0)} of {sec.get('collected', 0)} passed ({sec.get('summary', '')})"
     if name == "compare":
         parts = []
         for key, run in sec.items():

@@ -2,6 +2,9 @@
 
 `python -m jobspec.schema > jobspec/examples/job.schema.json` regenerates the copy shipped
 beside the examples (the repository root links to it; a test fails when it drifts from the models).
+`python -m jobspec.schema --result > jobspec/examples/result.schema.json` does the same for the
+sidecar contract, which the daemon's real sidecars are checked against in the end-to-end tests: a
+change there is a change of the contract users parse (bump SCHEMA_VERSION when it breaks them).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from jobspec.models import BatchFile, JobSpec
-from jobspec.sidecar import ErrorSidecar, ResultSidecar
+from jobspec.sidecar import SCHEMA_VERSION, ErrorSidecar, ResultSidecar
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
+RESULT_SCHEMA_NAME = "result.schema.json"
 
 
 def _combined(models: list[type[BaseModel]], title: str, description: str, mode: str) -> dict[str, Any]:
@@ -45,7 +49,7 @@ def result_schema() -> dict[str, Any]:
     """Schema of the sidecars: `<id>.json` (completed) and `<id>.error.json` (failed or cancelled)."""
     return _combined(
         [ResultSidecar, ErrorSidecar],
-        "dgx-music result sidecar",
+        f"dgx-music result sidecar, schema_version {SCHEMA_VERSION}",
         "outbox/<id>.json for a completed job, failed/<id>.error.json for a failed or cancelled one.",
         "serialization",
     )

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from daemon import __version__
-from daemon.audio.encode import write_audio
-from daemon.audio.loudness import SILENCE_LUFS, integrated_lufs, normalize, true_peak_dbtp
+from daemon.audio.encode import LOSSY, AudioFileInfo, write_audio
+from daemon.audio.loudness import SILENCE_LUFS, LoudnessResult, integrated_lufs, normalize, true_peak_dbtp
 from daemon.audio.waveform import peak_envelope
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
@@ -28,7 +29,7 @@ from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, message_id
 from daemon.core.messages import SEED_MOD, Generated
 from daemon.outbox.hostinfo import host_info
 from daemon.outbox.measure import measure
-from jobspec import Job
+from jobspec import Job, Output
 from jobspec.names import audio_names, sidecar_name, source_folder
 from jobspec.sidecar import (
     ModelInfo,
@@ -39,6 +40,13 @@ from jobspec.sidecar import (
 )
 
 log = logging.getLogger(__name__)
+
+LOSSY_PEAK_PASSES = 4  # encodes of one file at most: the first, then lower limiter ceilings
+
+# Test seam, and nothing else: the fault-injection harness (daemon.service.faults, refused under
+# systemd) sets it to kill the daemon inside this step, after every audio file of a job is in
+# outbox/ and before its sidecar is. Called with the job and the sidecar's path; None in real runs.
+before_sidecar_fault: Callable[[Job, Path], None] | None = None
 
 
 def output_names(job_id: str, job: Job) -> list[str]:
@@ -90,6 +98,48 @@ class Published:
     sidecar: ResultSidecar
 
 
+def write_variation(
+    path: Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    output: Output,
+    target_lufs: float | None,
+    ceiling: float | None,
+    *,
+    tags: dict[str, str],
+) -> tuple[LoudnessResult, AudioFileInfo, float | None, float | None]:
+    """Normalise one variation ([channels, samples]) and write it as `output` asks (create_new).
+    Returns what normalize did, the file, and its loudness and true peak measured on the bytes
+    as written and decoded again (a lossy codec or PCM rounding moves both; the sidecar reports
+    what a listener gets)."""
+    limit_at = ceiling
+    for attempt in range(LOSSY_PEAK_PASSES):
+        post = normalize(audio, sample_rate, target_lufs, limit_at)
+        info = write_audio(
+            path,
+            post.audio,
+            sample_rate,
+            output.format,
+            output.subtype,
+            create_new=True,
+            codec=output.codec,
+            quality=output.quality,
+            tags=tags,
+        )
+        assert info.decoded is not None
+        lufs, peak = _measured(info.decoded, info.sample_rate)
+        # An mp3 or Vorbis encoder's output peaks up to ~1 dB over its input: the ceiling is
+        # promised for the file, so the limiter runs again, lower by the overshoot.
+        last = attempt == LOSSY_PEAK_PASSES - 1
+        if last or output.format not in LOSSY or ceiling is None or limit_at is None or peak is None:
+            break
+        if peak <= ceiling:
+            break
+        limit_at -= peak - ceiling + 0.05
+        info.path.unlink()
+    return post, info, lufs, peak
+
+
 def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> Published:
     """Write the job's audio ([count, channels, samples]) and its sidecar; returns the sidecar.
 
@@ -112,25 +162,19 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
         for i, name in enumerate(output_names(job_id, job)):
             target_lufs = job.output.loudness_lufs if normalize_audio else None
             ceiling = job.output.true_peak_dbtp if normalize_audio else None
-            post = normalize(audio[i], sample_rate, target_lufs, ceiling)
             variation_seed = (seed + i) % SEED_MOD
-            info = write_audio(
+            post, info, lufs, peak = write_variation(
                 outbox / name,
-                post.audio,
+                audio[i],
                 sample_rate,
-                job.output.format,
-                job.output.subtype,
-                create_new=True,
-                codec=job.output.codec,
-                quality=job.output.quality,
+                job.output,
+                target_lufs,
+                ceiling,
                 tags=file_tags(job_id, job, variation_seed, model, time.time()),
             )
             written.append(info.path)
             env = peak_envelope(post.audio)
-            # Measured on the bytes as written and decoded again: a lossy codec or PCM rounding moves
-            # loudness and peak, and the sidecar reports what a listener gets.
             assert info.decoded is not None
-            lufs, peak = _measured(info.decoded, info.sample_rate)
             t_analysis = time.monotonic()
             analysis = measure(info.decoded, info.sample_rate, job)
             analysis_s += time.monotonic() - t_analysis
@@ -185,6 +229,8 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
         )
         path = outbox / sidecar_name(job_id)
         body = sidecar_json(sidecar.model_dump(mode="json"))
+        if before_sidecar_fault is not None:
+            before_sidecar_fault(job, path)
         atomic_write_bytes(path, body.encode("utf-8"), create_new=True)
     except BaseException:
         for p in written:

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.engine.decoding import get_backend
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
+from daemon.outbox import publish
+from jobspec import Job
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,11 @@ class Faults(BaseModel):
     stall_s: float = Field(default=0.0, ge=0, description="how long the stall lasts (a cancel ends it)")
     kill_on_prompt: str | None = Field(
         default=None, description="SIGKILL the daemon on a job whose prompt has this"
+    )
+    kill_before_sidecar: str | None = Field(
+        default=None,
+        description="SIGKILL the daemon inside the publish step, after the audio files of a job whose "
+        "prompt has this are in outbox/ and before its sidecar is written",
     )
     pretend_host: str | None = Field(
         default=None,
@@ -106,6 +114,8 @@ class FaultyBackend:
             seen[0] += 1
             if not stalled[0] and seen[0] >= int(self.faults.stall_after_steps or 0):
                 stalled[0] = True
+                # Tests wait for this line to act mid-stall (not for a guessed time).
+                log.warning("fault injection: stalling %.1f s after step %d", self.faults.stall_s, seen[0])
                 _sleep(self.faults.stall_s, self._shared.cancel)
             on_step(step, total)
 
@@ -140,14 +150,26 @@ def apply_identity(faults: Faults | None) -> None:
 
 
 def with_faults(engine: Any, faults: Faults | None) -> Any:
-    """`engine` unchanged without faults; else wrapped, with its backend wrapped too."""
+    """`engine` unchanged without faults; else wrapped, with its backend wrapped too (and the
+    publish step's test seam set for `kill_before_sidecar`)."""
     if faults is None or not faults.any:
         return engine
+    if faults.kill_before_sidecar:
+        publish.before_sidecar_fault = _killer_before_sidecar(faults.kill_before_sidecar)
     shared = _Shared()
     s = engine.settings
     loop = get_backend(s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch, kernels=s.kernels)
     engine.set_backend(FaultyBackend(loop, faults, shared))
     return FaultyEngine(engine, faults, shared)
+
+
+def _killer_before_sidecar(marker: str) -> Any:
+    def kill(job: Job, sidecar: Path) -> None:
+        if marker in (job.prompt or ""):
+            log.critical("fault injection: killing the daemon before writing %s", sidecar.name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
 
 
 def _sleep(seconds: float, cancel: threading.Event | None) -> None:

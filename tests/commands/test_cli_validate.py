@@ -145,7 +145,19 @@ def test_schema_prints_the_job_schema(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_schema_result_prints_the_sidecar_schemas(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "--result"]) == 0
-    schema = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    # The committed contract (what the e2e and reliability sidecars are validated against) is
+    # exactly what the command prints: a model change that moves it shows here, in review.
+    committed = (ROOT / "jobspec" / "examples" / "result.schema.json").read_text(encoding="utf-8")
+    assert out == committed, (
+        "result.schema.json is out of date: run "
+        "`python -m jobspec.schema --result > jobspec/examples/result.schema.json` "
+        "(and bump SCHEMA_VERSION if existing readers would break)"
+    )
+    schema = json.loads(out)
+    assert schema["title"] == "dgx-music result sidecar, schema_version 1"
+    result = schema["$defs"]["ResultSidecar"]["properties"]
+    assert result["schema_version"]["const"] == 1
     assert {"ResultSidecar", "ErrorSidecar", "OutputInfo", "ErrorInfo"} <= set(schema["$defs"])
     error_types = schema["$defs"]["ErrorInfo"]["properties"]["type"]["enum"]
     assert set(error_types) == {

@@ -107,3 +107,41 @@ def test_job_that_kills_the_daemon_every_time_ends_crashed(tmp_path: Path, tiny_
         assert all(len(v) == 1 for v in by_source.values()), by_source
         wait_until(lambda: not sp.job_files(sp.work), 10, what="work/ to empty")
         assert daemon.stop() == 0
+
+
+def test_the_sidecar_is_renamed_in_after_every_audio_file_it_names(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The ordering the crash safety rests on, watched as it happens: inotify reports each name
+    that appears in outbox/ in order, and the sidecar's comes after both variations' audio."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers.inotify import InotifyObserver
+
+    config = write_config(tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir)
+    sp = SpoolView(tmp_path / "spool")
+    appeared: list[str] = []
+
+    class Names(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.event_type not in ("created", "moved"):
+                return
+            name = Path(str(getattr(event, "dest_path", "") or event.src_path)).name
+            if not name.startswith(".") and name not in appeared:
+                appeared.append(name)
+
+    with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
+        daemon.start()
+        observer = InotifyObserver()
+        observer.schedule(Names(), str(sp.outbox))
+        observer.start()
+        try:
+            sp.drop("order.yaml", job_yaml("two variations in order", duration=0.5, seed=3, count=2))
+            body = sp.wait_outcome("order", TIMEOUT_S, alive=daemon)
+            wait_until(lambda: "order.json" in appeared, 10, what="inotify to report the sidecar")
+        finally:
+            observer.stop()
+            observer.join(5)
+        assert daemon.stop() == 0
+    assert [o["path"] for o in body["outputs"]] == ["order-v1.wav", "order-v2.wav"]
+    mine = [n for n in appeared if n.startswith("order")]
+    assert mine == ["order-v1.wav", "order-v2.wav", "order.json"], appeared

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,9 +121,10 @@ def test_progress_is_monotonic_and_complete(engine: MusicEngine) -> None:
 def test_cancel_mid_generation_from_another_thread(
     make_settings: Callable[..., Settings], decoder: str
 ) -> None:
-    # the stall holds the decode loop at step 4 so the canceller thread surely acts mid-way
+    # The stall holds the decode loop at step 4 so the canceller thread surely acts mid-way. It
+    # lasts an hour: only the cancel can end it (a stall that ignored it would hit the test timeout).
     engine = with_faults(
-        MusicEngine(make_settings(decoder=decoder)), Faults(**{"stall_after_steps": 4, "stall_s": 10})
+        MusicEngine(make_settings(decoder=decoder)), Faults(**{"stall_after_steps": 4, "stall_s": 3600})
     )
     cancel = threading.Event()
     started = threading.Event()
@@ -137,11 +137,9 @@ def test_cancel_mid_generation_from_another_thread(
 
     canceller = threading.Thread(target=lambda: (started.wait(10), cancel.set()))
     canceller.start()
-    t0 = time.monotonic()
     with pytest.raises(GenerationCancelled) as ei:
         engine.generate([GenerationRequest("ambient pad", 2.0, seed=1)], progress=progress, cancel=cancel)
     canceller.join()
-    assert time.monotonic() - t0 < 5
     assert ei.value.error_type == "cancelled"
     assert 3 <= len(steps) < 80
     # the engine survives and still works
@@ -157,16 +155,16 @@ def test_timeout_mid_generation(make_settings: Callable[..., Settings], decoder:
     )
     engine.load_model()  # the time limit covers generation, not loading
     steps: list[int] = []
-    t0 = time.monotonic()
+    # The deadline is checked between steps: the 3 s stall at step 3 passes the 1.5 s limit, so the
+    # stalled step never reports, whatever this machine's speed (a slow one stops even earlier).
     with pytest.raises(GenerationTimeoutError) as ei:
         engine.generate(
             [GenerationRequest("ambient pad", 1.0, seed=1)],
             timeout_s=1.5,
             progress=lambda p: steps.append(p.frames_done),
         )
-    assert time.monotonic() - t0 < 3 + 2
     assert ei.value.error_type == "timeout" and "job_timeout_s" in (ei.value.hint or "")
-    assert len(steps) == 2  # steps 1 and 2 reported; step 3 stalled past the deadline
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) <= 2  # step 3 stalled past the deadline
     assert engine.is_loaded()
 
 

@@ -114,6 +114,66 @@ def test_norm_qkv_writes_keys_and_values_into_the_cache_and_returns_queries(
     assert torch.equal(whole[mask], before[mask])
 
 
+@pytest.fixture
+def gpu_blocks(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """The block shapes a GPU launches (16/32 columns, 64-deep K) run through the interpreter.
+
+    The interpreter's own shapes cover up to 1024 columns and 1024-deep K in one program, so at the
+    tiny model's sizes every loop runs once; a GPU walks K in 64-deep steps across many programs.
+    Returns (BLOCK_N, BLOCK_K) for the widths used here."""
+    kernels = _kernels()
+    chosen = kernels._blocks
+
+    def as_on_a_gpu(m: int, n: int, k: int, interpreted: bool) -> tuple[int, int, int, int]:
+        return chosen(m, n, k, False)
+
+    monkeypatch.setattr(kernels, "_blocks", as_on_a_gpu)
+    _, block_n, block_k, _ = chosen(4, 100, 1100, False)
+    return block_n, block_k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "rows, width, out, gelu",
+    # K several 64-deep blocks and not a multiple of one (1100 = 17 x 64 + 12), and a musicgen-large
+    # fc2-like depth (4096 = 64 blocks); N not a multiple of the 16/32-column blocks.
+    [(3, 1100, 37, False), (2, 4096, 21, True)],
+)
+def test_gpu_block_shapes_walk_every_k_block_and_column_block(
+    gpu_blocks: tuple[int, int], dtype: torch.dtype, rows: int, width: int, out: int, gelu: bool
+) -> None:
+    block_n, block_k = gpu_blocks
+    assert width > 8 * block_k and out > block_n and out % block_n
+    gen = torch.Generator().manual_seed(width + out)
+    x = (torch.randn(rows, width, generator=gen) * 4.0 + 3.0).to(dtype)
+    norm = _norm(width, dtype, gen)
+    weight = (torch.randn(out, width, generator=gen) / width**0.5).to(dtype)
+    ref = _reference(x, norm, weight)
+    ref = F.gelu(ref) if gelu else ref
+    got = _kernels().norm_linear(x, norm, weight, gelu=gelu)
+    assert got.shape == (rows, out) and torch.isfinite(got).all()
+    # Per column block too: a block that stopped early or was never launched shows on its own.
+    for c0 in range(0, out, block_n):
+        part = slice(c0, c0 + block_n)
+        assert _rel(got[:, part], ref[:, part]) < LIMIT[dtype], (c0, _rel(got[:, part], ref[:, part]))
+
+
+def test_gpu_block_shapes_write_the_cache_of_a_wide_layer(gpu_blocks: tuple[int, int]) -> None:
+    """q/k/v at the GPU's block shapes with K = 1100: every key and value column block written."""
+    gen = torch.Generator().manual_seed(1100)
+    rows, heads, head_dim, capacity, start = 2, 1, 24, 6, 3  # 3 x 24 = 72 columns: 4.5 blocks of 16
+    width = 1100
+    x = torch.randn(rows, width, generator=gen).to(torch.bfloat16)
+    norm = _norm(width, torch.bfloat16, gen)
+    weight = (torch.randn(3 * heads * head_dim, width, generator=gen) / width**0.5).to(torch.bfloat16)
+    kv = torch.zeros((2, rows, heads, capacity, head_dim), dtype=torch.bfloat16)
+    q = _kernels().norm_qkv(x, norm, weight, kv, start, 1)
+    full = _reference(x, norm, weight).view(rows, 3, heads, head_dim)
+    assert _rel(q, full[:, 0].reshape(rows, heads * head_dim)) < LIMIT[torch.bfloat16]
+    assert _rel(kv[0, :, :, start], full[:, 1]) < LIMIT[torch.bfloat16]
+    assert _rel(kv[1, :, :, start], full[:, 2]) < LIMIT[torch.bfloat16]
+
+
 def test_the_kernels_refuse_inputs_they_cannot_read() -> None:
     norm = torch.nn.LayerNorm(32)
     x = torch.randn(32, 4).t()  # column-major rows

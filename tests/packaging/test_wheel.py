@@ -188,7 +188,7 @@ def _fake_root_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
 
 def test_the_demos_install_leaves_the_test_tools_to_the_tests(tmp_path: Path) -> None:
     """`make demo` runs bootstrap.sh only: as root it must not apt-get chromium or ffmpeg, which
-    only the tests use; `make test` runs test-tools.sh, which does."""
+    only the tests use (nor Slurm, munge, debootstrap); `make test` runs test-tools.sh, which does."""
     if not subprocess.run(["pkg-config", "--exists", "libsystemd"]).returncode == 0:
         pytest.skip("libsystemd-dev is missing: bootstrap.sh would install it first")
     env, calls = _fake_root_path(tmp_path)
@@ -199,6 +199,6 @@ def test_the_demos_install_leaves_the_test_tools_to_the_tests(tmp_path: Path) ->
     assert "test-tools" not in demo.stdout and "bootstrap.sh" in demo.stdout
     tools = subprocess.run([str(REPO / "scripts/test-tools.sh")], env=env, capture_output=True, text=True)
     assert tools.returncode == 0, tools.stderr
-    assert "install -y -qq chromium ffmpeg" in calls.read_text()
+    assert "install -y -qq --no-install-recommends chromium ffmpeg" in calls.read_text()
     make_test = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, check=True)
     assert "./scripts/test-tools.sh" in make_test.stdout

@@ -182,21 +182,32 @@ def base_id(job_id: str) -> str:
     return head if sep and tail.isdigit() else job_id
 
 
-def assert_exactly_once(spool: Path, expected_ids: Iterable[str]) -> Outcomes:
-    """Every expected job has exactly one outcome under its own id, nothing else is there,
-    and every audio file named by a sidecar is whole (sha256 as recorded)."""
+def assert_exactly_once(spool: Path, expected: Mapping[str, int] | Iterable[str]) -> Outcomes:
+    """Every expected job has exactly one outcome under its own id, nothing else is there, a
+    completed job has exactly the outputs its request asked for (`count`, and the number given
+    when `expected` maps ids to output counts), and every audio file named by a sidecar is whole
+    (sha256 as recorded)."""
     import hashlib
 
-    expected = set(expected_ids)
+    counts = dict(expected) if isinstance(expected, Mapping) else None
+    ids = set(expected)
     got = outcomes(spool)
     both = set(got.completed) & set(got.failed)
     assert not both, f"jobs with two outcomes: {sorted(both)}"
     assert not got.stray, f"partial or orphan files visible: {got.stray}"
-    renamed = sorted(i for i in got.ids() if i not in expected)
+    renamed = sorted(i for i in got.ids() if i not in ids)
     assert not renamed, f"results under unexpected ids (a job ran twice?): {renamed}"
-    missing = sorted(expected - got.ids())
+    missing = sorted(ids - got.ids())
     assert not missing, f"jobs without an outcome: {missing[:20]} ({len(missing)} in all)"
     for job_id, body in got.completed.items():
+        asked = body["request"]["count"] if counts is None else counts[job_id]
+        assert body["request"]["count"] == asked, (
+            f"{job_id}: the sidecar's request has count {body['request']['count']}"
+        )
+        variations = [o.get("variation") for o in body["outputs"]]
+        assert variations == list(range(1, asked + 1)), (
+            f"{job_id}: asked for {asked} outputs, got {variations}"
+        )
         for out in body["outputs"]:
             data = (spool / "outbox" / out["path"]).read_bytes()
             assert len(data) == out["bytes"], f"{out['path']}: size differs from its sidecar"

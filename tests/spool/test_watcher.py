@@ -88,6 +88,33 @@ def _wait(cond: Callable[[], bool], timeout: float = 3.0) -> None:
         time.sleep(0.01)
 
 
+class ManualClock:
+    """The settle check's clock, moved only by the test: what a scan sees does not depend on how
+    long this busy machine took between two lines."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _quiet(settings: Settings, rec: Recorder, w: InboxWatcher) -> None:
+    """Wait until every event before this moment was handled: a sentinel file dropped now is
+    reported after them (one observer thread, one dispatch queue, in order), and a rescan ran."""
+    name = f"sentinel{len(rec.seen)}-{time.monotonic_ns()}.yaml"
+    (settings.inbox / name).write_bytes(b"prompt: sentinel\n")
+    rec.wait_for(name)
+    _settle_scan(w)
+
+
+def _names(rec: Recorder) -> list[str]:
+    return [n for n in rec.names() if not n.startswith("sentinel")]
+
+
 def _settle_scan(w: InboxWatcher) -> None:
     """Force one full rescan and wait until it completed."""
     n = w.scans
@@ -101,25 +128,23 @@ def test_cp_style_write_is_reported_once_when_closed(settings: Settings, watch) 
     with open(path, "wb") as fh:
         fh.write(b"prompt: first half ")
         fh.flush()
-        time.sleep(0.3)  # an open, half-written file: on_created/on_modified would have fired by now
-        assert rec.names() == []
-        _settle_scan(w)  # and a rescan leaves a file written moments ago alone
-        assert rec.names() == []
+        _quiet(settings, rec, w)  # an open, half-written file: on_created/on_modified have fired by now
+        assert _names(rec) == []  # and a rescan left a file written moments ago alone
         fh.write(b"second half\n")
     name, size, _ = rec.wait_for("cp.yaml")
     assert size == len(b"prompt: first half second half\n")
-    time.sleep(0.2)
-    assert rec.names() == ["cp.yaml"]
+    _quiet(settings, rec, w)
+    assert _names(rec) == ["cp.yaml"]
 
 
 def test_editor_write_then_rename_is_reported_under_the_final_name_only(settings: Settings, watch) -> None:
-    _, rec = watch()
+    w, rec = watch()
     tmp = settings.inbox / ".song.yaml.swp"
     tmp.write_bytes(b"prompt: edited in vim\n")
     os.rename(tmp, settings.inbox / "song.yaml")
     rec.wait_for("song.yaml")
-    time.sleep(0.2)
-    assert rec.names() == ["song.yaml"]
+    _quiet(settings, rec, w)
+    assert _names(rec) == ["song.yaml"]
 
 
 def test_rsync_dot_temp_then_rename(settings: Settings, watch) -> None:
@@ -184,20 +209,27 @@ def test_ignored_names_directories_and_other_files_are_never_reported(
 
 
 def test_poll_mode_waits_for_a_slow_writer_to_settle(settings: Settings, watch) -> None:
-    w, rec = watch(mode="poll", settle_s=0.3, poll_interval_s=0.05)
+    clock = ManualClock()
+    w, rec = watch(mode="poll", settle_s=0.3, poll_interval_s=0.05, clock=clock)
     path = settings.inbox / "slow.yaml"
     chunk = b"# a slow upload over SMB\n"
     with open(path, "wb") as fh:
         for _ in range(8):
             fh.write(chunk)
             fh.flush()
-            last_write = time.monotonic()
-            time.sleep(0.1)  # gaps shorter than settle_s
+            _settle_scan(w)  # a scan saw this size
+            clock.advance(0.2)  # a gap shorter than settle_s
+            _settle_scan(w)
             assert rec.names() == [], "reported while still being written"
-    _, size, at = rec.wait_for("slow.yaml")
+    clock.advance(0.09)  # the last size held for 0.29 s, less than settle_s: not yet
+    _settle_scan(w)
+    assert rec.names() == []
+    clock.advance(0.02)  # size and mtime held for the settle time
+    _, size, _ = rec.wait_for("slow.yaml")
     assert size == 8 * len(chunk)
-    assert at - last_write >= 0.3  # only after size and mtime held for the settle time
-    time.sleep(0.2)
+    clock.advance(0.1)
+    _settle_scan(w)
+    _settle_scan(w)
     assert rec.names() == ["slow.yaml"]  # still there, still stable: reported once while pending
 
 
@@ -209,12 +241,20 @@ def test_poll_mode_reports_again_after_a_failed_handling(settings: Settings, wat
         if len(calls) == 1:
             raise OSError(28, "No space left on device")
 
-    w, _ = watch(mode="poll", callback=flaky, settle_s=0.0, poll_interval_s=0.05, rescan_interval_s=0.2)
+    clock = ManualClock()
+    w, _ = watch(
+        mode="poll", callback=flaky, settle_s=0.0, poll_interval_s=0.05, rescan_interval_s=0.2, clock=clock
+    )
     (settings.inbox / "retry.yaml").write_bytes(b"prompt: retried\n")
-    _wait(lambda: len(calls) >= 2)
-    time.sleep(0.3)
-    assert set(calls) == {"retry.yaml"}
-    assert len(calls) <= 4  # once per rescan interval, not once per 50 ms poll
+    _wait(lambda: len(calls) == 1)
+    for _ in range(5):  # polls within one rescan interval: no second try
+        _settle_scan(w)
+    assert calls == ["retry.yaml"]
+    clock.advance(0.2)  # a rescan interval later: tried again
+    _wait(lambda: len(calls) == 2)
+    for _ in range(3):
+        _settle_scan(w)
+    assert calls == ["retry.yaml", "retry.yaml"]
 
 
 def test_a_path_is_not_reported_twice_while_pending_but_again_when_new(settings: Settings, watch) -> None:
@@ -234,11 +274,14 @@ def test_a_path_is_not_reported_twice_while_pending_but_again_when_new(settings:
         (settings.inbox / "queue.yaml").write_bytes(b"x" * n)
     # And block.yaml is replaced by a new file of the same name: reported again afterwards.
     (settings.inbox / "block.yaml").write_bytes(b"2")
-    time.sleep(0.2)
+    # The events arrived: queue.yaml waits in the queue once, block.yaml is marked to go again.
+    _wait(lambda: settings.inbox / "queue.yaml" in w._queued and settings.inbox / "block.yaml" in w._again)
     release.set()
     _wait(lambda: len(calls) >= 3)
-    time.sleep(0.2)
-    assert sorted(calls) == ["block.yaml", "block.yaml", "queue.yaml"]
+    # Nothing more comes: a file dropped now is reported after anything still on its way.
+    (settings.inbox / "last.yaml").write_bytes(b"3")
+    _wait(lambda: "last.yaml" in calls)
+    assert sorted(calls) == ["block.yaml", "block.yaml", "last.yaml", "queue.yaml"]
 
 
 def test_watcher_feeding_claim_end_to_end(settings: Settings) -> None:
