@@ -328,9 +328,11 @@ class JobSpec(BaseModel):
         return self
 
     def spec_dump(self) -> dict[str, Any]:
-        """The fields as written: a sections job without its derived prompt and duration."""
+        """The fields as written (the job's keys and its defaults', nothing filled in), so the job
+        built from it knows which keys were set: a sections job without its derived prompt and
+        duration."""
         exclude = {"prompt", "duration"} if self.sections is not None else set()
-        return self.model_dump(exclude=exclude)
+        return self.model_dump(exclude=exclude, exclude_unset=True)
 
 
 class Job(JobSpec):

@@ -369,3 +369,16 @@ def test_defaults_output_keys_that_do_not_fit_a_jobs_format_stay_behind() -> Non
         ("mp3", None, 0.3),
         ("ogg", "opus", 0.3),
     ]
+
+
+def test_a_batch_job_knows_which_keys_were_written() -> None:
+    """The daemon refuses a key the model's family cannot honour by the keys a job sets: a batch
+    job must not look as if it set every key (it would be refused on any model)."""
+    jobs = load_job_bytes(
+        b"defaults: {duration: 1, sampling: {top_k: 5}}\n"
+        b"jobs:\n- {prompt: a calm tune}\n- {prompt: a bright tune, seed: 3}\n",
+        "b.yaml",
+    )
+    assert jobs[0].model_fields_set == {"id", "prompt", "duration", "sampling"}
+    assert jobs[1].model_fields_set == {"id", "prompt", "duration", "sampling", "seed"}
+    assert jobs[0].sampling.top_k == 5 and jobs[0].count == 1
