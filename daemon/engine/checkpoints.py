@@ -22,6 +22,7 @@ from typing import Any
 from daemon.core.config import ModelSpec, Settings
 from daemon.core.errors import ModelLoadError, UnknownModelError
 from daemon.engine.hub import hf_cache_dir, hf_offline
+from daemon.engine.loadable import loadability, local_checkpoint
 
 __all__ = [
     "LoadedCheckpoint",
@@ -36,8 +37,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MODEL_TYPES = ("musicgen", "musicgen_melody")
 
 
 @dataclass(frozen=True)
@@ -173,46 +172,12 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 def check_local_dir(name: str, directory: Path) -> dict[str, Any]:
-    """A readable MusicGen checkpoint directory, or a ModelLoadError saying what is wrong.
+    """A readable, whole MusicGen checkpoint directory, or a ModelLoadError saying what is wrong.
 
     Returns its config.
     """
-    made_by = "make one with `dgx-music model init-tiny DIR` or point models.{n}.path at a checkpoint".format(
-        n=name
-    )
-    if not directory.exists():
-        raise ModelLoadError(f"model {name!r}: directory {directory} does not exist", hint=made_by)
-    if not directory.is_dir():
-        raise ModelLoadError(f"model {name!r}: {directory} is not a directory", hint=made_by)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise ModelLoadError(
-            f"model {name!r}: {directory} has no config.json (not a checkpoint)", hint=made_by
-        )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(
-            f"model {name!r}: {config_path} is unreadable or not valid JSON: {exc}",
-            hint="the checkpoint is damaged: copy or download it again",
-        ) from exc
-    if not isinstance(config, dict) or config.get("model_type") not in MODEL_TYPES:
-        kind = config.get("model_type") if isinstance(config, dict) else type(config).__name__
-        raise ModelLoadError(
-            f"model {name!r}: {directory} holds a {kind!r} checkpoint, not a MusicGen one "
-            "(model_type 'musicgen' or 'musicgen_melody')",
-            hint="point the config at a MusicGen checkpoint (e.g. facebook/musicgen-small)",
-        )
-    if not _weight_files(directory):
-        raise ModelLoadError(
-            f"model {name!r}: {directory} has no weights (*.safetensors or pytorch_model*.bin)",
-            hint="the checkpoint is incomplete: copy or download it again",
-        )
-    if not (directory / "tokenizer.json").is_file() and not (directory / "spiece.model").is_file():
-        raise ModelLoadError(
-            f"model {name!r}: {directory} has no tokenizer (tokenizer.json or spiece.model)",
-            hint="save the processor next to the model (processor.save_pretrained(DIR))",
-        )
+    local_checkpoint(name, directory).raise_unless_ok()
+    config: dict[str, Any] = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     return config
 
 
@@ -244,6 +209,8 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
     import torch
 
     spec = resolve_spec(name, settings)
+    # The check doctor makes too: what fails here makes doctor fail, and the other way round.
+    loadability(name, spec).raise_unless_ok()
     if spec.path is not None:
         directory = Path(spec.path).expanduser()
         check_local_dir(name, directory)  # before hashing: a missing directory says so, not an OSError

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import http.server
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,7 @@ def fake_checkpoint(directory: Path, *, skip: tuple[str, ...] = ()) -> Path:
         if name.endswith(".safetensors"):
             tiny_safetensors(directory / name)
         else:
-            (directory / name).write_text("{}")
+            (directory / name).write_text('{"model_type": "musicgen"}' if name == "config.json" else "{}")
     return directory
 
 
@@ -220,14 +222,42 @@ def test_hub_model_not_cached_offline_fails_with_fetch(
     small = checks["model small"]
     assert small["status"] == "fail"
     assert "HF_HUB_OFFLINE" in small["detail"]
-    assert "run dgx-music model fetch small" in small["fix"]
+    assert "dgx-music model fetch small" in small["fix"]
 
 
-def test_hub_model_not_cached_online_only_warns(tmp_path: Path) -> None:
-    code, checks = checks_by_name(_hub_config(tmp_path))
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """A hub that answers for every repo and revision (HEAD only: all doctor asks)."""
+
+    def do_HEAD(self) -> None:  # noqa: N802  (http.server's naming)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_hub_model_not_cached_online_warns_only_when_the_hub_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = http.server.HTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+        code, checks = checks_by_name(_hub_config(tmp_path))
+    finally:
+        hub.shutdown()
+        hub.server_close()
     assert code == 0
     assert checks["model small"]["status"] == "warn"
+    assert "will be downloaded at load" in checks["model small"]["detail"]
     assert "dgx-music model fetch small" in checks["model small"]["fix"]
+    assert "the unit runs offline" in checks["model small"]["fix"]
+
+    # The same model with a hub that does not answer: serve could not load it, so doctor fails.
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+    code, checks = checks_by_name(_hub_config(tmp_path / "again"))
+    assert code == 1
+    assert "cannot be downloaded now" in checks["model small"]["detail"]
 
 
 def test_hub_model_in_the_cache_passes_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
