@@ -38,7 +38,7 @@ def test_one_daemon_per_allocated_gpu(slurm: SlurmCluster, tmp_path: Path) -> No
     out = tmp_path / "env.out"
     job = slurm.sbatch(
         ["--gres=gpu:2", "--cpus-per-task=2", f"--output={out}", str(SBATCH)],
-        env={"DGX_MUSIC_SERVE": "env", "HF_HOME": ""},
+        env={"DGX_MUSIC_SERVE": "env", "HF_HOME": str(tmp_path / "shared-hf")},
     )
     assert slurm.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, 60) == "COMPLETED", out.read_text()
     text = out.read_text()
@@ -48,6 +48,8 @@ def test_one_daemon_per_allocated_gpu(slurm: SlurmCluster, tmp_path: Path) -> No
         assert env["DGX_MUSIC_DEVICE"] == "cuda:0"
         assert env["DGX_MUSIC_WATCH"] == "poll"
         assert env["OMP_NUM_THREADS"] == "1"
-        assert env["HF_HOME"].endswith(f"dgx-music-hf.{job}")
+        # The shared cache the model was fetched into, offline: no job downloads.
+        assert env["HF_HOME"] == str(tmp_path / "shared-hf")
+        assert env["HF_HUB_OFFLINE"] == "1"
     assert "all daemons stopped (exit 0)" in text
-    assert not Path(per_gpu[0]["HF_HOME"]).exists()  # the per-job cache is removed at the end
+    assert f"model cache: {tmp_path / 'shared-hf'} (HF_HUB_OFFLINE=1)" in text
