@@ -19,6 +19,7 @@ from pathlib import Path
 
 from daemon.core.config import ModelSpec
 from daemon.core.errors import ModelLoadError
+from daemon.core.families import ACE_STEP, MUSICGEN, spec_family
 from daemon.engine.hub import hf_cache_dir, hf_offline
 
 WEIGHT_FILES = (
@@ -50,9 +51,10 @@ class Loadability:
 
 def loadability(name: str, spec: ModelSpec) -> Loadability:
     """Whether model `name` (configured as `spec`) can be loaded here, now; see the module doc."""
+    family = spec_family(spec)
     if spec.path is not None:
-        return local_checkpoint(name, Path(spec.path).expanduser())
-    return _hub(name, spec)
+        return local_checkpoint(name, Path(spec.path).expanduser(), family)
+    return _hub(name, spec, family)
 
 
 def fetch_hint(name: str) -> str:
@@ -62,13 +64,13 @@ def fetch_hint(name: str) -> str:
     )
 
 
-def local_checkpoint(name: str, path: Path) -> Loadability:
+def local_checkpoint(name: str, path: Path, family: str = MUSICGEN) -> Loadability:
     """loadability() of a checkpoint directory (a local model, or a hub snapshot)."""
     init_fix = (
         f"point models.{name}.path at a save_pretrained directory, "
         f"or make one: dgx-music model init-tiny {path}"
     )
-    problem = directory_problem(path)
+    problem = directory_problem(path, family)
     if problem is None:
         return Loadability(True, f"local checkpoint {path}")
     what, damaged = problem
@@ -78,11 +80,13 @@ def local_checkpoint(name: str, path: Path) -> Loadability:
     return Loadability(False, f"model {name!r}: {path}: {what}", hint)
 
 
-def directory_problem(path: Path) -> tuple[str, bool] | None:
+def directory_problem(path: Path, family: str = MUSICGEN) -> tuple[str, bool] | None:
     """What keeps the checkpoint directory `path` from loading, and whether it is damage (a file
     missing or cut short) rather than the wrong place; None when it can be loaded."""
     if not path.is_dir():
         return ("no such directory", False)
+    if family == ACE_STEP:
+        return _pipeline_problem(path)
     config_path = path / "config.json"
     if not config_path.is_file():
         return ("no config.json (not a checkpoint)", False)
@@ -121,6 +125,24 @@ def directory_problem(path: Path) -> tuple[str, bool] | None:
         problem = safetensors_problem(weights)
         if problem:
             return (f"{weights.name}: {problem}", True)
+    return None
+
+
+def _pipeline_problem(path: Path) -> tuple[str, bool] | None:
+    """directory_problem() of an ACE-Step pipeline folder: its own layout check, then every
+    component's safetensors whole."""
+    # Imported here: the ACE-Step checkpoint module imports the loader, which imports this one.
+    from daemon.engine.acestep.checkpoint import check_local_dir
+
+    try:
+        check_local_dir("", path)
+    except ModelLoadError as exc:
+        what = exc.message.split(": ", 1)[-1]
+        return (what, "incomplete" in (exc.hint or "") or "damaged" in (exc.hint or ""))
+    for weights in sorted(path.glob("*/*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            return (f"{weights.relative_to(path)}: {problem}", True)
     return None
 
 
@@ -170,18 +192,18 @@ def cached_snapshot(spec: ModelSpec) -> Path | None:
     return snapshot if commit and snapshot.is_dir() else None
 
 
-def _hub(name: str, spec: ModelSpec) -> Loadability:
+def _hub(name: str, spec: ModelSpec, family: str) -> Loadability:
     where = f"{spec.id}@{spec.revision} in {hf_cache_dir()}"
     snapshot = cached_snapshot(spec)
     if snapshot is not None:
-        problem = directory_problem(snapshot)
+        problem = directory_problem(snapshot, family)
         if problem is None:
             return Loadability(True, f"{where}: cached ({snapshot.name[:12]})")
         what, _ = problem
         if not problem[1]:
             return Loadability(False, f"model {name!r}: {where}: {what}", fetch_hint(name))
         state = f"cached but incomplete ({what})"
-        if what.split(":", 1)[0].endswith(".safetensors"):
+        if ": truncated" in what or ": corrupt" in what or ": unreadable header" in what:
             # A file cut short stays cut short: huggingface_hub does not fetch a file it has.
             return Loadability(
                 False,

@@ -607,3 +607,19 @@ def test_the_kernels_check_says_which_kernels_the_step_will_run(make_settings: A
         assert default.status == "warn" and "13 kernels a layer" in default.detail and default.fix
         forced = check_kernels(cpu, make_settings(kernels="triton"))
         assert forced.status == "fail" and "kernels: aten" in (forced.fix or "")
+
+
+def test_an_ace_step_pipeline_is_judged_as_one(tmp_path: Path, tiny_acestep_dir: Path) -> None:
+    """The model check follows the family: an ACE-Step folder passes whole, fails truncated."""
+    import shutil
+
+    song = tmp_path / "song"
+    shutil.copytree(tiny_acestep_dir, song)
+    config = write_config(tmp_path, models={"tiny": {"path": str(song), "family": "ace-step"}})
+    code, checks = checks_by_name(config)
+    assert checks["model tiny"]["status"] == "ok", checks["model tiny"]
+    weights = sorted(song.glob("*/*.safetensors"))[0]
+    weights.write_bytes(weights.read_bytes()[:-16])
+    code, checks = checks_by_name(config)
+    assert code == 1 and checks["model tiny"]["status"] == "fail"
+    assert f"{weights.parent.name}/{weights.name}: truncated" in checks["model tiny"]["detail"]

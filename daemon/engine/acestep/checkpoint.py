@@ -22,6 +22,7 @@ from daemon.core.config import Settings
 from daemon.core.errors import ModelLoadError
 from daemon.engine.checkpoints import local_revision, resolve_spec, snapshot
 from daemon.engine.hub import hf_cache_dir, hf_offline
+from daemon.engine.loadable import loadability
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,8 @@ def load_pipeline(name: str, settings: Settings, *, device: Any, dtype: Any) -> 
     import torch
 
     spec = resolve_spec(name, settings)
+    # The check doctor makes too: what fails here makes doctor fail, and the other way round.
+    loadability(name, spec).raise_unless_ok()
     directory, source, revision = locate(name, settings)
     from diffusers import AceStepPipeline
     from diffusers.utils import logging as df_logging
