@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.ops.client import (
@@ -12,7 +14,7 @@ from daemon.ops.client import (
     Submitted,
     WaitProgress,
     drop,
-    serving_daemons,
+    serving_outlook,
     validate_file,
     wait_for,
 )
@@ -71,7 +73,21 @@ def run(args: argparse.Namespace) -> int:
     except SubmitError as exc:
         print(f"dgx-music: {exc}", file=sys.stderr)
         return 2
-    if not serving_daemons(settings):
+    outlook, daemon = serving_outlook(settings)
+    where = f" on {daemon.get('host')}" if daemon and daemon.get("host") else ""
+    if outlook == "loading":
+        print(
+            f"dgx-music: the daemon{where} is loading its model (started {daemon_started(daemon)}): "
+            "the job waits in the inbox until it is ready",
+            file=sys.stderr,
+        )
+    elif outlook == "stopping":
+        print(
+            f"dgx-music: warning: the daemon{where} serving {settings.spool} is stopping: the job waits in "
+            "the inbox until a daemon starts again (systemctl start dgx-music)",
+            file=sys.stderr,
+        )
+    elif outlook == "none":
         print(
             f"dgx-music: warning: no daemon is serving {settings.spool} (no live state/queue*.json): "
             "the job waits in the inbox until one starts (systemctl start dgx-music)",
@@ -86,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             p.fraction,
             f"{p.done}/{p.total} done" + (f", {p.note}" if p.note else ""),
             eta_s=p.eta_s,
-            status=f"{p.done} {p.state}",
+            status=p.state,
         )
 
     results = wait_for(settings, subs, timeout_s=args.timeout, on_tick=tick)
@@ -108,3 +124,12 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 1 if failed else 0
+
+
+def daemon_started(daemon: dict[str, Any] | None) -> str:
+    """`started` of a daemon's heartbeat as the local time of day."""
+    started = str((daemon or {}).get("started") or "")
+    try:
+        return datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return started or "just now"

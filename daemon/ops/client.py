@@ -163,47 +163,128 @@ def live_running(settings: Settings) -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class WaitProgress:
     """Where a submission stands: `eta_s` is the daemon's estimate for its last job (None when
-    the daemon has none yet), `note` says what it is waiting on."""
+    the daemon has none yet, or a job is being written), `note` says where each job is."""
 
     done: int
     total: int
-    fraction: float  # of the whole submission, 0..1
+    fraction: float  # of the whole submission, 0..1, never less than at the last tick
     eta_s: float | None
     note: str
-    state: str = ""  # the note without figures that change every poll, e.g. "queued #2"
+    state: str = ""  # the note without figures that change every poll, e.g. "generating 2"
 
 
-def submission_progress(settings: Settings, subs: list[Submitted], done: int, total: int) -> WaitProgress:
-    names = {s.inbox_name for s in subs}
-    running_fraction = 0.0
-    etas: list[float | None] = []
-    notes: list[str] = []
-    states: list[str] = []
-    for r in live_running(settings):
-        if names & set(r.get("sources") or [r.get("source_file")]):
-            running_fraction = max(running_fraction, float(r.get("percent") or 0.0) / 100.0)
+# A job's stages in the order it goes through them; a job never goes back to an earlier one.
+WAITING, QUEUED, GENERATING, WRITING, DONE = range(5)
+_GENERATED_SHARE = 0.9  # of a job's bar: the decode; the rest is writing its files
+
+
+def _same_job(daemon_id: object, job_id: str) -> bool:
+    # The daemon gives a taken id `-2`, `-3` ...: the submitted id is its prefix.
+    return isinstance(daemon_id, str) and (daemon_id == job_id or daemon_id.startswith(job_id + "-"))
+
+
+class SubmissionTracker:
+    """Follows every job of a submission through waiting -> queued -> generating -> writing ->
+    done, from the state files and sidecars only. A job that was generating and is now neither
+    running nor queued nor finished is being written (the daemon has handed it to its writer)."""
+
+    def __init__(self, settings: Settings, subs: list[Submitted]) -> None:
+        self.settings = settings
+        self.subs = subs
+        self.stage: dict[tuple[str, str], int] = {(s.inbox_name, j.id): WAITING for s in subs for j in s.jobs}
+        self.fraction = 0.0
+
+    def tick(self, finished: Mapping[str, tuple[Path, dict[str, Any]]]) -> WaitProgress:
+        running: dict[tuple[str, str], tuple[float, float | None]] = {}
+        for r in live_running(self.settings):
+            ids = r.get("batch") or [r.get("job_id")]
+            sources = r.get("sources") or [r.get("source_file")] * len(ids)
             eta = r.get("eta_s")
-            etas.append(float(eta) if isinstance(eta, (int, float)) else None)
-            notes.append(f"running {r.get('job_id')} {float(r.get('percent') or 0.0):.0f}%")
-            states.append(f"running {r.get('job_id')}")
-    daemons = serving_daemons(settings)
-    positions = []
-    for q in daemons:
-        for e in q.get("queued", []):
-            if e.get("source_file") in names:
+            for source, jid in zip(sources, ids):
+                running[(str(source), str(jid))] = (
+                    float(r.get("percent") or 0.0) / 100.0,
+                    float(eta) if isinstance(eta, (int, float)) else None,
+                )
+        daemons = serving_daemons(self.settings)
+        queued: dict[tuple[str, str], tuple[int, float | None]] = {}
+        for q in daemons:
+            for e in q.get("queued", []):
                 eta = e.get("eta_s")
-                etas.append(float(eta) if isinstance(eta, (int, float)) else None)
-                positions.append(int(e.get("position") or 0))
-    if positions:
-        more = f" (+{len(positions) - 1})" if len(positions) > 1 else ""
-        notes.append(f"queued #{min(positions)}{more}")
-        states.append(notes[-1])
-    if not notes and done < total:
-        notes.append("waiting for a daemon to pick it up" if daemons else "no daemon is serving the spool")
-        states.append(notes[-1])
-    eta_s = None if not etas or any(e is None for e in etas) else max(e for e in etas if e is not None)
-    fraction = (done + running_fraction) / total if total else 1.0
-    return WaitProgress(done, total, min(1.0, fraction), eta_s, ", ".join(notes), ", ".join(states))
+                queued[(str(e.get("source_file")), str(e.get("job_id")))] = (
+                    int(e.get("position") or 0),
+                    float(eta) if isinstance(eta, (int, float)) else None,
+                )
+        done_keys = {tuple(k.split(":", 1)) for k in finished}
+        in_inbox = {s.inbox_name for s in self.subs if (self.settings.inbox / s.inbox_name).exists()}
+        shares: list[float] = []
+        percents: list[float] = []
+        positions: list[int] = []
+        etas: list[float | None] = []
+        for (source, job_id), before in self.stage.items():
+            run = next(
+                (v for (src, jid), v in running.items() if src == source and _same_job(jid, job_id)), None
+            )
+            wait = next(
+                (v for (src, jid), v in queued.items() if src == source and _same_job(jid, job_id)), None
+            )
+            if any(src == source and _same_job(jid, job_id) for src, jid in done_keys):
+                now = DONE
+            elif run is not None:
+                now = GENERATING
+            elif wait is not None:
+                now = QUEUED
+            elif source in in_inbox:
+                now = WAITING
+            else:  # picked up: between the claim and the queue, or written after its decode
+                now = WRITING if before >= GENERATING else QUEUED
+            stage = self.stage[(source, job_id)] = max(before, now)
+            if stage == GENERATING and run is not None:
+                percents.append(run[0])
+                etas.append(run[1])
+                shares.append(_GENERATED_SHARE * run[0])
+            elif stage == QUEUED and wait is not None:
+                positions.append(wait[0])
+                etas.append(wait[1])
+                shares.append(0.0)
+            else:
+                shares.append({DONE: 1.0, WRITING: _GENERATED_SHARE}.get(stage, 0.0))
+        counts = [sum(1 for v in self.stage.values() if v == k) for k in range(5)]
+        total = len(self.stage)
+        parts: list[str] = []
+        states: list[str] = []
+        if counts[WRITING]:
+            parts.append(f"writing {counts[WRITING]}")
+        if counts[GENERATING]:
+            mean = sum(percents) / len(percents) if percents else 0.0
+            parts.append(f"generating {counts[GENERATING]} ({mean * 100:.0f}%)")
+        if counts[QUEUED]:
+            at = f" (#{min(positions)})" if positions else ""
+            parts.append(f"queued {counts[QUEUED]}{at}")
+        if counts[WAITING]:
+            where = "waiting for a daemon to pick it up" if daemons else "no daemon is serving the spool"
+            parts.append(f"{where} ({counts[WAITING]})" if total > 1 else where)
+        for k, word in (
+            (WRITING, "writing"),
+            (GENERATING, "generating"),
+            (QUEUED, "queued"),
+            (WAITING, "waiting"),
+        ):
+            if counts[k]:
+                states.append(f"{word} {counts[k]}")
+        self.fraction = max(self.fraction, sum(shares) / total if total else 1.0)
+        if counts[DONE] == total:
+            self.fraction = 1.0
+        # The daemon's ETA for the last of them; none while one has no estimate (or is being written).
+        unknown = counts[WAITING] or counts[WRITING] or any(e is None for e in etas)
+        eta_s = None if unknown or not etas else max(e for e in etas if e is not None)
+        return WaitProgress(
+            counts[DONE],
+            total,
+            self.fraction,
+            eta_s,
+            ", ".join(parts),
+            f"{counts[DONE]} done, " + ", ".join(states),
+        )
 
 
 def wait_for(
@@ -218,11 +299,12 @@ def wait_for(
     total = sum(expected_results(s) for s in subs)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     results: dict[str, tuple[Path, dict[str, Any]]] = {}
+    tracker = SubmissionTracker(settings, subs)
     while True:
         for sub in subs:
             results.update({f"{sub.inbox_name}:{k}": v for k, v in find_results(settings, sub).items()})
         if on_tick is not None:
-            on_tick(submission_progress(settings, subs, len(results), total))
+            on_tick(tracker.tick(results))
         if len(results) >= total:
             return results
         if deadline is not None and time.monotonic() >= deadline:
@@ -280,9 +362,34 @@ def daemons_report(settings: Settings) -> list[dict[str, Any]]:
                 "started": hb.get("started"),
                 "heartbeat_age_s": round(peers.age(hb), 1),
                 "state": verdict,
+                "phase": hb.get("phase"),
             }
         )
     return out
+
+
+def serving_outlook(settings: Settings) -> tuple[str, dict[str, Any] | None]:
+    """Whether a job dropped now will be picked up: ("serving", None), or ("loading" | "stopping",
+    that daemon) when the only daemons are loading their model or stopping, else ("none", None).
+
+    A loading daemon beats no heartbeat while a large checkpoint loads: on this host its pid
+    says it is alive."""
+    phases: dict[str, dict[str, Any]] = {}
+    for d in daemons_report(settings):
+        phase = d.get("phase") or "serving"
+        alive = d["state"] == "live" or (
+            phase == "loading" and d["state"] == "stale" and _alive({**d, "updated": None}, time.time())
+        )
+        if alive:
+            phases.setdefault(phase, d)
+    if "serving" in phases or (
+        "stopping" not in phases and "loading" not in phases and serving_daemons(settings)
+    ):
+        return "serving", None
+    for phase in ("loading", "stopping"):
+        if phase in phases:
+            return phase, phases[phase]
+    return "none", None
 
 
 def status_report(settings: Settings) -> dict[str, Any]:

@@ -161,7 +161,9 @@ def run_demo(
             settings,
             subs,
             timeout_s=600,
-            on_tick=lambda p: bar.update(p.fraction, f"{p.done}/{p.total} jobs {p.note}", eta_s=p.eta_s),
+            on_tick=lambda p: bar.update(
+                p.fraction, f"{p.done}/{p.total} done" + (f", {p.note}" if p.note else ""), eta_s=p.eta_s
+            ),
         )
         bar.close()
     finally:

@@ -6,6 +6,8 @@ user sees one ETA, not two that disagree.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -42,13 +44,15 @@ class ProgressBar:
         self._last_line = ""
         self._last_state = ""
         self._last_t = 0.0
+        self._max = 0.0
 
     def update(
         self, fraction: float, note: str = "", *, eta_s: float | None = None, status: str = ""
     ) -> None:
         """`note` is shown; `status` (e.g. "queued #3", "running x") is what, off a terminal,
         earns a line of its own when it changes; otherwise a line every plain_interval_s."""
-        fraction = min(1.0, max(0.0, fraction))
+        # Only forward: a caller's estimate that dips (a job between two stages) does not show.
+        fraction = self._max = min(1.0, max(self._max, fraction))
         eta = format_eta(eta_s)
         tail = " ".join(p for p in (note, eta) if p)
         if self.tty:
@@ -66,20 +70,30 @@ class ProgressBar:
 
     def _draw(self, fraction: float, tail: str) -> None:
         if self._bar is None:
-            from tqdm import tqdm  # a transformers dependency too; imported only for a terminal
-
-            self._bar = tqdm(
+            # A terminal that reports no size (a fresh pty, some serial consoles) has tqdm draw
+            # nothing at all (0 columns, no row to draw on): 80 x 24 then.
+            sized = _columns(self.stream) > 0
+            self._bar = _tail_bar()(
+                tail=tail,  # the first frame is drawn by the constructor: with its text already
+                initial=int(fraction * RESOLUTION),
                 total=RESOLUTION,
                 desc=self.label,
                 file=self.stream,
                 leave=False,
-                dynamic_ncols=True,
+                dynamic_ncols=sized,
+                ncols=None if sized else 80,
+                nrows=None if sized else 24,
                 mininterval=self.min_interval_s,
-                bar_format="{desc}: {percentage:5.1f}%|{bar}| {postfix}",
+                bar_format="{desc}: {percentage:5.1f}%|{bar}| {tail}",
             )
         bar = self._bar
-        bar.set_postfix_str(tail, refresh=False)
-        bar.update(int(fraction * RESOLUTION) - bar.n)
+        changed = tail != bar.tail
+        bar.tail = tail
+        step = int(fraction * RESOLUTION) - bar.n
+        if step > 0:
+            bar.update(step)
+        elif changed:
+            bar.refresh()  # a new stage with the same percentage still shows
 
     def close(self, final: str = "") -> None:
         if self._bar is not None:
@@ -88,3 +102,27 @@ class ProgressBar:
         if final:
             self.stream.write(final + "\n")
         self.stream.flush()
+
+
+def _tail_bar() -> Any:
+    """tqdm with a `{tail}` field: its own `{postfix}` starts with ", " (it is meant to follow
+    tqdm's counters), which drew as "| , 0/1 done" after the bar."""
+    from tqdm import tqdm  # a transformers dependency too; imported only for a terminal
+
+    class TailBar(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, tail: str = "", **kwargs: Any) -> None:
+            self.tail = tail
+            super().__init__(*args, **kwargs)
+
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            return {**super().format_dict, "tail": self.tail}
+
+    return TailBar
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 0

@@ -29,6 +29,7 @@ from daemon.queue.jobqueue import JobQueue
 from daemon.queue.jobs import QueuedJob, fail_group_job, finish_group_job
 from daemon.queue.worker import Worker
 from daemon.service.faults import apply_identity, faults_from_environment, with_faults
+from daemon.service.loadlog import LoadReporter
 from daemon.service.notify import Notifier
 from daemon.service.outcomes import OutcomeObserver, queue_snapshot
 from daemon.spool import state
@@ -57,7 +58,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         faults = faults_from_environment()
         apply_identity(faults)
-        self.engine = with_faults(MusicEngine(settings), faults)
+        self.engine = LoadReporter(with_faults(MusicEngine(settings), faults), self._status)
         self.queue: JobQueue[QueuedJob] = JobQueue()
         self.instance = f"{host_name()}-{os.getpid()}"
         self.heartbeat = Heartbeat(settings, self.instance)
@@ -91,7 +92,7 @@ class Daemon:
         spool.clean_stale_temps(s)
         state.remove_dead_instances(s)
         # Before the first claim: peers on other hosts judge our claims by this file.
-        self.heartbeat.beat()
+        self.heartbeat.beat(phase="loading")
         name = s.default_model
         self._status(f"loading model {name}")
         # Big checkpoints take minutes: ask systemd for time instead of being killed mid-load.
@@ -119,6 +120,7 @@ class Daemon:
         self._worker_thread = threading.Thread(target=self.worker.run, name="dgx-music-worker", daemon=True)
         self._worker_thread.start()
         self.notifier.ready(status=self._idle_text())
+        self.heartbeat.beat(phase="serving")
         log.info("ready: watching %s", s.inbox)
         try:
             self._main_loop()
@@ -303,6 +305,7 @@ class Daemon:
     def _shutdown(self) -> None:
         s = self.settings
         self.notifier.stopping(status="stopping")
+        self.heartbeat.beat(phase="stopping")
         log.info("stopping: no new jobs; the running job gets %.0f s to finish", s.stop_grace_s)
         if self.watcher is not None:
             self.watcher.stop()

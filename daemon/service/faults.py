@@ -48,6 +48,11 @@ class Faults(BaseModel):
         description="SIGKILL the daemon inside the publish step, after the audio files of a job whose "
         "prompt has this are in outbox/ and before its sidecar is written",
     )
+    load_stall_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="sleep this long before each model load (a checkpoint that loads slowly)",
+    )
     pretend_host: str | None = Field(
         default=None,
         description="report this host name and a boot id of its own: a daemon on another machine",
@@ -130,6 +135,12 @@ class FaultyEngine:
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.inner, item)
+
+    def load_model(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if self.faults.load_stall_s:
+            log.warning("fault injection: the load of %s takes %.1f s longer", name, self.faults.load_stall_s)
+            time.sleep(self.faults.load_stall_s)
+        return self.inner.load_model(name, *args, **kwargs)
 
     def generate(self, requests: Any, **kwargs: Any) -> Any:
         marker = self.faults.kill_on_prompt

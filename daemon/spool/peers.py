@@ -77,7 +77,11 @@ class Heartbeat:
         }
         self.beats = 0
 
-    def beat(self) -> None:
+    def beat(self, phase: str | None = None) -> None:
+        """`phase` (loading, serving, stopping) is kept for the next beats: `submit` tells a
+        daemon that is loading its model or stopping from one that serves."""
+        if phase is not None:
+            self._base["phase"] = phase
         now = self._wall()
         replace_json(self.path, {**self._base, "heartbeat": now, "heartbeat_at": iso_utc(now)})
         self.beats += 1
