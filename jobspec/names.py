@@ -78,6 +78,19 @@ def audio_names(job_id: str, *, ext: str, count: int) -> list[str]:
     return [f"{job_id}-v{i}.{ext}" for i in range(1, count + 1)]
 
 
+_AUDIO_EXT_RE = re.compile(r"[A-Za-z0-9]{1,8}")
+
+
+def is_own_audio(job_id: str, name: str) -> bool:
+    """Whether `name` is one of the audio names `audio_names(job_id, ...)` gives, for any format
+    and count: `<id>.<ext>` or `<id>-v<N>.<ext>`. Reserved ids keep these apart between jobs (a
+    job whose names exist gets `-2`), so a name that passes belongs to `job_id` and to no other."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not _AUDIO_EXT_RE.fullmatch(ext) or ext.lower() in ("json", "yaml", "yml", "html"):
+        return False
+    return stem == job_id or re.fullmatch(re.escape(job_id) + r"-v[1-9][0-9]{0,5}", stem) is not None
+
+
 def sidecar_name(job_id: str) -> str:
     return f"{job_id}.json"
 
@@ -112,6 +125,37 @@ def folder_problem(folder: str) -> str | None:
         return (
             f"folder name {folder!r} is not allowed: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit (as for job ids)"
+        )
+    return None
+
+
+# Endings of the files the daemon writes in outbox/ and failed/ (sidecars, job files, audio, the
+# page): an inbox folder so named would give outbox/<folder>/ a name one of those files may need.
+RESULT_SUFFIXES = (
+    ".json",
+    ".yaml",
+    ".yml",
+    ".html",
+    ".htm",
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+)
+
+
+def folder_collision(folder: str) -> str | None:
+    """Why the inbox folder `folder` would collide with a file the daemon writes in outbox/ or
+    failed/ (the page, a sidecar, a result), or None. Its jobs are refused as invalid_job."""
+    lower = folder.lower()
+    if lower == PAGE_NAME:
+        return f"inbox folder {folder!r} has the name of the daemon's results page (outbox/{PAGE_NAME})"
+    if lower.endswith(RESULT_SUFFIXES):
+        return (
+            f"inbox folder {folder!r} ends like the files the daemon writes in outbox/ and failed/ "
+            f"({', '.join(RESULT_SUFFIXES)}), so its results folder could take one of their names"
         )
     return None
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import html
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -398,9 +400,21 @@ def render(entries: list[Entry], total: int, *, generated: float | None = None) 
 def write_page(
     outbox: Path, failed: Path, *, max_jobs: int = DEFAULT_MAX_JOBS, cache: SidecarCache | None = None
 ) -> Path:
-    """Rebuild outbox/index.html from the sidecars on disk (atomic replace)."""
+    """Rebuild outbox/index.html from the sidecars on disk (atomic replace). OSError with a
+    remedy when something else squats the page's name (no inbox folder may take it now, but an
+    older version let one make outbox/index.html/): the page is not written until it is moved."""
+    target = outbox / PAGE_NAME
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(target).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "not a file"
+            raise OSError(
+                errno.EEXIST,
+                f"outbox/{PAGE_NAME} is {what}, not the page "
+                "(results of an inbox folder of that name?); move it away and the page is written again",
+            )
     entries, total = collect(outbox, failed, max_jobs, cache)
-    return atomic_write_bytes(outbox / PAGE_NAME, render(entries, total).encode("utf-8"))
+    return atomic_write_bytes(target, render(entries, total).encode("utf-8"))
 
 
 class PageRefresher:

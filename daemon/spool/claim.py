@@ -16,12 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.config import Settings
-from daemon.spool.failed import reject_non_regular
+from daemon.spool.failed import reject_in_folder, reject_non_regular
 from daemon.spool.layout import log_once, unlink_quiet
+from daemon.spool.nofollow import Dir, LinkRefused
 from daemon.spool.owner import current_owner
 from daemon.spool.records import Claimed, load_meta, meta_file, new_token, write_meta
 from daemon.spool.reserve import release_id
-from jobspec.names import folder_problem, is_candidate, is_ignored_name, source_name_for
+from jobspec.names import (
+    folder_collision,
+    folder_problem,
+    is_candidate,
+    is_ignored_name,
+    source_folder,
+    source_name_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +51,52 @@ def claim(settings: Settings, inbox_path: Path) -> Claimed | None:
         return None
     name = source_name_for(folder, base)
     try:
-        st = os.lstat(inbox_path)
+        inbox_dir = Dir.root(settings.inbox)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            src = inbox_dir.sub(folder) if folder else inbox_dir
+        except LinkRefused:
+            log_once("folder", folder, "inbox: %s/ is a symbolic link; its files are not read", folder)
+            return None
+        except FileNotFoundError:
+            return None
+        try:
+            collision = folder_collision(folder) if folder else None
+            if collision is not None:
+                return _refuse_in_folder(settings, src, base, name, collision)
+            return _claim_in(settings, src, base, name)
+        finally:
+            if src is not inbox_dir:
+                src.close()
+    finally:
+        inbox_dir.close()
+
+
+def _refuse_in_folder(settings: Settings, src: Dir, base: str, name: str, reason: str) -> None:
+    try:
+        st = src.lstat(base)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    reject_in_folder(settings, src, base, st, display_name=name, reason=reason)
+    return None
+
+
+def _claim_in(settings: Settings, src: Dir, base: str, name: str) -> Claimed | None:
+    """The claim of entry `base` of the inbox folder `src` (held open: a swap of its name for a
+    link after this point changes nothing, every step below is relative to it)."""
+    try:
+        st = src.lstat(base)
     except FileNotFoundError:
         return None
     if stat.S_ISDIR(st.st_mode):
         log_once("dir", name, "inbox: %s is a directory; directories are not jobs, leaving it alone", name)
         return None
     if not stat.S_ISREG(st.st_mode):
-        reject_non_regular(settings, inbox_path, st, display_name=name)
+        reject_non_regular(settings, src, base, st, display_name=name)
         return None
 
     owner = current_owner()
@@ -69,7 +115,8 @@ def claim(settings: Settings, inbox_path: Path) -> Claimed | None:
     # Meta first: a work file is never without its meta, so recovery can trust a missing meta.
     write_meta(claimed)
     try:
-        os.rename(inbox_path, claimed.work_path)
+        with Dir.root(settings.work) as work:
+            src.rename(base, work, claimed.work_path.name)
     except FileNotFoundError:
         unlink_quiet(claimed.meta_path)
         return None
@@ -81,7 +128,8 @@ def claim(settings: Settings, inbox_path: Path) -> Claimed | None:
     st2 = os.lstat(claimed.work_path)
     if not stat.S_ISREG(st2.st_mode):
         unlink_quiet(claimed.meta_path)
-        reject_non_regular(settings, claimed.work_path, st2, display_name=name)
+        with Dir.root(settings.work) as work:
+            reject_non_regular(settings, work, claimed.work_path.name, st2, display_name=name)
         return None
     log.debug("claimed %s as work/%s", name, claimed.work_path.name)
     return claimed
@@ -122,5 +170,6 @@ def complete_job(settings: Settings, claimed: Claimed, job_ids: Iterable[str] = 
     release the given reserved ids."""
     unlink_quiet(claimed.work_path)
     unlink_quiet(claimed.meta_path)
+    folder = source_folder(claimed.source_name)
     for job_id in job_ids:
-        release_id(settings, job_id)
+        release_id(settings, job_id, folder)

@@ -13,8 +13,9 @@ from typing import Any
 
 from daemon.core.config import Settings
 from daemon.core.errors import ErrorType
-from daemon.core.fsio import atomic_write_bytes, fsync_dir
+from daemon.core.fsio import atomic_write_bytes
 from daemon.spool.layout import dump, iso_utc, unlink_quiet
+from daemon.spool.nofollow import Dir
 from daemon.spool.records import Claimed
 from daemon.spool.reserve import release_id, reserve_id, result_dirs
 from jobspec.names import default_job_id, error_name, failed_job_name, source_folder
@@ -36,14 +37,13 @@ def _kind(mode: int) -> str:
 
 
 def reject_non_regular(
-    settings: Settings, path: Path, st: os.stat_result, *, display_name: str | None = None
+    settings: Settings, src: Dir, entry: str, st: os.stat_result, *, display_name: str | None = None
 ) -> Path | None:
-    """Move a link / FIFO / socket / device entry itself into failed/ (rename moves the entry,
-    never its target; nothing is opened) and write its error sidecar. Returns the failed/ path,
-    or None when the entry vanished first.
+    """Move a link / FIFO / socket / device entry `entry` of the folder `src` itself into failed/
+    (rename moves the entry, never its target; nothing is opened) and write its error sidecar.
+    Returns the failed/ path, or None when the entry vanished first.
     """
-    name = display_name or path.name
-    failed_dir = failed_dir_for(settings, name)
+    name = display_name or entry
     kind = _kind(st.st_mode)
     if stat.S_ISLNK(st.st_mode):
         message = (
@@ -52,31 +52,66 @@ def reject_non_regular(
         )
     else:
         message = f"{name} is {kind}; only regular files are accepted as jobs"
-    job_id = reserve_id(
-        settings, default_job_id(name), lambda i: [failed_job_name(i)], folder=source_folder(name)
+    target = _reject(settings, src, entry, st, name, message, "drop a regular YAML file", source_folder(name))
+    if target is not None:
+        log.warning("inbox: rejected %s (%s): moved to failed/%s", name, kind, target.name)
+    return target
+
+
+def reject_in_folder(
+    settings: Settings, src: Dir, entry: str, st: os.stat_result, *, display_name: str, reason: str
+) -> Path | None:
+    """A job file of an inbox folder whose name the daemon cannot use for results (`reason`):
+    moved, untouched, to failed/ itself (not failed/<folder>/, which could collide too) with an
+    `invalid_job` sidecar. Returns the failed/ path, or None when the entry vanished first."""
+    target = _reject(
+        settings,
+        src,
+        entry,
+        st,
+        display_name,
+        f"{display_name}: {reason}",
+        "rename the folder (not ending like a result file: .json, .yaml, .html, audio), drop the job again",
+        "",
     )
+    if target is not None:
+        log.warning("inbox: rejected %s (%s): moved to failed/%s", display_name, reason, target.name)
+    return target
+
+
+def _reject(
+    settings: Settings,
+    src: Dir,
+    entry: str,
+    st: os.stat_result,
+    name: str,
+    message: str,
+    hint: str,
+    folder: str,
+) -> Path | None:
+    failed_dir = failed_dir_for(settings, f"{folder}/x" if folder else "x")
+    job_id = reserve_id(settings, default_job_id(name), lambda i: [failed_job_name(i)], folder=folder)
     target = failed_dir / failed_job_name(job_id)
     try:
         try:
-            move_no_clobber(path, target)
+            with Dir.root(failed_dir) as dst:
+                move_entry_no_clobber(src, entry, dst, target.name)
         except FileNotFoundError:
             return None
-        now = time.time()
         sidecar = error_sidecar(
             job_id=job_id,
             source_file=name,
             error_type=ErrorType.INVALID_JOB,
             message=message,
-            hint="drop a regular YAML file",
+            hint=hint,
             submitted_at=st.st_mtime,
             started_at=None,
-            finished_at=now,
+            finished_at=time.time(),
             attempts=0,
         )
         atomic_write_bytes(failed_dir / error_name(job_id), dump(sidecar), create_new=True)
     finally:
-        release_id(settings, job_id)
-    log.warning("inbox: rejected %s (%s): moved to failed/%s", name, kind, target.name)
+        release_id(settings, job_id, folder)
     return target
 
 
@@ -157,7 +192,7 @@ def fail_job(
     atomic_write_bytes(err_path, _sidecar_bytes(error), create_new=True)
     if not keep_work:
         unlink_quiet(claimed.meta_path)
-    release_id(settings, job_id)
+    release_id(settings, job_id, source_folder(claimed.source_name))
     return yaml_path, err_path
 
 
@@ -180,13 +215,20 @@ def _write_new_or_same(path: Path, data: bytes) -> None:
 
 
 def move_no_clobber(src: Path, dst: Path, *, accept_same: bool = False) -> None:
-    """rename(2) without replacing an existing `dst`: link + unlink where links work."""
+    """rename(2) without replacing an existing `dst`, for paths in the daemon's own folders."""
+    with Dir.root(src.parent) as s, Dir.root(dst.parent) as d:
+        move_entry_no_clobber(s, src.name, d, dst.name, accept_same=accept_same)
+
+
+def move_entry_no_clobber(src: Dir, name: str, dst: Dir, dst_name: str, *, accept_same: bool = False) -> None:
+    """Entry `name` of `src` becomes `dst_name` in `dst`, never replacing an existing one: link +
+    unlink where links work. Both relative to open folders, so no link is followed on the way."""
     linked = True
     try:
-        os.link(src, dst, follow_symlinks=False)
+        src.link(name, dst, dst_name)
     except FileExistsError:
         # accept_same: a crash came between link and unlink last time; finish that move.
-        if not (accept_same and _same_inode(src, dst)):
+        if not (accept_same and _same_inode(src.lstat(name), dst.lstat(dst_name))):
             raise
     except OSError as exc:
         # EPERM: fs.protected_hardlinks refuses links to a submitter's file; some FUSE/SMB
@@ -194,18 +236,17 @@ def move_no_clobber(src: Path, dst: Path, *, accept_same: bool = False) -> None:
         # existence check cannot meet a competitor.
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "file exists", str(dst)) from exc
-        os.rename(src, dst)
+        if dst.exists(dst_name):
+            raise FileExistsError(errno.EEXIST, "file exists", str(dst.path / dst_name)) from exc
+        src.rename(name, dst, dst_name)
         linked = False
     # The new name must be durable before the old one goes, or a power cut could lose both.
-    fsync_dir(dst.parent)
+    dst.fsync()
     if linked:
-        os.unlink(src)
-    if src.parent != dst.parent or linked:
-        fsync_dir(src.parent)
+        src.unlink(name)
+    if linked or not src.same_as(dst):
+        src.fsync()
 
 
-def _same_inode(a: Path, b: Path) -> bool:
-    sa, sb = os.lstat(a), os.lstat(b)
+def _same_inode(sa: os.stat_result, sb: os.stat_result) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

@@ -18,6 +18,7 @@ import io
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -25,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from daemon.core.config import Settings
 from daemon.core.errors import InvalidJobError
+from daemon.spool.nofollow import LinkRefused, open_below
 from jobspec.names import REFERENCE_HINT, check_reference
 
 
@@ -55,19 +57,97 @@ def _refuse(ref: str, loc: str, line: int | None, why: str, hint: str) -> Invali
     return InvalidJobError(f"{ref!r} {why}", loc=loc, line=line, hint=hint)
 
 
-def _open_below(root_fd: int, parts: list[str]) -> int:
-    """Open `parts` below the directory `root_fd`, refusing a symlink at any step."""
-    fd = root_fd
-    opened: list[int] = []
+# What a reference may be, checked from its header before a single sample is decoded, and again
+# while decoding (a header may lie): at most REFERENCE_CHANNELS channels at REFERENCE_RATES, and
+# never more samples than `max_reference_s` of 48 kHz stereo, so the decoded audio the daemon holds
+# is bounded by its settings whatever the file claims (a 400 KiB FLAC of silence decodes to GBs).
+REFERENCE_RATES = (1000, 192_000)
+REFERENCE_CHANNELS = 8
+BUDGET_RATE = 48_000
+BUDGET_CHANNELS = 2
+BLOCK_FRAMES = 65_536
+# libsndfile's frame count for a stream that does not say its length (e.g. FLAC from a pipe).
+_UNKNOWN_FRAMES = 2**62
+
+
+def _sample_budget(settings: Settings) -> int:
+    """Most samples (frames x channels) a reference may decode to."""
+    return int(settings.max_reference_s * BUDGET_RATE * BUDGET_CHANNELS)
+
+
+def _decode_bounded(
+    settings: Settings, data: bytes, ref: str, loc: str, line: int | None
+) -> tuple[np.ndarray, int]:
+    """[frames, channels] float32 and the rate, decoded in blocks into a buffer no larger than the
+    limits allow; refused from the header when it says too much, or as soon as the decoded audio
+    passes what the limits allow (a header that claims less than the file holds)."""
+    limit_s = settings.max_reference_s
     try:
-        for part in parts[:-1]:
-            fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            opened.append(fd)
-        # O_NONBLOCK: a FIFO planted under the name must not hang the worker in open().
-        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
-    finally:
-        for d in opened:
-            os.close(d)
+        fh = sf.SoundFile(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _refuse(
+            ref,
+            loc,
+            line,
+            f"is not audio soundfile can read ({exc})",
+            "use wav, flac, ogg (vorbis/opus) or mp3",
+        ) from None
+    with fh:
+        rate, channels, declared = int(fh.samplerate), int(fh.channels), int(fh.frames)
+        if not REFERENCE_RATES[0] <= rate <= REFERENCE_RATES[1]:
+            raise _refuse(
+                ref,
+                loc,
+                line,
+                f"has a sample rate of {rate} Hz; references must have "
+                f"{REFERENCE_RATES[0]}-{REFERENCE_RATES[1]} Hz",
+                "export it again at 32, 44.1 or 48 kHz",
+            )
+        if not 1 <= channels <= REFERENCE_CHANNELS:
+            raise _refuse(
+                ref,
+                loc,
+                line,
+                f"has {channels} channels; references have 1 to {REFERENCE_CHANNELS}",
+                "mix it down to stereo or mono",
+            )
+        # The longest this file may be: max_reference_s, and fewer seconds at high rates or many
+        # channels, so that it never decodes to more than the sample budget.
+        cap = min(int(limit_s * rate), _sample_budget(settings) // channels)
+        limited = f"references are limited to {limit_s:g} s"
+        if cap < int(limit_s * rate):
+            limited = (
+                f"references at {rate} Hz x {channels} channels are limited to {cap / rate:.1f} s "
+                f"(at most max_reference_s = {limit_s:g} s of 48 kHz stereo are held in memory)"
+            )
+        hint = "trim it (or resample it to 48 kHz stereo), or ask the operator to raise max_reference_s"
+        if 0 < declared < _UNKNOWN_FRAMES and declared > cap:
+            raise _refuse(ref, loc, line, f"is {declared / rate:.1f} s long; {limited}", hint)
+        # np.empty reserves address space only: memory is touched as blocks are decoded into it.
+        buf = np.empty((cap + 1, channels), dtype=np.float32)
+        n = 0
+        try:
+            while n <= cap:
+                got = fh.read(out=buf[n : n + min(BLOCK_FRAMES, cap + 1 - n)])
+                if len(got) == 0:
+                    break
+                n += len(got)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise _refuse(
+                ref, loc, line, f"cannot be decoded ({exc})", "export it again as wav, flac, ogg or mp3"
+            ) from None
+    if n > cap:
+        said = "does not say its length" if declared >= _UNKNOWN_FRAMES else "says less than it holds"
+        raise _refuse(ref, loc, line, f"is longer than its header says (it {said}); {limited}", hint)
+    if n == 0:
+        raise _refuse(ref, loc, line, "holds no audio (0 samples)", "name a file with some sound in it")
+    return buf[:n], rate
+
+
+def _open_reference(spool_root: Path, parts: list[str]) -> int:
+    """A descriptor of the regular file `parts` below the spool root, no link followed on the way."""
+    with open_below(spool_root, parts[:-1]) as folder:
+        return folder.open_file(parts[-1])
 
 
 def resolve_reference(
@@ -97,39 +177,31 @@ def resolve_reference(
             "references must be files inside " + where + "; symlinks are not followed",
         )
     try:
-        root_fd = os.open(spool_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise InvalidJobError(
-            f"the spool cannot be read: {exc.strerror}",
-            loc=loc,
-            line=line,
-            hint="check the spool's permissions",
+        fd = _open_reference(spool_root, parts)
+    except FileNotFoundError:
+        raise _refuse(ref, loc, line, f"does not exist in {where}", missing_hint) from None
+    except LinkRefused:
+        raise _refuse(
+            ref,
+            loc,
+            line,
+            "is, or lies below, a symbolic link",
+            "copy the audio into " + where + " instead of linking it",
         ) from None
-    try:
-        try:
-            fd = _open_below(root_fd, parts)
-        except FileNotFoundError:
-            raise _refuse(ref, loc, line, f"does not exist in {where}", missing_hint) from None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _refuse(
-                    ref,
-                    loc,
-                    line,
-                    "is, or lies below, a symbolic link",
-                    "copy the audio into " + where + " instead of linking it",
-                ) from None
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                raise _refuse(
-                    ref,
-                    loc,
-                    line,
-                    "cannot be read by the daemon",
-                    "make it readable by the dgx-music group (chmod g+r FILE)",
-                ) from None
-            raise _refuse(ref, loc, line, f"cannot be opened: {exc.strerror}", missing_hint) from None
-    finally:
-        os.close(root_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise _refuse(
+                ref,
+                loc,
+                line,
+                "cannot be read by the daemon",
+                "make it readable by the dgx-music group (chmod g+r FILE)",
+            ) from None
+        if exc.errno == errno.EINVAL:
+            raise _refuse(
+                ref, loc, line, "is not a regular file", "name an audio file (wav, flac, ogg or mp3)"
+            ) from None
+        raise _refuse(ref, loc, line, f"cannot be opened: {exc.strerror}", missing_hint) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -161,28 +233,9 @@ def resolve_reference(
             f"grew past {limit} bytes while it was read",
             "write the file elsewhere and move it into place when complete",
         )
-    try:
-        snd, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise _refuse(
-            ref,
-            loc,
-            line,
-            f"is not audio soundfile can read ({exc})",
-            "use wav, flac, ogg (vorbis/opus) or mp3",
-        ) from None
+    snd, rate = _decode_bounded(settings, data, ref, loc, line)
     frames, channels = snd.shape
-    if frames == 0:
-        raise _refuse(ref, loc, line, "holds no audio (0 samples)", "name a file with some sound in it")
     duration = frames / float(rate)
-    if duration > settings.max_reference_s:
-        raise _refuse(
-            ref,
-            loc,
-            line,
-            f"is {duration:.1f} s long; references are limited to {settings.max_reference_s:g} s",
-            "trim it, or ask the operator to raise max_reference_s",
-        )
     samples = np.ascontiguousarray(snd.T)
     if not np.isfinite(samples).all():
         raise _refuse(ref, loc, line, "contains NaN or infinite samples", "export it again as PCM audio")

@@ -13,22 +13,29 @@ from typing import Any
 from daemon.core.config import Settings
 from daemon.core.fsio import TEMP_SUFFIX
 from daemon.spool.layout import unlink_quiet
+from daemon.spool.nofollow import open_below, subfolders
 from daemon.spool.owner import Owner, current_owner
-from daemon.spool.peers import Peers
+from daemon.spool.peers import OBSERVED, Observations, Peers
 from daemon.spool.records import Claimed, load_meta, meta_file, new_token, token_stem, write_meta
-from daemon.spool.reserve import clean_reservations, result_folders
+from daemon.spool.reserve import clean_reservations
 
 log = logging.getLogger(__name__)
 
 
 def recover(
-    settings: Settings, *, max_attempts: int | None = None, orphan_grace_s: float = 60.0
+    settings: Settings,
+    *,
+    max_attempts: int | None = None,
+    orphan_grace_s: float = 60.0,
+    observed: Observations | None = None,
 ) -> list[Claimed]:
     """Take over jobs left in work/ by daemons that died; safe to call at any time, from several
     daemons at once. Returns them oldest claim first; `crashed` is set on those that crashed their
     daemon `max_attempts` times (default: settings.max_attempts) and must be failed as `crashed`.
 
     Also removes claim records and id reservations that belong to no job and no live owner.
+    `observed`: what this process saw of peers' heartbeats over time (default: the daemon's own,
+    daemon.spool.peers.OBSERVED).
     """
     limit = settings.max_attempts if max_attempts is None else max_attempts
     me = current_owner()
@@ -42,7 +49,8 @@ def recover(
     }
     meta_names = {e.name for e in entries if e.name.startswith(".") and e.name.endswith(".meta.json")}
     # After the listing (see Peers): owners here by /proc, owners on other nodes by heartbeat.
-    peers = Peers(settings, me=me, now=now)
+    peers = Peers(settings, me=me, now=now, observed=OBSERVED if observed is None else observed)
+    seen_claims: set[str] = set()
 
     recovered: list[Claimed] = []
     live_claims: set[str] = set()
@@ -66,7 +74,9 @@ def recover(
         owner_data = meta.get("owner")
         if owner_data:
             owner = Owner.from_json(owner_data)
-            if peers.alive(owner, since=_float(meta.get("claimed_at"))):
+            claim_id = str(meta.get("claim_id") or token)
+            seen_claims.add(claim_id)
+            if peers.alive(owner, since=_float(meta.get("claimed_at")), claim=claim_id):
                 if meta.get("claim_id"):
                     live_claims.add(str(meta["claim_id"]))
                 continue
@@ -80,8 +90,11 @@ def recover(
         data = load_meta(settings.work / name) or {}
         token = name[1 : -len(".meta.json")]
         owner_data = data.get("owner")
+        claim_id = str(data.get("claim_id") or token)
+        seen_claims.add(claim_id)
         if token in work_files or (
-            owner_data and peers.alive(Owner.from_json(owner_data), since=_float(data.get("claimed_at")))
+            owner_data
+            and peers.alive(Owner.from_json(owner_data), since=_float(data.get("claimed_at")), claim=claim_id)
         ):
             if data.get("claim_id"):
                 live_claims.add(str(data["claim_id"]))
@@ -91,6 +104,7 @@ def recover(
         unlink_quiet(settings.work / name)  # orphan of a claim that lost its race or finished
     clean_reservations(settings, live_claims, me, alive=lambda o, since: peers.alive(o, since=_float(since)))
     peers.forget_stale()
+    peers.keep_observing(seen_claims)
     recovered.sort(key=lambda c: c.claimed_at)
     return recovered
 
@@ -143,21 +157,21 @@ def clean_stale_temps(settings: Settings, *, older_than_s: float = 600.0) -> lis
     `older_than_s` is abandoned."""
     removed = []
     cutoff = time.time() - older_than_s
-    folders = [settings.work, settings.state_dir]
+    folders: list[tuple[Path, list[str]]] = [(settings.work, []), (settings.state_dir, [])]
     for results in (settings.outbox, settings.failed):
-        folders += [directory for _, directory in result_folders(results)]
-    for folder in folders:
+        folders += [(results, [])] + [(results, [name]) for name in subfolders(results)]
+    for root, parts in folders:
         try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
-                continue
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
-            except FileNotFoundError:
-                continue
+            directory = open_below(root, parts)
+        except OSError:
+            continue  # gone, or a link: never followed
+        with directory:
+            for name, st in list(directory.entries()):
+                if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)) or st.st_mtime >= cutoff:
+                    continue
+                try:
+                    directory.unlink(name)
+                except FileNotFoundError:
+                    continue
+                removed.append(directory.path / name)
     return removed

@@ -1,7 +1,11 @@
 """Result ids: `<id>`, `<id>-2`, ... reserved no-clobber across daemons (an O_EXCL file in state/reserved/).
 
-A reservation records the claim it belongs to, so a recovered job gets its old id back instead of
-`<id>-2`; an in-process set keeps jobs of one daemon apart before their files exist."""
+Ids are reserved per result folder: a job from inbox/<folder>/ writes to outbox/<folder>/ and
+failed/<folder>/ and cannot collide with a job of another folder, so `dup` in inbox/f1/ and `dup`
+in inbox/f2/ both keep their id (reservation files `dup` for the inbox itself, `f1+dup`, `f2+dup`:
+'+' is in neither a folder name nor an id). A reservation records the claim it belongs to, so a
+recovered job gets its old id back instead of `<id>-2`; an in-process set keeps jobs of one daemon
+apart before their files exist."""
 
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ def _reservation_dir(settings: Settings) -> Path:
     return settings.state_dir / "reserved"
 
 
+def reservation_name(job_id: str, folder: str = "") -> str:
+    """The name of `job_id`'s reservation in state/reserved/ for results in the inbox folder `folder`."""
+    return f"{folder}+{job_id}" if folder else job_id
+
+
 def reserve_id(
     settings: Settings,
     job_id: str,
@@ -59,13 +68,14 @@ def reserve_id(
         candidate = numbered_id(job_id, n)
         with _reserved_lock:
             held = _reserved.setdefault(key, set())
-            path = res_dir / candidate
+            slot = reservation_name(candidate, folder)
+            path = res_dir / slot
             # Our own reservation (a recovered claim) comes first: the job's outputs may already
             # be on disk, and the caller must learn its old id to see that.
             if claim_id is not None and _reservation_claim(path) == claim_id:
-                held.add(candidate)
+                held.add(slot)
                 return candidate
-            if candidate in held:
+            if slot in held:
                 continue
             if _names_taken(settings, candidate, names_for, folder):
                 continue
@@ -74,7 +84,7 @@ def reserve_id(
                 unlink_quiet(path)
             if not _create_with(path, record):
                 continue
-            held.add(candidate)
+            held.add(slot)
             return candidate
     raise SpoolError(f"no free result id for {job_id!r} after {_MAX_SUFFIX} tries")
 
@@ -173,12 +183,13 @@ def _reservation_claim(path: Path) -> str | None:
     return str(data["claim_id"]) if data and data.get("claim_id") else None
 
 
-def release_id(settings: Settings, job_id: str) -> None:
+def release_id(settings: Settings, job_id: str, folder: str = "") -> None:
     """Give up a reservation (after the outcome is written, or when the job is dropped)."""
     key = settings.spool.resolve()
+    slot = reservation_name(job_id, folder)
     with _reserved_lock:
-        _reserved.get(key, set()).discard(job_id)
-        unlink_quiet(_reservation_dir(settings) / job_id)
+        _reserved.get(key, set()).discard(slot)
+        unlink_quiet(_reservation_dir(settings) / slot)
 
 
 def clean_reservations(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from watchdog.observers.inotify import InotifyObserver
 
 from daemon.core.config import Settings
 from daemon.spool.layout import forget_logged, log_once
+from daemon.spool.nofollow import Dir
 from jobspec.names import folder_problem, is_candidate, is_ignored_name, source_name_for
 
 try:
@@ -262,60 +264,61 @@ class InboxWatcher:
             self._wake.wait(interval)
             self._wake.clear()
 
-    def _entries(self) -> list[tuple[str, os.DirEntry[str]]] | None:
-        """(source name, entry) of the inbox and of its valid subfolders, one level deep."""
+    def _entries(self) -> list[tuple[str, Path, os.stat_result]] | None:
+        """(source name, path, lstat) of the inbox's entries and of its valid subfolders' entries,
+        one level deep. A subfolder is listed through its own descriptor, opened without following
+        a link (daemon.spool.nofollow), so a folder swapped for a link is never listed."""
         try:
-            top = list(os.scandir(self.inbox))
+            inbox = Dir.root(self.inbox)
         except FileNotFoundError:
             log_once("inbox", str(self.inbox), "inbox %s does not exist; waiting for it", self.inbox)
             return None
-        out: list[tuple[str, os.DirEntry[str]]] = []
-        self._present = {e.name for e in top}  # what log_once may keep remembering
-        for entry in top:
-            if entry.is_dir(follow_symlinks=False) and not is_candidate(entry.name):
-                if not self._folder_ok(entry.name):
-                    continue
-                try:
-                    inner = list(os.scandir(entry.path))
-                except OSError:
-                    continue
-                for e in inner:
-                    if e.is_dir(follow_symlinks=False) and not is_ignored_name(e.name):
-                        rel = f"{entry.name}/{e.name}"
-                        self._present.add(rel)
-                        log_once("deep", rel, DEEP, rel)
+        out: list[tuple[str, Path, os.stat_result]] = []
+        with inbox:
+            top = list(inbox.entries())
+            self._present = {name for name, _st in top}  # what log_once may keep remembering
+            for name, st in top:
+                path = self.inbox / name
+                if stat.S_ISDIR(st.st_mode) and not is_candidate(name):
+                    if not self._folder_ok(name):
                         continue
-                    out.append((source_name_for(entry.name, e.name), e))
-                continue
-            out.append((entry.name, entry))
+                    try:
+                        with inbox.sub(name) as folder:
+                            inner = list(folder.entries())
+                    except OSError:
+                        continue  # gone, or swapped for a link since it was listed
+                    for inner_name, inner_st in inner:
+                        if stat.S_ISDIR(inner_st.st_mode) and not is_ignored_name(inner_name):
+                            rel = f"{name}/{inner_name}"
+                            self._present.add(rel)
+                            log_once("deep", rel, DEEP, rel)
+                            continue
+                        out.append((source_name_for(name, inner_name), path / inner_name, inner_st))
+                    continue
+                out.append((name, path, st))
         return out
 
     def _scan(self) -> None:
         entries = self._entries()
         if entries is None:
             return
-        names = {n for n, _e in entries}
+        names = {n for n, _p, _s in entries}
         first_scan = self.scans == 0
         forget_logged(names | self._present)
         now_wall = time.time()
         now = self._clock()
-        for name, entry in entries:
-            if not is_candidate(entry.name):
-                if not is_ignored_name(entry.name):
+        for name, path, st in entries:
+            if not is_candidate(path.name):
+                if not is_ignored_name(path.name):
                     log_once(
                         "other", name, "inbox: %s is not a job file (*.yaml, *.yml); leaving it alone", name
                     )
                 continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if entry.is_dir(follow_symlinks=False):
+            if stat.S_ISDIR(st.st_mode):
                 log_once(
                     "dir", name, "inbox: %s is a directory; directories are not jobs, leaving it alone", name
                 )
                 continue
-            path = Path(entry.path)
             sig = (st.st_size, st.st_mtime_ns, st.st_ino)
             prev = self._seen.get(name)
             if prev is None or prev[0] != sig:

@@ -17,13 +17,15 @@ from pathlib import Path
 
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
-from daemon.spool.failed import error_sidecar, failed_dir_for, move_no_clobber
+from daemon.spool.failed import error_sidecar, failed_dir_for, move_entry_no_clobber
 from daemon.spool.layout import dump
+from daemon.spool.nofollow import Dir, LinkRefused, open_below
 from daemon.spool.reserve import release_id, reserve_id
 from jobspec import JobSpecError, load_job_bytes
 from jobspec.names import (
     default_job_id,
     error_name,
+    folder_collision,
     folder_problem,
     is_candidate,
     is_ignored_name,
@@ -33,39 +35,49 @@ from jobspec.names import (
 log = logging.getLogger(__name__)
 
 
-def _inbox_files(settings: Settings) -> list[Path]:
-    """Job-file candidates of the inbox and of its subfolders one level deep (those the watcher
-    reads: a valid folder name, not an ignored one), in name order."""
+def _inbox_files(settings: Settings) -> list[tuple[str, str]]:
+    """(folder, name) of the job-file candidates of the inbox and of its subfolders one level
+    deep (those the watcher reads: a valid folder name, not an ignored one, not a link), in name
+    order. Listed through descriptors opened without following links (daemon.spool.nofollow)."""
     try:
-        top = sorted(os.listdir(settings.inbox))
+        inbox = Dir.root(settings.inbox)
     except FileNotFoundError:
         return []
-    files: list[Path] = []
-    for name in top:
-        path = settings.inbox / name
-        if is_candidate(name):
-            files.append(path)
-        elif not is_ignored_name(name) and folder_problem(name) is None and path.is_dir():
-            try:
-                files += [path / n for n in sorted(os.listdir(path)) if is_candidate(n)]
-            except OSError:
-                continue
+    files: list[tuple[str, str]] = []
+    with inbox:
+        for name, st in sorted(inbox.entries()):
+            if is_candidate(name):
+                files.append(("", name))
+            elif _readable_folder(name) and stat.S_ISDIR(st.st_mode):
+                try:
+                    with inbox.sub(name) as folder:
+                        files += [(name, n) for n in sorted(folder.names()) if is_candidate(n)]
+                except OSError:
+                    continue
     return files
+
+
+def _readable_folder(name: str) -> bool:
+    # A folder whose name collides with result files is never claimed (its jobs are refused).
+    return not is_ignored_name(name) and folder_problem(name) is None and folder_collision(name) is None
+
+
+def _read_entry(settings: Settings, folder: str, name: str) -> bytes | None:
+    """The bytes of a regular inbox file, never through a link (None when it cannot be read)."""
+    try:
+        with open_below(settings.inbox, [folder] if folder else []) as src:
+            return src.read_bytes(name, settings.max_job_bytes + 1)
+    except OSError:
+        return None
 
 
 def find_in_inbox(settings: Settings, job_id: str) -> Path | None:
     """The inbox file (inbox/ or one of its subfolders) that holds job `job_id` alone: named after
     it, or a one-job file whose `id:` is it. A job inside a batch file is not cancelled alone (the
     file is one unit)."""
-    for path in _inbox_files(settings):
-        name = path.name
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            with open(path, "rb") as fh:
-                data = fh.read(settings.max_job_bytes + 1)
-        except OSError:
+    for folder, name in _inbox_files(settings):
+        data = _read_entry(settings, folder, name)
+        if data is None:
             continue
         try:
             jobs = load_job_bytes(
@@ -73,6 +85,7 @@ def find_in_inbox(settings: Settings, job_id: str) -> Path | None:
             )
         except JobSpecError:
             jobs = []
+        path = settings.inbox / folder / name if folder else settings.inbox / name
         if len(jobs) == 1 and jobs[0].id == job_id:
             return path
         if not jobs and default_job_id(name) == job_id:
@@ -91,26 +104,52 @@ def withdraw(
     error sidecar's path, or None when a daemon claimed the file first. PermissionError when
     this user may not write failed/ (the caller then asks the daemon instead). A file from
     inbox/<folder>/ goes to failed/<folder>/, as the daemon's failures of it would."""
-    st = os.lstat(path)
     folder = "" if path.parent == settings.inbox else path.parent.name
+    if folder and path.parent.parent != settings.inbox:
+        raise ValueError(f"{path} is not a job file of the inbox")
     source = source_name_for(folder, path.name)
     failed = failed_dir_for(settings, source)
     # Take the file out of the inbox first (a claim-like rename into failed/ under a dot-name
-    # that nothing reads), then give it its final no-clobber name.
+    # that nothing reads), then give it its final no-clobber name. Relative to folders opened
+    # without following links: a folder swapped for a link is never entered.
     # Not a `.tmp` name: stale-temp cleaning must never take a user's job file.
-    hold = failed / f".{path.name}.{secrets.token_hex(6)}.cancelling"
+    hold = f".{path.name}.{secrets.token_hex(6)}.cancelling"
     try:
-        os.rename(path, hold)
-    except FileNotFoundError:
+        src = open_below(settings.inbox, [folder] if folder else [])
+    except LinkRefused:
         return None
+    with src, Dir.root(failed) as dst:
+        try:
+            st = src.lstat(path.name)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            src.rename(path.name, dst, hold)
+        except FileNotFoundError:
+            return None
+        return _finish(settings, src, dst, path.name, hold, st, job_id, folder, source, reason)
+
+
+def _finish(
+    settings: Settings,
+    src: Dir,
+    dst: Dir,
+    name: str,
+    hold: str,
+    st: os.stat_result,
+    job_id: str,
+    folder: str,
+    source: str,
+    reason: str,
+) -> Path:
+    failed = dst.path
     try:
         final_id = reserve_id(settings, job_id, lambda i: [f"{i}.yaml"], folder=folder)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.rename(hold, path)
+            dst.rename(hold, src, name)
         raise
     try:
-        move_no_clobber(hold, failed / f"{final_id}.yaml")
+        move_entry_no_clobber(dst, hold, dst, f"{final_id}.yaml")
         body = error_sidecar(
             job_id=final_id,
             source_file=source,
@@ -128,9 +167,9 @@ def withdraw(
     except BaseException:
         # Never lose the user's file: put it back where it was.
         with contextlib.suppress(OSError):
-            os.rename(hold, path)
+            dst.rename(hold, src, name)
         raise
     finally:
-        release_id(settings, final_id)
+        release_id(settings, final_id, folder)
     log.info("inbox: %s cancelled before pickup: moved to %s", source, failed / f"{final_id}.yaml")
     return err
