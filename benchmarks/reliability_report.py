@@ -24,6 +24,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ["tests/reliability", "tests/service/test_service_notify.py"]
+# The attacks of tests/reliability/test_rel_spool_escape.py, by the name each records when it held.
+SPOOL_ATTACKS = (
+    "inbox_folder_swapped_for_link",
+    "cancel_in_linked_folder",
+    "reference_bomb",
+    "reference_bomb_lying_header",
+    "inbox_folder_named_like_page",
+    "retention_sidecar_names_other_job",
+    "same_id_in_two_folders",
+)
 
 
 def run_suite(report: Path, *, full: bool) -> tuple[int, float]:
@@ -44,6 +54,7 @@ def _get(data: dict[str, Any], scenario: str, key: str, default: Any = None) -> 
 def table(data: dict[str, Any], *, wall_s: float | None, ok: bool | None) -> str:
     chaos, flood, shared = data.get("crash_chaos", {}), data.get("flood", {}), data.get("flood_shared", {})
     hostile, disk = data.get("hostile", {}), data.get("full_disk", {})
+    escape = data.get("spool_escape", {})
     jobs = (
         chaos.get("jobs", 0)
         + flood.get("jobs", 0)
@@ -102,6 +113,16 @@ def table(data: dict[str, Any], *, wall_s: float | None, ok: bool | None) -> str
             f"{', '.join(faults) or 'n/a'} checkpoint -> ModelLoadError, serve exits "
             f"{_get(data, 'model_fault_corrupt', 'serve_exit', '?')}; CUDA OOM once -> batch split "
             f"{_get(data, 'model_fault_oom', 'split', '?')}, job completed",
+        ),
+        (
+            "Spool-edge attacks held (docs/reliability.md)",
+            f"{sum(1 for v in escape.values() if v == 'held')} / {len(SPOOL_ATTACKS)}",
+        ),
+        (
+            "Reference bomb: peak RSS rise (VmHWM)",
+            f"{escape.get('bomb_hwm_rise_mib', '?')} MiB, lying header "
+            f"{escape.get('liar_hwm_rise_mib', '?')} MiB (bound {escape.get('hwm_bound_mib', '?')} MiB; "
+            f"{escape.get('bomb_file_kib', '?')} KiB file, 880 MiB decoded)",
         ),
         ("Start to READY=1 (tiny model, CPU)", f"{_get(data, 'service', 'start_to_ready_s', '?')} s"),
     ]

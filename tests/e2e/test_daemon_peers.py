@@ -126,11 +126,11 @@ def test_heartbeats_judged_by_change_not_by_host_name_or_clock(tmp_path: Path, t
         ),
         "OMP_NUM_THREADS": "1",
     }
+    _plant_ghost(config_a)
     with DaemonProcess(config_b, tmp_path / "b.log", env=twin_env) as b:
         b.start()
         view.drop("twin-job.yaml", job_yaml("a job of the clone", duration=0.5))
         view.wait_running("twin-job", 60)
-        _plant_ghost(config_a)
         with DaemonProcess(config_a, tmp_path / "a.log", env={"OMP_NUM_THREADS": "1"}) as a:
             a.start()
             t0 = time.monotonic()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from reliability.daemonproc import DaemonProc, drop, job_yaml, wait_until, write_config
+from reliability.daemonproc import DaemonProc, drop, job_yaml, record_figures, wait_until, write_config
 
 from tests.daemon_harness import run_cli
 
@@ -98,6 +98,7 @@ def test_retention_removes_only_the_expired_jobs_own_files(sp: Spool) -> None:
     assert not (outbox / "evil.json").exists() and not (outbox / "evil.wav").exists()
     assert (outbox / "victim.wav").read_bytes() == b"RIFF-victim"
     assert (outbox / "victim.json").exists()
+    record_figures("spool_escape", {"retention_sidecar_names_other_job": "held"})
 
 
 def test_folder_swapped_for_a_link_before_its_claim_moves_nothing_from_outside(sp: Spool) -> None:
@@ -128,6 +129,7 @@ def test_folder_swapped_for_a_link_before_its_claim_moves_nothing_from_outside(s
     assert "sw/swx.yaml" not in json.dumps(_all_sidecars(sp.root))
     assert os.path.islink(inbox / "sw")
     os.unlink(inbox / "sw")
+    record_figures("spool_escape", {"inbox_folder_swapped_for_link": "held", "claims_ahead_of_it": FLOOD})
 
 
 def test_cancel_never_enters_a_linked_inbox_folder(sp: Spool) -> None:
@@ -141,6 +143,7 @@ def test_cancel_never_enters_a_linked_inbox_folder(sp: Spool) -> None:
         assert vict.exists(), done.stdout + done.stderr
         assert not (sp.root / "failed" / "lnk2").exists()
         assert "cancelled:" not in done.stdout, done.stdout
+        record_figures("spool_escape", {"cancel_in_linked_folder": "held"})
     finally:
         os.unlink(sp.inbox / "lnk2")
 
@@ -167,6 +170,7 @@ def test_inbox_folder_named_like_the_page_is_refused_and_the_page_lives(sp: Spoo
         lambda: page.is_file() and page.stat().st_mtime_ns != before, 120, what="page", alive=sp.daemon
     )
     assert "after-page" in page.read_text()
+    record_figures("spool_escape", {"inbox_folder_named_like_page": "held"})
 
 
 def _silence_flac(seconds: float, rate: int = 48_000, channels: int = 2) -> bytes:
@@ -194,7 +198,7 @@ def _hwm_kb(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def test_reference_bombs_are_refused_within_bounded_memory(sp: Spool, record_property) -> None:
+def test_reference_bombs_are_refused_within_bounded_memory(sp: Spool) -> None:
     """2400 s of stereo silence in FLAC is about 400 KiB and decodes to 880 MiB of float32. One
     says its length (refused from the header), one does not (refused once the decoded audio passes
     the limit). The daemon's peak RSS (VmHWM) may rise by what max_reference_s allows, not more."""
@@ -216,9 +220,19 @@ def test_reference_bombs_are_refused_within_bounded_memory(sp: Spool, record_pro
     # max_reference_s of 48 kHz stereo float32 is 11 MiB: the bound, with room for the file's bytes
     # and the decoder; the whole bomb would be 880 MiB.
     bound_mib = MAX_REFERENCE_S * 48_000 * 2 * 4 / 2**20 + 48
-    record_property("reference_bomb_hwm_rise_mib", rises)
     assert all(r < bound_mib for r in rises.values()), (rises, bound_mib)
     assert "length" in sp.error("ref-liar.error.json")["error"]["message"]
+    record_figures(
+        "spool_escape",
+        {
+            "reference_bomb": "held",
+            "reference_bomb_lying_header": "held",
+            "bomb_file_kib": len(bomb) // 1024,
+            "bomb_hwm_rise_mib": round(rises["bomb"], 1),
+            "liar_hwm_rise_mib": round(rises["liar"], 1),
+            "hwm_bound_mib": round(bound_mib, 1),
+        },
+    )
 
 
 def test_same_id_in_two_folders_keeps_its_id_in_both(sp: Spool) -> None:
@@ -235,6 +249,7 @@ def test_same_id_in_two_folders_keeps_its_id_in_both(sp: Spool) -> None:
         alive=sp.daemon,
     )
     assert not list(outbox.glob("f*/dup-2*"))
+    record_figures("spool_escape", {"same_id_in_two_folders": "held"})
 
 
 def _all_sidecars(root: Path) -> list[dict]:
