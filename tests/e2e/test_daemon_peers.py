@@ -17,6 +17,12 @@ from tests.daemon_harness import DaemonProcess, SpoolView, job_yaml, run_cli, wr
 TIMEOUT_S = 3.0
 
 
+def _stalling_peer_env(host: str, **extra: str) -> dict[str, str]:
+    """A daemon that reports `host` (and a boot id of its own) and stalls in its first decode."""
+    faults = {"pretend_host": host, "stall_after_steps": 1, "stall_s": 120}
+    return {"DGXMUSIC_TEST_FAULTS": json.dumps(faults), "OMP_NUM_THREADS": "1", **extra}
+
+
 @pytest.mark.slow  # two daemon starts: ~40 s on a 2-core box
 @pytest.mark.timeout(180)
 def test_remote_daemon_shown_by_status_and_its_job_recovered_after_the_timeout(
@@ -33,13 +39,7 @@ def test_remote_daemon_shown_by_status_and_its_job_recovered_after_the_timeout(
     )
     view = SpoolView(spool)
     # "node-b" stalls in its first decode: it holds a running job when it dies.
-    remote_env = {
-        "DGXMUSIC_TEST_FAULTS": json.dumps(
-            {"pretend_host": "node-b", "stall_after_steps": 1, "stall_s": 120}
-        ),
-        "SLURM_JOB_ID": "4242",
-        "OMP_NUM_THREADS": "1",
-    }
+    remote_env = _stalling_peer_env("node-b", SLURM_JOB_ID="4242")
     with DaemonProcess(config, tmp_path / "b.log", env=remote_env) as b:
         b.start()
         view.drop("peer-job.yaml", job_yaml("a job the remote daemon dies with", duration=0.5))
@@ -120,12 +120,7 @@ def test_heartbeats_judged_by_change_not_by_host_name_or_clock(tmp_path: Path, t
     # B waits long before judging peers: node-z's job is A's to take.
     config_b = write_config(tmp_path / "b.yaml", spool, tiny_model_dir, peer_timeout_s=600, **common)
     view = SpoolView(spool)
-    twin_env = {
-        "DGXMUSIC_TEST_FAULTS": json.dumps(
-            {"pretend_host": socket.gethostname(), "stall_after_steps": 1, "stall_s": 120}
-        ),
-        "OMP_NUM_THREADS": "1",
-    }
+    twin_env = _stalling_peer_env(socket.gethostname())
     _plant_ghost(config_a)
     with DaemonProcess(config_b, tmp_path / "b.log", env=twin_env) as b:
         b.start()
