@@ -193,6 +193,73 @@ def test_chroma_finds_the_pitch_class() -> None:
     assert int(chroma[0, :20].argmax(-1).mode().values) == 9  # A, with C as bin 0
 
 
+def _librosa_chroma(samples: np.ndarray, params: ChromaParams) -> np.ndarray:
+    """[frames, 12] chroma of mono audio as MusicgenMelodyFeatureExtractor computes it (padded or cut
+    to chunk_length with zeros, a centred Hann power spectrogram, the chroma filter bank, each frame
+    divided by its maximum), here by librosa: the library transformers ported its chroma from, a
+    computation that shares no code with daemon.engine.melody."""
+    import librosa
+
+    n = params.chunk_length * params.sampling_rate
+    x = np.zeros(n, dtype=np.float32)
+    x[: min(n, samples.shape[-1])] = samples[0, :n]
+    chroma = librosa.feature.chroma_stft(
+        y=x,
+        sr=params.sampling_rate,
+        n_fft=params.n_fft,
+        hop_length=params.hop_length,
+        tuning=0.0,
+        norm=np.inf,
+        center=True,
+        pad_mode="reflect",  # torch.stft's (and torchaudio's) padding of a centred frame
+        n_chroma=params.num_chroma,
+    )
+    return chroma.T
+
+
+def _chords(seconds: float) -> np.ndarray:
+    """C major, A minor, F major, G major triads, one a second, with their overtones."""
+    t = np.arange(int(seconds * SR)) / SR
+    out = np.zeros_like(t)
+    roots = [261.63, 220.0, 174.61, 196.0]
+    for i, root in enumerate(roots * int(np.ceil(seconds / len(roots)))):
+        span = (t >= i) & (t < i + 1)
+        third = 2 ** (3 / 12) if i % 4 == 1 else 2 ** (4 / 12)
+        for f in (root, root * third, root * 2 ** (7 / 12)):
+            for k, amp in ((1, 0.3), (2, 0.1), (3, 0.05)):
+                out[span] += amp * np.sin(2 * np.pi * f * k * t[span])
+    return out[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("material", ["chords", "noise"])
+def test_chroma_matches_the_reference_computation_frame_by_frame(material: str) -> None:
+    params = ChromaParams()
+    if material == "chords":
+        samples = _chords(8.0)
+    else:
+        samples = (0.3 * np.random.default_rng(5).standard_normal((1, 6 * SR))).astype(np.float32)
+    ours = ChromaExtractor(params)(samples, SR)[0].numpy()
+    reference = _librosa_chroma(samples, params)
+    assert ours.shape == reference.shape == (235, 12)
+    assert np.all(ours.sum(-1) == 1)  # one-hot: the strongest pitch class of each frame
+    # Every frame whose strongest pitch class is clear (not a tie within float32 rounding) agrees,
+    # the silent padding after the audio included (all zero: pitch class 0 in both).
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-3
+    audio_frames = samples.shape[-1] // params.hop_length
+    assert clear[:audio_frames].mean() >= 0.9
+    agree = ours.argmax(-1) == reference.argmax(-1)
+    assert agree[clear].all(), np.flatnonzero(~agree & clear)
+    silent = reference.max(-1) == 0
+    assert silent.sum() > 100 and (ours[silent].argmax(-1) == 0).all()
+    if material == "chords":
+        # The chords themselves: each second's frames name one of its triad's pitch classes.
+        triads = [{0, 4, 7}, {9, 0, 4}, {5, 9, 0}, {7, 11, 2}]
+        for frame in range(4, 8 * SR // params.hop_length - 4):
+            second = frame * params.hop_length // SR
+            assert ours[frame].argmax() in triads[second % 4], frame
+
+
 def test_to_rate_and_channels() -> None:
     x = tone(1.0, channels=2, rate=48000).samples
     assert to_rate_and_channels(x, 48000, SR, 1).shape == (1, SR)
