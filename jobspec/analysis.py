@@ -78,3 +78,51 @@ def key_relation(measured: str, asked: str) -> KeyRelation:
             return "parallel"
         return "other"
     return "fifth" if (mt - at) % 12 in (5, 7) else "other"
+
+
+class LoopInfo(BaseModel):
+    """How a loop output was made and how its seam measures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bars: int = Field(ge=1, description="Bars in the loop.")
+    bpm: int = Field(description="Its tempo: the job's bpm, exactly.")
+    samples: int = Field(ge=1, description="Its length in samples: bars x beats a bar x 60 / bpm x rate.")
+    start_s: Time = Field(description="Where in the generated audio it was cut (a downbeat).")
+    source_s: Time = Field(description="How long a span of the generated audio it is.")
+    stretch: float = Field(gt=0, description="Source seconds per loop second (> 1: sped up to the tempo).")
+    source_bpm: float | None = Field(description="The generated audio's measured tempo (octave-folded).")
+    seam_jump: float = Field(ge=0, description="Largest jump between the last and first sample.")
+    seam_jump_limit: float = Field(ge=0, description="99th percentile of the loop's sample-to-sample steps.")
+    seam_change: float = Field(
+        ge=0, description="Spectral change across the wrap (mean |log spectrum| diff)."
+    )
+    seam_change_limit: float = Field(
+        ge=0,
+        description="The larger of the 99th percentile inside and 1.25 x the music's own change at the cut.",
+    )
+    seamless: bool = Field(description="Both within their limits.")
+
+
+class CandidateInfo(BaseModel):
+    """One take of a best-of-N job: its seed (a job with this seed and candidates: 1 makes it again)
+    and its scores; lower `score` is better."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate: int = Field(ge=1, description="Which take, 1..N (seed + candidate - 1).")
+    seed: int = Field(ge=0, description="Its seed.")
+    chosen: bool = Field(description="True for the take written as the job's output.")
+    path: str | None = Field(default=None, description="Its file when written (chosen or kept).")
+    tempo_bpm: float | None = Field(default=None, description="Its measured tempo (before any loop stretch).")
+    tempo_error_bpm: float | None = Field(default=None, description="Measured minus asked tempo.")
+    key: str | None = Field(default=None, description="Its measured key.")
+    key_relation: KeyRelation | None = Field(default=None, description="Its key against the asked one.")
+    seam_score: float | None = Field(
+        default=None, description="Loop jobs: the worse seam ratio to its limit (<= 1 is seamless)."
+    )
+    score: float = Field(
+        description="|tempo error| in BPM + 4 x key steps (same 0, relative/parallel 1, fifth 2, other 3) "
+        "+ 5 x seam score, each where asked (no tempo found counts 30, no key 12); with nothing asked, "
+        "minus the tempo and key confidences."
+    )

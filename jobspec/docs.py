@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from jobspec.models import BatchFile, JobSpec, Output, Sampling, Section
+from jobspec.music import Loop
 
 
 def _default(info: Any) -> str:
@@ -41,5 +42,6 @@ def job_table_markdown() -> str:
     lines += _rows(Section, "sections[].")
     lines += _rows(Sampling, "sampling.")
     lines += _rows(Output, "output.")
+    lines += _rows(Loop, "loop.")
     lines += [r.replace("| required |", "| required in a batch |") for r in _rows(BatchFile)]
     return "\n".join(lines) + "\n"

@@ -51,6 +51,8 @@ _RANGE_HINTS: dict[str, str] = {
     "bpm": f"use a whole number of beats a minute, {BPM_MIN}..{BPM_MAX}, or leave it out",
     "key": 'write the tonic and the mode, e.g. "A minor", "F# major", "Bb min"',
     "time_signature": "write beats/note value, e.g. 4/4, 3/4, 6/8",
+    "candidates": "ask for 1 to 8 takes to choose from",
+    "bars": "ask for 1 to 64 bars",
     "lyrics": f"write 1 to {LYRICS_MAX_CHARS} characters: lines of words, section tags like [verse] on "
     "lines of their own",
     "language": 'write an ISO 639 code in lower case: "en", "de", "ja", "pt-br"',
@@ -275,6 +277,10 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
             if kind == "sections_exclusive"
             else "continue from one file, or follow a melody with another job"
         )
+        return ErrorDetail(loc=loc_text(where), line=line_for(lines, where), msg=msg, hint=hint)
+    if kind == "music_rule":
+        ctx = err.get("ctx") or {}
+        where, hint = (*loc, str(ctx.get("key", ""))), str(ctx.get("hint"))
         return ErrorDetail(loc=loc_text(where), line=line_for(lines, where), msg=msg, hint=hint)
     if kind == "extra_forbidden":
         key = str(loc[-1])

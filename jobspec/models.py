@@ -23,7 +23,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jobspec.music import BPM_MAX, BPM_MIN, Bpm, MusicalKey, TimeSignature
+from jobspec.music import (
+    BPM_MAX,
+    BPM_MIN,
+    MAX_CANDIDATES,
+    Bpm,
+    Loop,
+    MusicalKey,
+    TimeSignature,
+    check_asked,
+    loop_default_duration,
+)
 from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 from jobspec.output import LOSSY_FORMATS, Output
 from jobspec.song import GUIDANCE_MAX, LYRICS_MAX_CHARS, STEPS_MAX, Guidance, Language, Lyrics, Steps
@@ -278,6 +288,16 @@ class JobSpec(BaseModel):
         description=f"ACE-Step base models: classifier-free guidance scale, 1..{GUIDANCE_MAX:g} "
         "(default 7); a turbo checkpoint has its guidance built in and refuses the key.",
     )
+    candidates: Annotated[int, Field(strict=True, ge=1, le=MAX_CANDIDATES)] = Field(
+        default=1,
+        description=f"Best of N, 1..{MAX_CANDIDATES}: N takes (seed, seed+1, ...) in one batch, each scored "
+        "against bpm, key and loop; the best is the job's output, every take's seed and scores are in the "
+        "sidecar's `candidates`. Not with count above 1.",
+    )
+    keep_candidates: bool = Field(
+        default=False, strict=True, description="true: write the other takes too, as `<id>-c<n>.<ext>`."
+    )
+    loop: Loop | None = Field(default=None, description="Make the output a seamless loop (see loop.*).")
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling settings (see sampling.*).")
     output: Output = Field(default_factory=Output, description="Audio file settings (see output.*).")
     id: JobId | None = Field(
@@ -316,6 +336,17 @@ class JobSpec(BaseModel):
         if duration is not None and duration <= limit:
             data["duration"] = duration
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loop_duration(cls, data: Any) -> Any:
+        return loop_default_duration(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _asked_music(self) -> "JobSpec":
+        fields = ("loop", "bpm", "time_signature", "duration", "count", "candidates", "keep_candidates")
+        check_asked(**{f: getattr(self, f) for f in fields})
+        return self
 
     @model_validator(mode="after")
     def _one_reference_role(self) -> "JobSpec":

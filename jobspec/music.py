@@ -5,13 +5,20 @@ and the analysis of the written audio says how far the result is from them.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "MAX_CANDIDATES",
+    "MAX_LOOP_BARS",
+    "Loop",
+    "check_asked",
+    "loop_default_duration",
+    "loop_seconds",
     "BPM_MAX",
     "BPM_MIN",
     "KEY_PATTERN",
@@ -113,3 +120,76 @@ TimeSignature = Annotated[
     Field(strict=True, json_schema_extra={"pattern": TIME_SIGNATURE_PATTERN}),
     AfterValidator(_check_time_signature),
 ]
+
+
+MAX_LOOP_BARS = 64
+MAX_CANDIDATES = 8
+
+
+class Loop(BaseModel):
+    """A loop of whole bars at the asked tempo."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bars: Annotated[int, Field(strict=True, ge=1, le=MAX_LOOP_BARS)] = Field(
+        description=f"Bars in the loop, 1..{MAX_LOOP_BARS}: the output is exactly this many bars of the "
+        "job's `bpm` and `time_signature` (4/4 when unset), cut at detected downbeats, time-stretched to "
+        "the exact tempo and joined without a click at the wrap."
+    )
+
+
+def loop_seconds(bars: int, bpm: float, time_signature: str | None) -> float:
+    """Length of `bars` bars at `bpm` (quarter notes a minute) in `time_signature`."""
+    return bars * bar_beats(time_signature) * 60.0 / bpm
+
+
+def loop_default_duration(data: dict[str, Any]) -> dict[str, Any]:
+    """A raw job with a loop and no duration gets 1.5 loop lengths (room to choose the cut)."""
+    loop, bpm = data.get("loop"), data.get("bpm")
+    if "duration" in data or "sections" in data or not isinstance(loop, dict):
+        return data
+    bars, ts = loop.get("bars"), data.get("time_signature")
+    if not (isinstance(bars, int) and isinstance(bpm, int) and bpm > 0 and bars > 0):
+        return data
+    ts = ts if isinstance(ts, str) and _TS_RE.fullmatch(ts) else None
+    return {**data, "duration": math.ceil(15.0 * loop_seconds(bars, bpm, ts)) / 10.0}
+
+
+def music_rule(key: str, message: str, hint: str) -> PydanticCustomError:
+    """A rule between job keys, reported at `key` with `hint` (jobspec.loader reads both)."""
+    return PydanticCustomError("music_rule", message, {"key": key, "hint": hint})
+
+
+def check_asked(
+    *,
+    loop: Loop | None,
+    bpm: int | None,
+    time_signature: str | None,
+    duration: float,
+    count: int,
+    candidates: int,
+    keep_candidates: bool,
+) -> None:
+    """The rules between loop, bpm, duration, count and candidates; PydanticCustomError when broken."""
+    if loop is not None and bpm is None:
+        raise music_rule("loop", "a loop needs the tempo its bars are counted in", "add `bpm:` to the job")
+    if loop is not None and bpm is not None:
+        need = loop_seconds(loop.bars, bpm, time_signature)
+        if duration + 1e-9 < need:
+            raise music_rule(
+                "duration",
+                f"duration {duration:g} s is shorter than the loop ({loop.bars} bars at {bpm} BPM: "
+                f"{need:.2f} s)",
+                f"set duration to at least {math.ceil(need * 10) / 10:g} s (1.5 times that leaves room "
+                "to choose the cut), or leave it out",
+            )
+    if candidates > 1 and count > 1:
+        raise music_rule(
+            "candidates",
+            "candidates and count cannot both be above 1",
+            "candidates keeps the best of several takes; count keeps several variations",
+        )
+    if keep_candidates and candidates == 1:
+        raise music_rule(
+            "keep_candidates", "keep_candidates needs candidates above 1", "set candidates: 2..8"
+        )

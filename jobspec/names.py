@@ -71,11 +71,14 @@ def numbered_id(job_id: str, n: int) -> str:
     return job_id if n == 1 else f"{job_id}-{n}"
 
 
-def audio_names(job_id: str, *, ext: str, count: int) -> list[str]:
-    """Audio file names of a job: `<id>.<ext>`, or `<id>-v1.<ext>` ... when count > 1."""
+def audio_names(job_id: str, *, ext: str, count: int, kept_candidates: int = 0) -> list[str]:
+    """Audio file names of a job: `<id>.<ext>`, or `<id>-v1.<ext>` ... when count > 1; then
+    `<id>-c1.<ext>` ... `<id>-c<N>.<ext>` for best-of-N takes kept beside the best (all N are
+    reserved: which one is best is known only once they are measured)."""
+    kept = [f"{job_id}-c{i}.{ext}" for i in range(1, kept_candidates + 1)]
     if count == 1:
-        return [f"{job_id}.{ext}"]
-    return [f"{job_id}-v{i}.{ext}" for i in range(1, count + 1)]
+        return [f"{job_id}.{ext}", *kept]
+    return [f"{job_id}-v{i}.{ext}" for i in range(1, count + 1)] + kept
 
 
 _AUDIO_EXT_RE = re.compile(r"[A-Za-z0-9]{1,8}")

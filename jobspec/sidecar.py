@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobspec.analysis import Analysis
+from jobspec.analysis import Analysis, CandidateInfo, LoopInfo
 from jobspec.errors import ErrorDetail
 from jobspec.models import Job
 
@@ -182,6 +182,7 @@ class OutputInfo(_Strict):
     waveform: Waveform | None = Field(
         default=None, description="Peak envelope of the audio written (a few hundred points)."
     )
+    loop: LoopInfo | None = Field(default=None, description="Loop jobs: how the loop was cut and its seam.")
     analysis: Analysis | None = Field(
         default=None,
         description="Tempo, beats, key and loudness range measured on the file as written, and how far "
@@ -262,6 +263,9 @@ class ResultSidecar(_Strict):
     references: list[ReferenceInfo] = Field(
         default_factory=list,
         description="Reference audio the job used (continue_from, melody); empty for text only.",
+    )
+    candidates: list[CandidateInfo] = Field(
+        default_factory=list, description="Best-of-N jobs: every take's seed and scores; empty otherwise."
     )
 
 

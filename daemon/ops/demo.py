@@ -39,6 +39,8 @@ def cap_durations(doc: Any, cap: float, long_cap: float) -> Any:
     demo still goes through windowed continuation)."""
 
     def fix(job: dict[str, Any]) -> None:
+        if "loop" in job:
+            return  # a loop's length is its bars at its tempo (duration left out: 1.5 of them)
         d = job.get("duration")
         if isinstance(d, (int, float)):
             job["duration"] = min(float(d), long_cap if d > 30 else cap)
@@ -61,9 +63,17 @@ def cap_durations(doc: Any, cap: float, long_cap: float) -> Any:
         for job in doc.get("jobs", []) if isinstance(doc.get("jobs"), list) else []:
             if isinstance(job, dict):
                 fix(job)
-        if "jobs" not in doc and "sections" not in doc:
+        if "jobs" not in doc and "sections" not in doc and "loop" not in doc:
             doc.setdefault("duration", cap)
     return doc
+
+
+def _loop_note(output: dict[str, Any]) -> str:
+    loop = output.get("loop")
+    if not isinstance(loop, dict):
+        return ""
+    seam = "seamless" if loop["seamless"] else "seam over its limit"
+    return f" (loop: {loop['bars']} bars at {loop['bpm']} BPM, {seam})"
 
 
 def write_library(library: Path) -> None:
@@ -184,7 +194,7 @@ def run_demo(
                 (
                     body["job_id"],
                     "completed",
-                    f"{outs[0]['duration_s']:.1f}s x{len(outs)}",
+                    f"{outs[0]['duration_s']:.1f}s x{len(outs)}" + _loop_note(outs[0]),
                     lufs,
                     f"{body['rtf']:.3f}",
                     ", ".join(o["path"] for o in outs),

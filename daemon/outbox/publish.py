@@ -26,11 +26,13 @@ from daemon.audio.waveform import peak_envelope
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, message_id
-from daemon.core.messages import SEED_MOD, Generated
+from daemon.core.messages import Generated
 from daemon.outbox.hostinfo import host_info
 from daemon.outbox.measure import measure
+from daemon.outbox.shaping import shape
 from jobspec import Job, Output
-from jobspec.names import audio_names, sidecar_name, source_folder
+from jobspec.music import text_hint
+from jobspec.names import sidecar_name, source_folder
 from jobspec.sidecar import (
     ModelInfo,
     OutputInfo,
@@ -47,11 +49,6 @@ LOSSY_PEAK_PASSES = 4  # encodes of one file at most: the first, then lower limi
 # systemd) sets it to kill the daemon inside this step, after every audio file of a job is in
 # outbox/ and before its sidecar is. Called with the job and the sidecar's path; None in real runs.
 before_sidecar_fault: Callable[[Job, Path], None] | None = None
-
-
-def output_names(job_id: str, job: Job) -> list[str]:
-    """Audio file names of a job (the rule is jobspec.names.audio_names)."""
-    return audio_names(job_id, ext=job.output.format, count=job.count)
 
 
 # A JSON array of numbers that indent=2 spread one per line. Strings never hold a raw newline,
@@ -77,7 +74,9 @@ def file_tags(job_id: str, job: Job, seed: int, model: ModelInfo, when: float) -
     """The metadata every audio file carries, so a copy that leaves the outbox keeps its provenance."""
     return {
         "title": job.prompt,
-        "comment": f"dgx-music job {job_id}, seed {seed}, model {model.name} ({model.source})",
+        # No container soundfile writes has a BPM or key field: the asked ones ride in the comment.
+        "comment": f"dgx-music job {job_id}, seed {seed}, model {model.name} ({model.source})"
+        + (f"; {asked}" if (asked := text_hint(job.bpm, job.key, job.time_signature)) else ""),
         "software": f"dgx-music {__version__}",
         "date": utc(when).date().isoformat(),
     }
@@ -159,13 +158,15 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
     outputs: list[OutputInfo] = []
     analysis_s = 0.0
     try:
-        for i, name in enumerate(output_names(job_id, job)):
+        # Loops cut and best-of-N takes chosen first: what follows writes whatever they leave.
+        takes, candidates = shape(job_id, job, audio, sample_rate, seed)
+        for take in takes:
+            name, variation_seed = take.name, take.seed
             target_lufs = job.output.loudness_lufs if normalize_audio else None
             ceiling = job.output.true_peak_dbtp if normalize_audio else None
-            variation_seed = (seed + i) % SEED_MOD
             post, info, lufs, peak = write_variation(
                 outbox / name,
-                audio[i],
+                take.audio,
                 sample_rate,
                 job.output,
                 target_lufs,
@@ -194,8 +195,9 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
                     integrated_lufs=lufs,
                     true_peak_dbtp=peak,
                     gain_db=round(post.gain_db, 3),
-                    variation=i + 1,
+                    variation=take.variation,
                     seed=variation_seed,
+                    loop=take.loop,
                     waveform=Waveform(bins=env.bins, min=env.min, max=env.max),
                     analysis=analysis,
                 )
@@ -226,6 +228,10 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
             references=list(done.references),
             decoder=res.decoder,
             reproducibility=Reproducibility(**res.reproducibility) if res.reproducibility else None,
+            candidates=[
+                c.model_copy(update={"path": f"{folder}/{c.path}" if folder and c.path else c.path})
+                for c in candidates
+            ],
         )
         path = outbox / sidecar_name(job_id)
         body = sidecar_json(sidecar.model_dump(mode="json"))

@@ -27,7 +27,8 @@ log = logging.getLogger("daemon.service.daemon")  # operators grep the daemon's 
 
 
 def _audio_names(job_id: str, job: Job) -> list[str]:
-    return audio_names(job_id, ext=job.output.format, count=job.count)
+    kept = job.candidates if job.keep_candidates else 0
+    return audio_names(job_id, ext=job.output.format, count=job.count, kept_candidates=kept)
 
 
 class Admission:

@@ -131,7 +131,7 @@ class Worker:
         if first.pending is not None or first.claim.crashes or first.conditioned:
             return []
         model = first.job.model or self.settings.default_model
-        rows = first.job.count
+        rows = first.job.count * first.job.candidates  # best of N decodes every take
 
         def fits(other: QueuedJob) -> bool:
             nonlocal rows
@@ -141,9 +141,9 @@ class Worker:
                 return False
             if (other.job.model or self.settings.default_model) != model:
                 return False
-            if rows + other.job.count > self.settings.max_batch:
+            if rows + other.job.count * other.job.candidates > self.settings.max_batch:
                 return False
-            rows += other.job.count
+            rows += other.job.count * other.job.candidates
             return True
 
         return self.queue.take_compatible(fits, self.settings.max_batch - 1)
@@ -277,7 +277,7 @@ class Worker:
         return GenerationRequest(
             prompt=job.prompt,
             duration=job.duration,
-            count=job.count,
+            count=job.count * job.candidates,
             seed=job.seed,
             temperature=s.temperature,
             top_k=s.top_k,

@@ -60,3 +60,63 @@ def test_every_output_is_measured_against_what_was_asked(tmp_path: Path, tiny_mo
     assert f'<span class="tempo">{tempo}</span>' in page
     assert f'<span class="key">{shown["key"] or "key n/a"}</span>' in page
     json.dumps(body)  # plain JSON all through
+
+
+def test_a_loop_job_is_n_bars_at_the_asked_tempo_with_a_clean_seam(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import numpy as np
+
+    config = write_config(tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir)
+    sp = SpoolView(tmp_path / "spool")
+    job = {"prompt": "a drum loop", "seed": 4, "bpm": 150, "key": "E minor", "loop": {"bars": 2}}
+    with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
+        daemon.start()
+        sp.drop("loop.yaml", yaml.safe_dump(job))
+        body = sp.wait_outcome("loop", TIMEOUT_S, alive=daemon)
+        assert daemon.stop() == 0
+    assert body["status"] == "completed", body
+    assert body["request"]["duration"] == 4.8  # 1.5 loop lengths when left out
+    (out,) = body["outputs"]
+    audio, rate = read_audio(sp.outbox / out["path"])
+    exact = round(2 * 4 * 60 / 150 * rate)  # 2 bars of 4/4 at 150 BPM: 3.2 s
+    assert audio.shape[-1] == out["frames"] == out["loop"]["samples"] == exact
+    assert out["loop"]["seamless"] and out["loop"]["bpm"] == 150
+    # The seam, measured here on the file as written (after loudness and PCM rounding).
+    steps = np.abs(np.diff(audio, axis=-1))
+    assert np.max(np.abs(audio[:, -1] - audio[:, 0])) <= np.percentile(steps, 99)
+    assert "bpm: 150. key: E minor" in out["tags"]["comment"]
+
+
+def test_best_of_n_keeps_the_best_scored_take_and_it_comes_back_from_its_seed(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import numpy as np
+
+    config = write_config(tmp_path / "config.yaml", tmp_path / "spool", tiny_model_dir)
+    sp = SpoolView(tmp_path / "spool")
+    asked = {"prompt": "a tune to choose", "duration": 3.0, "bpm": 100, "key": "G major"}
+    with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
+        daemon.start()
+        sp.drop("best.yaml", yaml.safe_dump({**asked, "seed": 40, "candidates": 3, "keep_candidates": True}))
+        body = sp.wait_outcome("best", TIMEOUT_S, alive=daemon)
+        chosen = next(c for c in body["candidates"] if c["chosen"])
+        sp.drop("again.yaml", yaml.safe_dump({**asked, "seed": chosen["seed"]}))
+        again = sp.wait_outcome("again", TIMEOUT_S, alive=daemon)
+        assert daemon.stop() == 0
+    cands = body["candidates"]
+    assert [c["seed"] for c in cands] == [40, 41, 42]
+    assert chosen == min(cands, key=lambda c: (c["score"], c["candidate"]))
+    # The score is what the documented rule gives from the recorded measures.
+    steps = {"same": 0, "relative": 1, "parallel": 1, "fifth": 2, "other": 3}
+    for c in cands:
+        tempo = 30.0 if c["tempo_error_bpm"] is None else abs(c["tempo_error_bpm"])
+        key = 12.0 if c["key_relation"] is None else 4 * steps[c["key_relation"]]
+        assert c["score"] == pytest.approx(tempo + key, abs=0.02)
+    paths = sorted(o["path"] for o in body["outputs"])
+    assert paths == sorted(["best.wav", *(f"best-c{c['candidate']}.wav" for c in cands if not c["chosen"])])
+    assert body["outputs"][0]["path"] == "best.wav" and body["outputs"][0]["seed"] == chosen["seed"]
+    best, _ = read_audio(sp.outbox / "best.wav")
+    single, _ = read_audio(sp.outbox / again["outputs"][0]["path"])
+    # Its seed alone makes the same take again (the rows of a decode are independent).
+    assert best.shape == single.shape and np.max(np.abs(best - single)) < 2e-3

@@ -54,6 +54,9 @@ def test_examples_show_what_they_promise() -> None:
     assert by_name["lofi-loop.yaml"][0].duration == 8.0
     tk = by_name["tempo-key.yaml"][0]
     assert (tk.bpm, tk.key, tk.time_signature) == (92, "D minor", "4/4")
+    loop = by_name["drum-loop.yaml"][0]
+    assert (loop.bpm, loop.loop.bars if loop.loop else None) == (124, 4)
+    assert by_name["best-of.yaml"][0].candidates == 4
     assert by_name["seeded.yaml"][0].seed is not None
     assert by_name["variations.yaml"][0].count == 4
     assert by_name["long-piece.yaml"][0].duration == 60.0

@@ -195,6 +195,7 @@ def test_job_table_lists_every_key_with_its_default_and_description() -> None:
         + [f"sections[].{k}" for k in Section.model_fields]
         + [f"sampling.{k}" for k in Sampling.model_fields]
         + [f"output.{k}" for k in Output.model_fields]
+        + ["loop.bars"]
         + ["defaults", "jobs"]
     )
     assert keys == expected

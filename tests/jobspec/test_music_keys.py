@@ -88,3 +88,32 @@ def test_musicgen_reads_the_asked_music_as_a_hint_in_its_text() -> None:
     assert model_text(req, req.prompt) == "warm lo-fi beat. bpm: 90. key: A minor. time signature: 4/4"
     plain = GenerationRequest("warm lo-fi beat", 8.0)
     assert model_text(plain, plain.prompt) == "warm lo-fi beat"
+
+
+def test_a_loop_without_duration_gets_room_to_choose_its_cut() -> None:
+    job = one("prompt: a loop here\nbpm: 120\nloop: {bars: 2}\n")  # 2 bars of 4/4 at 120: 4 s
+    assert (job.duration, job.loop.bars, job.candidates) == (6.0, 2, 1)
+    waltz = one("prompt: a loop here\nbpm: 90\ntime_signature: 3/4\nloop: {bars: 4}\n")  # 8 s
+    assert waltz.duration == 12.0
+
+
+@pytest.mark.parametrize(
+    ("text", "loc", "fragment", "hint"),
+    [
+        ("loop: {bars: 2}", "loop", "needs the tempo", "bpm"),
+        ("bpm: 120\nduration: 3\nloop: {bars: 2}", "duration", "shorter than the loop", "at least 4 s"),
+        ("bpm: 120\nloop: {bars: 65}", "loop.bars", "less than or equal to 64", "1 to 64"),
+        ("candidates: 3\ncount: 2", "candidates", "cannot both be above 1", "best of several"),
+        ("candidates: 9", "candidates", "less than or equal to 8", "1 to 8"),
+        ("keep_candidates: true", "keep_candidates", "needs candidates above 1", "2..8"),
+    ],
+)
+def test_loop_and_candidate_rules_name_field_line_and_hint(
+    text: str, loc: str, fragment: str, hint: str
+) -> None:
+    with pytest.raises(JobSpecError) as err:
+        load_job_bytes(f"prompt: warm piano\n{text}\n".encode(), "job.yaml")
+    (detail,) = err.value.details
+    assert detail.loc == loc and detail.line is not None and detail.line >= 2
+    assert fragment in detail.msg
+    assert detail.hint is not None and hint in detail.hint

@@ -1,0 +1,122 @@
+"""From a job's generated rows to the files it writes: loops cut (`loop:`), best-of-N takes scored
+and the best chosen (`candidates:`). Runs in the publisher's thread, before loudness and encoding.
+
+The score of a take (lower is better), each term only where the job asks for it: the tempo error
+in BPM (|measured - asked|; no tempo found counts 30), 4 x the key steps (same 0, relative or
+parallel 1, fifth 2, other 3; no key found counts 12), and 5 x the loop's seam score (its worse
+ratio to a limit; <= 1 is seamless). A job that asks for none of them keeps the take whose tempo
+and key are clearest (minus the sum of their confidences). Ties go to the lower take number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from daemon.audio.analysis import analyze
+from daemon.audio.loop import Looped, make_loop
+from daemon.core.messages import SEED_MOD
+from jobspec import Job
+from jobspec.analysis import KEY_STEPS, CandidateInfo, LoopInfo, key_relation
+from jobspec.names import audio_names
+
+NO_TEMPO, NO_KEY, KEY_WEIGHT, SEAM_WEIGHT = 30.0, 12.0, 4.0, 5.0
+
+
+@dataclass(frozen=True)
+class Take:
+    """One file to write: its name, audio [channels, samples], variation number and seed."""
+
+    name: str
+    audio: np.ndarray
+    variation: int
+    seed: int
+    loop: LoopInfo | None
+
+
+def loop_info(job: Job, looped: Looped) -> LoopInfo:
+    seam = looped.seam
+    assert job.loop is not None and job.bpm is not None
+    return LoopInfo(
+        bars=job.loop.bars,
+        bpm=job.bpm,
+        samples=int(looped.audio.shape[-1]),
+        start_s=round(looped.start_s, 4),
+        source_s=round(looped.source_s, 4),
+        stretch=round(looped.stretch, 5),
+        source_bpm=None if looped.measured_bpm is None else round(looped.measured_bpm, 2),
+        seam_jump=round(seam.jump, 6),
+        seam_jump_limit=round(seam.jump_limit, 6),
+        seam_change=round(seam.change, 4),
+        seam_change_limit=round(seam.change_limit, 4),
+        seamless=seam.seamless,
+    )
+
+
+def score_take(job: Job, raw: np.ndarray, sample_rate: int, looped: Looped | None, number: int, seed: int):  # noqa: ANN201
+    """A take's CandidateInfo (not yet chosen), measured on its generated audio."""
+    m = analyze(raw, sample_rate, job.time_signature)
+    error = None if m.tempo_bpm is None or job.bpm is None else m.tempo_bpm - job.bpm
+    relation = None if m.key is None or job.key is None else key_relation(m.key, job.key)
+    seam = None if looped is None else looped.seam.score
+    if job.bpm is None and job.key is None and looped is None:
+        score = -(m.tempo_confidence + m.key_confidence)
+    else:
+        score = 0.0
+        if job.bpm is not None:
+            score += NO_TEMPO if error is None else abs(error)
+        if job.key is not None:
+            score += NO_KEY if relation is None else KEY_WEIGHT * KEY_STEPS[relation]
+        if seam is not None:
+            score += SEAM_WEIGHT * seam
+    return CandidateInfo(
+        candidate=number,
+        seed=seed,
+        chosen=False,
+        tempo_bpm=None if m.tempo_bpm is None else round(m.tempo_bpm, 2),
+        tempo_error_bpm=None if error is None else round(error, 2),
+        key=m.key,
+        key_relation=relation,
+        seam_score=None if seam is None else round(seam, 4),
+        score=round(score, 4),
+    )
+
+
+def shape(
+    job_id: str, job: Job, audio: np.ndarray, sample_rate: int, seed: int
+) -> tuple[list[Take], list[CandidateInfo]]:
+    """The files a job writes from its rows ([rows, channels, samples]) and, for best-of-N, every
+    take's record (the chosen one first written as `<id>.<ext>`, kept ones as `<id>-c<n>.<ext>`)."""
+    looped: list[Looped | None] = []
+    for row in audio:
+        if job.loop is None or job.bpm is None:
+            looped.append(None)
+        else:
+            looped.append(
+                make_loop(
+                    row, sample_rate, bpm=job.bpm, bars=job.loop.bars, time_signature=job.time_signature
+                )
+            )
+    rows = [row if lp is None else lp.audio for row, lp in zip(audio, looped)]
+    loops = [None if lp is None else loop_info(job, lp) for lp in looped]
+    seeds = [(seed + i) % SEED_MOD for i in range(len(rows))]
+    ext = job.output.format
+    if job.candidates == 1:
+        names = audio_names(job_id, ext=ext, count=job.count)
+        return [
+            Take(n, r, i + 1, s, lp) for i, (n, r, s, lp) in enumerate(zip(names, rows, seeds, loops))
+        ], []
+    records = [score_take(job, audio[i], sample_rate, looped[i], i + 1, seeds[i]) for i in range(len(rows))]
+    best = min(range(len(records)), key=lambda i: (records[i].score, i))
+    takes = [Take(f"{job_id}.{ext}", rows[best], 1, seeds[best], loops[best])]
+    if job.keep_candidates:
+        takes += [
+            Take(f"{job_id}-c{i + 1}.{ext}", rows[i], 1, seeds[i], loops[i])
+            for i in range(len(rows))
+            if i != best
+        ]
+    for t in takes:
+        i = seeds.index(t.seed)
+        records[i] = records[i].model_copy(update={"chosen": i == best, "path": t.name})
+    return takes, records
