@@ -23,17 +23,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jobspec.music import (
-    BPM_MAX,
-    BPM_MIN,
-    MAX_CANDIDATES,
-    Bpm,
-    Loop,
-    MusicalKey,
-    TimeSignature,
-    check_asked,
-    loop_default_duration,
-)
+from jobspec import music
+from jobspec.music import BPM_MAX, BPM_MIN, MAX_CANDIDATES, Bpm, Loop, MusicalKey, TimeSignature
 from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 from jobspec.output import LOSSY_FORMATS, Output
 from jobspec.song import GUIDANCE_MAX, LYRICS_MAX_CHARS, STEPS_MAX, Guidance, Language, Lyrics, Steps
@@ -340,12 +331,12 @@ class JobSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _loop_duration(cls, data: Any) -> Any:
-        return loop_default_duration(data) if isinstance(data, dict) else data
+        return music.loop_default_duration(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _asked_music(self) -> "JobSpec":
         fields = ("loop", "bpm", "time_signature", "duration", "count", "candidates", "keep_candidates")
-        check_asked(**{f: getattr(self, f) for f in fields})
+        music.check_asked(**{f: getattr(self, f) for f in fields})
         return self
 
     @model_validator(mode="after")
