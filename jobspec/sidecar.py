@@ -77,6 +77,12 @@ class ModelInfo(_Strict):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = Field(description="The model's name in the daemon's config.")
+    family: str | None = Field(default=None, description="The model family: musicgen or ace-step.")
+    license: str | None = Field(
+        default=None,
+        description="The weights' licence as the model card's metadata (or the config) gives it, e.g. "
+        "mit, cc-by-nc-4.0 (no commercial use); null when unknown.",
+    )
     source: str = Field(description="Hugging Face repo id or local directory.")
     revision: str | None = Field(default=None, description="Resolved revision (commit hash) when known.")
     dtype: str = Field(description="Weights dtype, e.g. float32, bfloat16.")

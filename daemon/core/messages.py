@@ -64,6 +64,12 @@ class GenerationRequest:
     bpm: int | None = None
     key: str | None = None
     time_signature: str | None = None
+    # A song with vocals (ACE-Step): words to sing and their language, denoising steps and guidance
+    # (None: the checkpoint's defaults).
+    lyrics: str | None = None
+    language: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
 
     @property
     def conditioned(self) -> bool:
@@ -165,11 +171,15 @@ class LoadedModelInfo:
     load_s: float
     backend: str = "transformers"
     setup: DecodeSetup | None = None
+    family: str = "musicgen"
+    license: str | None = None  # the weights' licence (model card or config); None when unknown
 
     def sidecar_fields(self) -> dict[str, Any]:
         """The sidecar's `model` block (jobspec.sidecar.ModelInfo)."""
         return {
             "name": self.name,
+            "family": self.family,
+            "license": self.license,
             "source": self.source,
             "revision": self.revision,
             "dtype": self.dtype,

@@ -21,7 +21,7 @@ from typing import Any
 
 from daemon.core.config import ModelSpec, Settings
 from daemon.core.errors import ModelLoadError, UnknownModelError
-from daemon.engine.hub import hf_cache_dir, hf_offline
+from daemon.engine.hub import card_license, hf_cache_dir, hf_offline
 from daemon.engine.loadable import loadability, local_checkpoint
 
 __all__ = [
@@ -49,6 +49,7 @@ class LoadedCheckpoint:
     model: Any  # MusicgenForConditionalGeneration (or MusicgenMelodyForConditionalGeneration)
     processor: Any  # MusicgenProcessor (or daemon.engine.melody.TextProcessor)
     melody: bool = False  # a musicgen-melody checkpoint: takes `melody` references (chroma)
+    license: str | None = None  # the weights' licence (config, else model card); None when unknown
 
 
 @contextmanager
@@ -74,7 +75,7 @@ def quiet_transformers() -> Iterator[None]:
 # ---------------------------------------------------------------- resolving and loading
 
 # Files a MusicGen snapshot needs; weights come as safetensors, or .bin for repos without them.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "spiece.model", "*.txt"]
+_HUB_PATTERNS = ["*.json", "*.safetensors", "spiece.model", "*.txt", "README.md"]
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 
 
@@ -271,8 +272,15 @@ def load_checkpoint(name: str, settings: Settings, *, device: Any, dtype: Any) -
         raise _oom_at_load(name, device, exc) from exc
     codec_in_float32(model)
     model.eval()
+    licence = spec.license if spec.license is not None else card_license(directory)
     return LoadedCheckpoint(
-        name=name, source=source, revision=revision, model=model, processor=processor, melody=melody
+        name=name,
+        source=source,
+        revision=revision,
+        model=model,
+        processor=processor,
+        melody=melody,
+        license=licence,
     )
 
 

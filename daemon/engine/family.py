@@ -6,7 +6,8 @@ only to the `LoadedFamily` it got back: warm it up, plan a call's rows, decode t
 batch, read the audio and the reproducibility facts. The stages after the engine (queue, outbox,
 service) see only `daemon.core.messages` values (`GenerationResult`, `LoadedModelInfo` with its
 `DecodeSetup`), so a job's path through spool/, queue/ and outbox/ is the same whichever family
-ran it. MusicGen (`daemon.engine.musicgen`) is the first family.
+ran it. MusicGen (`daemon.engine.musicgen`) is the first family, ACE-Step 1.5
+(`daemon.engine.acestep`, songs with lyrics through diffusers) the second.
 
 How a new family plugs in:
 
@@ -40,7 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.core.errors import GenerationCancelled, GenerationTimeoutError, ModelLoadError, UnknownModelError
-from daemon.core.families import MUSICGEN, spec_family
+from daemon.core.families import ACE_STEP, MUSICGEN, spec_family
 from daemon.core.messages import (
     SEED_MOD,
     DecodeSetup,
@@ -214,9 +215,10 @@ def decode_call(
 
 def _families() -> dict[str, ModelFamily]:
     # Imported here: a family pulls in its framework (transformers, diffusers) only when asked.
+    from daemon.engine.acestep.model import AceStep
     from daemon.engine.musicgen import MusicGen
 
-    return {MUSICGEN: MusicGen()}
+    return {MUSICGEN: MusicGen(), ACE_STEP: AceStep()}
 
 
 def family_for(name: str, settings: Settings) -> ModelFamily:

@@ -91,6 +91,8 @@ class MusicGenModel:
             load_s=0.0,
             backend=setup.decoder,
             setup=setup,
+            family=FAMILY,
+            license=ckpt.license,
         )
         self.framing = Framing.of(self._info, settings)
 

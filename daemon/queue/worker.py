@@ -128,7 +128,14 @@ class Worker:
         # A crash during a shared decode is blamed on every job in it: a job with a crash on
         # record runs alone, so its next attempt tells the culprit from its batch-mates.
         # Sections and reference audio give a job windows of its own (text, prefix codes, chroma).
-        if first.pending is not None or first.claim.crashes or first.conditioned:
+        # A `guidance` may be refused by the model (a turbo ACE-Step checkpoint): such a job runs
+        # alone, so a refusal never fails its batch-mates.
+        if (
+            first.pending is not None
+            or first.claim.crashes
+            or first.conditioned
+            or first.job.guidance is not None
+        ):
             return []
         model = first.job.model or self.settings.default_model
         rows = first.job.count * first.job.candidates  # best of N decodes every take
@@ -137,7 +144,7 @@ class Worker:
             nonlocal rows
             if other.pending is not None or other.claim.crashes or other.job.duration != first.job.duration:
                 return False
-            if other.conditioned:
+            if other.conditioned or other.job.guidance is not None:
                 return False
             if (other.job.model or self.settings.default_model) != model:
                 return False
@@ -290,6 +297,10 @@ class Worker:
             bpm=job.bpm,
             key=job.key,
             time_signature=job.time_signature,
+            lyrics=job.lyrics,
+            language=job.language,
+            steps=job.steps,
+            guidance=job.guidance,
         )
 
     def _generate(self, batch: list[QueuedJob], name: str) -> None:

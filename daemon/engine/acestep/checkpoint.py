@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daemon.core.config import Settings
 from daemon.core.errors import ModelLoadError
-from daemon.engine.checkpoints import local_revision, resolve_spec, snapshot
-from daemon.engine.hub import hf_cache_dir, hf_offline
+from daemon.engine.checkpoints import local_revision, quiet_transformers, resolve_spec, snapshot
+from daemon.engine.hub import card_license, hf_cache_dir, hf_offline
 from daemon.engine.loadable import loadability
 
 log = logging.getLogger(__name__)
@@ -116,32 +115,6 @@ def pipeline_revision(directory: Path) -> str:
     return "local:" + h.hexdigest()
 
 
-_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
-
-
-def card_license(directory: Path) -> str | None:
-    """The `license` of the model card's metadata (README.md front matter), None when absent."""
-    try:
-        text = (directory / "README.md").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    match = _FRONT_MATTER.match(text)
-    if match is None:
-        return None
-    import yaml
-
-    try:
-        meta = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
-        return None
-    value = meta.get("license") if isinstance(meta, dict) else None
-    if value is None:
-        return None
-    if value == "other" and isinstance(meta.get("license_name"), str):
-        return str(meta["license_name"])
-    return str(value)
-
-
 def fetch(name: str, settings: Settings) -> Path:
     """Download ACE-Step model `name` into the hub cache (a local directory is only checked)."""
     spec = resolve_spec(name, settings)
@@ -184,8 +157,10 @@ def load_pipeline(name: str, settings: Settings, *, device: Any, dtype: Any) -> 
 
     level = df_logging.get_verbosity()
     df_logging.set_verbosity_error()
+    df_logging.disable_progress_bar()
     try:
-        pipe = AceStepPipeline.from_pretrained(directory, dtype=dtype)
+        with quiet_transformers():
+            pipe = AceStepPipeline.from_pretrained(directory, dtype=dtype)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             raise _oom_at_load(name, device, exc) from exc
@@ -196,6 +171,7 @@ def load_pipeline(name: str, settings: Settings, *, device: Any, dtype: Any) -> 
         ) from exc
     finally:
         df_logging.set_verbosity(level)
+        df_logging.enable_progress_bar()
     try:
         pipe = pipe.to(device)
     except torch.OutOfMemoryError as exc:
