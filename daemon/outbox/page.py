@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from daemon.core.fsio import atomic_write_bytes
 from daemon.outbox.measure import measures_html
+from daemon.outbox.songtext import LYRICS_CSS, lyrics_html, provenance
 from jobspec.names import PAGE_NAME
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,12 @@ _STYLE = (
     ".job.failed{border-left-color:#c33}.job h3{font-size:1.05em;margin:.2em 0}"
     ".job h3 time,.folder{color:#777;font-weight:normal;font-size:.9em}"
     ".prompt{margin:.3em 0;white-space:pre-wrap;font-size:1.05em}"
-    ".lyrics{margin:.3em 0;white-space:pre-wrap;font:inherit;font-style:italic;max-height:16em;overflow:auto}"
     "h2.group{font-size:1.15em;margin:1.2em 0 .5em}.meta{color:#555;font-size:.9em;margin:.3em 0}"
     ".meta span{margin-right:1.2em;display:inline-block}.vars{display:flex;flex-wrap:wrap;gap:1em}"
     ".var{margin:0;flex:1 1 300px;max-width:460px}.var figcaption{font-size:.85em;color:#555}"
     ".var svg{display:block;width:100%;height:56px;background:#f0f4f2}.var svg path{fill:#3a7}"
     ".var audio{width:100%}.error{color:#a22;font-weight:bold}.hint{color:#555}"
-    "#filter{margin:0 0 1em}#filter input{width:20em}"
+    "#filter{margin:0 0 1em}#filter input{width:20em}" + LYRICS_CSS
 )
 
 
@@ -223,16 +223,7 @@ def _prompt_html(request: dict[str, Any]) -> str:
             if isinstance(s, dict)
         )
         return f'<ol class="prompt sections">{items}</ol>'
-    return f'<p class="prompt">{_e(request.get("prompt"))}</p>{_lyrics_html(request)}'
-
-
-def _lyrics_html(request: dict[str, Any]) -> str:
-    """A song's lyrics as text, as written (section tags and line breaks kept)."""
-    lyrics = request.get("lyrics")
-    if not isinstance(lyrics, str) or not lyrics.strip():
-        return ""
-    lang = request.get("language") if isinstance(request.get("language"), str) else "en"
-    return f'<pre class="lyrics" lang="{_e(lang)}">{_e(lyrics.strip())}</pre>'
+    return f'<p class="prompt">{_e(request.get("prompt"))}</p>{lyrics_html(request)}'
 
 
 def _meta(spans: list[tuple[str, str]]) -> str:
@@ -290,10 +281,8 @@ def render_result(entry: Entry) -> str:
         (
             "model",
             f"{model.get('name', request.get('model'))} "
-            f"({model.get('device', '?')}, {model.get('dtype', '?')})",
+            f"({model.get('device', '?')}, {model.get('dtype', '?')}{provenance(model)})",
         ),
-        *([("family", str(model["family"]))] if model.get("family") else []),
-        ("licence", str(model.get("license") or "unknown")),
         ("duration", _num(duration, ".1f", " s")),
         ("variations", str(len(outputs))),
         ("RTF", _num(b.get("rtf"), ".3f")),

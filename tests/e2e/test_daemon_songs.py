@@ -77,7 +77,7 @@ def run(
         for job_id in ("long", "pair-a", "pair-b"):
             sp.wait_outcome(job_id, 240, alive=daemon)
         # Cancelled while it denoises: progress has moved, the song is not finished.
-        sp.drop("endless.yaml", _song("a song nobody waits for", duration=6.0, steps=200, seed=3))
+        sp.drop("endless.yaml", _song("a song nobody waits for", duration=60.0, steps=200, seed=3))
         wait_until(
             lambda: any(r.get("job_id") == "endless" and r.get("frames_done", 0) > 0 for r in sp.running()),
             120,
@@ -173,6 +173,6 @@ def test_the_page_shows_the_lyrics_as_text_and_the_licence(run: dict[str, Any]) 
     dom.feed(dumped.stdout)
     text = " ".join(" ".join(dom.text).split())
     assert "[verse] Morning light on the harbour wall [chorus] Hold on, the tide is turning" in text
-    assert "licence: mit" in text and "family: ace-step" in text
+    assert "(cpu, float32, ace-step, licence mit)" in text
     lyrics = [a for a in dom.find("pre") if a.get("class") == "lyrics"]
     assert lyrics and lyrics[0].get("lang") == "en"
