@@ -406,13 +406,13 @@ def write_page(
     older version let one make outbox/index.html/): the page is not written until it is moved."""
     target = outbox / PAGE_NAME
     with contextlib.suppress(FileNotFoundError):
-        mode = os.lstat(target).st_mode
-        if not stat.S_ISREG(mode):
-            what = "a directory" if stat.S_ISDIR(mode) else "not a file"
+        # A link or file there is simply replaced (rename replaces the name, never a target);
+        # a directory cannot be, and is not ours to remove.
+        if stat.S_ISDIR(os.lstat(target).st_mode):
             raise OSError(
                 errno.EEXIST,
-                f"outbox/{PAGE_NAME} is {what}, not the page "
-                "(results of an inbox folder of that name?); move it away and the page is written again",
+                f"outbox/{PAGE_NAME} is a directory, not the page (results of an inbox folder of that "
+                "name?); move it away and the page is written again",
             )
     entries, total = collect(outbox, failed, max_jobs, cache)
     return atomic_write_bytes(target, render(entries, total).encode("utf-8"))

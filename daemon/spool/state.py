@@ -264,7 +264,7 @@ def cancel_requested(settings: Settings, job_id: str, *, since: float | None = N
     except InvalidJobIdError:
         return False
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=False)  # submitters write state/cancel/: never follow
     except FileNotFoundError:
         return False
     return since is None or st.st_mtime >= since

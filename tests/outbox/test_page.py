@@ -153,3 +153,22 @@ def test_refresher_debounces_and_writes_once_more_after_a_burst(spool: tuple[Pat
     assert page.tick(102.1) is True and page.writes == 2
     assert page.tick(110.0) is False  # quiet: no more writes
     assert (outbox / "index.html").read_text().count("<article") == 10
+
+
+def test_page_name_squatted_by_a_folder_is_refused_with_a_remedy_and_a_link_is_replaced(
+    tmp_path: Path,
+) -> None:
+    outbox, failed = tmp_path / "outbox", tmp_path / "failed"
+    failed.mkdir()
+    (outbox / "index.html").mkdir(parents=True)
+    (outbox / "index.html" / "old.json").write_text("{}")
+    with pytest.raises(OSError, match="is a directory, not the page.*move it away"):
+        write_page(outbox, failed)
+    assert (outbox / "index.html" / "old.json").exists()  # results of an older version are kept
+    os.rename(outbox / "index.html", outbox / "index.html.old")
+    outside = tmp_path / "outside.html"
+    outside.write_text("not the daemon's")
+    os.symlink(outside, outbox / "index.html")
+    page = write_page(outbox, failed)
+    assert not page.is_symlink() and "dgx-music outbox" in page.read_text()
+    assert outside.read_text() == "not the daemon's"
