@@ -38,16 +38,23 @@ class JobContext:
     job_id: str | None = None
     model: str | None = None
     stage: str | None = None
+    # Every job of a decode batch (job_id is the first): a batch's own records name them all.
+    batch: tuple[str, ...] = ()
 
     def label(self) -> str:
-        """`job abc/small/generate`, or `small/load` before a job is known; '' when empty."""
+        """`job abc/small/generate`, `job abc (+7 batched)/small/generate`, or `small/load`
+        before a job is known; '' when empty."""
         parts = [p for p in (self.model, self.stage) if p]
         if self.job_id:
-            parts.insert(0, f"job {self.job_id}")
+            more = f" (+{len(self.batch) - 1} batched)" if len(self.batch) > 1 else ""
+            parts.insert(0, f"job {self.job_id}{more}")
         return "/".join(parts)
 
-    def fields(self) -> dict[str, str]:
-        values = (self.job_id, self.model, self.stage)
+    def fields(self) -> dict[str, str | list[str]]:
+        """The journal fields; a batch's DGX_MUSIC_JOB_ID holds every id of it (journald keeps a
+        field given more than once, and `journalctl DGX_MUSIC_JOB_ID=x` matches any of them)."""
+        job: str | list[str] | None = list(self.batch) if len(self.batch) > 1 else self.job_id
+        values = (job, self.model, self.stage)
         return {name: value for name, value in zip(_FIELDS, values) if value}
 
 
@@ -60,7 +67,11 @@ def current_context() -> JobContext:
 
 @contextlib.contextmanager
 def job_context(
-    job_id: str | None = None, *, model: str | None = None, stage: str | None = None
+    job_id: str | None = None,
+    *,
+    model: str | None = None,
+    stage: str | None = None,
+    batch: tuple[str, ...] | list[str] | None = None,
 ) -> Iterator[JobContext]:
     """Tag every log record inside the block; the previous context comes back on exit.
 
@@ -72,6 +83,7 @@ def job_context(
         job_id=job_id if job_id is not None else outer.job_id,
         model=model if model is not None else outer.model,
         stage=stage if stage is not None else outer.stage,
+        batch=tuple(batch) if batch is not None else outer.batch,
     )
     token = _CONTEXT.set(ctx)
     try:
@@ -118,7 +130,10 @@ class JobContextFilter(logging.Filter):
             if not hasattr(record, name):
                 setattr(record, name, value)
         values = {n: getattr(record, n, None) for n in _FIELDS}
-        label = JobContext(*(values[n] for n in _FIELDS)).label()
+        job = values["DGX_MUSIC_JOB_ID"]
+        batch = tuple(job) if isinstance(job, list) else ()
+        first = job[0] if isinstance(job, list) else job
+        label = JobContext(first, values["DGX_MUSIC_MODEL"], values["DGX_MUSIC_STAGE"], batch).label()
         record.dgx_context = f"[{label}] " if label else ""
         record.dgx_priority = _syslog_priority(record.levelno)
         return True

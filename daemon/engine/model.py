@@ -19,6 +19,7 @@ revision, the decode settings), the model is loaded again before the next call.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -33,6 +34,7 @@ import torch
 
 from daemon.core.config import Settings
 from daemon.core.errors import DgxMusicError, ModelLoadError
+from daemon.core.logctx import job_context
 from daemon.core.messages import (
     SEED_MOD,
     DecodeSetup,
@@ -267,8 +269,10 @@ class MusicEngine:
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | None = None,
         timeout_s: float | None = None,
+        job_ids: Sequence[str] | None = None,
     ) -> list[GenerationResult]:
-        """Audio for each request (one result per request, in order).
+        """Audio for each request (one result per request, in order). `job_ids` (one per
+        request) put each request's own job id on its log line, when several are decoded at once.
 
         Raises GenerationCancelled / GenerationTimeoutError (checked at every decoding step),
         OutOfMemoryError (after a split retry), GenerationError, ModelLoadError / UnknownModelError.
@@ -281,7 +285,7 @@ class MusicEngine:
             self.load_model(model)
             try:
                 clock = StepClock(0, progress=progress, cancel=cancel, timeout_s=timeout_s)
-                results = self._generate_locked(list(requests), clock)
+                results = self._generate_locked(list(requests), clock, job_ids)
             except BaseException:
                 self._stats.failed_jobs += len(requests)
                 raise
@@ -289,7 +293,9 @@ class MusicEngine:
                 self._last_used = time.monotonic()
             return results
 
-    def _generate_locked(self, requests: list[GenerationRequest], clock: StepClock) -> list[GenerationResult]:
+    def _generate_locked(
+        self, requests: list[GenerationRequest], clock: StepClock, job_ids: Sequence[str] | None = None
+    ) -> list[GenerationResult]:
         assert self._model is not None and self._device is not None
         loaded = self._model
         seeds = effective_seeds(requests)
@@ -317,29 +323,37 @@ class MusicEngine:
                     continued_s=continued.get(i, 0.0),
                 )
             )
-        self._record(results, info, peak)
+        self._record(results, info, peak, job_ids)
         return results
 
-    def _record(self, results: list[GenerationResult], info: LoadedModelInfo, peak: int) -> None:
-        """Job counters and the one performance line per generation."""
-        for res in results:
+    def _record(
+        self, results: list[GenerationResult], info: LoadedModelInfo, peak: int, job_ids: Sequence[str] | None
+    ) -> None:
+        """Job counters and the one performance line per generation, under its own job's id."""
+        for i, res in enumerate(results):
             self._stats.jobs += 1
             self._stats.audio_seconds += res.audio_seconds
             self._stats.generate_seconds += res.generate_s
-            log.info(
-                "generated %d x %.2f s (%s) in %.2f s: RTF %.3f, seed %d, peak memory %.0f MiB",
-                res.audio.shape[0],
-                res.audio.shape[-1] / res.sample_rate,
-                info.name,
-                res.generate_s,
-                res.rtf,
-                res.seed,
-                peak / 2**20,
-            )
+            own = job_context(job_id=job_ids[i], batch=()) if job_ids else contextlib.nullcontext()
+            with own:
+                self._log_generated(res, info, peak)
         if self._stats.audio_seconds > 0:
             self._stats.mean_rtf = self._stats.generate_seconds / self._stats.audio_seconds
         self._peak = max(self._peak, peak)
         self._stats.peak_memory_bytes = self._peak
+
+    @staticmethod
+    def _log_generated(res: GenerationResult, info: LoadedModelInfo, peak: int) -> None:
+        log.info(
+            "generated %d x %.2f s (%s) in %.2f s: RTF %.3f, seed %d, peak memory %.0f MiB",
+            res.audio.shape[0],
+            res.audio.shape[-1] / res.sample_rate,
+            info.name,
+            res.generate_s,
+            res.rtf,
+            res.seed,
+            peak / 2**20,
+        )
 
     def frames_for(self, duration: float) -> int:
         """Steps (codec frames) covering `duration` seconds at the loaded model's own rate."""

@@ -168,8 +168,8 @@ class Admission:
             folder=source_folder(claimed.source_name),
         )
         group = ClaimGroup(claim=claimed, job_ids=[job_id])
+        # One record: the failed job's WARNING (its message names file, line and field).
         with job_context(job_id=job_id, stage="validate"):
-            log.error("invalid job file %s:\n%s", claimed.source_name, exc)
             fail_group_job(
                 s,
                 group,

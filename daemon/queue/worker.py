@@ -11,6 +11,7 @@ outcome (the engine and the publish step are injected by the service):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -63,6 +64,7 @@ class Engine(Protocol):
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | None = None,
         timeout_s: float | None = None,
+        job_ids: Sequence[str] | None = None,
     ) -> list[GenerationResult]: ...
 
 
@@ -184,7 +186,9 @@ class Worker:
         first = batch[0]
         model = first.job.model or self.settings.default_model
         try:
-            with job_context(job_id=first.job_id, model=model, stage="start"):
+            with job_context(
+                job_id=first.job_id, model=model, stage="start", batch=[j.job_id for j in batch]
+            ):
                 if len(batch) > 1:
                     log.info(
                         "decoding %d jobs as one batch: %s", len(batch), ", ".join(j.job_id for j in batch)
@@ -208,36 +212,45 @@ class Worker:
             self._after_cancel(todo, exc)
         except InvalidJobError as exc:
             for item in todo:
-                self._fail_invalid(item, exc)
+                with _own(item):
+                    self._fail_invalid(item, exc)
         except DgxMusicError as exc:
+            # The failed outcome's WARNING record is the one line about it, under the job's own id.
             for item in todo:
-                log.error("job %s failed: %s", item.job_id, exc)
-                self.outcomes.fail(item, exc.error_type, exc.message, hint=exc.hint)
+                with _own(item):
+                    self.outcomes.fail(item, exc.error_type, exc.message, hint=exc.hint)
         except Exception as exc:  # the daemon must outlive any one job
             log.exception("internal error while generating %s", ", ".join(j.job_id for j in todo))
             for item in todo:
-                self.outcomes.fail(
-                    item,
-                    ErrorType.INTERNAL,
-                    f"{type(exc).__name__}: {exc}",
-                    hint="see the daemon's journal; report it",
-                )
+                with _own(item):
+                    self.outcomes.fail(
+                        item,
+                        ErrorType.INTERNAL,
+                        f"{type(exc).__name__}: {exc}",
+                        hint="see the daemon's journal; report it",
+                    )
 
     def _after_cancel(self, todo: list[QueuedJob], exc: GenerationCancelled) -> None:
         cancelled = [j for j in todo if state.cancel_requested(self.settings, j.job_id)]
         if self.abort_event.is_set() and not cancelled:
             for item in todo:
-                log.warning(
-                    "job %s interrupted by shutdown; it stays in work/ and runs again at next start",
-                    item.job_id,
-                )
+                with _own(item):
+                    log.warning(
+                        "job %s interrupted by shutdown; it stays in work/ and runs again at next start",
+                        item.job_id,
+                    )
                 spool.mark_requeued(self.settings, item.claim)
             return
         for item in cancelled or todo:
             state.clear_cancel(self.settings, item.job_id)
-            self.outcomes.fail(
-                item, ErrorType.CANCELLED, "cancelled by request while running", hint=None, status="cancelled"
-            )
+            with _own(item):
+                self.outcomes.fail(
+                    item,
+                    ErrorType.CANCELLED,
+                    "cancelled by request while running",
+                    hint=None,
+                    status="cancelled",
+                )
         # Batch-mates of a cancelled job lost their shared decode, not their turn.
         for item in todo:
             if item not in cancelled and cancelled:
@@ -260,7 +273,6 @@ class Worker:
             if data:
                 loc, line = locate_field(data, item.claim.source_name, index, exc.loc)
         detail = ErrorDetail(loc=loc, line=line, msg=exc.message, hint=exc.hint)
-        log.error("job %s is invalid: %s", item.job_id, detail.format(item.claim.source_name))
         self.outcomes.fail(
             item,
             ErrorType.INVALID_JOB,
@@ -359,6 +371,7 @@ class Worker:
             progress=on_progress,
             cancel=self.current_cancel,
             timeout_s=self.settings.job_timeout_s,
+            job_ids=[j.job_id for j in batch],
         )
         gen_s = time.monotonic() - t0
         # RTF of a batched job is the batch's: generate seconds over all audio the decode made.
@@ -402,3 +415,8 @@ class Worker:
         item.group.claim = new
 
     # ------------------------------------------------------------------ outcomes
+
+
+def _own(item: QueuedJob) -> contextlib.AbstractContextManager[object]:
+    """Records about one job of a batch carry that job's id alone."""
+    return job_context(job_id=item.job_id, batch=())

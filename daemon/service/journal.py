@@ -55,11 +55,35 @@ class _DgxHandlerMarker:
     """Marks the handler setup_logging installed, so a second call (reload) replaces it."""
 
 
+def send_repeating(
+    MESSAGE: str,
+    MESSAGE_ID: Any = None,
+    CODE_FILE: str | None = None,
+    CODE_LINE: int | None = None,
+    CODE_FUNC: str | None = None,
+    **fields: Any,
+) -> None:
+    """systemd.journal.send, except that a list value is sent as its field repeated: a decode
+    batch's records carry DGX_MUSIC_JOB_ID once per job, so each job's story includes them."""
+    assert _sd_journal is not None
+    lines: list[str | bytes] = ["MESSAGE=" + MESSAGE]
+    if MESSAGE_ID is not None:
+        lines.append("MESSAGE_ID=" + getattr(MESSAGE_ID, "hex", MESSAGE_ID))
+    named = (("CODE_FILE", CODE_FILE), ("CODE_LINE", CODE_LINE), ("CODE_FUNC", CODE_FUNC))
+    for key, value in (*named, *fields.items()):
+        for one in value if isinstance(value, list) else [value]:
+            if one is None:
+                continue
+            lines.append(key.encode() + b"=" + one if isinstance(one, bytes) else f"{key}={one}")
+    _sd_journal.sendv(*lines)
+
+
 def make_journal_handler(**sender: Any) -> logging.Handler:
     """A JournalHandler tagged SYSLOG_IDENTIFIER=dgx-music; `sender` is for tests
     (`sender_function=`)."""
     if _sd_journal is None:
         raise RuntimeError("systemd-python is not installed: no journal handler")
+    sender.setdefault("sender_function", send_repeating)
     handler = _sd_journal.JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER, **sender)
     handler.setFormatter(logging.Formatter(JOURNAL_FORMAT))
     return handler

@@ -65,7 +65,12 @@ def test_plain_stderr_lines_carry_the_job_context_and_one_summary_line(
     assert job_lines and all("[job jr1/tiny/" in line for line in job_lines), job_lines
     stages = {m.group(1) for line in job_lines if (m := re.search(r"\[job jr1/tiny/(\w+)\]", line))}
     assert {"queued", "generate", "write"} <= stages, stages
-    assert re.search(r"ERROR \[job broken/validate\] invalid job file broken.yaml", log), log
+    # An invalid job file is one record: its failure, naming file, line and what is wrong.
+    broken = [line for line in log.splitlines() if "broken" in line]
+    assert len(broken) == 1, broken
+    assert re.search(
+        r"WARNING \[job broken/validate\] job broken failed: invalid_job: broken.yaml:2: ", broken[0]
+    )
 
     summaries = [m for m in COMPLETED_RE.finditer(log) if m.group("id") == "jr1"]
     assert len(summaries) == 1, log
@@ -88,7 +93,8 @@ records, pidfile, stderr_path, config = sys.argv[1:5]
 
 
 def parse(data):
-    # journald's native protocol: KEY=value lines, or KEY\n<u64 LE length><bytes>\n for binary values
+    # journald's native protocol: KEY=value lines, or KEY\n<u64 LE length><bytes>\n for binary values.
+    # A field given more than once keeps every value (a list), as journald does.
     fields, i = {}, 0
     while i < len(data):
         nl = data.index(b"\n", i)
@@ -101,7 +107,11 @@ def parse(data):
             n = struct.unpack("<Q", data[nl + 1:nl + 9])[0]
             value = data[nl + 9:nl + 9 + n]
             i = nl + 9 + n + 1
-        fields[key.decode()] = value.decode("utf-8", "replace")
+        name, text = key.decode(), value.decode("utf-8", "replace")
+        if name in fields:
+            fields[name] = [*(fields[name] if isinstance(fields[name], list) else [fields[name]]), text]
+        else:
+            fields[name] = text
     return fields
 
 
@@ -137,6 +147,10 @@ def _journal_records(path: Path) -> list[dict[str, str]]:
         return []
 
 
+def as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else [value]
+
+
 def _can_make_mount_namespace() -> str | None:
     if shutil.which("unshare") is None:
         return "unshare(1) is not installed"
@@ -163,6 +177,8 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
     try:
         spool = tmp / "spool"
         cfg = write_config(tmp / "config.yaml", spool, tiny_model_dir)
+        # Each decode pauses at its second step: a batch file dropped meanwhile is decoded as one batch.
+        faults = json.dumps({"stall_after_steps": 2, "stall_s": 5.0})
         helper = tmp / "fake_journald.py"
         helper.write_text(_FAKE_JOURNALD)
         records, pidfile, stderr_path = tmp / "records.jsonl", tmp / "daemon.pid", tmp / "stderr.txt"
@@ -179,7 +195,7 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
             str(stderr_path),
             str(cfg),
         ]
-        proc = subprocess.Popen(cmd, env=clean_env(), cwd=tmp)
+        proc = subprocess.Popen(cmd, env=clean_env({"DGXMUSIC_TEST_FAULTS": faults}), cwd=tmp)
         try:
             wait_until(
                 lambda: (
@@ -191,7 +207,17 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
             )
             assert proc.poll() is None, stderr_path.read_text()[-3000:]
             drop(spool / "inbox", "jr2.yaml", job_yaml("journal fields tune", duration=0.2, seed=2))
-            wait_until(lambda: (spool / "outbox" / "jr2.json").exists(), 60, what="jr2 result")
+            wait_until(
+                lambda: any("stalling" in r.get("MESSAGE", "") for r in _journal_records(records)),
+                60,
+                what="jr2 decoding",
+            )
+            trio = [{"prompt": f"batched journal tune {i}", "seed": i} for i in range(3)]
+            drop(spool / "inbox", "trio.yaml", json.dumps({"defaults": {"duration": 0.2}, "jobs": trio}))
+            for name in ("jr2", "trio.1", "trio.2", "trio.3"):
+                wait_until(
+                    lambda n=name: (spool / "outbox" / f"{n}.json").exists(), 60, what=f"{name} result"
+                )
             drop(spool / "inbox", "jr3.yaml", job_yaml("no such model here", duration=0.2, model="nosuch"))
             wait_until(lambda: (spool / "failed" / "jr3.error.json").exists(), 60, what="jr3 failure")
             time.sleep(0.3)
@@ -216,7 +242,8 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
         rec = done[0]
         assert rec["DGX_MUSIC_STAGE"] == "write" and rec["PRIORITY"] == "6"
         assert rec["MESSAGE_ID"] == MESSAGE_ID_JOB_COMPLETED
-        assert [r for r in recs if r.get("MESSAGE_ID") == MESSAGE_ID_JOB_COMPLETED] == [rec]
+        completed = [r for r in recs if r.get("MESSAGE_ID") == MESSAGE_ID_JOB_COMPLETED]
+        assert [r["DGX_MUSIC_JOB_ID"] for r in completed if r["DGX_MUSIC_JOB_ID"] == "jr2"] == ["jr2"]
         failed = [r for r in recs if r.get("MESSAGE_ID") == MESSAGE_ID_JOB_FAILED]
         assert [r["DGX_MUSIC_JOB_ID"] for r in failed] == ["jr3"], failed
         assert "unknown_model" in failed[0]["MESSAGE"] and failed[0]["PRIORITY"] == "4"
@@ -226,6 +253,21 @@ def test_journal_records_carry_job_id_model_and_stage(tmp_path: Path, tiny_model
             and "LUFS" in rec["MESSAGE"]
             and str(spool / "outbox" / "jr2.json") in rec["MESSAGE"]
         )
+        # A decode batch: its own records name every job of it; every record about one job of
+        # it (its "generated" line, its files) carries that job's id alone.
+        trio_ids = ["trio.1", "trio.2", "trio.3"]
+        batch = [r for r in recs if "decoding 3 jobs as one batch" in r["MESSAGE"]]
+        decodes = [(r["MESSAGE"], r.get("DGX_MUSIC_JOB_ID")) for r in recs if "generat" in r["MESSAGE"]]
+        assert len(batch) == 1 and batch[0]["DGX_MUSIC_JOB_ID"] == trio_ids, decodes
+        generated = [r for r in recs if "] generated " in r["MESSAGE"]]
+        trio_generated = [r["DGX_MUSIC_JOB_ID"] for r in generated if "trio" in str(r["DGX_MUSIC_JOB_ID"])]
+        assert sorted(trio_generated) == trio_ids, generated
+        for job_id in trio_ids:
+            own = [r for r in recs if r.get("DGX_MUSIC_JOB_ID") == job_id]
+            assert {"generate", "write", "queued"} <= {r["DGX_MUSIC_STAGE"] for r in own}, own
+            assert len([r for r in own if r.get("MESSAGE_ID") == MESSAGE_ID_JOB_COMPLETED]) == 1
+            # `journalctl DGX_MUSIC_JOB_ID=trio.2` matches the batch record too (any of its values).
+            assert batch[0] in [r for r in recs if job_id in as_list(r.get("DGX_MUSIC_JOB_ID"))]
         # Records outside any job carry no job fields.
         ready = next(r for r in recs if "ready: watching" in r["MESSAGE"])
         assert (
