@@ -68,11 +68,23 @@ class Histogram:
         self.total += v
         self.n += 1
 
-    def family(self, name: str, help_text: str, labels: Mapping[str, str]) -> HistogramMetricFamily:
-        fam = HistogramMetricFamily(name, help_text, labels=list(labels))
+    def add_to(self, fam: HistogramMetricFamily, label_values: list[str]) -> None:
         buckets = [(repr(float(b)), float(c)) for b, c in zip(self.buckets, self.counts)]
-        fam.add_metric(list(labels.values()), [*buckets, ("+Inf", float(self.n))], self.total)
-        return fam
+        fam.add_metric(label_values, [*buckets, ("+Inf", float(self.n))], self.total)
+
+
+def _by_family(
+    hists: Mapping[str, Histogram],
+    buckets: tuple[float, ...],
+    name: str,
+    help_text: str,
+    dev: Mapping[str, str],
+) -> HistogramMetricFamily:
+    """One histogram family with a `family` label (musicgen's empty one before any job)."""
+    fam = HistogramMetricFamily(name, help_text, labels=[*dev, "family"])
+    for family, h in sorted((hists or {"musicgen": Histogram(buckets)}).items()):
+        h.add_to(fam, [*dev.values(), family])
+    return fam
 
 
 @dataclass(frozen=True)
@@ -98,9 +110,11 @@ class Metrics:
         self.start_time = time.time() if start_time is None else start_time
         self._lock = threading.Lock()
         self.jobs: dict[tuple[str, str], int] = {("completed", ""): 0}
-        self.generation_s = Histogram(SECONDS_BUCKETS)
-        self.job_s = Histogram(SECONDS_BUCKETS)
-        self.rtf = Histogram(RTF_BUCKETS)
+        # Per model family (musicgen, ace-step): their speeds differ by orders of magnitude.
+        self.generation_s: dict[str, Histogram] = {}
+        self.job_s: dict[str, Histogram] = {}
+        self.rtf: dict[str, Histogram] = {}
+        self.audio_by_family: dict[str, float] = {}
         self.audio_s = 0.0
         self.generate_s_sum = 0.0
 
@@ -114,10 +128,15 @@ class Metrics:
                 return
             timings = sidecar.get("timings") or {}
             gen = float(timings.get("generate_s") or 0.0)
-            self.generation_s.observe(gen)
-            self.job_s.observe(float(timings.get("total_s") or 0.0))
-            self.rtf.observe(float(sidecar.get("rtf") or 0.0))
+            model = sidecar.get("model") or {}
+            family = str(model.get("family") or "musicgen") if isinstance(model, dict) else "musicgen"
+            self.generation_s.setdefault(family, Histogram(SECONDS_BUCKETS)).observe(gen)
+            self.job_s.setdefault(family, Histogram(SECONDS_BUCKETS)).observe(
+                float(timings.get("total_s") or 0.0)
+            )
+            self.rtf.setdefault(family, Histogram(RTF_BUCKETS)).observe(float(sidecar.get("rtf") or 0.0))
             audio = sum(float(o.get("duration_s") or 0.0) for o in sidecar.get("outputs") or [])
+            self.audio_by_family[family] = self.audio_by_family.get(family, 0.0) + audio
             self.audio_s += audio
             self.generate_s_sum += gen
 
@@ -146,21 +165,34 @@ class Metrics:
             for (outcome, error), n in sorted(self.jobs.items()):
                 jobs.add_metric([self.device, outcome, error], n)
             audio = CounterMetricFamily(
-                p + "audio_seconds", "Seconds of audio produced (all variations).", labels=list(dev)
+                p + "audio_seconds",
+                "Seconds of audio produced (all variations), by model family.",
+                labels=["device", "family"],
             )
-            audio.add_metric([self.device], round(self.audio_s, 3))
+            for fam_name, seconds in sorted((self.audio_by_family or {"musicgen": 0.0}).items()):
+                audio.add_metric([self.device, fam_name], round(seconds, 3))
             out: list[Metric] = [
                 jobs,
-                self.generation_s.family(
-                    p + "generation_seconds", "Generation (decode) seconds per completed job.", dev
+                _by_family(
+                    self.generation_s,
+                    SECONDS_BUCKETS,
+                    p + "generation_seconds",
+                    "Generation (decode) seconds per completed job, by model family.",
+                    dev,
                 ),
-                self.job_s.family(
-                    p + "job_seconds", "Seconds from pickup to the result on disk, per completed job.", dev
+                _by_family(
+                    self.job_s,
+                    SECONDS_BUCKETS,
+                    p + "job_seconds",
+                    "Seconds from pickup to the result on disk, per completed job, by model family.",
+                    dev,
                 ),
-                self.rtf.family(
+                _by_family(
+                    self.rtf,
+                    RTF_BUCKETS,
                     p + "rtf_ratio",
                     "Real-time factor per completed job: generate seconds over audio seconds (below 1 is "
-                    "faster than real time).",
+                    "faster than real time), by model family.",
                     dev,
                 ),
                 audio,

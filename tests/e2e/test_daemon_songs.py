@@ -176,3 +176,9 @@ def test_the_page_shows_the_lyrics_as_text_and_the_licence(run: dict[str, Any]) 
     assert "(cpu, float32, ace-step, licence mit)" in text
     lyrics = [a for a in dom.find("pre") if a.get("class") == "lyrics"]
     assert lyrics and lyrics[0].get("lang") == "en"
+
+
+def test_metrics_are_labelled_by_family(run: dict[str, Any]) -> None:
+    text = (run["spool"].state / "metrics.prom").read_text()
+    assert 'family="ace-step"' in text
+    assert "dgx_music_audio_seconds_total{" in text

@@ -61,3 +61,29 @@ def test_exposition_parses_with_counts_histograms_and_escaped_labels() -> None:
 def test_file_name_per_pinned_gpu() -> None:
     assert metrics_file_name("auto") == "metrics.prom" == metrics_file_name("cuda")
     assert metrics_file_name("cuda:1") == "metrics.cuda1.prom"
+
+
+def test_speeds_and_audio_are_labelled_by_model_family() -> None:
+    m = Metrics(version="1", device="cpu", hostname="box", start_time=1.0)
+    song = {
+        "timings": {"generate_s": 2.0, "total_s": 3.0},
+        "rtf": 0.1,
+        "outputs": [{"duration_s": 20.0}],
+        "model": {"family": "ace-step"},
+    }
+    m.observe({"status": "completed"}, song)
+    m.observe({"status": "completed"}, {**song, "model": {"family": "musicgen"}, "rtf": 2.0})
+    text = m.render(Gauges(queue_length=0, jobs_running=0, models={}, model_load_s={}))
+    fams = {f.name: f for f in parser.text_string_to_metric_families(text)}
+    audio = {s.labels["family"]: s.value for s in fams["dgx_music_audio_seconds"].samples}
+    assert audio == {"ace-step": 20.0, "musicgen": 20.0}
+    counts = {
+        s.labels["family"]: s.value for s in fams["dgx_music_rtf_ratio"].samples if s.name.endswith("_count")
+    }
+    assert counts == {"ace-step": 1, "musicgen": 1}
+    buckets = {
+        (s.labels["family"], s.labels["le"]): s.value
+        for s in fams["dgx_music_rtf_ratio"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert buckets[("ace-step", "0.1")] == 1 and buckets[("musicgen", "1.5")] == 0
