@@ -8,9 +8,9 @@ import sys
 
 from daemon.commands._common import add_config_arg, settings_or_exit
 from daemon.core.errors import ExitCode
+from daemon.core.eta import format_eta
 from daemon.core.messages import setup_summary
 from daemon.ops.client import status_report
-from daemon.ops.progressbar import format_eta
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"daemon   pid {q.get('pid')} on {q.get('host')}: {what}, {n} queued{resident}")
     for r in report["running"]:
         eta = r.get("eta_s")
-        eta_text = f", eta {eta:.0f} s" if isinstance(eta, (int, float)) else ""
+        eta_text = f", {format_eta(eta)}" if isinstance(eta, (int, float)) else ""
         print(
             f"running  {r.get('job_id')}  {float(r.get('percent') or 0):5.1f}%{eta_text}  "
             f"(pid {r.get('pid')} on {r.get('host')})"

@@ -270,7 +270,9 @@ class SubmissionTracker:
             (WAITING, "waiting"),
         ):
             if counts[k]:
-                states.append(f"{word} {counts[k]}")
+                # A queue position is news too (a line of its own off a terminal); percentages are not.
+                at = f" #{min(positions)}" if k == QUEUED and positions else ""
+                states.append(f"{word} {counts[k]}{at}")
         self.fraction = max(self.fraction, sum(shares) / total if total else 1.0)
         if counts[DONE] == total:
             self.fraction = 1.0

@@ -12,18 +12,11 @@ import sys
 import time
 from typing import Any, TextIO
 
+from daemon.core.eta import format_eta
+
+__all__ = ["ProgressBar", "format_eta"]
+
 RESOLUTION = 1000  # bar steps: tqdm counts integers
-
-
-def format_eta(eta_s: float | None) -> str:
-    if eta_s is None:
-        return ""
-    eta_s = max(0.0, eta_s)
-    if eta_s < 90:
-        return f"eta {eta_s:.0f}s"
-    if eta_s < 5400:
-        return f"eta {eta_s / 60:.0f}min"
-    return f"eta {eta_s / 3600:.1f}h"
 
 
 class ProgressBar:

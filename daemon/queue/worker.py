@@ -27,6 +27,7 @@ from daemon.core.errors import (
     InvalidJobError,
     UnknownModelError,
 )
+from daemon.core.eta import format_eta
 from daemon.core.logctx import job_context, set_stage
 from daemon.core.messages import (
     AudioPrompt,
@@ -362,7 +363,11 @@ class Worker:
             now = time.monotonic()
             if now - last_status[0] >= 1.0:
                 last_status[0] = now
-                self.on_status(f"job {label} {int(p.fraction * 100)}% ({len(self.queue)} queued)")
+                eta = format_eta(self.progress.eta_s)
+                self.on_status(
+                    f"job {label} {int(p.fraction * 100)}% ({len(self.queue)} queued)"
+                    + (f", {eta}" if eta else "")
+                )
 
         t0 = time.monotonic()
         results = self.engine.generate(

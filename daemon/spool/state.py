@@ -160,6 +160,12 @@ class ProgressWriter:
             self._dirty = True
             return self._maybe_write()
 
+    @property
+    def eta_s(self) -> float | None:
+        """The running job's ETA as last recorded (None before the first step, or when idle)."""
+        with self._lock:
+            return None if self._state is None else self._state.get("eta_s")
+
     def flush(self) -> bool:
         """Write pending progress if the rate limit allows it now."""
         with self._lock:

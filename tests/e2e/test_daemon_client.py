@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,10 @@ def test_status_and_wait_show_queue_positions_and_the_daemons_eta(
 
         lines = wait_until(queued_lines, 20, interval=0.5, what="status with ETAs", alive=daemon)
         assert "q1  #1" in lines[0] and "q2  #2" in lines[1], lines
+        # One way to write an ETA, for the running job and the queue alike.
+        out = run_cli(config, "status").stdout
+        etas = re.findall(r"\beta\b\S* ?\S*", out)
+        assert etas and all(re.fullmatch(r"eta \d+(s|min)|eta \d+\.\dh", e) for e in etas), out
         queue = json.loads(next(sp.state.glob("queue*.json")).read_text())["queued"]
         assert [e["source_file"] for e in queue] == ["q1.yaml", "q2.yaml"]
         assert queue[0]["eta_s"] < queue[1]["eta_s"]
@@ -114,7 +119,7 @@ def test_status_and_wait_show_queue_positions_and_the_daemons_eta(
         assert waited.returncode == 1, waited.stderr  # timed out: the stalled job holds the queue
         progress = [ln for ln in waited.stderr.splitlines() if ln.startswith("waiting:")]
         assert progress and "\r" not in waited.stderr and "\x1b" not in waited.stderr
-        assert any("queued #3" in ln and "eta" in ln for ln in progress), waited.stderr
+        assert any("queued 1 (#3)" in ln and "eta" in ln for ln in progress), waited.stderr
         assert sum("eta" in ln for ln in progress[-1:]) == 1
         assert "no daemon is serving" not in waited.stderr
         assert "timed out" in waited.stderr

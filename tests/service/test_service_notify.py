@@ -162,9 +162,11 @@ def test_status_follows_a_job_and_watchdog_stops_while_generation_is_stalled(ser
     percents = [
         int(m.group(1))
         for s in statuses
-        if (m := re.fullmatch(r"STATUS=job stall1 (\d+)% \(\d+ queued\)", s))
+        if (m := re.fullmatch(r"STATUS=job stall1 (\d+)% \(\d+ queued\)(, eta \d+(s|min))?", s))
     ]
     assert len(percents) >= 2, f"STATUS did not follow the job: {statuses}"
+    # The daemon's ETA, written as everywhere else (`eta 24s`, `eta 3min`).
+    assert any(re.search(r", eta \d+(s|min)$", s) for s in statuses if "stall1" in s), statuses
     assert percents == sorted(percents) and percents[0] < percents[-1], percents
     assert statuses[-1].startswith("STATUS=idle"), statuses[-3:]
 
