@@ -91,6 +91,9 @@ class LoopInfo(BaseModel):
     start_s: Time = Field(description="Where in the generated audio it was cut (a downbeat).")
     source_s: Time = Field(description="How long a span of the generated audio it is.")
     stretch: float = Field(gt=0, description="Source seconds per loop second (> 1: sped up to the tempo).")
+    stretcher: Literal["rubberband", "librosa"] = Field(
+        description="What stretched it: Rubber Band's CLI where installed, else librosa's phase vocoder."
+    )
     source_bpm: float | None = Field(description="The generated audio's measured tempo (octave-folded).")
     seam_jump: float = Field(ge=0, description="Largest jump between the last and first sample.")
     seam_jump_limit: float = Field(ge=0, description="99th percentile of the loop's sample-to-sample steps.")

@@ -19,6 +19,13 @@ if [ "$(uname -s)" = Linux ] && ! pkg-config --exists libsystemd 2>/dev/null; th
     fi
 fi
 
+# Loops are time-stretched by Rubber Band's CLI when it is there (librosa's phase vocoder otherwise,
+# which blurs attacks more: README, "Loops").
+if ! command -v rubberband >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rubberband-cli >/dev/null; } \
+        || echo "bootstrap: could not install rubberband-cli; loops use librosa's stretcher" >&2
+fi
+
 stamp="$VENV/.dgx-music-installed"
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
     exit 0

@@ -45,6 +45,7 @@ def loop_info(job: Job, looped: Looped) -> LoopInfo:
         start_s=round(looped.start_s, 4),
         source_s=round(looped.source_s, 4),
         stretch=round(looped.stretch, 5),
+        stretcher="rubberband" if looped.stretcher == "rubberband" else "librosa",
         source_bpm=None if looped.measured_bpm is None else round(looped.measured_bpm, 2),
         seam_jump=round(seam.jump, 6),
         seam_jump_limit=round(seam.jump_limit, 6),

@@ -4,6 +4,7 @@ analysis and how far it is from what the job asked; the page shows tempo and key
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,7 @@ def test_a_loop_job_is_n_bars_at_the_asked_tempo_with_a_clean_seam(
     exact = round(2 * 4 * 60 / 150 * rate)  # 2 bars of 4/4 at 150 BPM: 3.2 s
     assert audio.shape[-1] == out["frames"] == out["loop"]["samples"] == exact
     assert out["loop"]["seamless"] and out["loop"]["bpm"] == 150
+    assert out["loop"]["stretcher"] == ("rubberband" if shutil.which("rubberband") else "librosa")
     # The seam, measured here on the file as written (after loudness and PCM rounding).
     steps = np.abs(np.diff(audio, axis=-1))
     assert np.max(np.abs(audio[:, -1] - audio[:, 0])) <= np.percentile(steps, 99)
