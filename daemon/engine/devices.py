@@ -35,7 +35,8 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
-        log.warning("no CUDA device available: running on the CPU (float32), expect generation to be slow")
+        # No dtype here: it is resolved next (bfloat16 where the CPU has it) and logged with the load.
+        log.warning("no CUDA device available: running on the CPU, expect generation to be slow")
         return torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")

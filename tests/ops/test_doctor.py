@@ -175,6 +175,24 @@ def test_without_cuda_the_gpu_checks_warn_but_do_not_fail(tmp_path: Path) -> Non
     assert "auto -> cpu" in checks["device"]["detail"]
 
 
+@pytest.mark.skipif(CUDA, reason="checks the CPU-only report")
+def test_without_cuda_doctor_names_the_dtype_the_daemon_will_use(tmp_path: Path) -> None:
+    fake_checkpoint(tmp_path / "models" / "tiny")
+    config = write_config(tmp_path, device="auto", dtype="bfloat16")
+    res = subprocess.run(
+        [sys.executable, "-m", "daemon", "doctor", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    checks = {c["name"]: c for c in json.loads(res.stdout)}
+    resolved = checks["device"]["detail"].rsplit("-> ", 1)[1].split()[0].strip(",")
+    assert resolved in ("float32", "bfloat16"), checks["device"]["detail"]
+    # Not "float32" while it would run bfloat16: the same dtype as the device check resolves.
+    assert f"falls back to the CPU ({resolved}, slow)" in checks["cuda"]["detail"], checks["cuda"]
+    assert resolved == "bfloat16"
+
+
 def test_missing_model_directory_fails_with_the_fix(tmp_path: Path) -> None:
     code, checks = checks_by_name(write_config(tmp_path))
     assert code == 1

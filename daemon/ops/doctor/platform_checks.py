@@ -86,7 +86,7 @@ def check_diffusers() -> Check:
     return ok("diffusers", f"{detail}: families musicgen (transformers) and ace-step (AceStepPipeline)")
 
 
-def check_cuda() -> Check:
+def check_cuda(settings: Settings | None = None) -> Check:
     import torch
 
     if torch.cuda.is_available():
@@ -101,7 +101,13 @@ def check_cuda() -> Check:
     else:
         why = f"torch is built for CUDA {torch.version.cuda} but no GPU is visible"
         fix = "check the NVIDIA driver (nvidia-smi), /dev/nvidia* permissions and CUDA_VISIBLE_DEVICES"
-    return warn("cuda", f"not available: {why}; the daemon falls back to the CPU (float32, slow)", fix)
+    # The dtype the daemon would really use there (bfloat16 on CPUs that compute it natively).
+    from daemon.engine.devices import resolve_dtype
+
+    dtype = str(resolve_dtype(settings.dtype if settings else "auto", torch.device("cpu"))).removeprefix(
+        "torch."
+    )
+    return warn("cuda", f"not available: {why}; the daemon falls back to the CPU ({dtype}, slow)", fix)
 
 
 def check_gpu(settings: Settings | None) -> list[Check]:

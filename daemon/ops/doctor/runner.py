@@ -48,7 +48,7 @@ def run_checks(config_path: Path | str | None) -> list[Check]:
     checks += _guard("diffusers", check_diffusers)
     config_check, settings = check_config(Path(config_path) if config_path is not None else None)
     if torch_checks[0].status != "fail":
-        checks += _guard("cuda", check_cuda)
+        checks += _guard("cuda", lambda: check_cuda(settings))
         checks += _guard("gpu", lambda: check_gpu(settings))
         checks += _guard("host memory", check_host_memory)
         checks += _guard("device", lambda: check_device(settings))
