@@ -72,21 +72,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-# Test folders whose daemons' sidecars are held to the committed contract after every test.
+# Test folders whose sidecars under tmp_path are held to the committed contract after every test
+# (besides those in the spool of any daemon a test started through tests/daemon_harness.py).
 SIDECAR_CONTRACT_FOLDERS = {"e2e", "reliability", "cluster", "service"}
 
 
 @pytest.fixture(autouse=True)
 def _sidecars_follow_the_committed_schema(request: pytest.FixtureRequest) -> Any:
-    """Every sidecar a daemon wrote under the test's tmp_path validates against
-    jobspec/examples/result.schema.json (tests/sidecar_contract.py)."""
-    yield
-    tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
-    if tmp is None or request.node.path.parent.name not in SIDECAR_CONTRACT_FOLDERS:
-        return
-    from tests.sidecar_contract import check_sidecars
+    """Every sidecar a daemon wrote validates against jobspec/examples/result.schema.json
+    (tests/sidecar_contract.py): in the spools of the daemons the test started, and under the
+    tmp_path of the end-to-end, reliability, cluster and service tests."""
+    from daemon_harness import STARTED_SPOOLS
 
-    check_sidecars(Path(tmp))
+    STARTED_SPOOLS.clear()
+    yield
+    roots = [p for p in STARTED_SPOOLS if p.is_dir()]
+    STARTED_SPOOLS.clear()
+    tmp = (getattr(request.node, "funcargs", None) or {}).get("tmp_path")
+    if tmp is not None and request.node.path.parent.name in SIDECAR_CONTRACT_FOLDERS:
+        roots.append(Path(tmp))
+    if roots:
+        from tests.sidecar_contract import check_sidecars
+
+        for root in roots:
+            check_sidecars(root)
 
 
 @pytest.fixture(scope="session")

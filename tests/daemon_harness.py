@@ -146,6 +146,19 @@ def wait_until(
         time.sleep(interval)
 
 
+# The spools of every daemon a test started: after the test, the conftest validates each sidecar in
+# them against the committed result.schema.json (tests/sidecar_contract.py), wherever they live.
+STARTED_SPOOLS: set[Path] = set()
+
+
+def _spool_of(config: Path) -> Path | None:
+    try:
+        spool = (yaml.safe_load(config.read_text()) or {}).get("spool")
+    except (OSError, yaml.YAMLError):
+        return None
+    return (config.parent / spool).resolve() if isinstance(spool, str) else None
+
+
 class DaemonProcess:
     """One `dgx-music serve` child. Use as a context manager, or call `close()` in a finally."""
 
@@ -180,6 +193,8 @@ class DaemonProcess:
             cwd=self.config.parent,
         )
         self.starts += 1
+        if (spool := _spool_of(self.config)) is not None:
+            STARTED_SPOOLS.add(spool)
         if wait_ready:
             self.wait_ready(timeout)
         return self

@@ -26,6 +26,7 @@ def _gpu_check(cwd: Path, *args: str, timeout: float = 900) -> subprocess.Comple
 
 
 @pytest.mark.slow  # every section starts its own `dgx-music` processes: about a minute on a quiet CPU
+@pytest.mark.timeout(900)  # gpu_tests collects the whole suite to find every gpu-marked test
 def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = _gpu_check(tmp_path, "--out", str(out), "--device", "cpu", "--quick")
