@@ -11,9 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the examples end to end on a tiny model in a temporary spool",
-        description="Build a tiny random MusicGen checkpoint offline, start a real daemon on a new "
-        "spool, submit every example (durations capped), wait, and print a table of the results, "
-        "where they are and the address of the outbox page. The audio is noise-like (random weights): "
+        description="Build tiny random checkpoints offline (MusicGen, musicgen-melody and an ACE-Step "
+        "pipeline for songs with lyrics), start a real daemon on a new spool, submit every example "
+        "(durations capped), wait, and print a table of the results, the lyrics of the songs, where they "
+        "are and the address of the outbox page. The audio is noise-like (random weights): "
         "this shows the machinery, not the music. Needs no GPU and no network.",
     )
     p.add_argument(

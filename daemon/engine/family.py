@@ -1,6 +1,7 @@
 """The engine's model-family seam: what a family of checkpoints gives the engine, and nothing more.
 
-`daemon.engine.model.MusicEngine` knows no family. For a configured model name it asks `family_for`
+`daemon.engine.model.MusicEngine` knows no family. For a configured model name it asks
+`daemon.engine.registry.family_for`
 which registered family it belongs to, has that family `load` the checkpoint, and from then on talks
 only to the `LoadedFamily` it got back: warm it up, plan a call's rows, decode them batch by
 batch, read the audio and the reproducibility facts. The stages after the engine (queue, outbox,
@@ -16,7 +17,8 @@ How a new family plugs in:
    say) and `load(name, settings, device, dtype, loop=None)`. Keep its internals under it (as
    MusicGen keeps `decoding/`); they may import `daemon.core` and this module, never another
    family.
-2. Register it in `_families()` below under that name: `family_for` picks the family a
+2. Register it in `daemon.engine.registry` under that name (the registry imports the families;
+   this module imports none, so a family may import it without a cycle): `family_for` picks the family a
    configured model belongs to (`daemon.core.families.spec_family`: the config's `family`, the
    local checkpoint's files, or the hub id's name).
 3. `load` returns a `LoadedFamily`: its `info` is the `LoadedModelInfo` (sample rate and channels
@@ -40,8 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from daemon.core.errors import GenerationCancelled, GenerationTimeoutError, ModelLoadError, UnknownModelError
-from daemon.core.families import ACE_STEP, MUSICGEN, spec_family
+from daemon.core.errors import GenerationCancelled, GenerationTimeoutError
 from daemon.core.messages import (
     SEED_MOD,
     DecodeSetup,
@@ -68,7 +69,6 @@ __all__ = [
     "StepClock",
     "decode_call",
     "effective_seeds",
-    "family_for",
 ]
 
 
@@ -211,28 +211,3 @@ def decode_call(
         for i in {r.req_index for r in batch.rows}:
             spent[i] += seconds
     return audio, spent, batches
-
-
-def _families() -> dict[str, ModelFamily]:
-    # Imported here: a family pulls in its framework (transformers, diffusers) only when asked.
-    from daemon.engine.acestep.model import AceStep
-    from daemon.engine.musicgen import MusicGen
-
-    return {MUSICGEN: MusicGen(), ACE_STEP: AceStep()}
-
-
-def family_for(name: str, settings: Settings) -> ModelFamily:
-    """The family that loads the configured model `name` (`daemon.core.families.spec_family`)."""
-    spec = settings.models.get(name)
-    if spec is None:
-        raise UnknownModelError(
-            f"model {name!r} is not configured", hint=f"use one of: {', '.join(sorted(settings.models))}"
-        )
-    wanted = spec_family(spec)
-    family = _families().get(wanted)
-    if family is None:
-        raise ModelLoadError(
-            f"model {name!r} is a {wanted} checkpoint, which this daemon cannot load yet",
-            hint=f"configure a model of another family ({', '.join(_families())})",
-        )
-    return family

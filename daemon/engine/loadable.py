@@ -132,7 +132,7 @@ def _pipeline_problem(path: Path) -> tuple[str, bool] | None:
     """directory_problem() of an ACE-Step pipeline folder: its own layout check, then every
     component's safetensors whole."""
     # Imported here: the ACE-Step checkpoint module imports the loader, which imports this one.
-    from daemon.engine.acestep.checkpoint import check_local_dir
+    from daemon.engine.acestep.layout import check_local_dir
 
     try:
         check_local_dir("", path)

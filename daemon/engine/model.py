@@ -46,7 +46,8 @@ from daemon.core.messages import (
 )
 from daemon.engine.checkpoints import resolve_spec
 from daemon.engine.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
-from daemon.engine.family import LoadedFamily, StepClock, decode_call, effective_seeds, family_for
+from daemon.engine.family import LoadedFamily, StepClock, decode_call, effective_seeds
+from daemon.engine.registry import family_for
 
 __all__ = [
     "SEED_MOD",

@@ -1,9 +1,10 @@
 """`dgx-music demo`: the whole product on a laptop in well under a minute.
 
-A temporary spool, a tiny random MusicGen built offline (and a tiny musicgen-melody one), the real
-daemon as a subprocess, the files from `examples/` submitted through the same path as
-`dgx-music submit` (durations capped so a CPU keeps up; jobs with a `melody` go to the melody
-model), then a table of what came out and where. The examples' reference audio (a riff to
+A temporary spool, a tiny random MusicGen built offline (and a tiny musicgen-melody one, and a
+tiny ACE-Step 1.5 pipeline for songs with lyrics), the real daemon as a subprocess, the files from
+`examples/` submitted through the same path as `dgx-music submit` (durations capped so a CPU keeps
+up; jobs with a `melody` go to the melody model, songs with lyrics to the ACE-Step one), then a
+table of what came out and where, and the lyrics of the songs. The examples' reference audio (a riff to
 continue, a tune to follow) is written into the spool's library/ first.
 """
 
@@ -23,11 +24,13 @@ import soundfile as sf
 import yaml
 
 from daemon.core.config import load_settings
+from daemon.core.families import ACE_STEP, FAMILY_KEYS
 from daemon.ops.client import Submitted, drop, validate_file, wait_for
 from daemon.ops.progressbar import ProgressBar
 from jobspec.names import PAGE_NAME
 
 MELODY_MODEL = "tiny-melody"
+SONG_MODEL = "tiny-song"
 
 
 class DemoError(Exception):
@@ -54,6 +57,8 @@ def cap_durations(doc: Any, cap: float, long_cap: float) -> Any:
                     x["duration"] = round(float(x["duration"]) * scale, 3)
         if job.get("melody") is not None:
             job.setdefault("model", MELODY_MODEL)
+        if any(k in job for k in FAMILY_KEYS[ACE_STEP]):
+            job.setdefault("model", SONG_MODEL)
 
     if isinstance(doc, dict):
         fix(doc)
@@ -125,12 +130,22 @@ def run_demo(
     if not (melody_dir / "config.json").exists():
         print("demo: building a tiny random musicgen-melody checkpoint...")
         init_tiny(melody_dir, melody=True)
+    song_dir = root / "models" / SONG_MODEL
+    if not (song_dir / "model_index.json").exists():
+        from daemon.ops.tinyacestep import init_tiny as init_tiny_song
+
+        print("demo: building a tiny random ACE-Step 1.5 pipeline (songs with lyrics)...")
+        init_tiny_song(song_dir)
     cfg = root / "config.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {
                 "spool": str(root / "spool"),
-                "models": {"tiny": {"path": str(model_dir)}, MELODY_MODEL: {"path": str(melody_dir)}},
+                "models": {
+                    "tiny": {"path": str(model_dir)},
+                    MELODY_MODEL: {"path": str(melody_dir)},
+                    SONG_MODEL: {"path": str(song_dir)},
+                },
                 "default_model": "tiny",
                 "device": device,
                 # A small window, so the long piece goes through windowed continuation here too.
@@ -219,6 +234,13 @@ def run_demo(
     for r in [headers, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
     print()
+    for _path, body in results.values():
+        request = body.get("request") or {}
+        if body.get("status") == "completed" and request.get("lyrics"):
+            model = body.get("model") or {}
+            print(f"demo: {body['job_id']} sings ({model.get('family')}, licence {model.get('license')}):")
+            print("    " + "\n    ".join(str(request["lyrics"]).strip().splitlines()))
+            print()
     missing = total - len(results)
     print(f"demo: {len(results) - failed} completed, {failed} failed, {missing} missing")
     print(f"demo: audio and sidecars in {settings.outbox}")

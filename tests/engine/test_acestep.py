@@ -16,8 +16,10 @@ import torch
 from daemon.core.config import Settings
 from daemon.core.errors import ModelLoadError
 from daemon.core.families import ACE_STEP, MUSICGEN, directory_family, spec_family
-from daemon.engine.acestep.checkpoint import card_license, check_local_dir, load_pipeline
+from daemon.engine.acestep.checkpoint import load_pipeline
+from daemon.engine.acestep.layout import check_local_dir
 from daemon.engine.acestep.song import SongBatch, SongParams, SongRow, pipeline_kwargs, render
+from daemon.engine.hub import card_license
 
 LYRICS = "[verse]\nSoft notes in the morning light\n[chorus]\nMusic fills the air tonight"
 

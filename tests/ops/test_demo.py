@@ -33,3 +33,11 @@ def test_melody_jobs_go_to_the_melody_model_and_references_exist(tmp_path: Path)
     for name in ("riff.wav", "hummed-tune.wav"):
         info = sf.info(str(tmp_path / "library" / name))
         assert info.samplerate == 32000 and info.duration == 3.0
+
+
+def test_songs_with_lyrics_go_to_the_acestep_model() -> None:
+    from daemon.ops.demo import SONG_MODEL
+
+    doc = capped("song-lyrics.yaml")
+    assert doc["model"] == SONG_MODEL and doc["duration"] <= 4.0 and "[chorus]" in doc["lyrics"]
+    assert "model" not in capped("tempo-key.yaml")  # bpm and key belong to every family

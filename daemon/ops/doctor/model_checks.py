@@ -29,7 +29,8 @@ def check_model(name: str, spec: ModelSpec) -> Check:
 
 
 def _acestep_ok(label: str, where: str, directory: Path, spec: ModelSpec) -> Check:
-    from daemon.engine.acestep.checkpoint import card_license, components
+    from daemon.engine.acestep.layout import components
+    from daemon.engine.hub import card_license
 
     parts = ", ".join(f"{k}: {v}" for k, v in sorted(components(directory).items()))
     licence = spec.license or card_license(directory) or "unknown"
