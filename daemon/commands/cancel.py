@@ -4,10 +4,12 @@ error sidecar `cancelled`; a job still in inbox/ moves to failed/ with its bytes
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
 from daemon.commands._common import add_config_arg, settings_or_exit
+from daemon.core.config import Settings
 from daemon.ops.client import live_running, serving_daemons
 from daemon.spool import state
 from daemon.spool.reserve import result_folders
@@ -43,12 +45,34 @@ def _known(settings, job_id: str) -> bool:
     return any(e.get("job_id") == job_id for q in serving_daemons(settings) for e in q.get("queued", []))
 
 
+def _finished(settings: Settings, job_id: str) -> str | None:
+    """How `job_id` ended and where its result is, from its sidecar; None when it has none."""
+    for root, name in ((settings.outbox, f"{job_id}.json"), (settings.failed, f"{job_id}.error.json")):
+        for _folder, directory in result_folders(root):
+            path = directory / name
+            try:
+                body = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            status = str(body.get("status") or "finished")
+            if status == "completed":
+                return f"has already completed: its result is {path}"
+            error = body.get("error") or {}
+            why = f" ({error.get('type')}: {error.get('message')})" if status == "failed" else ""
+            return f"has already {'been cancelled' if status == 'cancelled' else status}{why}: see {path}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args)
     job_id = args.job_id
     try:
         if not _known(settings, job_id):
             waiting = find_in_inbox(settings, job_id)
+            finished = _finished(settings, job_id) if waiting is None else None
+            if finished is not None:
+                print(f"dgx-music: nothing to cancel: job {job_id!r} {finished}", file=sys.stderr)
+                return 2
             if waiting is None:
                 print(
                     f"dgx-music: no queued or running job {job_id!r}, and none waiting in the inbox "

@@ -46,7 +46,9 @@ def test_without_a_daemon_submit_warns_and_cancel_moves_the_inbox_file_to_failed
     err = json.loads((sp.failed / "waiting.error.json").read_text())
     assert err["status"] == "cancelled" and err["error"]["type"] == "cancelled"
     assert err["source_file"] == "waiting.yaml"
-    assert run_cli(config, "cancel", "waiting").returncode == 2  # nothing left to cancel
+    again = run_cli(config, "cancel", "waiting")
+    assert again.returncode == 2  # nothing left to cancel, and it says why
+    assert f"job 'waiting' has already been cancelled: see {sp.failed / 'waiting.error.json'}" in again.stderr
 
 
 def test_cancel_finds_a_waiting_job_in_an_inbox_subfolder_and_files_it_under_that_folder(
@@ -128,4 +130,15 @@ def test_status_and_wait_show_queue_positions_and_the_daemons_eta(
         for job_id in ("q1", "q2", "q3"):
             assert sp.wait_outcome(job_id, 60, alive=daemon)["status"] == "completed"
         assert sp.outcome("slow")["status"] == "cancelled"
+
+        # Cancelling what has finished says how it ended and where its result is.
+        done = run_cli(config, "cancel", "q1")
+        assert done.returncode == 2
+        assert f"job 'q1' has already completed: its result is {sp.outbox / 'q1.json'}" in done.stderr
+        sp.drop("nomodel.yaml", job_yaml("names a model nobody has", duration=0.5, model="nope"))
+        sp.wait_outcome("nomodel", 60, alive=daemon)
+        failed = run_cli(config, "cancel", "nomodel")
+        assert failed.returncode == 2
+        assert "job 'nomodel' has already failed (unknown_model: model 'nope'" in failed.stderr
+        assert str(sp.failed / "nomodel.error.json") in failed.stderr
         assert daemon.stop() == 0
