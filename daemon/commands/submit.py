@@ -14,6 +14,7 @@ from daemon.ops.client import (
     Submitted,
     WaitProgress,
     drop,
+    reference_problems,
     serving_outlook,
     validate_file,
     wait_for,
@@ -52,7 +53,13 @@ def run(args: argparse.Namespace) -> int:
     # Everything is validated before anything is dropped: a bad file leaves the spool untouched.
     for path in args.files:
         try:
-            validated.append((path, validate_file(settings, path)))
+            jobs = validate_file(settings, path)
+            # The daemon would take the file and fail the job at run time: say so now.
+            problems = reference_problems(settings, path, jobs)
+            for d in problems:
+                print(d.format(str(path)), file=sys.stderr)
+            bad = bad or bool(problems)
+            validated.append((path, jobs))
         except JobSpecError as exc:
             bad = True
             for d in exc.details:

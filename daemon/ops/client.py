@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.config import Settings
+from daemon.core.errors import InvalidJobError
 from daemon.core.fsio import atomic_write_bytes
 from daemon.spool import state
 from daemon.spool.claim import list_claims
+from daemon.spool.library import resolve_reference
 from daemon.spool.owner import Owner
 from daemon.spool.peers import Peers
-from jobspec import Job, load_job_bytes
+from jobspec import ErrorDetail, Job, load_job_bytes
+from jobspec.loader import locate_field
 from jobspec.names import JOB_SUFFIXES
 
 
@@ -44,6 +47,32 @@ def validate_file(settings: Settings, path: Path) -> list[Job]:
     return load_job_bytes(
         data, path.name, max_bytes=settings.max_job_bytes, max_duration=settings.max_duration
     )
+
+
+def reference_problems(settings: Settings, path: Path, jobs: list[Job]) -> list[ErrorDetail]:
+    """What the daemon would refuse about the jobs' library/ audio (`continue_from`, `melody`:
+    missing, a link, not audio, too long), found now instead of at run time. Only where this user
+    can read library/: elsewhere the daemon alone can tell. An outbox/ reference may name the
+    result of a job submitted with it, not written yet: the daemon judges those when they run."""
+    data = b""
+    problems: list[ErrorDetail] = []
+    for index, job in enumerate(jobs):
+        for field in ("continue_from", "melody"):
+            ref = getattr(job, field, None)
+            if not isinstance(ref, str) or not ref.startswith("library/"):
+                continue
+            if not os.access(settings.library, os.R_OK | os.X_OK):
+                continue
+            try:
+                resolve_reference(settings, field, ref)
+            except InvalidJobError as exc:
+                target = settings.spool / ref
+                if target.exists() and not os.access(target, os.R_OK):
+                    continue  # unreadable to this user only, perhaps: the daemon's group may read it
+                data = data or path.read_bytes()
+                loc, line = locate_field(data, path.name, index, field)
+                problems.append(ErrorDetail(loc=loc, line=line, msg=exc.message, hint=exc.hint))
+    return problems
 
 
 def drop(settings: Settings, path: Path, jobs: list[Job]) -> Submitted:

@@ -113,3 +113,32 @@ def test_every_command_describes_itself_and_its_arguments(tmp_path: Path) -> Non
                 if len(ln.split()) == 1 and indent[i + 1] <= indent[i]
             ]
             assert not bare, f"`{name} --help`: {bare} not explained:\n{block}"
+
+
+def test_submit_checks_library_references_where_it_can_read_the_spool(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    spool = tmp_path / "spool"
+    for d in ("inbox", "outbox", "failed", "state", "library"):
+        (spool / d).mkdir(parents=True)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"spool: {spool}\n")
+    gone = tmp_path / "gone.yaml"
+    gone.write_text("prompt: carry on from the riff\nduration: 4\ncontinue_from: library/riff.wav\n")
+    res = cli(tmp_path, "submit", str(gone), "--config", str(cfg))
+    assert res.returncode == 2, res.stderr
+    assert f"{gone}:3: continue_from: 'library/riff.wav' does not exist in library/" in res.stderr
+    assert "copy the file into the spool's library/ first" in res.stderr
+    assert "nothing submitted" in res.stderr and list((spool / "inbox").iterdir()) == []
+
+    # Not audio: refused the way the daemon would refuse it.
+    (spool / "library" / "riff.wav").write_text("not a sound")
+    res = cli(tmp_path, "submit", str(gone), "--config", str(cfg))
+    assert res.returncode == 2 and "continue_from: 'library/riff.wav'" in res.stderr, res.stderr
+
+    # Once the file is there, the job goes in.
+    sf.write(spool / "library" / "riff.wav", np.zeros((32000, 1), dtype=np.float32), 32000)
+    res = cli(tmp_path, "submit", str(gone), "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert (spool / "inbox" / "gone.yaml").is_file()
