@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jobspec import music
+from jobspec.edit import EDIT_KEYS, Cover, Extract, Repaint
 from jobspec.music import BPM_MAX, BPM_MIN, MAX_CANDIDATES, Bpm, Loop, MusicalKey, TimeSignature
 from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 from jobspec.output import LOSSY_FORMATS, Output
@@ -279,6 +280,21 @@ class JobSpec(BaseModel):
         description=f"ACE-Step base models: classifier-free guidance scale, 1..{GUIDANCE_MAX:g} "
         "(default 7); a turbo checkpoint has its guidance built in and refuses the key.",
     )
+    repaint: Repaint | None = Field(
+        default=None,
+        description="ACE-Step models: regenerate `start`..`end` seconds of `source` (a library/ or outbox/ "
+        "file) from the prompt and lyrics, the rest of it kept; the result is as long as the source.",
+    )
+    cover: Cover | None = Field(
+        default=None,
+        description="ACE-Step models: `source` restyled by the prompt and lyrics, its structure kept "
+        "(`strength` 0..1); the result is as long as the source.",
+    )
+    extract: Extract | None = Field(
+        default=None,
+        description="ACE-Step models: stems of `source`, one file per track in `tracks` "
+        "(`<id>-<track>.<ext>`), all in one sidecar.",
+    )
     candidates: Annotated[int, Field(strict=True, ge=1, le=MAX_CANDIDATES)] = Field(
         default=1,
         description=f"Best of N, 1..{MAX_CANDIDATES}: N takes (seed, seed+1, ...) in one batch, each scored "
@@ -346,6 +362,28 @@ class JobSpec(BaseModel):
                 "references_exclusive",
                 "'melody' cannot be combined with 'continue_from' in one job",
                 {"key": "melody"},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_edit(self) -> "JobSpec":
+        edits = [k for k in EDIT_KEYS if getattr(self, k) is not None]
+        if not edits:
+            return self
+        clash = edits[1:] + [k for k in ("continue_from", "melody", "sections", "loop") if getattr(self, k)]
+        if clash:
+            raise music.music_rule(
+                clash[0],
+                f"'{clash[0]}' cannot be combined with '{edits[0]}' in one job",
+                f"an edit reads one source only: remove `{clash[0]}:`, or make it a job of its own",
+            )
+        if self.candidates > 1 or (self.extract is not None and self.count > 1):
+            key = "candidates" if self.candidates > 1 else "count"
+            raise music.music_rule(
+                key,
+                f"'{key}' cannot be combined with '{edits[0]}'",
+                f"remove `{key}:`; an edit writes "
+                + ("one file per track" if self.extract is not None else "count variations of the edit"),
             )
         return self
 

@@ -71,10 +71,15 @@ def numbered_id(job_id: str, n: int) -> str:
     return job_id if n == 1 else f"{job_id}-{n}"
 
 
-def audio_names(job_id: str, *, ext: str, count: int, kept_candidates: int = 0) -> list[str]:
+def audio_names(
+    job_id: str, *, ext: str, count: int, kept_candidates: int = 0, tracks: tuple[str, ...] = ()
+) -> list[str]:
     """Audio file names of a job: `<id>.<ext>`, or `<id>-v1.<ext>` ... when count > 1; then
     `<id>-c1.<ext>` ... `<id>-c<N>.<ext>` for best-of-N takes kept beside the best (all N are
-    reserved: which one is best is known only once they are measured)."""
+    reserved: which one is best is known only once they are measured). Stems (`tracks`, an
+    extract job): `<id>-<track>.<ext>` each, in the order asked."""
+    if tracks:
+        return [f"{job_id}-{t}.{ext}" for t in tracks]
     kept = [f"{job_id}-c{i}.{ext}" for i in range(1, kept_candidates + 1)]
     if count == 1:
         return [f"{job_id}.{ext}", *kept]
@@ -82,6 +87,21 @@ def audio_names(job_id: str, *, ext: str, count: int, kept_candidates: int = 0) 
 
 
 _AUDIO_EXT_RE = re.compile(r"[A-Za-z0-9]{1,8}")
+# The stems an extract job may name (jobspec.edit.TRACKS; kept here so names import nothing).
+STEM_TRACKS = (
+    "vocals",
+    "backing_vocals",
+    "drums",
+    "bass",
+    "guitar",
+    "keyboard",
+    "percussion",
+    "strings",
+    "synth",
+    "fx",
+    "brass",
+    "woodwinds",
+)
 
 
 def is_own_audio(job_id: str, name: str) -> bool:
@@ -91,7 +111,8 @@ def is_own_audio(job_id: str, name: str) -> bool:
     stem, dot, ext = name.rpartition(".")
     if not dot or not _AUDIO_EXT_RE.fullmatch(ext) or ext.lower() in ("json", "yaml", "yml", "html"):
         return False
-    return stem == job_id or re.fullmatch(re.escape(job_id) + r"-v[1-9][0-9]{0,5}", stem) is not None
+    own = re.escape(job_id) + r"-(v[1-9][0-9]{0,5}|" + "|".join(STEM_TRACKS) + ")"
+    return stem == job_id or re.fullmatch(own, stem) is not None
 
 
 def sidecar_name(job_id: str) -> str:

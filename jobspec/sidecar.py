@@ -189,6 +189,9 @@ class OutputInfo(_Strict):
         default=None, description="Peak envelope of the audio written (a few hundred points)."
     )
     loop: LoopInfo | None = Field(default=None, description="Loop jobs: how the loop was cut and its seam.")
+    track: str | None = Field(
+        default=None, description="Extract jobs: the stem this file is (vocals, drums, ...)."
+    )
     analysis: Analysis | None = Field(
         default=None,
         description="Tempo, beats, key and loudness range measured on the file as written, and how far "
@@ -207,7 +210,9 @@ class OutputInfo(_Strict):
 class ReferenceInfo(_Strict):
     """Audio a job started from or followed, as read when the job ran."""
 
-    role: Literal["continue_from", "melody"] = Field(description="What the job did with it.")
+    role: Literal["continue_from", "melody", "repaint", "cover", "extract"] = Field(
+        description="What the job did with it (an edit's source: repaint, cover, extract)."
+    )
     path: str = Field(description="The reference as the job wrote it: library/<file> or outbox/<file>.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the file's bytes, hex.")
     duration_s: Seconds = Field(description="Its length in seconds.")

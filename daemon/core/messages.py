@@ -37,6 +37,19 @@ class AudioPrompt:
         return self.samples.shape[-1] / float(self.sample_rate)
 
 
+@dataclass(frozen=True, eq=False)
+class EditTask:
+    """A song to edit (ACE-Step): `kind` repaint (seconds `start`..`end`, None: to the end),
+    cover (`strength` 0..1) or extract (one output row per name in `tracks`)."""
+
+    kind: str
+    source: AudioPrompt
+    start: float = 0.0
+    end: float | None = None
+    strength: float = 1.0
+    tracks: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One prompt to render `count` times. Sampling defaults are MusicGen/audiocraft's.
@@ -70,6 +83,7 @@ class GenerationRequest:
     language: str | None = None
     steps: int | None = None
     guidance: float | None = None
+    edit: EditTask | None = field(default=None, compare=False)
 
     @property
     def conditioned(self) -> bool:

@@ -11,14 +11,16 @@ hub's facebook/musicgen-melody ships it, so hub and made-up checkpoints are read
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.signal import resample_poly
+
+from daemon.engine.resample import to_rate_and_channels
+
+__all__ = ["ChromaExtractor", "ChromaParams", "to_rate_and_channels"]
 
 
 @dataclass(frozen=True)
@@ -56,25 +58,6 @@ class ChromaParams:
             "stem_indices": [3, 2],
             "processor_class": "MusicgenMelodyProcessor",
         }
-
-
-def to_rate_and_channels(samples: np.ndarray, rate: int, target_rate: int, channels: int) -> np.ndarray:
-    """[C, N] float32 audio resampled to `target_rate` and mixed to `channels` (mean to mono,
-    mono duplicated to stereo, more channels folded to the first `channels` by averaging)."""
-    x = np.asarray(samples, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.shape[0] != channels:
-        if channels == 1:
-            x = x.mean(axis=0, keepdims=True)
-        elif x.shape[0] == 1:
-            x = np.repeat(x, channels, axis=0)
-        else:
-            x = np.stack([x[c::channels].mean(axis=0) for c in range(channels)])
-    if rate != target_rate:
-        g = math.gcd(int(rate), int(target_rate))
-        x = resample_poly(x, target_rate // g, rate // g, axis=-1).astype(np.float32)
-    return np.ascontiguousarray(x)
 
 
 class ChromaExtractor:

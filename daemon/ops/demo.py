@@ -82,7 +82,7 @@ def _loop_note(output: dict[str, Any]) -> str:
 
 
 def write_library(library: Path) -> None:
-    """The reference audio the examples name: a riff to continue and a tune to follow."""
+    """The reference audio the examples name: a riff to continue, a tune to follow, a song to edit."""
     library.mkdir(parents=True, exist_ok=True)
     rate = 32000
     t = np.arange(int(rate * 3.0)) / rate
@@ -94,6 +94,11 @@ def write_library(library: Path) -> None:
         target = library / name
         if not target.exists():
             sf.write(str(target), audio, rate)
+    # The song the edit examples (repaint, stems, cover) start from: stereo, 40 s (read as 48 kHz).
+    song = library / "song.wav"
+    if not song.exists():
+        left = np.tile(tune * pulse, 14)[: 40 * rate]
+        sf.write(str(song), np.stack([left, np.roll(left, 400)], axis=1), rate)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:

@@ -195,7 +195,8 @@ def tiny_pipeline(*, variant: Variant = "turbo", seed: int = 0) -> Any:
             sliding_window=16,
         ),
         vae=dict(
-            encoder_hidden_size=4,
+            # The encoder gives mean and scale: twice the latent channels the decoder reads.
+            encoder_hidden_size=2 * acoustic,
             downsampling_ratios=[2, 4, 4, 6, 8],
             channel_multiples=[1, 1, 1, 1, 1],
             decoder_channels=4,

@@ -198,6 +198,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
                     variation=take.variation,
                     seed=variation_seed,
                     loop=take.loop,
+                    track=take.track,
                     waveform=Waveform(bins=env.bins, min=env.min, max=env.max),
                     analysis=analysis,
                 )

@@ -33,6 +33,7 @@ class Take:
     variation: int
     seed: int
     loop: LoopInfo | None
+    track: str | None = None  # an extract job's stem
 
 
 def loop_info(job: Job, looped: Looped) -> LoopInfo:
@@ -104,9 +105,11 @@ def shape(
     seeds = [(seed + i) % SEED_MOD for i in range(len(rows))]
     ext = job.output.format
     if job.candidates == 1:
-        names = audio_names(job_id, ext=ext, count=job.count)
+        tracks = tuple(job.extract.tracks) if job.extract is not None else ()
+        names = audio_names(job_id, ext=ext, count=job.count, tracks=tracks)
         return [
-            Take(n, r, i + 1, s, lp) for i, (n, r, s, lp) in enumerate(zip(names, rows, seeds, loops))
+            Take(n, r, i + 1, s, lp, tracks[i] if tracks else None)
+            for i, (n, r, s, lp) in enumerate(zip(names, rows, seeds, loops))
         ], []
     records = [score_take(job, audio[i], sample_rate, looped[i], i + 1, seeds[i]) for i in range(len(rows))]
     best = min(range(len(records)), key=lambda i: (records[i].score, i))

@@ -28,7 +28,8 @@ log = logging.getLogger("daemon.service.daemon")  # operators grep the daemon's 
 
 def _audio_names(job_id: str, job: Job) -> list[str]:
     kept = job.candidates if job.keep_candidates else 0
-    return audio_names(job_id, ext=job.output.format, count=job.count, kept_candidates=kept)
+    tracks = tuple(job.extract.tracks) if job.extract is not None else ()
+    return audio_names(job_id, ext=job.output.format, count=job.count, kept_candidates=kept, tracks=tracks)
 
 
 class Admission:

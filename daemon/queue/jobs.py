@@ -25,6 +25,7 @@ from daemon.core.messages import Generated
 from daemon.spool import state
 from daemon.spool.library import ReferenceAudio
 from jobspec import Job
+from jobspec.edit import EDIT_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,12 @@ class QueuedJob:
     def conditioned(self) -> bool:
         """Sections or reference audio: decoded alone, never batched with other jobs."""
         job = self.job
-        return job.sections is not None or job.continue_from is not None or job.melody is not None
+        return (
+            job.sections is not None
+            or job.continue_from is not None
+            or job.melody is not None
+            or any(getattr(job, k) is not None for k in EDIT_KEYS)
+        )
 
     @property
     def priority(self) -> str:

@@ -31,6 +31,7 @@ from daemon.core.eta import format_eta
 from daemon.core.logctx import job_context, set_stage
 from daemon.core.messages import (
     AudioPrompt,
+    EditTask,
     Generated,
     GenerationRequest,
     GenerationResult,
@@ -42,7 +43,7 @@ from daemon.queue.jobs import Outcomes, QueuedJob
 from daemon.queue.publisher import Publisher, PublishFn
 from daemon.spool import state
 from daemon.spool.library import resolve_reference
-from jobspec import ErrorDetail, locate_field
+from jobspec import ErrorDetail, Job, locate_field
 from jobspec.sidecar import ReferenceInfo, Timings
 
 log = logging.getLogger(__name__)
@@ -284,20 +285,27 @@ class Worker:
 
     def _references(self, item: QueuedJob) -> None:
         """Read the job's reference audio (library/ or outbox/), checked; InvalidJobError otherwise."""
+        job = item.job
         item.references = [
             resolve_reference(self.settings, role, ref)
-            for role, ref in (("continue_from", item.job.continue_from), ("melody", item.job.melody))
+            for role, ref in (("continue_from", job.continue_from), ("melody", job.melody))
             if ref is not None
+        ] + [
+            resolve_reference(self.settings, kind, edit.source, loc=f"{kind}.source")
+            for kind, edit in (("repaint", job.repaint), ("cover", job.cover), ("extract", job.extract))
+            if edit is not None
         ]
 
     def _request(self, item: QueuedJob) -> GenerationRequest:
         job = item.job
         s = job.sampling
         audio = {r.role: AudioPrompt(r.samples, r.sample_rate) for r in item.references}
+        edit = edit_task(job, audio)
         return GenerationRequest(
             prompt=job.prompt,
-            duration=job.duration,
-            count=job.count * job.candidates,
+            # An edit is as long as its source (the engine resamples it; this is its length).
+            duration=edit.source.duration_s if edit is not None else job.duration,
+            count=len(edit.tracks) if edit is not None and edit.tracks else job.count * job.candidates,
             seed=job.seed,
             temperature=s.temperature,
             top_k=s.top_k,
@@ -314,6 +322,7 @@ class Worker:
             language=job.language,
             steps=job.steps,
             guidance=job.guidance,
+            edit=edit,
         )
 
     def _generate(self, batch: list[QueuedJob], name: str) -> None:
@@ -396,9 +405,12 @@ class Worker:
         self, item: QueuedJob, result: GenerationResult, timings: Timings, batch_audio_s: float
     ) -> Generated:
         """The hand-off to the outbox: the job as it ran, its result and what it took."""
+        update: dict[str, Any] = {"model": item.job.model or self.settings.default_model}
+        if result.request is not None and result.request.edit is not None:
+            update["duration"] = round(result.audio.shape[-1] / result.sample_rate, 6)
         return Generated(
             job_id=item.job_id,
-            job=item.job.model_copy(update={"model": item.job.model or self.settings.default_model}),
+            job=item.job.model_copy(update=update),
             source_file=item.claim.source_name,
             submitted=item.claim.submitted_at,
             started=item.started_at or time.time(),
@@ -425,3 +437,14 @@ class Worker:
 def _own(item: QueuedJob) -> contextlib.AbstractContextManager[object]:
     """Records about one job of a batch carry that job's id alone."""
     return job_context(job_id=item.job_id, batch=())
+
+
+def edit_task(job: Job, audio: dict[str, AudioPrompt]) -> EditTask | None:
+    """The job's edit of a source (repaint, cover, extract) with the source as read; None: none."""
+    if job.repaint is not None:
+        return EditTask("repaint", audio["repaint"], start=job.repaint.start, end=job.repaint.end)
+    if job.cover is not None:
+        return EditTask("cover", audio["cover"], strength=job.cover.strength)
+    if job.extract is not None:
+        return EditTask("extract", audio["extract"], tracks=tuple(job.extract.tracks))
+    return None

@@ -32,7 +32,8 @@ from daemon.spool import state
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 600.0
-REFERENCE_FIELDS = ("continue_from", "melody")  # job fields that name a file a job will read
+# Job fields that name a file a job will read (an edit names it as its `source`).
+REFERENCE_FIELDS = ("continue_from", "melody", "repaint", "cover", "extract")
 
 
 class OutcomeObserver:
@@ -122,6 +123,7 @@ class OutcomeObserver:
             for name in REFERENCE_FIELDS:
                 ref = getattr(job, name, None)
                 ref = getattr(ref, "path", ref)  # a reference may be a model with a path
+                ref = getattr(ref, "source", ref)  # or an edit of a source
                 if isinstance(ref, str) and ref.startswith("outbox/"):
                     protected.append(ref[len("outbox/") :])
         expired = find_expired(

@@ -18,6 +18,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from daemon.engine.acestep.song import (
     SongBatch,
     SongParams,
     SongRow,
+    SourceEdit,
     calls,
     default_guidance,
     default_steps,
@@ -47,6 +49,7 @@ from daemon.engine.acestep.song import (
     token_counts,
 )
 from daemon.engine.family import SEED_MOD, StepClock, decode_call
+from daemon.engine.resample import to_rate_and_channels
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +159,11 @@ class AceStepModel:
         pipe = self.loaded.pipe
         groups: dict[tuple[Any, ...], list[SongRow]] = {}
         params_of: dict[tuple[Any, ...], SongParams] = {}
+        edits: list[SongBatch] = []
         for i, (req, seed) in enumerate(zip(requests, seeds)):
+            if req.edit is not None:
+                edits.extend(self._edit_batches(i, req, seed))
+                continue
             if req.conditioned:
                 key = "sections" if req.sections else "melody" if req.melody is not None else "continue_from"
                 raise InvalidJobError(
@@ -187,7 +194,54 @@ class AceStepModel:
             SongBatch(params_of[key], rows[k : k + cap])
             for key, rows in groups.items()
             for k in range(0, len(rows), cap)
+        ] + edits
+
+    def _edit_batches(self, i: int, req: GenerationRequest, seed: int) -> list[SongBatch]:
+        """A request that edits a source: its own batches (one per extracted track), the song as
+        long as the source, which is brought to the pipeline's rate and channels."""
+        edit = req.edit
+        assert edit is not None
+        info = self._info
+        audio = to_rate_and_channels(
+            edit.source.samples, edit.source.sample_rate, info.sample_rate, info.channels
+        )
+        duration = audio.shape[-1] / info.sample_rate
+        if edit.kind == "repaint" and (
+            edit.start >= duration or (edit.end is not None and edit.end > duration + 1e-6)
+        ):
+            raise InvalidJobError(
+                f"the repaint range {edit.start:g}..{'end' if edit.end is None else f'{edit.end:g}'} s lies "
+                f"outside the source, which is {duration:.3f} s long",
+                loc="repaint",
+                hint=f"keep start and end within 0..{duration:.3f} s (leave `end` out for the source's end)",
+            )
+        if edit.kind == "cover" and getattr(self.loaded.pipe, "audio_tokenizer", None) is None:
+            raise InvalidJobError(
+                f"model {info.name!r} has no audio tokenizer, which a cover reads its source through",
+                loc="cover",
+                hint="name an ACE-Step checkpoint with its audio tokenizer (the released 1.5 checkpoints "
+                "have one), or use `repaint` with the whole range",
+            )
+        params = replace(self._params(req), duration=duration)
+        source = SourceEdit(edit.kind, audio, start=edit.start, end=edit.end, strength=edit.strength)
+        lyrics = getattr(req, "lyrics", None) or ""
+        language = getattr(req, "language", None) or "en"
+        tracks: list[str | None] = list(edit.tracks) if edit.kind == "extract" else [None] * req.count
+        rows = [
+            SongRow(i, v, (seed + v) % SEED_MOD, req.prompt, lyrics, language, track=t)
+            for v, t in enumerate(tracks)
         ]
+        if token_counts(self.loaded.pipe, params, rows[0])[1] > MAX_LYRIC_TOKENS:
+            raise InvalidJobError(
+                f"the lyrics are longer than model {info.name!r} reads ({MAX_LYRIC_TOKENS} tokens)",
+                loc="lyrics",
+                hint="shorten the lyrics",
+            )
+        if edit.kind == "extract":
+            # Each track has its own instruction: a call of its own.
+            return [SongBatch(params, [row], edit=source) for row in rows]
+        cap = self.settings.max_batch
+        return [SongBatch(params, rows[k : k + cap], edit=source) for k in range(0, len(rows), cap)]
 
     def steps(self, batch: SongBatch) -> int:  # type: ignore[override]
         return batch.params.steps * calls(len(batch.rows), self.rows)

@@ -67,15 +67,29 @@ class SongRow:
     prompt: str
     lyrics: str = ""
     language: str = "en"
+    track: str | None = None  # extract: the stem this row is
+
+
+@dataclass(frozen=True, eq=False)
+class SourceEdit:
+    """A song the call edits (`daemon.core.messages.EditTask`), its audio at the VAE's rate and
+    channels: `audio` [channels, samples] float32."""
+
+    kind: str  # repaint, cover or extract
+    audio: np.ndarray
+    start: float = 0.0
+    end: float | None = None
+    strength: float = 1.0
 
 
 @dataclass
 class SongBatch:
-    """Rows rendered in one call."""
+    """Rows rendered in one call (with `edit`: all rows edit the same source, one track)."""
 
     params: SongParams
     rows: list[SongRow]
     continued_s: float = 0.0  # ACE-Step text2music never continues a reference
+    edit: SourceEdit | None = None
 
 
 def token_counts(pipe: Any, params: SongParams, row: SongRow) -> tuple[int, int]:
@@ -148,14 +162,46 @@ def render(
     steps of all the batch's calls) and may raise to abort."""
     rows = batch.rows
     if not fixed_rows:
-        return _call(pipe, batch.params, rows, on_step, 0, cache_cross_attention)
+        return _call(pipe, batch.params, rows, on_step, 0, cache_cross_attention, batch.edit)
     out: list[np.ndarray] = []
     for k in range(0, len(rows), fixed_rows):
         part = rows[k : k + fixed_rows]
         filled = part + [part[-1]] * (fixed_rows - len(part))
         done = (k // fixed_rows) * batch.params.steps
-        out.extend(_call(pipe, batch.params, filled, on_step, done, cache_cross_attention)[: len(part)])
+        out.extend(
+            _call(pipe, batch.params, filled, on_step, done, cache_cross_attention, batch.edit)[: len(part)]
+        )
     return out
+
+
+def conditioning(pipe: Any, p: SongParams, rows: list[SongRow], instruction: str) -> torch.Tensor:
+    """The DiT's conditioning of `rows` (prompt, lyrics, metadata under `instruction`); with no
+    reference audio the timbre encoder reads the checkpoint's learned silence (as the pipeline)."""
+    device, dtype, n = pipe._execution_device, pipe.transformer.dtype, len(rows)
+    text_h, text_mask, lyric_h, lyric_mask = pipe.encode_prompt(
+        prompt=[r.prompt for r in rows],
+        lyrics=[r.lyrics for r in rows],
+        device=device,
+        vocal_language=[r.language for r in rows],
+        audio_duration=p.duration,
+        instruction=instruction,
+        bpm=p.bpm,
+        keyscale=p.keyscale,
+        timesignature=p.timesignature,
+        max_text_length=MAX_TEXT_TOKENS,
+        max_lyric_length=MAX_LYRIC_TOKENS,
+    )
+    timbre_frames = math.ceil(30 * pipe.latents_per_second)
+    silence = pipe.condition_encoder.silence_latent[:, :timbre_frames, :].to(device=device, dtype=dtype)
+    states, _ = pipe.condition_encoder(
+        text_hidden_states=text_h,
+        text_attention_mask=text_mask,
+        lyric_hidden_states=lyric_h,
+        lyric_attention_mask=lyric_mask,
+        refer_audio_acoustic_hidden_states_packed=silence.expand(n, -1, -1).contiguous(),
+        refer_audio_order_mask=torch.arange(n, device=device, dtype=torch.long),
+    )
+    return states
 
 
 @torch.no_grad()
@@ -166,49 +212,45 @@ def _call(
     on_step: Callable[[int], None] | None,
     steps_before: int,
     cache_cross_attention: bool,
+    edit: SourceEdit | None = None,
 ) -> list[np.ndarray]:
     from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 
     n = len(rows)
+    task = edit.kind if edit is not None else "text2music"
     device = pipe._execution_device
     dtype = pipe.transformer.dtype
     acoustic_dim = pipe.transformer.config.audio_acoustic_hidden_dim
-    text_h, text_mask, lyric_h, lyric_mask = pipe.encode_prompt(
-        prompt=[r.prompt for r in rows],
-        lyrics=[r.lyrics for r in rows],
-        device=device,
-        vocal_language=[r.language for r in rows],
-        audio_duration=p.duration,
-        instruction=pipe._get_task_instruction("text2music"),
-        bpm=p.bpm,
-        keyscale=p.keyscale,
-        timesignature=p.timesignature,
-        max_text_length=MAX_TEXT_TOKENS,
-        max_lyric_length=MAX_LYRIC_TOKENS,
-    )
+    encoder_states = conditioning(pipe, p, rows, pipe._get_task_instruction(task, track_name=rows[0].track))
     length = latent_frames(pipe, p.duration)
-    src_latents, length = pipe.prepare_src_latents(
-        device=device, dtype=dtype, batch_size=n, latent_length=length, task_type="text2music"
-    )
-    # No reference audio: the timbre encoder reads the checkpoint's learned silence (as the pipeline).
-    timbre_frames = math.ceil(30 * pipe.latents_per_second)
-    silence = pipe.condition_encoder.silence_latent[:, :timbre_frames, :].to(device=device, dtype=dtype)
-    encoder_states, _ = pipe.condition_encoder(
-        text_hidden_states=text_h,
-        text_attention_mask=text_mask,
-        lyric_hidden_states=lyric_h,
-        lyric_attention_mask=lyric_mask,
-        refer_audio_acoustic_hidden_states_packed=silence.expand(n, -1, -1).contiguous(),
-        refer_audio_order_mask=torch.arange(n, device=device, dtype=torch.long),
-    )
+    kept: torch.Tensor | None = None
+    if edit is None:
+        src_latents, length = pipe.prepare_src_latents(
+            device=device, dtype=dtype, batch_size=n, latent_length=length, task_type="text2music"
+        )
+    else:
+        src_latents, kept, length = source_latents(pipe, edit, n, device, dtype)
+    text_only = None
+    if edit is not None and edit.kind == "cover" and edit.strength < 1.0:
+        # As the pipeline: the velocity is blended with that of the same text as text2music.
+        text_only = conditioning(pipe, p, rows, pipe._get_task_instruction("text2music"))
+        # Two conditionings of one shape in one call: the per-call cache would mix them up.
+        cache_cross_attention = False
     chunk_mask = pipe._build_chunk_mask(
-        task_type="text2music",
+        task_type=task,
         latent_length=length,
         batch_size=n,
         device=device,
         dtype=dtype,
         acoustic_dim=acoustic_dim,
+        repainting_start=edit.start if edit is not None else None,
+        repainting_end=edit.end if edit is not None else None,
+        has_src_audio=edit is not None,
     )
+    if task == "repaint":
+        # As the pipeline: the model hears silence inside the range and the source around it.
+        blank, _ = pipe.prepare_src_latents(device=device, dtype=dtype, batch_size=n, latent_length=length)
+        src_latents = torch.where(chunk_mask > 0.5, blank, src_latents)
     context = torch.cat([src_latents, chunk_mask], dim=-1)
     latents = pipe.prepare_latents(
         batch_size=n,
@@ -261,19 +303,62 @@ def _call(
                     context_latents=context,
                     return_dict=False,
                 )[0]
+            if text_only is not None and edit is not None:
+                vt_text = pipe.transformer(
+                    hidden_states=xt,
+                    timestep=t,
+                    timestep_r=t,
+                    encoder_hidden_states=text_only,
+                    context_latents=context[:n],
+                    return_dict=False,
+                )[0]
+                vt = edit.strength * vt + (1.0 - edit.strength) * vt_text
             xt = pipe.scheduler.step(vt, t_sched, xt, return_dict=False)[0]
             if on_step is not None:
                 on_step(steps_before + i + 1)
+    if task == "repaint" and kept is not None:
+        # Outside the range the source's own latents are decoded, so the rest of the song is the
+        # source's VAE round trip (the pipeline alone would regenerate it near the source).
+        xt = torch.where(chunk_mask > 0.5, xt, kept)
     audio = pipe.vae.decode(xt.transpose(1, 2)).sample.float()
     # The pipeline's loudness: anti-clip, then every row's peak at -1 dBFS (each row on its own).
+    # A repaint keeps the source's level (what is kept must stay as it was).
     peak = audio.abs().amax(dim=[1, 2], keepdim=True)
     if torch.any(peak > 1.0):
         audio = audio / peak.clamp(min=1.0)
-    peak = audio.abs().amax(dim=[1, 2], keepdim=True).clamp(min=1e-6)
-    audio = audio * (10.0 ** (-1.0 / 20.0) / peak)
+    if task != "repaint":
+        peak = audio.abs().amax(dim=[1, 2], keepdim=True).clamp(min=1e-6)
+        audio = audio * (10.0 ** (-1.0 / 20.0) / peak)
     samples = int(round(p.duration * pipe.sample_rate))
     out_np = audio.cpu().numpy()
     return [_fit(out_np[j], samples) for j in range(n)]
+
+
+def encode_source(pipe: Any, audio: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The source's VAE latents [1, frames, dim]: the mean of the encoder's distribution (not a
+    draw from it), so a seeded edit is repeatable and the round trip is one fixed signal. The
+    audio is padded with silence to whole latent frames (the VAE drops a last partial one)."""
+    hop = round(pipe.sample_rate / pipe.latents_per_second)
+    audio = np.pad(audio, ((0, 0), (0, -audio.shape[-1] % hop)))
+    x = torch.from_numpy(np.ascontiguousarray(audio)).unsqueeze(0).to(device=device, dtype=pipe.vae.dtype)
+    return pipe.vae.encode(x).latent_dist.mode().transpose(1, 2).to(dtype=dtype)
+
+
+def source_latents(
+    pipe: Any, edit: SourceEdit, n: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(the context's source latents, the source's own latents, latent frames) for `n` rows; a
+    cover's context is the source through the checkpoint's audio tokenizer, as the pipeline's."""
+    kept = encode_source(pipe, edit.audio, device, dtype).expand(n, -1, -1).contiguous()
+    length = kept.shape[1]
+    src = kept
+    if edit.kind == "cover":
+        silence = pipe.condition_encoder.silence_latent.to(device=device, dtype=dtype)
+        quantized, _ = pipe.audio_tokenizer.tokenize(kept, silence)
+        src = pipe.audio_token_detokenizer(quantized.to(device=device, dtype=dtype))[
+            :, :length, :
+        ].contiguous()
+    return src, kept, length
 
 
 def _fit(audio: np.ndarray, n: int) -> np.ndarray:
