@@ -31,6 +31,7 @@ from jobspec.names import PAGE_NAME
 
 MELODY_MODEL = "tiny-melody"
 SONG_MODEL = "tiny-song"
+DEMO_SONG_S = 3.0  # the edit examples' source, short for a CPU
 
 
 class DemoError(Exception):
@@ -55,6 +56,10 @@ def cap_durations(doc: Any, cap: float, long_cap: float) -> Any:
             for x in sections:
                 if isinstance(x, dict) and isinstance(x.get("duration"), (int, float)):
                     x["duration"] = round(float(x["duration"]) * scale, 3)
+        repaint = job.get("repaint")
+        if isinstance(repaint, dict):
+            # The demo's song is DEMO_SONG_S long: the range moves inside it.
+            job["repaint"] = {**repaint, "start": 1.0, "end": 2.0}
         if job.get("melody") is not None:
             job.setdefault("model", MELODY_MODEL)
         if any(k in job for k in FAMILY_KEYS[ACE_STEP]):
@@ -94,10 +99,10 @@ def write_library(library: Path) -> None:
         target = library / name
         if not target.exists():
             sf.write(str(target), audio, rate)
-    # The song the edit examples (repaint, stems, cover) start from: stereo, 40 s (read as 48 kHz).
+    # The song the edit examples (repaint, stems, cover) start from, stereo (read as 48 kHz).
     song = library / "song.wav"
     if not song.exists():
-        left = np.tile(tune * pulse, 14)[: 40 * rate]
+        left = np.tile(tune * pulse, 2)[: int(DEMO_SONG_S * rate)]
         sf.write(str(song), np.stack([left, np.roll(left, 400)], axis=1), rate)
 
 

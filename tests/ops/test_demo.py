@@ -41,3 +41,14 @@ def test_songs_with_lyrics_go_to_the_acestep_model() -> None:
     doc = capped("song-lyrics.yaml")
     assert doc["model"] == SONG_MODEL and doc["duration"] <= 4.0 and "[chorus]" in doc["lyrics"]
     assert "model" not in capped("tempo-key.yaml")  # bpm and key belong to every family
+
+
+def test_edits_go_to_the_acestep_model_on_a_short_song(tmp_path: Path) -> None:
+    from daemon.ops.demo import DEMO_SONG_S, SONG_MODEL
+
+    repaint = capped("repaint-bridge.yaml")
+    assert repaint["model"] == SONG_MODEL and repaint["repaint"]["end"] <= DEMO_SONG_S
+    assert capped("stems.yaml")["model"] == SONG_MODEL
+    write_library(tmp_path)
+    info = sf.info(str(tmp_path / "song.wav"))
+    assert info.channels == 2 and abs(info.duration - DEMO_SONG_S) < 0.01
