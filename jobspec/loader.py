@@ -353,10 +353,9 @@ def _detail(err: dict[str, Any], lines: LineMap, *, batch: bool) -> ErrorDetail:
     if kind in ("string_too_short", "string_too_long") and field == "prompt":
         length = len(value.strip()) if isinstance(value, str) else 0
         msg = f"prompt is {length} characters after trimming; it must be 3..500"
-    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        msg = f"{msg[0].lower()}{msg[1:]}, got {show_value(value)}"
-    elif kind == "literal_error":
-        msg = f"{msg[0].lower()}{msg[1:]}, got {show_value(value)}"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error"):
+        # pydantic's "Input should be ..." in the project's words: what the value must be, and was.
+        msg = f"must be {msg.removeprefix('Input should be ')}, got {show_value(value)}"
     elif kind in ("string_pattern_mismatch", "job_id") and field == "id":
         msg = (
             f"{show_value(value)} is not a valid job id: use letters, digits, '.', '_' and '-', starting "

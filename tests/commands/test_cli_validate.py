@@ -223,3 +223,19 @@ def test_config_families_refuse_keys_a_model_cannot_honour(
     assert "configured musicgen models: small" in out[1]
     assert "longer than ace-step models make (600 s at most)" in out[2]
     assert out[3] == f"{fine}: ok (1 job)"
+
+
+def test_wrong_values_are_said_in_the_projects_words(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path,
+        "bad.yaml",
+        "prompt: a tune for a test\nduration: -1\ncount: abc\npriority: urgent\noutput: {format: wave}\n",
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "daemon", "validate", str(bad)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 2
+    assert f"{bad}:2: duration: must be greater than 0, got -1" in res.stdout + res.stderr
+    assert f"{bad}:4: priority: must be 'high', 'normal' or 'low', got 'urgent'" in res.stdout + res.stderr
+    for raw in ("Input should", "input should", "Value error", "Extra inputs", "Field required"):
+        assert raw not in res.stdout + res.stderr
