@@ -2,7 +2,8 @@
 family's render (`daemon.engine.acestep.song.render`) on the same pipeline, inputs, seeds and steps.
 
 Both are timed end to end (text in, 48 kHz audio out), warmed up once per length, then timed
-`repeats` times interleaved so that a noisy neighbour hits both alike; the fastest run counts.
+`repeats` times interleaved, who goes first alternating, so that a noisy neighbour hits both
+alike; the fastest run counts.
 Each row also says whether the two made the same audio (`identical`), which they must.
 """
 
@@ -66,7 +67,7 @@ def compare(
     steps: int | None = None,
     guidance: float | None = None,
     seed: int = 0,
-    repeats: int = 2,
+    repeats: int = 4,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (duration, engine), with decodebench's keys (`format_table` prints them) and
@@ -85,7 +86,8 @@ def compare(
                 progress(f"warm-up {engine} {duration:g}s x{batch}")
             _run(engine, pipe, work)
         for attempt in range(max(1, repeats)):
-            for engine in ENGINES:
+            # Alternate who goes first: on a shared machine the second of a pair often runs warmer.
+            for engine in ENGINES if attempt % 2 == 0 else ENGINES[::-1]:
                 if progress:
                     progress(f"{engine} {duration:g}s x{batch} run {attempt + 1}/{repeats}")
                 gen_s, peak, cpu_s, audio[engine] = _run(engine, pipe, work)
