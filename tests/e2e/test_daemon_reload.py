@@ -4,7 +4,7 @@ The real daemon serves the tiny model; each step rewrites its config file, sends
 the reload to be logged, runs one job and reads the change in that job's sidecar: the decoder,
 batch_invariant and max_batch (the fixed row count), the kernels, dtype and device (the model is
 loaded again: `model_load_s` of the next job), and a model whose source moved (another checkpoint
-under the same name).
+under the same name). `status` and `doctor` show the setup the serving daemon resolved.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from daemon_harness import DaemonProcess, SpoolView, job_yaml, wait_until, write_config
+from daemon_harness import DaemonProcess, SpoolView, job_yaml, run_cli, wait_until, write_config
 
 
 class Served:
@@ -78,6 +78,11 @@ def test_each_reloaded_decode_setting_reaches_the_next_job(
     assert first["model"]["dtype"] == "float32" and first["model"]["device"] == "cpu"
     unchanged = served.job()
     assert unchanged["timings"]["model_load_s"] == 0.0  # nothing changed: the model stays
+    # status and doctor report the same setup, read from the serving daemon.
+    status = run_cli(served.config, "status")
+    assert "decoder dgx (capture off, aten kernels)" in status.stdout, status.stdout + status.stderr
+    doctor = run_cli(served.config, "doctor")
+    assert "decode setup" in doctor.stdout and "tiny dgx (capture off, aten kernels)" in doctor.stdout, doctor.stdout
 
     served.reload(decoder="transformers")
     res = served.job()

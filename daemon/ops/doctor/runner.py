@@ -20,7 +20,7 @@ from daemon.ops.doctor.platform_checks import (
     check_python,
     check_torch,
 )
-from daemon.ops.doctor.spool_checks import check_config, check_spool
+from daemon.ops.doctor.spool_checks import check_config, check_decode_setup, check_spool
 from daemon.ops.doctor.systemd_checks import check_systemd
 
 
@@ -57,6 +57,7 @@ def run_checks(config_path: Path | str | None) -> list[Check]:
         checks += _guard("spool", lambda: check_spool(settings))
         for name, spec in settings.models.items():
             checks += _guard(f"model {name}", lambda n=name, s=spec: check_model(n, s))
+        checks += _guard("decode setup", lambda: check_decode_setup(settings))
     checks += _guard("systemd-python", check_systemd)
     return checks
 

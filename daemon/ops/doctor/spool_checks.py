@@ -95,3 +95,27 @@ def check_spool(settings: Settings) -> Check:
         f"{spool}: {', '.join(d + '/' for d in SPOOL_SUBDIRS)} writable by {user}, "
         f"one filesystem, {_gib(free)} free",
     )
+
+
+def check_decode_setup(settings: Settings) -> Check:
+    """How each serving daemon's resident model decodes (decided at its load; a failed capture shows)."""
+    from daemon.core.messages import setup_summary
+    from daemon.ops.client import serving_daemons
+
+    lines = []
+    for q in serving_daemons(settings):
+        model = q.get("model") or {}
+        if model.get("setup"):
+            lines.append(
+                f"{q.get('host')} pid {q.get('pid')}: {model.get('name')} {setup_summary(model['setup'])}"
+            )
+    if not lines:
+        return ok("decode setup", "no serving daemon has a model loaded (each load decides its decode setup)")
+    failed = [line for line in lines if "capture failed" in line]
+    if failed:
+        return warn(
+            "decode setup",
+            "\n".join(lines),
+            "CUDA graph capture failed (decoding runs uncaptured, slower): see the daemon's journal",
+        )
+    return ok("decode setup", "\n".join(lines))
