@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -256,15 +255,6 @@ def run_ops(args: argparse.Namespace, settings: Settings, model_name: str) -> in
     return EXIT_OK
 
 
-def interpret_triton_without_gpu() -> None:
-    """Where there is no GPU, have Triton interpret its kernels (chosen before transformers
-    imports it: `daemon.engine.decoding.kernels`)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
 def run(args: argparse.Namespace) -> int:
     from daemon.engine.model import MusicEngine
     from daemon.ops.bench import DEFAULT_DURATIONS, ProgressBar, exit_code, format_report, run_benchmark
@@ -290,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
         print("dgx-music: --family ace-step benchmarks with --compare", file=sys.stderr)
         return EXIT_USAGE
     if args.ops:
+        from daemon.engine.decoding.testseam import interpret_triton_without_gpu
+
         interpret_triton_without_gpu()
     with tempfile.TemporaryDirectory(prefix="dgx-music-bench-") as tmp:
         made = made_model(args, Path(tmp))

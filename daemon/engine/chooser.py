@@ -20,6 +20,7 @@ from daemon.core.messages import DecodeSetup
 from daemon.engine.checkpoints import LoadedCheckpoint
 from daemon.engine.decoding import get_backend
 from daemon.engine.decoding.api import DecodeBackend
+from daemon.engine.decoding.api import reproducibility as api_reproducibility
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,36 @@ def describe(
         load_check=load_check,
     )
     return current_setup(setup, backend)
+
+
+def reproducibility(setup: DecodeSetup, backend: DecodeBackend, model: Any) -> dict[str, Any]:
+    """What makes the tokens of `model` under `setup` repeatable (the sidecar's `reproducibility`)."""
+    if setup.capture is None:  # not the dgx loop: what the loop itself says
+        return api_reproducibility(backend, model)
+    if setup.batch_invariant:
+        facts = {
+            "batch_mates": "independent",
+            "by_construction": True,
+            "basis": f"fixed decode shapes: {setup.rows} rows per call, each row's text padded to a "
+            f"multiple of {backend.text_group} tokens of its own length",  # type: ignore[attr-defined]
+        }
+    elif next(model.decoder.parameters()).device.type == "cpu" and not backend.uses_buckets(model):  # type: ignore[attr-defined]
+        facts = {
+            "batch_mates": "independent",
+            "by_construction": False,
+            "basis": "CPU decode: each row's text at its own length, the rows at the batch's count, "
+            "which the CPU kernels do not depend on (tested); batch_invariant: on makes it so by "
+            "construction",
+        }
+    else:
+        facts = {
+            "batch_mates": "may_differ",
+            "by_construction": False,
+            "basis": "batch_invariant is off: the padded batch and text length follow the batch, "
+            "and reduced-precision kernels change with them",
+        }
+    facts["basis"] += f"; the step runs on the {setup.kernels} kernels"
+    return facts
 
 
 def current_setup(setup: DecodeSetup, backend: DecodeBackend) -> DecodeSetup:

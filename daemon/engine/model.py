@@ -2,7 +2,7 @@
 
 Its entry points are `load_model`, `unload_model`, `set_generation_params`, `generate` and
 `get_stats` (`save_audio` and `benchmark` are in `daemon.ops.facade`). It knows no model family:
-`daemon.engine.family` says which family loads a configured model, and the engine then only uses
+`daemon.engine.registry` says which family loads a configured model, and the engine then only uses
 that seam (warm up, plan rows, decode, reproducibility facts); MusicGen is `daemon.engine.musicgen`.
 Post-processing (loudness) and writing belong to the caller (`daemon.audio`). The values it takes
 and returns are `daemon.core.messages` (re-exported here).

@@ -21,8 +21,8 @@ from daemon.core.config import Settings
 from daemon.core.errors import DgxMusicError, InvalidJobError, ModelLoadError
 from daemon.core.messages import DecodeSetup, GenerationRequest, LoadedModelInfo
 from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, melody_models
-from daemon.engine.chooser import FAMILY, choose_setup, current_setup
-from daemon.engine.decoding.api import DecodeBackend, reproducibility
+from daemon.engine.chooser import FAMILY, choose_setup, current_setup, reproducibility
+from daemon.engine.decoding.api import DecodeBackend
 from daemon.engine.decoding.codec import frame_rate
 from daemon.engine.family import StepClock, decode_call
 from daemon.engine.plan import Chunk, Framing, plan_chunks
@@ -148,7 +148,7 @@ class MusicGenModel:
         return ChunkRunner(self.ckpt, self.device, self.backend, self.framing).run(batch, clock)
 
     def reproducibility(self) -> dict[str, Any]:
-        return reproducibility(self.backend, self.ckpt.model)
+        return reproducibility(self.setup, self.backend, self.ckpt.model)
 
     def unload(self) -> None:
         if hasattr(self.backend, "reset"):

@@ -158,7 +158,7 @@ class OpCounter(TorchDispatchMode):
 
     @contextmanager
     def triton_launch(self, name: str) -> Iterator[None]:
-        """One Triton kernel (`daemon.engine.decoding.launches.observers`): counted as one op."""
+        """One Triton kernel (`daemon.engine.decoding.testseam.launch_observers`): counted as one op."""
         self._add(f"triton:{name}")
         self.in_kernel = True
         try:
@@ -170,7 +170,7 @@ class OpCounter(TorchDispatchMode):
 @contextmanager
 def counting(layers: Sequence[torch.nn.Module] = ()) -> Iterator[OpCounter]:
     """Count ops in the block, attributing those inside `layers[i].forward` to layer i."""
-    from daemon.engine.decoding.launches import observers
+    from daemon.engine.decoding.testseam import launch_observers as observers
 
     counter = OpCounter(len(layers))
     handles = []

@@ -82,7 +82,9 @@ def test_each_reloaded_decode_setting_reaches_the_next_job(
     status = run_cli(served.config, "status")
     assert "decoder dgx (capture off, aten kernels)" in status.stdout, status.stdout + status.stderr
     doctor = run_cli(served.config, "doctor")
-    assert "decode setup" in doctor.stdout and "tiny dgx (capture off, aten kernels)" in doctor.stdout, doctor.stdout
+    assert "decode setup" in doctor.stdout and "tiny dgx (capture off, aten kernels)" in doctor.stdout, (
+        doctor.stdout
+    )
 
     served.reload(decoder="transformers")
     res = served.job()

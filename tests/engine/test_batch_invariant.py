@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from daemon.engine.chooser import describe, reproducibility
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
 
@@ -155,6 +156,11 @@ def test_fixed_shapes_pad_every_call_to_the_fixed_rows_and_decode_text_buckets_a
     )
 
 
+def _facts(backend: DgxBackend, model: Any) -> dict[str, Any]:
+    """The sidecar's reproducibility facts for `backend` on `model`, as the engine reports them."""
+    return reproducibility(describe(backend, model), backend, model)
+
+
 def test_batch_invariant_auto_on_and_off(tiny_bf16: tuple[Any, Any]) -> None:
     model, processor = tiny_bf16
     req = lambda: _request(processor, ["rain", "dark techno"], [JOB, JOB], 5)  # noqa: E731
@@ -165,8 +171,8 @@ def test_batch_invariant_auto_on_and_off(tiny_bf16: tuple[Any, Any]) -> None:
     on_eager.decode(model, req())
     assert [b.rows for b in on_eager.buckets] == [4]  # "on" runs the fixed shapes even without graphs
     assert DgxBackend(mode="eager").buckets == []
-    assert on_eager.reproducibility(model)["by_construction"] is True
-    cpu = DgxBackend(mode="eager").reproducibility(model)
+    assert _facts(on_eager, model)["by_construction"] is True
+    cpu = _facts(DgxBackend(mode="eager"), model)
     assert (cpu["batch_mates"], cpu["by_construction"]) == ("independent", False)
     with pytest.raises(ValueError, match="batch_invariant must be auto, on or off"):
         DgxBackend(batch_invariant="yes")

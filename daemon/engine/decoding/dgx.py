@@ -61,6 +61,7 @@ from daemon.engine.decoding.parts import (
 )
 from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
 from daemon.engine.decoding.step import choose_kernels, float_mask, fused_decoder
+from daemon.engine.decoding.testseam import UNCAPTURED_GRAPH_PATH
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,8 @@ class DgxBackend:
 
     Args:
         mode: "auto": CUDA graphs when the model is on CUDA, eager otherwise; "eager": never
-            graphs; "graphs": CUDA graphs (the model must be on CUDA); "static": the graph path's
-            bucketed static buffers with the step run without capture, on any device (lets the
-            graph path's logic be tested where there is no GPU).
+            graphs; "graphs": CUDA graphs (the model must be on CUDA); tests also use
+            `testseam.UNCAPTURED_GRAPH_PATH`.
         length_multiple: KV capacity is rounded up to this (one bucket serves many durations).
         text_multiple: text length is rounded up to this.
         max_buckets: captured buckets kept (least recently used dropped first, buckets made by
@@ -189,8 +189,8 @@ class DgxBackend:
         if kernels not in ("auto", "triton", "aten"):
             raise ValueError(f"kernels must be auto, triton or aten, not {kernels!r}")
         self.kernels = kernels
-        if mode not in ("auto", "eager", "graphs", "static"):
-            raise ValueError(f"mode must be auto, eager, graphs or static, not {mode!r}")
+        if mode not in ("auto", "eager", "graphs", UNCAPTURED_GRAPH_PATH):
+            raise ValueError(f"mode must be auto, eager or graphs, not {mode!r}")
         if batch_invariant not in ("auto", "on", "off"):
             raise ValueError(f"batch_invariant must be auto, on or off, not {batch_invariant!r}")
         if max_rows < 1:
@@ -257,37 +257,9 @@ class DgxBackend:
             return self.uses_graphs(model)
         return self.batch_invariant == "on"
 
-    def _uses_buckets(self, model: Any) -> bool:
-        return self.mode == "static" or self.uses_graphs(model) or self.batch_invariant == "on"
-
-    def reproducibility(self, model: Any) -> dict[str, Any]:
-        """What makes this backend's tokens for `model` repeatable (the sidecar's `reproducibility`)."""
-        facts = self._reproducibility(model)
-        facts["basis"] += f"; the step runs on the {self.kernels_for(model)} kernels"
-        return facts
-
-    def _reproducibility(self, model: Any) -> dict[str, Any]:
-        if self.invariant(model):
-            return {
-                "batch_mates": "independent",
-                "by_construction": True,
-                "basis": f"fixed decode shapes: {self.fixed_rows} rows per call, each row's text "
-                f"padded to a multiple of {self.text_group} tokens of its own length",
-            }
-        if next(model.decoder.parameters()).device.type == "cpu" and not self._uses_buckets(model):
-            return {
-                "batch_mates": "independent",
-                "by_construction": False,
-                "basis": "CPU decode: each row's text at its own length, the rows at the batch's count, "
-                "which the CPU kernels do not depend on (tested); batch_invariant: on makes it so by "
-                "construction",
-            }
-        return {
-            "batch_mates": "may_differ",
-            "by_construction": False,
-            "basis": "batch_invariant is off: the padded batch and text length follow the batch, "
-            "and reduced-precision kernels change with them",
-        }
+    def uses_buckets(self, model: Any) -> bool:
+        """Whether decodes of `model` run the bucket path (captured or not)."""
+        return self.mode == UNCAPTURED_GRAPH_PATH or self.uses_graphs(model) or self.batch_invariant == "on"
 
     def bucket_key(self, model: Any, req: DecodeRequest) -> BucketKey:
         parts = model_parts(model)
@@ -357,7 +329,7 @@ class DgxBackend:
         choice gives the argmax), so the default `sampling=True` serves both. Returns the keys
         built; none where the loop runs eagerly (CPU under mode "auto").
         """
-        if not self._uses_buckets(model):
+        if not self.uses_buckets(model):
             return []
         parts = model_parts(model)
         self._bind(model)
@@ -409,7 +381,7 @@ class DgxBackend:
     def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
         with torch.inference_mode():
             parts = model_parts(model)
-            if not self._uses_buckets(model):
+            if not self.uses_buckets(model):
                 # Each row's text at its own length; the rows at the batch's count (CPU kernels
                 # do not change with it: tested).
                 kernels = self.kernels_for(model)

@@ -20,27 +20,22 @@ Triton compiles for CUDA; where no GPU exists its interpreter runs the same kern
 values are exact in float32, so only the accumulation order can differ from the compiled kernel.
 It also truncates float32 to bf16 where the GPU rounds to nearest even: `_cast` rounds first.
 
-Every launch is announced to `daemon.engine.decoding.launches.observers` (`daemon.ops.opcount`
-counts them as kernels: a Triton launch is invisible to a TorchDispatchMode). This module imports
-Triton; `launches.kernels_problem` says whether it can be used (and imports it only where Triton
-is installed).
+Every launch is announced to `testseam.launch_observers` (`daemon.ops.opcount` counts them as
+kernels). This module imports Triton; `launches.kernels_problem` says whether it can be used (and
+imports it only where Triton is installed).
 """
 
 # No `from __future__ import annotations`: Triton reads the kernel's `tl.constexpr` annotations as objects.
 
-import os
 from contextlib import ExitStack
 from typing import Any
 
 import torch
 
-# Where there is no GPU the kernel can only be interpreted. Triton decides between compiling and
-# interpreting as it is imported (its own language functions are wrapped then), so a process that
-# wants the interpreter sets TRITON_INTERPRET=1 before anything imports Triton (transformers'
-# MusicGen does): the test suite's conftest and `bench --ops` do.
-INTERPRETED = not torch.cuda.is_available()
-if INTERPRETED:
-    os.environ["TRITON_INTERPRET"] = "1"
+from daemon.engine.decoding.testseam import interpret_triton_without_gpu, launch_observers
+
+# Where there is no GPU the kernel can only be interpreted (see `testseam`).
+INTERPRETED = interpret_triton_without_gpu()
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -52,8 +47,6 @@ if INTERPRETED and isinstance(tl.sum, JITFunction):
         "Triton was imported for compiling before TRITON_INTERPRET=1 was set, and this machine has no "
         "GPU: set TRITON_INTERPRET=1 in the environment to run the kernels in Triton's interpreter"
     )
-
-from daemon.engine.decoding.launches import observers  # noqa: E402
 
 
 @triton.jit
@@ -199,7 +192,7 @@ def _blocks(m: int, n: int, k: int, interpreted: bool) -> tuple[int, int, int, i
 
 def _launch(name: str, grid: tuple[int, int], *args: Any, **meta: Any) -> None:
     with ExitStack() as stack:
-        for observer in observers:
+        for observer in launch_observers:
             stack.enter_context(observer(name))
         _norm_linear[grid](*args, **meta)
 

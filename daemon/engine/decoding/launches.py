@@ -1,21 +1,14 @@
-"""Whether the fused step's Triton kernels can run here, and who is told of their launches.
+"""Whether the fused step's Triton kernels can launch here.
 
 Kept apart from `daemon.engine.decoding.kernels` (which imports Triton) so that the choice can be
-made, and a counter registered, where Triton is not installed.
+made where Triton is not installed; it imports that module, never the other way round.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any
 
 import torch
-
-# Called as `observer(kernel_name)` around each Triton launch; the context manager returned is held
-# open while the kernel runs (so a counter can ignore the tensor bookkeeping the interpreter does).
-observers: list[Callable[[str], AbstractContextManager[Any]]] = []
 
 
 def kernels_problem(device: torch.device) -> str | None:

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 def kernels() -> Any:
     """The Triton kernels module, imported on first use (it imports Triton)."""
-    from daemon.engine.decoding import kernels as module
+    import daemon.engine.decoding.kernels as module
 
     return module
 
