@@ -104,7 +104,7 @@ def reproducibility(setup: DecodeSetup, backend: DecodeBackend, model: Any) -> d
             "basis": f"fixed decode shapes: {setup.rows} rows per call, each row's text padded to a "
             f"multiple of {backend.text_group} tokens of its own length",  # type: ignore[attr-defined]
         }
-    elif next(model.decoder.parameters()).device.type == "cpu" and not backend.uses_buckets(model):  # type: ignore[attr-defined]
+    elif next(model.decoder.parameters()).device.type == "cpu" and not backend.keeps_buckets(model):  # type: ignore[attr-defined]
         facts = {
             "batch_mates": "independent",
             "by_construction": False,

@@ -21,7 +21,7 @@ from daemon.core.config import Settings
 from daemon.core.errors import DgxMusicError, InvalidJobError, ModelLoadError
 from daemon.core.messages import DecodeSetup, GenerationRequest, LoadedModelInfo
 from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, melody_models
-from daemon.engine.chooser import FAMILY, choose_setup, current_setup, reproducibility
+from daemon.engine.chooser import FAMILY, choose_setup, current_setup, describe, reproducibility
 from daemon.engine.decoding.api import DecodeBackend
 from daemon.engine.decoding.codec import frame_rate
 from daemon.engine.family import StepClock, decode_call
@@ -109,12 +109,15 @@ class MusicGenModel:
         return current_setup(self._setup, self.backend)
 
     def replace_loop(self, backend: DecodeBackend) -> None:
-        """Decode with `backend` from now on (bench --compare, fault injection); the model stays."""
+        """Decode with `backend` from now on (bench --compare, fault injection); the model stays.
+        A melody checkpoint keeps transformers' generate unless `backend` is one."""
+        if self.ckpt.melody and backend.name != "transformers":
+            return
         old = self.backend
         if old is not backend and hasattr(old, "reset"):
             old.reset()
         self.backend = backend
-        self._setup = DecodeSetup(**{**self._setup.__dict__, "decoder": backend.name})
+        self._setup = describe(backend, self.ckpt.model)
 
     def warm_up(self) -> None:
         """The decode buckets jobs use, then one short generation, so no job pays a capture or

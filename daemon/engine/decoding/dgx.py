@@ -1,34 +1,27 @@
 """dgx-music's own MusicGen decode loop (the "dgx" decode backend).
 
 It runs transformers' text encoder and `enc_to_dec_proj` as they are, and the decoder step as
-`daemon.engine.decoding.step.FusedDecoder`: the same weights and arithmetic regrouped into 8 kernels
-per layer on CUDA (Triton kernels fuse each layer norm into its matmul), 13 on plain ATen ops.
-Around it: the text encoder runs once per call, the KV cache is allocated once, the delay pattern
-is built once on the CPU (transformers' own `build_delay_pattern_mask`), and per-row sampling
-replaces the logits-processor chain (`daemon.engine.decoding.sampler`).
-On CUDA one decode step, sampling included, is captured in CUDA graphs per shape bucket
-(`daemon.engine.decoding.graphs`: batch padded to a power of two, or to the fixed row count under
-batch invariance; sequence and text length to a multiple; one graph per self-attention chunk, so a
-step attends over the live length rounded up to `attention_chunk` rather than the whole
-capacity), so a step costs one graph launch; on CPU the same loop runs eagerly.
-`DgxBackend.prepare` captures the buckets a daemon's jobs will use at load time (full batches,
-the long-form window), so no job pays a capture.
-The model pieces both paths call are in `daemon.engine.decoding.parts`.
+`daemon.engine.decoding.step.FusedDecoder` (the same weights and arithmetic regrouped into fewer
+kernels). There is one loop, `daemon.engine.decoding.graphs.GraphBucket`: static buffers per shape
+bucket (batch padded to a power of two, or to the fixed row count under batch invariance; KV and
+text length rounded up), one step function, and per-row sampling (`sampler`). On CUDA its steps
+are captured in CUDA graphs (one per self-attention chunk), so a step costs one graph launch, and
+`DgxBackend.prepare` captures the buckets jobs will use at load time. Without capture (on a CPU,
+or after a capture failed) the same step runs uncaptured; a CPU call builds its bucket and drops
+it after. The model pieces are in `parts`; docs/gpu.md tells the whole story.
 
 Batch invariance: in reduced precision a row's arithmetic depends on the shapes it is computed at
-(cuBLAS picks kernels by the row count M, the attention by the text length), so a job's tokens
-would change with its batch mates. With `batch_invariant` on, every call of the bucket path runs at
-one fixed row count (`max_rows` rounded up to a power of two) and each row's text at a length set
-by that row's own token count (rows are grouped by it and each group decoded separately, the text
-encoder included), so nothing a row is computed with depends on the other rows of the call. The
-eager loop groups rows by text length the same way (on the CPU the text length is what changes a
-bf16 row's text encoding; the row count does not).
+(the row count, the text length), so a job's tokens would change with its batch mates. With
+`batch_invariant` on, every call runs at one fixed row count (`max_rows` rounded up to a power of
+two) and each row's text at a length set by its own token count (rows grouped by it, each group
+decoded separately), so nothing a row is computed with depends on the other rows. Uncaptured calls
+group rows by text length the same way (on the CPU the text length is what changes a bf16 row's
+text encoding; the row count does not).
 
 Equivalence with transformers (tested): greedy decoding gives the same tokens as
-`MusicgenForConditionalGeneration.generate` with and without classifier-free guidance, because
-the unconditional half is built exactly as transformers builds it (zeroed text states, zeroed
-attention mask, projected then masked), the same attention masks are used (as float masks), and the
-eager path hands the attention the same shapes transformers' dynamic cache does.
+`MusicgenForConditionalGeneration.generate` with and without classifier-free guidance: the
+unconditional half is built as transformers builds it (zeroed text states and mask, projected then
+masked), and masked positions add nothing to an attention.
 """
 
 from __future__ import annotations
@@ -48,80 +41,21 @@ from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2
 from daemon.engine.decoding.parts import (
     ModelParts,
-    call_on_step,
     check_request,
     decode_lengths,
-    delay_pattern,
-    encode_text,
-    extract_frames,
     fixed_request,
     model_parts,
     round_up,
     text_length_calls,
 )
-from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS, RowNoise, guide, pick_tokens, sampling_tensors
-from daemon.engine.decoding.step import choose_kernels, float_mask, fused_decoder
+from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS
+from daemon.engine.decoding.step import choose_kernels, fused_decoder
 from daemon.engine.decoding.testseam import UNCAPTURED_GRAPH_PATH
 
 log = logging.getLogger(__name__)
 
 # Text tokens `prepare` captures for by default: a prompt of a line of tags is 15-30 T5 tokens.
 PREPARED_TEXT_TOKENS = 32
-
-
-# ---------------------------------------------------------------- eager loop (CPU, or CUDA without graphs)
-
-
-def _decode_eager(parts: ModelParts, req: DecodeRequest, noise_chunk: int, kernels: str) -> torch.Tensor:
-    batch, prompt_len = check_request(parts, req)
-    doubled = req.cfg_coef is not None and req.cfg_coef > 1.0
-    _, total_len = decode_lengths(parts, prompt_len, req.max_frames)
-    encoder_states, mask_2d = encode_text(parts, req, doubled)
-    prefix, pattern = delay_pattern(parts, batch, req.prompt_codes, total_len)
-    start = prefix.shape[-1]
-    steps = total_len - start
-    rows = 2 * batch if doubled else batch
-
-    from transformers.masking_utils import create_bidirectional_mask
-
-    probe = torch.empty((rows, 1, parts.core.config.hidden_size), dtype=parts.dtype, device=parts.device)
-    encoder_mask = create_bidirectional_mask(
-        config=parts.core.config,
-        inputs_embeds=probe,
-        attention_mask=mask_2d,
-        encoder_hidden_states=encoder_states,
-    )
-    if parts.core.embed_positions.weights.shape[0] < total_len:
-        parts.core.embed_positions.make_weights(total_len, parts.core.embed_positions.embedding_dim)
-
-    decoder = fused_decoder(parts)
-    decoder.use_kernels(kernels)
-    cross_mask = float_mask(encoder_mask, parts.dtype)
-    cross = decoder.cross_kv(encoder_states)
-    kv = torch.zeros(
-        (len(decoder.layers), 2, rows, parts.heads_count, total_len, parts.head_dim),
-        dtype=decoder.kv_dtype,
-        device=parts.device,
-    )
-    params = sampling_tensors(req.rows, parts.vocab_size, parts.device)
-    noise = RowNoise(req.rows, parts.num_codebooks, parts.vocab_size, parts.device, noise_chunk)
-    seq = pattern.clone()
-    seq[:, :, :start] = prefix
-    tokens = torch.cat([prefix, prefix]) if doubled else prefix
-    position = 0
-    for step in range(steps):
-        logits = decoder(tokens, kv, position, None, cross, cross_mask)
-        position += tokens.shape[-1]
-        scores = guide(logits, req.cfg_coef, doubled)
-        nxt = pick_tokens(scores, params, noise.step(step))
-        forced = pattern[:, :, start + step]
-        nxt = torch.where(forced == -1, nxt, forced)
-        seq[:, :, start + step] = nxt
-        tokens = nxt[:, :, None]
-        if doubled:
-            tokens = torch.cat([tokens, tokens])
-        call_on_step(req.on_step, step + 1, steps)
-    return extract_frames(parts, seq, prompt_len, req.max_frames)
 
 
 # ---------------------------------------------------------------- the backend
@@ -132,38 +66,27 @@ def on_cuda(device: torch.device) -> bool:
 
 
 class DgxBackend:
-    """`daemon.engine.decoding.api.DecodeBackend` implementation.
-
-    `decode(model, req) -> codes [B, K, max_frames]`.
+    """`daemon.engine.decoding.api.DecodeBackend`: `decode(model, req) -> codes [B, K, max_frames]`.
 
     Args:
-        mode: "auto": CUDA graphs when the model is on CUDA, eager otherwise; "eager": never
-            graphs; "graphs": CUDA graphs (the model must be on CUDA); tests also use
-            `testseam.UNCAPTURED_GRAPH_PATH`.
-        length_multiple: KV capacity is rounded up to this (one bucket serves many durations).
-        text_multiple: text length is rounded up to this.
-        max_buckets: captured buckets kept (least recently used dropped first, buckets made by
-            `prepare` last); each holds its KV cache and graphs.
-        attention_chunk: self-attention positions per captured graph: a step reads the live
-            length rounded up to this; a bucket of capacity C holds ceil(C / attention_chunk) graphs.
-        sync_every: on CUDA, wait for the GPU every this many steps before calling `on_step`, so
-            progress reports and cancellation trail the device by a bounded amount.
-        batch_invariant: "on": every decode runs the bucket path at `fixed_rows` rows and a text
-            bucket of each row's own length (uncaptured where graphs do not run), so a row's
-            tokens cannot depend on its batch mates; "off": buckets padded to the next power of
-            two of the batch (fastest); "auto": on whenever CUDA graphs run, off otherwise. The
-            eager loop always decodes each row's text at its own length, and runs the rows at the
-            batch's count, which CPU kernels do not depend on (tested, not by construction).
-        max_rows: the most rows a call gets (the engine's `max_batch`); `fixed_rows` is this
-            rounded up to a power of two.
-        text_group: where rows are grouped by their own text length (batch invariance, and the
-            eager loop), that length is rounded up to this: prompts of a line of tags share one
-            call, and the bucket `prepare` builds.
-        kernels: "triton": the step's layer norms fused into the matmuls after them
-            (`daemon.engine.decoding.kernels`: 8 kernels a layer instead of 13); "aten": plain
-            PyTorch ops; "auto": triton on CUDA when Triton imports and the kernels pass their
-            check on the loaded model (`step.kernels_mismatch`), aten otherwise (one warning says
-            why). On a CPU "triton" runs Triton's interpreter: for tests only.
+        mode: "auto": CUDA graphs when the model is on CUDA, uncaptured otherwise; "eager": never
+            capture; "graphs": CUDA graphs (the model must be on CUDA); tests also use
+            `testseam.UNCAPTURED_GRAPH_PATH` (resident uncaptured buckets on any device).
+        length_multiple, text_multiple: KV capacity and text length are rounded up to these.
+        max_buckets: resident buckets kept (least recently used dropped first, `prepare`'s last).
+        attention_chunk: self-attention positions per captured graph (a step reads the live length
+            rounded up to this).
+        sync_every: on CUDA, wait for the GPU every this many steps before calling `on_step`.
+        batch_invariant: "on": every call at `fixed_rows` rows and a text bucket of each row's own
+            length, so a row's tokens cannot depend on its batch mates; "off": the batch padded to
+            a power of two (fastest); "auto": on whenever CUDA graphs run.
+        max_rows: the most rows a call gets (`max_batch`); `fixed_rows` is this rounded up to a
+            power of two.
+        text_group: rows grouped by their own text length round it up to this.
+        kernels: "triton" (layer norms fused into the matmuls after them, `kernels`), "aten"
+            (plain PyTorch ops), or "auto": triton on CUDA when Triton imports and the kernels pass
+            their check on the loaded model (`step.kernels_mismatch`). On a CPU "triton" runs
+            Triton's interpreter: for tests only.
     """
 
     name = "dgx"
@@ -219,12 +142,10 @@ class DgxBackend:
     def reset(self) -> None:
         """Drop every captured graph and its buffers (call when the model is unloaded)."""
         self._kernels_used = None
-        self._buckets.clear()
         self._pinned.clear()
         self._prepared_length = 0
         self._model_ref = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self.release()
 
     def release(self) -> None:
         """Free every bucket's memory (graphs, KV caches) but keep the model: after an OOM, before a retry."""
@@ -257,8 +178,9 @@ class DgxBackend:
             return self.uses_graphs(model)
         return self.batch_invariant == "on"
 
-    def uses_buckets(self, model: Any) -> bool:
-        """Whether decodes of `model` run the bucket path (captured or not)."""
+    def keeps_buckets(self, model: Any) -> bool:
+        """Whether buckets of `model` stay resident between calls (captured graphs, fixed shapes);
+        otherwise each call builds the one it runs in and drops it after."""
         return self.mode == UNCAPTURED_GRAPH_PATH or self.uses_graphs(model) or self.batch_invariant == "on"
 
     def bucket_key(self, model: Any, req: DecodeRequest) -> BucketKey:
@@ -320,16 +242,11 @@ class DgxBackend:
         doubled: bool = True,
         sampling: bool = True,
     ) -> list[BucketKey]:
-        """Build (on CUDA: capture) the bucket that requests of up to `rows` rows, `frames` new
-        frames (prompt included) and `text_tokens` text tokens decode in, so that no job pays it.
-
-        From then on, every request of up to that length uses the prepared capacity, so one bucket
-        serves every duration up to `frames` (a long-form window included); the bucket is evicted
-        last. Greedy requests use a resident sampling bucket of their shape (its per-row greedy
-        choice gives the argmax), so the default `sampling=True` serves both. Returns the keys
-        built; none where the loop runs eagerly (CPU under mode "auto").
-        """
-        if not self.uses_buckets(model):
+        """Build (on CUDA: capture) the bucket for requests of up to `rows` rows, `frames` frames
+        and `text_tokens` text tokens, so that no job pays it: from then on every request up to
+        that length uses its capacity, and it is evicted last. Greedy requests use a resident
+        sampling bucket of their shape. Returns the keys built; none where buckets are not kept."""
+        if not self.keeps_buckets(model):
             return []
         parts = model_parts(model)
         self._bind(model)
@@ -367,10 +284,7 @@ class DgxBackend:
         if bucket is not None:
             self._buckets.move_to_end(key)
             return bucket
-        if parts.core.embed_positions.weights.shape[0] < key.length + 1:
-            # A new position table moves the buffer the captured graphs read: drop them.
-            self._buckets.clear()
-            parts.core.embed_positions.make_weights(key.length + 1, parts.core.embed_positions.embedding_dim)
+        self._positions_for(parts, key.length)
         while len(self._buckets) >= self.max_buckets:
             unpinned = [k for k in self._buckets if k not in self._pinned]
             del self._buckets[unpinned[0] if unpinned else next(iter(self._buckets))]
@@ -378,20 +292,33 @@ class DgxBackend:
         self._buckets[key] = bucket
         return bucket
 
+    def _positions_for(self, parts: ModelParts, length: int) -> None:
+        """A position table of at least `length + 1` rows; a new one moves the buffer the captured
+        graphs read, so they are dropped."""
+        if parts.core.embed_positions.weights.shape[0] < length + 1:
+            self._buckets.clear()
+            parts.core.embed_positions.make_weights(length + 1, parts.core.embed_positions.embedding_dim)
+
     def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
         with torch.inference_mode():
             parts = model_parts(model)
-            if not self.uses_buckets(model):
-                # Each row's text at its own length; the rows at the batch's count (CPU kernels
-                # do not change with it: tested).
-                kernels = self.kernels_for(model)
-                eager = lambda sub: _decode_eager(parts, sub, self.noise_chunk, kernels)  # noqa: E731
-                return self._by_text_length(parts, req, None, eager)
             self._bind(model)
+            if not self.keeps_buckets(model):
+                # Uncaptured, one call at a time: each row's text at its own length, the rows at
+                # the batch's count (CPU kernels do not change with it: tested).
+                return self._by_text_length(
+                    parts, req, None, lambda sub: self._decode_once(model, parts, sub)
+                )
             bucket = lambda sub: self._decode_bucket(model, parts, sub)  # noqa: E731
             if self.invariant(model):
                 return self._by_text_length(parts, req, self.fixed_rows, bucket)
             return bucket(req)
+
+    def _decode_once(self, model: Any, parts: ModelParts, req: DecodeRequest) -> torch.Tensor:
+        """The bucket path without capture in a bucket of its own, dropped after the call."""
+        key = self.bucket_key(model, req)
+        self._positions_for(parts, key.length)
+        return self._new_bucket(parts, key, False).decode(req, self.noise_chunk, self.sync_every)
 
     def _by_text_length(
         self,

@@ -1,4 +1,4 @@
-"""CUDA-graph buckets for the dgx loop: static buffers and captured decode steps per shape.
+"""The dgx loop: static buffers per shape bucket and one decode step, captured in CUDA graphs on a GPU.
 
 A bucket is keyed by the batch padded to a power of two, the KV capacity and text length rounded
 up to a multiple, guidance on/off and whether any row samples; its graphs serve every request
@@ -12,8 +12,8 @@ host knows the step index, so it picks the graph; every graph of a bucket reads 
 same static buffers and their temporaries share one graph memory pool (they never run at once).
 A step therefore reads at most `attention_chunk - 1` positions more than the live length.
 
-With `capture=False` the same buffers and the same chunked slices run the step eagerly (how the
-graph path's logic is tested where there is no GPU).
+With `capture=False` the same buffers and the same chunked slices run the step uncaptured: the loop
+on a CPU, after a failed capture, and in the tests of the graph path without a GPU.
 """
 
 from __future__ import annotations
@@ -122,17 +122,27 @@ class GraphBucket:
         self_mask = torch.where(visible, self.zero, self.neg)
         kv = self.kv[:, :, :, :, :end]
         logits = self.decoder(self.tokens, kv, position, self_mask, self.cross, self.cross_mask)
-        scores = guide(logits, self.cfg_coef, self.key.doubled)
-        nxt = pick_tokens(
-            scores, self.params, self.noise if self.key.sampling else None, static=self.key.sampling
-        )
-        target = position + 1
+        noise = self.noise if self.key.sampling else None
+        self._advance(logits, self.cfg_coef, self.params, noise, position + 1, static=self.key.sampling)
+        position.add_(1)
+
+    def _advance(
+        self,
+        logits: torch.Tensor,
+        cfg_coef: float | torch.Tensor,
+        params: SamplingTensors,
+        noise: torch.Tensor | None,
+        target: torch.Tensor,
+        *,
+        static: bool = False,
+    ) -> None:
+        """The step's tail, for the prefill and every later step alike: guide -> pick -> force (the
+        delay pattern's fixed tokens at `target`) -> write into the sequence -> feed the next step."""
+        nxt = pick_tokens(guide(logits, cfg_coef, self.key.doubled), params, noise, static=static)
         forced = self.pattern.index_select(2, target).squeeze(-1)
         nxt = torch.where(forced == -1, nxt, forced)
         self.seq.index_copy_(2, target, nxt[:, :, None])
-        fed = torch.cat([nxt, nxt]) if self.key.doubled else nxt
-        self.tokens.copy_(fed[:, :, None])
-        position.add_(1)
+        self.tokens.copy_((torch.cat([nxt, nxt]) if self.key.doubled else nxt)[:, :, None])
 
     def _capture(self) -> list[torch.cuda.CUDAGraph]:
         t0 = time.monotonic()
@@ -195,11 +205,9 @@ class GraphBucket:
         """Device memory the bucket holds: its static buffers and its graphs' memory pool."""
         return self.buffer_bytes() + self.pool_bytes
 
-    def decode(self, req: DecodeRequest, noise_chunk: int, sync_every: int) -> torch.Tensor:
+    def _load_text(self, req: DecodeRequest, batch: int) -> None:
+        """The text's states and mask into the static buffers (one text mask, for every path)."""
         parts, key = self.parts, self.key
-        self.decoder.use_kernels(self.kernels)
-        batch, prompt_len = check_request(parts, req)
-        _, total_len = decode_lengths(parts, prompt_len, req.max_frames)
         states, mask_2d = encode_text(parts, req, key.doubled)
         text_len = states.shape[1]
 
@@ -219,6 +227,13 @@ class GraphBucket:
         self.encoder_mask[..., :1] |= empty[..., :1]
         self.cross_mask.copy_(float_mask(self.encoder_mask, parts.dtype))
         self.decoder.cross_kv(self.encoder_states, out=self.cross)
+
+    def decode(self, req: DecodeRequest, noise_chunk: int, sync_every: int) -> torch.Tensor:
+        parts, key = self.parts, self.key
+        self.decoder.use_kernels(self.kernels)
+        batch, prompt_len = check_request(parts, req)
+        _, total_len = decode_lengths(parts, prompt_len, req.max_frames)
+        self._load_text(req, batch)
 
         prefix, pattern = delay_pattern(parts, batch, req.prompt_codes, total_len)
         start = prefix.shape[-1]
@@ -240,13 +255,8 @@ class GraphBucket:
         # Prefill eagerly, reading the filled prefix only.
         fed = torch.cat([padded_prefix, padded_prefix]) if key.doubled else padded_prefix
         logits = self.decoder(fed, self.kv, 0, None, self.cross, self.cross_mask)
-        scores = guide(logits, float(req.cfg_coef), key.doubled)
-        first_noise = noise.step(0)
-        nxt = pick_tokens(scores, fresh, first_noise)
-        forced = self.pattern[:, :, start]
-        nxt = torch.where(forced == -1, nxt, forced)
-        self.seq[:, :, start] = nxt
-        self.tokens.copy_((torch.cat([nxt, nxt]) if key.doubled else nxt)[:, :, None])
+        target = torch.tensor([start], device=parts.device)
+        self._advance(logits, float(req.cfg_coef), fresh, noise.step(0), target)
         call_on_step(req.on_step, 1, steps)
 
         # Then one graph replay per step; the graph reads position start .. and advances it. Step
