@@ -43,6 +43,7 @@ from daemon.core.messages import (
     GenerationResult,
     LoadedModelInfo,
     Progress,
+    setup_summary,
 )
 from daemon.engine.checkpoints import resolve_spec
 from daemon.engine.devices import peak_memory_bytes, reset_peak_memory, resolve_device, resolve_dtype
@@ -117,21 +118,11 @@ class MusicEngine:
         self.settings = settings
 
     def _resolved_from(self, name: str) -> tuple[Any, ...]:
-        s = self.settings
-        spec = s.models.get(name)
-        return (
-            name,
-            spec.model_dump() if spec is not None and hasattr(spec, "model_dump") else spec,
-            s.device,
-            s.dtype,
-            s.decoder,
-            s.kernels,
-            s.batch_invariant,
-            s.max_batch,
-            s.window_s,
-            s.extend_stride_s,
-            id(self._loop),
-        )
+        """What the resident model's load and setup rest on: a change reloads it."""
+        s, spec = self.settings, self.settings.models.get(name)
+        decode = (s.decoder, s.kernels, s.batch_invariant, s.max_batch, s.window_s, s.extend_stride_s)
+        entry = spec.model_dump() if spec is not None else None
+        return (name, entry, s.device, s.dtype, *decode, id(self._loop))
 
     def load_model(self, name: str | None = None) -> LoadedModelInfo:
         """Load `name` (default: the config's default_model) unless it is already resident, as
@@ -167,34 +158,37 @@ class MusicEngine:
             info = self.info
             assert info is not None
             self._last_used = time.monotonic()
-            # Job counters span the engine's life; the model fields describe the resident model.
-            self._stats = replace(
-                self._stats,
-                model=info.name,
-                source=info.source,
-                revision=info.revision,
-                device=info.device,
-                dtype=info.dtype,
-                parameters=info.parameters,
-                backend=info.backend,
-                loads=self._stats.loads + 1,
-            )
-            log.info(
-                "model %s loaded from %s (revision %s) on %s/%s: %.1fM parameters, %d Hz, %d channel(s), "
-                "%.2f frames/s, decode setup %s, %.1f s",
-                info.name,
-                info.source,
-                info.revision,
-                info.device,
-                info.dtype,
-                info.parameters / 1e6,
-                info.sample_rate,
-                info.channels,
-                info.frame_rate,
-                info.setup.report() if info.setup else info.backend,
-                info.load_s,
-            )
+            self._note_load(info)
             return info
+
+    def _note_load(self, info: LoadedModelInfo) -> None:
+        """Job counters span the engine's life; the model fields describe the resident model."""
+        self._stats = replace(
+            self._stats,
+            model=info.name,
+            source=info.source,
+            revision=info.revision,
+            device=info.device,
+            dtype=info.dtype,
+            parameters=info.parameters,
+            backend=info.backend,
+            loads=self._stats.loads + 1,
+        )
+        log.info(
+            "model %s loaded from %s (revision %s) on %s/%s: %.1fM parameters, %d Hz, %d channel(s), "
+            "%.2f frames/s, decoder %s, %.1f s",
+            info.name,
+            info.source,
+            info.revision,
+            info.device,
+            info.dtype,
+            info.parameters / 1e6,
+            info.sample_rate,
+            info.channels,
+            info.frame_rate,
+            setup_summary(info.setup.report()) if info.setup else info.backend,
+            info.load_s,
+        )
 
     def unload_model(self) -> None:
         """Drop the model and give its memory back (GPU memory included)."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from daemon.core.errors import GenerationError
-from daemon.engine.decoding.api import DecodeRequest, StepCallback
+from daemon.engine.decoding.api import DecodeRequest, RowSampling, StepCallback
 from daemon.engine.decoding.codec import delay_steps
 
 
@@ -118,23 +118,7 @@ class TransformersBackend:
         steps = frames + delay_steps(model)
         k = model.config.decoder.num_codebooks
 
-        gen = copy.deepcopy(model.generation_config)
-        gen.max_length = None
-        gen.max_new_tokens = steps
-        gen.min_new_tokens = None
-        gen.do_sample = not row.greedy
-        top_k, top_p = row.filters()
-        # generate fills None fields from the checkpoint's generation_config (top_k=250 on the hub),
-        # so "off" must be spelled out: top_k=0 and top_p=1.0 add no filter.
-        if row.greedy:
-            # Ignored by greedy search; these are the values transformers does not warn about.
-            gen.temperature, gen.top_k, gen.top_p = 1.0, 50, 1.0
-        else:
-            gen.temperature = row.temperature
-            gen.top_k = top_k
-            gen.top_p = top_p if top_p > 0 else 1.0
-        # None would be filled back from the checkpoint's generation_config (3.0): say 1.0 (off).
-        gen.guidance_scale = req.cfg_coef if req.cfg_coef > 1.0 else 1.0
+        gen = _generation_config(model, row, req.cfg_coef, steps)
         kwargs: dict[str, Any] = {}
         prompt_frames = 0
         if req.prompt_codes is not None:
@@ -176,3 +160,25 @@ class TransformersBackend:
                 "pin transformers or use decoder: dgx",
             )
         return codes[..., prompt_frames : prompt_frames + req.max_frames].long()
+
+
+def _generation_config(model: Any, row: RowSampling, cfg_coef: float, steps: int) -> Any:
+    """The checkpoint's generation config with this row's sampling and guidance, `steps` long."""
+    gen = copy.deepcopy(model.generation_config)
+    gen.max_length = None
+    gen.max_new_tokens = steps
+    gen.min_new_tokens = None
+    gen.do_sample = not row.greedy
+    top_k, top_p = row.filters()
+    # generate fills None fields from the checkpoint's generation_config (top_k=250 on the hub),
+    # so "off" must be spelled out: top_k=0 and top_p=1.0 add no filter.
+    if row.greedy:
+        # Ignored by greedy search; these are the values transformers does not warn about.
+        gen.temperature, gen.top_k, gen.top_p = 1.0, 50, 1.0
+    else:
+        gen.temperature = row.temperature
+        gen.top_k = top_k
+        gen.top_p = top_p if top_p > 0 else 1.0
+    # None would be filled back from the checkpoint's generation_config (3.0): say 1.0 (off).
+    gen.guidance_scale = cfg_coef if cfg_coef > 1.0 else 1.0
+    return gen

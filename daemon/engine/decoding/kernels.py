@@ -178,12 +178,10 @@ def _blocks(m: int, n: int, k: int, interpreted: bool) -> tuple[int, int, int, i
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). On a GPU: all rows of a decode step in one block,
     narrow column blocks so that even a 1024-column weight is spread over 64 programs (a decode
     matmul is bound by streaming the weight, which needs many programs in flight), and 64-deep K
-    steps: compiled for sm_90 the bf16 decode variants take 96-128 registers a thread with Triton
-    3.9 (4 programs of 4 warps fit an SM; 96-161 with 3.6), against 211-255 with 128-deep steps
-    (test_kernels_compile.py). Chosen
-    without a GPU to time them: gpu_check's profile compares the step with the ATen one.
-    Interpreted: big blocks, as each program costs the interpreter tens of milliseconds whatever
-    its size (64 columns for small matrices, so that the tests still cover several programs)."""
+    steps, which keep the registers a thread low enough for several programs an SM (the counts are
+    in docs/gpu.md, checked by test_kernels_compile.py). Interpreted: big blocks, as each program
+    costs the interpreter the same whatever its size (64 columns for small matrices, so that the
+    tests still cover several programs)."""
     block_m = min(64, max(16, 1 << max(0, (m - 1).bit_length())))
     if interpreted:
         return block_m, 1024 if n > 1024 else 64, min(1024, max(16, 1 << max(0, (k - 1).bit_length()))), 4
@@ -231,6 +229,19 @@ def norm_qkv(
     return q
 
 
+def _check(x: torch.Tensor, norm: nn.LayerNorm, weight: torch.Tensor) -> None:
+    """What the kernel assumes of its operands, and that this process runs kernels on their device."""
+    if x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("norm_linear needs row-major x and weight (unit stride along K)")
+    if norm.weight is None or norm.bias is None:
+        raise ValueError("norm_linear expects a layer norm with weight and bias")
+    if (x.device.type == "cpu") != INTERPRETED:
+        raise ValueError(
+            f"the Triton kernels run on {'CPU' if INTERPRETED else 'CUDA'} tensors in this process, "
+            f"not on {x.device.type} ones"
+        )
+
+
 def _run(
     x: torch.Tensor,
     norm: nn.LayerNorm,
@@ -244,18 +255,10 @@ def _run(
     gelu: bool,
     name: str,
 ) -> None:
-    if x.stride(1) != 1 or weight.stride(1) != 1:
-        raise ValueError("norm_linear needs row-major x and weight (unit stride along K)")
-    if norm.weight is None or norm.bias is None:
-        raise ValueError("norm_linear expects a layer norm with weight and bias")
+    _check(x, norm, weight)
     m, k = x.shape
     n = weight.shape[0]
     interpreted = x.device.type == "cpu"
-    if interpreted != INTERPRETED:
-        raise ValueError(
-            f"the Triton kernels run on {'CPU' if INTERPRETED else 'CUDA'} tensors in this process, "
-            f"not on {x.device.type} ones"
-        )
     block_m, block_n, block_k, warps = _blocks(m, n, k, interpreted)
     on_device = isinstance(position, torch.Tensor)
     cache = kv if kv is not None else out  # an unused pointer when not writing the cache

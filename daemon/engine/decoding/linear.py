@@ -1,9 +1,8 @@
 """The fused step's matmuls: plain `mm`/`addmm` on the weight, or oneDNN's prepacked form on CPUs.
 
 At decode batch sizes a matmul on the CPU is bound by streaming the weight, and oneDNN streams its
-own blocked layout much faster than `mm` reads the row-major weight (measured on this project's
-2-core AVX512-BF16 box, one thread, [4, 1024] x [1024, 3072]: 265 us against 935 in float32, 151
-against 325 in bfloat16; a whole musicgen-small-shape step 1.5-1.8x faster). The results are
+own blocked layout much faster than `mm` reads the row-major weight (figures in docs/gpu.md). The
+results are
 `mm`'s: bit for bit in bfloat16, to rounding in float32 (checked when a weight is packed; a pack
 that does not reproduce `mm` is not used), and greedy tokens still equal transformers' (tested at
 the small shape). The packed form is a second copy of the decoder's weights beside the model's own

@@ -265,10 +265,9 @@ def fused_decoder(parts: Any) -> FusedDecoder:
 def attention_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     """The self-attention's dtype, and so its KV cache's: the model's, except float32 on the CPU.
 
-    The CPU's bfloat16 attention kernels are slow where its bf16 matmuls are fast (measured on this
-    project's AVX512-BF16 box, one query over 800 cached positions, 16 heads: 1.4 ms in bf16 against
-    0.21 in float32, per layer), which made a 16 s clip's later steps 1.7x its first. Attending in
-    float32 costs two conversions per layer (the query in, the output out) and twice the cache.
+    The CPU's bfloat16 attention kernels are slow where its bf16 matmuls are fast (figures in
+    docs/gpu.md), so a long clip's later steps grew slower than its first. Attending in float32
+    costs two conversions per layer (the query in, the output out) and twice the cache.
     """
     return torch.float32 if device.type == "cpu" else dtype
 
