@@ -179,8 +179,7 @@ class DgxBackend:
         return self.batch_invariant == "on"
 
     def keeps_buckets(self, model: Any) -> bool:
-        """Whether buckets of `model` stay resident between calls (captured graphs, fixed shapes);
-        otherwise each call builds the one it runs in and drops it after."""
+        """Whether buckets of `model` stay resident (captured, fixed shapes); else one per call."""
         return self.mode == UNCAPTURED_GRAPH_PATH or self.uses_graphs(model) or self.batch_invariant == "on"
 
     def bucket_key(self, model: Any, req: DecodeRequest) -> BucketKey:
@@ -205,8 +204,9 @@ class DgxBackend:
         """A bucket, captured when asked; a capture that fails (other than for memory) falls back to
         running the step uncaptured, with one warning for the backend's life."""
         fused_decoder(parts).use_kernels(self.kernels_for(parts.model))
+        host_steps = self.mode != UNCAPTURED_GRAPH_PATH
         if not capture:
-            return GraphBucket(parts, key, False, self.attention_chunk)
+            return GraphBucket(parts, key, False, self.attention_chunk, host_steps=host_steps)
         log.info("capturing CUDA graphs for %s", key)
         try:
             return GraphBucket(parts, key, True, self.attention_chunk)
@@ -222,7 +222,7 @@ class DgxBackend:
             )
             if torch.cuda.is_available():
                 torch.cuda.synchronize(parts.device)
-            return GraphBucket(parts, key, False, self.attention_chunk)
+            return GraphBucket(parts, key, False, self.attention_chunk, host_steps=host_steps)
 
     @property
     def buckets(self) -> Sequence[BucketKey]:

@@ -12,8 +12,9 @@ host knows the step index, so it picks the graph; every graph of a bucket reads 
 same static buffers and their temporaries share one graph memory pool (they never run at once).
 A step therefore reads at most `attention_chunk - 1` positions more than the live length.
 
-With `capture=False` the same buffers and the same chunked slices run the step uncaptured: the loop
-on a CPU, after a failed capture, and in the tests of the graph path without a GPU.
+With `capture=False` the same step runs uncaptured: with `host_steps` (on a CPU, after a failed
+capture) the host passes the position and the attention reads exactly the filled prefix; without
+(the tests of the graph path where there is no GPU) the chunked slices run as the graphs would.
 """
 
 from __future__ import annotations
@@ -66,9 +67,16 @@ class GraphBucket:
     """
 
     def __init__(
-        self, parts: ModelParts, key: BucketKey, capture: bool, attention_chunk: int = ATTENTION_CHUNK
+        self,
+        parts: ModelParts,
+        key: BucketKey,
+        capture: bool,
+        attention_chunk: int = ATTENTION_CHUNK,
+        *,
+        host_steps: bool = False,
     ) -> None:
         self.key = key
+        self.host_steps = host_steps and not capture
         self.parts = parts
         self.chunk = max(1, min(int(attention_chunk), key.length))
         # The end of each chunk's key slice; the last one is the capacity.
@@ -100,6 +108,7 @@ class GraphBucket:
         self.seq = torch.full((key.rows, k, key.length), parts.pad_id, dtype=torch.long, device=dev)
         self.cfg_coef = torch.ones((), dtype=torch.float32, device=dev)
         self.params = sampling_tensors([None] * key.rows, v, dev)
+        self.call_params = self.params
         self.noise = torch.zeros((key.rows, k, v), dtype=torch.float32, device=dev)
         self.key_positions = torch.arange(key.length, device=dev)
         # The self-attention mask's values, in the attention's dtype.
@@ -110,21 +119,29 @@ class GraphBucket:
         self.pool_bytes = 0  # the graphs' memory pool, measured at capture
         self.graphs: list[torch.cuda.CUDAGraph] = self._capture() if capture else []
 
-    def _step(self, end: int | None = None) -> None:
-        """One decode step attending over kv[..., :end] (default: the whole capacity).
-
-        The slice is a view of the static cache, so a captured step writes the same memory every
-        chunk's graph reads; positions in [position + 1, end) are masked.
-        """
-        end = self.key.length if end is None else end
-        position = self.position
-        visible = (self.key_positions[:end] <= position).view(1, 1, 1, -1)
-        self_mask = torch.where(visible, self.zero, self.neg)
-        kv = self.kv[:, :, :, :, :end]
+    def _step(
+        self, end: int | None = None, host: int | None = None, noise: torch.Tensor | None = None
+    ) -> None:
+        """One decode step. As captured: the position on the device, the attention over
+        kv[..., :end] (a view of the static cache, so every chunk's graph reads the same memory)
+        with the positions past it masked. With `host` (uncaptured, the position known on the
+        host): the attention reads exactly the filled prefix, as transformers' dynamic cache gives
+        it, needs no mask, and takes the step's `noise` as it is (no static shapes to keep)."""
+        if host is not None:
+            position: int | torch.Tensor = host
+            kv, self_mask, target = self.kv, None, self.key_positions[host + 1 : host + 2]
+        else:
+            end = self.key.length if end is None else end
+            position, kv, target = self.position, self.kv[:, :, :, :, :end], self.position + 1
+            visible = (self.key_positions[:end] <= self.position).view(1, 1, 1, -1)
+            self_mask = torch.where(visible, self.zero, self.neg)
         logits = self.decoder(self.tokens, kv, position, self_mask, self.cross, self.cross_mask)
+        if host is not None:  # the call's own sampling tensors: they know which stages its rows use
+            self._advance(logits, self.cfg_coef, self.call_params, noise, target)
+            return
         noise = self.noise if self.key.sampling else None
-        self._advance(logits, self.cfg_coef, self.params, noise, position + 1, static=self.key.sampling)
-        position.add_(1)
+        self._advance(logits, self.cfg_coef, self.params, noise, target, static=self.key.sampling)
+        self.position.add_(1)
 
     def _advance(
         self,
@@ -249,6 +266,7 @@ class GraphBucket:
         rows: list[RowSampling | None] = list(req.rows) + [None] * (key.rows - batch)
         fresh = sampling_tensors(rows, parts.vocab_size, parts.device)
         copy_params(self.params, fresh)
+        self.call_params = fresh
         self.cfg_coef.fill_(float(req.cfg_coef))
         noise = RowNoise(rows, parts.num_codebooks, parts.vocab_size, parts.device, noise_chunk)
 
@@ -264,14 +282,17 @@ class GraphBucket:
         self.position.fill_(start)
         for step in range(1, steps):
             step_noise = noise.step(step)
-            if step_noise is not None:
-                self.noise.copy_(step_noise)
             chunk = (start + step - 1) // self.chunk
-            if self.graphs:
-                self.graphs[chunk].replay()
-                self.replays += 1
+            if self.host_steps:
+                self._step(host=start + step - 1, noise=step_noise)
             else:
-                self._step(self.ends[chunk])
+                if step_noise is not None:
+                    self.noise.copy_(step_noise)
+                if self.graphs:
+                    self.graphs[chunk].replay()
+                    self.replays += 1
+                else:
+                    self._step(self.ends[chunk])
             if req.on_step is not None:
                 if self.graphs and (step % sync_every == 0 or step == steps - 1):
                     torch.cuda.current_stream(parts.device).synchronize()
