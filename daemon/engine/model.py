@@ -1,20 +1,12 @@
 """The music engine: one resident model at a time that turns prompts into audio arrays.
 
-Its entry points are `load_model`, `unload_model`, `set_generation_params`, `generate` and
-`get_stats` (`save_audio` and `benchmark` are in `daemon.ops.facade`). It knows no model family:
-`daemon.engine.registry` says which family loads a configured model, and the engine then only uses
-that seam (warm up, plan rows, decode, reproducibility facts); MusicGen is `daemon.engine.musicgen`.
-Post-processing (loudness) and writing belong to the caller (`daemon.audio`). The values it takes
-and returns are `daemon.core.messages` (re-exported here).
-
-Reproducibility: every job gets an effective seed (given, or drawn from os.urandom) and
-variation i uses seed + i. Decoding runs under a forked, seeded torch RNG, so nothing outside the
-job (other jobs, global torch.manual_seed calls) changes its samples; each result says what
-reproduces it (`GenerationResult.reproducibility`).
-
-A configuration reload (`reconfigure`) takes effect between calls, never under a running decode:
-when anything the loaded model's setup is resolved from changed (device, dtype, its source or
-revision, the decode settings), the model is loaded again before the next call.
+Entry points: `load_model`, `unload_model`, `set_generation_params`, `generate`, `get_stats`
+(`save_audio` and `benchmark` are in `daemon.ops.facade`). It knows no model family: the registry
+says which family loads a configured model, and the engine then only uses the family seam
+(`daemon.engine.family`). Each job gets an effective seed (given, or drawn from os.urandom),
+variation i uses seed + i, and each result says what reproduces it. A reloaded configuration
+(`reconfigure`) takes effect between calls, never under a running decode: when anything the
+resident model's setup rests on changed, it is loaded again before the next call.
 """
 
 from __future__ import annotations
@@ -99,11 +91,6 @@ class MusicEngine:
     def loaded(self) -> LoadedFamily | None:
         """The resident model, as its family loaded it."""
         return self._model
-
-    @property
-    def setup(self) -> DecodeSetup | None:
-        """How the resident model decodes (None when none is loaded)."""
-        return None if self._model is None else self._model.setup
 
     def is_loaded(self, name: str | None = None) -> bool:
         """Whether `name` (any model: None) is resident as the current settings would load it."""

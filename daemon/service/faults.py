@@ -136,7 +136,7 @@ class FaultyEngine:
     def __getattr__(self, item: str) -> Any:
         return getattr(self.inner, item)
 
-    def load_model(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def load_model(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
         if self.faults.load_stall_s:
             log.warning("fault injection: the load of %s takes %.1f s longer", name, self.faults.load_stall_s)
             time.sleep(self.faults.load_stall_s)
