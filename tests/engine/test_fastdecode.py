@@ -460,3 +460,10 @@ def test_failed_capture_falls_back_to_uncaptured_steps(
         first = backend._new_bucket(model_parts(model), key, True)
         assert first.graphs == [] and backend.capture_error is not None
     assert caplog.text.count("CUDA graph capture failed") == 1
+    # The setup that status and the sidecar report says so (capture was on when the model loaded).
+    from daemon.core.messages import DecodeSetup
+    from daemon.engine.chooser import current_setup
+
+    chosen = DecodeSetup("musicgen", "dgx", capture="on", kernels="aten")
+    shown = current_setup(chosen, backend)  # type: ignore[arg-type]
+    assert shown.capture == "failed" and shown.capture_error and "stream is capturing" in shown.capture_error
