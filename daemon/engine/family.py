@@ -1,9 +1,8 @@
 """The engine's model-family seam: what a family of checkpoints gives the engine, and nothing more.
 
 `daemon.engine.model.MusicEngine` knows no family. For a configured model name it asks
-`daemon.engine.registry.family_for`
-which registered family it belongs to, has that family `load` the checkpoint, and from then on talks
-only to the `LoadedFamily` it got back: warm it up, plan a call's rows, decode them batch by
+`daemon.engine.registry.family_for` which registered family it belongs to, has that family `load`
+the checkpoint, and from then on talks only to the `LoadedFamily` it got back: warm it up, plan a call's rows, decode them batch by
 batch, read the audio and the reproducibility facts. The stages after the engine (queue, outbox,
 service) see only `daemon.core.messages` values (`GenerationResult`, `LoadedModelInfo` with its
 `DecodeSetup`), so a job's path through spool/, queue/ and outbox/ is the same whichever family
@@ -18,8 +17,8 @@ How a new family plugs in:
    MusicGen keeps `decoding/`); they may import `daemon.core` and this module, never another
    family.
 2. Register it in `daemon.engine.registry` under that name (the registry imports the families;
-   this module imports none, so a family may import it without a cycle): `family_for` picks the family a
-   configured model belongs to (`daemon.core.families.spec_family`: the config's `family`, the
+   this module imports none, so a family may import it without a cycle): `family_for` picks the
+   family a configured model belongs to (`daemon.core.families.spec_family`: the config's `family`, the
    local checkpoint's files, or the hub id's name).
 3. `load` returns a `LoadedFamily`: its `info` is the `LoadedModelInfo` (sample rate and channels
    of the audio it returns, `frame_rate` its steps per second of audio, `backend` and `setup` the
@@ -29,8 +28,8 @@ How a new family plugs in:
    one); `steps(batch)` is what a batch costs on the `StepClock`; `decode(batch, clock)` returns
    one float32 array [channels, samples] per row, in the batch's row order, calling
    `clock.advance(steps_done)` after each step (that reports progress and raises on cancel or
-   the time limit); `reproducibility()` gives the sidecar's reproducibility facts; `release()` drops
-   what it keeps resident after an out-of-memory error; `unload()` frees everything.
+   the time limit; an out-of-memory split is the family's own business); `reproducibility()`
+   gives the sidecar's reproducibility facts; `unload()` frees everything.
 4. List the module in the import-linter contracts (pyproject.toml) and the README code map, and
    give it a tiny offline checkpoint for its tests (`dgx-music model init-tiny`).
 """
