@@ -2,12 +2,13 @@
 
 `daemon.engine.model.MusicEngine` knows no family. For a configured model name it asks
 `daemon.engine.registry.family_for` which registered family it belongs to, has that family `load`
-the checkpoint, and from then on talks only to the `LoadedFamily` it got back: warm it up, plan a call's rows, decode them batch by
-batch, read the audio and the reproducibility facts. The stages after the engine (queue, outbox,
-service) see only `daemon.core.messages` values (`GenerationResult`, `LoadedModelInfo` with its
-`DecodeSetup`), so a job's path through spool/, queue/ and outbox/ is the same whichever family
-ran it. MusicGen (`daemon.engine.musicgen`) is the first family, ACE-Step 1.5
-(`daemon.engine.acestep`, songs with lyrics through diffusers) the second.
+the checkpoint, and from then on talks only to the `LoadedFamily` it got back: warm it up, plan a
+call's rows, decode them batch by batch, read the audio and the reproducibility facts. The stages
+after the engine (queue, outbox, service) see only `daemon.core.messages` values
+(`GenerationResult`, `LoadedModelInfo` with its `DecodeSetup`), so a job's path through spool/,
+queue/ and outbox/ is the same whichever family ran it. MusicGen (`daemon.engine.musicgen`) is
+the first family, ACE-Step 1.5 (`daemon.engine.acestep`, songs with lyrics through diffusers)
+the second.
 
 How a new family plugs in:
 
