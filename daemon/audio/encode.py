@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from daemon.audio.musictags import MusicTags, add_music_tags
 from daemon.core.fsio import atomic_writer
 
 AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
@@ -119,13 +120,15 @@ def write_audio(
     codec: OggCodec | None = None,
     quality: float | None = None,
     tags: Mapping[str, str] | None = None,
+    music: MusicTags | None = None,
 ) -> AudioFileInfo:
     """Write [channels, samples] float32 audio to `path` atomically and describe the file.
 
     PCM subtypes are clipped to [-1, 1] first (soundfile would wrap or clip per sample
     otherwise); lossy formats are clipped too (their encoders would). create_new=True refuses
     to replace an existing file (FileExistsError). `codec` (ogg: vorbis|opus) and `quality`
-    (0..1, 1 best) apply to mp3/ogg only. `tags`: keys from TAG_KEYS.
+    (0..1, 1 best) apply to mp3/ogg only. `tags`: keys from TAG_KEYS. `music`: tempo and key
+    written where the container has fields for them (daemon.audio.musictags).
     """
     path = Path(path)
     x = _check(format, subtype, audio, sample_rate)
@@ -164,7 +167,7 @@ def write_audio(
         for key, value in written_tags.items():
             setattr(snd, key, value)
         snd.write(np.ascontiguousarray(x.T))
-    data = buf.getvalue()
+    data = add_music_tags(buf.getvalue(), format, music)
     decoded, back_rate = read_audio_bytes(data)
     if back_rate != rate or decoded.shape[0] != channels:
         raise ValueError(

@@ -69,6 +69,7 @@ class Looped:
     stretch: float  # source seconds per loop second (> 1: sped up)
     stretcher: str  # "rubberband" or "librosa"
     measured_bpm: float | None  # the source's tempo (None: no periodicity found; cut at the asked one)
+    key: str | None  # the source's measured key (the stretch keeps the pitch)
     seam: Seam
 
 
@@ -194,5 +195,6 @@ def make_loop(
         stretch=rate,
         stretcher=stretcher(),
         measured_bpm=measured.tempo_bpm,
+        key=measured.key,
         seam=seam_of(body, natural),
     )

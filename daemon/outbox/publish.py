@@ -22,6 +22,7 @@ import numpy as np
 from daemon import __version__
 from daemon.audio.encode import LOSSY, AudioFileInfo, write_audio
 from daemon.audio.loudness import SILENCE_LUFS, LoudnessResult, integrated_lufs, normalize, true_peak_dbtp
+from daemon.audio.musictags import MusicTags
 from daemon.audio.waveform import peak_envelope
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
@@ -106,6 +107,7 @@ def write_variation(
     ceiling: float | None,
     *,
     tags: dict[str, str],
+    music: MusicTags | None = None,
 ) -> tuple[LoudnessResult, AudioFileInfo, float | None, float | None]:
     """Normalise one variation ([channels, samples]) and write it as `output` asks (create_new).
     Returns what normalize did, the file, and its loudness and true peak measured on the bytes
@@ -124,6 +126,7 @@ def write_variation(
             codec=output.codec,
             quality=output.quality,
             tags=tags,
+            music=music,
         )
         assert info.decoded is not None
         lufs, peak = _measured(info.decoded, info.sample_rate)
@@ -172,6 +175,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
                 target_lufs,
                 ceiling,
                 tags=file_tags(job_id, job, variation_seed, model, time.time()),
+                music=take.music,
             )
             written.append(info.path)
             env = peak_envelope(post.audio)

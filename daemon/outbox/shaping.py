@@ -16,9 +16,11 @@ import numpy as np
 
 from daemon.audio.analysis import analyze
 from daemon.audio.loop import Looped, make_loop
+from daemon.audio.musictags import MusicTags
 from daemon.core.messages import SEED_MOD
 from jobspec import Job
 from jobspec.analysis import KEY_STEPS, CandidateInfo, LoopInfo, key_relation
+from jobspec.music import bar_beats
 from jobspec.names import audio_names
 
 NO_TEMPO, NO_KEY, KEY_WEIGHT, SEAM_WEIGHT = 30.0, 12.0, 4.0, 5.0
@@ -34,6 +36,7 @@ class Take:
     seed: int
     loop: LoopInfo | None
     track: str | None = None  # an extract job's stem
+    music: MusicTags | None = None  # tempo and key for the file's own fields (loops: exact tempo)
 
 
 def loop_info(job: Job, looped: Looped) -> LoopInfo:
@@ -54,6 +57,13 @@ def loop_info(job: Job, looped: Looped) -> LoopInfo:
         seam_change_limit=round(seam.change_limit, 4),
         seamless=seam.seamless,
     )
+
+
+def loop_tags(job: Job, looped: Looped) -> MusicTags:
+    """A loop's file fields: its exact tempo and beats, its metre, and its measured key."""
+    assert job.loop is not None and job.bpm is not None
+    beats = round(job.loop.bars * bar_beats(job.time_signature))
+    return MusicTags(bpm=job.bpm, key=looped.key, beats=beats, time_signature=job.time_signature, loop=True)
 
 
 def score_take(job: Job, raw: np.ndarray, sample_rate: int, looped: Looped | None, number: int, seed: int):  # noqa: ANN201
@@ -102,21 +112,22 @@ def shape(
             )
     rows = [row if lp is None else lp.audio for row, lp in zip(audio, looped)]
     loops = [None if lp is None else loop_info(job, lp) for lp in looped]
+    tags = [None if lp is None else loop_tags(job, lp) for lp in looped]
     seeds = [(seed + i) % SEED_MOD for i in range(len(rows))]
     ext = job.output.format
     if job.candidates == 1:
         tracks = tuple(job.extract.tracks) if job.extract is not None else ()
         names = audio_names(job_id, ext=ext, count=job.count, tracks=tracks)
         return [
-            Take(n, r, i + 1, s, lp, tracks[i] if tracks else None)
-            for i, (n, r, s, lp) in enumerate(zip(names, rows, seeds, loops))
+            Take(n, r, i + 1, s, lp, tracks[i] if tracks else None, music=t)
+            for i, (n, r, s, lp, t) in enumerate(zip(names, rows, seeds, loops, tags))
         ], []
     records = [score_take(job, audio[i], sample_rate, looped[i], i + 1, seeds[i]) for i in range(len(rows))]
     best = min(range(len(records)), key=lambda i: (records[i].score, i))
-    takes = [Take(f"{job_id}.{ext}", rows[best], 1, seeds[best], loops[best])]
+    takes = [Take(f"{job_id}.{ext}", rows[best], 1, seeds[best], loops[best], music=tags[best])]
     if job.keep_candidates:
         takes += [
-            Take(f"{job_id}-c{i + 1}.{ext}", rows[i], 1, seeds[i], loops[i])
+            Take(f"{job_id}-c{i + 1}.{ext}", rows[i], 1, seeds[i], loops[i], music=tags[i])
             for i in range(len(rows))
             if i != best
         ]

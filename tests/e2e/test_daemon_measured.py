@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,10 @@ def test_a_loop_job_is_n_bars_at_the_asked_tempo_with_a_clean_seam(
     steps = np.abs(np.diff(audio, axis=-1))
     assert np.max(np.abs(audio[:, -1] - audio[:, 0])) <= np.percentile(steps, 99)
     assert "bpm: 150. key: E minor" in out["tags"]["comment"]
+    # The file's acid chunk says what a DAW needs to loop it: 8 beats of 4/4 at 150 BPM.
+    data = (sp.outbox / out["path"]).read_bytes()
+    at = data.index(b"acid")
+    assert struct.unpack("<IHHfIHHf", data[at + 8 : at + 32])[4:] == (8, 4, 4, 150.0)
 
 
 def test_best_of_n_keeps_the_best_scored_take_and_it_comes_back_from_its_seed(
