@@ -37,11 +37,12 @@ class LoadReporter:
     def __getattr__(self, item: str) -> Any:
         return getattr(self.inner, item)
 
-    def load_model(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def load_model(self, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
         settings = self.inner.settings
-        spec = settings.models.get(name)
+        shown = name or settings.default_model
+        spec = settings.models.get(shown)
         source = f" from {spec.source}" if spec is not None else ""
-        log.info("loading model %s%s on %s (%s)", name, source, settings.device, settings.dtype)
+        log.info("loading model %s%s on %s (%s)", shown, source, settings.device, settings.dtype)
         done = threading.Event()
         t0 = time.monotonic()
 
@@ -49,8 +50,8 @@ class LoadReporter:
             wait = self._first_note_s
             while not done.wait(wait):
                 took = time.monotonic() - t0
-                log.info("still loading model %s: %.0f s so far", name, took)
-                self._on_status(f"loading model {name} ({took:.0f} s)")
+                log.info("still loading model %s: %.0f s so far", shown, took)
+                self._on_status(f"loading model {shown} ({took:.0f} s)")
                 wait = self._every_s
 
         notes = threading.Thread(target=note, name="dgx-music-load-notes", daemon=True)
