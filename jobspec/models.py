@@ -280,6 +280,14 @@ class JobSpec(BaseModel):
         description=f"ACE-Step base models: classifier-free guidance scale, 1..{GUIDANCE_MAX:g} "
         "(default 7); a turbo checkpoint has its guidance built in and refuses the key.",
     )
+    adapter: ModelName | None = Field(
+        default=None,
+        description="ACE-Step models: a LoRA adapter the model lists under `adapters:` in the daemon's "
+        "config, applied to this job only; the sidecar records it with its sha256 or revision and scale.",
+    )
+    adapter_scale: Annotated[float, Field(strict=True, ge=0.0, le=4.0, allow_inf_nan=False)] | None = Field(
+        default=None, description="The adapter's strength, 0..4; default the config's `scale` (1)."
+    )
     repaint: Repaint | None = Field(
         default=None,
         description="ACE-Step models: regenerate `start`..`end` seconds of `source` (a library/ or outbox/ "

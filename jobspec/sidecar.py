@@ -242,6 +242,18 @@ class ErrorInfo(_Strict):
     hint: str | None = Field(default=None, description="What to do about it.")
 
 
+class AdapterInfo(_Strict):
+    """The LoRA adapter a job ran with."""
+
+    name: str = Field(description="Its name under the model's `adapters:` in the daemon's config.")
+    source: str = Field(description="Where it was loaded from: a local path or a hub repo id.")
+    sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="A local adapter: SHA-256 of its weights file."
+    )
+    revision: str | None = Field(default=None, description="A hub adapter: the revision asked for.")
+    scale: float = Field(description="The strength it was applied with.")
+
+
 class ResultSidecar(_Strict):
     """`outbox/<id>.json`: written last, after the audio, so its presence means the audio is complete."""
 
@@ -273,8 +285,10 @@ class ResultSidecar(_Strict):
     )
     references: list[ReferenceInfo] = Field(
         default_factory=list,
-        description="Reference audio the job used (continue_from, melody); empty for text only.",
+        description="Reference audio the job used (continue_from, melody, an edit's source); "
+        "empty for text only.",
     )
+    adapter: AdapterInfo | None = Field(default=None, description="ACE-Step jobs: the LoRA adapter applied.")
     candidates: list[CandidateInfo] = Field(
         default_factory=list, description="Best-of-N jobs: every take's seed and scores; empty otherwise."
     )

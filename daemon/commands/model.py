@@ -53,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--melody", action="store_true", help="a melody model (musicgen-melody: chroma conditioning)"
     )
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
+    tiny.add_argument(
+        "--adapter",
+        type=Path,
+        metavar="ADAPTER_DIR",
+        help="ace-step only: also write a tiny random LoRA adapter of its DiT into ADAPTER_DIR "
+        "(for `adapters:` in the config)",
+    )
     tiny.set_defaults(func=run_init_tiny)
 
     rnd = sub.add_parser(
@@ -102,6 +109,8 @@ def run_init_tiny(args: argparse.Namespace) -> int:
     if _refuse_non_empty(args.dir):
         return EXIT_USAGE
     if args.family == ACE_STEP:
+        if args.adapter is not None and _refuse_non_empty(args.adapter):
+            return EXIT_USAGE
         if args.stereo or args.melody:
             print(
                 "dgx-music: --stereo and --melody are MusicGen options (ACE-Step is always stereo)",
@@ -112,8 +121,21 @@ def run_init_tiny(args: argparse.Namespace) -> int:
 
         path = init_tiny_acestep(args.dir, variant=args.variant, seed=args.seed)
         print(f"tiny ACE-Step 1.5 {args.variant} checkpoint written to {path}")
+        if args.adapter is not None:
+            from daemon.ops.tinyacestep import init_tiny_adapter
+
+            lora = init_tiny_adapter(args.adapter, seed=args.seed + 1)
+            print(f"tiny LoRA adapter written to {lora}")
+            print(
+                f"use it with:  models: {{tiny-song: {{path: {path.resolve()}, "
+                f"adapters: {{tiny: {{path: {lora.resolve()}}}}}}}}}"
+            )
+            return EXIT_OK
         print(f"use it with:  models: {{tiny-song: {{path: {path.resolve()}}}}}")
         return EXIT_OK
+    if args.adapter is not None:
+        print("dgx-music: --adapter is an ACE-Step option (add --family ace-step)", file=sys.stderr)
+        return EXIT_USAGE
     path = init_tiny(args.dir, stereo=args.stereo, melody=args.melody, seed=args.seed)
     kind = " ".join(k for k, on in (("stereo", args.stereo), ("melody", args.melody)) if on)
     print(f"tiny {kind + ' ' if kind else ''}MusicGen checkpoint written to {path}")

@@ -49,6 +49,27 @@ log = logging.getLogger(__name__)
 MODEL_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
+class AdapterSpec(BaseModel):
+    """A LoRA adapter of an ACE-Step model: a local directory or file, or a hub repo + revision."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path | None = Field(
+        default=None, description="a local LoRA: a .safetensors file, or a directory holding one"
+    )
+    id: str | None = Field(default=None, description="Hugging Face hub repo id of the LoRA")
+    revision: str = Field(default="main", description="branch, tag or commit hash on the hub")
+    scale: float = Field(
+        default=1.0, ge=0.0, le=4.0, allow_inf_nan=False, description="its strength when a job gives none"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AdapterSpec":
+        if (self.id is None) == (self.path is None):
+            raise ValueError("give exactly one of 'id' (hub repo) or 'path' (local file or directory)")
+        return self
+
+
 class ModelSpec(BaseModel):
     """One model a job may name: a hub repository (+ revision) or a local directory."""
 
@@ -65,6 +86,11 @@ class ModelSpec(BaseModel):
     license: str | None = Field(
         default=None,
         description="the weights' licence recorded in every sidecar (default: the model card's `license`)",
+    )
+
+    adapters: dict[str, AdapterSpec] = Field(
+        default_factory=dict,
+        description="ACE-Step models: LoRA adapters a job may name with `adapter:`, by name",
     )
 
     @model_validator(mode="after")

@@ -21,7 +21,9 @@ FAMILIES = (MUSICGEN, ACE_STEP)
 # Job keys only one family can honour (every other key is common to all).
 FAMILY_KEYS: dict[str, frozenset[str]] = {
     MUSICGEN: frozenset({"sections", "continue_from", "melody", "sampling"}),
-    ACE_STEP: frozenset({"lyrics", "language", "steps", "guidance", "repaint", "cover", "extract"}),
+    ACE_STEP: frozenset(
+        {"lyrics", "language", "steps", "guidance", "repaint", "cover", "extract", "adapter", "adapter_scale"}
+    ),
 }
 
 # Longest song a family makes by default (MusicGen continues window by window up to max_duration).

@@ -84,6 +84,9 @@ class GenerationRequest:
     steps: int | None = None
     guidance: float | None = None
     edit: EditTask | None = field(default=None, compare=False)
+    # A LoRA adapter of the model (its config's name) and its strength (None: the config's).
+    adapter: str | None = None
+    adapter_scale: float | None = None
 
     @property
     def conditioned(self) -> bool:
@@ -217,6 +220,7 @@ class GenerationResult:
     # What reproduces the tokens (jobspec.sidecar.Reproducibility's fields, less `requires`).
     reproducibility: dict[str, Any] | None = None
     continued_s: float = 0.0  # seconds of the continue_from audio the result starts with
+    adapter: dict[str, Any] | None = None  # the LoRA adapter applied (jobspec.sidecar.AdapterInfo's fields)
 
     @property
     def audio_seconds(self) -> float:

@@ -162,6 +162,10 @@ class LoadedFamily(Protocol):
 
     def reproducibility(self) -> dict[str, object]: ...
 
+    def adapter_record(self, request: GenerationRequest) -> dict[str, object] | None:
+        """The LoRA adapter `request` ran with, for its sidecar (None: none)."""
+        ...
+
     def unload(self) -> None: ...
 
 

@@ -303,6 +303,7 @@ class MusicEngine:
                     decoder=info.backend,
                     reproducibility=repro,
                     continued_s=continued.get(i, 0.0),
+                    adapter=loaded.adapter_record(req),
                 )
             )
         self._record(results, info, peak, job_ids)

@@ -150,6 +150,9 @@ class MusicGenModel:
     def decode(self, batch: Chunk, clock: StepClock) -> list[np.ndarray]:  # type: ignore[override]
         return ChunkRunner(self.ckpt, self.device, self.backend, self.framing).run(batch, clock)
 
+    def adapter_record(self, request: GenerationRequest) -> dict[str, Any] | None:
+        return None  # MusicGen models take no adapters (admission refuses the key)
+
     def reproducibility(self) -> dict[str, Any]:
         return reproducibility(self.setup, self.backend, self.ckpt.model)
 

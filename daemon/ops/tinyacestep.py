@@ -277,3 +277,38 @@ def parameter_count(pipe: Any) -> int:
 def latent_rate(pipe: Any) -> float:
     """Latent frames per second of the pipeline's VAE."""
     return float(pipe.vae.config.sampling_rate) / float(math.prod(pipe.vae.config.downsampling_ratios))
+
+
+# A tiny adapter's LoRA targets: the DiT's self-attention and MLP projections.
+ADAPTER_TARGETS = (
+    "self_attn.to_q",
+    "self_attn.to_k",
+    "self_attn.to_v",
+    "self_attn.to_out.0",
+    "mlp.down_proj",
+)
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+
+
+def init_tiny_adapter(directory: Path, *, seed: int = 1, rank: int = 4) -> Path:
+    """A random LoRA adapter for the tiny pipeline's DiT (`init_tiny`), saved as diffusers saves
+    one (`directory`/pytorch_lora_weights.safetensors): both factors drawn from noise, so it moves
+    the audio the way a trained adapter would, and the same `seed` gives the same file."""
+    import torch
+    from diffusers import AceStepPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    transformer = tiny_pipeline().transformer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=list(ADAPTER_TARGETS), init_lora_weights=False
+        )
+        transformer.add_adapter(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    AceStepPipeline.save_lora_weights(
+        str(directory),
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        weight_name=ADAPTER_FILE,
+    )
+    return directory

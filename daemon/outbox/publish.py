@@ -35,6 +35,7 @@ from jobspec import Job, Output
 from jobspec.music import text_hint
 from jobspec.names import sidecar_name, source_folder
 from jobspec.sidecar import (
+    AdapterInfo,
     ModelInfo,
     OutputInfo,
     Reproducibility,
@@ -231,6 +232,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
             peak_memory_bytes=res.peak_memory_bytes,
             host=host_info(model.device),
             references=list(done.references),
+            adapter=AdapterInfo(**res.adapter) if res.adapter else None,
             decoder=res.decoder,
             reproducibility=Reproducibility(**res.reproducibility) if res.reproducibility else None,
             candidates=[

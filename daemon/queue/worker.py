@@ -133,7 +133,9 @@ class Worker:
         # record runs alone, so its next attempt tells the culprit from its batch-mates.
         # Sections and reference audio give a job windows of its own (text, prefix codes, chroma).
         # A `guidance` may be refused by the model (a turbo ACE-Step checkpoint): such a job runs
-        # alone, so a refusal never fails its batch-mates.
+        # alone, so a refusal never fails its batch-mates. Jobs share a batch only when they share
+        # the adapter state (none, or one adapter at one scale): a refused adapter fails only jobs
+        # that named it.
         if (
             first.pending is not None
             or first.claim.crashes
@@ -151,6 +153,8 @@ class Worker:
             if other.conditioned or other.job.guidance is not None:
                 return False
             if (other.job.model or self.settings.default_model) != model:
+                return False
+            if (other.job.adapter, other.job.adapter_scale) != (first.job.adapter, first.job.adapter_scale):
                 return False
             if rows + other.job.count * other.job.candidates > self.settings.max_batch:
                 return False
@@ -323,6 +327,8 @@ class Worker:
             steps=job.steps,
             guidance=job.guidance,
             edit=edit,
+            adapter=job.adapter,
+            adapter_scale=job.adapter_scale,
         )
 
     def _generate(self, batch: list[QueuedJob], name: str) -> None:

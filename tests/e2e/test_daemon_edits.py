@@ -2,7 +2,9 @@
 earlier result keeps the audio outside its range equal to the source's VAE round trip (measured
 against diffusers' own VAE on the source file) and changes what is inside; an extract writes one
 file per asked track, all listed in one sidecar; every edit names its source with its sha256 in
-`references`; what a model cannot do is refused with a hint naming what can."""
+`references`; a job with a tiny LoRA adapter differs from the same job without it and equals
+diffusers' own pipeline with that adapter loaded; what a model cannot do is refused with a hint
+naming what can."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ MARGIN_S = 0.35
 KEPT_TOLERANCE = 1e-4
 
 
+BASE_PROMPT = "a bright pop song with a steady beat"
+
+
 def _song(prompt: str, **fields: Any) -> str:
     return job_yaml(prompt, **{"duration": 3.0, "steps": 3, "output": RAW, **fields})
 
@@ -35,12 +40,22 @@ def _song(prompt: str, **fields: Any) -> str:
 def run(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_acestep_dir: Path
 ) -> dict[str, Any]:
+    from daemon.ops.tinyacestep import init_tiny_adapter
+
     root = tmp_path_factory.mktemp("edits")
+    adapter = init_tiny_adapter(root / "adapter")
     config = write_config(
         root / "config.yaml",
         root / "spool",
         tiny_model_dir,
-        models={"tiny": {"path": str(tiny_model_dir)}, "song": {"path": str(tiny_acestep_dir)}},
+        models={
+            "tiny": {"path": str(tiny_model_dir)},
+            "song": {
+                "path": str(tiny_acestep_dir),
+                "adapters": {"warm": {"path": str(adapter), "scale": 0.8}},
+            },
+            "plain-song": {"path": str(tiny_acestep_dir)},
+        },
         default_model="song",
         dtype="float32",
         max_batch=2,
@@ -48,7 +63,7 @@ def run(
     sp = SpoolView(root / "spool")
     with DaemonProcess(config, root / "daemon.log") as daemon:
         daemon.start()
-        sp.drop("base.yaml", _song("a bright pop song with a steady beat", seed=5))
+        sp.drop("base.yaml", _song(BASE_PROMPT, seed=5))
         sp.wait_outcome("base", 180, alive=daemon)
         src = {"source": "outbox/base.wav"}
         jobs = {
@@ -61,6 +76,10 @@ def run(
             "past-end": _song("a tune", repaint={**src, "start": 5.0}),
             "no-tokenizer": _song("a tune", cover={**src, "strength": 1.0}),
             "missing": _song("a tune", repaint={"source": "outbox/nothing.wav", "start": 0.0}),
+            "lora": _song(BASE_PROMPT, seed=5, adapter="warm"),
+            "cold": _song("a tune", adapter="cold"),
+            "mg-adapter": job_yaml("a tune", model="tiny", adapter="warm"),
+            "plain-adapter": _song("a tune", model="plain-song", adapter="warm"),
         }
         for job_id, text in jobs.items():
             sp.drop(f"{job_id}.yaml", text)
@@ -69,7 +88,7 @@ def run(
         assert daemon.stop() == 0, daemon.log_tail()
         log = daemon.log()
     assert "Traceback" not in log, log
-    return {"spool": sp, "dir": tiny_acestep_dir}
+    return {"spool": sp, "dir": tiny_acestep_dir, "adapter": adapter}
 
 
 def _round_trip(pipeline_dir: Path, audio: np.ndarray) -> np.ndarray:
@@ -141,11 +160,14 @@ def test_extract_writes_one_file_per_track_in_one_sidecar(run: dict[str, Any]) -
 @pytest.mark.parametrize(
     ("job_id", "loc", "words"),
     [
-        ("mg-extract", None, ["'tiny' is of the musicgen family", "'extract'", "`model: song`"]),
+        ("mg-extract", None, ["'tiny' is of the musicgen family", "'extract'", "models: plain-song, song"]),
         ("kazoo", "extract.tracks[0]", ["vocals", "drums"]),
         ("past-end", "repaint", ["outside the source", "3.000 s"]),
         ("no-tokenizer", "cover", ["no audio tokenizer", "repaint"]),
         ("missing", "repaint.source", ["does not exist in outbox/"]),
+        ("cold", "adapter", ["lists no adapter 'cold'", "warm"]),
+        ("mg-adapter", None, ["'tiny' is of the musicgen family", "'adapter'", "models: plain-song, song"]),
+        ("plain-adapter", "adapter", ["lists no adapters at all", "models: plain-song: adapters:"]),
     ],
 )
 def test_what_a_model_cannot_do_is_refused_naming_what_can(
@@ -160,3 +182,37 @@ def test_what_a_model_cannot_do_is_refused_naming_what_can(
         assert word in text, (word, error)
     if loc is not None:  # the field and its line, as the validator says them
         assert [d["loc"] for d in error["details"]] == [loc], error
+
+
+def test_an_adapter_changes_the_song_as_diffusers_applies_it(run: dict[str, Any]) -> None:
+    from diffusers import AceStepPipeline
+
+    from daemon.engine.acestep.song import SHIFT, SongBatch, SongParams, SongRow, pipeline_kwargs
+    from daemon.ops.tinyacestep import ADAPTER_FILE
+
+    sp: SpoolView = run["spool"]
+    body = sp.outcome("lora")
+    assert body is not None and body["status"] == "completed", body
+    weights = run["adapter"] / ADAPTER_FILE
+    assert body["adapter"] == {
+        "name": "warm",
+        "source": str(run["adapter"]),
+        "sha256": _sha256(weights),
+        "revision": None,
+        "scale": 0.8,
+    }
+    assert body["request"]["adapter"] == "warm"
+    with_lora = sf.read(sp.outbox / body["outputs"][0]["path"], always_2d=True, dtype="float32")[0]
+    without = sf.read(sp.outbox / "base.wav", always_2d=True, dtype="float32")[0]
+    assert float(np.abs(with_lora - without).max()) > 1e-4
+    pipe = AceStepPipeline.from_pretrained(str(run["dir"]), torch_dtype=torch.float32)
+    pipe.load_lora_weights(str(run["adapter"]), weight_name=ADAPTER_FILE, adapter_name="warm")
+    pipe.set_adapters(["warm"], [0.8])
+    batch = SongBatch(
+        SongParams(duration=3.0, steps=3, guidance=1.0, shift=SHIFT), [SongRow(0, 0, 5, BASE_PROMPT)]
+    )
+    audio = pipe(
+        **pipeline_kwargs(batch), generator=[torch.Generator("cpu").manual_seed(5)], output_type="np"
+    )
+    expected = np.asarray(audio.audios[0])[:, : with_lora.shape[0]].T
+    np.testing.assert_allclose(with_lora, expected, rtol=0, atol=1e-6)

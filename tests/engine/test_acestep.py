@@ -65,6 +65,28 @@ def test_cli_init_tiny_writes_a_pipeline_diffusers_loads(tmp_path: Path) -> None
     assert audio.shape[:2] == (1, 2) and torch.isfinite(audio).all()
 
 
+def test_cli_init_tiny_adapter_writes_a_lora_diffusers_loads(tmp_path: Path) -> None:
+    from daemon.ops.tinyacestep import ADAPTER_FILE
+
+    out, lora = tmp_path / "song", tmp_path / "lora"
+    cmd = [sys.executable, "-m", "daemon", "model", "init-tiny", str(out), "--family", "ace-step"]
+    proc = subprocess.run([*cmd, "--adapter", str(lora)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "adapters: {tiny: {path:" in proc.stdout
+    from diffusers import AceStepPipeline
+
+    pipe = AceStepPipeline.from_pretrained(out)
+    pipe.load_lora_weights(str(lora), weight_name=ADAPTER_FILE, adapter_name="tiny")
+    assert "tiny" in pipe.get_list_adapters()["transformer"]
+    musicgen = subprocess.run(
+        [sys.executable, "-m", "daemon", "model", "init-tiny", str(tmp_path / "mg"), "--adapter", str(lora)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert musicgen.returncode == 2 and "--family ace-step" in musicgen.stderr
+
+
 def test_loader_reads_licence_and_the_config_overrides_it(
     tiny_acestep_dir: Path, loaded: Any, tmp_path: Path
 ) -> None:

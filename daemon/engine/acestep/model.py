@@ -34,6 +34,7 @@ from daemon.core.errors import (
 )
 from daemon.core.families import ACE_STEP
 from daemon.core.messages import DecodeSetup, GenerationRequest, LoadedModelInfo
+from daemon.engine.acestep.adapters import Adapters
 from daemon.engine.acestep.checkpoint import NETWORKS, LoadedPipeline, load_pipeline
 from daemon.engine.acestep.song import (
     MAX_LYRIC_TOKENS,
@@ -92,6 +93,9 @@ class AceStepModel:
         self.settings, self.loaded, self.device = settings, loaded, device
         pipe = loaded.pipe
         self.rows = fixed_rows(settings, device)
+        self.adapters = Adapters(
+            name, pipe, settings.models[name].adapters if name in settings.models else {}
+        )
         self._setup = DecodeSetup(
             ACE_STEP,
             DECODER,
@@ -172,6 +176,7 @@ class AceStepModel:
                     hint=f"name a MusicGen model for {key!r}",
                 )
             params = self._params(req)
+            adapter = self.adapters.wanted(req)
             lyrics = getattr(req, "lyrics", None) or ""
             language = getattr(req, "language", None) or "en"
             first = SongRow(i, 0, seed % SEED_MOD, req.prompt, lyrics, language)
@@ -183,7 +188,7 @@ class AceStepModel:
                     loc="lyrics",
                     hint="shorten the lyrics, or split the song into several jobs",
                 )
-            key = (params, counts)
+            key = (params, counts, adapter)
             params_of[key] = params
             for v in range(req.count):
                 groups.setdefault(key, []).append(
@@ -191,7 +196,7 @@ class AceStepModel:
                 )
         cap = self.settings.max_batch
         return [
-            SongBatch(params_of[key], rows[k : k + cap])
+            SongBatch(params_of[key], rows[k : k + cap], adapter=key[2])
             for key, rows in groups.items()
             for k in range(0, len(rows), cap)
         ] + edits
@@ -237,17 +242,23 @@ class AceStepModel:
                 loc="lyrics",
                 hint="shorten the lyrics",
             )
+        adapter = self.adapters.wanted(req)
         if edit.kind == "extract":
             # Each track has its own instruction: a call of its own.
-            return [SongBatch(params, [row], edit=source) for row in rows]
+            return [SongBatch(params, [row], edit=source, adapter=adapter) for row in rows]
         cap = self.settings.max_batch
-        return [SongBatch(params, rows[k : k + cap], edit=source) for k in range(0, len(rows), cap)]
+        return [
+            SongBatch(params, rows[k : k + cap], edit=source, adapter=adapter)
+            for k in range(0, len(rows), cap)
+        ]
 
     def steps(self, batch: SongBatch) -> int:  # type: ignore[override]
         return batch.params.steps * calls(len(batch.rows), self.rows)
 
     def decode(self, batch: SongBatch, clock: StepClock) -> list[np.ndarray]:  # type: ignore[override]
         """Audio per row; on CUDA out-of-memory: free the cache, render the halves, once."""
+        # Between calls, on the thread that decodes: an adapter never changes under a running call.
+        self.adapters.use(batch.adapter)
         base = clock.done
         try:
             return self._render(batch, clock, base, self.rows)
@@ -292,6 +303,9 @@ class AceStepModel:
             if isinstance(exc, Exception):
                 raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
             raise
+
+    def adapter_record(self, request: GenerationRequest) -> dict[str, Any] | None:
+        return self.adapters.record(request)
 
     def reproducibility(self) -> dict[str, Any]:
         if self.rows is not None:

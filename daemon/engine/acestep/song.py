@@ -90,6 +90,7 @@ class SongBatch:
     rows: list[SongRow]
     continued_s: float = 0.0  # ACE-Step text2music never continues a reference
     edit: SourceEdit | None = None
+    adapter: tuple[str, float] | None = None  # (name, scale) of the LoRA the rows run with
 
 
 def token_counts(pipe: Any, params: SongParams, row: SongRow) -> tuple[int, int]:
