@@ -30,7 +30,8 @@ How a new family plugs in:
    one float32 array [channels, samples] per row, in the batch's row order, calling
    `clock.advance(steps_done)` after each step (that reports progress and raises on cancel or
    the time limit; an out-of-memory split is the family's own business); `reproducibility()`
-   gives the sidecar's reproducibility facts; `unload()` frees everything.
+   gives the sidecar's reproducibility facts; `adapter_record(request)` the LoRA adapter a
+   request ran with (None: none); `unload()` frees everything.
 4. List the module in the import-linter contracts (pyproject.toml) and the README code map, and
    give it a tiny offline checkpoint for its tests (`dgx-music model init-tiny`).
 """
