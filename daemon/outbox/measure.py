@@ -59,7 +59,8 @@ def measures_html(output: dict[str, Any]) -> str:
         return ""
     tempo = a.get("tempo_bpm")
     shown = {
-        "tempo": f"{tempo:.1f} BPM" if isinstance(tempo, (int, float)) else "tempo n/a",
-        "key": str(a.get("key") or "key n/a"),
+        # No-break spaces, as the page's other figures: a unit never wraps away from its number.
+        "tempo": f"{tempo:.1f}\u00a0BPM" if isinstance(tempo, (int, float)) else "tempo\u00a0n/a",
+        "key": str(a.get("key") or "key n/a").replace(" ", "\u00a0"),
     }
     return "".join(f' · <span class="{c}">{html.escape(v)}</span>' for c, v in shown.items())

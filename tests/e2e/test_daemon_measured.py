@@ -58,9 +58,10 @@ def test_every_output_is_measured_against_what_was_asked(tmp_path: Path, tiny_mo
     assert plain["outputs"][0]["analysis"]["asked"] is None  # nothing asked, nothing to compare
     page = (sp.outbox / "index.html").read_text(encoding="utf-8")
     shown = body["outputs"][0]["analysis"]
-    tempo = "tempo n/a" if shown["tempo_bpm"] is None else f"{shown['tempo_bpm']:.1f} BPM"
+    tempo = "tempo\u00a0n/a" if shown["tempo_bpm"] is None else f"{shown['tempo_bpm']:.1f}\u00a0BPM"
     assert f'<span class="tempo">{tempo}</span>' in page
-    assert f'<span class="key">{shown["key"] or "key n/a"}</span>' in page
+    key = (shown["key"] or "key n/a").replace(" ", "\u00a0")
+    assert f'<span class="key">{key}</span>' in page
     json.dumps(body)  # plain JSON all through
 
 
