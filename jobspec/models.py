@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from jobspec import music
 from jobspec.edit import EDIT_KEYS, Cover, Extract, Repaint
-from jobspec.music import BPM_MAX, BPM_MIN, MAX_CANDIDATES, Bpm, Loop, MusicalKey, TimeSignature
+from jobspec.music import Bpm, Loop, MusicalKey, TimeSignature
 from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 from jobspec.output import LOSSY_FORMATS, Output
 from jobspec.song import GUIDANCE_MAX, LYRICS_MAX_CHARS, STEPS_MAX, Guidance, Language, Lyrics, Steps
@@ -241,24 +241,9 @@ class JobSpec(BaseModel):
         default=1, description="Number of variations of this prompt, 1..8 (seed, seed+1, ...)."
     )
     priority: Priority = Field(default="normal", description="Queue priority: high, normal or low.")
-    bpm: Bpm | None = Field(
-        default=None,
-        description=f"Tempo to ask for, {BPM_MIN}..{BPM_MAX} beats (quarter notes) a minute, "
-        "every model family; MusicGen reads it as a hint in its text. The sidecar's `analysis.asked` says "
-        "how far the result's measured tempo is from it.",
-    )
-    key: MusicalKey | None = Field(
-        default=None,
-        description='Key to ask for, e.g. "A minor", "F# major" (# or b, major/minor or maj/min; '
-        'enharmonics accepted and recorded one way, "A# minor" as "Bb minor"). MusicGen reads it as a '
-        "hint in its text; `analysis.asked.key_relation` in the sidecar compares the measured key.",
-    )
-    time_signature: TimeSignature | None = Field(
-        default=None,
-        description='Metre to ask for, beats/note value: "4/4", "3/4", "6/8", ... '
-        "(1..16 over 2, 4, 8 or 16). MusicGen reads it as a hint in its text; the analysis counts "
-        "downbeats by it (4/4 when unset).",
-    )
+    bpm: Bpm | None = music.BPM_FIELD
+    key: MusicalKey | None = music.KEY_FIELD
+    time_signature: TimeSignature | None = music.TIME_SIGNATURE_FIELD
     lyrics: Lyrics | None = Field(
         default=None,
         description=f"ACE-Step models: the words to sing, up to {LYRICS_MAX_CHARS} characters, lines of "
@@ -303,15 +288,8 @@ class JobSpec(BaseModel):
         description="ACE-Step models: stems of `source`, one file per track in `tracks` "
         "(`<id>-<track>.<ext>`), all in one sidecar.",
     )
-    candidates: Annotated[int, Field(strict=True, ge=1, le=MAX_CANDIDATES)] = Field(
-        default=1,
-        description=f"Best of N, 1..{MAX_CANDIDATES}: N takes (seed, seed+1, ...) in one batch, each scored "
-        "against bpm, key and loop; the best is the job's output, every take's seed and scores are in the "
-        "sidecar's `candidates`. Not with count above 1.",
-    )
-    keep_candidates: bool = Field(
-        default=False, strict=True, description="true: write the other takes too, as `<id>-c<n>.<ext>`."
-    )
+    candidates: music.Candidates = music.CANDIDATES_FIELD
+    keep_candidates: bool = music.KEEP_CANDIDATES_FIELD
     loop: Loop | None = Field(default=None, description="Make the output a seamless loop (see loop.*).")
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling settings (see sampling.*).")
     output: Output = Field(default_factory=Output, description="Audio file settings (see output.*).")

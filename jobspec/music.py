@@ -193,3 +193,34 @@ def check_asked(
         raise music_rule(
             "keep_candidates", "keep_candidates needs candidates above 1", "set candidates: 2..8"
         )
+
+
+# The job fields, described here beside their rules (jobspec.models lists them on JobSpec).
+BPM_FIELD = Field(
+    default=None,
+    description=f"Tempo to ask for, {BPM_MIN}..{BPM_MAX} beats (quarter notes) a minute, "
+    "every model family; MusicGen reads it as a hint in its text. The sidecar's `analysis.asked` says "
+    "how far the result's measured tempo is from it.",
+)
+KEY_FIELD = Field(
+    default=None,
+    description='Key to ask for, e.g. "A minor", "F# major" (# or b, major/minor or maj/min; '
+    'enharmonics accepted and recorded one way, "A# minor" as "Bb minor"). MusicGen reads it as a '
+    "hint in its text; `analysis.asked.key_relation` in the sidecar compares the measured key.",
+)
+TIME_SIGNATURE_FIELD = Field(
+    default=None,
+    description='Metre to ask for, beats/note value: "4/4", "3/4", "6/8", ... '
+    "(1..16 over 2, 4, 8 or 16). MusicGen reads it as a hint in its text; the analysis counts "
+    "downbeats by it (4/4 when unset).",
+)
+Candidates = Annotated[int, Field(strict=True, ge=1, le=MAX_CANDIDATES)]
+CANDIDATES_FIELD = Field(
+    default=1,
+    description=f"Best of N, 1..{MAX_CANDIDATES}: N takes (seed, seed+1, ...) in one batch, each scored "
+    "against bpm, key and loop; the best is the job's output, every take's seed and scores are in the "
+    "sidecar's `candidates`. Not with count above 1.",
+)
+KEEP_CANDIDATES_FIELD = Field(
+    default=False, strict=True, description="true: write the other takes too, as `<id>-c<n>.<ext>`."
+)
