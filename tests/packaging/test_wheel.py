@@ -194,7 +194,9 @@ def test_the_demos_install_leaves_the_test_tools_to_the_tests(tmp_path: Path) ->
     env, calls = _fake_root_path(tmp_path)
     boot = subprocess.run([str(REPO / "scripts/bootstrap.sh")], env=env, capture_output=True, text=True)
     assert boot.returncode == 0, boot.stderr
-    assert not calls.exists(), calls.read_text()
+    # (It may install what the product itself runs, e.g. rubberband for loops: never the test tools.)
+    installed = calls.read_text() if calls.exists() else ""
+    assert "chromium" not in installed and "ffmpeg" not in installed, installed
     demo = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
     assert "test-tools" not in demo.stdout and "bootstrap.sh" in demo.stdout
     tools = subprocess.run([str(REPO / "scripts/test-tools.sh")], env=env, capture_output=True, text=True)
