@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from daemon.core.fsio import atomic_write_bytes
+from daemon.outbox import songtext
 from daemon.outbox.measure import measures_html
 from daemon.outbox.songtext import LYRICS_CSS, lyrics_html, provenance
 from jobspec.names import PAGE_NAME
@@ -58,7 +59,7 @@ _STYLE = (
     ".var{margin:0;flex:1 1 300px;max-width:460px}.var figcaption{font-size:.85em;color:#555}"
     ".var svg{display:block;width:100%;height:56px;background:#f0f4f2}.var svg path{fill:#3a7}"
     ".var audio{width:100%}.error{color:#a22;font-weight:bold}.hint{color:#555}"
-    "#filter{margin:0 0 1em}#filter input{width:20em}" + LYRICS_CSS
+    "#filter{margin:0 0 1em}#filter input{width:20em}" + LYRICS_CSS + songtext.EDIT_CSS
 )
 
 
@@ -190,8 +191,9 @@ def collect(
 # --------------------------------------------------------------------------- rendering
 
 
-def waveform_svg(waveform: object) -> str:
-    """An inline SVG of a {bins, min, max} envelope (empty string when there is none)."""
+def waveform_svg(waveform: object, mark: tuple[float, float] | None = None) -> str:
+    """An inline SVG of a {bins, min, max} envelope (empty string when there is none); `mark`:
+    a range (fractions of the length) shaded over it, a repaint's."""
     if not isinstance(waveform, dict):
         return ""
     lo, hi = waveform.get("min"), waveform.get("max")
@@ -209,7 +211,7 @@ def waveform_svg(waveform: object) -> str:
     d = "M" + " L".join(top + bottom) + " Z"
     return (
         f'<svg class="wave" viewBox="0 0 {n} 2" preserveAspectRatio="none" role="img" '
-        f'aria-label="waveform"><path d="{d}"/></svg>'
+        f'aria-label="waveform"><path d="{d}"/>{songtext.repaint_rect(mark, n)}</svg>'
     )
 
 
@@ -223,7 +225,8 @@ def _prompt_html(request: dict[str, Any]) -> str:
             if isinstance(s, dict)
         )
         return f'<ol class="prompt sections">{items}</ol>'
-    return f'<p class="prompt">{_e(request.get("prompt"))}</p>{lyrics_html(request)}'
+    text = f'<p class="prompt">{_e(request.get("prompt"))}</p>'
+    return text + lyrics_html(request) + songtext.edit_html(request)
 
 
 def _meta(spans: list[tuple[str, str]]) -> str:
@@ -294,13 +297,14 @@ def render_result(entry: Entry) -> str:
         name = PurePosixPath(str(o.get("path", ""))).name
         href = _href(sidecar_dir, name)
         caption = (
-            f"v{_e(o.get('variation'))} · seed {_e(o.get('seed'))} · "
+            f"{songtext.output_label(o)} · seed {_e(o.get('seed'))} · "
             f"{_num(o.get('integrated_lufs'), '.1f', ' LUFS')}"
             f" · peak {_num(o.get('true_peak_dbtp'), '.1f', ' dBTP')}{measures_html(o)} · "
             f'<a href="{href}" download>{_e(name)}</a>'
         )
+        wave = waveform_svg(o.get("waveform"), songtext.repainted_span(request, o.get("duration_s")))
         figures.append(
-            f'<figure class="var"><figcaption>{caption}</figcaption>{waveform_svg(o.get("waveform"))}'
+            f'<figure class="var"><figcaption>{caption}</figcaption>{wave}'
             f'<audio controls preload="metadata" src="{href}"></audio></figure>'
         )
     return (

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from daemon_harness import DaemonProcess, SpoolView, job_yaml, write_config
+from daemon_harness import DaemonProcess, SpoolView, job_yaml, wait_until, write_config
 
 pytestmark = pytest.mark.slow  # one daemon, a handful of tiny songs
 
@@ -85,6 +85,15 @@ def run(
             sp.drop(f"{job_id}.yaml", text)
         for job_id in jobs:
             sp.wait_outcome(job_id, 240, alive=daemon)
+        page = sp.outbox / "index.html"
+        wait_until(
+            lambda: (
+                page.exists() and all(f"{j}.json" in page.read_text() for j in ("repainted", "stems", "lora"))
+            ),
+            30,
+            what="the page",
+            alive=daemon,
+        )
         assert daemon.stop() == 0, daemon.log_tail()
         log = daemon.log()
     assert "Traceback" not in log, log
@@ -216,3 +225,27 @@ def test_an_adapter_changes_the_song_as_diffusers_applies_it(run: dict[str, Any]
     )
     expected = np.asarray(audio.audios[0])[:, : with_lora.shape[0]].T
     np.testing.assert_allclose(with_lora, expected, rtol=0, atol=1e-6)
+
+
+def test_the_page_groups_stems_under_their_job_and_marks_the_repainted_range(run: dict[str, Any]) -> None:
+    from test_daemon_outbox_page import DomSummary, run_chromium
+
+    page = run["spool"].outbox / "index.html"
+    dumped = run_chromium("--dump-dom", page.resolve().as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    articles = dumped.stdout.split("<article")[1:]
+    (stems,) = [a for a in articles if "stems-vocals.wav" in a]
+    assert "stems-drums.wav" in stems and "stem vocals" in stems and "stem drums" in stems
+    assert "stems of outbox/base.wav: vocals, drums" in stems
+    (repainted,) = [a for a in articles if "repainted.wav" in a]
+    dom = DomSummary()
+    dom.feed(repainted)
+    (svg,) = dom.find("svg")
+    (rect,) = [r for r in dom.find("rect") if r.get("class") == "repainted"]
+    bins = float(str(svg["viewbox"]).split()[2])
+    x, width = float(str(rect["x"])), float(str(rect["width"]))
+    assert abs(x / bins - START / 3.0) < 0.01 and abs((x + width) / bins - END / 3.0) < 0.01
+    assert "repaint of outbox/base.wav, 1.0–2.0 s repainted" in repainted
+    assert not [
+        a for a in articles if "base.wav" in a and 'class="repainted"' in a and "repainted.wav" not in a
+    ]
