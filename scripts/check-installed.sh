@@ -31,8 +31,10 @@ if [ ! -x "$W/bin/python" ]; then
     "$W/bin/python" -m pip install --quiet "$TORCH_SPEC"
 fi
 "$W/bin/python" -m pip uninstall --quiet --yes dgx-music >/dev/null 2>&1 || true
-say "systemd/install.sh into $DESTDIR"
-DESTDIR=$DESTDIR ./systemd/install.sh --prefix "$PREFIX" --wheel "$WHEEL" >"$ROOT/install.log"
+# The torch build already there, so install.sh keeps it rather than choosing by this machine's driver.
+build=$("$W/bin/python" -c "import torch; v = torch.version.cuda; print('cu' + v.replace('.', '') if v else 'cpu')")
+say "systemd/install.sh into $DESTDIR (--torch $build)"
+DESTDIR=$DESTDIR ./systemd/install.sh --prefix "$PREFIX" --wheel "$WHEEL" --torch "$build" >"$ROOT/install.log"
 CLI=$W/bin/dgx-music
 direct_url=$("$W/bin/python" -c "import importlib.metadata as m; print(m.distribution('dgx-music').read_text('direct_url.json') or '')")
 case "$direct_url" in *'"editable": true'*) say "dgx-music is an editable install: not the wheel"; exit 1 ;; esac

@@ -2,9 +2,12 @@
 # The tools only the tests need (`make test` runs this; `make demo` and the product do not): the
 # outbox page is judged in a headless Chromium, mp3/ogg/flac files and loudness with ffmpeg, the
 # Slurm scripts and daemons on a real test cluster (slurm-wlm + munge), a scratch root with
-# debootstrap. As root on Debian/Ubuntu they are installed (one `apt-get update` first); otherwise,
-# or when that fails, the tests that need them skip and say so, and CI (.ci/run) fails on that skip.
+# debootstrap (install.sh on a clean Debian). As root on Debian/Ubuntu they are installed (one
+# `apt-get update` first); otherwise, or when that fails, the tests that need them skip and say
+# so, and CI (.ci/run) fails on that skip. Triton too, where torch brought none (below).
 set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
 missing=
 have chromium || have chromium-browser || missing="$missing chromium"
@@ -22,3 +25,16 @@ if [ -n "$missing" ]; then
         echo "test-tools:$missing not found; the tests that need them will skip (sudo apt-get install$missing)" >&2
     fi
 fi
+
+# The fused step's Triton kernels run in Triton's interpreter where there is no GPU. A CUDA build
+# of torch brings the Triton it was built with (and pins it); only where torch brought none is one
+# added here: the [test] extra cannot say so, since no marker sees which torch build is installed.
+case "$(uname -s)/$(uname -m)" in
+    Linux/x86_64 | Linux/aarch64)
+        if ! "$VENV/bin/python" -c "import triton" 2>/dev/null; then
+            echo "test-tools: installing Triton (torch brought none; the kernel tests run it interpreted)" >&2
+            # 3.6's interpreter fails on numpy 2.4 (a loop bound read as an array); 3.9 runs the kernels.
+            "$VENV/bin/python" -m pip install -q 'triton>=3.9'
+        fi
+        ;;
+esac

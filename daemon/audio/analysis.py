@@ -25,7 +25,10 @@ Loudness range: EBU Tech 3342 LRA (3 s short-term loudness every 0.1 s, gated at
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 from pyloudnorm.iirfilter import IIRfilter
@@ -63,8 +66,20 @@ class Measured:
     seconds: float
 
 
-def _mono(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def _librosa() -> ModuleType:
+    """librosa, imported with numba's cache somewhere writable: importing it compiles a few
+    functions with cache=True, which fails ("no locator available") where the venv belongs to
+    another user, as the service's does. The unit names its own cache (NUMBA_CACHE_DIR)."""
+    os.environ.setdefault(
+        "NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"dgx-music-numba-{os.getuid()}")
+    )
     import librosa
+
+    return librosa
+
+
+def _mono(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    librosa = _librosa()
 
     x = np.asarray(audio, dtype=np.float32)
     y = x.mean(axis=0) if x.ndim == 2 else x
@@ -129,7 +144,7 @@ def _refined(acf: np.ndarray, lag: float) -> float:
 
 def beat_period(env: np.ndarray) -> tuple[float, float] | None:
     """(period in frames, confidence 0..1) of an onset envelope; None when nothing repeats."""
-    import librosa
+    librosa = _librosa()
 
     e = env - env.mean()
     if not np.any(e):
@@ -183,7 +198,7 @@ def _downbeats(beats: np.ndarray, accent: np.ndarray, per_bar: int) -> np.ndarra
 
 
 def _key(y: np.ndarray) -> tuple[str | None, float]:
-    import librosa
+    librosa = _librosa()
 
     # STFT chroma: 2.7 Hz bins resolve bass notes, at a quarter of the constant-Q chroma's cost.
     # A440 tuning assumed: the estimate costs time and warns on near-silence.
@@ -228,7 +243,7 @@ def loudness_range(audio: np.ndarray, sample_rate: int) -> float | None:
 
 def analyze(audio: np.ndarray, sample_rate: int, time_signature: str | None = None) -> Measured:
     """Measure `audio` ([channels, samples] or [samples]) at `sample_rate`."""
-    import librosa
+    librosa = _librosa()
 
     y = _mono(audio, sample_rate)
     seconds = len(y) / RATE

@@ -89,25 +89,49 @@ def check_diffusers() -> Check:
 def check_cuda(settings: Settings | None = None) -> Check:
     import torch
 
+    from daemon.ops.torchbuild import choose, read_nvidia_smi
+
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
         return ok("cuda", f"available: {n} device{'s' if n != 1 else ''}, CUDA {torch.version.cuda}")
+    fits = choose(read_nvidia_smi())
     if torch.version.cuda is None:
         why = f"torch {torch.__version__} is a CPU-only build"
-        fix = (
-            "install a CUDA build of torch (e.g. pip install torch --index-url "
-            "https://download.pytorch.org/whl/cu130, which has aarch64 wheels for DGX Spark)"
-        )
+        if fits.build == "cpu":
+            return warn(
+                "cuda",
+                f"not available: {why}; {fits.why}; "
+                f"the daemon falls back to the CPU ({_cpu_dtype(settings)}, slow)",
+                "nothing to do without an NVIDIA GPU; with one: its driver, then install.sh --torch auto",
+            )
+        if fits.build is None:
+            fix = fits.why
+        else:
+            fix = (
+                f"install the {fits.build} build ({fits.why}): sudo ./systemd/install.sh --torch auto, "
+                f"or pip install 'torch=={torch.__version__.split('+')[0]}' --index-url {fits.index_url}"
+            )
     else:
         why = f"torch is built for CUDA {torch.version.cuda} but no GPU is visible"
         fix = "check the NVIDIA driver (nvidia-smi), /dev/nvidia* permissions and CUDA_VISIBLE_DEVICES"
-    # The dtype the daemon would really use there (bfloat16 on CPUs that compute it natively).
+        if fits.build is None or fits.build == "cpu":
+            fix = f"{fits.why}; {fix}"
+        elif fits.build != "cu" + torch.version.cuda.replace(".", "")[:3]:
+            fix = f"{fix}; this driver's build is {fits.build} ({fits.why}): install.sh --torch auto"
+    return warn(
+        "cuda", f"not available: {why}; the daemon falls back to the CPU ({_cpu_dtype(settings)}, slow)", fix
+    )
+
+
+def _cpu_dtype(settings: Settings | None) -> str:
+    """The dtype the daemon would really use on the CPU (bfloat16 where it computes it natively)."""
+    import torch
+
     from daemon.engine.devices import resolve_dtype
 
-    dtype = str(resolve_dtype(settings.dtype if settings else "auto", torch.device("cpu"))).removeprefix(
+    return str(resolve_dtype(settings.dtype if settings else "auto", torch.device("cpu"))).removeprefix(
         "torch."
     )
-    return warn("cuda", f"not available: {why}; the daemon falls back to the CPU ({dtype}, slow)", fix)
 
 
 def check_gpu(settings: Settings | None) -> list[Check]:
