@@ -231,20 +231,55 @@ def _driver_version_from_proc() -> str | None:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory since the last reset_peak_memory().
+    """Peak memory since the last reset_peak_memory(): this job's own.
 
     CUDA: torch.cuda.max_memory_allocated (tensors only, not the caching allocator's slack).
-    CPU: the process's resident-set high-water mark (ru_maxrss), which cannot be reset, so it
-    covers the whole process lifetime, model weights and Python included.
+    CPU: how far the process's resident set rose above what it held at the reset (the model and
+    everything resident before the job are not counted): Linux's VmHWM, which the reset restarts
+    from the current size; where that cannot be restarted, the lifetime high-water mark.
     """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+    return max(0, _resident_high_water() - _cpu_window.start)
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window (CUDA only; the CPU high-water mark cannot be reset)."""
+    """Start a new peak-memory window."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        # "5" resets the high-water mark to the current resident set (Linux >= 4.0).
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        _cpu_window.start = _proc_status_bytes("VmRSS") or 0
+    except OSError:
+        # Not resettable here (not Linux, or /proc read-only): the lifetime peak, nothing subtracted.
+        _cpu_window.start = 0
+
+
+class _CpuWindow:
+    start = 0  # resident bytes when the window began
+
+
+_cpu_window = _CpuWindow()
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _resident_high_water() -> int:
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes
+    return int(rss if sys.platform == "darwin" else rss * 1024)

@@ -232,6 +232,23 @@ _SHAPES: dict[str, tuple[int, int, int, int]] = {
 }
 
 
+# EnCodec as facebook/encodec_32khz, the codec of every musicgen-{small,medium,large}.
+ENCODEC_32KHZ: dict[str, Any] = dict(
+    sampling_rate=32000,
+    audio_channels=1,
+    target_bandwidths=[2.2],
+    upsampling_ratios=[8, 5, 4, 4],
+    hidden_size=128,
+    num_filters=64,
+    num_residual_layers=1,
+    num_lstm_layers=2,
+    codebook_size=2048,
+    use_causal_conv=False,
+    use_conv_shortcut=False,
+    normalize=False,
+)
+
+
 def init_random(directory: Path, shape: Shape, *, seed: int = 0, dtype: str = "float32") -> Path:
     """Random weights at the real musicgen-{small,medium,large} shapes, for benchmarks without downloads.
 
@@ -254,20 +271,7 @@ def init_random(directory: Path, shape: Shape, *, seed: int = 0, dtype: str = "f
             pad_token_id=0,
             eos_token_id=1,
         ),
-        audio_encoder=dict(
-            sampling_rate=32000,
-            audio_channels=1,
-            target_bandwidths=[2.2],
-            upsampling_ratios=[8, 5, 4, 4],
-            hidden_size=128,
-            num_filters=64,
-            num_residual_layers=1,
-            num_lstm_layers=2,
-            codebook_size=2048,
-            use_causal_conv=False,
-            use_conv_shortcut=False,
-            normalize=False,
-        ),
+        audio_encoder=dict(ENCODEC_32KHZ),
         decoder=dict(
             vocab_size=2048,
             hidden_size=hidden,

@@ -29,24 +29,39 @@ def frame_rate(model: Any) -> float:
     return cfg.sampling_rate / math.prod(cfg.upsampling_ratios)
 
 
-def codes_to_audio(model: Any, codes: torch.Tensor) -> torch.Tensor:
-    """Audio [B, channels, samples] (float32) from codes [B, K, T] through the model's EnCodec.
+# Codes are turned into audio this many frames at a time, with CONTEXT_FRAMES of codes decoded on
+# each side and cut away, so the codec's memory is that of one window whatever the duration. The
+# context covers EnCodec's convolutions and lets its LSTM settle: the joins are inaudible (tested
+# against a whole-signal decode). At 50 frames/s: 5 s windows with 1 s either side.
+WINDOW_FRAMES = 250
+CONTEXT_FRAMES = 50
+
+
+def codes_to_audio(
+    model: Any, codes: torch.Tensor, *, window: int = WINDOW_FRAMES, context: int = CONTEXT_FRAMES
+) -> torch.Tensor:
+    """Audio [B, channels, samples] (float32, on the CPU) from codes [B, K, T] through the model's
+    EnCodec, one row and one window of `window` frames (plus `context` on each side) at a time.
 
     Stereo MusicGen interleaves codebooks (even: left, odd: right), each half decoded by the mono codec.
     """
     codec = model.audio_encoder
     channels = model.config.decoder.audio_channels
-    codes = codes.to(codec.device)
-    if channels == 1:
-        parts = [codes]
-    else:
-        parts = [codes[:, 0::2, :], codes[:, 1::2, :]]
-    outs = []
-    for part in parts:
-        audio = codec.decode(part[None, ...], audio_scales=[None] * part.shape[0]).audio_values
-        outs.append(audio)
-    audio = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    return audio.float()
+    hop = math.prod(model.config.audio_encoder.upsampling_ratios)
+    rows, _, frames = codes.shape
+    out = torch.zeros(rows, channels, frames * hop, dtype=torch.float32)
+    parts = [slice(None)] if channels == 1 else [slice(0, None, 2), slice(1, None, 2)]
+    for row in range(rows):
+        for channel, books in enumerate(parts):
+            row_codes = codes[row : row + 1, books, :]
+            for start in range(0, frames, window):
+                stop = min(frames, start + window)
+                lo, hi = max(0, start - context), min(frames, stop + context)
+                piece = row_codes[..., lo:hi].to(codec.device)
+                audio = codec.decode(piece[None, ...], audio_scales=[None]).audio_values
+                audio = audio[0, 0, (start - lo) * hop : (stop - lo) * hop].float().cpu()
+                out[row, channel, start * hop : start * hop + audio.shape[-1]] = audio
+    return out
 
 
 def audio_to_codes(model: Any, audio: torch.Tensor, frames: int) -> torch.Tensor:
