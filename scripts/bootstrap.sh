@@ -7,8 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-# The torch release the service is pinned to (systemd/constraints.txt), so both venvs run one torch.
-TORCH_VERSION=$(sed -n 's/^torch==\([0-9][0-9.]*\).*/\1/p' systemd/constraints.txt)
 CPU_INDEX=https://download.pytorch.org/whl/cpu
 
 # systemd-python compiles against libsystemd.
@@ -36,6 +34,8 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    # The torch release the service is pinned to (systemd/constraints.txt): both venvs run one torch.
+    TORCH_VERSION=$(sed -n 's/^torch==\([0-9][0-9.]*\).*/\1/p' systemd/constraints.txt)
     if [ -n "${TORCH_SPEC:-}" ]; then
         # shellcheck disable=SC2086  # a requirement and pip options
         "$VENV/bin/python" -m pip install -q $TORCH_SPEC

@@ -31,7 +31,7 @@ fi
 # added here: the [test] extra cannot say so, since no marker sees which torch build is installed.
 case "$(uname -s)/$(uname -m)" in
     Linux/x86_64 | Linux/aarch64)
-        if ! "$VENV/bin/python" -c "import triton" 2>/dev/null; then
+        if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c "import triton" 2>/dev/null; then
             echo "test-tools: installing Triton (torch brought none; the kernel tests run it interpreted)" >&2
             # 3.6's interpreter fails on numpy 2.4 (a loop bound read as an array); 3.9 runs the kernels.
             "$VENV/bin/python" -m pip install -q 'triton>=3.9'
