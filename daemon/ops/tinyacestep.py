@@ -90,6 +90,7 @@ def _pipeline(
     variant: str,
     seed: int,
     fast_init: bool,
+    tokens: dict[str, Any] | None = None,
 ) -> Any:
     import torch
     from diffusers import AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
@@ -108,6 +109,16 @@ def _pipeline(
             "condition_encoder": lambda: AceStepConditionEncoder(**cond),
             "vae": lambda: AutoencoderOobleck(**vae),
         }
+        if tokens is not None:
+            # The 5 Hz audio tokenizer and its detokenizer a cover reads its source through.
+            from diffusers.pipelines.ace_step.modeling_ace_step import (
+                AceStepAudioTokenDetokenizer,
+                AceStepAudioTokenizer,
+            )
+
+            builders["audio_tokenizer"] = lambda: AceStepAudioTokenizer(**tokens)
+            detok = {k: v for k, v in tokens.items() if k not in ("fsq_dim", "fsq_input_levels")}
+            builders["audio_token_detokenizer"] = lambda: AceStepAudioTokenDetokenizer(**detok)
         for name, build in builders.items():
             if fast_init:
                 # Billions of parameters: allocate without the per-layer initialisers (minutes on a
@@ -188,6 +199,20 @@ def tiny_pipeline(*, variant: Variant = "turbo", seed: int = 0) -> Any:
             timbre_hidden_dim=acoustic,
             num_lyric_encoder_hidden_layers=2,
             num_timbre_encoder_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            rope_theta=10000.0,
+            sliding_window=16,
+        ),
+        tokens=dict(
+            hidden_size=width,
+            intermediate_size=64,
+            audio_acoustic_hidden_dim=acoustic,
+            pool_window_size=5,
+            fsq_dim=width,
+            fsq_input_levels=[8, 5, 5],
+            num_attention_pooler_hidden_layers=1,
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=8,

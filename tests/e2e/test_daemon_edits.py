@@ -74,7 +74,7 @@ def run(
             "mg-extract": job_yaml("a tune", model="tiny", extract={**src, "tracks": ["drums"]}),
             "kazoo": _song("split it", extract={**src, "tracks": ["kazoo"]}),
             "past-end": _song("a tune", repaint={**src, "start": 5.0}),
-            "no-tokenizer": _song("a tune", cover={**src, "strength": 1.0}),
+            "covered": _song("the same song as a jazz trio", seed=2, cover={**src, "strength": 0.7}),
             "missing": _song("a tune", repaint={"source": "outbox/nothing.wav", "start": 0.0}),
             "lora": _song(BASE_PROMPT, seed=5, adapter="warm"),
             "cold": _song("a tune", adapter="cold"),
@@ -172,7 +172,6 @@ def test_extract_writes_one_file_per_track_in_one_sidecar(run: dict[str, Any]) -
         ("mg-extract", None, ["'tiny' is of the musicgen family", "'extract'", "models: plain-song, song"]),
         ("kazoo", "extract.tracks[0]", ["vocals", "drums"]),
         ("past-end", "repaint", ["outside the source", "3.000 s"]),
-        ("no-tokenizer", "cover", ["no audio tokenizer", "repaint"]),
         ("missing", "repaint.source", ["does not exist in outbox/"]),
         ("cold", "adapter", ["lists no adapter 'cold'", "warm"]),
         ("mg-adapter", None, ["'tiny' is of the musicgen family", "'adapter'", "models: plain-song, song"]),
@@ -249,3 +248,19 @@ def test_the_page_groups_stems_under_their_job_and_marks_the_repainted_range(run
     assert not [
         a for a in articles if "base.wav" in a and 'class="repainted"' in a and "repainted.wav" not in a
     ]
+
+
+def test_cover_completes_and_records_its_source(run: dict[str, Any]) -> None:
+    sp: SpoolView = run["spool"]
+    body = sp.outcome("covered")
+    assert body is not None and body["status"] == "completed", body
+    assert body["request"]["cover"] == {"source": "outbox/base.wav", "strength": 0.7}
+    (ref,) = body["references"]
+    assert (ref["role"], ref["path"], ref["sha256"]) == (
+        "cover",
+        "outbox/base.wav",
+        _sha256(sp.outbox / "base.wav"),
+    )
+    out = sf.read(sp.outbox / body["outputs"][0]["path"], always_2d=True, dtype="float32")[0]
+    src = sf.read(sp.outbox / "base.wav", always_2d=True, dtype="float32")[0]
+    assert out.shape == src.shape and float(np.abs(out - src).max()) > 1e-3
