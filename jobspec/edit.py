@@ -12,12 +12,12 @@ from pydantic_core import PydanticCustomError
 
 from jobspec.names import REFERENCE_PATTERN, STEM_TRACKS, check_reference
 
-__all__ = ["EDIT_KEYS", "TRACKS", "Cover", "Extract", "Repaint", "Track"]
+__all__ = ["EDIT_KEYS", "TRACKS", "Complete", "Cover", "Extract", "Lego", "Repaint", "Track"]
 
 # The stems ACE-Step 1.5 checkpoints are trained to extract (its instruction names the track).
 TRACKS = STEM_TRACKS
 # Job keys that edit a source (one of them a job).
-EDIT_KEYS = ("repaint", "cover", "extract")
+EDIT_KEYS = ("repaint", "cover", "extract", "lego", "complete")
 
 Track = Literal[STEM_TRACKS]  # type: ignore[valid-type]
 Source = Annotated[
@@ -85,3 +85,21 @@ class Extract(_Edit):
                 {"key": "tracks", "hint": "name each track once"},
             )
         return self
+
+
+class Lego(_Edit):
+    """A new track (`track`) generated over the source's start..end, the source as its context."""
+
+    track: Track = Field(description=f"The track to add: {', '.join(TRACKS)}.")
+    start: Seconds = Field(default=0.0, description="Where the new track starts, seconds into the source.")
+    end: Seconds | None = Field(
+        default=None, description="Where it ends; left out or null: the source's end."
+    )
+
+
+class Complete(_Edit):
+    """The source completed with the tracks it lacks (`tracks`: which; left out: as the model hears fit)."""
+
+    tracks: Annotated[list[Track], Field(max_length=len(TRACKS))] = Field(
+        default_factory=list, description="Tracks to complete it with; empty: the model chooses."
+    )

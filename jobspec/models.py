@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jobspec import music
-from jobspec.edit import EDIT_KEYS, Cover, Extract, Repaint
+from jobspec.edit import EDIT_KEYS, Complete, Cover, Extract, Lego, Repaint
 from jobspec.music import Bpm, Loop, MusicalKey, TimeSignature
 from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 from jobspec.output import LOSSY_FORMATS, Output
@@ -287,6 +287,15 @@ class JobSpec(BaseModel):
         default=None,
         description="ACE-Step models: stems of `source`, one file per track in `tracks` "
         "(`<id>-<track>.<ext>`), all in one sidecar.",
+    )
+    lego: Lego | None = Field(
+        default=None,
+        description="ACE-Step models: a new `track` generated over `start`..`end` of `source`, the "
+        "source as its context (the pipeline's lego task); the result is as long as the source.",
+    )
+    complete: Complete | None = Field(
+        default=None,
+        description="ACE-Step models: `source` completed with `tracks` (the pipeline's complete task).",
     )
     candidates: music.Candidates = music.CANDIDATES_FIELD
     keep_candidates: bool = music.KEEP_CANDIDATES_FIELD

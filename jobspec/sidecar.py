@@ -210,7 +210,7 @@ class OutputInfo(_Strict):
 class ReferenceInfo(_Strict):
     """Audio a job started from or followed, as read when the job ran."""
 
-    role: Literal["continue_from", "melody", "repaint", "cover", "extract"] = Field(
+    role: Literal["continue_from", "melody", "repaint", "cover", "extract", "lego", "complete"] = Field(
         description="What the job did with it (an edit's source: repaint, cover, extract)."
     )
     path: str = Field(description="The reference as the job wrote it: library/<file> or outbox/<file>.")

@@ -22,7 +22,19 @@ FAMILIES = (MUSICGEN, ACE_STEP)
 FAMILY_KEYS: dict[str, frozenset[str]] = {
     MUSICGEN: frozenset({"sections", "continue_from", "melody", "sampling"}),
     ACE_STEP: frozenset(
-        {"lyrics", "language", "steps", "guidance", "repaint", "cover", "extract", "adapter", "adapter_scale"}
+        {
+            "lyrics",
+            "language",
+            "steps",
+            "guidance",
+            "repaint",
+            "cover",
+            "extract",
+            "lego",
+            "complete",
+            "adapter",
+            "adapter_scale",
+        }
     ),
 }
 

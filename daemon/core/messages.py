@@ -47,7 +47,7 @@ class EditTask:
     start: float = 0.0
     end: float | None = None
     strength: float = 1.0
-    tracks: tuple[str, ...] = ()
+    tracks: tuple[str, ...] = ()  # extract: one row each; lego: the one new track; complete: its classes
 
 
 @dataclass(frozen=True)

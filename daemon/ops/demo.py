@@ -56,10 +56,10 @@ def cap_durations(doc: Any, cap: float, long_cap: float) -> Any:
             for x in sections:
                 if isinstance(x, dict) and isinstance(x.get("duration"), (int, float)):
                     x["duration"] = round(float(x["duration"]) * scale, 3)
-        repaint = job.get("repaint")
-        if isinstance(repaint, dict):
-            # The demo's song is DEMO_SONG_S long: the range moves inside it.
-            job["repaint"] = {**repaint, "start": 1.0, "end": 2.0}
+        for kind in ("repaint", "lego"):
+            if isinstance(job.get(kind), dict):
+                # The demo's song is DEMO_SONG_S long: the range moves inside it.
+                job[kind] = {**job[kind], "start": 1.0, "end": 2.0}
         if job.get("melody") is not None:
             job.setdefault("model", MELODY_MODEL)
         if any(k in job for k in FAMILY_KEYS[ACE_STEP]):

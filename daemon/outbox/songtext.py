@@ -28,7 +28,13 @@ def provenance(model: dict[str, Any]) -> str:
 
 
 EDIT_CSS = ".edit{margin:.2em 0;font-size:.9em}.wave .repainted{fill:#f2b705;fill-opacity:.35;stroke:none}"
-_EDIT_WORDS = {"repaint": "repaint of", "cover": "cover of", "extract": "stems of"}
+_EDIT_WORDS = {
+    "repaint": "repaint of",
+    "cover": "cover of",
+    "extract": "stems of",
+    "lego": "a new track over",
+    "complete": "completion of",
+}
 
 
 def edit_html(request: dict[str, Any]) -> str:

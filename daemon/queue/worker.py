@@ -296,7 +296,13 @@ class Worker:
             if ref is not None
         ] + [
             resolve_reference(self.settings, kind, edit.source, loc=f"{kind}.source")
-            for kind, edit in (("repaint", job.repaint), ("cover", job.cover), ("extract", job.extract))
+            for kind, edit in (
+                ("repaint", job.repaint),
+                ("cover", job.cover),
+                ("extract", job.extract),
+                ("lego", job.lego),
+                ("complete", job.complete),
+            )
             if edit is not None
         ]
 
@@ -309,7 +315,9 @@ class Worker:
             prompt=job.prompt,
             # An edit is as long as its source (the engine resamples it; this is its length).
             duration=edit.source.duration_s if edit is not None else job.duration,
-            count=len(edit.tracks) if edit is not None and edit.tracks else job.count * job.candidates,
+            count=len(edit.tracks)
+            if edit is not None and edit.kind == "extract"
+            else job.count * job.candidates,
             seed=job.seed,
             temperature=s.temperature,
             top_k=s.top_k,
@@ -453,4 +461,9 @@ def edit_task(job: Job, audio: dict[str, AudioPrompt]) -> EditTask | None:
         return EditTask("cover", audio["cover"], strength=job.cover.strength)
     if job.extract is not None:
         return EditTask("extract", audio["extract"], tracks=tuple(job.extract.tracks))
+    if job.lego is not None:
+        lego = job.lego
+        return EditTask("lego", audio["lego"], start=lego.start, end=lego.end, tracks=(lego.track,))
+    if job.complete is not None:
+        return EditTask("complete", audio["complete"], tracks=tuple(job.complete.tracks))
     return None

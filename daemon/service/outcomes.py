@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 600.0
 # Job fields that name a file a job will read (an edit names it as its `source`).
-REFERENCE_FIELDS = ("continue_from", "melody", "repaint", "cover", "extract")
+REFERENCE_FIELDS = ("continue_from", "melody", "repaint", "cover", "extract", "lego", "complete")
 
 
 class OutcomeObserver:

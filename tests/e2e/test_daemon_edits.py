@@ -74,6 +74,8 @@ def run(
             "mg-extract": job_yaml("a tune", model="tiny", extract={**src, "tracks": ["drums"]}),
             "kazoo": _song("split it", extract={**src, "tracks": ["kazoo"]}),
             "past-end": _song("a tune", repaint={**src, "start": 5.0}),
+            "lego": _song("a walking bass", seed=4, lego={**src, "track": "bass", "start": 0.5, "end": 2.5}),
+            "completed": _song("a full band", seed=6, complete={**src, "tracks": ["drums", "bass"]}),
             "covered": _song("the same song as a jazz trio", seed=2, cover={**src, "strength": 0.7}),
             "missing": _song("a tune", repaint={"source": "outbox/nothing.wav", "start": 0.0}),
             "lora": _song(BASE_PROMPT, seed=5, adapter="warm"),
@@ -261,6 +263,18 @@ def test_cover_completes_and_records_its_source(run: dict[str, Any]) -> None:
         "outbox/base.wav",
         _sha256(sp.outbox / "base.wav"),
     )
+    out = sf.read(sp.outbox / body["outputs"][0]["path"], always_2d=True, dtype="float32")[0]
+    src = sf.read(sp.outbox / "base.wav", always_2d=True, dtype="float32")[0]
+    assert out.shape == src.shape and float(np.abs(out - src).max()) > 1e-3
+
+
+@pytest.mark.parametrize(("job_id", "kind"), [("lego", "lego"), ("completed", "complete")])
+def test_lego_and_complete_run_on_the_source(run: dict[str, Any], job_id: str, kind: str) -> None:
+    sp: SpoolView = run["spool"]
+    body = sp.outcome(job_id)
+    assert body is not None and body["status"] == "completed", body
+    (ref,) = body["references"]
+    assert (ref["role"], ref["sha256"]) == (kind, _sha256(sp.outbox / "base.wav"))
     out = sf.read(sp.outbox / body["outputs"][0]["path"], always_2d=True, dtype="float32")[0]
     src = sf.read(sp.outbox / "base.wav", always_2d=True, dtype="float32")[0]
     assert out.shape == src.shape and float(np.abs(out - src).max()) > 1e-3

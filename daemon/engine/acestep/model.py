@@ -211,13 +211,13 @@ class AceStepModel:
             edit.source.samples, edit.source.sample_rate, info.sample_rate, info.channels
         )
         duration = audio.shape[-1] / info.sample_rate
-        if edit.kind == "repaint" and (
+        if edit.kind in ("repaint", "lego") and (
             edit.start >= duration or (edit.end is not None and edit.end > duration + 1e-6)
         ):
             raise InvalidJobError(
                 f"the repaint range {edit.start:g}..{'end' if edit.end is None else f'{edit.end:g}'} s lies "
                 f"outside the source, which is {duration:.3f} s long",
-                loc="repaint",
+                loc=edit.kind,
                 hint=f"keep start and end within 0..{duration:.3f} s (leave `end` out for the source's end)",
             )
         if edit.kind == "cover" and getattr(self.loaded.pipe, "audio_tokenizer", None) is None:
@@ -228,10 +228,17 @@ class AceStepModel:
                 "have one), or use `repaint` with the whole range",
             )
         params = replace(self._params(req), duration=duration)
-        source = SourceEdit(edit.kind, audio, start=edit.start, end=edit.end, strength=edit.strength)
+        classes = edit.tracks if edit.kind == "complete" else ()
+        source = SourceEdit(
+            edit.kind, audio, start=edit.start, end=edit.end, strength=edit.strength, classes=classes
+        )
         lyrics = getattr(req, "lyrics", None) or ""
         language = getattr(req, "language", None) or "en"
-        tracks: list[str | None] = list(edit.tracks) if edit.kind == "extract" else [None] * req.count
+        tracks: list[str | None] = (
+            list(edit.tracks)
+            if edit.kind == "extract"
+            else [edit.tracks[0] if edit.kind == "lego" else None] * req.count
+        )
         rows = [
             SongRow(i, v, (seed + v) % SEED_MOD, req.prompt, lyrics, language, track=t)
             for v, t in enumerate(tracks)

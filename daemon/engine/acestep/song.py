@@ -80,6 +80,7 @@ class SourceEdit:
     start: float = 0.0
     end: float | None = None
     strength: float = 1.0
+    classes: tuple[str, ...] = ()  # complete: the tracks to add
 
 
 @dataclass
@@ -222,7 +223,9 @@ def _call(
     device = pipe._execution_device
     dtype = pipe.transformer.dtype
     acoustic_dim = pipe.transformer.config.audio_acoustic_hidden_dim
-    encoder_states = conditioning(pipe, p, rows, pipe._get_task_instruction(task, track_name=rows[0].track))
+    classes = list(edit.classes) if edit is not None else None
+    instruction = pipe._get_task_instruction(task, track_name=rows[0].track, complete_track_classes=classes)
+    encoder_states = conditioning(pipe, p, rows, instruction)
     length = latent_frames(pipe, p.duration)
     kept: torch.Tensor | None = None
     if edit is None:
