@@ -103,3 +103,31 @@ class Complete(_Edit):
     tracks: Annotated[list[Track], Field(max_length=len(TRACKS))] = Field(
         default_factory=list, description="Tracks to complete it with; empty: the model chooses."
     )
+
+
+# The job's edit keys, described beside their rules (the README's job table and the JSON Schema
+# read these descriptions).
+REPAINT_FIELD = Field(
+    default=None,
+    description="ACE-Step models: regenerate `start`..`end` seconds of `source` (a library/ or outbox/ "
+    "file) from the prompt and lyrics, the rest of it kept; the result is as long as the source.",
+)
+COVER_FIELD = Field(
+    default=None,
+    description="ACE-Step models: `source` restyled by the prompt and lyrics, its structure kept "
+    "(`strength` 0..1); the result is as long as the source.",
+)
+EXTRACT_FIELD = Field(
+    default=None,
+    description="ACE-Step models: stems of `source`, one file per track in `tracks` "
+    "(`<id>-<track>.<ext>`), all in one sidecar.",
+)
+LEGO_FIELD = Field(
+    default=None,
+    description="ACE-Step models: a new `track` generated over `start`..`end` of `source`, the "
+    "source as its context (the pipeline's lego task); the result is as long as the source.",
+)
+COMPLETE_FIELD = Field(
+    default=None,
+    description="ACE-Step models: `source` completed with `tracks` (the pipeline's complete task).",
+)

@@ -23,12 +23,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jobspec import music
+from jobspec import edit, music, song
 from jobspec.edit import EDIT_KEYS, Complete, Cover, Extract, Lego, Repaint
 from jobspec.music import Bpm, Loop, MusicalKey, TimeSignature
 from jobspec.names import ID_PATTERN, REFERENCE_PATTERN, check_reference
 from jobspec.output import LOSSY_FORMATS, Output
-from jobspec.song import GUIDANCE_MAX, LYRICS_MAX_CHARS, STEPS_MAX, Guidance, Language, Lyrics, Steps
+from jobspec.song import Guidance, Language, Lyrics, Steps
 
 DEFAULT_MAX_DURATION = 300.0
 MAX_BATCH_JOBS = 32
@@ -39,11 +39,14 @@ _ID_RE = re.compile(ID_PATTERN[1:-1])
 _MODEL_RE = re.compile(MODEL_NAME_PATTERN[1:-1])
 
 
-def _check_duration_limit(value: float, info: ValidationInfo) -> float:
+def _duration_limit(info: ValidationInfo) -> float:
     # The limit is the daemon's `max_duration`, so it comes from the validation context.
-    limit = DEFAULT_MAX_DURATION
-    if info.context and info.context.get("max_duration") is not None:
-        limit = float(info.context["max_duration"])
+    context = info.context or {}
+    return DEFAULT_MAX_DURATION if context.get("max_duration") is None else float(context["max_duration"])
+
+
+def _check_duration_limit(value: float, info: ValidationInfo) -> float:
+    limit = _duration_limit(info)
     if value > limit:
         raise PydanticCustomError(
             "duration_too_long",
@@ -133,9 +136,7 @@ MAX_SECTIONS = 16
 def _check_sections_total(value: list["Section"] | None, info: ValidationInfo) -> list["Section"] | None:
     if value is None:
         return value
-    limit = DEFAULT_MAX_DURATION
-    if info.context and info.context.get("max_duration") is not None:
-        limit = float(info.context["max_duration"])
+    limit = _duration_limit(info)
     total = sum(s.duration for s in value)
     if total > limit:
         raise PydanticCustomError(
@@ -244,27 +245,10 @@ class JobSpec(BaseModel):
     bpm: Bpm | None = music.BPM_FIELD
     key: MusicalKey | None = music.KEY_FIELD
     time_signature: TimeSignature | None = music.TIME_SIGNATURE_FIELD
-    lyrics: Lyrics | None = Field(
-        default=None,
-        description=f"ACE-Step models: the words to sing, up to {LYRICS_MAX_CHARS} characters, lines of "
-        "text with section tags on lines of their own ([verse], [chorus], [bridge], ...); "
-        "left out: an instrumental.",
-    )
-    language: Language | None = Field(
-        default=None,
-        description='ACE-Step models: the language of the lyrics, an ISO 639 code ("en", "de", "ja", '
-        '"zh", "pt-br", ...); default "en".',
-    )
-    steps: Steps | None = Field(
-        default=None,
-        description=f"ACE-Step models: denoising steps, 1..{STEPS_MAX}; default the checkpoint's "
-        "(8 for turbo checkpoints, 50 for base ones).",
-    )
-    guidance: Guidance | None = Field(
-        default=None,
-        description=f"ACE-Step base models: classifier-free guidance scale, 1..{GUIDANCE_MAX:g} "
-        "(default 7); a turbo checkpoint has its guidance built in and refuses the key.",
-    )
+    lyrics: Lyrics | None = song.LYRICS_FIELD
+    language: Language | None = song.LANGUAGE_FIELD
+    steps: Steps | None = song.STEPS_FIELD
+    guidance: Guidance | None = song.GUIDANCE_FIELD
     adapter: ModelName | None = Field(
         default=None,
         description="ACE-Step models: a LoRA adapter the model lists under `adapters:` in the daemon's "
@@ -273,30 +257,11 @@ class JobSpec(BaseModel):
     adapter_scale: Annotated[float, Field(strict=True, ge=0.0, le=4.0, allow_inf_nan=False)] | None = Field(
         default=None, description="The adapter's strength, 0..4; default the config's `scale` (1)."
     )
-    repaint: Repaint | None = Field(
-        default=None,
-        description="ACE-Step models: regenerate `start`..`end` seconds of `source` (a library/ or outbox/ "
-        "file) from the prompt and lyrics, the rest of it kept; the result is as long as the source.",
-    )
-    cover: Cover | None = Field(
-        default=None,
-        description="ACE-Step models: `source` restyled by the prompt and lyrics, its structure kept "
-        "(`strength` 0..1); the result is as long as the source.",
-    )
-    extract: Extract | None = Field(
-        default=None,
-        description="ACE-Step models: stems of `source`, one file per track in `tracks` "
-        "(`<id>-<track>.<ext>`), all in one sidecar.",
-    )
-    lego: Lego | None = Field(
-        default=None,
-        description="ACE-Step models: a new `track` generated over `start`..`end` of `source`, the "
-        "source as its context (the pipeline's lego task); the result is as long as the source.",
-    )
-    complete: Complete | None = Field(
-        default=None,
-        description="ACE-Step models: `source` completed with `tracks` (the pipeline's complete task).",
-    )
+    repaint: Repaint | None = edit.REPAINT_FIELD
+    cover: Cover | None = edit.COVER_FIELD
+    extract: Extract | None = edit.EXTRACT_FIELD
+    lego: Lego | None = edit.LEGO_FIELD
+    complete: Complete | None = edit.COMPLETE_FIELD
     candidates: music.Candidates = music.CANDIDATES_FIELD
     keep_candidates: bool = music.KEEP_CANDIDATES_FIELD
     loop: Loop | None = Field(default=None, description="Make the output a seamless loop (see loop.*).")
@@ -329,9 +294,7 @@ class JobSpec(BaseModel):
                 {"key": clash[0]},
             )
         prompt, duration = _sections_summary(data["sections"])
-        limit = DEFAULT_MAX_DURATION
-        if info.context and info.context.get("max_duration") is not None:
-            limit = float(info.context["max_duration"])
+        limit = _duration_limit(info)
         data = dict(data)
         # When the sections are invalid their own errors are reported, not a derived field's.
         data["prompt"] = prompt if prompt is not None else "(sections)"

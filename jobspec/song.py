@@ -66,3 +66,28 @@ Lyrics = Annotated[
 Language = Annotated[str, Field(strict=True, pattern=LANGUAGE_PATTERN)]
 Steps = Annotated[int, Field(strict=True, ge=1, le=STEPS_MAX)]
 Guidance = Annotated[float, Field(strict=True, ge=1.0, le=GUIDANCE_MAX, allow_inf_nan=False)]
+
+
+# The song keys of a job, described beside their rules (the README's job table and the JSON Schema
+# read these descriptions).
+LYRICS_FIELD = Field(
+    default=None,
+    description=f"ACE-Step models: the words to sing, up to {LYRICS_MAX_CHARS} characters, lines of "
+    "text with section tags on lines of their own ([verse], [chorus], [bridge], ...); "
+    "left out: an instrumental.",
+)
+LANGUAGE_FIELD = Field(
+    default=None,
+    description='ACE-Step models: the language of the lyrics, an ISO 639 code ("en", "de", "ja", '
+    '"zh", "pt-br", ...); default "en".',
+)
+STEPS_FIELD = Field(
+    default=None,
+    description=f"ACE-Step models: denoising steps, 1..{STEPS_MAX}; default the checkpoint's "
+    "(8 for turbo checkpoints, 50 for base ones).",
+)
+GUIDANCE_FIELD = Field(
+    default=None,
+    description=f"ACE-Step base models: classifier-free guidance scale, 1..{GUIDANCE_MAX:g} "
+    "(default 7); a turbo checkpoint has its guidance built in and refuses the key.",
+)

@@ -30,6 +30,7 @@ from daemon.core.fsio import atomic_write_bytes
 from daemon.outbox import songtext
 from daemon.outbox.measure import measures_html
 from daemon.outbox.songtext import LYRICS_CSS, lyrics_html, provenance
+from daemon.spool.reserve import result_folders
 from jobspec.names import PAGE_NAME
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,7 @@ def _num(value: object, fmt: str, unit: str = "") -> str:
 def _candidates(root: Path, suffix: str, exclude: str | None) -> list[tuple[str, Path, float]]:
     """(folder, path, mtime) of `*suffix` files in `root` and one level of subfolders."""
     found: list[tuple[str, Path, float]] = []
-    dirs: list[tuple[str, Path]] = [("", root)]
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for d in os.scandir(root):
-            if not d.name.startswith(".") and d.is_dir(follow_symlinks=False):
-                dirs.append((d.name, Path(d.path)))
-    for folder, directory in dirs:
+    for folder, directory in result_folders(root):
         try:
             entries = list(os.scandir(directory))
         except OSError:
@@ -155,10 +151,8 @@ class SidecarCache:
             body = json.loads(path.read_bytes())
         except (OSError, ValueError):
             body = None  # being replaced, or not JSON: left off the page
-        if not isinstance(body, dict):
-            body = None
-        self._items[path] = (key, body)
-        return body
+        self._items[path] = (key, body if isinstance(body, dict) else None)
+        return self._items[path][1]
 
     def keep_only(self, paths: set[Path]) -> None:
         for p in [p for p in self._items if p not in paths]:
@@ -201,9 +195,8 @@ def waveform_svg(waveform: object, mark: tuple[float, float] | None = None) -> s
         return ""
 
     def clamp(v: object) -> float:
-        return (
-            max(-1.0, min(1.0, float(v))) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
-        )
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return max(-1.0, min(1.0, float(v))) if ok else 0.0  # type: ignore[arg-type]
 
     n = len(hi)
     top = [f"{i + 0.5:.1f},{1 - clamp(v):.3f}" for i, v in enumerate(hi)]
@@ -236,13 +229,8 @@ def _meta(spans: list[tuple[str, str]]) -> str:
 def _timings(body: dict[str, Any]) -> list[tuple[str, str]]:
     t = body.get("timings") if isinstance(body.get("timings"), dict) else {}
     assert isinstance(t, dict)
-    parts = [
-        ("queue_s", "queue"),
-        ("model_load_s", "load"),
-        ("generate_s", "generate"),
-        ("postprocess_s", "post"),
-        ("total_s", "total"),
-    ]
+    parts = [("queue_s", "queue"), ("model_load_s", "load"), ("generate_s", "generate")]
+    parts += [("postprocess_s", "post"), ("total_s", "total")]
     text = ", ".join(f"{label} {_num(t.get(k), '.2f', ' s')}" for k, label in parts if k in t)
     return [("timings", text)] if text else []
 
@@ -258,12 +246,8 @@ def _header(entry: Entry, status: str) -> str:
 
 
 def _data_attrs(entry: Entry, request: dict[str, Any]) -> str:
-    text_parts = [
-        b for b in (entry.body.get("job_id"), request.get("prompt"), request.get("model"), entry.folder) if b
-    ]
-    for s in request.get("sections") or []:
-        if isinstance(s, dict):
-            text_parts.append(s.get("prompt"))
+    text_parts = [entry.body.get("job_id"), request.get("prompt"), request.get("model"), entry.folder]
+    text_parts += [s.get("prompt") for s in request.get("sections") or [] if isinstance(s, dict)]
     error = entry.body.get("error")
     if isinstance(error, dict):
         text_parts += [error.get("type"), error.get("message")]
@@ -383,11 +367,8 @@ def render(entries: list[Entry], total: int, *, generated: float | None = None) 
     stamp = time.strftime(
         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated if generated is not None else time.time())
     )
-    older = (
-        f" (the {total - len(entries)} older ones are on disk, not on this page)"
-        if total > len(entries)
-        else ""
-    )
+    hidden = total - len(entries)
+    older = f" (the {hidden} older ones are on disk, not on this page)" if hidden > 0 else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">'

@@ -29,21 +29,13 @@ from daemon.core.errors import (
 )
 from daemon.core.eta import format_eta
 from daemon.core.logctx import job_context, set_stage
-from daemon.core.messages import (
-    AudioPrompt,
-    EditTask,
-    Generated,
-    GenerationRequest,
-    GenerationResult,
-    LoadedModelInfo,
-    Progress,
-)
+from daemon.core.messages import Generated, GenerationRequest, GenerationResult, LoadedModelInfo, Progress
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.queue.jobs import Outcomes, QueuedJob
 from daemon.queue.publisher import Publisher, PublishFn
+from daemon.queue.requests import engine_request, read_references
 from daemon.spool import state
-from daemon.spool.library import resolve_reference
-from jobspec import ErrorDetail, Job, locate_field
+from jobspec import ErrorDetail, locate_field
 from jobspec.sidecar import ReferenceInfo, Timings
 
 log = logging.getLogger(__name__)
@@ -129,6 +121,7 @@ class Worker:
     def _compatible_with(self, first: QueuedJob) -> list[QueuedJob]:
         """Queued jobs that can share `first`'s decode batch (cross-job batching):
         same model and length, none already generated, rows (count) within max_batch."""
+
         # A crash during a shared decode is blamed on every job in it: a job with a crash on
         # record runs alone, so its next attempt tells the culprit from its batch-mates.
         # Sections and reference audio give a job windows of its own (text, prefix codes, chroma).
@@ -136,29 +129,25 @@ class Worker:
         # alone, so a refusal never fails its batch-mates. Jobs share a batch only when they share
         # the adapter state (none, or one adapter at one scale): a refused adapter fails only jobs
         # that named it.
-        if (
-            first.pending is not None
-            or first.claim.crashes
-            or first.conditioned
-            or first.job.guidance is not None
-        ):
+        def alone(j: QueuedJob) -> bool:
+            return (
+                j.pending is not None or bool(j.claim.crashes) or j.conditioned or j.job.guidance is not None
+            )
+
+        def shares(j: QueuedJob) -> tuple[object, ...]:
+            model = j.job.model or self.settings.default_model
+            return (model, j.job.duration, j.job.adapter, j.job.adapter_scale)
+
+        if alone(first):
             return []
-        model = first.job.model or self.settings.default_model
         rows = first.job.count * first.job.candidates  # best of N decodes every take
 
         def fits(other: QueuedJob) -> bool:
             nonlocal rows
-            if other.pending is not None or other.claim.crashes or other.job.duration != first.job.duration:
+            more = other.job.count * other.job.candidates
+            if alone(other) or shares(other) != shares(first) or rows + more > self.settings.max_batch:
                 return False
-            if other.conditioned or other.job.guidance is not None:
-                return False
-            if (other.job.model or self.settings.default_model) != model:
-                return False
-            if (other.job.adapter, other.job.adapter_scale) != (first.job.adapter, first.job.adapter_scale):
-                return False
-            if rows + other.job.count * other.job.candidates > self.settings.max_batch:
-                return False
-            rows += other.job.count * other.job.candidates
+            rows += more
             return True
 
         return self.queue.take_compatible(fits, self.settings.max_batch - 1)
@@ -287,58 +276,6 @@ class Worker:
             details=[detail.model_dump(mode="json")],
         )
 
-    def _references(self, item: QueuedJob) -> None:
-        """Read the job's reference audio (library/ or outbox/), checked; InvalidJobError otherwise."""
-        job = item.job
-        item.references = [
-            resolve_reference(self.settings, role, ref)
-            for role, ref in (("continue_from", job.continue_from), ("melody", job.melody))
-            if ref is not None
-        ] + [
-            resolve_reference(self.settings, kind, edit.source, loc=f"{kind}.source")
-            for kind, edit in (
-                ("repaint", job.repaint),
-                ("cover", job.cover),
-                ("extract", job.extract),
-                ("lego", job.lego),
-                ("complete", job.complete),
-            )
-            if edit is not None
-        ]
-
-    def _request(self, item: QueuedJob) -> GenerationRequest:
-        job = item.job
-        s = job.sampling
-        audio = {r.role: AudioPrompt(r.samples, r.sample_rate) for r in item.references}
-        edit = edit_task(job, audio)
-        return GenerationRequest(
-            prompt=job.prompt,
-            # An edit is as long as its source (the engine resamples it; this is its length).
-            duration=edit.source.duration_s if edit is not None else job.duration,
-            count=len(edit.tracks)
-            if edit is not None and edit.kind == "extract"
-            else job.count * job.candidates,
-            seed=job.seed,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            cfg_coef=s.cfg_coef,
-            greedy=s.greedy,
-            sections=tuple((x.prompt, x.duration) for x in job.sections or ()),
-            continue_from=audio.get("continue_from"),
-            melody=audio.get("melody"),
-            bpm=job.bpm,
-            key=job.key,
-            time_signature=job.time_signature,
-            lyrics=job.lyrics,
-            language=job.language,
-            steps=job.steps,
-            guidance=job.guidance,
-            edit=edit,
-            adapter=job.adapter,
-            adapter_scale=job.adapter_scale,
-        )
-
     def _generate(self, batch: list[QueuedJob], name: str) -> None:
         if name not in self.settings.models:
             raise UnknownModelError(
@@ -348,7 +285,7 @@ class Worker:
         for item in batch:
             self.claim_started(item)
             item.started_at = time.time()
-            self._references(item)
+            item.references = read_references(self.settings, item.job)
         load_s = 0.0
         if not self.engine.is_loaded(name):
             set_stage("load")
@@ -394,7 +331,7 @@ class Worker:
 
         t0 = time.monotonic()
         results = self.engine.generate(
-            [self._request(j) for j in batch],
+            [engine_request(j.job, j.references) for j in batch],
             model=name,
             progress=on_progress,
             cancel=self.current_cancel,
@@ -451,19 +388,3 @@ class Worker:
 def _own(item: QueuedJob) -> contextlib.AbstractContextManager[object]:
     """Records about one job of a batch carry that job's id alone."""
     return job_context(job_id=item.job_id, batch=())
-
-
-def edit_task(job: Job, audio: dict[str, AudioPrompt]) -> EditTask | None:
-    """The job's edit of a source (repaint, cover, extract) with the source as read; None: none."""
-    if job.repaint is not None:
-        return EditTask("repaint", audio["repaint"], start=job.repaint.start, end=job.repaint.end)
-    if job.cover is not None:
-        return EditTask("cover", audio["cover"], strength=job.cover.strength)
-    if job.extract is not None:
-        return EditTask("extract", audio["extract"], tracks=tuple(job.extract.tracks))
-    if job.lego is not None:
-        lego = job.lego
-        return EditTask("lego", audio["lego"], start=lego.start, end=lego.end, tracks=(lego.track,))
-    if job.complete is not None:
-        return EditTask("complete", audio["complete"], tracks=tuple(job.complete.tracks))
-    return None

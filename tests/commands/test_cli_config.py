@@ -43,8 +43,8 @@ def test_file_dotenv_and_environment_merge_key_by_key(tmp_path: Path) -> None:
     s, origin = doc["settings"], doc["origin"]
     assert doc["config_file"] == str(cfg)
     assert s["models"] == {
-        "small": {"id": "facebook/musicgen-small", "revision": "x"},
-        "tiny": {"path": "/srv/models/tiny", "revision": "main"},
+        "small": {"id": "facebook/musicgen-small", "revision": "x", "adapters": {}},
+        "tiny": {"path": "/srv/models/tiny", "revision": "main", "adapters": {}},
     }
     assert (s["spool"], s["max_duration"], s["log_level"]) == ("/srv/spool", 200.0, "DEBUG")
     assert origin["models"]["small"]["revision"] == "environment DGX_MUSIC_MODELS__SMALL__REVISION"
