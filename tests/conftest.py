@@ -32,6 +32,7 @@ if not _cuda_available():
 ALLOWED_SKIPS = (
     "needs CUDA",  # the gpu-marked tests: CI has no GPU (benchmarks/gpu_check.py runs them on one)
     "needs the installed wheel",  # run by scripts/check-installed.sh, the second half of `make test`
+    "needs a CPU with",  # an instruction set the machine lacks (oneDNN's bfloat16 packing: AVX512)
 )
 STRICT_SKIPS_ENV = "DGX_MUSIC_STRICT_SKIPS"
 
