@@ -26,7 +26,7 @@ if not _cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-# Skips CI accepts. With DGX_MUSIC_STRICT_SKIPS=1 (set by .ci/run) a test skipped for any other
+# Skips CI accepts. With CI_STRICT_SKIPS=1 (set by .ci/run) a test skipped for any other
 # reason fails the run: a missing tool, service or permission must not turn CI green by skipping
 # what it checks. Keep this list short (the README, "Start here", says why each entry is there).
 ALLOWED_SKIPS = (
@@ -34,7 +34,7 @@ ALLOWED_SKIPS = (
     "needs the installed wheel",  # run by scripts/check-installed.sh, the second half of `make test`
     "needs a CPU with",  # an instruction set the machine lacks (oneDNN's bfloat16 packing: AVX512)
 )
-STRICT_SKIPS_ENV = "DGX_MUSIC_STRICT_SKIPS"
+STRICT_SKIPS_ENV = "CI_STRICT_SKIPS"
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

@@ -68,7 +68,9 @@ def test_run_benchmark_on_the_tiny_model(make_settings: Callable[..., Settings])
         assert r.engine == "transformers" and r.model == "tiny" and r.batch == 1
         assert r.gen_s > 0 and r.rtf == pytest.approx(r.gen_s / r.duration_s)
         assert r.steps == round(r.duration_s * 40) + 3 and r.ms_per_step > 0
-        assert r.peak_memory_bytes > 0
+        # The job's own rise of the resident set: zero is honest where the decode reused pages an
+        # earlier test freed (the window itself is checked in test_doctor with a fresh mapping).
+        assert isinstance(r.peak_memory_bytes, int) and r.peak_memory_bytes >= 0
     assert report.verdict is not None and report.verdict.estimated
     assert {d for d, _ in seen} == {0.5, 1.0} and seen[-1][1].fraction == 1.0
     text = format_report(report)

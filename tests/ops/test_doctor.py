@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import logging
+import mmap
 import os
 import subprocess
 import sys
@@ -584,13 +585,16 @@ def test_cpu_peak_memory_is_this_windows_rise_in_bytes() -> None:
     the model's and not an earlier job's."""
     cpu = torch.device("cpu")
     reset_peak_memory(cpu)
-    block = bytearray(64 << 20)
-    block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+    # A fresh anonymous mapping: a heap block could reuse pages an earlier test freed (still
+    # resident), and the resident set would not rise at all.
+    block = mmap.mmap(-1, 64 << 20)
+    for offset in range(0, 64 << 20, 4096):
+        block[offset] = 1  # touch every page so it is resident
     peak = peak_memory_bytes(cpu)
     rss = _current_rss_bytes()
     # bytes, not KiB: about the 64 MiB touched, far below the whole process (torch is resident)
     assert 0.9 * (64 << 20) <= peak < rss
-    del block
+    block.close()
     reset_peak_memory(cpu)  # a new window does not inherit the 64 MiB
     assert peak_memory_bytes(cpu) < 16 << 20
 

@@ -149,7 +149,7 @@ def test_flood_two_daemons_sharing_one_spool(tmp_path: Path, tiny_model_dir: Pat
     finally:
         a.cleanup()
         b.cleanup()
-    got = assert_exactly_once(spool, staged)
+    got = assert_exactly_once(spool, set(staged))
     assert not got.failed
     done_a = a.log_text().count(" completed: ")
     done_b = b.log_text().count(" completed: ")
