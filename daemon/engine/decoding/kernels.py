@@ -62,116 +62,90 @@ def _cast(x, dtype: tl.constexpr, ROUND: tl.constexpr):
     return x.to(dtype)
 
 
-def _norm_linear_source(
-    X,  # [M, K] rows (model dtype), stride_xm apart
-    W,  # [N, K] weight rows, stride_wn apart
-    OUT,  # [M, N] (or [M, q_cols] when TO_CACHE)
-    GAMMA,  # [K]
-    BETA,  # [K]
-    KV,  # cache [2, R, H, S, D] (any strides), written when TO_CACHE
-    POS,  # [1] int64: the first position (POS_ON_DEVICE)
-    M,
-    N,
-    K,
-    pos0,
-    tokens,
-    eps,
-    stride_xm,
-    stride_wn,
-    stride_om,
-    kv_s0,
-    kv_s1,
-    kv_s2,
-    kv_s3,
-    kv_s4,
-    q_cols,
-    head_dim,
-    GELU: tl.constexpr,
-    TO_CACHE: tl.constexpr,
-    POS_ON_DEVICE: tl.constexpr,
-    F32_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    # Statistics in float32, mean first, then the variance about it (as F.layer_norm: no E[x^2] - m^2).
-    total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+@triton.jit
+def _row_stats(X, rows, row_ok, K, stride_xm, eps, BLOCK_K: tl.constexpr):
+    """Each row's mean and 1/std in float32: the mean first, then the variance about it (as
+    F.layer_norm does: no E[x^2] - m^2)."""
+    total = tl.zeros(rows.shape, dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         ok = row_ok[:, None] & (ks[None, :] < K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=ok, other=0.0).to(tl.float32)
         total += tl.sum(x, axis=1)
     mean = total / K
-    squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    squares = tl.zeros(rows.shape, dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         ok = row_ok[:, None] & (ks[None, :] < K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=ok, other=0.0).to(tl.float32)
         centred = tl.where(ok, x - mean[:, None], 0.0)
         squares += tl.sum(centred * centred, axis=1)
-    rstd = 1.0 / tl.sqrt(squares / K + eps)
+    return mean, 1.0 / tl.sqrt(squares / K + eps)
 
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+@triton.jit
+def _normed_product(X, W, GAMMA, BETA, rows, row_ok, cols, col_ok, mean, rstd, K, stride_xm, stride_wn,
+                    F32_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """The rows normalised (rounded to the weight's dtype) times this program's weight rows,
+    accumulated in float32."""
+    acc = tl.zeros((rows.shape[0], BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
-        x = tl.load(
-            X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
-        ).to(tl.float32)
+        x_ok = row_ok[:, None] & k_ok[None, :]
+        x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=x_ok, other=0.0).to(tl.float32)
         g = tl.load(GAMMA + ks, mask=k_ok, other=0.0).to(tl.float32)
         b = tl.load(BETA + ks, mask=k_ok, other=0.0).to(tl.float32)
-        normed = _cast(
-            (x - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :], W.dtype.element_ty, F32_DOT
-        )
-        w = tl.load(
-            W + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0
-        )
+        normed = (x - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :]
+        normed = _cast(normed, W.dtype.element_ty, F32_DOT)
+        w_ok = col_ok[:, None] & k_ok[None, :]
+        w = tl.load(W + cols[:, None] * stride_wn + ks[None, :], mask=w_ok, other=0.0)
         if F32_DOT:
             acc += tl.dot(normed.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(normed, tl.trans(w))
+    return acc
 
-    y = acc
+
+@triton.jit
+def _store_kv(KV, y, rows, row_ok, cols, col_ok, first, tokens, kv_s0, kv_s1, kv_s2, kv_s3, kv_s4,
+              q_cols, head_dim, F32_DOT: tl.constexpr):  # fmt: skip
+    """The key and value columns (those past `q_cols`) into the cache [2, R, H, S, D], each row's
+    tokens at positions first .. first + tokens - 1."""
+    c = tl.where(cols < q_cols, 0, cols - q_cols)
+    col_off = (c // q_cols) * kv_s0 + ((c % q_cols) // head_dim) * kv_s2 + (c % head_dim) * kv_s4
+    row_off = (rows // tokens) * kv_s1 + (first + rows % tokens) * kv_s3
+    ok = row_ok[:, None] & (col_ok & (cols >= q_cols))[None, :]
+    tl.store(KV + row_off[:, None] + col_off[None, :], _cast(y, KV.dtype.element_ty, F32_DOT), mask=ok)
+
+
+@triton.jit(do_not_specialize=["pos0"])
+def _norm_linear(
+    X, W, OUT, GAMMA, BETA,  # [M, K] rows, [N, K] weight rows, [M, N] (or [M, q_cols]), [K], [K]
+    KV, POS,  # cache [2, R, H, S, D] (any strides), written when TO_CACHE; [1] int64 first position
+    M, N, K, pos0, tokens, eps, stride_xm, stride_wn, stride_om,
+    kv_s0, kv_s1, kv_s2, kv_s3, kv_s4, q_cols, head_dim,
+    GELU: tl.constexpr, TO_CACHE: tl.constexpr, POS_ON_DEVICE: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    mean, rstd = _row_stats(X, rows, row_ok, K, stride_xm, eps, BLOCK_K)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    y = _normed_product(X, W, GAMMA, BETA, rows, row_ok, cols, col_ok, mean, rstd, K, stride_xm, stride_wn,
+                        F32_DOT, BLOCK_N, BLOCK_K)  # fmt: skip
     if GELU:
         y = _cast(y, OUT.dtype.element_ty, F32_DOT).to(tl.float32)
         y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
+    out_ok = col_ok
     if TO_CACHE:
-        is_q = cols < q_cols
-        tl.store(
-            OUT + rows[:, None] * stride_om + cols[None, :],
-            _cast(y, OUT.dtype.element_ty, F32_DOT),
-            mask=row_ok[:, None] & (col_ok & is_q)[None, :],
-        )
-        c = tl.where(is_q, 0, cols - q_cols)
-        which = c // q_cols
-        head = (c % q_cols) // head_dim
-        dim = c % head_dim
-        if POS_ON_DEVICE:
-            first = tl.load(POS)
-        else:
-            first = pos0
-        row = rows // tokens
-        pos = first + rows % tokens
-        col_off = which * kv_s0 + head * kv_s2 + dim * kv_s4
-        row_off = row * kv_s1 + pos * kv_s3
-        tl.store(
-            KV + row_off[:, None] + col_off[None, :],
-            _cast(y, KV.dtype.element_ty, F32_DOT),
-            mask=row_ok[:, None] & (col_ok & (cols >= q_cols))[None, :],
-        )
-    else:
-        tl.store(
-            OUT + rows[:, None] * stride_om + cols[None, :],
-            _cast(y, OUT.dtype.element_ty, F32_DOT),
-            mask=row_ok[:, None] & col_ok[None, :],
-        )
-
-
-_norm_linear = triton.jit(_norm_linear_source, do_not_specialize=["pos0"])
+        out_ok = col_ok & (cols < q_cols)
+        first = tl.load(POS) if POS_ON_DEVICE else pos0
+        _store_kv(KV, y, rows, row_ok, cols, col_ok, first, tokens, kv_s0, kv_s1, kv_s2, kv_s3, kv_s4,
+                  q_cols, head_dim, F32_DOT)  # fmt: skip
+    out = OUT + rows[:, None] * stride_om + cols[None, :]
+    tl.store(out, _cast(y, OUT.dtype.element_ty, F32_DOT), mask=row_ok[:, None] & out_ok[None, :])
 
 
 def _blocks(m: int, n: int, k: int, interpreted: bool) -> tuple[int, int, int, int]:
