@@ -65,16 +65,19 @@ def _cast(x, dtype: tl.constexpr, ROUND: tl.constexpr):
 @triton.jit
 def _row_stats(X, rows, row_ok, K, stride_xm, eps, BLOCK_K: tl.constexpr):
     """Each row's mean and 1/std in float32: the mean first, then the variance about it (as
-    F.layer_norm does: no E[x^2] - m^2)."""
+    F.layer_norm does: no E[x^2] - m^2). Both loops are software-pipelined (`tl.range` stages):
+    a plain loop waits one memory round trip per K step before the next load is issued, two
+    passes of K/64 of them per launch; staged, the loads are asynchronous copies in flight
+    together, as the matmul loop's are (test_kernels_compile.py checks no plain load is left)."""
     total = tl.zeros(rows.shape, dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=3):
         ks = k0 + tl.arange(0, BLOCK_K)
         ok = row_ok[:, None] & (ks[None, :] < K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=ok, other=0.0).to(tl.float32)
         total += tl.sum(x, axis=1)
     mean = total / K
     squares = tl.zeros(rows.shape, dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=3):
         ks = k0 + tl.arange(0, BLOCK_K)
         ok = row_ok[:, None] & (ks[None, :] < K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=ok, other=0.0).to(tl.float32)
