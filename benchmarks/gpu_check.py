@@ -276,6 +276,7 @@ def section_profile(plan: Plan) -> dict[str, Any]:
     from daemon.engine.decoding.codec import codes_to_audio, frame_rate
     from daemon.engine.decoding.dgx import DgxBackend
     from daemon.engine.decoding.parts import decode_lengths, delay_pattern, encode_text, model_parts
+    from daemon.engine.decoding.testseam import GRAPH_SHAPED, run_steps
     from daemon.engine.devices import resolve_device, resolve_dtype
     from daemon.ops.decodebench import _request
 
@@ -322,13 +323,15 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         peak = int(torch.cuda.max_memory_allocated(device)) if cuda else _rss_peak()
         # The price of batch invariance (fixed rows and text length) at batch 1, against the same
         # decode padded only to a power of two. On CUDA the backend above is the invariant one (auto);
-        # on the CPU both run the bucket path uncaptured (mode static).
+        # on the CPU both run the bucket path uncaptured (graph-shaped steps).
         invariant_s = warm_s
         if not cuda:
-            fixed = DgxBackend(mode="static", batch_invariant="on")
+            fixed = run_steps(DgxBackend(batch_invariant="on"), GRAPH_SHAPED)
             fixed.decode(model, req)
             invariant_s, _ = timed(lambda: fixed.decode(model, req))
-        loose = DgxBackend(mode="auto" if cuda else "static", batch_invariant="off")
+        loose = DgxBackend(batch_invariant="off")
+        if not cuda:
+            run_steps(loose, GRAPH_SHAPED)
         loose.decode(model, req)
         loose_s, _ = timed(lambda: loose.decode(model, req))
         loose.reset()

@@ -20,7 +20,7 @@ from daemon.core.messages import DecodeSetup
 from daemon.engine.checkpoints import LoadedCheckpoint
 from daemon.engine.decoding import get_backend
 from daemon.engine.decoding.api import DecodeBackend
-from daemon.engine.decoding.api import reproducibility as api_reproducibility
+from daemon.engine.decoding.dgx import TEXT_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +28,11 @@ FAMILY = MUSICGEN
 MELODY_ROUTE = "melody checkpoints decode with transformers generate (their conditioning is prepended)"
 
 
-def configured_loop(settings: Settings) -> DecodeBackend:
-    """The decode loop the `decoder`, `batch_invariant`, `max_batch` and `kernels` settings name."""
-    return get_backend(
-        settings.decoder,
-        batch_invariant=settings.batch_invariant,
-        max_batch=settings.max_batch,
-        kernels=settings.kernels,
-    )
-
-
 def choose_setup(
     settings: Settings, ckpt: LoadedCheckpoint, loop: DecodeBackend | None = None
 ) -> tuple[DecodeBackend, DecodeSetup]:
-    """The loop `ckpt` decodes with and its setup; `loop` replaces the configured one (bench
-    --compare, fault injection), the melody route aside."""
+    """The loop `ckpt` decodes with and its setup; `loop` replaces the configured one (fault
+    injection, tests), the melody route aside."""
     from daemon.engine.decoding.hf import TransformersBackend
 
     if ckpt.melody:
@@ -51,7 +41,10 @@ def choose_setup(
         return backend, describe(backend, ckpt.model, fallback=fallback)
     if loop is not None:
         return loop, describe(loop, ckpt.model)
-    backend = configured_loop(settings)
+    s = settings
+    backend = get_backend(
+        s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch, kernels=s.kernels
+    )
     if settings.decoder != "auto" or backend.name != "dgx":
         return backend, describe(backend, ckpt.model)
     from daemon.engine.decoding.probe import dgx_problem
@@ -95,14 +88,25 @@ def describe(
 
 def reproducibility(setup: DecodeSetup, backend: DecodeBackend, model: Any) -> dict[str, Any]:
     """What makes the tokens of `model` under `setup` repeatable (the sidecar's `reproducibility`)."""
-    if setup.capture is None:  # not the dgx loop: what the loop itself says
-        return api_reproducibility(backend, model)
+    if setup.decoder == "transformers":
+        return {
+            "batch_mates": "same_job_only",
+            "by_construction": False,
+            "basis": "transformers generate: one random stream per call, so only rows of one job "
+            "share a call, and its tokens also depend on how its rows were split (count, max_batch)",
+        }
+    if setup.capture is None:  # another loop (tests): nothing promised
+        return {
+            "batch_mates": "may_differ",
+            "by_construction": False,
+            "basis": f"the {setup.decoder} decoder",
+        }
     if setup.batch_invariant:
         facts = {
             "batch_mates": "independent",
             "by_construction": True,
             "basis": f"fixed decode shapes: {setup.rows} rows per call, each row's text padded to a "
-            f"multiple of {backend.text_group} tokens of its own length",  # type: ignore[attr-defined]
+            f"multiple of {TEXT_TOKENS} tokens of its own length",
         }
     elif next(model.decoder.parameters()).device.type == "cpu" and not backend.keeps_buckets(model):  # type: ignore[attr-defined]
         facts = {

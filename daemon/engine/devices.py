@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import resource
-import sys
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -68,12 +66,10 @@ def resolve_device(spec: str) -> torch.device:
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     """`auto | float32 | float16 | bfloat16` for `device`.
 
-    auto: bfloat16 on CUDA devices that support it (Ampere and newer, GB10 included), else
-    float16. On the CPU, bfloat16 where the CPU computes it natively (AVX512-BF16, AMX, Arm's
-    BF16 extension: a bf16 matrix-vector product streams half the bytes of float32, about 3-4x
-    faster per decode step), float32 otherwise. An explicit bfloat16 on the CPU is honoured (with
-    a warning where it is emulated); float16 on the CPU, poorly supported by MusicGen's ops,
-    becomes float32 with a warning. EnCodec always runs in float32 (the checkpoint loader).
+    auto: bfloat16 on CUDA devices that support it, else float16; on the CPU, bfloat16 where it
+    computes it natively (half the bytes a decode step streams), float32 otherwise. An explicit
+    bfloat16 on the CPU is honoured (with a warning where emulated); float16 on the CPU becomes
+    float32 with a warning. EnCodec always runs in float32 (the checkpoint loader).
     """
     spec = spec.strip().lower()
     if spec != "auto" and spec not in _DTYPES:
@@ -102,27 +98,19 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return _DTYPES[spec]
 
 
-_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 /proc/cpuinfo "flags"
-_ARM_BF16_FLAGS = ("bf16",)  # aarch64 /proc/cpuinfo "Features" (Armv8.6 BF16, e.g. the DGX Spark's cores)
-
-
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bfloat16 natively, from the flags in /proc/cpuinfo (or `cpuinfo`)."""
+    """Whether this CPU computes bfloat16 natively, from /proc/cpuinfo (or `cpuinfo`): x86's
+    `flags` avx512_bf16 or amx_bf16, aarch64's `Features` bf16 (Armv8.6, the DGX Spark's cores)."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
                 cpuinfo = fh.read()
         except OSError:
             return False
+    wanted = {"flags": {"avx512_bf16", "amx_bf16"}, "features": {"bf16"}}
     for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key = key.strip().lower()
-        words = set(value.split())
-        if key == "flags" and any(flag in words for flag in _CPU_BF16_FLAGS):
-            return True
-        if key == "features" and any(flag in words for flag in _ARM_BF16_FLAGS):
+        key, _, value = line.partition(":")
+        if wanted.get(key.strip().lower(), set()) & set(value.split()):
             return True
     return False
 
@@ -146,9 +134,6 @@ class GpuInfo:
     driver_version: str | None
     arch_supported: bool  # the device's sm (or a compatible PTX) is in torch.cuda.get_arch_list()
     multi_processor_count: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def gpu_info(device: torch.device | int | None = None) -> GpuInfo | None:
@@ -234,13 +219,13 @@ def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory since the last reset_peak_memory(): this job's own.
 
     CUDA: torch.cuda.max_memory_allocated (tensors only, not the caching allocator's slack).
-    CPU: how far the process's resident set rose above what it held at the reset (the model and
-    everything resident before the job are not counted): Linux's VmHWM, which the reset restarts
-    from the current size; where that cannot be restarted, the lifetime high-water mark.
+    CPU: how far the process's resident set rose above what it held at the reset: Linux's VmHWM,
+    which the reset restarts from the current size (elsewhere, the lifetime peak).
     """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return max(0, _resident_high_water() - _cpu_window.start)
+    high = _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(0, high - _cpu_window_start[0])
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -252,17 +237,12 @@ def reset_peak_memory(device: torch.device) -> None:
         # "5" resets the high-water mark to the current resident set (Linux >= 4.0).
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
-        _cpu_window.start = _proc_status_bytes("VmRSS") or 0
+        _cpu_window_start[0] = _proc_status_bytes("VmRSS") or 0
     except OSError:
-        # Not resettable here (not Linux, or /proc read-only): the lifetime peak, nothing subtracted.
-        _cpu_window.start = 0
+        _cpu_window_start[0] = 0  # not resettable here: the lifetime peak, nothing subtracted
 
 
-class _CpuWindow:
-    start = 0  # resident bytes when the window began
-
-
-_cpu_window = _CpuWindow()
+_cpu_window_start = [0]  # resident bytes when the CPU window began
 
 
 def _proc_status_bytes(key: str) -> int | None:
@@ -274,12 +254,3 @@ def _proc_status_bytes(key: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def _resident_high_water() -> int:
-    hwm = _proc_status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes
-    return int(rss if sys.platform == "darwin" else rss * 1024)

@@ -1,39 +1,11 @@
 """The engine's model-family seam: what a family of checkpoints gives the engine, and nothing more.
 
-`daemon.engine.model.MusicEngine` knows no family. For a configured model name it asks
-`daemon.engine.registry.family_for` which registered family it belongs to, has that family `load`
-the checkpoint, and from then on talks only to the `LoadedFamily` it got back: warm it up, plan a
-call's rows, decode them batch by batch, read the audio and the reproducibility facts. The stages
-after the engine (queue, outbox, service) see only `daemon.core.messages` values
-(`GenerationResult`, `LoadedModelInfo` with its `DecodeSetup`), so a job's path through spool/,
-queue/ and outbox/ is the same whichever family ran it. MusicGen (`daemon.engine.musicgen`) is
-the first family, ACE-Step 1.5 (`daemon.engine.acestep`, songs with lyrics through diffusers)
-the second.
-
-How a new family plugs in:
-
-1. Write a module (or package) `daemon/engine/<family>` with a class satisfying `ModelFamily`:
-   `name` (its name in `daemon.core.families.FAMILIES`, what `DecodeSetup.family` and the logs
-   say) and `load(name, settings, device, dtype, loop=None)`. Keep its internals under it (as
-   MusicGen keeps `decoding/`); they may import `daemon.core` and this module, never another
-   family.
-2. Register it in `daemon.engine.registry` under that name (the registry imports the families;
-   this module imports none, so a family may import it without a cycle): `family_for` picks the
-   family a configured model belongs to (`daemon.core.families.spec_family`: the config's `family`, the
-   local checkpoint's files, or the hub id's name).
-3. `load` returns a `LoadedFamily`: its `info` is the `LoadedModelInfo` (sample rate and channels
-   of the audio it returns, `frame_rate` its steps per second of audio, `backend` and `setup` the
-   decode setup it resolved, once, from the settings). Its `plan(requests, seeds)` cuts a call into
-   `RowBatch`es (each row a variation of a request, with its own seed: seed + variation, modulo
-   `SEED_MOD`) and raises `InvalidJobError` for what it cannot do (a melody on a model without
-   one); `steps(batch)` is what a batch costs on the `StepClock`; `decode(batch, clock)` returns
-   one float32 array [channels, samples] per row, in the batch's row order, calling
-   `clock.advance(steps_done)` after each step (that reports progress and raises on cancel or
-   the time limit; an out-of-memory split is the family's own business); `reproducibility()`
-   gives the sidecar's reproducibility facts; `adapter_record(request)` the LoRA adapter a
-   request ran with (None: none); `unload()` frees everything.
-4. List the module in the import-linter contracts (pyproject.toml) and the README code map, and
-   give it a tiny offline checkpoint for its tests (`dgx-music model init-tiny`).
+`daemon.engine.model.MusicEngine` knows no family: `daemon.engine.registry.family_for` names the
+family of a configured model, that family's `load` returns a `LoadedFamily`, and the engine then
+only warms it up, plans a call's rows, decodes them batch by batch and reads the audio and the
+reproducibility facts. Later stages see only `daemon.core.messages` values, so spool/, queue/ and
+outbox/ treat every family alike. MusicGen (`daemon.engine.musicgen`) is the first family,
+ACE-Step 1.5 (`daemon.engine.acestep`) the second; docs/design.md says how another plugs in.
 """
 
 from __future__ import annotations
@@ -44,13 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.core.errors import GenerationCancelled, GenerationTimeoutError
-from daemon.core.messages import (
-    SEED_MOD,
-    DecodeSetup,
-    GenerationRequest,
-    LoadedModelInfo,
-    Progress,
-)
+from daemon.core.messages import SEED_MOD, DecodeSetup, GenerationRequest, LoadedModelInfo, Progress
 
 if TYPE_CHECKING:
     import threading
@@ -59,18 +25,6 @@ if TYPE_CHECKING:
     import torch
 
     from daemon.core.config import Settings
-
-__all__ = [
-    "SEED_MOD",
-    "DecodeSetup",
-    "LoadedFamily",
-    "ModelFamily",
-    "RowBatch",
-    "RowRef",
-    "StepClock",
-    "decode_call",
-    "effective_seeds",
-]
 
 
 class RowRef(Protocol):
@@ -176,18 +130,11 @@ class ModelFamily(Protocol):
     name: str
 
     def load(
-        self,
-        name: str,
-        settings: Settings,
-        device: torch.device,
-        dtype: torch.dtype,
-        *,
-        loop: Any = None,
+        self, name: str, settings: Settings, device: torch.device, dtype: torch.dtype, *, loop: Any = None
     ) -> LoadedFamily:
-        """The checkpoint resident on `device` in `dtype`, its setup resolved from `settings`.
-
-        `loop`: a decode loop that replaces the configured one (bench --compare, fault
-        injection); a family without such a loop ignores it."""
+        """The checkpoint resident on `device` in `dtype`, its setup resolved from `settings`;
+        `loop` replaces the configured decode loop (`testseam.decode_with`; a family without
+        one ignores it)."""
         ...
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +27,6 @@ from daemon.core.config import Settings
 from daemon.core.errors import DgxMusicError, ModelLoadError
 from daemon.core.logctx import job_context
 from daemon.core.messages import (
-    SEED_MOD,
-    DecodeSetup,
     EngineStats,
     GenerationRequest,
     GenerationResult,
@@ -42,50 +39,29 @@ from daemon.engine.devices import peak_memory_bytes, reset_peak_memory, resolve_
 from daemon.engine.family import LoadedFamily, StepClock, decode_call, effective_seeds
 from daemon.engine.registry import family_for
 
-__all__ = [
-    "SEED_MOD",
-    "DecodeSetup",
-    "EngineStats",
-    "GenerationRequest",
-    "GenerationResult",
-    "LoadedModelInfo",
-    "MusicEngine",
-    "Progress",
-]
-
 log = logging.getLogger(__name__)
 
 
 class MusicEngine:
     """One resident model at a time (loading another unloads the first); thread-safe entry points."""
 
-    def __init__(self, settings: Settings, *, backend: Any = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # A decode loop that replaces the configured one (bench --compare, fault injection, tests).
-        self._loop = backend
+        # A decode loop that replaces the configured one: set only by `testseam.decode_with`.
+        self._loop: Any = None
         self._lock = threading.RLock()
         self._model: LoadedFamily | None = None
         self._device: torch.device | None = None
         self._loaded_from: tuple[Any, ...] | None = None  # what the resident model was resolved from
         self._load_s = 0.0
-        self._info: LoadedModelInfo | None = None
-        self._info_base: LoadedModelInfo | None = None
         self._defaults: dict[str, Any] = {}
         self._last_used: float | None = None
         self._stats = EngineStats(None, None, None, None, None, 0, None)
-        self._peak = 0
-
-    # ------------------------------------------------------------ model lifecycle
 
     @property
     def info(self) -> LoadedModelInfo | None:
         """The resident model's facts and decode setup, with its load time."""
-        if self._model is None:
-            return None
-        base = self._model.info
-        if self._info is None or self._info_base is not base:
-            self._info, self._info_base = replace(base, load_s=self._load_s), base
-        return self._info
+        return None if self._model is None else replace(self._model.info, load_s=self._load_s)
 
     @property
     def loaded(self) -> LoadedFamily | None:
@@ -116,65 +92,48 @@ class MusicEngine:
         the current settings would load it."""
         name = name or self.settings.default_model
         with self._lock:
-            if self._model is not None and self._loaded_from == self._resolved_from(name):
-                info = self.info
-                assert info is not None
-                return info
-            resolve_spec(name, self.settings)  # unknown names fail before anything is unloaded
+            if self._model is None or self._loaded_from != self._resolved_from(name):
+                self._load(name)
+            info = self.info
+            assert info is not None
+            return info
+
+    def _load(self, name: str) -> None:
+        resolve_spec(name, self.settings)  # unknown names fail before anything is unloaded
+        self.unload_model()
+        t0 = time.monotonic()
+        device = resolve_device(self.settings.device)
+        dtype = resolve_dtype(self.settings.dtype, device)
+        model = family_for(name, self.settings).load(name, self.settings, device, dtype, loop=self._loop)
+        self._model, self._device = model, device
+        try:
+            if self.settings.warmup:
+                model.warm_up()
+        except BaseException as exc:
             self.unload_model()
-            t0 = time.monotonic()
-            device = resolve_device(self.settings.device)
-            dtype = resolve_dtype(self.settings.dtype, device)
-            family = family_for(name, self.settings)
-            model = family.load(name, self.settings, device, dtype, loop=self._loop)
-            self._model, self._device = model, device
-            try:
-                if self.settings.warmup:
-                    model.warm_up()
-            except DgxMusicError as exc:
-                self.unload_model()
+            if isinstance(exc, DgxMusicError):
                 raise ModelLoadError(
                     f"model {name!r} loaded but its warm-up generation failed: {exc.message}",
                     hint=exc.hint or "run `dgx-music doctor`; try dtype float32 or another device",
                 ) from exc
-            except BaseException:
-                self.unload_model()
-                raise
-            self._loaded_from = self._resolved_from(name)
-            self._load_s, self._info = time.monotonic() - t0, None
-            info = self.info
-            assert info is not None
-            self._last_used = time.monotonic()
-            self._note_load(info)
-            return info
+            raise
+        self._loaded_from = self._resolved_from(name)
+        self._load_s = time.monotonic() - t0
+        self._last_used = time.monotonic()
+        self._note_load(replace(model.info, load_s=self._load_s))
 
     def _note_load(self, info: LoadedModelInfo) -> None:
         """Job counters span the engine's life; the model fields describe the resident model."""
-        self._stats = replace(
-            self._stats,
-            model=info.name,
-            source=info.source,
-            revision=info.revision,
-            device=info.device,
-            dtype=info.dtype,
-            parameters=info.parameters,
-            backend=info.backend,
-            loads=self._stats.loads + 1,
-        )
+        facts = {
+            k: getattr(info, k) for k in ("source", "revision", "device", "dtype", "parameters", "backend")
+        }
+        self._stats = replace(self._stats, model=info.name, loads=self._stats.loads + 1, **facts)
+        decoder = setup_summary(info.setup.report()) if info.setup else info.backend
         log.info(
             "model %s loaded from %s (revision %s) on %s/%s: %.1fM parameters, %d Hz, %d channel(s), "
             "%.2f frames/s, decoder %s, %.1f s",
-            info.name,
-            info.source,
-            info.revision,
-            info.device,
-            info.dtype,
-            info.parameters / 1e6,
-            info.sample_rate,
-            info.channels,
-            info.frame_rate,
-            setup_summary(info.setup.report()) if info.setup else info.backend,
-            info.load_s,
+            *(info.name, info.source, info.revision, info.device, info.dtype, info.parameters / 1e6),
+            *(info.sample_rate, info.channels, info.frame_rate, decoder, info.load_s),
         )
 
     def unload_model(self) -> None:
@@ -185,8 +144,7 @@ class MusicEngine:
                 return
             name = model.info.name
             device = self._device
-            self._model = self._info = self._info_base = None
-            self._loaded_from = None
+            self._model = self._loaded_from = None
             model.unload()
             del model
             gc.collect()
@@ -197,12 +155,8 @@ class MusicEngine:
     def maybe_idle_unload(self, now: float | None = None) -> bool:
         """Unload when idle for `idle_unload_s` (0: never). Never blocks a running generation."""
         limit = self.settings.idle_unload_s
-        if limit <= 0 or self._model is None or self._last_used is None:
-            return False
         now = time.monotonic() if now is None else now
-        if now - self._last_used < limit:
-            return False
-        if not self._lock.acquire(blocking=False):
+        if limit <= 0 or not self._lock.acquire(blocking=False):
             return False
         try:
             if self._model is None or self._last_used is None or now - self._last_used < limit:
@@ -212,23 +166,6 @@ class MusicEngine:
             return True
         finally:
             self._lock.release()
-
-    @property
-    def backend(self) -> Any:
-        """The decode loop set by `set_backend`, else the resident model's (None: neither)."""
-        return self._loop if self._loop is not None else getattr(self._model, "backend", None)
-
-    def set_backend(self, backend: Any) -> None:
-        """Decode with `backend` from the next call on (bench --compare); the model stays resident."""
-        with self._lock:
-            self._loop = backend
-            replace_loop = getattr(self._model, "replace_loop", None)
-            if callable(replace_loop):
-                replace_loop(backend)
-                self._loaded_from = self._resolved_from(self._model.info.name)  # type: ignore[union-attr]
-                self._stats.backend = backend.name
-
-    # ------------------------------------------------------------ generation
 
     def set_generation_params(self, **defaults: Any) -> None:
         """Defaults for `request()`: any GenerationRequest field but prompt."""
@@ -317,34 +254,15 @@ class MusicEngine:
             self._stats.jobs += 1
             self._stats.audio_seconds += res.audio_seconds
             self._stats.generate_seconds += res.generate_s
-            own = job_context(job_id=job_ids[i], batch=()) if job_ids else contextlib.nullcontext()
-            with own:
-                self._log_generated(res, info, peak)
+            with job_context(job_id=job_ids[i], batch=()) if job_ids else contextlib.nullcontext():
+                log.info(
+                    "generated %d x %.2f s (%s) in %.2f s: RTF %.3f, seed %d, peak memory %.0f MiB",
+                    *(res.audio.shape[0], res.audio.shape[-1] / res.sample_rate, info.name, res.generate_s),
+                    *(res.rtf, res.seed, peak / 2**20),
+                )
         if self._stats.audio_seconds > 0:
             self._stats.mean_rtf = self._stats.generate_seconds / self._stats.audio_seconds
-        self._peak = max(self._peak, peak)
-        self._stats.peak_memory_bytes = self._peak
-
-    @staticmethod
-    def _log_generated(res: GenerationResult, info: LoadedModelInfo, peak: int) -> None:
-        log.info(
-            "generated %d x %.2f s (%s) in %.2f s: RTF %.3f, seed %d, peak memory %.0f MiB",
-            res.audio.shape[0],
-            res.audio.shape[-1] / res.sample_rate,
-            info.name,
-            res.generate_s,
-            res.rtf,
-            res.seed,
-            peak / 2**20,
-        )
-
-    def frames_for(self, duration: float) -> int:
-        """Steps (codec frames) covering `duration` seconds at the loaded model's own rate."""
-        info = self.info
-        assert info is not None
-        return max(1, math.ceil(duration * info.frame_rate - 1e-9))
-
-    # ------------------------------------------------------------ stats
+        self._stats.peak_memory_bytes = max(self._stats.peak_memory_bytes, peak)
 
     def get_stats(self) -> EngineStats:
         return replace(self._stats, last_used_monotonic=self._last_used, loaded=self._model is not None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from daemon.core.config import Settings
 from daemon.core.errors import DgxMusicError, InvalidJobError, ModelLoadError
 from daemon.core.messages import DecodeSetup, GenerationRequest, LoadedModelInfo
 from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, melody_models
-from daemon.engine.chooser import FAMILY, choose_setup, current_setup, describe, reproducibility
+from daemon.engine.chooser import FAMILY, choose_setup, current_setup, reproducibility
 from daemon.engine.decoding.api import DecodeBackend
 from daemon.engine.decoding.codec import frame_rate
 from daemon.engine.family import StepClock, decode_call
@@ -45,8 +46,7 @@ class MusicGen:
         *,
         loop: DecodeBackend | None = None,
     ) -> MusicGenModel:
-        """Load `name` and resolve its decode setup; `loop` replaces the configured decode loop
-        (bench --compare and fault injection)."""
+        """Load `name` and resolve its decode setup (`loop`: see `family.ModelFamily.load`)."""
         try:
             ckpt = load_checkpoint(name, settings, device=device, dtype=dtype)
         except DgxMusicError:
@@ -100,24 +100,13 @@ class MusicGenModel:
     def info(self) -> LoadedModelInfo:
         setup = self.setup
         if setup != self._info.setup:
-            self._info = LoadedModelInfo(**{**self._info.__dict__, "setup": setup, "backend": setup.decoder})
+            self._info = replace(self._info, setup=setup, backend=setup.decoder)
         return self._info
 
     @property
     def setup(self) -> DecodeSetup:
         """The setup chosen at load, with a capture failure since then made visible."""
         return current_setup(self._setup, self.backend)
-
-    def replace_loop(self, backend: DecodeBackend) -> None:
-        """Decode with `backend` from now on (bench --compare, fault injection); the model stays.
-        A melody checkpoint keeps transformers' generate unless `backend` is one."""
-        if self.ckpt.melody and backend.name != "transformers":
-            return
-        old = self.backend
-        if old is not backend and hasattr(old, "reset"):
-            old.reset()
-        self.backend = backend
-        self._setup = describe(backend, self.ckpt.model)
 
     def warm_up(self) -> None:
         """The decode buckets jobs use, then one short generation, so no job pays a capture or

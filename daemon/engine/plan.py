@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from daemon.core.config import Settings
@@ -106,12 +106,8 @@ class Framing:
             bounds[-1] = chunk.frames
             segments = tuple(max(0, hi - max(lo, prefix)) for lo, hi in zip(bounds, bounds[1:]))
             prompts = tuple(model_text(req, p) for p, _ in req.sections)
-        return Chunk(
-            chunk.rows,
-            chunk.prompts,
-            chunk.cfg_coef,
-            chunk.frames,
-            chunk.samples,
+        return replace(
+            chunk,
             segments=segments,
             segment_prompts=prompts,
             continue_from=req.continue_from if prefix else None,

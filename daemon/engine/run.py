@@ -48,12 +48,8 @@ class ChunkRunner:
                     "(with batch_invariant on, every decode runs at max_batch rows)",
                 ) from exc
             half = len(chunk.rows) // 2
-            log.warning(
-                "out of memory with a batch of %d rows: retrying as %d + %d",
-                len(chunk.rows),
-                half,
-                len(chunk.rows) - half,
-            )
+            rows = len(chunk.rows)
+            log.warning("out of memory with a batch of %d rows: retrying as %d + %d", rows, half, rows - half)
             out: list[np.ndarray] = []
             for part in (slice(0, half), slice(half, None)):
                 sub = replace(chunk, rows=chunk.rows[part], prompts=chunk.prompts[part])
@@ -73,9 +69,7 @@ class ChunkRunner:
     def _release(self) -> None:
         """After an OOM: the backend drops what it keeps resident (captured graphs, their KV caches)
         so that the half-batch retry has that memory, then the allocator's cache is freed."""
-        release = getattr(self.backend, "release", None)
-        if callable(release):
-            release()
+        getattr(self.backend, "release", lambda: None)()
         free_accelerator_cache()
 
     def _text(self, prompts: list[str]) -> SegmentText:
@@ -90,12 +84,8 @@ class ChunkRunner:
         prompt_codes = None
         if chunk.continue_from is not None and chunk.prefix_frames:
             ref = chunk.continue_from
-            audio = to_rate_and_channels(
-                ref.samples,
-                ref.sample_rate,
-                self.framing.sample_rate,
-                int(model.config.decoder.audio_channels),
-            )
+            channels = int(model.config.decoder.audio_channels)
+            audio = to_rate_and_channels(ref.samples, ref.sample_rate, self.framing.sample_rate, channels)
             prefix = audio_to_codes(model, torch.from_numpy(audio), chunk.prefix_frames)
             prompt_codes = prefix[None].expand(rows, -1, -1).to(self.device)
         extras: dict[str, object] = {}

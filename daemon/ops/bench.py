@@ -2,8 +2,8 @@
 
 Verdict (for the 16 s clip): EXCELLENT under 30 s, ACCEPTABLE 30-60 s, BLOCKER over
 60 s. RTF everywhere is generation seconds per second of audio produced (batch rows included).
-`bench_backend` is the unit `dgx-music bench --compare` builds on: one decode backend, the same
-prompt and seed, several durations, one row each.
+`bench_backend` times the engine's decode loop: the same prompt and seed, several durations, one
+row each (`dgx-music bench --compare` is `daemon.ops.decodebench`).
 """
 
 from __future__ import annotations
@@ -12,14 +12,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from daemon.core.messages import Progress, setup_summary
 from daemon.engine.model import MusicEngine
 from daemon.ops.progressbar import ProgressBar as Bar
-
-if TYPE_CHECKING:
-    from daemon.engine.decoding.api import DecodeBackend
 
 DEFAULT_DURATIONS: tuple[float, ...] = (4.0, 8.0, 16.0, 30.0)
 VERDICT_DURATION_S = 16.0
@@ -115,7 +112,6 @@ def engine_label(backend_name: str) -> str:
 
 def bench_backend(
     engine: MusicEngine,
-    backend: DecodeBackend | None,
     durations: Sequence[float],
     *,
     batch: int = 1,
@@ -123,48 +119,38 @@ def bench_backend(
     seed: int = BENCH_SEED,
     progress: Callable[[float, Progress], None] | None = None,
 ) -> list[BenchRow]:
-    """One row per duration with `backend` (None: the engine's current one) on the loaded model.
-
-    The first duration is preceded by nothing but the load-time warm-up; callers wanting a cold
-    comparison should warm both backends the same way.
-    """
+    """One row per duration with the engine's decode loop on the loaded model (the first preceded
+    by nothing but the load-time warm-up)."""
     from daemon.core.messages import GenerationRequest
 
     info = engine.load_model()
-    previous = engine.backend
-    if backend is not None:
-        engine.set_backend(backend)
     rows: list[BenchRow] = []
-    try:
-        name = engine_label(engine.backend.name)
-        for duration in durations:
-            steps = [0]
+    name = engine_label(info.backend)
+    for duration in durations:
+        steps = [0]
 
-            def on_progress(p: Progress, duration: float = duration) -> None:
-                steps[0] = p.frames_done
-                if progress is not None:
-                    progress(duration, p)
+        def on_progress(p: Progress, duration: float = duration) -> None:
+            steps[0] = p.frames_done
+            if progress is not None:
+                progress(duration, p)
 
-            req = GenerationRequest(prompt, float(duration), count=batch, seed=seed)
-            t0 = time.perf_counter()
-            (result,) = engine.generate([req], progress=on_progress)
-            gen_s = time.perf_counter() - t0
-            rows.append(
-                BenchRow(
-                    engine=name,
-                    model=info.name,
-                    batch=batch,
-                    duration_s=float(duration),
-                    gen_s=gen_s,
-                    rtf=gen_s / (float(duration) * batch),
-                    peak_memory_bytes=result.peak_memory_bytes,
-                    steps=steps[0],
-                    ms_per_step=1000.0 * gen_s / steps[0] if steps[0] else 0.0,
-                )
+        req = GenerationRequest(prompt, float(duration), count=batch, seed=seed)
+        t0 = time.perf_counter()
+        (result,) = engine.generate([req], progress=on_progress)
+        gen_s = time.perf_counter() - t0
+        rows.append(
+            BenchRow(
+                engine=name,
+                model=info.name,
+                batch=batch,
+                duration_s=float(duration),
+                gen_s=gen_s,
+                rtf=gen_s / (float(duration) * batch),
+                peak_memory_bytes=result.peak_memory_bytes,
+                steps=steps[0],
+                ms_per_step=1000.0 * gen_s / steps[0] if steps[0] else 0.0,
             )
-    finally:
-        if backend is not None:
-            engine.set_backend(previous)
+        )
     return rows
 
 
@@ -179,11 +165,11 @@ def run_benchmark(
     from daemon.engine.devices import gpu_info
 
     info = engine.load_model()
-    rows = bench_backend(engine, None, durations, batch=batch, progress=progress)
+    rows = bench_backend(engine, durations, batch=batch, progress=progress)
     gpu = None
     if info.device.startswith("cuda"):
         g = gpu_info()
-        gpu = g.as_dict() if g is not None else None
+        gpu = asdict(g) if g is not None else None
     return BenchReport(
         model=info.sidecar_fields()
         | {

@@ -223,6 +223,7 @@ def count_decode_step(
     from daemon.engine.decoding.graphs import GraphBucket
     from daemon.engine.decoding.parts import model_parts
     from daemon.engine.decoding.step import fused_decoder
+    from daemon.engine.decoding.testseam import GRAPH_SHAPED, run_steps
 
     device = next(model.parameters()).device
     enc = processor(text=["warm lo-fi hip hop beat"] * batch, padding=True, return_tensors="pt")
@@ -234,7 +235,7 @@ def count_decode_step(
         cfg_coef=cfg_coef,
         max_frames=warm_frames,
     )
-    backend = DgxBackend(mode="static", kernels=kernels)
+    backend = run_steps(DgxBackend(kernels=kernels), GRAPH_SHAPED)
     # no_grad, not inference_mode: under inference_mode composite ops (linear, layer_norm,
     # scaled_dot_product_attention) reach the counter whole, hiding the kernels they run (a bool
     # mask converted inside the attention, a bias add); here they arrive decomposed.
@@ -246,7 +247,7 @@ def count_decode_step(
         kind = backend.kernels_for(model)
         fused_decoder(parts).use_kernels(kind)
         bucket = GraphBucket(parts, key, capture=False)
-        bucket.decode(req, backend.noise_chunk, backend.sync_every)
+        bucket.decode(req)
         layers = step_layers(bucket)
         # The step reads and advances a device-side position (older buckets kept it on their cache).
         (bucket.position if hasattr(bucket, "position") else bucket.cache.position_tensor).fill_(warm_frames)

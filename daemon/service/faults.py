@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.engine.decoding import get_backend
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
+from daemon.engine.decoding.testseam import decode_with
 from daemon.outbox import publish
 from jobspec import Job
 
@@ -170,7 +171,7 @@ def with_faults(engine: Any, faults: Faults | None) -> Any:
     shared = _Shared()
     s = engine.settings
     loop = get_backend(s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch, kernels=s.kernels)
-    engine.set_backend(FaultyBackend(loop, faults, shared))
+    decode_with(engine, FaultyBackend(loop, faults, shared))
     return FaultyEngine(engine, faults, shared)
 
 
@@ -197,7 +198,5 @@ def without_faults(engine: Any) -> Any:
     """Undo `with_faults`: the plain engine with its real backend back in place."""
     if not isinstance(engine, FaultyEngine):
         return engine
-    inner = engine.inner
-    if isinstance(inner.backend, FaultyBackend):
-        inner.set_backend(inner.backend.inner)
-    return inner
+    decode_with(engine.inner, None)
+    return engine.inner

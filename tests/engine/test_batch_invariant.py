@@ -16,6 +16,7 @@ import torch
 from daemon.engine.chooser import describe, reproducibility
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
+from daemon.engine.decoding.testseam import GRAPH_SHAPED, run_steps
 
 JOB_PROMPT = "warm lofi hip hop beat with dusty piano"
 JOB = RowSampling(temperature=1.0, top_k=250, seed=1234)
@@ -93,32 +94,36 @@ def _text_buckets(processor: Any, prompts: list[str], multiple: int = 32) -> set
 
 
 @pytest.mark.parametrize(
-    "mode, invariant", [("eager", "auto"), ("static", "on")], ids=["cpu-eager", "fixed-shapes"]
+    "steps, invariant", [(None, "auto"), (GRAPH_SHAPED, "on")], ids=["cpu-eager", "fixed-shapes"]
 )
 def test_a_job_alone_and_in_a_mixed_batch_of_eight_gives_the_same_tokens_in_bf16(
-    tiny_bf16: tuple[Any, Any], mode: str, invariant: str
+    tiny_bf16: tuple[Any, Any], steps: str | None, invariant: str
 ) -> None:
     model, processor = tiny_bf16
     assert len(_text_buckets(processor, _batch_of_eight()[0])) >= 2  # the batch spans text buckets
-    backend = DgxBackend(mode=mode, batch_invariant=invariant, length_multiple=64)
+    backend = DgxBackend(batch_invariant=invariant, length_multiple=64)
+    if steps is not None:
+        run_steps(backend, steps)
     alone, batched = _alone_and_batched(model, processor, backend, 30)
     assert batched.shape == (8, 4, 30)
     assert torch.equal(batched[JOB_INDEX], alone[0])
     # ... and the batch is not a copy of one row: the mates' own prompts and seeds show.
     assert len({tuple(row.flatten().tolist()) for row in batched}) == 8
-    if mode == "static":
+    if steps is not None:
         assert {b.rows for b in backend.buckets} == {8}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "mode, invariant", [("eager", "auto"), ("static", "on")], ids=["cpu-eager", "fixed-shapes"]
+    "steps, invariant", [(None, "auto"), (GRAPH_SHAPED, "on")], ids=["cpu-eager", "fixed-shapes"]
 )
 def test_same_tokens_alone_and_batched_at_the_musicgen_small_shape_in_bf16(
-    small_bf16: tuple[Any, Any], mode: str, invariant: str
+    small_bf16: tuple[Any, Any], steps: str | None, invariant: str
 ) -> None:
     model, processor = small_bf16
-    backend = DgxBackend(mode=mode, batch_invariant=invariant, length_multiple=64)
+    backend = DgxBackend(batch_invariant=invariant, length_multiple=64)
+    if steps is not None:
+        run_steps(backend, steps)
     alone, batched = _alone_and_batched(model, processor, backend, 12)
     assert torch.equal(batched[JOB_INDEX], alone[0])
 
@@ -132,7 +137,7 @@ def test_fixed_shapes_pad_every_call_to_the_fixed_rows_and_decode_text_buckets_a
     rows = [RowSampling(seed=1), RowSampling(seed=2), RowSampling(seed=3)]
     short, long = sorted(_text_buckets(processor, prompts))
     assert short == 32 and long > 32
-    backend = DgxBackend(mode="static", batch_invariant="on", max_rows=5, length_multiple=64)
+    backend = run_steps(DgxBackend(batch_invariant="on", max_rows=5, length_multiple=64), GRAPH_SHAPED)
     assert backend.fixed_rows == 8  # max_batch rounded up to a power of two
     calls: list[tuple[int, int]] = []
     got = backend.decode(
@@ -164,29 +169,28 @@ def _facts(backend: DgxBackend, model: Any) -> dict[str, Any]:
 def test_batch_invariant_auto_on_and_off(tiny_bf16: tuple[Any, Any]) -> None:
     model, processor = tiny_bf16
     req = lambda: _request(processor, ["rain", "dark techno"], [JOB, JOB], 5)  # noqa: E731
-    auto = DgxBackend(mode="static")
+    auto = run_steps(DgxBackend(), GRAPH_SHAPED)
     auto.decode(model, req())
     assert not auto.invariant(model) and [b.rows for b in auto.buckets] == [2]  # CPU: auto is off
-    on_eager = DgxBackend(mode="eager", batch_invariant="on", max_rows=3)
+    on_eager = DgxBackend(batch_invariant="on", max_rows=3)
     on_eager.decode(model, req())
     assert [b.rows for b in on_eager.buckets] == [4]  # "on" runs the fixed shapes even without graphs
-    assert DgxBackend(mode="eager").buckets == []
+    assert DgxBackend().buckets == []
     assert _facts(on_eager, model)["by_construction"] is True
-    cpu = _facts(DgxBackend(mode="eager"), model)
+    cpu = _facts(DgxBackend(), model)
     assert (cpu["batch_mates"], cpu["by_construction"]) == ("independent", False)
-    with pytest.raises(ValueError, match="batch_invariant must be auto, on or off"):
-        DgxBackend(batch_invariant="yes")
 
 
 def test_the_engine_builds_the_backend_from_the_settings_and_reports_reproducibility(
     make_settings: Any,
 ) -> None:
-    from daemon.engine.model import GenerationRequest, MusicEngine
+    from daemon.core.messages import GenerationRequest
+    from daemon.engine.model import MusicEngine
     from jobspec.sidecar import Reproducibility
 
     engine = MusicEngine(make_settings(decoder="dgx", batch_invariant="on", max_batch=3))
     info = engine.load_model()
-    backend = engine.backend
+    backend = engine.loaded.backend  # type: ignore[union-attr]
     assert isinstance(backend, DgxBackend) and backend.fixed_rows == 4 and backend.batch_invariant == "on"
     assert info.setup is not None and info.setup.rows == 4 and info.setup.batch_invariant
     (res,) = engine.generate([GenerationRequest("techno loop", 0.25, seed=7)])

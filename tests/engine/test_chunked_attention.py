@@ -1,6 +1,6 @@
-"""The graph path's chunked self-attention and load-time bucket preparation, on CPU (mode "static").
+"""The graph path's chunked self-attention and load-time bucket preparation, on CPU (graph-shaped steps).
 
-mode="static" runs exactly what the CUDA graphs replay (the same static buffers, the same
+`testseam.GRAPH_SHAPED` runs exactly what the CUDA graphs replay (the same static buffers, the same
 per-chunk key slices and masks, the same host-side choice of chunk per step) with each step run
 instead of replayed, so these tests cover the graph path's arithmetic where there is no GPU.
 """
@@ -20,6 +20,7 @@ from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.graphs import BucketKey
 from daemon.engine.decoding.parts import model_parts
 from daemon.engine.decoding.step import fused_decoder
+from daemon.engine.decoding.testseam import GRAPH_SHAPED, decode_with, run_steps
 from daemon.engine.model import MusicEngine
 from tests.engine.test_fastdecode import GREEDY, PROMPTS, _request, _text, hf_greedy_codes
 
@@ -28,7 +29,7 @@ TAGS = "lo-fi hip hop loop, dusty piano chords, soft vinyl crackle, mellow boom 
 
 
 def _chunked(chunk: int = 16, **kw: Any) -> DgxBackend:
-    return DgxBackend(mode="static", length_multiple=16, attention_chunk=chunk, **kw)
+    return run_steps(DgxBackend(length_multiple=16, attention_chunk=chunk, **kw), GRAPH_SHAPED)
 
 
 @pytest.mark.parametrize("cfg_coef", [1.0, 3.0])
@@ -54,7 +55,7 @@ def test_chunked_greedy_equals_eager_and_transformers(tiny: tuple[Any, Any], cfg
     assert bucket is not None and key.length == 80
     assert bucket.ends == [16, 32, 48, 64, 80]
     assert bucket.graphs == [] and bucket.replays == 0  # static: run, not replayed
-    eager = DgxBackend(mode="eager").decode(model, _request(enc, [GREEDY, GREEDY], cfg_coef, frames))
+    eager = DgxBackend().decode(model, _request(enc, [GREEDY, GREEDY], cfg_coef, frames))
     assert torch.equal(got, eager)
     assert torch.equal(got, hf_greedy_codes(model, enc, cfg_coef, frames))
 
@@ -68,7 +69,7 @@ def test_chunked_sampling_equals_eager(tiny: tuple[Any, Any], cfg_coef: float) -
         RowSampling(seed=22, top_k=20, temperature=0.8),
         RowSampling(seed=23, top_p=0.9),
     ]
-    eager = DgxBackend(mode="eager").decode(model, _request(enc, rows, cfg_coef, 50))
+    eager = DgxBackend().decode(model, _request(enc, rows, cfg_coef, 50))
     # A chunk that does not divide the capacity: key slices end at 24, 48 and 64.
     backend = _chunked(chunk=24)
     got = backend.decode(model, _request(enc, rows, cfg_coef, 50))
@@ -91,7 +92,7 @@ def test_chunked_prompt_continuation_prefills_across_chunks(tiny: tuple[Any, Any
 
 def test_prepare_builds_the_window_bucket_and_keeps_it(tiny: tuple[Any, Any]) -> None:
     model, processor = tiny
-    backend = DgxBackend(mode="static", max_buckets=2)
+    backend = run_steps(DgxBackend(max_buckets=2), GRAPH_SHAPED)
     keys = backend.prepare(model, rows=3, frames=200)
     # 200 frames + the 4-step delay pattern, rounded up to the length multiple; batch 3 padded to 4.
     expected = BucketKey(rows=4, doubled=True, length=256, text_length=32, sampling=True)
@@ -103,7 +104,7 @@ def test_prepare_builds_the_window_bucket_and_keeps_it(tiny: tuple[Any, Any]) ->
     assert backend.bucket_key(model, _request(tags, [GREEDY] * 3, 3.0, 10)).length == 256
     greedy = backend.decode(model, _request(tags, [GREEDY] * 3, 3.0, 30))
     assert backend.buckets == [expected]
-    eager = DgxBackend(mode="eager").decode(model, _request(tags, [GREEDY] * 3, 3.0, 30))
+    eager = DgxBackend().decode(model, _request(tags, [GREEDY] * 3, 3.0, 30))
     assert torch.equal(greedy, eager)
 
     # Other shapes come and go in the remaining slot; the prepared bucket is never the one evicted.
@@ -122,9 +123,10 @@ def test_prepare_is_a_no_op_for_the_eager_loop(tiny: tuple[Any, Any]) -> None:
 
 
 def test_warmup_prepares_the_bucket_jobs_use(make_settings: Callable[..., Settings]) -> None:
-    backend = DgxBackend(mode="static")
+    backend = run_steps(DgxBackend(), GRAPH_SHAPED)
     settings = make_settings(decoder="dgx", warmup=True, max_batch=4, window_s=5.0, extend_stride_s=3.0)
-    engine = MusicEngine(settings, backend=backend)
+    engine = MusicEngine(settings)
+    decode_with(engine, backend)
     engine.load_model()
     # The long-form window (5 s at the tiny codec's 40 frames/s) for full batches, guided, sampling.
     prepared = BucketKey(rows=4, doubled=True, length=256, text_length=32, sampling=True)

@@ -21,6 +21,7 @@ from daemon.core.errors import (
 from daemon.core.messages import GenerationRequest, Progress
 from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.hf import TransformersBackend
+from daemon.engine.decoding.testseam import decode_with
 from daemon.engine.model import MusicEngine
 from daemon.service.faults import Faults, with_faults, without_faults
 
@@ -48,8 +49,9 @@ def test_load_reports_the_model(engine: MusicEngine, tiny_model_dir: Path, decod
     assert info.frame_rate == FPS  # from the codec config, not a hard-coded 50
     assert info.parameters == sum(p.numel() for p in engine.loaded.ckpt.model.parameters())  # type: ignore[union-attr]
     assert engine.is_loaded("tiny") and not engine.is_loaded("other")
-    assert engine.load_model("tiny") is info  # already resident: no reload
-    assert engine.frames_for(1.0) == 40 and engine.frames_for(1.01) == 41
+    assert engine.load_model("tiny") == info and engine.get_stats().loads == 1  # already resident
+    framing = engine.loaded.framing  # type: ignore[union-attr]
+    assert framing.frames_for(1.0) == 40 and framing.frames_for(1.01) == 41
 
 
 def test_same_seed_same_audio_and_global_rng_does_not_matter(engine: MusicEngine) -> None:
@@ -207,7 +209,8 @@ class _OomBackend(TransformersBackend):
 
 def test_oom_retry_once_then_typed_error(make_settings: Callable[..., Settings]) -> None:
     backend = _OomBackend(limit=0)
-    engine = MusicEngine(make_settings(), backend=backend)
+    engine = MusicEngine(make_settings())
+    decode_with(engine, backend)
     with pytest.raises(OutOfMemoryError) as ei:
         engine.generate([GenerationRequest("techno loop", 0.5, seed=7, count=4)])
     assert ei.value.error_type == "out_of_memory"
@@ -220,7 +223,8 @@ def test_oom_retry_once_then_typed_error(make_settings: Callable[..., Settings])
 
 def test_max_batch_splits_rows(make_settings: Callable[..., Settings]) -> None:
     backend = _OomBackend(limit=99)
-    engine = MusicEngine(make_settings(max_batch=2), backend=backend)
+    engine = MusicEngine(make_settings(max_batch=2))
+    decode_with(engine, backend)
     (res,) = engine.generate([GenerationRequest("techno loop", 0.25, seed=7, count=5)])
     assert res.audio.shape[0] == 5 and backend.batches == [2, 2, 1]
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.sampler import RowNoise, guide, pick_tokens, sampling_tensors
+from daemon.engine.decoding.testseam import GRAPH_SHAPED, decode_with, run_steps
 from tests.engine.conftest import load_pretrained
 
 PROMPTS = ["warm lofi hip hop beat with dusty piano", "dark techno", "calm ambient pad with soft strings"]
@@ -348,7 +348,8 @@ def test_greedy_matches_transformers_at_the_musicgen_small_shape(
 
 
 # ---------------------------------------------------------------- the CUDA-graph path's buffers, without CUDA
-# mode="static" runs the graph path (bucketed batch/length/text, KV read in chunks with a position
+# Graph-shaped steps (`testseam`) run the graph path (bucketed batch/length/text, KV read in chunks
+# with a position
 # mask, in-place position and token updates) with the step executed instead of replayed.
 
 
@@ -357,8 +358,8 @@ def test_static_bucket_path_equals_eager(tiny: tuple[Any, Any], cfg_coef: float)
     model, processor = tiny
     enc = _text(processor, PROMPTS)
     rows = [GREEDY, RowSampling(seed=8, top_k=20), RowSampling(seed=9, top_p=0.8, temperature=0.9)]
-    eager = DgxBackend(mode="eager").decode(model, _request(enc, rows, cfg_coef, 30))
-    static = DgxBackend(mode="static", length_multiple=64)
+    eager = DgxBackend().decode(model, _request(enc, rows, cfg_coef, 30))
+    static = run_steps(DgxBackend(length_multiple=64), GRAPH_SHAPED)
     got = static.decode(model, _request(enc, rows, cfg_coef, 30))
     assert [(b.rows, b.length, b.sampling) for b in static.buckets] == [(4, 64, True)]
     assert torch.equal(got, eager)
@@ -366,7 +367,7 @@ def test_static_bucket_path_equals_eager(tiny: tuple[Any, Any], cfg_coef: float)
 
 def test_static_bucket_is_reused_and_rows_are_batch_independent(tiny: tuple[Any, Any]) -> None:
     model, processor = tiny
-    backend = DgxBackend(mode="static")
+    backend = run_steps(DgxBackend(), GRAPH_SHAPED)
     row = RowSampling(seed=31)
     prompt = torch.randint(0, 64, (3, 4, 6), generator=torch.Generator().manual_seed(1))
     three = backend.decode(
@@ -385,7 +386,7 @@ def test_static_bucket_is_reused_and_rows_are_batch_independent(tiny: tuple[Any,
     )
     assert len(backend.buckets) == 1
     assert four.shape == (4, 4, 10)
-    eager_row = DgxBackend(mode="eager").decode(
+    eager_row = DgxBackend().decode(
         model, _request(_text(processor, PROMPTS[1:2]), [row], 3.0, 25, prompt[1:2])
     )
     assert torch.equal(three[1], eager_row[0])
@@ -401,27 +402,23 @@ def test_static_path_reports_steps_and_aborts(tiny: tuple[Any, Any]) -> None:
             raise _Stop("stop")
 
     with pytest.raises(_Stop):
-        DgxBackend(mode="static").decode(
+        run_steps(DgxBackend(), GRAPH_SHAPED).decode(
             model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 20, on_step=on_step)
         )
     assert calls == [(1, 23), (2, 23), (3, 23), (4, 23)]
 
 
-def test_graph_mode_needs_cuda(tiny: tuple[Any, Any]) -> None:
-    model, processor = tiny
-    with pytest.raises(GenerationError, match="CUDA graphs need the model on a CUDA device"):
-        DgxBackend(mode="graphs").decode(model, _request(_text(processor, PROMPTS[:1]), [GREEDY], 3.0, 5))
-
-
 def test_oom_split_retry_runs_with_every_bucket_released(make_settings: Any) -> None:
     """The half-batch retry after an OOM must not find the failed batch's buckets still resident."""
-    from daemon.engine.model import GenerationRequest, MusicEngine
+    from daemon.core.messages import GenerationRequest
+    from daemon.engine.model import MusicEngine
 
     class OomAfterBucket(DgxBackend):
         """CUDA cannot exist here: its OOM is raised after the bucket (its KV cache) was built."""
 
         def __init__(self) -> None:
-            super().__init__(mode="static")
+            super().__init__()
+            run_steps(self, GRAPH_SHAPED)
             self.seen: list[tuple[int, int]] = []
 
         def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
@@ -432,7 +429,8 @@ def test_oom_split_retry_runs_with_every_bucket_released(make_settings: Any) -> 
             return out
 
     backend = OomAfterBucket()
-    engine = MusicEngine(make_settings(decoder="dgx"), backend=backend)  # no load-time probe decode
+    engine = MusicEngine(make_settings(decoder="dgx"))
+    decode_with(engine, backend)  # no load-time probe decode
     (res,) = engine.generate([GenerationRequest("techno loop", 0.5, seed=7, count=4)])
     assert res.audio.shape[0] == 4
     assert backend.seen == [(4, 0), (2, 0), (2, 1)]  # released before the retry; the halves share one
@@ -453,7 +451,7 @@ def test_failed_capture_falls_back_to_uncaptured_steps(
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(graphs.GraphBucket, "_capture", broken)
-    backend = DgxBackend(mode="static")
+    backend = run_steps(DgxBackend(), GRAPH_SHAPED)
     req = _request(_text(processor, ["ambient pad"]), [GREEDY], 3.0, 5)
     key = backend.bucket_key(model, req)
     with caplog.at_level(logging.WARNING, logger="daemon.engine.decoding.dgx"), torch.inference_mode():

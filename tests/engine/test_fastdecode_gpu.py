@@ -10,6 +10,7 @@ import torch
 
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
+from daemon.engine.decoding.testseam import UNCAPTURED, run_steps
 from tests.engine.test_fastdecode import hf_greedy_codes
 
 pytestmark = pytest.mark.gpu
@@ -44,8 +45,8 @@ def _request(
 def test_graph_greedy_equals_eager(tiny_cuda: tuple[Any, Any], cfg_coef: float) -> None:
     model, processor = tiny_cuda
     req = lambda: _request(processor, PROMPTS, [GREEDY] * 3, 40, cfg_coef=cfg_coef)  # noqa: E731
-    eager = DgxBackend(mode="eager").decode(model, req())
-    graphs = DgxBackend(mode="graphs", batch_invariant="off")
+    eager = run_steps(DgxBackend(), UNCAPTURED).decode(model, req())
+    graphs = DgxBackend(batch_invariant="off")
     captured = graphs.decode(model, req())
     assert len(graphs.buckets) == 1 and graphs.buckets[0].rows == 4  # batch 3 padded to 4
     assert captured.shape == eager.shape == (3, 4, 40)
@@ -56,7 +57,7 @@ def test_graph_sampling_equals_eager_and_ignores_batch(tiny_cuda: tuple[Any, Any
     model, processor = tiny_cuda
     row = RowSampling(seed=2024)
     rows = [RowSampling(seed=1, temperature=0.7, top_k=20), row, RowSampling(seed=3, top_p=0.9)]
-    eager = DgxBackend(mode="eager").decode(model, _request(processor, PROMPTS, rows, 30))
+    eager = run_steps(DgxBackend(), UNCAPTURED).decode(model, _request(processor, PROMPTS, rows, 30))
     graphs = DgxBackend()
     batched = graphs.decode(model, _request(processor, PROMPTS, rows, 30))
     alone = graphs.decode(model, _request(processor, PROMPTS[1:2], [row], 30))
@@ -91,7 +92,7 @@ def test_graph_prompt_continuation_and_on_step(tiny_cuda: tuple[Any, Any]) -> No
             on_step=cb,
         )
 
-    eager = DgxBackend(mode="eager").decode(model, req())
+    eager = run_steps(DgxBackend(), UNCAPTURED).decode(model, req())
     got = DgxBackend().decode(model, req(lambda s, n: calls.append((s, n))))
     assert torch.equal(got, eager)
     assert calls == [(i, 18) for i in range(1, 19)]
@@ -114,7 +115,7 @@ def test_chunked_graphs_replay_and_match_transformers_greedy(
 ) -> None:
     model, processor = tiny_cuda
     frames = 70  # 74 positions: five attention chunks of 16, so five graphs take turns
-    backend = DgxBackend(mode="graphs", length_multiple=16, attention_chunk=16, batch_invariant="off")
+    backend = DgxBackend(length_multiple=16, attention_chunk=16, batch_invariant="off")
     got = backend.decode(model, _request(processor, PROMPTS[:2], [GREEDY] * 2, frames, cfg_coef=cfg_coef))
     (key,) = backend.buckets
     bucket = backend.bucket(key)
@@ -132,8 +133,8 @@ def test_chunked_graph_sampling_equals_eager(tiny_cuda: tuple[Any, Any]) -> None
         RowSampling(seed=2),
         RowSampling(seed=3, top_p=0.9),
     ]
-    eager = DgxBackend(mode="eager").decode(model, _request(processor, PROMPTS, rows, 60))
-    backend = DgxBackend(mode="graphs", length_multiple=16, attention_chunk=24, batch_invariant="off")
+    eager = run_steps(DgxBackend(), UNCAPTURED).decode(model, _request(processor, PROMPTS, rows, 60))
+    backend = DgxBackend(length_multiple=16, attention_chunk=24, batch_invariant="off")
     got = backend.decode(model, _request(processor, PROMPTS, rows, 60))
     bucket = backend.bucket(backend.buckets[0])
     assert bucket is not None and bucket.ends == [24, 48, 64] and bucket.replays == 60 + 4 - 2
@@ -153,7 +154,7 @@ def test_prepared_bucket_is_captured_before_the_job(tiny_cuda: tuple[Any, Any]) 
     assert backend.buckets == [key]  # both found the prepared bucket: no capture during the jobs
     assert bucket.replays == 2 * (30 + 4 - 2)
     assert torch.equal(
-        sampled, DgxBackend(mode="eager").decode(model, _request(processor, PROMPTS, rows, 30))
+        sampled, run_steps(DgxBackend(), UNCAPTURED).decode(model, _request(processor, PROMPTS, rows, 30))
     )
     assert torch.equal(greedy[2], sampled[2])
 
@@ -238,7 +239,7 @@ def test_graphs_on_either_kernels_match_transformers_greedy_and_replay(
     tiny_cuda: tuple[Any, Any], kernels: str
 ) -> None:
     model, processor = tiny_cuda
-    backend = DgxBackend(mode="graphs", length_multiple=16, attention_chunk=16, kernels=kernels)
+    backend = DgxBackend(length_multiple=16, attention_chunk=16, kernels=kernels)
     got = backend.decode(model, _request(processor, PROMPTS[:2], [GREEDY] * 2, 40))
     assert backend.kernels_for(model) == kernels  # the load check passed: no silent fallback
     (key,) = backend.buckets

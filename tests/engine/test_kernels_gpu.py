@@ -60,7 +60,7 @@ def test_graphs_on_the_triton_kernels_agree_with_aten_and_generate_at_the_small_
     enc = processor(text=PROMPTS, padding=True, return_tensors="pt").to("cuda")
 
     def decode(kernels: str) -> torch.Tensor:
-        backend = DgxBackend(mode="graphs", kernels=kernels, batch_invariant="off")
+        backend = DgxBackend(kernels=kernels, batch_invariant="off")
         req = DecodeRequest(
             input_ids=enc["input_ids"],
             attention_mask=enc["attention_mask"],

@@ -74,7 +74,7 @@ def test_a_cpu_decode_uses_packed_weights_and_gives_the_same_tokens(
     def decode() -> Any:
         rows = [RowSampling(seed=7), RowSampling(greedy=True)]
         req = DecodeRequest(enc["input_ids"], enc["attention_mask"], rows, cfg_coef=3.0, max_frames=24)
-        return DgxBackend(mode="eager").decode(model, req)
+        return DgxBackend().decode(model, req)
 
     with_packing = decode()
     assert all(layer.fc1.packed is not None for layer in fused_decoder(model_parts(model)).layers)

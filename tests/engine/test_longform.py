@@ -52,7 +52,7 @@ def test_exact_length_past_the_window(long_engine: MusicEngine, duration: float)
     )
     assert res.audio.shape == (1, 1, round(duration * SR))
     assert np.all(np.isfinite(res.audio))
-    frames = long_engine.frames_for(duration)
+    frames = long_engine.loaded.framing.frames_for(duration)  # type: ignore[union-attr]
     model = long_engine.loaded.ckpt.model  # type: ignore[union-attr]
     assert (
         seen[-1].frames_done == seen[-1].frames_total == planned_steps(model, plan_segments([frames], 40, 24))
@@ -116,7 +116,7 @@ def test_long_form_audio_is_one_pass_over_all_codes(long_engine: MusicEngine) ->
     enc = ckpt.processor(text=[req.prompt], return_tensors="pt")
     with torch.inference_mode():
         codes = decode_long(
-            long_engine.backend,  # the engine's own loop, so the same seeded samples
+            long_engine.loaded.backend,  # type: ignore[union-attr]  # the engine's own loop: the same samples
             ckpt.model,
             DecodeRequest(enc["input_ids"], enc["attention_mask"], [row_sampling(req, 5)], 3.0, 64),
             window_frames=40,

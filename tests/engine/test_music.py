@@ -16,6 +16,7 @@ from daemon.core.messages import AudioPrompt, GenerationRequest
 from daemon.engine.decoding import get_backend
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
 from daemon.engine.decoding.codec import audio_to_codes, codes_to_audio
+from daemon.engine.decoding.testseam import decode_with
 from daemon.engine.longform import plan_segments
 from daemon.engine.melody import ChromaExtractor, ChromaParams, to_rate_and_channels
 from daemon.engine.model import MusicEngine
@@ -94,10 +95,10 @@ def test_continuation_has_the_length_and_starts_with_the_reference(engine: Music
 
 def test_a_melody_model_leaves_the_decode_loop_of_the_others_alone(engine: MusicEngine) -> None:
     engine.load_model("tiny")
-    loop = engine.backend.name
+    loop = engine.loaded.backend.name  # type: ignore[union-attr]
     engine.generate(GenerationRequest("tune", 0.5, seed=1, melody=tone(1.0)), model="melodic")
     res = engine.generate(GenerationRequest("plain again", 0.5, seed=1), model="tiny")[0]
-    assert res.decoder == loop == engine.backend.name
+    assert res.decoder == loop == engine.loaded.backend.name  # type: ignore[union-attr]
 
 
 def test_continuation_on_stereo_and_from_another_rate(engine: MusicEngine) -> None:
@@ -128,7 +129,7 @@ class Recording:
 def test_each_window_gets_the_text_of_its_section(engine: MusicEngine) -> None:
     engine.load_model()  # its decode-loop check is not a window of this job
     rec = Recording(get_backend(engine.settings.decoder))
-    engine.set_backend(rec)
+    decode_with(engine, rec)
     sections = (("warm piano intro", 0.6), ("loud metal drums", 1.4))
     res = engine.generate(GenerationRequest("x / y", 2.0, seed=9, count=2, sections=sections))[0]
     assert res.audio.shape == (2, 1, 2 * SR)
@@ -151,14 +152,14 @@ def test_each_window_gets_the_text_of_its_section(engine: MusicEngine) -> None:
 def test_a_continuation_window_starts_from_the_prefix(engine: MusicEngine) -> None:
     engine.load_model()
     rec = Recording(get_backend(engine.settings.decoder))
-    engine.set_backend(rec)
+    decode_with(engine, rec)
     engine.generate(GenerationRequest("keep going", 1.5, seed=1, continue_from=tone(2.0)))
     assert [(n, c) for _, n, c in rec.calls] == [(24, 16), (20, 16)]  # 16 + 24 + 20 = 60 frames = 1.5 s
 
 
 def test_melody_model_is_given_the_chroma_and_plain_models_refuse(engine: MusicEngine) -> None:
     rec = Recording(get_backend("transformers"))
-    engine.set_backend(rec)
+    decode_with(engine, rec)
     seen: list[torch.Tensor] = []
     inner = rec.decode
 

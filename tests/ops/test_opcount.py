@@ -107,7 +107,8 @@ def test_fused_layer_does_the_same_work_in_fewer_ops(tiny: tuple[Any, Any]) -> N
     with torch.no_grad():
         expected, plain_ops = _transformers_layer_step(layer, hidden, states, mask, prefix)
         kv = torch.zeros(len(decoder.layers), 2, rows, parts.heads_count, 8, parts.head_dim)
-        cross = decoder.cross_kv(states)
+        cross = torch.empty(len(decoder.layers), 2, rows, parts.heads_count, text, parts.head_dim)
+        decoder.cross_kv(states, cross)
         fmask = float_mask(mask, torch.float32)
         fused(prefix.reshape(rows * 3, width), rows, kv[0], 0, None, cross[0], fmask)
         with counting([fused]) as counter:

@@ -61,17 +61,6 @@ class DecodeRequest:
     on_step: StepCallback | None = None  # (step, total_steps) after each step; may raise to abort
     extras: dict[str, Any] = field(default_factory=dict)  # backend-specific hints, ignored by others
 
-    def __post_init__(self) -> None:
-        b = self.input_ids.shape[0]
-        if self.attention_mask.shape != self.input_ids.shape:
-            raise ValueError("attention_mask must have the shape of input_ids")
-        if len(self.rows) != b:
-            raise ValueError(f"rows has {len(self.rows)} entries for a batch of {b}")
-        if self.max_frames < 1:
-            raise ValueError("max_frames must be at least 1")
-        if self.prompt_codes is not None and self.prompt_codes.shape[0] != b:
-            raise ValueError("prompt_codes must have one entry per row")
-
 
 @runtime_checkable
 class DecodeBackend(Protocol):
@@ -80,15 +69,3 @@ class DecodeBackend(Protocol):
     def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
         """Codes [B, K, max_frames] (long), delay pattern removed; the prompt is not included."""
         ...
-
-
-def reproducibility(backend: Any, model: Any) -> dict[str, Any]:
-    """`backend.reproducibility(model)` when the backend says; otherwise nothing is promised."""
-    describe = getattr(backend, "reproducibility", None)
-    if describe is None:
-        return {
-            "batch_mates": "may_differ",
-            "by_construction": False,
-            "basis": f"the {getattr(backend, 'name', 'unknown')} decoder makes no promise",
-        }
-    return dict(describe(model))

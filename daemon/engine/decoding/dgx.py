@@ -1,27 +1,13 @@
-"""dgx-music's own MusicGen decode loop (the "dgx" decode backend).
+"""dgx-music's own MusicGen decode loop (the "dgx" decoder).
 
-It runs transformers' text encoder and `enc_to_dec_proj` as they are, and the decoder step as
-`daemon.engine.decoding.step.FusedDecoder` (the same weights and arithmetic regrouped into fewer
-kernels). There is one loop, `daemon.engine.decoding.graphs.GraphBucket`: static buffers per shape
-bucket (batch padded to a power of two, or to the fixed row count under batch invariance; KV and
-text length rounded up), one step function, and per-row sampling (`sampler`). On CUDA its steps
-are captured in CUDA graphs (one per self-attention chunk), so a step costs one graph launch, and
-`DgxBackend.prepare` captures the buckets jobs will use at load time. Without capture (on a CPU,
-or after a capture failed) the same step runs uncaptured; a CPU call builds its bucket and drops
-it after. The model pieces are in `parts`; docs/gpu.md tells the whole story.
-
-Batch invariance: in reduced precision a row's arithmetic depends on the shapes it is computed at
-(the row count, the text length), so a job's tokens would change with its batch mates. With
-`batch_invariant` on, every call runs at one fixed row count (`max_rows` rounded up to a power of
-two) and each row's text at a length set by its own token count (rows grouped by it, each group
-decoded separately), so nothing a row is computed with depends on the other rows. Uncaptured calls
-group rows by text length the same way (on the CPU the text length is what changes a bf16 row's
-text encoding; the row count does not).
-
-Equivalence with transformers (tested): greedy decoding gives the same tokens as
-`MusicgenForConditionalGeneration.generate` with and without classifier-free guidance: the
-unconditional half is built as transformers builds it (zeroed text states and mask, projected then
-masked), and masked positions add nothing to an attention.
+transformers' text encoder and `enc_to_dec_proj` run as they are; the decoder step is
+`step.FusedDecoder`, run by the one loop of `graphs.GraphBucket` (static buffers per shape bucket,
+one step function, per-row sampling). On CUDA the steps are captured in CUDA graphs and `prepare`
+captures the buckets jobs will use at load time; elsewhere, or after a capture failed, the same
+step runs uncaptured. Greedy tokens equal transformers' `generate`, with and without guidance
+(tested). Batch invariance (`batch_invariant`): every call at one fixed row count and each row's
+text at a length set by its own tokens, so a row's tokens cannot depend on its batch mates
+(README "Reproducibility"); uncaptured calls group rows by text length the same way.
 """
 
 from __future__ import annotations
@@ -30,104 +16,68 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import torch
 
-from daemon.core.errors import GenerationError
 from daemon.engine.decoding.api import DecodeRequest
 from daemon.engine.decoding.graphs import ATTENTION_CHUNK, BucketKey, GraphBucket, next_pow2
 from daemon.engine.decoding.parts import (
     ModelParts,
-    check_request,
     decode_lengths,
     fixed_request,
     model_parts,
+    prompt_length,
     round_up,
     text_length_calls,
 )
-from daemon.engine.decoding.sampler import NOISE_CHUNK_STEPS
 from daemon.engine.decoding.step import choose_kernels, fused_decoder
-from daemon.engine.decoding.testseam import UNCAPTURED_GRAPH_PATH
+from daemon.engine.decoding.testseam import GRAPH_SHAPED
 
 log = logging.getLogger(__name__)
 
-# Text tokens `prepare` captures for by default: a prompt of a line of tags is 15-30 T5 tokens.
-PREPARED_TEXT_TOKENS = 32
-
-
-# ---------------------------------------------------------------- the backend
-
-
-def on_cuda(device: torch.device) -> bool:
-    return device.type == "cuda"
+# Text tokens `prepare` captures for, and the text buckets rows are grouped by: a prompt of a line
+# of tags is 15-30 T5 tokens.
+TEXT_TOKENS = 32
+TEXT_MULTIPLE = 16
 
 
 class DgxBackend:
-    """`daemon.engine.decoding.api.DecodeBackend`: `decode(model, req) -> codes [B, K, max_frames]`.
+    """`api.DecodeBackend`: `decode(model, req) -> codes [B, K, max_frames]`.
 
-    Args:
-        mode: "auto": CUDA graphs when the model is on CUDA, uncaptured otherwise; "eager": never
-            capture; "graphs": CUDA graphs (the model must be on CUDA); tests also use
-            `testseam.UNCAPTURED_GRAPH_PATH` (resident uncaptured buckets on any device).
-        length_multiple, text_multiple: KV capacity and text length are rounded up to these.
-        max_buckets: resident buckets kept (least recently used dropped first, `prepare`'s last).
-        attention_chunk: self-attention positions per captured graph (a step reads the live length
-            rounded up to this).
-        sync_every: on CUDA, wait for the GPU every this many steps before calling `on_step`.
-        batch_invariant: "on": every call at `fixed_rows` rows and a text bucket of each row's own
-            length, so a row's tokens cannot depend on its batch mates; "off": the batch padded to
-            a power of two (fastest); "auto": on whenever CUDA graphs run.
-        max_rows: the most rows a call gets (`max_batch`); `fixed_rows` is this rounded up to a
-            power of two.
-        text_group: rows grouped by their own text length round it up to this.
-        kernels: "triton" (layer norms fused into the matmuls after them, `kernels`), "aten"
-            (plain PyTorch ops), or "auto": triton on CUDA when Triton imports and the kernels pass
-            their check on the loaded model (`step.kernels_mismatch`). On a CPU "triton" runs
-            Triton's interpreter: for tests only.
+    batch_invariant: "on": every call at `fixed_rows` rows (`max_rows` rounded up to a power of
+        two) and a text bucket of each row's own length; "off": the batch padded to a power of
+        two (fastest); "auto": on whenever CUDA graphs run.
+    kernels: "triton" (`kernels`: layer norms fused into the matmuls after them), "aten", or
+        "auto": triton on CUDA when Triton imports and `step.kernels_mismatch` finds nothing.
+    length_multiple, attention_chunk, max_buckets: KV capacity rounded up to the first, self-
+        attention read in chunks of the second (one graph each), resident buckets kept (least
+        recently used dropped first, `prepare`'s last).
     """
 
     name = "dgx"
     # Every row draws from its own torch.Generator, so the engine may batch rows of different
     # jobs together without changing any job's audio.
     per_row_seeds = True
+    # None: captured on CUDA, uncaptured elsewhere; otherwise set by `testseam.run_steps`.
+    test_steps: str | None = None
 
     def __init__(
         self,
         *,
-        mode: str = "auto",
-        length_multiple: int = 128,
-        text_multiple: int = 16,
-        max_buckets: int = 4,
-        noise_chunk: int | None = None,
-        sync_every: int = 8,
-        attention_chunk: int = ATTENTION_CHUNK,
         batch_invariant: str = "auto",
         max_rows: int = 8,
-        text_group: int = PREPARED_TEXT_TOKENS,
         kernels: str = "auto",
+        length_multiple: int = 128,
+        attention_chunk: int = ATTENTION_CHUNK,
+        max_buckets: int = 4,
     ) -> None:
-        if kernels not in ("auto", "triton", "aten"):
-            raise ValueError(f"kernels must be auto, triton or aten, not {kernels!r}")
-        self.kernels = kernels
-        if mode not in ("auto", "eager", "graphs", UNCAPTURED_GRAPH_PATH):
-            raise ValueError(f"mode must be auto, eager or graphs, not {mode!r}")
-        if batch_invariant not in ("auto", "on", "off"):
-            raise ValueError(f"batch_invariant must be auto, on or off, not {batch_invariant!r}")
-        if max_rows < 1:
-            raise ValueError(f"max_rows must be at least 1, not {max_rows}")
-        self.batch_invariant = batch_invariant
+        self.batch_invariant, self.kernels = batch_invariant, kernels
         self.fixed_rows = next_pow2(max_rows)
-        self.text_group = round_up(max(1, text_group), text_multiple)
-        self.mode = mode
-        self.length_multiple = length_multiple
-        self.text_multiple = text_multiple
+        self.length_multiple, self.attention_chunk = length_multiple, attention_chunk
         self.max_buckets = max_buckets
-        self.noise_chunk = noise_chunk or NOISE_CHUNK_STEPS
-        self.sync_every = max(1, sync_every)
-        self.attention_chunk = max(1, attention_chunk)
         self._buckets: OrderedDict[BucketKey, GraphBucket] = OrderedDict()
         # Set by `prepare`: its keys are evicted last, and requests up to `_prepared_length`
         # positions use that capacity (chunked attention makes the larger capacity cost memory only).
@@ -159,18 +109,14 @@ class DgxBackend:
         self._bind(model)
         if self._kernels_used is None:
             parts = model_parts(model)
-            self._kernels_used = choose_kernels(self.kernels, fused_decoder(parts), on_cuda(parts.device))
+            self._kernels_used = choose_kernels(
+                self.kernels, fused_decoder(parts), parts.device.type == "cuda"
+            )
         return self._kernels_used
 
     def uses_graphs(self, model: Any) -> bool:
         """Whether decode steps of `model` are replayed from captured CUDA graphs."""
-        device = next(model.decoder.parameters()).device
-        if self.mode == "graphs" and device.type != "cuda":
-            raise GenerationError(
-                f"CUDA graphs need the model on a CUDA device, not {device}",
-                hint="use decode mode auto or eager on this device",
-            )
-        return self.mode in ("auto", "graphs") and device.type == "cuda"
+        return self.test_steps is None and next(model.decoder.parameters()).device.type == "cuda"
 
     def invariant(self, model: Any) -> bool:
         """Whether decodes of `model` run at fixed shapes (tokens independent of batch mates)."""
@@ -180,33 +126,46 @@ class DgxBackend:
 
     def keeps_buckets(self, model: Any) -> bool:
         """Whether buckets of `model` stay resident (captured, fixed shapes); else one per call."""
-        return self.mode == UNCAPTURED_GRAPH_PATH or self.uses_graphs(model) or self.batch_invariant == "on"
+        return self.test_steps == GRAPH_SHAPED or self.uses_graphs(model) or self.batch_invariant == "on"
 
-    def bucket_key(self, model: Any, req: DecodeRequest) -> BucketKey:
-        parts = model_parts(model)
-        batch, prompt_len = check_request(parts, req)
-        _, total_len = decode_lengths(parts, prompt_len, req.max_frames)
+    def _key(
+        self, model: Any, rows: int, total_len: int, text_tokens: int, doubled: bool, sampling: bool
+    ) -> BucketKey:
         length = round_up(total_len, self.length_multiple)
         if total_len <= self._prepared_length:
             length = self._prepared_length
-        rows = self.fixed_rows if self.invariant(model) else next_pow2(batch)
-        if batch > rows:
-            raise ValueError(f"a batch of {batch} rows does not fit the fixed {rows} rows")
         return BucketKey(
-            rows=rows,
-            doubled=req.cfg_coef is not None and req.cfg_coef > 1.0,
+            rows=self.fixed_rows if self.invariant(model) else next_pow2(rows),
+            doubled=doubled,
             length=length,
-            text_length=round_up(req.input_ids.shape[1], self.text_multiple),
+            text_length=round_up(text_tokens, TEXT_MULTIPLE),
+            sampling=sampling,
+        )
+
+    def bucket_key(self, model: Any, req: DecodeRequest) -> BucketKey:
+        parts = model_parts(model)
+        _, total_len = decode_lengths(parts, prompt_length(parts, req), req.max_frames)
+        key = self._key(
+            model,
+            len(req.rows),
+            total_len,
+            req.input_ids.shape[1],
+            doubled=req.cfg_coef > 1.0,
             sampling=any(not row.is_greedy for row in req.rows),
         )
+        if len(req.rows) > key.rows:
+            raise ValueError(f"a batch of {len(req.rows)} rows does not fit the fixed {key.rows} rows")
+        return key
 
     def _new_bucket(self, parts: ModelParts, key: BucketKey, capture: bool) -> GraphBucket:
         """A bucket, captured when asked; a capture that fails (other than for memory) falls back to
         running the step uncaptured, with one warning for the backend's life."""
         fused_decoder(parts).use_kernels(self.kernels_for(parts.model))
-        host_steps = self.mode != UNCAPTURED_GRAPH_PATH
+        uncaptured = lambda: GraphBucket(  # noqa: E731
+            parts, key, False, self.attention_chunk, host_steps=self.test_steps != GRAPH_SHAPED
+        )
         if not capture:
-            return GraphBucket(parts, key, False, self.attention_chunk, host_steps=host_steps)
+            return uncaptured()
         log.info("capturing CUDA graphs for %s", key)
         try:
             return GraphBucket(parts, key, True, self.attention_chunk)
@@ -216,16 +175,14 @@ class DgxBackend:
         except RuntimeError as exc:
             self.capture_error = f"{type(exc).__name__}: {exc}"
             log.warning(
-                "CUDA graph capture failed (%s: %s); decoding without graphs from now on",
-                type(exc).__name__,
-                exc,
+                "CUDA graph capture failed (%s); decoding without graphs from now on", self.capture_error
             )
-            if torch.cuda.is_available():
+            if parts.device.type == "cuda":
                 torch.cuda.synchronize(parts.device)
-            return GraphBucket(parts, key, False, self.attention_chunk, host_steps=host_steps)
+            return uncaptured()
 
     @property
-    def buckets(self) -> Sequence[BucketKey]:
+    def buckets(self) -> list[BucketKey]:
         return list(self._buckets)
 
     def bucket(self, key: BucketKey) -> GraphBucket | None:
@@ -233,43 +190,25 @@ class DgxBackend:
         return self._buckets.get(key)
 
     def prepare(
-        self,
-        model: Any,
-        *,
-        rows: int,
-        frames: int,
-        text_tokens: int = PREPARED_TEXT_TOKENS,
-        doubled: bool = True,
-        sampling: bool = True,
+        self, model: Any, *, rows: int, frames: int, text_tokens: int = TEXT_TOKENS
     ) -> list[BucketKey]:
-        """Build (on CUDA: capture) the bucket for requests of up to `rows` rows, `frames` frames
-        and `text_tokens` text tokens, so that no job pays it: from then on every request up to
-        that length uses its capacity, and it is evicted last. Greedy requests use a resident
-        sampling bucket of their shape. Returns the keys built; none where buckets are not kept."""
+        """Build (on CUDA: capture) the guided sampling bucket for requests of up to `rows` rows,
+        `frames` frames and `text_tokens` text tokens, so that no job pays it: from then on every request
+        up to that length uses its capacity (greedy ones too), and it is evicted last. Returns the
+        keys built; none where buckets are not kept."""
         if not self.keeps_buckets(model):
             return []
         parts = model_parts(model)
         self._bind(model)
         _, total_len = decode_lengths(parts, 0, frames)
         self._prepared_length = max(self._prepared_length, round_up(total_len, self.length_multiple))
-        key = BucketKey(
-            rows=self.fixed_rows if self.invariant(model) else next_pow2(rows),
-            doubled=doubled,
-            length=self._prepared_length,
-            text_length=round_up(text_tokens, self.text_multiple),
-            sampling=sampling,
-        )
+        key = self._key(model, rows, total_len, text_tokens, doubled=True, sampling=True)
         t0 = time.monotonic()
         with torch.inference_mode():
             bucket = self._bucket_for(model, parts, key)
         self._pinned.add(key)
-        log.info(
-            "prepared the decode bucket %s in %.2f s (%d CUDA graphs, %.0f MiB)",
-            key,
-            time.monotonic() - t0,
-            len(bucket.graphs),
-            bucket.nbytes() / 2**20,
-        )
+        took, graphs, mib = time.monotonic() - t0, len(bucket.graphs), bucket.nbytes() / 2**20
+        log.info("prepared the decode bucket %s in %.2f s (%d CUDA graphs, %.0f MiB)", key, took, graphs, mib)
         return [key]
 
     def _bind(self, model: Any) -> None:
@@ -303,22 +242,28 @@ class DgxBackend:
         with torch.inference_mode():
             parts = model_parts(model)
             self._bind(model)
+            run = lambda sub: self._run(model, parts, sub)  # noqa: E731
+            if self.invariant(model):
+                return self._by_text_length(parts, req, self.fixed_rows, run)
             if not self.keeps_buckets(model):
                 # Uncaptured, one call at a time: each row's text at its own length, the rows at
                 # the batch's count (CPU kernels do not change with it: tested).
-                return self._by_text_length(
-                    parts, req, None, lambda sub: self._decode_once(model, parts, sub)
-                )
-            bucket = lambda sub: self._decode_bucket(model, parts, sub)  # noqa: E731
-            if self.invariant(model):
-                return self._by_text_length(parts, req, self.fixed_rows, bucket)
-            return bucket(req)
+                return self._by_text_length(parts, req, None, run)
+            return run(req)
 
-    def _decode_once(self, model: Any, parts: ModelParts, req: DecodeRequest) -> torch.Tensor:
-        """The bucket path without capture in a bucket of its own, dropped after the call."""
+    def _run(self, model: Any, parts: ModelParts, req: DecodeRequest) -> torch.Tensor:
+        """`req` in its resident bucket (greedy rows in a resident sampling bucket of their shape:
+        the same argmax, no new capture), or in a bucket of its own dropped after the call."""
         key = self.bucket_key(model, req)
-        self._positions_for(parts, key.length)
-        return self._new_bucket(parts, key, False).decode(req, self.noise_chunk, self.sync_every)
+        if not self.keeps_buckets(model):
+            self._positions_for(parts, key.length)
+            bucket = self._new_bucket(parts, key, False)
+        else:
+            shared = replace(key, sampling=True)
+            if not key.sampling and key not in self._buckets and shared in self._buckets:
+                key = shared
+            bucket = self._bucket_for(model, parts, key)
+        return bucket.decode(req)
 
     def _by_text_length(
         self,
@@ -327,10 +272,10 @@ class DgxBackend:
         rows: int | None,
         run: Callable[[DecodeRequest], torch.Tensor],
     ) -> torch.Tensor:
-        """Rows grouped by their own text bucket (a multiple of `text_group`), each group run
+        """Rows grouped by their own text bucket (a multiple of `TEXT_TOKENS`), each group run
         as one call at that text length: at exactly `rows` rows (padding added, more rows split
         into several calls) or, with None, at the group's own row count."""
-        calls = text_length_calls(req, self.text_group, rows)
+        calls = text_length_calls(req, TEXT_TOKENS, rows)
         out: torch.Tensor | None = None
         for c, (text_len, idx) in enumerate(calls):
             sub = fixed_request(parts, req, idx, rows or len(idx), text_len, c, len(calls))
@@ -340,11 +285,3 @@ class DgxBackend:
             out[torch.tensor(idx, device=codes.device)] = codes
         assert out is not None
         return out
-
-    def _decode_bucket(self, model: Any, parts: ModelParts, req: DecodeRequest) -> torch.Tensor:
-        key = self.bucket_key(model, req)
-        shared = replace(key, sampling=True)
-        if not key.sampling and key not in self._buckets and shared in self._buckets:
-            key = shared  # greedy rows in a sampling bucket: the same argmax, no new capture
-        bucket = self._bucket_for(model, parts, key)
-        return bucket.decode(req, self.noise_chunk, self.sync_every)

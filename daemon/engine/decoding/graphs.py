@@ -1,20 +1,13 @@
 """The dgx loop: static buffers per shape bucket and one decode step, captured in CUDA graphs on a GPU.
 
-A bucket is keyed by the batch padded to a power of two, the KV capacity and text length rounded
-up to a multiple, guidance on/off and whether any row samples; its graphs serve every request
-that fits its key. The prefill runs eagerly, then each step is one graph replay that reads and
-advances a device-side position.
-
-Self-attention reads the live length, not the capacity: the capacity is cut into chunks of
-`attention_chunk` positions and one graph is captured per chunk, the graph for chunk c attending
-over kv[..., :(c + 1) * chunk] with a float mask hiding the unwritten positions of that slice. The
-host knows the step index, so it picks the graph; every graph of a bucket reads and writes the
-same static buffers and their temporaries share one graph memory pool (they never run at once).
-A step therefore reads at most `attention_chunk - 1` positions more than the live length.
-
-With `capture=False` the same step runs uncaptured: with `host_steps` (on a CPU, after a failed
-capture) the host passes the position and the attention reads exactly the filled prefix; without
-(the tests of the graph path where there is no GPU) the chunked slices run as the graphs would.
+A bucket (`BucketKey`: rows padded, KV capacity and text length rounded up, guidance on/off, any
+row sampling) serves every request that fits it. The prefill runs eagerly; each later step is one
+graph replay that reads and advances a device-side position. Self-attention reads the live length
+rounded up to `attention_chunk`: one graph per chunk, the graph for chunk c attending over
+kv[..., :(c + 1) * chunk] with a float mask hiding the unwritten positions; the graphs share the
+static buffers and one memory pool. Uncaptured (a CPU, a failed capture) the host passes the
+position and the attention reads exactly the filled prefix; the tests' graph-shaped path
+(`testseam`) runs the chunked slices uncaptured.
 """
 
 from __future__ import annotations
@@ -29,12 +22,11 @@ import torch
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.parts import (
     ModelParts,
-    call_on_step,
-    check_request,
     decode_lengths,
     delay_pattern,
     encode_text,
     extract_frames,
+    prompt_length,
 )
 from daemon.engine.decoding.sampler import RowNoise, SamplingTensors, guide, pick_tokens, sampling_tensors
 from daemon.engine.decoding.step import float_mask, fused_decoder
@@ -44,6 +36,8 @@ log = logging.getLogger(__name__)
 # Positions per self-attention chunk (one graph each): a step reads at most this many positions
 # past the live length, and a bucket of capacity C holds ceil(C / chunk) graphs.
 ATTENTION_CHUNK = 128
+# Captured steps: wait for the GPU every this many before reporting progress.
+SYNC_EVERY = 8
 
 
 def next_pow2(value: int) -> int:
@@ -193,29 +187,15 @@ class GraphBucket:
         log.info(
             "captured %d CUDA graphs (attention chunks of %d) for %s in %.2f s: buffers %.0f MiB, "
             "graph pool %.0f MiB",
-            len(graphs),
-            self.chunk,
-            self.key,
-            self.capture_s,
-            self.buffer_bytes() / 2**20,
-            self.pool_bytes / 2**20,
+            *(len(graphs), self.chunk, self.key, self.capture_s),
+            *(self.buffer_bytes() / 2**20, self.pool_bytes / 2**20),
         )
         return graphs
 
     def buffer_bytes(self) -> int:
         """The static buffers' bytes (KV cache, text states, tokens, sampling state)."""
-        buffers = (
-            self.kv,
-            self.cross,
-            self.encoder_states,
-            self.encoder_mask,
-            self.cross_mask,
-            self.tokens,
-            self.pattern,
-            self.seq,
-            self.noise,
-            self.key_positions,
-        )
+        buffers = (self.kv, self.cross, self.encoder_states, self.encoder_mask, self.cross_mask, self.tokens)
+        buffers += (self.pattern, self.seq, self.noise, self.key_positions)
         return sum(t.numel() * t.element_size() for t in buffers)
 
     def nbytes(self) -> int:
@@ -243,12 +223,12 @@ class GraphBucket:
         empty = ~self.encoder_mask.any(dim=-1, keepdim=True)
         self.encoder_mask[..., :1] |= empty[..., :1]
         self.cross_mask.copy_(float_mask(self.encoder_mask, parts.dtype))
-        self.decoder.cross_kv(self.encoder_states, out=self.cross)
+        self.decoder.cross_kv(self.encoder_states, self.cross)
 
-    def decode(self, req: DecodeRequest, noise_chunk: int, sync_every: int) -> torch.Tensor:
+    def decode(self, req: DecodeRequest) -> torch.Tensor:
         parts, key = self.parts, self.key
         self.decoder.use_kernels(self.kernels)
-        batch, prompt_len = check_request(parts, req)
+        batch, prompt_len = len(req.rows), prompt_length(parts, req)
         _, total_len = decode_lengths(parts, prompt_len, req.max_frames)
         self._load_text(req, batch)
 
@@ -268,14 +248,15 @@ class GraphBucket:
         copy_params(self.params, fresh)
         self.call_params = fresh
         self.cfg_coef.fill_(float(req.cfg_coef))
-        noise = RowNoise(rows, parts.num_codebooks, parts.vocab_size, parts.device, noise_chunk)
+        noise = RowNoise(rows, parts.num_codebooks, parts.vocab_size, parts.device)
 
         # Prefill eagerly, reading the filled prefix only.
         fed = torch.cat([padded_prefix, padded_prefix]) if key.doubled else padded_prefix
         logits = self.decoder(fed, self.kv, 0, None, self.cross, self.cross_mask)
         target = torch.tensor([start], device=parts.device)
         self._advance(logits, float(req.cfg_coef), fresh, noise.step(0), target)
-        call_on_step(req.on_step, 1, steps)
+        if req.on_step is not None:
+            req.on_step(1, steps)
 
         # Then one graph replay per step; the graph reads position start .. and advances it. Step
         # `step` feeds position start + step - 1, so the host picks that position's chunk graph.
@@ -294,7 +275,7 @@ class GraphBucket:
                 else:
                     self._step(self.ends[chunk])
             if req.on_step is not None:
-                if self.graphs and (step % sync_every == 0 or step == steps - 1):
+                if self.graphs and (step % SYNC_EVERY == 0 or step == steps - 1):
                     torch.cuda.current_stream(parts.device).synchronize()
                 req.on_step(step + 1, steps)
         seq = self.seq[:batch, :, :total_len]

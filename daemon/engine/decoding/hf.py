@@ -34,15 +34,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 class _StepHook:
     """A stopping criterion that never stops: it reports each finished step (and may raise)."""
 
-    def __init__(self, on_step: StepCallback | None, total: int) -> None:
-        self.on_step = on_step
-        self.total = total
-        self.step = 0
+    def __init__(self, on_step: StepCallback, total: int) -> None:
+        self.on_step, self.total, self.step = on_step, total, 0
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         self.step += 1
-        if self.on_step is not None:
-            self.on_step(min(self.step, self.total), self.total)
+        self.on_step(min(self.step, self.total), self.total)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -76,35 +73,22 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def reproducibility(self, model: Any) -> dict[str, Any]:
-        """What makes this backend's tokens repeatable (the sidecar's `reproducibility`)."""
-        return {
-            "batch_mates": "same_job_only",
-            "by_construction": False,
-            "basis": "transformers generate: one random stream per call, so only rows of one job "
-            "share a call, and its tokens also depend on how its rows were split (count, max_batch)",
-        }
-
     def decode(self, model: Any, req: DecodeRequest) -> torch.Tensor:
         groups: dict[tuple[float, int, float, bool], list[int]] = {}
         for i, row in enumerate(req.rows):
             groups.setdefault(row.without_seed(), []).append(i)
         per_group = max(req.max_frames, delay_steps(model)) + delay_steps(model)
         total_steps = len(groups) * per_group
-        done = 0
-        out: list[torch.Tensor | None] = [None] * len(req.rows)
-        for idx in groups.values():
-            offset = done
+        out: list[torch.Tensor] = [torch.empty(0)] * len(req.rows)
+        for g, idx in enumerate(groups.values()):
 
-            def on_step(step: int, _total: int, offset: int = offset) -> None:
+            def on_step(step: int, _total: int, offset: int = g * per_group) -> None:
                 if req.on_step is not None:
                     req.on_step(offset + step, total_steps)
 
-            codes = self._decode_group(model, req, idx, on_step)
-            done += per_group
-            for j, i in enumerate(idx):
-                out[i] = codes[j]
-        return torch.stack([c for c in out if c is not None])
+            for i, codes in zip(idx, self._decode_group(model, req, idx, on_step)):
+                out[i] = codes
+        return torch.stack(out)
 
     def _decode_group(
         self, model: Any, req: DecodeRequest, idx: list[int], on_step: StepCallback
@@ -132,8 +116,7 @@ class TransformersBackend:
         from transformers import StoppingCriteriaList
 
         hook = _StepHook(on_step, steps)
-        device = input_ids.device
-        with seeded(row.seed, device), _codes_instead_of_audio(model) as captured:
+        with seeded(row.seed, input_ids.device), _codes_instead_of_audio(model) as captured:
             model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

@@ -7,8 +7,7 @@ give the same tokens; the decoder step itself is `step.FusedDecoder`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -48,9 +47,8 @@ def model_parts(model: Any) -> ModelParts:
             hint="set `decoder: transformers` in the config",
         )
     gen = model.generation_config
-    start_id = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else gen.bos_token_id
-    if start_id is None:
-        start_id = config.bos_token_id
+    starts = (gen.decoder_start_token_id, gen.bos_token_id)
+    start_id = next((i for i in starts if i is not None), config.bos_token_id)
     pad_id = gen.pad_token_id if gen.pad_token_id is not None else config.pad_token_id
     if isinstance(start_id, list) or isinstance(pad_id, list):
         raise GenerationError("the model's generation config has list-valued start/pad token ids")
@@ -72,17 +70,14 @@ def model_parts(model: Any) -> ModelParts:
     )
 
 
-def check_request(parts: ModelParts, req: DecodeRequest) -> tuple[int, int]:
-    """Batch size and prompt length; what only the model can check (DecodeRequest checks the rest)."""
-    if req.input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, L]; got {tuple(req.input_ids.shape)}")
-    batch, prompt_len = req.input_ids.shape[0], 0
-    if req.prompt_codes is not None:
-        shape = tuple(req.prompt_codes.shape)
-        if len(shape) != 3 or shape[1] != parts.num_codebooks:
-            raise ValueError(f"prompt_codes must be [{batch}, {parts.num_codebooks}, P]; got {shape}")
-        prompt_len = shape[2]
-    return batch, prompt_len
+def prompt_length(parts: ModelParts, req: DecodeRequest) -> int:
+    """Frames of `req.prompt_codes` (0: none), which must be [B, K, P] for the model's K codebooks."""
+    if req.prompt_codes is None:
+        return 0
+    shape = tuple(req.prompt_codes.shape)
+    if len(shape) != 3 or shape[1] != parts.num_codebooks:
+        raise ValueError(f"prompt_codes must be [B, {parts.num_codebooks}, P]; got {shape}")
+    return shape[2]
 
 
 def encode_text(parts: ModelParts, req: DecodeRequest, doubled: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,11 +143,6 @@ def decode_lengths(parts: ModelParts, prompt_len: int, frames: int) -> tuple[int
     return decoded, prompt_len + decoded + kc
 
 
-def call_on_step(on_step: Callable[[int, int], None] | None, step: int, total: int) -> None:
-    if on_step is not None:
-        on_step(step, total)
-
-
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -172,13 +162,7 @@ def text_length_calls(req: DecodeRequest, multiple: int, rows: int | None) -> li
 
 
 def fixed_request(
-    parts: ModelParts,
-    req: DecodeRequest,
-    idx: list[int],
-    rows: int,
-    text_len: int,
-    call: int,
-    calls: int,
+    parts: ModelParts, req: DecodeRequest, idx: list[int], rows: int, text_len: int, call: int, calls: int
 ) -> DecodeRequest:
     """Rows `idx` of `req` as a request of exactly `rows` rows and `text_len` text tokens.
 
@@ -210,13 +194,11 @@ def fixed_request(
         def on_step(step: int, total: int) -> None:
             outer(call * total + step, calls * total)
 
-    return DecodeRequest(
+    return replace(
+        req,
         input_ids=ids.to(req.input_ids.device),
         attention_mask=mask.to(req.attention_mask.device),
         rows=[req.rows[i] for i in idx] + [RowSampling(greedy=True)] * (rows - n),
-        cfg_coef=req.cfg_coef,
-        max_frames=req.max_frames,
         prompt_codes=prompt,
         on_step=on_step,
-        extras=req.extras,
     )

@@ -20,26 +20,16 @@ log = logging.getLogger(__name__)
 PROBE_FRAMES = 2
 
 
-def probe_request(processor: Any, model: Any) -> DecodeRequest:
-    """A greedy, unguided two-frame request for the text "probe"."""
-    enc = processor(text=["a short probe"], padding=True, return_tensors="pt")
-    device = next(model.parameters()).device
-    return DecodeRequest(
-        input_ids=enc["input_ids"].to(device),
-        attention_mask=enc["attention_mask"].to(device),
-        rows=[RowSampling(greedy=True)],
-        cfg_coef=1.0,
-        max_frames=PROBE_FRAMES,
-    )
-
-
 def dgx_problem(backend: DecodeBackend, reference: DecodeBackend, model: Any, processor: Any) -> str | None:
     """Why `backend` cannot be used on `model` (None when it can).
 
     It must decode without error and give codes of the right shape; in float32 it must also give
     `reference`'s tokens (in half precision different kernels may legitimately flip an argmax).
     """
-    req = probe_request(processor, model)
+    enc = processor(text=["a short probe"], padding=True, return_tensors="pt")
+    device = next(model.parameters()).device
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    req = DecodeRequest(ids, mask, [RowSampling(greedy=True)], cfg_coef=1.0, max_frames=PROBE_FRAMES)
     try:
         with torch.inference_mode():
             ours = backend.decode(model, req)

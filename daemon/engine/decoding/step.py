@@ -1,37 +1,18 @@
-"""One MusicGen decoder step in 8 kernels per layer (13 on plain ATen ops), built from the loaded
-transformers weights.
+"""One MusicGen decoder step, built from the loaded transformers weights: the arithmetic of
+`MusicgenDecoder` + `MusicgenForCausalLM`'s heads regrouped into fewer kernels.
 
-The same arithmetic as transformers' `MusicgenDecoder` + `MusicgenForCausalLM` heads (pre-norm
-layers: self-attention, cross-attention over the text, GELU MLP; summed codebook embeddings plus
-sinusoidal positions; final norm; one head per codebook), with the work regrouped:
-  * q, k and v of the self-attention are one matmul (their weights concatenated once at load);
-  * the new keys/values go into one [2, rows, heads, capacity, head_dim] buffer per layer in one copy;
-  * each residual add rides on the matmul before it (`addmm`): not bit-identical to matmul-then-add
-    (the accumulate order differs), but greedy tokens still equal transformers' (tested on the
-    tiny model and at the musicgen-small shape; `decoder: auto` checks it again on every load);
-  * the text's cross-attention keys/values are computed once per decode, every layer in one matmul;
-  * the cross-attention mask is a float mask built once per decode (a bool mask would be converted
-    inside every attention call of every step);
-  * the codebook embeddings are one lookup in one table, the heads one matmul.
-On ATen ops a layer is 3 layer norms, 6 matmuls (3 with the residual add), 1 cache write, 2
-attentions, 1 GELU = 13 kernels, the floor for plain ops (MusicGen's exact-erf GELU rules out
-cuBLASLt's tanh-approximated GELU epilogue). With `kernels: triton` (the default on CUDA) each
-layer norm is fused into the matmul that reads it, the cache write into the q/k/v matmul and the
-GELU into fc1 (`daemon.engine.decoding.kernels`): 3 Triton kernels + 2 attentions + 3 matmuls = 8.
-A layer switches with `FusedDecoder.use_kernels`; `kernels_mismatch` checks the Triton kernels
-against the ATen ops they replace, on the loaded model, before they are used.
+q/k/v are one matmul (their weights concatenated once, the originals made views of it, so nothing
+is held twice and transformers' own forward reads the same numbers); the new keys/values go into
+one [2, rows, heads, capacity, head_dim] cache per layer; each residual add rides on the matmul
+before it (`addmm`: greedy tokens still equal transformers', tested); the text's cross-attention
+keys/values and its float mask are built once per decode; embeddings are one lookup, the heads one
+matmul. That is 13 kernels a layer on ATen ops, 8 with the Triton kernels (`kernels`), which
+`kernels_mismatch` checks against the ATen ops on the loaded model first (docs/gpu.md).
 
-Self-attention length: eagerly (`position` an int) the attention reads only the filled prefix, so
-it sees exactly what transformers' dynamic cache gives it. Inside a CUDA graph (`position` a device
-tensor) shapes are fixed: the attention reads all of the `kv` it is handed, with a float mask hiding
-the unwritten tail (SDPA's kernels take a float mask and stay graph-safe). The graph path hands it
-a view of its cache cut at the end of the live length's chunk (`graphs.GraphBucket`: one captured
-graph per chunk), so a step reads at most a chunk more than the live length, not the capacity.
-
-The concatenated weights are the model's storage: the original `q_proj`/`k_proj`/`v_proj`, head
-and embedding weights are turned into views of them, so nothing is held twice and transformers'
-own forward keeps working on the same numbers. (On a CPU the matmuls also keep a oneDNN-packed
-copy, `daemon.engine.decoding.linear`, and the self-attention runs in float32: `attention_dtype`.)
+With `position` an int the self-attention reads only the filled prefix (as transformers' dynamic
+cache); with a device tensor (inside a CUDA graph) it reads all of the `kv` view it is handed, the
+unwritten tail hidden by a float mask. On a CPU the matmuls may use oneDNN-packed weights
+(`linear`) and the attention runs in float32 (`attention_dtype`).
 """
 
 from __future__ import annotations
@@ -74,19 +55,10 @@ class FusedLayer(nn.Module):
     def __init__(self, layer: Any, *, pack: bool = False) -> None:
         super().__init__()
         sa, ca = layer.self_attn, layer.encoder_attn
-        projections = (
-            sa.q_proj,
-            sa.k_proj,
-            sa.v_proj,
-            sa.out_proj,
-            ca.q_proj,
-            ca.out_proj,
-            layer.fc1,
-            layer.fc2,
-        )
-        for proj in projections:
-            if proj.bias is not None:
-                raise ValueError("the fused MusicGen step expects bias-free projections")
+        projections = (sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj, ca.q_proj, ca.k_proj, ca.v_proj)
+        projections += (ca.out_proj, layer.fc1, layer.fc2)
+        if any(proj.bias is not None for proj in projections):
+            raise ValueError("the fused MusicGen step expects bias-free projections")
         self.heads = sa.num_heads
         self.head_dim = sa.head_dim
         self.scaling = sa.scaling
@@ -186,23 +158,15 @@ class FusedDecoder(nn.Module):
         if any(head.bias is not None for head in parts.heads):
             raise ValueError("the fused MusicGen step expects bias-free lm heads")
         cross = [
-            w
-            for layer in core.layers
-            for w in (layer.encoder_attn.k_proj.weight, layer.encoder_attn.v_proj.weight)
+            (layer.encoder_attn.k_proj.weight, layer.encoder_attn.v_proj.weight) for layer in core.layers
         ]
-        if any(layer.encoder_attn.k_proj.bias is not None for layer in core.layers):
-            raise ValueError("the fused MusicGen step expects bias-free cross-attention projections")
-        self.w_cross = _share(cross)
+        self.w_cross = _share([w for pair in cross for w in pair])
         codebooks = torch.arange(parts.num_codebooks, device=self.embed.device)
         self.offsets = (codebooks * self.rows_per_codebook).view(1, -1, 1)
         self.kernels = "aten"
 
     def use_kernels(self, kind: str) -> None:
-        """Run the step on "triton" (the norm-matmul kernels: 8 kernels a layer) or "aten" (13)."""
-        if kind not in ("aten", "triton"):
-            raise ValueError(f"kernels must be aten or triton, not {kind!r}")
-        if kind == "triton" and not all(layer.kernel_ready for layer in self.layers):
-            raise ValueError("this model's layers are not the ones the Triton kernels implement")
+        """Run the step on "triton" (the norm-matmul kernels, checked by `kernels_mismatch`) or "aten"."""
         for layer in self.layers:
             layer.triton = kind == "triton"
         self.kernels = kind
@@ -212,16 +176,15 @@ class FusedDecoder(nn.Module):
         weight = parts.core.layers[0].self_attn.q_proj.weight
         return weight.data_ptr() == self.layers[0].w_qkv.data_ptr() and weight.device == self.embed.device
 
-    def cross_kv(self, states: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """[L, 2, R, H, T, D] text keys/values for every layer, from encoder states [R, T, E]."""
+    def cross_kv(self, states: torch.Tensor, out: torch.Tensor) -> None:
+        """`out` [L, 2, R, H, T, D]: the text keys/values of every layer, from encoder states [R, T, E]."""
         rows, length, width = states.shape
-        layers = len(self.layers)
         flat = torch.mm(states.reshape(rows * length, width), self.w_cross.t())
-        kv = flat.view(rows, length, layers, 2, self.heads_count, self.head_dim).permute(2, 3, 0, 4, 1, 5)
-        if out is None:
-            return kv.contiguous()
-        out.copy_(kv)
-        return out
+        out.copy_(
+            flat.view(rows, length, len(self.layers), 2, self.heads_count, self.head_dim).permute(
+                2, 3, 0, 4, 1, 5
+            )
+        )
 
     def forward(
         self,
@@ -263,12 +226,8 @@ def fused_decoder(parts: Any) -> FusedDecoder:
 
 
 def attention_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The self-attention's dtype, and so its KV cache's: the model's, except float32 on the CPU.
-
-    The CPU's bfloat16 attention kernels are slow where its bf16 matmuls are fast (figures in
-    docs/gpu.md), so a long clip's later steps grew slower than its first. Attending in float32
-    costs two conversions per layer (the query in, the output out) and twice the cache.
-    """
+    """The self-attention's dtype, and so its KV cache's: the model's, except float32 on the CPU,
+    whose bfloat16 attention kernels are slow where its bf16 matmuls are fast (docs/gpu.md)."""
     return torch.float32 if device.type == "cpu" else dtype
 
 
@@ -290,7 +249,7 @@ def kernels_mismatch(decoder: FusedDecoder) -> str | None:
     kernels costs a warning and the plain ops, never a wrong clip.
     """
     layer = decoder.layers[0]
-    if not layer.kernel_ready:
+    if not all(each.kernel_ready for each in decoder.layers):
         return "the model's layers are not the arithmetic the kernels implement (exact GELU, affine norms)"
     fused = kernels()
     dev, dt = layer.w_qkv.device, layer.w_qkv.dtype
