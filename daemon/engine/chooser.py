@@ -47,6 +47,8 @@ def choose_setup(
     )
     if settings.decoder != "auto" or backend.name != "dgx":
         return backend, describe(backend, ckpt.model)
+    import transformers
+
     from daemon.engine.decoding.probe import dgx_problem
 
     problem = dgx_problem(backend, TransformersBackend(), ckpt.model, ckpt.processor)
@@ -56,7 +58,7 @@ def choose_setup(
         "the dgx decode loop cannot run on this model with transformers %s (%s): using transformers "
         "generate instead (slower); set `decoder: transformers` to silence this, or install a "
         "transformers version pyproject.toml allows",
-        _transformers_version(),
+        transformers.__version__,
         problem,
     )
     fallback = TransformersBackend()
@@ -133,9 +135,3 @@ def current_setup(setup: DecodeSetup, backend: DecodeBackend) -> DecodeSetup:
     if isinstance(error, str) and setup.capture == "on":
         return setup.with_capture_failed(error)
     return setup
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return str(transformers.__version__)

@@ -140,24 +140,18 @@ def gpu_info(device: torch.device | int | None = None) -> GpuInfo | None:
     """The CUDA device in use (default: the current one), or None without CUDA."""
     if not torch.cuda.is_available():
         return None
-    if device is None:
-        index = torch.cuda.current_device()
-    elif isinstance(device, int):
-        index = device
-    else:
-        index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device.index if isinstance(device, torch.device) else device
+    index = torch.cuda.current_device() if index is None else index
     props = torch.cuda.get_device_properties(index)
     major, minor = props.major, props.minor
     free, total = torch.cuda.mem_get_info(index)
-    with torch.cuda.device(index):
-        bf16 = bool(torch.cuda.is_bf16_supported())
     return GpuInfo(
         index=index,
         name=props.name,
         compute_capability=f"sm_{major}{minor}",
         total_memory_bytes=int(total),
         free_memory_bytes=int(free),
-        bf16_supported=bf16,
+        bf16_supported=_bf16_supported(torch.device("cuda", index)),
         cuda_version=torch.version.cuda,
         driver_version=_driver_version(),
         arch_supported=arch_supported(major, minor, torch.cuda.get_arch_list()),
@@ -186,33 +180,25 @@ def arch_supported(major: int, minor: int, arch_list: list[str]) -> bool:
 
 
 def _driver_version() -> str | None:
-    """The NVIDIA driver version through NVML when available (torch bundles pynvml optionally)."""
+    """The NVIDIA driver version through NVML (pynvml, where installed), else from /proc."""
     try:
         import pynvml  # type: ignore[import-not-found]
-    except ImportError:
-        return _driver_version_from_proc()
-    try:
+
         pynvml.nvmlInit()
         try:
             version = pynvml.nvmlSystemGetDriverVersion()
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # NVML missing from the driver install is normal: fall back to /proc
-        return _driver_version_from_proc()
-    return version.decode() if isinstance(version, bytes) else str(version)
-
-
-def _driver_version_from_proc() -> str | None:
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # no pynvml, or NVML missing from the driver install (normal): /proc says it too
+        pass
     try:
         with open("/proc/driver/nvidia/version", encoding="utf-8") as fh:
             first = fh.readline()
     except OSError:
         return None
     # "NVRM version: NVIDIA UNIX aarch64 Kernel Module  580.95.05  Thu ..."
-    for token in first.split():
-        if token.count(".") >= 1 and token.replace(".", "").isdigit():
-            return token
-    return None
+    return next((t for t in first.split() if "." in t and t.replace(".", "").isdigit()), None)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

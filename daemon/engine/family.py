@@ -50,26 +50,20 @@ class RowBatch(Protocol):
 
 
 class StepClock:
-    """One `generate` call's step count, progress reports, cancel and time limit, shared by its batches."""
+    """One `generate` call's step count, progress reports, cancel and time limit, shared by its
+    batches (none of the three: a warm-up's clock)."""
 
     def __init__(
         self,
-        total: int,
-        *,
-        progress: Callable[[Progress], None] | None,
-        cancel: threading.Event | None,
-        timeout_s: float | None,
+        progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | None = None,
+        timeout_s: float | None = None,
     ) -> None:
-        self.total, self.progress, self.cancel = total, progress, cancel
+        self.progress, self.cancel = progress, cancel
         self.start = time.monotonic()
         self.deadline = None if timeout_s is None else self.start + timeout_s
-        self.done = 0
+        self.total = self.done = 0
         self.callback_error: BaseException | None = None
-
-    @classmethod
-    def unbounded(cls) -> StepClock:
-        """A clock that never reports, cancels or times out (warm-up)."""
-        return cls(0, progress=None, cancel=None, timeout_s=None)
 
     def check(self) -> None:
         """Raise when the call was cancelled or ran past its time limit."""
@@ -82,10 +76,8 @@ class StepClock:
             )
 
     def advance(self, done: int) -> None:
-        """`done` steps of the call are finished: check, then report progress.
-
-        An exception of the progress callback is kept in `callback_error` and re-raised, so the
-        family can pass it through unchanged."""
+        """`done` steps of the call are finished: check, then report progress (an exception of the
+        progress callback is kept in `callback_error`, so the family can pass it through unchanged)."""
         self.done = max(self.done, done)
         self.check()
         if self.progress is not None:
@@ -138,13 +130,11 @@ class ModelFamily(Protocol):
         ...
 
 
-def random_seed() -> int:
-    return int.from_bytes(os.urandom(8), "little") % SEED_MOD
-
-
 def effective_seeds(requests: Sequence[GenerationRequest]) -> list[int]:
     """Each request's seed, or a fresh random one (recorded in its result)."""
-    return [r.seed if r.seed is not None else random_seed() for r in requests]
+    return [
+        r.seed if r.seed is not None else int.from_bytes(os.urandom(8), "little") % SEED_MOD for r in requests
+    ]
 
 
 def decode_call(

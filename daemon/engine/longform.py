@@ -75,10 +75,6 @@ def planned_steps(model: Any, plans: list[WindowPlan]) -> int:
     return sum(p.new + delay_steps(model) for p in plans)
 
 
-def window_seed(seed: int, window: int) -> int:
-    return (seed + window * _WINDOW_SEED_STEP) % SEED_MOD
-
-
 def decode_long(
     backend: DecodeBackend,
     model: Any,
@@ -112,7 +108,7 @@ def decode_long(
                 # Backends report their own totals; rescale so the job's count is monotonic.
                 on_step(base + round(step * call_steps / max(call_total, 1)), total)
 
-        rows = [replace(r, seed=window_seed(r.seed, w)) for r in req.rows] if w else req.rows
+        rows = [replace(r, seed=(r.seed + w * _WINDOW_SEED_STEP) % SEED_MOD) for r in req.rows]
         prompt = None if codes is None or plan.context == 0 else codes[..., codes.shape[-1] - plan.context :]
         window_req = replace(req, rows=rows, max_frames=plan.new, prompt_codes=prompt, on_step=step_cb)
         if texts is not None:

@@ -203,7 +203,7 @@ class MusicEngine:
         with self._lock:
             self.load_model(model)
             try:
-                clock = StepClock(0, progress=progress, cancel=cancel, timeout_s=timeout_s)
+                clock = StepClock(progress, cancel, timeout_s)
                 results = self._generate_locked(list(requests), clock, job_ids)
             except BaseException:
                 self._stats.failed_jobs += len(requests)

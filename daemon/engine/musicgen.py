@@ -118,7 +118,7 @@ class MusicGenModel:
         seconds = min(1.0, self.settings.window_s)
         t0 = time.monotonic()
         with torch.inference_mode():
-            decode_call(self, [GenerationRequest("warm up", seconds, seed=0)], [0], StepClock.unbounded())
+            decode_call(self, [GenerationRequest("warm up", seconds, seed=0)], [0], StepClock())
         log.info("warm-up generation of %.1f s took %.2f s", seconds, time.monotonic() - t0)
 
     def plan(self, requests: Sequence[GenerationRequest], seeds: Sequence[int]) -> list[Chunk]:

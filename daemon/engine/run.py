@@ -70,7 +70,9 @@ class ChunkRunner:
         """After an OOM: the backend drops what it keeps resident (captured graphs, their KV caches)
         so that the half-batch retry has that memory, then the allocator's cache is freed."""
         getattr(self.backend, "release", lambda: None)()
-        free_accelerator_cache()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _text(self, prompts: list[str]) -> SegmentText:
         enc = self.ckpt.processor(text=prompts, padding=True, return_tensors="pt")
@@ -137,9 +139,3 @@ def fit(audio: np.ndarray, n: int) -> np.ndarray:
     if audio.shape[-1] >= n:
         return np.ascontiguousarray(audio[..., :n])
     return np.pad(audio, ((0, 0), (0, n - audio.shape[-1])))
-
-
-def free_accelerator_cache() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

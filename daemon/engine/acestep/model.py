@@ -132,7 +132,7 @@ class AceStepModel:
         """One short song through every part (text encoder, condition encoder, DiT, VAE)."""
         t0 = time.monotonic()
         with torch.inference_mode():
-            decode_call(self, [GenerationRequest("warm up", 1.0, seed=0)], [0], StepClock.unbounded())
+            decode_call(self, [GenerationRequest("warm up", 1.0, seed=0)], [0], StepClock())
         log.info("warm-up song of 1.0 s took %.2f s", time.monotonic() - t0)
 
     def _params(self, req: GenerationRequest) -> SongParams:

@@ -145,17 +145,8 @@ class DgxBackend:
     def bucket_key(self, model: Any, req: DecodeRequest) -> BucketKey:
         parts = model_parts(model)
         _, total_len = decode_lengths(parts, prompt_length(parts, req), req.max_frames)
-        key = self._key(
-            model,
-            len(req.rows),
-            total_len,
-            req.input_ids.shape[1],
-            doubled=req.cfg_coef > 1.0,
-            sampling=any(not row.is_greedy for row in req.rows),
-        )
-        if len(req.rows) > key.rows:
-            raise ValueError(f"a batch of {len(req.rows)} rows does not fit the fixed {key.rows} rows")
-        return key
+        sampling, text = any(not row.is_greedy for row in req.rows), req.input_ids.shape[1]
+        return self._key(model, len(req.rows), total_len, text, req.cfg_coef > 1.0, sampling)
 
     def _new_bucket(self, parts: ModelParts, key: BucketKey, capture: bool) -> GraphBucket:
         """A bucket, captured when asked; a capture that fails (other than for memory) falls back to

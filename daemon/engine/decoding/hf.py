@@ -95,8 +95,6 @@ class TransformersBackend:
     ) -> torch.Tensor:
         row = req.rows[idx[0]]
         sel = torch.tensor(idx, device=req.input_ids.device)
-        input_ids = req.input_ids.index_select(0, sel)
-        attention_mask = req.attention_mask.index_select(0, sel)
         # transformers skips the delay pattern below K-1 frames: decode that many and cut.
         frames = max(req.max_frames, delay_steps(model))
         steps = frames + delay_steps(model)
@@ -116,10 +114,10 @@ class TransformersBackend:
         from transformers import StoppingCriteriaList
 
         hook = _StepHook(on_step, steps)
-        with seeded(row.seed, input_ids.device), _codes_instead_of_audio(model) as captured:
+        with seeded(row.seed, sel.device), _codes_instead_of_audio(model) as captured:
             model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
+                input_ids=req.input_ids.index_select(0, sel),
+                attention_mask=req.attention_mask.index_select(0, sel),
                 generation_config=gen,
                 stopping_criteria=StoppingCriteriaList([hook]),
                 **kwargs,
@@ -148,10 +146,7 @@ class TransformersBackend:
 def _generation_config(model: Any, row: RowSampling, cfg_coef: float, steps: int) -> Any:
     """The checkpoint's generation config with this row's sampling and guidance, `steps` long."""
     gen = copy.deepcopy(model.generation_config)
-    gen.max_length = None
-    gen.max_new_tokens = steps
-    gen.min_new_tokens = None
-    gen.do_sample = not row.greedy
+    gen.max_length, gen.max_new_tokens, gen.min_new_tokens, gen.do_sample = None, steps, None, not row.greedy
     top_k, top_p = row.filters()
     # generate fills None fields from the checkpoint's generation_config (top_k=250 on the hub),
     # so "off" must be spelled out: top_k=0 and top_p=1.0 add no filter.
@@ -159,9 +154,7 @@ def _generation_config(model: Any, row: RowSampling, cfg_coef: float, steps: int
         # Ignored by greedy search; these are the values transformers does not warn about.
         gen.temperature, gen.top_k, gen.top_p = 1.0, 50, 1.0
     else:
-        gen.temperature = row.temperature
-        gen.top_k = top_k
-        gen.top_p = top_p if top_p > 0 else 1.0
+        gen.temperature, gen.top_k, gen.top_p = row.temperature, top_k, top_p if top_p > 0 else 1.0
     # None would be filled back from the checkpoint's generation_config (3.0): say 1.0 (off).
     gen.guidance_scale = cfg_coef if cfg_coef > 1.0 else 1.0
     return gen

@@ -59,17 +59,12 @@ class FusedLayer(nn.Module):
         projections += (ca.out_proj, layer.fc1, layer.fc2)
         if any(proj.bias is not None for proj in projections):
             raise ValueError("the fused MusicGen step expects bias-free projections")
-        self.heads = sa.num_heads
-        self.head_dim = sa.head_dim
-        self.scaling = sa.scaling
+        self.heads, self.head_dim, self.scaling = sa.num_heads, sa.head_dim, sa.scaling
         self.norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
         self.w_qkv = _share([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
         self.qkv = Linear(self.w_qkv, pack=pack)
-        self.o = Linear(sa.out_proj.weight, pack=pack)
-        self.cq = Linear(ca.q_proj.weight, pack=pack)
-        self.co = Linear(ca.out_proj.weight, pack=pack)
-        self.fc1 = Linear(layer.fc1.weight, pack=pack)
-        self.fc2 = Linear(layer.fc2.weight, pack=pack)
+        plain = (sa.out_proj, ca.q_proj, ca.out_proj, layer.fc1, layer.fc2)
+        self.o, self.cq, self.co, self.fc1, self.fc2 = (Linear(proj.weight, pack=pack) for proj in plain)
         self.act = layer.activation_fn
         # Set by `FusedDecoder.use_kernels`: the Triton norm-matmul kernels instead of ATen ops.
         self.triton = False
@@ -145,8 +140,7 @@ class FusedDecoder(nn.Module):
         layer_bytes = sum(p.numel() * p.element_size() for p in core.layers.parameters())
         pack = packing_wanted(weight.device, weight.dtype, layer_bytes)
         self.layers = nn.ModuleList([FusedLayer(layer, pack=pack) for layer in core.layers])
-        self.num_codebooks = parts.num_codebooks
-        self.heads_count = parts.heads_count
+        self.num_codebooks, self.heads_count = parts.num_codebooks, parts.heads_count
         self.head_dim = parts.head_dim
         embeds = [core.embed_tokens[k].weight for k in range(parts.num_codebooks)]
         self.rows_per_codebook = embeds[0].shape[0]
