@@ -2,7 +2,10 @@
 
 Runs on the audio as written (decoded again from the file), in the publisher's thread, with
 librosa for the signal features (resampling, mel spectrogram, onset strength, autocorrelation,
-chroma). No numba-compiled librosa function is used, so the first job pays no compilation.
+chroma). No numba-compiled librosa function is used, so the first job pays no compilation. The
+file is read a block at a time: its mono mix at 22.05 kHz goes to a temporary clip on disk and
+the spectra are taken a run of frames at a time, so what stays in memory is the features (a few
+hundred bytes a second), not the piece.
 
 Tempo: the onset-strength envelope (11.6 ms frames at 22.05 kHz) is autocorrelated; the beat
 period is the strongest autocorrelation peak between 55 and 220 BPM (the decay of the biased
@@ -27,12 +30,15 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
-from pyloudnorm.iirfilter import IIRfilter
+import soxr
 
+from daemon.audio.stream import BLOCK_SAMPLES, BlockEnergies
+from daemon.core.pcm import ArrayClip, Clip, Pcm
 from jobspec.music import Mode, bar_beats, key_name
 
 RATE = 22050
@@ -78,14 +84,41 @@ def _librosa() -> ModuleType:
     return librosa
 
 
-def _mono(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    librosa = _librosa()
+def _mono_and_range(clip: Clip, sample_rate: int) -> tuple[Pcm, float | None]:
+    """One pass over `clip`, a block at a time: its mono mix at RATE (a clip on disk, as librosa's
+    soxr_hq resampling of the whole signal makes it) and its loudness range."""
+    directory = getattr(clip, "directory", None)
+    y = Pcm(1, directory)
+    win, hop = int(3.0 * sample_rate), int(0.1 * sample_rate)
+    starts = np.arange(0, max(0, clip.samples - win + 1), hop)
+    energies = BlockEnergies(sample_rate, clip.channels, starts, starts + win)
+    stream = (
+        None
+        if sample_rate == RATE
+        else soxr.ResampleStream(sample_rate, RATE, 1, dtype="float32", quality="HQ")
+    )
+    for start in range(0, max(clip.samples, 1), BLOCK_SAMPLES):
+        x = np.asarray(clip.read(start, start + BLOCK_SAMPLES), dtype=np.float32)
+        energies.feed(x)
+        mono = x.mean(axis=0)
+        if stream is not None:
+            mono = stream.resample_chunk(mono, last=start + BLOCK_SAMPLES >= clip.samples)
+        y.append(mono[None, :])
+    y.fit(math.ceil(clip.samples * RATE / sample_rate))  # librosa.resample's own length
+    lra = _range(energies.energies().sum(axis=0) / win) if starts.size else None
+    return y, lra
 
-    x = np.asarray(audio, dtype=np.float32)
-    y = x.mean(axis=0) if x.ndim == 2 else x
-    if sample_rate != RATE:
-        y = librosa.resample(y, orig_sr=sample_rate, target_sr=RATE, res_type="soxr_hq")
-    return np.ascontiguousarray(y, dtype=np.float32)
+
+def _framed(y: Pcm, n_fft: int, hop: int, frames_per_chunk: int) -> Iterator[np.ndarray]:
+    """`y` cut into the spans a centred STFT (zero padding) reads for each run of
+    `frames_per_chunk` frames: an STFT with center=False of each gives the whole signal's frames."""
+    frames = 1 + y.samples // hop
+    half = n_fft // 2
+    for a in range(0, frames, frames_per_chunk):
+        b = min(frames, a + frames_per_chunk)
+        lo, hi = a * hop - half, (b - 1) * hop + half + (n_fft % 2)
+        seg = y.read(max(0, lo), max(0, hi))[0]
+        yield np.pad(seg, (max(0, -lo), hi - lo - seg.shape[0] - max(0, -lo)))
 
 
 def _peak_near(acf: np.ndarray, lag: float, reach: int) -> tuple[float, float] | None:
@@ -197,13 +230,18 @@ def _downbeats(beats: np.ndarray, accent: np.ndarray, per_bar: int) -> np.ndarra
     return beats[int(np.argmax(strength)) :: per_bar]
 
 
-def _key(y: np.ndarray) -> tuple[str | None, float]:
+def _key(y: Pcm) -> tuple[str | None, float]:
     librosa = _librosa()
 
     # STFT chroma: 2.7 Hz bins resolve bass notes, at a quarter of the constant-Q chroma's cost.
-    # A440 tuning assumed: the estimate costs time and warns on near-silence.
-    chroma = librosa.feature.chroma_stft(y=y, sr=RATE, n_fft=8192, hop_length=2048, tuning=0.0)
-    profile = chroma.sum(axis=1)
+    # A440 tuning assumed: the estimate costs time and warns on near-silence. Each frame is
+    # normalised on its own, so the sum over the piece is taken a run of frames at a time.
+    profile = np.zeros(12)
+    for seg in _framed(y, 8192, 2048, 64):
+        chroma = librosa.feature.chroma_stft(
+            y=seg, sr=RATE, n_fft=8192, hop_length=2048, tuning=0.0, center=False
+        )
+        profile += chroma.sum(axis=1)
     if not np.any(profile > 0):
         return None, 0.0
     best: tuple[float, int, Mode] = (-2.0, 0, "major")
@@ -218,19 +256,11 @@ def _key(y: np.ndarray) -> tuple[str | None, float]:
 
 def loudness_range(audio: np.ndarray, sample_rate: int) -> float | None:
     """EBU Tech 3342 loudness range in LU; None when under 3 s or below the gates."""
-    x = np.asarray(audio, dtype=np.float64)
-    x = x[None] if x.ndim == 1 else x
-    for f in (
-        IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, sample_rate, "high_shelf"),
-        IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass"),
-    ):
-        x = f.apply_filter(x)
-    win, hop = int(3.0 * sample_rate), int(0.1 * sample_rate)
-    if x.shape[1] < win:
-        return None
-    power = np.cumsum(np.concatenate([np.zeros((x.shape[0], 1)), x**2], axis=1), axis=1)
-    starts = np.arange(0, x.shape[1] - win + 1, hop)
-    mean_sq = ((power[:, starts + win] - power[:, starts]) / win).sum(axis=0)
+    return _mono_and_range(ArrayClip(audio), sample_rate)[1]
+
+
+def _range(mean_sq: np.ndarray) -> float | None:
+    """The loudness range of short-term (3 s) mean squares, K-weighted and summed over channels."""
     with np.errstate(divide="ignore"):
         st = -0.691 + 10 * np.log10(mean_sq)
     st = st[st > -70.0]
@@ -241,18 +271,26 @@ def loudness_range(audio: np.ndarray, sample_rate: int) -> float | None:
     return float(np.percentile(st, 95) - np.percentile(st, 10))
 
 
-def analyze(audio: np.ndarray, sample_rate: int, time_signature: str | None = None) -> Measured:
-    """Measure `audio` ([channels, samples] or [samples]) at `sample_rate`."""
+def analyze(audio: np.ndarray | Clip, sample_rate: int, time_signature: str | None = None) -> Measured:
+    """Measure `audio` ([channels, samples] or [samples], or a clip read block by block: a long
+    piece is never in memory whole, only its features) at `sample_rate`."""
     librosa = _librosa()
 
-    y = _mono(audio, sample_rate)
-    seconds = len(y) / RATE
-    lra = loudness_range(audio, sample_rate)
-    if len(y) < 2 * 2048 or not np.any(y):
+    clip = ArrayClip(audio) if isinstance(audio, np.ndarray) else audio
+    y, lra = _mono_and_range(clip, sample_rate)
+    seconds = y.samples / RATE
+    if y.samples < 2 * 2048 or not any(np.any(b) for _, b in y.blocks()):
         return Measured(None, 0.0, [], [], None, 0.0, lra, seconds)
-    power = librosa.feature.melspectrogram(y=y, sr=RATE, hop_length=HOP, n_mels=64)
+    power = np.concatenate(
+        [
+            librosa.feature.melspectrogram(y=seg, sr=RATE, hop_length=HOP, n_mels=64, center=False)
+            for seg in _framed(y, 2048, HOP, 2048)
+        ],
+        axis=1,
+    )
     env = librosa.onset.onset_strength(S=librosa.power_to_db(power), sr=RATE, hop_length=HOP)
     key, key_conf = _key(y)
+    y.close()
     found = beat_period(env)
     if found is None:
         return Measured(None, 0.0, [], [], key, key_conf, lra, seconds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,7 @@ _GAIN_BLOCK = 8  # samples per step of the limiter's gain curve (0.25 ms at 32 k
 _MAX_LOUDNESS_PASSES = 6
 _LOUDNESS_TOLERANCE_LU = 0.1
 _CHUNK = 1 << 18  # base-rate samples per oversampling chunk: bounds memory on long clips
-_CHUNK_PAD = 64  # covers the resampling filter's half-length (10 base samples) with room to spare
+CHUNK_PAD = 64  # covers the resampling filter's half-length (10 base samples) with room to spare
 _BLOCK = 4096  # base-rate samples: the unit in which oversampling is skipped or done
 _REACH = 12  # base samples either side that shape one envelope value: filter half-length + 1 + 1
 
@@ -73,7 +74,8 @@ def _as_channels_first(audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def _db(x: float) -> float:
+def db(x: float) -> float:
+    """A magnitude in dB (-inf for 0)."""
     return 20.0 * math.log10(x) if x > 0 else float("-inf")
 
 
@@ -128,8 +130,8 @@ def _oversampled_peak_envelope(x: np.ndarray, start: int = 0, stop: int | None =
     stop = n if stop is None else stop
     env = np.empty(stop - start, dtype=np.float32)
     for c_start, c_stop in _chunk_bounds(start, stop):
-        lo = max(0, c_start - _CHUNK_PAD)
-        hi = min(n, c_stop + _CHUNK_PAD)
+        lo = max(0, c_start - CHUNK_PAD)
+        hi = min(n, c_stop + CHUNK_PAD)
         up = _oversample(x[:, lo:hi])
         np.abs(up, out=up)
         mag = up[0]
@@ -158,7 +160,7 @@ def _peak_bound(x: np.ndarray) -> np.ndarray:
     return maximum_filter1d(mag, size=2 * _REACH + 1, mode="constant") * np.float32(_OVERSHOOT_BOUND)
 
 
-def _envelope(x: np.ndarray, threshold: float) -> np.ndarray:
+def envelope(x: np.ndarray, threshold: float) -> np.ndarray:
     """An upper bound of `_oversampled_peak_envelope(x)` that is exact wherever the exact value
     could reach `threshold`.
 
@@ -193,7 +195,7 @@ def true_peak_dbtp(audio: np.ndarray, sample_rate: int) -> float:
     if sample_peak == 0.0:
         return float("-inf")
     # the true peak is >= the sample peak, so blocks that cannot reach it need no oversampling
-    return _db(max(sample_peak, float(_envelope(x, sample_peak).max())))
+    return db(max(sample_peak, float(envelope(x, sample_peak).max())))
 
 
 def _limiter_gain(env: np.ndarray, ceiling: float, sample_rate: int) -> np.ndarray:
@@ -302,12 +304,57 @@ def limit_true_peak(
         total_gain = np.full(x.shape[1], static) if total_gain is None else total_gain * static
         out = x * total_gain
         peak = 10.0 ** (true_peak_dbtp(out, sample_rate) / 20.0)
-    reduction = 0.0 if total_gain is None or total_gain.size == 0 else max(0.0, -_db(float(total_gain.min())))
-    return (out if out is not x else x.copy()), reduction, _db(peak)
+    reduction = 0.0 if total_gain is None or total_gain.size == 0 else max(0.0, -db(float(total_gain.min())))
+    return (out if out is not x else x.copy()), reduction, db(peak)
 
 
 def _peak(env: np.ndarray, out: np.ndarray) -> float:
     return max(float(env.max(initial=0.0)), float(np.abs(out).max(initial=0.0)))
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One try of a gain: what the limited output measures (and the output, when kept in memory)."""
+
+    gain_db: float
+    lufs: float
+    peak_db: float
+    reduction_db: float
+    audio: np.ndarray | None = None
+
+
+def search_gain(input_lufs: float, target_lufs: float | None, attempt: Callable[[float], Pass]) -> Pass:
+    """The gain that brings the limited output to `target_lufs`: the plain difference first; when
+    the limiter pulls loudness down, secant steps on measured loudness (at most MAX_MAKEUP_DB
+    extra). Returns the try closest to target. `attempt(gain_db)` renders and measures one try."""
+    base_gain_db = 0.0 if target_lufs is None else target_lufs - input_lufs
+    gain_db = base_gain_db
+    best: Pass | None = None
+    history: list[tuple[float, float]] = []  # (gain_db, measured lufs)
+    for _ in range(_MAX_LOUDNESS_PASSES):
+        result = attempt(gain_db)
+        if target_lufs is None:
+            return result
+        # a later pass must be clearly closer: equal loudness with deeper limiting is worse
+        if best is None or abs(target_lufs - result.lufs) < abs(target_lufs - best.lufs) - 0.05:
+            best = result
+        error = target_lufs - result.lufs
+        if result.reduction_db == 0.0 or abs(error) <= _LOUDNESS_TOLERANCE_LU:
+            break
+        history.append((gain_db, result.lufs))
+        slope = 1.0
+        if len(history) >= 2:
+            (g0, l0), (g1, l1) = history[-2], history[-1]
+            slope = (l1 - l0) / (g1 - g0) if g1 != g0 else 0.0
+            if slope < 0.1:
+                break  # more gain only deepens the limiting without getting louder
+            slope = min(slope, 1.0)
+        next_gain = min(gain_db + error / slope, base_gain_db + MAX_MAKEUP_DB)
+        if abs(next_gain - gain_db) < 0.01:
+            break
+        gain_db = next_gain
+    assert best is not None
+    return best
 
 
 def normalize(
@@ -320,9 +367,8 @@ def normalize(
 
     None for either skips that stage. Silence (< -70 LUFS) is returned untouched with
     skipped_reason "silence". When the limiter pulls loudness down, the pre-gain is raised
-    (secant steps on measured loudness, at most MAX_MAKEUP_DB extra) and the limiter re-run,
-    so the result lands on target where the ceiling allows it; otherwise the pass closest
-    to target is returned and its measured loudness reported.
+    (`search_gain`) and the limiter re-run, so the result lands on target where the ceiling
+    allows it; otherwise the pass closest to target is returned and its measured loudness reported.
     """
     ceiling_dbtp = true_peak_dbtp
     x = _as_channels_first(np.asarray(audio, dtype=np.float32))
@@ -341,14 +387,10 @@ def normalize(
             skipped_reason="silence",
         )
 
-    skipped = "no_target" if target_lufs is None else None
     # oversampled once: every pass scales it (exact: oversampling is linear)
     env_in = _oversampled_peak_envelope(x) if ceiling_dbtp is not None else None
-    base_gain_db = 0.0 if target_lufs is None else target_lufs - input_lufs
-    gain_db = base_gain_db
-    best: LoudnessResult | None = None
-    history: list[tuple[float, float]] = []  # (gain_db, measured lufs)
-    for _ in range(_MAX_LOUDNESS_PASSES):
+
+    def attempt(gain_db: float) -> Pass:
         scale = np.float32(10.0 ** (gain_db / 20.0))
         out = x * scale if gain_db != 0.0 else x.copy()
         reduction = 0.0
@@ -358,37 +400,19 @@ def normalize(
         else:
             peak_db = _measure_peak(out, sample_rate)
         lufs = integrated_lufs(out, sample_rate) if (gain_db != 0.0 or reduction > 0.0) else input_lufs
-        result = LoudnessResult(
-            audio=out,
-            input_lufs=input_lufs,
-            integrated_lufs=lufs,
-            true_peak_dbtp=peak_db,
-            gain_db=gain_db,
-            skipped_reason=skipped,
-            limiter_reduction_db=reduction,
-        )
-        if target_lufs is None:
-            return result
-        # a later pass must be clearly closer: equal loudness with deeper limiting is worse
-        if best is None or abs(target_lufs - lufs) < abs(target_lufs - best.integrated_lufs) - 0.05:
-            best = result
-        error = target_lufs - lufs
-        if reduction == 0.0 or abs(error) <= _LOUDNESS_TOLERANCE_LU:
-            break
-        history.append((gain_db, lufs))
-        slope = 1.0
-        if len(history) >= 2:
-            (g0, l0), (g1, l1) = history[-2], history[-1]
-            slope = (l1 - l0) / (g1 - g0) if g1 != g0 else 0.0
-            if slope < 0.1:
-                break  # more gain only deepens the limiting without getting louder
-            slope = min(slope, 1.0)
-        next_gain = min(gain_db + error / slope, base_gain_db + MAX_MAKEUP_DB)
-        if abs(next_gain - gain_db) < 0.01:
-            break
-        gain_db = next_gain
-    assert best is not None
-    return best
+        return Pass(gain_db, lufs, peak_db, reduction, out)
+
+    best = search_gain(input_lufs, target_lufs, attempt)
+    assert best.audio is not None
+    return LoudnessResult(
+        audio=best.audio,
+        input_lufs=input_lufs,
+        integrated_lufs=best.lufs,
+        true_peak_dbtp=best.peak_db,
+        gain_db=best.gain_db,
+        skipped_reason="no_target" if target_lufs is None else None,
+        limiter_reduction_db=best.reduction_db,
+    )
 
 
 def _measure_peak(x: np.ndarray, sample_rate: int) -> float:

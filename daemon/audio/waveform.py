@@ -40,6 +40,11 @@ def peak_envelope(audio: np.ndarray, bins: int = DEFAULT_BINS) -> Envelope:
     # reduceat over the span starts: every span is non-empty because bins <= n
     lo = np.minimum.reduceat(mono, edges[:-1])
     hi = np.maximum.reduceat(mono, edges[:-1])
+    return rounded(lo, hi)
+
+
+def rounded(lo: np.ndarray, hi: np.ndarray) -> Envelope:
+    """The sidecar's envelope from per-bin minima and maxima (non-finite values made drawable)."""
     lo = np.nan_to_num(lo, nan=0.0, posinf=1.0, neginf=-1.0)
     hi = np.nan_to_num(hi, nan=0.0, posinf=1.0, neginf=-1.0)
     return Envelope(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.config import Settings
-from daemon.core.families import job_refusal
+from daemon.core.memory import admission_refusal
 from jobspec import DEFAULT_MAX_BYTES, DEFAULT_MAX_DURATION, ErrorDetail, JobSpecError, load_job_file
 
 EXIT_OK = 0
@@ -117,9 +117,14 @@ def _check(name: str, *, max_bytes: int, max_duration: float, settings: Settings
                     )
                 )
                 continue
-            # What the daemon refuses at admission: a key the model's family cannot honour.
-            refusal = job_refusal(
-                set(job.model_fields_set), job.duration, job.model or settings.default_model, settings
+            # What the daemon refuses at admission: a key the model's family cannot honour, a job
+            # whose memory estimate exceeds max_memory_gb.
+            refusal = admission_refusal(
+                set(job.model_fields_set),
+                job.duration,
+                job.count * job.candidates,  # the rows decoded
+                job.model or settings.default_model,
+                settings,
             )
             if refusal is not None:
                 errors.append(

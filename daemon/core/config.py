@@ -202,7 +202,12 @@ class Settings(BaseSettings):
         default=600.0, gt=0, le=7200, description="longest reference audio a job may name, seconds"
     )
     max_memory_gb: float = Field(
-        default=30.0, gt=0, description="the GPU memory budget bench and doctor check against"
+        default=30.0,
+        gt=0,
+        description="the memory budget, GiB: admission and validate refuse (invalid_job, saying what "
+        "would fit) a job whose estimate exceeds it: the model's weight files + count x one variation's "
+        "working set (MusicGen: the key/value cache of one window; ACE-Step: the DiT's activations over "
+        "the song) + 0.75 GiB per job; bench and doctor check the GPU against it",
     )
     normalize_audio: bool = Field(default=True, description="apply the job's loudness target")
     retention_days: float | None = Field(

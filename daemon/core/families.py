@@ -9,6 +9,7 @@ implement what is promised here.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,39 @@ def directory_family(directory: Path) -> str | None:
     if isinstance(config, dict) and str(config.get("model_type", "")).startswith("musicgen"):
         return MUSICGEN
     return None
+
+
+def hf_cache_dir() -> Path:
+    """The hub cache as HF_HUB_CACHE / HF_HOME say at call time (huggingface_hub reads them at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME")
+    if home:
+        return Path(home) / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "huggingface" / "hub"
+
+
+def cached_snapshot(spec: ModelSpec) -> Path | None:
+    """The hub cache's snapshot folder of `spec`'s revision (a commit hash, or a branch/tag that
+    refs/ resolves), or None when that revision was never fetched."""
+    repo_dir = hf_cache_dir() / ("models--" + str(spec.id).replace("/", "--"))
+    revision = spec.revision
+    snapshot = repo_dir / "snapshots" / revision
+    if snapshot.is_dir():
+        return snapshot
+    ref = repo_dir / "refs" / revision
+    try:
+        commit = ref.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    snapshot = repo_dir / "snapshots" / commit
+    return snapshot if commit and snapshot.is_dir() else None
+
+
+def checkpoint_directory(spec: ModelSpec) -> Path | None:
+    """Where a configured model's files are: its local path, or its hub snapshot once fetched."""
+    return Path(spec.path).expanduser() if spec.path is not None else cached_snapshot(spec)
 
 
 def spec_family(spec: ModelSpec) -> str:

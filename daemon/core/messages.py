@@ -19,6 +19,8 @@ from jobspec.sidecar import ReferenceInfo, Timings
 if TYPE_CHECKING:
     import numpy as np
 
+    from daemon.core.pcm import Pcm
+
 # Effective seeds live in 0..2**63-1; variation and long-form window offsets wrap modulo this.
 SEED_MOD = 2**63
 
@@ -209,7 +211,9 @@ class LoadedModelInfo:
 
 @dataclass
 class GenerationResult:
-    audio: np.ndarray  # float32 [count, channels, samples]
+    # One clip per variation, float32 [channels, samples] on disk (daemon.core.pcm): the audio
+    # stage reads them a block at a time, so a job's audio is never in memory whole.
+    rows: tuple[Pcm, ...]
     sample_rate: int
     seed: int  # effective seed; variation i used seed + i
     generate_s: float
@@ -223,8 +227,21 @@ class GenerationResult:
     adapter: dict[str, Any] | None = None  # the LoRA adapter applied (jobspec.sidecar.AdapterInfo's fields)
 
     @property
+    def samples(self) -> int:
+        """Samples per channel of each variation."""
+        return self.rows[0].samples if self.rows else 0
+
+    @property
+    def audio(self) -> np.ndarray:
+        """Every variation in memory, float32 [count, channels, samples]: for short clips and tools;
+        the daemon's own stages read `rows` block by block."""
+        import numpy as np
+
+        return np.stack([row.array() for row in self.rows])
+
+    @property
     def audio_seconds(self) -> float:
-        return self.audio.shape[0] * self.audio.shape[-1] / self.sample_rate
+        return len(self.rows) * self.samples / self.sample_rate
 
     @property
     def rtf(self) -> float:

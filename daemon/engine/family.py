@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.core.errors import GenerationCancelled, GenerationTimeoutError
 from daemon.core.messages import SEED_MOD, DecodeSetup, GenerationRequest, LoadedModelInfo, Progress
+from daemon.core.pcm import Pcm
 
 if TYPE_CHECKING:
     import threading
@@ -105,7 +107,7 @@ class LoadedFamily(Protocol):
 
     def steps(self, batch: RowBatch) -> int: ...
 
-    def decode(self, batch: RowBatch, clock: StepClock) -> list[np.ndarray]: ...
+    def decode(self, batch: RowBatch, clock: StepClock) -> Sequence[Pcm | np.ndarray]: ...
 
     def reproducibility(self) -> dict[str, object]: ...
 
@@ -138,17 +140,24 @@ def effective_seeds(requests: Sequence[GenerationRequest]) -> list[int]:
 
 
 def decode_call(
-    model: LoadedFamily, requests: Sequence[GenerationRequest], seeds: Sequence[int], clock: StepClock
-) -> tuple[dict[tuple[int, int], np.ndarray], list[float], list[RowBatch]]:
-    """Every row of one call: audio by (request, variation), seconds spent per request, the batches."""
+    model: LoadedFamily,
+    requests: Sequence[GenerationRequest],
+    seeds: Sequence[int],
+    clock: StepClock,
+    directory: Path | None = None,
+) -> tuple[dict[tuple[int, int], Pcm], list[float], list[RowBatch]]:
+    """Every row of one call: audio by (request, variation), seconds spent per request, the batches.
+
+    A row a family returns as an array is moved into a `Pcm` in `directory` (state/) at once."""
     batches = list(model.plan(requests, seeds))
     clock.total = sum(model.steps(b) for b in batches)
-    audio: dict[tuple[int, int], np.ndarray] = {}
+    audio: dict[tuple[int, int], Pcm] = {}
     spent = [0.0] * len(requests)
     for batch in batches:
         t0 = time.monotonic()
         for row, samples in zip(batch.rows, model.decode(batch, clock)):
-            audio[(row.req_index, row.variation)] = samples
+            pcm = samples if isinstance(samples, Pcm) else Pcm.from_array(samples, directory)
+            audio[(row.req_index, row.variation)] = pcm
         seconds = time.monotonic() - t0
         for i in {r.req_index for r in batch.rows}:
             spent[i] += seconds

@@ -12,23 +12,16 @@ import os
 import re
 from pathlib import Path
 
+from daemon.core.families import hf_cache_dir
+
+__all__ = ["card_license", "hf_cache_dir", "hf_offline"]
+
 _TRUTHY = ("1", "true", "yes", "on")
 
 
 def hf_offline() -> bool:
     """HF_HUB_OFFLINE read now, not at import (the daemon may be configured after start-up)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
-
-
-def hf_cache_dir() -> Path:
-    """The hub cache as HF_HUB_CACHE / HF_HOME say at call time (huggingface_hub reads them at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME")
-    if home:
-        return Path(home) / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "huggingface" / "hub"
 
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from daemon.core.config import ModelSpec
 from daemon.core.errors import ModelLoadError
-from daemon.core.families import ACE_STEP, MUSICGEN, spec_family
-from daemon.engine.hub import hf_cache_dir, hf_offline
+from daemon.core.families import ACE_STEP, MUSICGEN, cached_snapshot, hf_cache_dir, spec_family
+from daemon.engine.hub import hf_offline
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -173,23 +173,6 @@ def safetensors_problem(path: Path) -> str | None:
     if expected != size:
         return f"truncated or padded: header says {expected} bytes, file has {size}"
     return None
-
-
-def cached_snapshot(spec: ModelSpec) -> Path | None:
-    """The hub cache's snapshot folder of `spec`'s revision (a commit hash, or a branch/tag that
-    refs/ resolves), or None when that revision was never fetched."""
-    repo_dir = hf_cache_dir() / ("models--" + str(spec.id).replace("/", "--"))
-    revision = spec.revision
-    snapshot = repo_dir / "snapshots" / revision
-    if snapshot.is_dir():
-        return snapshot
-    ref = repo_dir / "refs" / revision
-    try:
-        commit = ref.read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    snapshot = repo_dir / "snapshots" / commit
-    return snapshot if commit and snapshot.is_dir() else None
 
 
 def _hub(name: str, spec: ModelSpec, family: str) -> Loadability:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from daemon.core.config import Settings
@@ -220,17 +219,18 @@ class MusicEngine:
         seeds = effective_seeds(requests)
         reset_peak_memory(self._device)
         with torch.inference_mode():
-            audio_rows, per_request_s, batches = decode_call(loaded, requests, seeds, clock)
+            audio_rows, per_request_s, batches = decode_call(
+                loaded, requests, seeds, clock, self.settings.state_dir
+            )
         peak = peak_memory_bytes(self._device)
         info = loaded.info
         repro = loaded.reproducibility()
         continued = {b.rows[0].req_index: b.continued_s for b in batches if b.continued_s}
         results = []
         for i, (req, seed) in enumerate(zip(requests, seeds)):
-            audio = np.stack([audio_rows[(i, v)] for v in range(req.count)]).astype(np.float32, copy=False)
             results.append(
                 GenerationResult(
-                    audio=audio,
+                    rows=tuple(audio_rows[(i, v)] for v in range(req.count)),
                     sample_rate=info.sample_rate,
                     seed=seed,
                     generate_s=per_request_s[i],
@@ -257,7 +257,7 @@ class MusicEngine:
             with job_context(job_id=job_ids[i], batch=()) if job_ids else contextlib.nullcontext():
                 log.info(
                     "generated %d x %.2f s (%s) in %.2f s: RTF %.3f, seed %d, peak memory %.0f MiB",
-                    *(res.audio.shape[0], res.audio.shape[-1] / res.sample_rate, info.name, res.generate_s),
+                    *(len(res.rows), res.samples / res.sample_rate, info.name, res.generate_s),
                     *(res.rtf, res.seed, peak / 2**20),
                 )
         if self._stats.audio_seconds > 0:

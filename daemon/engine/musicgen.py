@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from daemon.core.config import Settings
 from daemon.core.errors import DgxMusicError, InvalidJobError, ModelLoadError
 from daemon.core.messages import DecodeSetup, GenerationRequest, LoadedModelInfo
+from daemon.core.pcm import Pcm
 from daemon.engine.checkpoints import LoadedCheckpoint, load_checkpoint, melody_models
 from daemon.engine.chooser import FAMILY, choose_setup, current_setup, reproducibility
 from daemon.engine.decoding.api import DecodeBackend
@@ -136,8 +136,10 @@ class MusicGenModel:
     def steps(self, batch: Chunk) -> int:  # type: ignore[override]
         return self.framing.steps(self.ckpt.model, batch)
 
-    def decode(self, batch: Chunk, clock: StepClock) -> list[np.ndarray]:  # type: ignore[override]
-        return ChunkRunner(self.ckpt, self.device, self.backend, self.framing).run(batch, clock)
+    def decode(self, batch: Chunk, clock: StepClock) -> list[Pcm]:  # type: ignore[override]
+        return ChunkRunner(
+            self.ckpt, self.device, self.backend, self.framing, self.settings.state_dir
+        ).run(batch, clock)
 
     def adapter_record(self, request: GenerationRequest) -> dict[str, Any] | None:
         return None  # MusicGen models take no adapters (admission refuses the key)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import replace
+from pathlib import Path
 
-import numpy as np
 import torch
 
 from daemon.core.errors import DgxMusicError, GenerationError, OutOfMemoryError
+from daemon.core.pcm import Pcm
 from daemon.engine.checkpoints import LoadedCheckpoint
 from daemon.engine.decoding.api import DecodeBackend, DecodeRequest
-from daemon.engine.decoding.codec import audio_to_codes, codes_to_audio
+from daemon.engine.decoding.codec import audio_to_codes, codes_to_pcm
 from daemon.engine.family import StepClock
 from daemon.engine.longform import SegmentText, decode_long
 from daemon.engine.melody import to_rate_and_channels
@@ -31,11 +32,17 @@ class ChunkRunner:
     """Decodes chunks of a loaded checkpoint, each on the step clock of its call."""
 
     def __init__(
-        self, ckpt: LoadedCheckpoint, device: torch.device, backend: DecodeBackend, framing: Framing
+        self,
+        ckpt: LoadedCheckpoint,
+        device: torch.device,
+        backend: DecodeBackend,
+        framing: Framing,
+        directory: Path | None = None,
     ) -> None:
         self.ckpt, self.device, self.backend, self.framing = ckpt, device, backend, framing
+        self.directory = directory  # where the rows' audio is written (daemon.core.pcm)
 
-    def run(self, chunk: Chunk, clock: StepClock) -> list[np.ndarray]:
+    def run(self, chunk: Chunk, clock: StepClock) -> list[Pcm]:
         """Audio per row; on CUDA out-of-memory: free the cache, split in halves, retry once."""
         try:
             return self._decode(chunk, clock)
@@ -50,7 +57,7 @@ class ChunkRunner:
             half = len(chunk.rows) // 2
             rows = len(chunk.rows)
             log.warning("out of memory with a batch of %d rows: retrying as %d + %d", rows, half, rows - half)
-            out: list[np.ndarray] = []
+            out: list[Pcm] = []
             for part in (slice(0, half), slice(half, None)):
                 sub = replace(chunk, rows=chunk.rows[part], prompts=chunk.prompts[part])
                 clock.total += self.framing.steps(self.ckpt.model, sub)
@@ -78,7 +85,7 @@ class ChunkRunner:
         enc = self.ckpt.processor(text=prompts, padding=True, return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
-    def _decode(self, chunk: Chunk, clock: StepClock) -> list[np.ndarray]:
+    def _decode(self, chunk: Chunk, clock: StepClock) -> list[Pcm]:
         model = self.ckpt.model
         rows = len(chunk.rows)
         input_ids, attention_mask = self._text(chunk.prompts)
@@ -121,7 +128,7 @@ class ChunkRunner:
             )
             clock.done = base + self.framing.steps(model, chunk)
             clock.check()
-            audio = codes_to_audio(model, codes)
+            return codes_to_pcm(model, codes, chunk.samples, directory=self.directory)
         except (DgxMusicError, torch.OutOfMemoryError):
             raise
         except BaseException as exc:
@@ -130,12 +137,3 @@ class ChunkRunner:
             if isinstance(exc, Exception):
                 raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
             raise
-        audio_np = audio.detach().to("cpu", torch.float32).numpy()
-        return [fit(audio_np[j], chunk.samples) for j in range(audio_np.shape[0])]
-
-
-def fit(audio: np.ndarray, n: int) -> np.ndarray:
-    """[channels, samples] trimmed or zero-padded to exactly n samples."""
-    if audio.shape[-1] >= n:
-        return np.ascontiguousarray(audio[..., :n])
-    return np.pad(audio, ((0, 0), (0, n - audio.shape[-1])))

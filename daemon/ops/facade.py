@@ -26,7 +26,7 @@ def save_audio(
     subtype: str = "PCM_16",
 ) -> Any:
     """Write one variation of `result` (no loudness processing) with daemon.audio.encode."""
-    return write_audio(path, result.audio[variation], result.sample_rate, format, subtype)  # type: ignore[arg-type]
+    return write_audio(path, result.rows[variation].array(), result.sample_rate, format, subtype)  # type: ignore[arg-type]
 
 
 class EngineWithTools(MusicEngine):

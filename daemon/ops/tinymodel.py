@@ -249,14 +249,19 @@ ENCODEC_32KHZ: dict[str, Any] = dict(
 )
 
 
-def init_random(directory: Path, shape: Shape, *, seed: int = 0, dtype: str = "float32") -> Path:
+def init_random(
+    directory: Path, shape: Shape, *, seed: int = 0, dtype: str = "float32", layers: int | None = None
+) -> Path:
     """Random weights at the real musicgen-{small,medium,large} shapes, for benchmarks without downloads.
 
     Text encoder at t5-base's shape, EnCodec as facebook/encodec_32khz (hop 640: 50 frames/s).
+    `layers`: fewer decoder layers than the shape has (every width kept), where a benchmark
+    measures what does not depend on the decoder's depth (the codec and audio stages).
     """
     if shape not in _SHAPES:
         raise ValueError(f"shape must be one of {', '.join(_SHAPES)}, not {shape!r}")
-    hidden, layers, heads, ffn = _SHAPES[shape]
+    hidden, depth, heads, ffn = _SHAPES[shape]
+    layers = depth if layers is None else layers
     return _save_checkpoint(
         directory,
         text_encoder=dict(

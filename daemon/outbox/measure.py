@@ -6,9 +6,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-import numpy as np
-
 from daemon.audio.analysis import Measured, analyze
+from daemon.core.pcm import Clip
 from jobspec import Job
 from jobspec.analysis import Analysis, Asked, key_relation
 
@@ -46,8 +45,8 @@ def to_sidecar(measured: Measured, job: Job) -> Analysis:
     )
 
 
-def measure(audio: np.ndarray, sample_rate: int, job: Job) -> Analysis:
-    """The sidecar's analysis of one written output (`audio` decoded from its file)."""
+def measure(audio: Clip, sample_rate: int, job: Job) -> Analysis:
+    """The sidecar's analysis of one written output (`audio`: its file, read block by block)."""
     return to_sidecar(analyze(audio, sample_rate, job.time_signature), job)
 
 

@@ -20,14 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from daemon import __version__
-from daemon.audio.encode import LOSSY, AudioFileInfo, write_audio
-from daemon.audio.loudness import SILENCE_LUFS, LoudnessResult, integrated_lufs, normalize, true_peak_dbtp
+from daemon.audio.encode import LOSSY, AudioFileInfo, FileClip, write_audio
+from daemon.audio.loudness import SILENCE_LUFS
 from daemon.audio.musictags import MusicTags
-from daemon.audio.waveform import peak_envelope
+from daemon.audio.stream import EnvelopeBuilder, Plan, measure_clip, normalize_clip, render
+from daemon.audio.waveform import Envelope
 from daemon.core.config import Settings
 from daemon.core.fsio import atomic_write_bytes
 from daemon.core.logctx import MESSAGE_ID_JOB_COMPLETED, message_id
 from daemon.core.messages import Generated
+from daemon.core.pcm import Clip, Pcm
 from daemon.outbox.hostinfo import host_info
 from daemon.outbox.measure import measure
 from daemon.outbox.shaping import shape
@@ -84,10 +86,11 @@ def file_tags(job_id: str, job: Job, seed: int, model: ModelInfo, when: float) -
     }
 
 
-def _measured(audio: np.ndarray, sample_rate: int) -> tuple[float | None, float | None]:
-    """Integrated LUFS (None below the gate: silence) and true peak of decoded file audio."""
-    lufs = integrated_lufs(audio, sample_rate)
-    peak = true_peak_dbtp(audio, sample_rate)
+def _measured(path: Path) -> tuple[float | None, float | None]:
+    """Integrated LUFS (None below the gate: silence) and true peak of a written file, decoded
+    block by block."""
+    with FileClip(path) as clip:
+        lufs, peak = measure_clip(clip, clip.sample_rate)
     return (round(lufs, 3) if np.isfinite(lufs) and lufs >= SILENCE_LUFS else None), (
         round(peak, 3) if np.isfinite(peak) else None
     )
@@ -99,9 +102,31 @@ class Published:
     sidecar: ResultSidecar
 
 
+@dataclass(frozen=True)
+class Variation:
+    """One written output: what loudness normalisation chose, the file, its loudness and true peak
+    measured on the bytes as written and decoded again, and the waveform of what was encoded."""
+
+    plan: Plan
+    info: AudioFileInfo
+    lufs: float | None
+    peak: float | None
+    waveform: Envelope
+
+
+def _render_to_disk(audio: Clip, sample_rate: int, plan: Plan) -> tuple[Pcm, Envelope]:
+    """The normalised audio in a temporary clip, and its waveform envelope built on the way."""
+    post = Pcm(audio.channels, getattr(audio, "directory", None))
+    shape = EnvelopeBuilder(audio.samples)
+    for block, _ in render(audio, sample_rate, plan.gain_db, plan.ceiling_dbtp):
+        post.append(block)
+        shape.feed(block)
+    return post, shape.envelope()
+
+
 def write_variation(
     path: Path,
-    audio: np.ndarray,
+    audio: Clip | np.ndarray,
     sample_rate: int,
     output: Output,
     target_lufs: float | None,
@@ -109,17 +134,19 @@ def write_variation(
     *,
     tags: dict[str, str],
     music: MusicTags | None = None,
-) -> tuple[LoudnessResult, AudioFileInfo, float | None, float | None]:
-    """Normalise one variation ([channels, samples]) and write it as `output` asks (create_new).
-    Returns what normalize did, the file, and its loudness and true peak measured on the bytes
-    as written and decoded again (a lossy codec or PCM rounding moves both; the sidecar reports
-    what a listener gets)."""
+) -> Variation:
+    """Normalise one variation ([channels, samples], on disk or in memory) and write it as `output`
+    asks (create_new), block by block: memory does not grow with the clip. Loudness and true peak
+    are measured on the bytes as written and decoded again (a lossy codec or PCM rounding moves
+    both; the sidecar reports what a listener gets)."""
+    clip = Pcm.from_array(audio) if isinstance(audio, np.ndarray) else audio
     limit_at = ceiling
     for attempt in range(LOSSY_PEAK_PASSES):
-        post = normalize(audio, sample_rate, target_lufs, limit_at)
+        plan = normalize_clip(clip, sample_rate, target_lufs, limit_at)
+        post, waveform = _render_to_disk(clip, sample_rate, plan)
         info = write_audio(
             path,
-            post.audio,
+            post,
             sample_rate,
             output.format,
             output.subtype,
@@ -129,8 +156,8 @@ def write_variation(
             tags=tags,
             music=music,
         )
-        assert info.decoded is not None
-        lufs, peak = _measured(info.decoded, info.sample_rate)
+        post.close()
+        lufs, peak = _measured(info.path)
         # An mp3 or Vorbis encoder's output peaks up to ~1 dB over its input: the ceiling is
         # promised for the file, so the limiter runs again, lower by the overshoot.
         last = attempt == LOSSY_PEAK_PASSES - 1
@@ -140,7 +167,7 @@ def write_variation(
             break
         limit_at -= peak - ceiling + 0.05
         info.path.unlink()
-    return post, info, lufs, peak
+    return Variation(plan, info, lufs, peak, waveform)
 
 
 def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> Published:
@@ -150,7 +177,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
     `batch_audio_s`: the audio seconds the RTF divides by, when the job shared its decode batch.
     """
     res, job, job_id, timings = done.result, done.job, done.job_id, done.timings
-    audio, sample_rate, seed = res.audio, res.sample_rate, res.seed
+    audio, sample_rate, seed = res.rows, res.sample_rate, res.seed
     model = ModelInfo(**res.model.sidecar_fields())
     t0 = time.monotonic()
     # A job from inbox/<folder>/ (source "band/x.yaml") publishes into outbox/<folder>/.
@@ -168,7 +195,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
             name, variation_seed = take.name, take.seed
             target_lufs = job.output.loudness_lufs if normalize_audio else None
             ceiling = job.output.true_peak_dbtp if normalize_audio else None
-            post, info, lufs, peak = write_variation(
+            written_take = write_variation(
                 outbox / name,
                 take.audio,
                 sample_rate,
@@ -178,11 +205,11 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
                 tags=file_tags(job_id, job, variation_seed, model, time.time()),
                 music=take.music,
             )
+            info, env = written_take.info, written_take.waveform
             written.append(info.path)
-            env = peak_envelope(post.audio)
-            assert info.decoded is not None
             t_analysis = time.monotonic()
-            analysis = measure(info.decoded, info.sample_rate, job)
+            with FileClip(info.path) as decoded:
+                analysis = measure(decoded, info.sample_rate, job)
             analysis_s += time.monotonic() - t_analysis
             outputs.append(
                 OutputInfo(
@@ -197,9 +224,9 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
                     duration_s=info.duration_s,
                     bytes=info.bytes,
                     sha256=info.sha256,
-                    integrated_lufs=lufs,
-                    true_peak_dbtp=peak,
-                    gain_db=round(post.gain_db, 3),
+                    integrated_lufs=written_take.lufs,
+                    true_peak_dbtp=written_take.peak,
+                    gain_db=round(written_take.plan.gain_db, 3),
                     variation=take.variation,
                     seed=variation_seed,
                     loop=take.loop,

@@ -10,6 +10,7 @@ and key are clearest (minus the sum of their confidences). Ties go to the lower 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from daemon.audio.analysis import analyze
 from daemon.audio.loop import Looped, make_loop
 from daemon.audio.musictags import MusicTags
 from daemon.core.messages import SEED_MOD
+from daemon.core.pcm import Pcm
 from jobspec import Job
 from jobspec.analysis import KEY_STEPS, CandidateInfo, LoopInfo, key_relation
 from jobspec.music import bar_beats
@@ -28,10 +30,10 @@ NO_TEMPO, NO_KEY, KEY_WEIGHT, SEAM_WEIGHT = 30.0, 12.0, 4.0, 5.0
 
 @dataclass(frozen=True)
 class Take:
-    """One file to write: its name, audio [channels, samples], variation number and seed."""
+    """One file to write: its name, audio [channels, samples] (on disk), variation number and seed."""
 
     name: str
-    audio: np.ndarray
+    audio: Pcm
     variation: int
     seed: int
     loop: LoopInfo | None
@@ -96,10 +98,13 @@ def score_take(job: Job, raw: np.ndarray, sample_rate: int, looped: Looped | Non
 
 
 def shape(
-    job_id: str, job: Job, audio: np.ndarray, sample_rate: int, seed: int
+    job_id: str, job: Job, audio: Sequence[Pcm], sample_rate: int, seed: int
 ) -> tuple[list[Take], list[CandidateInfo]]:
-    """The files a job writes from its rows ([rows, channels, samples]) and, for best-of-N, every
-    take's record (the chosen one first written as `<id>.<ext>`, kept ones as `<id>-c<n>.<ext>`)."""
+    """The files a job writes from its rows (one clip [channels, samples] each) and, for best-of-N,
+    every take's record (the chosen one first written as `<id>.<ext>`, kept ones as `<id>-c<n>.<ext>`).
+
+    Only loops and best-of-N read a whole take into memory (a loop is cut from all of it, a take is
+    scored on all of it), one take at a time; other takes pass through on disk."""
     looped: list[Looped | None] = []
     for row in audio:
         if job.loop is None or job.bpm is None:
@@ -107,10 +112,14 @@ def shape(
         else:
             looped.append(
                 make_loop(
-                    row, sample_rate, bpm=job.bpm, bars=job.loop.bars, time_signature=job.time_signature
+                    row.array(),
+                    sample_rate,
+                    bpm=job.bpm,
+                    bars=job.loop.bars,
+                    time_signature=job.time_signature,
                 )
             )
-    rows = [row if lp is None else lp.audio for row, lp in zip(audio, looped)]
+    rows = [row if lp is None else Pcm.from_array(lp.audio, row.directory) for row, lp in zip(audio, looped)]
     loops = [None if lp is None else loop_info(job, lp) for lp in looped]
     tags = [None if lp is None else loop_tags(job, lp) for lp in looped]
     seeds = [(seed + i) % SEED_MOD for i in range(len(rows))]
@@ -122,7 +131,9 @@ def shape(
             Take(n, r, i + 1, s, lp, tracks[i] if tracks else None, music=t)
             for i, (n, r, s, lp, t) in enumerate(zip(names, rows, seeds, loops, tags))
         ], []
-    records = [score_take(job, audio[i], sample_rate, looped[i], i + 1, seeds[i]) for i in range(len(rows))]
+    records = [
+        score_take(job, audio[i].array(), sample_rate, looped[i], i + 1, seeds[i]) for i in range(len(rows))
+    ]
     best = min(range(len(records)), key=lambda i: (records[i].score, i))
     takes = [Take(f"{job_id}.{ext}", rows[best], 1, seeds[best], loops[best], music=tags[best])]
     if job.keep_candidates:

@@ -15,8 +15,8 @@ import time
 from daemon import spool
 from daemon.core.config import Settings
 from daemon.core.errors import ErrorType
-from daemon.core.families import job_refusal
 from daemon.core.logctx import job_context
+from daemon.core.memory import admission_refusal
 from daemon.queue.jobqueue import JobQueue, QueueClosed
 from daemon.queue.jobs import ClaimGroup, QueuedJob, fail_group_job, finish_group_job, load_done
 from daemon.spool import state
@@ -112,8 +112,12 @@ class Admission:
                     )
                     finish_group_job(s, group, item.job_id, failed=True)
                     continue
-                refusal = job_refusal(
-                    set(item.job.model_fields_set), item.job.duration, item.job.model or s.default_model, s
+                refusal = admission_refusal(
+                    set(item.job.model_fields_set),
+                    item.job.duration,
+                    item.job.count * item.job.candidates,  # the rows decoded
+                    item.job.model or s.default_model,
+                    s,
                 )
                 if refusal is not None:
                     fail_group_job(

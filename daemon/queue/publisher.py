@@ -2,7 +2,8 @@
 
 Loudness, encoding and the fsyncs of one batch overlap the decoding of the next. A write error
 that a retry can get past (full disk, read-only or unwritable outbox) keeps the job in work/
-with its audio in memory and retries with backoff: nothing lost, nothing marked invalid.
+with its audio kept (in state/, or in memory when the disk is full) and retries with backoff:
+nothing lost, nothing marked invalid.
 """
 
 from __future__ import annotations

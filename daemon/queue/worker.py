@@ -6,7 +6,7 @@ outcome (the engine and the publish step are injected by the service):
 * a user's cancel request -> failed/ with status `cancelled`;
 * a shutdown in the middle of a job -> the job goes back to work/ untouched (re-run at next start);
 * a write error (full disk, read-only or unwritable outbox) -> the job stays in work/, its audio
-  kept in memory, and publishing is retried later: nothing lost, nothing marked invalid.
+  kept (daemon.core.pcm), and publishing is retried later: nothing lost, nothing marked invalid.
 """
 
 from __future__ import annotations
@@ -358,7 +358,7 @@ class Worker:
         """The hand-off to the outbox: the job as it ran, its result and what it took."""
         update: dict[str, Any] = {"model": item.job.model or self.settings.default_model}
         if result.request is not None and result.request.edit is not None:
-            update["duration"] = round(result.audio.shape[-1] / result.sample_rate, 6)
+            update["duration"] = round(result.samples / result.sample_rate, 6)
         return Generated(
             job_id=item.job_id,
             job=item.job.model_copy(update=update),

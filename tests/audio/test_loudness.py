@@ -303,13 +303,13 @@ def test_written_files_meet_target_and_ceiling_by_ffmpeg(
     audio = music_like(4.0, level=0.2) if material == "music" else noise(4.0)
     for fmt, subtype, codec in FORMATS:
         output = Output(format=fmt, subtype=subtype, codec=codec)
-        post, info, lufs_ours, peak_ours = write_variation(
+        written = write_variation(
             tmp_path / f"{material}-{subtype}-{codec}.{fmt}", audio, SR, output, target, ceiling, tags={}
         )
         if target == -10.0:
-            assert post.limiter_reduction_db > 1.0  # the limiter really worked on this material
-        lufs, peak = ffmpeg_ebur128(info.path)
-        where = f"{fmt}/{subtype}/{codec}: {lufs} LUFS, {peak} dBTP (sidecar: {lufs_ours}, {peak_ours})"
+            assert written.plan.limiter_reduction_db > 1.0  # the limiter really worked on this material
+        lufs, peak = ffmpeg_ebur128(written.info.path)
+        where = f"{fmt}/{subtype}/{codec}: {lufs} LUFS, {peak} dBTP (sidecar: {written.lufs}, {written.peak})"
         assert abs(lufs - target) <= 0.5, where
         assert peak <= ceiling + 0.2, where
 

@@ -225,6 +225,33 @@ def test_config_families_refuse_keys_a_model_cannot_honour(
     assert out[3] == f"{fine}: ok (1 job)"
 
 
+def test_a_job_over_the_memory_budget_is_refused_with_what_would_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """musicgen-large's decoder shape (48 layers of 2048) with 10 GiB of weights, run in 16-bit:
+    a 30 s variation's key/value cache is 1.1 GiB, so 8 of them do not fit a 16 GB budget, 2 do."""
+    large = tmp_path / "large"
+    large.mkdir()
+    (large / "config.json").write_text(
+        json.dumps({"model_type": "musicgen", "decoder": {"num_hidden_layers": 48, "hidden_size": 2048}})
+    )
+    with open(large / "model.safetensors", "wb") as fh:
+        fh.truncate(10 << 30)  # sparse: only its size is read
+    config = write(
+        tmp_path,
+        "config.yaml",
+        f"models:\n  large: {{path: {large}}}\ndefault_model: large\ndtype: bfloat16\nmax_memory_gb: 16\n",
+    )
+    eight = write(tmp_path, "eight.yaml", "prompt: a long take\nduration: 30\ncount: 8\n")
+    two = write(tmp_path, "two.yaml", "prompt: a long take\nduration: 30\ncount: 2\n")
+    assert main(["validate", "--config", str(config), str(eight), str(two)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert "needs about 19.5 GB (model 10.0 GB + 8 x 1.10 GB per variation of 30 s)" in out[0]
+    assert "more than max_memory_gb (16 GB)" in out[0]
+    assert "lower count to 4" in out[0] and "raise max_memory_gb" in out[0]
+    assert out[1] == f"{two}: ok (1 job)"
+
+
 def test_wrong_values_are_said_in_the_projects_words(tmp_path: Path) -> None:
     bad = write(
         tmp_path,

@@ -7,9 +7,13 @@ tiny test checkpoint runs at 40 frames/s, the hub models at 50.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from daemon.core.pcm import Pcm
 
 
 def channel_codebooks(model: Any) -> int:
@@ -37,31 +41,62 @@ WINDOW_FRAMES = 250
 CONTEXT_FRAMES = 50
 
 
-def codes_to_audio(
-    model: Any, codes: torch.Tensor, *, window: int = WINDOW_FRAMES, context: int = CONTEXT_FRAMES
-) -> torch.Tensor:
-    """Audio [B, channels, samples] (float32, on the CPU) from codes [B, K, T] through the model's
-    EnCodec, one row and one window of `window` frames (plus `context` on each side) at a time.
+def _row_windows(
+    model: Any, codes: torch.Tensor, row: int, window: int, context: int
+) -> Iterator[torch.Tensor]:
+    """Audio [channels, n] (float32, on the CPU) of row `row` of codes [B, K, T], one window of
+    `window` frames at a time, each decoded with `context` frames either side and cut to its own.
 
     Stereo MusicGen interleaves codebooks (even: left, odd: right), each half decoded by the mono codec.
     """
     codec = model.audio_encoder
     channels = model.config.decoder.audio_channels
     hop = math.prod(model.config.audio_encoder.upsampling_ratios)
-    rows, _, frames = codes.shape
-    out = torch.zeros(rows, channels, frames * hop, dtype=torch.float32)
+    frames = codes.shape[-1]
     parts = [slice(None)] if channels == 1 else [slice(0, None, 2), slice(1, None, 2)]
-    for row in range(rows):
-        for channel, books in enumerate(parts):
-            row_codes = codes[row : row + 1, books, :]
-            for start in range(0, frames, window):
-                stop = min(frames, start + window)
-                lo, hi = max(0, start - context), min(frames, stop + context)
-                piece = row_codes[..., lo:hi].to(codec.device)
-                audio = codec.decode(piece[None, ...], audio_scales=[None]).audio_values
-                audio = audio[0, 0, (start - lo) * hop : (stop - lo) * hop].float().cpu()
-                out[row, channel, start * hop : start * hop + audio.shape[-1]] = audio
-    return out
+    for start in range(0, frames, window):
+        stop = min(frames, start + window)
+        lo, hi = max(0, start - context), min(frames, stop + context)
+        per_channel = []
+        for books in parts:
+            piece = codes[row : row + 1, books, lo:hi].to(codec.device)
+            audio = codec.decode(piece[None, ...], audio_scales=[None]).audio_values
+            per_channel.append(audio[0, 0, (start - lo) * hop : (stop - lo) * hop].float().cpu())
+        yield torch.stack(per_channel)
+
+
+def codes_to_audio(
+    model: Any, codes: torch.Tensor, *, window: int = WINDOW_FRAMES, context: int = CONTEXT_FRAMES
+) -> torch.Tensor:
+    """Audio [B, channels, samples] (float32, on the CPU) from codes [B, K, T] through the model's
+    EnCodec, one row and one window of `window` frames (plus `context` on each side) at a time."""
+    return torch.stack(
+        [
+            torch.cat(list(_row_windows(model, codes, row, window, context)), dim=-1)
+            for row in range(codes.shape[0])
+        ]
+    )
+
+
+def codes_to_pcm(
+    model: Any,
+    codes: torch.Tensor,
+    samples: int,
+    *,
+    directory: Path | str | None = None,
+    window: int = WINDOW_FRAMES,
+    context: int = CONTEXT_FRAMES,
+) -> list[Pcm]:
+    """`codes_to_audio`, each row written window by window into its own clip on disk (cut or padded
+    to `samples`): no more than one window of audio is in memory at a time."""
+    rows = []
+    for row in range(codes.shape[0]):
+        pcm = Pcm(int(model.config.decoder.audio_channels), directory)
+        for audio in _row_windows(model, codes, row, window, context):
+            pcm.append(audio[:, : max(0, samples - pcm.samples)].numpy())
+        pcm.fit(samples)
+        rows.append(pcm)
+    return rows
 
 
 def audio_to_codes(model: Any, audio: torch.Tensor, frames: int) -> torch.Tensor:
