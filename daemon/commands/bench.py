@@ -94,6 +94,14 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
         help="ace-step: denoising steps (default the checkpoint's)",
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=4,
+        metavar="N",
+        help="ace-step --compare: timed runs per engine after the warm-up, who goes first alternating "
+        "(default 4; the fastest counts)",
+    )
+    parser.add_argument(
         "--compare",
         action="store_true",
         help="transformers generate and our decode loop on the same model, prompts and lengths",
@@ -193,6 +201,7 @@ def run_song_compare(args: argparse.Namespace, settings: Settings, model_name: s
         args.batch,
         model_name=name,
         steps=args.steps,
+        repeats=max(1, args.repeats),
         progress=lambda text: print(text, file=sys.stderr),
     )
     if args.json:

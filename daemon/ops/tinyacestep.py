@@ -162,6 +162,19 @@ def _save(pipe: Any, directory: Path, *, dtype: str, card: str) -> Path:
     return directory
 
 
+# The tiny pipeline's VAE (AutoencoderOobleck's arguments): 8 latent channels, a 1536-sample hop.
+TINY_VAE: dict[str, Any] = dict(
+    # The encoder gives mean and scale: twice the latent channels the decoder reads.
+    encoder_hidden_size=16,
+    downsampling_ratios=[2, 4, 4, 6, 8],
+    channel_multiples=[1, 1, 1, 1, 1],
+    decoder_channels=4,
+    decoder_input_channels=8,
+    audio_channels=2,
+    sampling_rate=48000,
+)
+
+
 def tiny_pipeline(*, variant: Variant = "turbo", seed: int = 0) -> Any:
     """The tiny random AceStepPipeline of `init_tiny`, in memory (about 200k parameters)."""
     acoustic = 8
@@ -219,16 +232,7 @@ def tiny_pipeline(*, variant: Variant = "turbo", seed: int = 0) -> Any:
             rope_theta=10000.0,
             sliding_window=16,
         ),
-        vae=dict(
-            # The encoder gives mean and scale: twice the latent channels the decoder reads.
-            encoder_hidden_size=2 * acoustic,
-            downsampling_ratios=[2, 4, 4, 6, 8],
-            channel_multiples=[1, 1, 1, 1, 1],
-            decoder_channels=4,
-            decoder_input_channels=acoustic,
-            audio_channels=2,
-            sampling_rate=48000,
-        ),
+        vae=TINY_VAE,
         variant=variant,
         seed=seed,
         fast_init=False,

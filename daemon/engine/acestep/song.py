@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from daemon.engine.acestep.crossattn import cached_cross_attention
+from daemon.engine.acestep.timbre import conditioning_states
+from daemon.engine.acestep.vae import decode_rows, lean_snakes
 
 # The pipeline's own token limits (its __call__ defaults).
 MAX_TEXT_TOKENS = 256
@@ -178,8 +180,9 @@ def render(
 
 def conditioning(pipe: Any, p: SongParams, rows: list[SongRow], instruction: str) -> torch.Tensor:
     """The DiT's conditioning of `rows` (prompt, lyrics, metadata under `instruction`); with no
-    reference audio the timbre encoder reads the checkpoint's learned silence (as the pipeline)."""
-    device, dtype, n = pipe._execution_device, pipe.transformer.dtype, len(rows)
+    reference audio the timbre is the checkpoint's learned silence's (as the pipeline's), encoded
+    once per model (`timbre`)."""
+    device, dtype = pipe._execution_device, pipe.transformer.dtype
     text_h, text_mask, lyric_h, lyric_mask = pipe.encode_prompt(
         prompt=[r.prompt for r in rows],
         lyrics=[r.lyrics for r in rows],
@@ -193,17 +196,7 @@ def conditioning(pipe: Any, p: SongParams, rows: list[SongRow], instruction: str
         max_text_length=MAX_TEXT_TOKENS,
         max_lyric_length=MAX_LYRIC_TOKENS,
     )
-    timbre_frames = math.ceil(30 * pipe.latents_per_second)
-    silence = pipe.condition_encoder.silence_latent[:, :timbre_frames, :].to(device=device, dtype=dtype)
-    states, _ = pipe.condition_encoder(
-        text_hidden_states=text_h,
-        text_attention_mask=text_mask,
-        lyric_hidden_states=lyric_h,
-        lyric_attention_mask=lyric_mask,
-        refer_audio_acoustic_hidden_states_packed=silence.expand(n, -1, -1).contiguous(),
-        refer_audio_order_mask=torch.arange(n, device=device, dtype=torch.long),
-    )
-    return states
+    return conditioning_states(pipe, text_h, text_mask, lyric_h, lyric_mask, device, dtype)
 
 
 @torch.no_grad()
@@ -324,18 +317,10 @@ def _call(
         # Outside the range the source's own latents are decoded, so the rest of the song is the
         # source's VAE round trip (the pipeline alone would regenerate it near the source).
         xt = torch.where(chunk_mask > 0.5, xt, kept)
-    audio = pipe.vae.decode(xt.transpose(1, 2)).sample.float()
-    # The pipeline's loudness: anti-clip, then every row's peak at -1 dBFS (each row on its own).
-    # A repaint keeps the source's level (what is kept must stay as it was).
-    peak = audio.abs().amax(dim=[1, 2], keepdim=True)
-    if torch.any(peak > 1.0):
-        audio = audio / peak.clamp(min=1.0)
-    if task != "repaint":
-        peak = audio.abs().amax(dim=[1, 2], keepdim=True).clamp(min=1e-6)
-        audio = audio * (10.0 ** (-1.0 / 20.0) / peak)
-    samples = int(round(p.duration * pipe.sample_rate))
-    out_np = audio.cpu().numpy()
-    return [_fit(out_np[j], samples) for j in range(n)]
+    del encoder_states, context, src_latents, text_only, latents
+    # The pipeline's level (anti-clip, then every row's peak at -1 dBFS, each row on its own); a
+    # repaint keeps the source's level (what is kept must stay as it was).
+    return decode_rows(pipe.vae, xt, int(round(p.duration * pipe.sample_rate)), level=task != "repaint")
 
 
 def encode_source(pipe: Any, audio: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -345,7 +330,8 @@ def encode_source(pipe: Any, audio: np.ndarray, device: torch.device, dtype: tor
     hop = round(pipe.sample_rate / pipe.latents_per_second)
     audio = np.pad(audio, ((0, 0), (0, -audio.shape[-1] % hop)))
     x = torch.from_numpy(np.ascontiguousarray(audio)).unsqueeze(0).to(device=device, dtype=pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.mode().transpose(1, 2).to(dtype=dtype)
+    with lean_snakes(pipe.vae):
+        return pipe.vae.encode(x).latent_dist.mode().transpose(1, 2).to(dtype=dtype)
 
 
 def source_latents(
@@ -363,10 +349,3 @@ def source_latents(
             :, :length, :
         ].contiguous()
     return src, kept, length
-
-
-def _fit(audio: np.ndarray, n: int) -> np.ndarray:
-    """[channels, samples] trimmed or zero-padded to exactly n samples."""
-    if audio.shape[-1] >= n:
-        return np.ascontiguousarray(audio[..., :n])
-    return np.pad(audio, ((0, 0), (0, n - audio.shape[-1])))
