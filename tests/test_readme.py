@@ -42,3 +42,10 @@ def test_every_command_is_documented() -> None:
 def test_service_section_is_the_installed_doc() -> None:
     # install.sh ships docs/service.md as the unit's Documentation=; the README must say the same.
     assert (ROOT / "docs" / "service.md").read_text(encoding="utf-8").strip() in README
+
+
+def test_every_example_is_named_in_the_readme() -> None:
+    examples = sorted(p.name for p in (ROOT / "examples").iterdir() if p.suffix in (".yaml", ".yml"))
+    assert examples
+    missing = [name for name in examples if f"(examples/{name})" not in README]
+    assert not missing, f"README's examples table lacks {missing}"

@@ -5,10 +5,8 @@ in fresh processes, on the tiny pipeline's VAE)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,49 +77,27 @@ def test_a_repaint_keeps_the_level_and_a_short_ask_is_padded(vae: Any) -> None:
     assert not kept[:, 40 * HOP :].any()
 
 
-_CHILD = """
-import json, sys, torch
-from diffusers import AutoencoderOobleck
-from daemon.engine.acestep.vae import decode_rows
-from daemon.engine.devices import peak_memory_bytes, reset_peak_memory
-from daemon.ops.tinyacestep import TINY_VAE
-torch.manual_seed(0)
-torch.set_num_threads(1)
-vae = AutoencoderOobleck(**TINY_VAE).eval()
-vae.enable_tiling()
-vae.tile_latent_min_length, vae.tile_latent_overlap = 32, 4
-seconds = float(sys.argv[1])
-decode_rows(vae, torch.randn(1, 32, 8), 32 * 1536)  # the kernels' one-time buffers, out of the window
-z = torch.randn(1, int(seconds * 48000 / 1536), 8)
-cpu = torch.device("cpu")
-reset_peak_memory(cpu)
-audio = decode_rows(vae, z, int(seconds * 48000))[0]
-print(json.dumps({"peak": peak_memory_bytes(cpu), "audio": audio.nbytes}))
-"""
+def _benchmark() -> Any:
+    # benchmarks/ is a folder of scripts, not a package: load the script by its path.
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "acestep_vae_memory.py"
+    spec = importlib.util.spec_from_file_location("acestep_vae_memory", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_decode_working_memory_does_not_grow_with_the_song() -> None:
+    bench = _benchmark()
     # 1 s windows, songs of 4 s and 40 s (as 60 s and 600 s are to the real 20 s tile), each in a
     # fresh process, side by side.
-    # A fixed mmap threshold: freed blocks go back to the system, so the resident set follows
-    # what is live instead of glibc's heap slack.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    procs = {
-        s: subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(s)], stdout=subprocess.PIPE, text=True, env=env
-        )
-        for s in (4, 40)
-    }
-    out = {}
-    for s, proc in procs.items():
-        stdout, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0
-        out[s] = json.loads(stdout.splitlines()[-1])
-    work = {s: r["peak"] - r["audio"] for s, r in out.items()}
-    grown_audio = out[40]["audio"] - out[4]["audio"]
+    procs = {s: bench.measure(s, tile=32, overlap=4) for s in (4, 40)}
+    out = {s: bench.result(proc, timeout=120) for s, proc in procs.items()}
+    work = {s: r["work_bytes"] for s, r in out.items()}
+    grown_audio = out[40]["audio_bytes"] - out[4]["audio_bytes"]
     assert grown_audio > 10 << 20
     # The song's own samples grow tenfold; what the decode holds beside them may grow by less than
     # half of that (allocator slack), where a whole decode's audio-rate activations grow by many
     # times the audio (about 20 times at this shape).
-    assert work[40] - work[4] < grown_audio // 2, (work, out)
-    assert out[40]["peak"] < 2 * out[40]["audio"] + (16 << 20), out
+    assert work[40] - work[4] < grown_audio // 2, out
+    assert out[40]["peak_bytes"] < 2 * out[40]["audio_bytes"] + (16 << 20), out
