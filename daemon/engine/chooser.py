@@ -91,42 +91,25 @@ def describe(
 def reproducibility(setup: DecodeSetup, backend: DecodeBackend, model: Any) -> dict[str, Any]:
     """What makes the tokens of `model` under `setup` repeatable (the sidecar's `reproducibility`)."""
     if setup.decoder == "transformers":
-        return {
-            "batch_mates": "same_job_only",
-            "by_construction": False,
-            "basis": "transformers generate: one random stream per call, so only rows of one job "
-            "share a call, and its tokens also depend on how its rows were split (count, max_batch)",
-        }
-    if setup.capture is None:  # another loop (tests): nothing promised
-        return {
-            "batch_mates": "may_differ",
-            "by_construction": False,
-            "basis": f"the {setup.decoder} decoder",
-        }
+        basis = "transformers generate: one random stream per call, so only rows of one job share a call, "
+        basis += "and its tokens also depend on how its rows were split (count, max_batch)"
+        return _facts("same_job_only", False, basis)
+    if setup.capture is None:  # another loop (tests)
+        return _facts("may_differ", False, f"the {setup.decoder} decoder makes no promise")
+    kernels = f"; the step runs on the {setup.kernels} kernels"
     if setup.batch_invariant:
-        facts = {
-            "batch_mates": "independent",
-            "by_construction": True,
-            "basis": f"fixed decode shapes: {setup.rows} rows per call, each row's text padded to a "
-            f"multiple of {TEXT_TOKENS} tokens of its own length",
-        }
-    elif next(model.decoder.parameters()).device.type == "cpu" and not backend.keeps_buckets(model):  # type: ignore[attr-defined]
-        facts = {
-            "batch_mates": "independent",
-            "by_construction": False,
-            "basis": "CPU decode: each row's text at its own length, the rows at the batch's count, "
-            "which the CPU kernels do not depend on (tested); batch_invariant: on makes it so by "
-            "construction",
-        }
-    else:
-        facts = {
-            "batch_mates": "may_differ",
-            "by_construction": False,
-            "basis": "batch_invariant is off: the padded batch and text length follow the batch, "
-            "and reduced-precision kernels change with them",
-        }
-    facts["basis"] += f"; the step runs on the {setup.kernels} kernels"
-    return facts
+        basis = f"fixed decode shapes: {setup.rows} rows per call, each row's text padded to a multiple of "
+        return _facts("independent", True, basis + f"{TEXT_TOKENS} tokens of its own length{kernels}")
+    if next(model.decoder.parameters()).device.type == "cpu" and not backend.keeps_buckets(model):  # type: ignore[attr-defined]
+        basis = "CPU decode: each row's text at its own length, the rows at the batch's count, which the "
+        basis += "CPU kernels do not depend on (tested); batch_invariant: on makes it so by construction"
+        return _facts("independent", False, basis + kernels)
+    basis = "batch_invariant is off: the padded batch and text length follow the batch, and "
+    return _facts("may_differ", False, basis + f"reduced-precision kernels change with them{kernels}")
+
+
+def _facts(batch_mates: str, by_construction: bool, basis: str) -> dict[str, Any]:
+    return {"batch_mates": batch_mates, "by_construction": by_construction, "basis": basis}
 
 
 def current_setup(setup: DecodeSetup, backend: DecodeBackend) -> DecodeSetup:

@@ -46,9 +46,7 @@ class RowBatch(Protocol):
     def rows(self) -> Sequence[RowRef]: ...
 
     @property
-    def continued_s(self) -> float:
-        """Seconds of the request's `continue_from` audio the rows start with (0: none)."""
-        ...
+    def continued_s(self) -> float: ...  # seconds of `continue_from` audio the rows start with
 
 
 class StepClock:
@@ -99,9 +97,7 @@ class LoadedFamily(Protocol):
     @property
     def setup(self) -> DecodeSetup: ...
 
-    def warm_up(self) -> None:
-        """Build what jobs will use (buffers, captured graphs) and run one short generation."""
-        ...
+    def warm_up(self) -> None: ...  # build what jobs will use, run one short generation
 
     def plan(self, requests: Sequence[GenerationRequest], seeds: Sequence[int]) -> Sequence[RowBatch]: ...
 
@@ -111,9 +107,7 @@ class LoadedFamily(Protocol):
 
     def reproducibility(self) -> dict[str, object]: ...
 
-    def adapter_record(self, request: GenerationRequest) -> dict[str, object] | None:
-        """The LoRA adapter `request` ran with, for its sidecar (None: none)."""
-        ...
+    def adapter_record(self, request: GenerationRequest) -> dict[str, object] | None: ...  # its LoRA, if any
 
     def unload(self) -> None: ...
 

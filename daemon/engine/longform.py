@@ -96,11 +96,9 @@ def decode_long(
     segments = list(segments) if segments is not None else [req.max_frames]
     prefix = 0 if req.prompt_codes is None else int(req.prompt_codes.shape[-1])
     plans = plan_segments(segments, window_frames, stride_frames, prefix=prefix)
-    total = planned_steps(model, plans)
-    done = 0
+    total, base = planned_steps(model, plans), 0
     codes: torch.Tensor | None = req.prompt_codes
     for w, plan in enumerate(plans):
-        base = done
         call_steps = plan.new + delay_steps(model)
 
         def step_cb(step: int, call_total: int, base: int = base, call_steps: int = call_steps) -> None:
@@ -116,6 +114,6 @@ def decode_long(
             window_req = replace(window_req, input_ids=ids, attention_mask=mask)
         new = backend.decode(model, window_req)
         codes = new if codes is None else torch.cat([codes, new.to(codes.device)], dim=-1)
-        done = base + call_steps
+        base += call_steps
     assert codes is not None
     return codes

@@ -1,12 +1,9 @@
 """The music engine: one resident model at a time that turns prompts into audio arrays.
 
 Entry points: `load_model`, `unload_model`, `set_generation_params`, `generate`, `get_stats`
-(`save_audio` and `benchmark` are in `daemon.ops.facade`). It knows no model family: the registry
-says which family loads a configured model, and the engine then only uses the family seam
-(`daemon.engine.family`). Each job gets an effective seed (given, or drawn from os.urandom),
-variation i uses seed + i, and each result says what reproduces it. A reloaded configuration
-(`reconfigure`) takes effect between calls, never under a running decode: when anything the
-resident model's setup rests on changed, it is loaded again before the next call.
+(`save_audio` and `benchmark` are in `daemon.ops.facade`). It knows no model family, only the seam
+(`daemon.engine.family`). A reloaded configuration (`reconfigure`) takes effect between calls:
+when anything the resident model's setup rests on changed, it is loaded again before the next.
 """
 
 from __future__ import annotations

@@ -125,13 +125,8 @@ class MusicGenModel:
         for req in requests:
             if req.melody is not None and not self.ckpt.melody:
                 raise _no_melody(self._info.name, self.settings)
-        return plan_chunks(
-            requests,
-            seeds,
-            self.framing,
-            max_batch=self.settings.max_batch,
-            per_row_seeds=bool(getattr(self.backend, "per_row_seeds", False)),
-        )
+        own, most = bool(getattr(self.backend, "per_row_seeds", False)), self.settings.max_batch
+        return plan_chunks(requests, seeds, self.framing, max_batch=most, per_row_seeds=own)
 
     def steps(self, batch: Chunk) -> int:  # type: ignore[override]
         return self.framing.steps(self.ckpt.model, batch)
@@ -148,8 +143,7 @@ class MusicGenModel:
         return reproducibility(self.setup, self.backend, self.ckpt.model)
 
     def unload(self) -> None:
-        if hasattr(self.backend, "reset"):
-            self.backend.reset()  # backends may hold caches or captured graphs
+        getattr(self.backend, "reset", lambda: None)()  # backends may hold caches or captured graphs
 
 
 def _no_melody(name: str, settings: Settings) -> InvalidJobError:

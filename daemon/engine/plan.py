@@ -1,12 +1,9 @@
 """How one `generate` call is cut into decode batches: seeds, rows, chunks and their step counts.
 
-Every job gets an effective seed (given, or drawn from os.urandom) and variation i uses seed + i.
-A request with sections or reference audio (continue_from, melody) is always a chunk of its own
-rows: its windows carry their own text, prefix codes or chroma.
-Rows that may share a decode call (same sampling, seeds aside; same guidance and length) are
-grouped into chunks of at most `max_batch` rows. With a backend that has one random stream per
-call (transformers `generate`) only rows of the same job share a chunk, so a job's audio never
-depends on which other jobs were queued with it.
+Variation i of a job uses its seed + i. A request with sections or reference audio
+(continue_from, melody) is always a chunk of its own rows: its windows carry their own text,
+prefix codes or chroma. With one random stream per call (transformers `generate`) only rows of
+one job share a chunk, so a job's audio never depends on the jobs queued with it.
 """
 
 from __future__ import annotations

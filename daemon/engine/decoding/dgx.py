@@ -16,7 +16,6 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -233,14 +232,10 @@ class DgxBackend:
         with torch.inference_mode():
             parts = model_parts(model)
             self._bind(model)
-            run = lambda sub: self._run(model, parts, sub)  # noqa: E731
-            if self.invariant(model):
-                return self._by_text_length(parts, req, self.fixed_rows, run)
-            if not self.keeps_buckets(model):
-                # Uncaptured, one call at a time: each row's text at its own length, the rows at
-                # the batch's count (CPU kernels do not change with it: tested).
-                return self._by_text_length(parts, req, None, run)
-            return run(req)
+            if self.keeps_buckets(model) and not self.invariant(model):
+                return self._run(model, parts, req)
+            # Fixed rows, or uncaptured the batch's own count (CPU kernels do not change with it: tested).
+            return self._by_text_length(model, parts, req, self.fixed_rows if self.invariant(model) else None)
 
     def _run(self, model: Any, parts: ModelParts, req: DecodeRequest) -> torch.Tensor:
         """`req` in its resident bucket (greedy rows in a resident sampling bucket of their shape:
@@ -257,11 +252,7 @@ class DgxBackend:
         return bucket.decode(req)
 
     def _by_text_length(
-        self,
-        parts: ModelParts,
-        req: DecodeRequest,
-        rows: int | None,
-        run: Callable[[DecodeRequest], torch.Tensor],
+        self, model: Any, parts: ModelParts, req: DecodeRequest, rows: int | None
     ) -> torch.Tensor:
         """Rows grouped by their own text bucket (a multiple of `TEXT_TOKENS`), each group run
         as one call at that text length: at exactly `rows` rows (padding added, more rows split
@@ -270,7 +261,7 @@ class DgxBackend:
         out: torch.Tensor | None = None
         for c, (text_len, idx) in enumerate(calls):
             sub = fixed_request(parts, req, idx, rows or len(idx), text_len, c, len(calls))
-            codes = run(sub)[: len(idx)]
+            codes = self._run(model, parts, sub)[: len(idx)]
             if out is None:
                 out = codes.new_empty((len(req.rows), *codes.shape[1:]))
             out[torch.tensor(idx, device=codes.device)] = codes

@@ -36,9 +36,7 @@ def dgx_problem(backend: DecodeBackend, reference: DecodeBackend, model: Any, pr
     except Exception as exc:  # any failure of the loop means "use generate", whatever its type
         return f"{type(exc).__name__}: {exc}"
     finally:
-        reset = getattr(backend, "reset", None)
-        if callable(reset):
-            reset()  # the probe's shape is not one jobs use: do not keep its buffers
+        getattr(backend, "reset", lambda: None)()  # the probe's shape is not one jobs use: drop its buffers
     expected = (1, int(model.config.decoder.num_codebooks), PROBE_FRAMES)
     if tuple(ours.shape) != expected:
         return f"it returned codes of shape {tuple(ours.shape)}, expected {expected}"
@@ -50,6 +48,5 @@ def dgx_problem(backend: DecodeBackend, reference: DecodeBackend, model: Any, pr
     except Exception as exc:
         log.warning("the transformers decoder failed its check (%s): keeping the dgx loop", exc)
         return None
-    if not torch.equal(ours.cpu(), theirs.cpu()):
-        return "its greedy tokens differ from transformers generate on this model"
-    return None
+    same = torch.equal(ours.cpu(), theirs.cpu())
+    return None if same else "its greedy tokens differ from transformers generate on this model"
