@@ -4,15 +4,17 @@
     python benchmarks/gpu_check.py --out DIR                    # on the GPU (< 8 min on an H100/H200)
     python benchmarks/gpu_check.py --out DIR --device cpu --quick   # the same sections, tiny model, CPU
 
-Sections (each records its own error and the run goes on, so a partial result is still useful):
-doctor (`dgx-music doctor --json`), gpu_tests (`pytest -m gpu`), compare (transformers `generate`
-against the dgx loop, musicgen-small shape, 16 s at batch 1 and 8), shapes (medium and large random
-weights at the real shapes, 8 s), profile (capture time, graph replay ms per step, kernels per step,
-delay pattern, T5 and EnCodec times, peak memory), daemon (one job through `serve` + `submit --wait`
-on a temporary spool), acestep (ACE-Step 1.5 at the real turbo shape, random weights: the daemon's
-render against diffusers' AceStepPipeline call, 60 s and 180 s songs at batch 1 and 4). Writes
-DIR/results.json and DIR/summary.md; exit 0 when every section passed, 1 otherwise. docs/gpu.md
-explains the figures and the targets.
+Sections, in order of value, so that a run cut short still has the headline figures (each records
+its own error and the run goes on; results.json is rewritten after every section): doctor
+(`dgx-music doctor --json`), bandwidth (a device copy: the memory bandwidth every later figure is
+a share of), compare (transformers `generate` against the dgx loop, musicgen-small shape, 16 s at
+batch 1 and 8), profile (capture time, ms per step, kernels per step, delay pattern, T5 and EnCodec
+times, peak memory), shapes (medium and large random weights at the real shapes, 8 s), daemon (one
+job through `serve` + `submit --wait` on a temporary spool), acestep (ACE-Step 1.5 at the real turbo
+shape, random weights: the daemon's render against diffusers' AceStepPipeline call, 60 s and 180 s
+songs at batch 1 and 4), gpu_tests (`pytest -m gpu`). Timed figures are the median of `REPEATS`
+runs. Writes DIR/results.json and DIR/summary.md; exit 0 when every section passed, 1 otherwise.
+docs/gpu.md explains the figures and the targets.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# Timed runs per figure: the median is reported (one run on a shared or cold machine is noise).
+REPEATS = 3
 
 
 def _cli(*args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -57,6 +62,8 @@ class Plan:
         self.shape_duration = "1" if quick else "8"
         self.shapes = ("tiny",) if quick else ("medium", "large")
         self.timeout = 240.0 if quick else 420.0
+        # The device's measured copy bandwidth (bytes/s), once the bandwidth section has run.
+        self.bandwidth: float | None = None
 
     def model_args(self, shape: str) -> list[str]:
         return ["--tiny"] if shape == "tiny" else ["--shape", shape]
@@ -148,6 +155,8 @@ def _compare(
         duration,
         "--batch",
         str(batch),
+        "--repeats",
+        str(REPEATS),
         *plan.model_args(shape),
         *(extra or []),
     ]
@@ -157,27 +166,93 @@ def _compare(
     return json.loads(proc.stdout)
 
 
-def _speedups(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _speedups(rows: list[dict[str, Any]], plan: Plan, shape: str) -> dict[str, Any]:
+    """The figures of one bench --compare run: medians of the timed runs, and the share of the
+    measured bandwidth the dgx loop's steps reach."""
     by = {r["engine"]: r for r in rows}
     ours, ref = by.get("dgx-music"), by.get("transformers")
     out: dict[str, Any] = {"rows": rows}
     if ours and ref:
+        gen_s, ref_s = ours["gen_s_median"], ref["gen_s_median"]
         out.update(
-            dgx_gen_s=ours["gen_s"],
-            transformers_gen_s=ref["gen_s"],
-            ratio=ours["ratio"],
-            speedup=round(ref["gen_s"] / ours["gen_s"], 2) if ours["gen_s"] else None,
+            dgx_gen_s=gen_s,
+            transformers_gen_s=ref_s,
+            ratio=round(gen_s / ref_s, 3) if ref_s else None,
+            speedup=round(ref_s / gen_s, 2) if gen_s else None,
+            repeats=len(ours["gen_s_runs"]),
             dgx_ms_per_step=ours["ms_per_step"],
-            dgx_audio_s_per_s=ours["audio_s_per_s"],
+            dgx_audio_s_per_s=round(ours["batch"] * ours["duration_s"] / gen_s, 3) if gen_s else None,
             dgx_peak_memory_bytes=ours["peak_memory_bytes"],
         )
+        itemsize = 4 if ours["dtype"] == "float32" else 2
+        step = step_bytes(shape, itemsize, rows=2 * ours["batch"], positions=ours["steps"] // 2)
+        out.update(_share(step, ours["ms_per_step"], plan))
     return out
+
+
+def step_bytes(shape: str, itemsize: int, *, rows: int, positions: int, text: int = 32) -> int:
+    """Bytes one decode step must read at least: every weight it multiplies by (self-attention
+    q/k/v/o, cross-attention q/o, the MLP, the heads), the self-attention cache of `rows` rows up to
+    `positions`, and the text's cross-attention keys and values."""
+    from daemon.ops.tinymodel import decoder_dims
+
+    d = decoder_dims(shape)
+    e, layers = d["hidden"], d["layers"]
+    weights = layers * (6 * e * e + 2 * e * d["ffn"]) + d["codebooks"] * d["vocab"] * e
+    caches = layers * 2 * rows * (positions + text) * e
+    return (weights + caches) * itemsize
+
+
+def _share(nbytes: int, ms_per_step: float, plan: Plan) -> dict[str, Any]:
+    """`nbytes` read in `ms_per_step`, as bytes/s and as a share of the measured copy bandwidth."""
+    if not ms_per_step:
+        return {}
+    rate = nbytes / (ms_per_step / 1000)
+    out: dict[str, Any] = {"step_bytes": nbytes, "step_bytes_per_s": round(rate)}
+    if plan.bandwidth:
+        out["bandwidth_share"] = float(f"{rate / plan.bandwidth:.3g}")  # three significant digits
+    return out
+
+
+def section_bandwidth(plan: Plan) -> dict[str, Any]:
+    """The device's memory bandwidth, measured: a large copy (read + write), timed `REPEATS` + 2
+    times after a warm-up, the median kept. On a CPU the same code measures the CPU's memory."""
+    import torch
+
+    from daemon.engine.devices import resolve_device
+
+    device = resolve_device(plan.device)
+    cuda = device.type == "cuda"
+    nbytes = (64 if plan.quick else (1024 if cuda else 256)) * 2**20
+    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for attempt in range(REPEATS + 3):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if cuda:
+            torch.cuda.synchronize(device)
+        if attempt:  # the first copy pays page faults and lazy initialisation
+            times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    plan.bandwidth = 2 * nbytes / seconds
+    return {
+        "ok": bool(torch.equal(dst[:1024], src[:1024])),
+        "device": str(device),
+        "bytes": nbytes,
+        "copy_s_runs": [round(t, 6) for t in times],
+        "bytes_per_s": round(plan.bandwidth),
+        "gb_per_s": round(plan.bandwidth / 1e9, 1),
+    }
 
 
 def section_compare(plan: Plan) -> dict[str, Any]:
     shape = "tiny" if plan.quick else "small"
     runs = {
-        f"batch{b}": _speedups(_compare(plan, shape, plan.compare_durations, b)) for b in plan.compare_batches
+        f"batch{b}": _speedups(_compare(plan, shape, plan.compare_durations, b), plan, shape)
+        for b in plan.compare_batches
     }
     return {"ok": True, "shape": shape, "duration_s": float(plan.compare_durations), **runs}
 
@@ -191,6 +266,7 @@ def section_acestep(plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": True, "shape": "tiny" if plan.quick else "turbo"}
     for batch in (1, 2) if plan.quick else (1, 4):
         args = ["bench", "--compare", "--family", "ace-step", "--json", "--device", plan.device]
+        args += ["--repeats", str(REPEATS)]
         proc = _cli(*args, "--durations", durations, "--batch", str(batch), *model, timeout=plan.timeout)
         if proc.returncode != 0:
             raise RuntimeError(
@@ -202,9 +278,10 @@ def section_acestep(plan: Plan) -> dict[str, Any]:
                 continue
             ref = next(r for r in rows if r["engine"] == "diffusers" and r["duration_s"] == row["duration_s"])
             out[f"{row['duration_s']:g}s_batch{batch}"] = {
-                "dgx_gen_s": row["gen_s"],
-                "diffusers_gen_s": ref["gen_s"],
-                "ratio": row["ratio"],
+                "dgx_gen_s": row["gen_s_median"],
+                "diffusers_gen_s": ref["gen_s_median"],
+                "ratio": round(row["gen_s_median"] / ref["gen_s_median"], 3),
+                "repeats": len(row["gen_s_runs"]),
                 "identical": row["identical"],
                 "dgx_audio_s_per_s": row["audio_s_per_s"],
                 "dgx_peak_memory_bytes": row["peak_memory_bytes"],
@@ -233,7 +310,7 @@ def section_shapes(plan: Plan) -> dict[str, Any]:
         try:
             cfg = _config(plan, plan.work / f"cfg-{shape}", {shape: directory}, shape)
             rows = _compare_config(plan, cfg, shape)
-            out[shape] = _speedups(rows)
+            out[shape] = _speedups(rows, plan, shape)
         except Exception as exc:
             out[shape] = {"error": f"{type(exc).__name__}: {exc}"}
             out["ok"] = False
@@ -253,6 +330,8 @@ def _compare_config(plan: Plan, cfg: Path, model: str) -> list[dict[str, Any]]:
         plan.device,
         "--durations",
         plan.shape_duration,
+        "--repeats",
+        str(REPEATS),
         timeout=plan.timeout,
     )
     if proc.returncode != 0:
@@ -307,6 +386,10 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         sync()
         return time.perf_counter() - t0, value
 
+    def median_timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        runs = [timed(fn) for _ in range(REPEATS)]
+        return statistics.median(t for t, _ in runs), runs[-1][1]
+
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     backend = DgxBackend()
@@ -315,7 +398,7 @@ def section_profile(plan: Plan) -> dict[str, Any]:
     steps = total_len - 1
     with torch.inference_mode():
         first_s, _ = timed(lambda: backend.decode(model, req))
-        warm_s, codes = timed(lambda: backend.decode(model, req))
+        warm_s, codes = median_timed(lambda: backend.decode(model, req))
         t5_s, _ = timed(lambda: encode_text(parts, req, True))
         pattern_s, _ = timed(lambda: delay_pattern(parts, 1, None, total_len))
         codec_s, _ = timed(lambda: codes_to_audio(model, codes))
@@ -328,12 +411,12 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         if not cuda:
             fixed = run_steps(DgxBackend(batch_invariant="on"), GRAPH_SHAPED)
             fixed.decode(model, req)
-            invariant_s, _ = timed(lambda: fixed.decode(model, req))
+            invariant_s, _ = median_timed(lambda: fixed.decode(model, req))
         loose = DgxBackend(batch_invariant="off")
         if not cuda:
             run_steps(loose, GRAPH_SHAPED)
         loose.decode(model, req)
-        loose_s, _ = timed(lambda: loose.decode(model, req))
+        loose_s, _ = median_timed(lambda: loose.decode(model, req))
         loose.reset()
         # The other kernels of the step: plain ATen ops against the fused Triton kernels (on the
         # CPU the Triton ones run in the interpreter: a count, not a speed).
@@ -343,7 +426,7 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         try:
             alt = DgxBackend(kernels=other)
             alt.decode(model, req)
-            alt_s, _ = timed(lambda: alt.decode(model, req))
+            alt_s, _ = median_timed(lambda: alt.decode(model, req))
             alternative["ms_per_step_other"] = round(1000 * alt_s / steps, 3)
             if cuda:  # interpreted kernels' bookkeeping would swamp a CPU count: bench --ops counts there
                 counted = _kernels_per_step(lambda: alt.decode(model, req), steps, cuda)
@@ -364,6 +447,13 @@ def section_profile(plan: Plan) -> dict[str, Any]:
         # The first decode of a shape pays the graph capture (and lazy initialisation): the difference.
         "capture_s": round(max(0.0, first_s - warm_s), 4),
         "ms_per_step": round(1000 * warm_s / steps, 3),
+        "repeats": REPEATS,
+        # The whole decode's time per step (T5 and the prefill included): a lower bound on the share.
+        **_share(
+            step_bytes(shape, dtype.itemsize, rows=2, positions=steps // 2),
+            1000 * warm_s / steps,
+            plan,
+        ),
         "kernels": kernels_used,
         **alternative,
         "batch_invariant": backend.invariant(model),
@@ -478,14 +568,16 @@ def _wait_for_start(serve: subprocess.Popen[bytes], spool: Path, log_path: Path,
         time.sleep(0.2)
 
 
+# In order of value: a run cut short (one GPU call of a few minutes) keeps the headline figures.
 SECTIONS: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "doctor": section_doctor,
-    "gpu_tests": section_gpu_tests,
+    "bandwidth": section_bandwidth,
     "compare": section_compare,
-    "shapes": section_shapes,
     "profile": section_profile,
+    "shapes": section_shapes,
     "daemon": section_daemon,
     "acestep": section_acestep,
+    "gpu_tests": section_gpu_tests,
 }
 
 
@@ -519,6 +611,8 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
         return "error"
     if name == "doctor":
         return f"failed checks: {', '.join(sec.get('failed_checks') or []) or 'none'}"
+    if name == "bandwidth":
+        return f"{sec['gb_per_s']} GB/s (copy, median of {len(sec['copy_s_runs'])})"
     if name == "gpu_tests":
         return f"{sec.get('passed', 0)} of {sec.get('collected', 0)} passed ({sec.get('summary', '')})"
     if name == "compare":
@@ -527,7 +621,8 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
             if key.startswith("batch") and isinstance(run, dict) and "dgx_gen_s" in run:
                 parts.append(
                     f"{key}: dgx {run['dgx_gen_s']:.3f} s vs generate {run['transformers_gen_s']:.3f} s "
-                    f"(x{run['speedup']}), {run['dgx_audio_s_per_s']} audio s/s"
+                    f"(x{run['speedup']}, median of {run['repeats']}), {run['dgx_audio_s_per_s']} audio s/s, "
+                    f"{run['dgx_ms_per_step']} ms/step = {run.get('bandwidth_share', 'n/a')} of the bandwidth"
                 )
         return "; ".join(parts)
     if name == "shapes":
@@ -538,7 +633,8 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
         )
     if name == "profile":
         return (
-            f"{sec['ms_per_step']} ms/step, capture {sec['capture_s']} s, "
+            f"{sec['ms_per_step']} ms/step ({sec.get('bandwidth_share', 'n/a')} of the bandwidth), "
+            f"capture {sec['capture_s']} s, "
             f"{sec['kernels_per_step']} kernels/step on {sec.get('kernels')} "
             f"({sec.get('kernels_other')}: {sec.get('ms_per_step_other', 'n/a')} ms/step, "
             f"{sec.get('kernels_per_step_other', 'n/a')} kernels/step), "

@@ -96,10 +96,10 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=4,
+        default=None,
         metavar="N",
-        help="ace-step --compare: timed runs per engine after the warm-up, who goes first alternating "
-        "(default 4; the fastest counts)",
+        help="--compare: timed runs per engine and length after the warm-up, interleaved (default 1; "
+        "ace-step 4, who goes first alternating); the fastest counts, the median is reported beside it",
     )
     parser.add_argument(
         "--compare",
@@ -201,7 +201,7 @@ def run_song_compare(args: argparse.Namespace, settings: Settings, model_name: s
         args.batch,
         model_name=name,
         steps=args.steps,
-        repeats=max(1, args.repeats),
+        repeats=max(1, args.repeats or 4),
         progress=lambda text: print(text, file=sys.stderr),
     )
     if args.json:
@@ -229,6 +229,7 @@ def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -
         args.durations or (4.0, 8.0, 16.0, 30.0),
         args.batch,
         model_name=model_name,
+        repeats=args.repeats or 1,
         progress=lambda text: print(text, file=sys.stderr),
     )
     if args.json:

@@ -160,7 +160,7 @@ class DecodeSetup:
 
 
 def setup_summary(setup: dict[str, Any]) -> str:
-    """One line for a person from `DecodeSetup.report()`: "dgx (capture on, 8 fixed rows, ...)"."""
+    """One line for a person from `DecodeSetup.report()`: "dgx (capture on, 1 row per call, ...)"."""
     facts = []
     if setup.get("capture"):
         facts.append(
@@ -168,7 +168,8 @@ def setup_summary(setup: dict[str, Any]) -> str:
             + (f": {setup['capture_error']}" if setup.get("capture_error") else "")
         )
     if setup.get("rows"):
-        facts.append(f"{setup['rows']} fixed rows")
+        rows = setup["rows"]
+        facts.append(f"{rows} row{'' if rows == 1 else 's'} per call")
     if setup.get("kernels"):
         facts.append(f"{setup['kernels']} kernels")
     if setup.get("fallback"):

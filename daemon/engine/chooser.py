@@ -42,9 +42,7 @@ def choose_setup(
     if loop is not None:
         return loop, describe(loop, ckpt.model)
     s = settings
-    backend = get_backend(
-        s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch, kernels=s.kernels
-    )
+    backend = get_backend(s.decoder, batch_invariant=s.batch_invariant, kernels=s.kernels)
     if settings.decoder != "auto" or backend.name != "dgx":
         return backend, describe(backend, ckpt.model)
     import transformers
@@ -98,7 +96,8 @@ def reproducibility(setup: DecodeSetup, backend: DecodeBackend, model: Any) -> d
         return _facts("may_differ", False, f"the {setup.decoder} decoder makes no promise")
     kernels = f"; the step runs on the {setup.kernels} kernels"
     if setup.batch_invariant:
-        basis = f"fixed decode shapes: {setup.rows} rows per call, each row's text padded to a multiple of "
+        rows = f"{setup.rows} row{'' if setup.rows == 1 else 's'}"
+        basis = f"fixed decode shapes: {rows} per call, each row's text padded to a multiple of "
         return _facts("independent", True, basis + f"{TEXT_TOKENS} tokens of its own length{kernels}")
     if next(model.decoder.parameters()).device.type == "cpu" and not backend.keeps_buckets(model):  # type: ignore[attr-defined]
         basis = "CPU decode: each row's text at its own length, the rows at the batch's count, which the "

@@ -132,9 +132,9 @@ class MusicGenModel:
         return self.framing.steps(self.ckpt.model, batch)
 
     def decode(self, batch: Chunk, clock: StepClock) -> list[Pcm]:  # type: ignore[override]
-        return ChunkRunner(
-            self.ckpt, self.device, self.backend, self.framing, self.settings.state_dir
-        ).run(batch, clock)
+        return ChunkRunner(self.ckpt, self.device, self.backend, self.framing, self.settings.state_dir).run(
+            batch, clock
+        )
 
     def adapter_record(self, request: GenerationRequest) -> dict[str, Any] | None:
         return None  # MusicGen models take no adapters (admission refuses the key)

@@ -3,13 +3,15 @@
 Both engines get the same model, prompts, lengths and sampling settings, and both are timed end
 to end the way a job runs: text in, audio out (tokens through `daemon.engine.decoding.codec.codes_to_audio`).
 Each engine is warmed up once per length, then timed `repeats` times, the engines interleaved so
-that a noisy neighbour on a shared machine hits both alike; the fastest run counts.
+that a noisy neighbour on a shared machine hits both alike; the fastest run counts (`gen_s`), and
+every run's time and their median are reported beside it (`gen_s_runs`, `gen_s_median`).
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -169,6 +171,7 @@ def compare(
         frames = max(kc, round(duration * fps))
         req = _request(processor, model, batch, frames, cfg_coef, greedy, seed)
         best: dict[str, tuple[float, float, int, float]] = {}
+        runs: dict[str, list[float]] = {engine: [] for engine in engines}
         peaks: dict[str, int] = {}
         if warmup:
             for engine, backend in backends.items():
@@ -180,6 +183,7 @@ def compare(
                 if progress:
                     progress(f"{engine} {duration:g}s x{batch} run {attempt + 1}/{repeats}")
                 result = _run_once(backend, model, req)
+                runs[engine].append(result[1])
                 peaks[engine] = max(peaks.get(engine, 0), result[2])
                 if engine not in best or result[1] < best[engine][1]:
                     best[engine] = result
@@ -195,6 +199,8 @@ def compare(
                     "batch": batch,
                     "duration_s": float(duration),
                     "gen_s": round(gen_s, 4),
+                    "gen_s_median": round(statistics.median(runs[engine]), 4),
+                    "gen_s_runs": [round(t, 4) for t in runs[engine]],
                     "rtf": round(gen_s / duration, 4),
                     "peak_memory_bytes": int(peak),
                     "frames": frames,

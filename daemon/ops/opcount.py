@@ -11,6 +11,11 @@ A Triton kernel of the fused step (`kernels="triton"`) is one op too, named `tri
 launch is announced by `daemon.engine.decoding.launches`, since a dispatch mode cannot see it (on a
 CPU the kernel runs in Triton's interpreter, whose tensor bookkeeping is not counted).
 
+An op that CUDA runs as more than one kernel counts as all of them (`hidden_kernels`): the copy
+an out-of-place `addmm` makes of its 2-D input before cuBLAS adds into it, the clone behind a
+functional `masked_fill` or `scatter`, the index fill and value copy of a small-segment `sort`.
+The step is counted as CUDA runs it: on plain matmuls (the oneDNN-packed ones are the CPU's).
+
 The step counted is exactly the body a CUDA graph captures (`GraphBucket._step`, run here without
 capture on any device), after a short decode has filled the bucket with real state.
 """
@@ -100,6 +105,27 @@ FREE_OPS: frozenset[str] = frozenset(
 MAYBE_IDENTITY: frozenset[str] = frozenset({"to", "type_as", "_to_copy_if_needed"})
 
 
+# Functional ops whose CUDA implementation copies their input into the output first, then runs
+# the in-place kernel on it (ATen: `masked_fill` = clone + masked_fill_, `scatter` = clone + scatter_).
+CLONE_FIRST: frozenset[str] = frozenset({"masked_fill", "scatter", "index_fill", "index_add", "index_put"})
+# Segments up to this size sort in one in-place kernel after an index fill and a copy of the values.
+SMALL_SORT = 4096
+
+
+def hidden_kernels(name: str, args: Any, out: Any) -> list[str]:
+    """The kernels CUDA launches for op `name` besides the op's own one, each named."""
+    if name == "addmm" and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 2:
+        return ["copy_ (addmm's input into its output)"]  # cuBLAS adds into its output: C = self first
+    if name in CLONE_FIRST:
+        return [f"clone ({name}'s input)"]
+    if name == "sort" and args and isinstance(args[0], torch.Tensor):
+        dim = args[1] if len(args) > 1 and isinstance(args[1], int) else -1
+        if args[0].shape[dim] <= SMALL_SORT:
+            return ["fill_ (sort's indices)", "copy_ (sort's values)"]
+        return ["sort (radix passes)"]
+    return []
+
+
 def _returns_input(args: Any, out: Any) -> bool:
     return bool(args) and isinstance(out, torch.Tensor) and out is args[0]
 
@@ -154,6 +180,8 @@ class OpCounter(TorchDispatchMode):
             self.counts.free[name] += 1
         else:
             self._add(name)
+            for hidden in hidden_kernels(name, args, out):
+                self._add(hidden)
         return out
 
     @contextmanager
@@ -251,7 +279,7 @@ def count_decode_step(
         layers = step_layers(bucket)
         # The step reads and advances a device-side position (older buckets kept it on their cache).
         (bucket.position if hasattr(bucket, "position") else bucket.cache.position_tensor).fill_(warm_frames)
-        with counting(layers) as counter:
+        with counting(layers) as counter, plain_matmuls(bucket.decoder):
             bucket._step()
         device_kernels = _device_kernels(bucket, warm_frames) if device.type == "cuda" else None
     counts = counter.counts
@@ -268,6 +296,27 @@ def count_decode_step(
         # On CUDA: what the proxy stands for, the kernels the same step launches (torch.profiler).
         **({"cuda_kernels_per_step": device_kernels} if device_kernels is not None else {}),
     }
+
+
+@contextmanager
+def plain_matmuls(decoder: Any) -> Iterator[None]:
+    """The fused step on the matmuls CUDA runs (cuBLAS on the weight as it is) while in the block:
+    oneDNN's packed weights set aside, so that what is counted is the GPU's step on any machine."""
+    linears = [
+        linear
+        for layer in getattr(decoder, "layers", ())
+        for linear in (layer.qkv, layer.o, layer.cq, layer.co, layer.fc1, layer.fc2)
+    ]
+    head = getattr(decoder, "head_linear", None)
+    linears += [head] if head is not None else []
+    packed = [linear.packed for linear in linears]
+    for linear in linears:
+        linear.packed = None
+    try:
+        yield
+    finally:
+        for linear, pack in zip(linears, packed):
+            linear.packed = pack
 
 
 def _device_kernels(bucket: Any, position: int) -> int:

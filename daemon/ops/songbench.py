@@ -3,12 +3,13 @@ family's render (`daemon.engine.acestep.song.render`) on the same pipeline, inpu
 
 Both are timed end to end (text in, 48 kHz audio out), warmed up once per length, then timed
 `repeats` times interleaved, who goes first alternating, so that a noisy neighbour hits both
-alike; the fastest run counts.
+alike; the fastest run counts (`gen_s`; every run's time and their median beside it).
 Each row also says whether the two made the same audio (`identical`), which they must.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,6 +81,7 @@ def compare(
     for duration in durations:
         work = _batch(batch, duration, steps, guidance, seed)
         best: dict[str, tuple[float, int, float]] = {}
+        runs: dict[str, list[float]] = {engine: [] for engine in ENGINES}
         audio: dict[str, np.ndarray] = {}
         for engine in ENGINES:
             if progress:
@@ -91,6 +93,7 @@ def compare(
                 if progress:
                     progress(f"{engine} {duration:g}s x{batch} run {attempt + 1}/{repeats}")
                 gen_s, peak, cpu_s, audio[engine] = _run(engine, pipe, work)
+                runs[engine].append(gen_s)
                 if engine not in best or gen_s < best[engine][0]:
                     best[engine] = (gen_s, max(peak, best.get(engine, (0, 0, 0))[1]), cpu_s)
         identical = bool(np.array_equal(audio["diffusers"], audio["dgx-music"]))
@@ -104,6 +107,8 @@ def compare(
                     "batch": batch,
                     "duration_s": float(duration),
                     "gen_s": round(gen_s, 4),
+                    "gen_s_median": round(statistics.median(runs[engine]), 4),
+                    "gen_s_runs": [round(t, 4) for t in runs[engine]],
                     "rtf": round(gen_s / duration, 4),
                     "peak_memory_bytes": int(peak),
                     "steps": steps,

@@ -164,6 +164,40 @@ def _save_checkpoint(
     return directory
 
 
+# The tiny model's text encoder: a prompt's text states, in a few kilobytes.
+_TINY_TEXT: dict[str, Any] = dict(
+    d_model=32,
+    d_kv=8,
+    d_ff=64,
+    num_layers=1,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=32,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+)
+
+
+def _tiny_codec(codebook_size: int) -> dict[str, Any]:
+    return dict(
+        sampling_rate=32000,
+        audio_channels=1,
+        target_bandwidths=[1.0],
+        upsampling_ratios=[8, 5, 4, 5],
+        hidden_size=16,
+        num_filters=4,
+        num_residual_layers=1,
+        num_lstm_layers=1,
+        codebook_size=codebook_size,
+        kernel_size=3,
+        last_kernel_size=3,
+        residual_kernel_size=3,
+        use_causal_conv=False,
+        use_conv_shortcut=False,
+    )
+
+
 def init_tiny(directory: Path, *, stereo: bool = False, melody: bool = False, seed: int = 0) -> Path:
     """A tiny random MusicGen checkpoint (about 100k parameters) that decodes fast on a CPU.
 
@@ -177,41 +211,14 @@ def init_tiny(directory: Path, *, stereo: bool = False, melody: bool = False, se
     codebook_size = 64
     return _save_checkpoint(
         directory,
-        text_encoder=dict(
-            vocab_size=vocab,
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=1,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        ),
-        audio_encoder=dict(
-            sampling_rate=32000,
-            audio_channels=1,
-            target_bandwidths=[1.0],
-            upsampling_ratios=[8, 5, 4, 5],
-            hidden_size=16,
-            num_filters=4,
-            num_residual_layers=1,
-            num_lstm_layers=1,
-            codebook_size=codebook_size,
-            kernel_size=3,
-            last_kernel_size=3,
-            residual_kernel_size=3,
-            use_causal_conv=False,
-            use_conv_shortcut=False,
-        ),
+        text_encoder=dict(vocab_size=vocab, **_TINY_TEXT),
+        audio_encoder=_tiny_codec(codebook_size),
         decoder=dict(
             vocab_size=codebook_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            ffn_dim=64,
+            hidden_size=_TINY_DECODER[0],
+            num_hidden_layers=_TINY_DECODER[1],
+            num_attention_heads=_TINY_DECODER[2],
+            ffn_dim=_TINY_DECODER[3],
             num_codebooks=8 if stereo else 4,
             audio_channels=2 if stereo else 1,
             max_position_embeddings=4096,
@@ -230,6 +237,17 @@ _SHAPES: dict[str, tuple[int, int, int, int]] = {
     "medium": (1536, 48, 24, 6144),
     "large": (2048, 48, 32, 8192),
 }
+
+
+# The tiny model's decoder, in the same terms: width, depth, heads, FFN.
+_TINY_DECODER = (32, 2, 4, 64)
+
+
+def decoder_dims(shape: str) -> dict[str, int]:
+    """The decoder of `shape` (tiny, small, medium, large): what a decode step reads, in numbers."""
+    hidden, layers, heads, ffn = _TINY_DECODER if shape == "tiny" else _SHAPES[shape]
+    vocab = 64 if shape == "tiny" else 2048
+    return {"hidden": hidden, "layers": layers, "heads": heads, "ffn": ffn, "vocab": vocab, "codebooks": 4}
 
 
 # EnCodec as facebook/encodec_32khz, the codec of every musicgen-{small,medium,large}.
@@ -260,8 +278,6 @@ def init_random(
     """
     if shape not in _SHAPES:
         raise ValueError(f"shape must be one of {', '.join(_SHAPES)}, not {shape!r}")
-    hidden, depth, heads, ffn = _SHAPES[shape]
-    layers = depth if layers is None else layers
     return _save_checkpoint(
         directory,
         text_encoder=dict(
@@ -277,18 +293,40 @@ def init_random(
             eos_token_id=1,
         ),
         audio_encoder=dict(ENCODEC_32KHZ),
-        decoder=dict(
-            vocab_size=2048,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            ffn_dim=ffn,
-            num_codebooks=4,
-            audio_channels=1,
-            max_position_embeddings=2048,
-            pad_token_id=2048,
-            bos_token_id=2048,
-        ),
+        decoder=_real_decoder(shape, layers),
         seed=seed,
         dtype=dtype,
+    )
+
+
+def _real_decoder(shape: Shape, layers: int | None = None) -> dict[str, Any]:
+    """The decoder config of musicgen-{shape}, with `layers` layers (None: all of them)."""
+    hidden, depth, heads, ffn = _SHAPES[shape]
+    return dict(
+        vocab_size=2048,
+        hidden_size=hidden,
+        num_hidden_layers=depth if layers is None else layers,
+        num_attention_heads=heads,
+        ffn_dim=ffn,
+        num_codebooks=4,
+        audio_channels=1,
+        max_position_embeddings=2048,
+        pad_token_id=2048,
+        bos_token_id=2048,
+    )
+
+
+def init_decoder_shape(directory: Path, shape: Shape, *, layers: int = 2, seed: int = 0) -> Path:
+    """The decoder of musicgen-{shape} (its width, heads, MLP, codebooks and vocabulary) with only
+    `layers` layers, behind the tiny model's text encoder and codec: a decode step at the real
+    shape, per layer, built in seconds (the kernels a step launches do not depend on the text
+    encoder or the codec)."""
+    if shape not in _SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(_SHAPES)}, not {shape!r}")
+    return _save_checkpoint(
+        directory,
+        text_encoder=dict(vocab_size=len(_vocabulary()), **_TINY_TEXT),
+        audio_encoder=_tiny_codec(2048),
+        decoder=_real_decoder(shape, layers),
+        seed=seed,
     )

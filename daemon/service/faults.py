@@ -170,7 +170,7 @@ def with_faults(engine: Any, faults: Faults | None) -> Any:
         publish.before_sidecar_fault = _killer_before_sidecar(faults.kill_before_sidecar)
     shared = _Shared()
     s = engine.settings
-    loop = get_backend(s.decoder, batch_invariant=s.batch_invariant, max_batch=s.max_batch, kernels=s.kernels)
+    loop = get_backend(s.decoder, batch_invariant=s.batch_invariant, kernels=s.kernels)
     decode_with(engine, FaultyBackend(loop, faults, shared))
     return FaultyEngine(engine, faults, shared)
 

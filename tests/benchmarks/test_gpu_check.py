@@ -33,19 +33,34 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     results = json.loads((out / "results.json").read_text())
     summary = (out / "summary.md").read_text()
     sections = results["sections"]
-    assert set(sections) == {"doctor", "gpu_tests", "compare", "shapes", "profile", "daemon", "acestep"}
+    # In order of value: the headline figures first, the long test run last.
+    assert list(sections) == [
+        "doctor",
+        "bandwidth",
+        "compare",
+        "profile",
+        "shapes",
+        "daemon",
+        "acestep",
+        "gpu_tests",
+    ]
     failed = {name: sec.get("error") for name, sec in sections.items() if not sec.get("ok")}
     assert proc.returncode == 0, (failed, proc.stderr[-3000:])
     assert results["ok"] is True and results["device"] == "cpu" and results["quick"] is True
     assert isinstance(sections["doctor"]["checks"], list) and sections["doctor"]["checks"]
+    assert sections["bandwidth"]["gb_per_s"] > 0 and len(sections["bandwidth"]["copy_s_runs"]) >= 3
     for batch in ("batch1", "batch2"):
         run = sections["compare"][batch]
         assert run["dgx_gen_s"] > 0 and run["transformers_gen_s"] > 0 and run["speedup"] > 0
+        assert run["repeats"] >= 3 and 0 < run["bandwidth_share"]  # medians, as a share of the copy
+        (ours,) = [r for r in run["rows"] if r["engine"] == "dgx-music"]
+        assert len(ours["gen_s_runs"]) == 3 and run["dgx_gen_s"] == sorted(ours["gen_s_runs"])[1]
     assert sections["shapes"]["tiny"]["dgx_gen_s"] > 0
     profile = sections["profile"]
     for key in ("ms_per_step", "kernels_per_step", "t5_s", "delay_pattern_s", "encodec_s", "capture_s"):
         assert profile[key] >= 0, key
     assert profile["kernels_per_step"] > 10 and profile["peak_memory_bytes"] > 0
+    assert profile["repeats"] >= 3 and profile["bandwidth_share"] > 0
     assert profile["ms_per_step_invariant"] > 0 and profile["ms_per_step_invariant_off"] > 0
     assert profile["batch_invariant"] is False  # auto on the CPU: the eager loop
     # auto on the CPU: plain ops; the fused Triton kernels (interpreted here) are timed beside them
@@ -55,6 +70,7 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     assert daemon["status"] == "completed" and daemon["model"]["decoder"] in ("dgx", "transformers")
     song = sections["acestep"]
     assert song["1s_batch1"]["identical"] and song["1s_batch2"]["ratio"] > 0
+    assert song["1s_batch1"]["repeats"] >= 3
     assert "| daemon | yes |" in summary and "| acestep | yes |" in summary and "Overall: PASS" in summary
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from daemon.core.messages import setup_summary
 from daemon.engine.chooser import describe, reproducibility
 from daemon.engine.decoding.api import DecodeRequest, RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
@@ -110,7 +111,7 @@ def test_a_job_alone_and_in_a_mixed_batch_of_eight_gives_the_same_tokens_in_bf16
     # ... and the batch is not a copy of one row: the mates' own prompts and seeds show.
     assert len({tuple(row.flatten().tolist()) for row in batched}) == 8
     if steps is not None:
-        assert {b.rows for b in backend.buckets} == {8}
+        assert {b.rows for b in backend.buckets} == {1}  # each job at its own size, alone and batched
 
 
 @pytest.mark.slow
@@ -137,8 +138,7 @@ def test_fixed_shapes_pad_every_call_to_the_fixed_rows_and_decode_text_buckets_a
     rows = [RowSampling(seed=1), RowSampling(seed=2), RowSampling(seed=3)]
     short, long = sorted(_text_buckets(processor, prompts))
     assert short == 32 and long > 32
-    backend = run_steps(DgxBackend(batch_invariant="on", max_rows=5, length_multiple=64), GRAPH_SHAPED)
-    assert backend.fixed_rows == 8  # max_batch rounded up to a power of two
+    backend = run_steps(DgxBackend(batch_invariant="on", fixed_rows=8, length_multiple=64), GRAPH_SHAPED)
     calls: list[tuple[int, int]] = []
     got = backend.decode(
         model, _request(processor, prompts, rows, 10, on_step=lambda s, n: calls.append((s, n)))
@@ -172,7 +172,7 @@ def test_batch_invariant_auto_on_and_off(tiny_bf16: tuple[Any, Any]) -> None:
     auto = run_steps(DgxBackend(), GRAPH_SHAPED)
     auto.decode(model, req())
     assert not auto.invariant(model) and [b.rows for b in auto.buckets] == [2]  # CPU: auto is off
-    on_eager = DgxBackend(batch_invariant="on", max_rows=3)
+    on_eager = DgxBackend(batch_invariant="on", fixed_rows=4)
     on_eager.decode(model, req())
     assert [b.rows for b in on_eager.buckets] == [4]  # "on" runs the fixed shapes even without graphs
     assert DgxBackend().buckets == []
@@ -191,13 +191,15 @@ def test_the_engine_builds_the_backend_from_the_settings_and_reports_reproducibi
     engine = MusicEngine(make_settings(decoder="dgx", batch_invariant="on", max_batch=3))
     info = engine.load_model()
     backend = engine.loaded.backend  # type: ignore[union-attr]
-    assert isinstance(backend, DgxBackend) and backend.fixed_rows == 4 and backend.batch_invariant == "on"
-    assert info.setup is not None and info.setup.rows == 4 and info.setup.batch_invariant
+    # A job decodes at its own size (one row), whatever max_batch lets the daemon batch.
+    assert isinstance(backend, DgxBackend) and backend.fixed_rows == 1 and backend.batch_invariant == "on"
+    assert info.setup is not None and info.setup.rows == 1 and info.setup.batch_invariant
+    assert "1 row per call" in setup_summary(info.setup.report())
     (res,) = engine.generate([GenerationRequest("techno loop", 0.25, seed=7)])
     assert res.reproducibility is not None
     repro = Reproducibility(**res.reproducibility)
     assert repro.batch_mates == "independent" and repro.by_construction
-    assert "4 rows per call" in repro.basis and "seed" in repro.requires
+    assert "1 row per call" in repro.basis and "seed" in repro.requires
     assert repro.basis.endswith("on the aten kernels")  # the CPU's step (kernels auto)
     assert any(r.startswith("kernels") for r in repro.requires)
 

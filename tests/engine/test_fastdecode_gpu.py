@@ -184,7 +184,7 @@ def test_a_job_alone_and_in_a_mixed_batch_of_eight_gives_the_same_tokens_in_bf16
     backend = DgxBackend()  # auto: batch-invariant with graphs
     assert backend.invariant(model) and backend.uses_graphs(model)
     (prepared,) = backend.prepare(model, rows=3, frames=60)  # as the daemon's warm-up does
-    assert prepared.rows == backend.fixed_rows == 8
+    assert prepared.rows == backend.fixed_rows == 1  # a job decodes at its own size
     alone = backend.decode(model, _request(processor, [prompts[4]], [job], 60))
     assert backend.buckets == [prepared]  # the job alone decodes in the prepared fixed-shape bucket
     batched = backend.decode(model, _request(processor, prompts, rows, 60))

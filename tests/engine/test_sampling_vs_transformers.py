@@ -13,7 +13,13 @@ from transformers.generation.logits_process import (
 )
 
 from daemon.engine.decoding.api import RowSampling
-from daemon.engine.decoding.sampler import filtered_scores, guide, pick_tokens, sampling_tensors
+from daemon.engine.decoding.sampler import (
+    filtered_scores,
+    guide,
+    gumbel_offsets,
+    pick_tokens,
+    sampling_tensors,
+)
 
 B, K, V = 3, 4, 2048
 CPU = torch.device("cpu")
@@ -72,7 +78,7 @@ def test_the_sample_comes_from_the_kept_tokens_and_greedy_rows_take_the_argmax()
     scores = _logits(9)
     rows = [ROWS[2], RowSampling(greedy=True), ROWS[1]]
     params = sampling_tensors(rows, V, CPU)
-    noise = torch.rand((B, K, V), generator=torch.Generator().manual_seed(3))
+    noise = gumbel_offsets(torch.rand((B, K, V), generator=torch.Generator().manual_seed(3)))
     tokens = pick_tokens(scores, params, noise)
     kept = ~torch.isinf(filtered_scores(scores, params))
     assert bool(kept.gather(-1, tokens[..., None]).all())

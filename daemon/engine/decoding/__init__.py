@@ -10,15 +10,13 @@ from __future__ import annotations
 from daemon.engine.decoding.api import DecodeBackend
 
 
-def get_backend(
-    name: str, *, batch_invariant: str = "auto", max_batch: int = 8, kernels: str = "auto"
-) -> DecodeBackend:
+def get_backend(name: str, *, batch_invariant: str = "auto", kernels: str = "auto") -> DecodeBackend:
     """transformers' generate for "transformers", else (auto, dgx) our loop, its fixed decode shapes
-    sized by `batch_invariant` and `max_batch` and its step's kernels picked by `kernels`."""
+    turned on or off by `batch_invariant` and its step's kernels picked by `kernels`."""
     if name == "transformers":
         from daemon.engine.decoding.hf import TransformersBackend
 
         return TransformersBackend()
     from daemon.engine.decoding.dgx import DgxBackend
 
-    return DgxBackend(batch_invariant=batch_invariant, max_rows=max_batch, kernels=kernels)
+    return DgxBackend(batch_invariant=batch_invariant, kernels=kernels)

@@ -7,7 +7,10 @@ captures the buckets jobs will use at load time; elsewhere, or after a capture f
 step runs uncaptured. Greedy tokens equal transformers' `generate`, with and without guidance
 (tested). Batch invariance (`batch_invariant`): every call at one fixed row count and each row's
 text at a length set by its own tokens, so a row's tokens cannot depend on its batch mates
-(README "Reproducibility"); uncaptured calls group rows by text length the same way.
+(README "Reproducibility"); uncaptured calls group rows by text length the same way. The row
+count is one by default: a job decodes at its own size alone or batched, not at a full batch's
+(16 rows with guidance read 8x the cache of its own 2), and a batch's jobs one call after
+another (prices in docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ TEXT_MULTIPLE = 16
 class DgxBackend:
     """`api.DecodeBackend`: `decode(model, req) -> codes [B, K, max_frames]`.
 
-    batch_invariant: "on": every call at `fixed_rows` rows (`max_rows` rounded up to a power of
-        two) and a text bucket of each row's own length; "off": the batch padded to a power of
-        two (fastest); "auto": on whenever CUDA graphs run.
+    batch_invariant: "on": every call at `fixed_rows` rows and a text bucket of each row's own
+        length; "off": the batch padded to a power of two (fastest for full batches); "auto": on
+        whenever CUDA graphs run.
+    fixed_rows: the rows of every call under batch invariance (before guidance doubles them);
+        more are decoded in several calls, fewer padded. 1: each job at its own size.
     kernels: "triton" (`kernels`: layer norms fused into the matmuls after them), "aten", or
         "auto": triton on CUDA when Triton imports and `step.kernels_mismatch` finds nothing.
     length_multiple, attention_chunk, max_buckets: KV capacity rounded up to the first, self-
@@ -67,14 +72,16 @@ class DgxBackend:
         self,
         *,
         batch_invariant: str = "auto",
-        max_rows: int = 8,
+        fixed_rows: int = 1,
         kernels: str = "auto",
         length_multiple: int = 128,
         attention_chunk: int = ATTENTION_CHUNK,
         max_buckets: int = 4,
     ) -> None:
         self.batch_invariant, self.kernels = batch_invariant, kernels
-        self.fixed_rows = next_pow2(max_rows)
+        if fixed_rows < 1:
+            raise ValueError(f"fixed_rows must be at least 1, not {fixed_rows}")
+        self.fixed_rows = fixed_rows
         self.length_multiple, self.attention_chunk = length_multiple, attention_chunk
         self.max_buckets = max_buckets
         self._buckets: OrderedDict[BucketKey, GraphBucket] = OrderedDict()

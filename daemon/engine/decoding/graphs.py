@@ -123,19 +123,21 @@ class GraphBucket:
         it, needs no mask, and takes the step's `noise` as it is (no static shapes to keep)."""
         if host is not None:
             position: int | torch.Tensor = host
-            kv, self_mask, target = self.kv, None, self.key_positions[host + 1 : host + 2]
+            kv, self_mask = self.kv, None
         else:
             end = self.key.length if end is None else end
-            position, kv, target = self.position, self.kv[:, :, :, :, :end], self.position + 1
+            position, kv = self.position, self.kv[:, :, :, :, :end]
             visible = (self.key_positions[:end] <= self.position).view(1, 1, 1, -1)
             self_mask = torch.where(visible, self.zero, self.neg)
         logits = self.decoder(self.tokens, kv, position, self_mask, self.cross, self.cross_mask)
         if host is not None:  # the call's own sampling tensors: they know which stages its rows use
+            target = self.key_positions[host + 1 : host + 2]
             self._advance(logits, self.cfg_coef, self.call_params, noise, target)
             return
-        noise = self.noise if self.key.sampling else None
-        self._advance(logits, self.cfg_coef, self.params, noise, target, static=self.key.sampling)
+        # Advanced before the tail, which writes at the new position: one kernel, no `position + 1`.
         self.position.add_(1)
+        noise = self.noise if self.key.sampling else None
+        self._advance(logits, self.cfg_coef, self.params, noise, self.position, static=self.key.sampling)
 
     def _advance(
         self,
@@ -153,7 +155,8 @@ class GraphBucket:
         forced = self.pattern.index_select(2, target).squeeze(-1)
         nxt = torch.where(forced == -1, nxt, forced)
         self.seq.index_copy_(2, target, nxt[:, :, None])
-        self.tokens.copy_((torch.cat([nxt, nxt]) if self.key.doubled else nxt)[:, :, None])
+        # Both halves of a guided batch in one broadcast copy.
+        self.tokens.view(-1, *nxt.shape).copy_(nxt)
 
     def _capture(self) -> list[torch.cuda.CUDAGraph]:
         t0 = time.monotonic()
@@ -287,3 +290,5 @@ def copy_params(dst: SamplingTensors, src: SamplingTensors) -> None:
     dst.top_k.copy_(src.top_k)
     dst.top_p.copy_(src.top_p)
     dst.greedy.copy_(src.greedy)
+    dst.kth_index.copy_(src.kth_index)
+    dst.top_p_drop.copy_(src.top_p_drop)

@@ -82,7 +82,11 @@ class Linear:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
     def addmm(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """residual + x @ weight.T in one kernel."""
+        """residual + x @ weight.T in one kernel; `residual` may be overwritten with the result.
+
+        In place on the plain path: cuBLAS adds into its output, so an out-of-place `addmm` on a
+        2-D residual is a copy of it plus the matmul, two kernels; `addmm_` is the matmul alone
+        (the same arithmetic, bit for bit)."""
         if self.packed is None:
-            return torch.addmm(residual, x, self.weight.t())
+            return residual.addmm_(x, self.weight.t())
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, None, "add")
