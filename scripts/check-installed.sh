@@ -3,7 +3,10 @@
 # venv, not editable), and run the installed console script from outside the checkout: --version,
 # examples + validate, demo, a served job that reaches READY, systemd-analyze verify on the
 # installed units, and the daemon end-to-end tests against that console script.
-# Called by `make test` after the unit suite; KEEP=1 keeps the DESTDIR for a look afterwards.
+#   scripts/check-installed.sh                 all of it
+#   scripts/check-installed.sh install         up to and including systemd-analyze (pip: mostly I/O)
+#   scripts/check-installed.sh test [ARGS]     the daemon tests against what `install` left (ARGS: pytest's)
+# `make test` runs `install` beside the unit suite and `test` after it; KEEP=1 keeps the DESTDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -14,12 +17,40 @@ ROOT=${CHECK_ROOT:-$REPO/.check-installed}
 DESTDIR=$ROOT/destdir
 PREFIX=/opt/dgx-music
 W=$DESTDIR$PREFIX/venv
+CLI=$W/bin/dgx-music
 say() { printf 'check-installed: %s\n' "$*" >&2; }
+phase=all
+case "${1:-}" in install | test) phase=$1; shift ;; esac
 
-rm -rf "$ROOT/dist" "$ROOT/run" "$DESTDIR/etc"
-mkdir -p "$ROOT/dist" "$ROOT/run"
+run_tests() {
+    [ -x "$CLI" ] || { say "no installed wheel in $DESTDIR: run scripts/check-installed.sh install first"; exit 1; }
+    say "daemon tests against the installed console script"
+    cd "$REPO"
+    DGX_MUSIC_TEST_CLI=$CLI DGX_MUSIC_INSTALLED_ROOT=$DESTDIR "$PY" -m pytest -q -p no:cacheprovider \
+        tests/packaging tests/e2e -m "not slow" "$@"
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$ROOT/run"
+    say "ok: the installed wheel works"
+}
+if [ "$phase" = test ]; then
+    run_tests "$@"
+    exit 0
+fi
+
+rm -rf "$ROOT/dist" "$ROOT/src" "$ROOT/run" "$DESTDIR/etc"
+mkdir -p "$ROOT/dist" "$ROOT/src" "$ROOT/run"
 say "building the wheel"
-"$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$ROOT/dist" . >/dev/null
+# From a copy of the checkout's files (what git would commit), not in place: setuptools builds in
+# ./build, where the suite's own wheel test may be building at the same time under `make test`.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    # (a tracked file deleted in the work tree is left out, as git would commit its deletion)
+    git ls-files -z --cached --others --exclude-standard \
+        | tar -cf - --null --ignore-failed-read -T - 2>/dev/null | tar -xf - -C "$ROOT/src"
+    SRC=$ROOT/src
+else
+    SRC=$REPO
+fi
+"$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$ROOT/dist" "$SRC" >/dev/null
+rm -rf "$ROOT/src"
 WHEEL=$(ls "$ROOT"/dist/dgx_music-*.whl)
 
 # The venv lives where install.sh expects it, so install.sh itself puts the wheel in. Its
@@ -35,7 +66,6 @@ fi
 build=$("$W/bin/python" -c "import torch; v = torch.version.cuda; print('cu' + v.replace('.', '') if v else 'cpu')")
 say "systemd/install.sh into $DESTDIR (--torch $build)"
 DESTDIR=$DESTDIR ./systemd/install.sh --prefix "$PREFIX" --wheel "$WHEEL" --torch "$build" >"$ROOT/install.log"
-CLI=$W/bin/dgx-music
 direct_url=$("$W/bin/python" -c "import importlib.metadata as m; print(m.distribution('dgx-music').read_text('direct_url.json') or '')")
 case "$direct_url" in *'"editable": true'*) say "dgx-music is an editable install: not the wheel"; exit 1 ;; esac
 
@@ -80,9 +110,8 @@ if command -v systemd-analyze >/dev/null; then
     done
 fi
 
-say "daemon tests against the installed console script"
-cd "$REPO"
-DGX_MUSIC_TEST_CLI=$CLI DGX_MUSIC_INSTALLED_ROOT=$DESTDIR "$PY" -m pytest -q -p no:cacheprovider \
-    tests/packaging tests/e2e -m "not slow" "$@"
-[ "${KEEP:-0}" = 1 ] || rm -rf "$ROOT/run"
-say "ok: the installed wheel works"
+if [ "$phase" = install ]; then
+    say "installed; the daemon tests follow (scripts/check-installed.sh test)"
+    exit 0
+fi
+run_tests "$@"

@@ -11,6 +11,14 @@ import pytest
 
 from daemon.core.config import Settings, load_settings
 
+# `make test` runs the suite on several pytest-xdist workers, more of them than cores (many tests
+# wait on a daemon). Each worker, and each daemon or CLI child it starts, gets one intra-op
+# thread: torch's threads spin-wait for each other, and on oversubscribed cores that makes every
+# step many times slower. Set before anything imports torch (below, the CUDA probe).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_threads, "1")
+
 
 def _cuda_available() -> bool:
     try:
@@ -64,7 +72,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests skip cleanly on machines without CUDA."""
+    """`gpu` tests skip cleanly on machines without CUDA. Under pytest-xdist the `slow` tests are
+    handed out first, so that the short ones fill the workers around them rather than one long
+    test running on alone at the end."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")

@@ -20,6 +20,10 @@ from tests.cluster.slurm import SlurmCluster
 from tests.daemon_harness import READY_LINE, REPO, SpoolView, clean_env, job_yaml, wait_until, write_config
 from tests.reliability.daemonproc import assert_exactly_once, record_figures, spool_quiet
 
+# One test cluster at a time on this machine (pytest-xdist runs this group on one worker): each
+# starts munged, slurmctld and slurmd for the host's own node name on ports it found free.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 SBATCH = REPO / "contrib" / "slurm" / "dgx-music.sbatch"
 JOBS = 60
 DONE = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}

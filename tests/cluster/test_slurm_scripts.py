@@ -5,8 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.cluster.slurm import SlurmCluster
 from tests.daemon_harness import REPO
+
+# One test cluster at a time on this machine (pytest-xdist runs this group on one worker): each
+# starts munged, slurmctld and slurmd for the host's own node name on ports it found free.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 SBATCH = REPO / "contrib" / "slurm" / "dgx-music.sbatch"
 ARRAY = REPO / "contrib" / "slurm" / "dgx-music-array.sbatch"
