@@ -179,9 +179,10 @@ class Settings(BaseSettings):
     )
     batch_invariant: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="dgx decoder: decode at fixed shapes (max_batch rows, each row's own text length) so a "
-        "job's tokens never depend on its batch mates; auto: on with CUDA graphs, off on the CPU "
-        "(whose loop computes rows alone)",
+        description="decode at fixed shapes so a job's output never depends on its batch mates (dgx "
+        "decoder: each job at its own size, one row per call, each row's own text length; ACE-Step: "
+        "every call at max_batch rows); auto: on with CUDA graphs (ACE-Step: on CUDA), off on the CPU "
+        "(whose loops compute rows alone); off: a batch decodes in one call (faster for full batches)",
     )
     kernels: Literal["auto", "triton", "aten"] = Field(
         default="auto",

@@ -164,6 +164,10 @@ class Daemon:
             if not self.worker.busy:
                 self.notifier.watchdog()
                 self.notifier.status(self._idle_text())
+            else:
+                # A decode step that stalls would leave its last progress unwritten (the writer
+                # is rate-limited and only the next step writes): status shows it within a tick.
+                self._housekeeping(self.worker.progress.flush)
             if now - last_cancel >= CANCEL_SCAN_S:
                 last_cancel = now
                 self._housekeeping(self._handle_cancels)
@@ -185,7 +189,7 @@ class Daemon:
                 log.critical("the worker or writer thread died; exiting so systemd restarts the daemon")
                 raise SystemExit(EXIT_FAILED)
 
-    def _housekeeping(self, task: Callable[[], None]) -> None:
+    def _housekeeping(self, task: Callable[[], object]) -> None:
         # A full or failing disk must not end the daemon from its main loop: the jobs stay
         # where they are on disk and the task runs again on the next tick.
         try:

@@ -19,7 +19,7 @@ from daemon.engine.decoding.api import RowSampling
 from daemon.engine.decoding.dgx import DgxBackend
 from daemon.engine.decoding.launches import kernels_problem
 from daemon.engine.decoding.parts import model_parts
-from daemon.engine.decoding.step import fused_decoder, kernels_mismatch
+from daemon.engine.decoding.step import choose_kernels, fused_decoder, kernels_mismatch
 from daemon.engine.decoding.testseam import GRAPH_SHAPED, run_steps
 from tests.engine.test_fastdecode import GREEDY, PROMPTS, _request, _text, hf_greedy_codes
 
@@ -253,10 +253,9 @@ def test_kernels_that_compute_the_wrong_thing_are_refused(
         DgxBackend(kernels="triton").kernels_for(model)
     assert "kernels: aten" in str(err.value)
 
-    # auto considers Triton on CUDA only: the one stand-in here says this CPU model is on CUDA.
-    monkeypatch.setattr("daemon.engine.decoding.dgx.on_cuda", lambda device: True)
+    # auto considers Triton on CUDA only: asked as if this CPU model were on CUDA.
     with caplog.at_level(logging.WARNING, logger="daemon.engine.decoding.step"):
-        assert DgxBackend(kernels="auto").kernels_for(model) == "aten"
+        assert choose_kernels("auto", fused_decoder(model_parts(model)), cuda=True) == "aten"
     assert caplog.text.count("not the fused Triton kernels") == 1
 
 
