@@ -118,7 +118,14 @@ def test_stereo_greedy_matches_transformers_generate(tiny_stereo: tuple[Any, Any
     assert torch.equal(got, expected)
 
 
-def test_prompt_continuation_matches_transformers_and_is_deterministic(tiny: tuple[Any, Any]) -> None:
+@pytest.mark.parametrize("prefill_tokens", [None, 8], ids=["whole-prefill", "prefill-in-pieces"])
+def test_prompt_continuation_matches_transformers_and_is_deterministic(
+    tiny: tuple[Any, Any], prefill_tokens: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prefix fed in pieces (as a long continuation's is, to bound its memory) gives the tokens
+    transformers gives with the prefix fed at once."""
+    if prefill_tokens is not None:  # 4 rows with guidance: 2 positions a piece, 5 pieces
+        monkeypatch.setattr("daemon.engine.decoding.graphs.PREFILL_TOKENS", prefill_tokens)
     model, processor = tiny
     enc = _text(processor, PROMPTS[:2])
     prompt = torch.randint(
@@ -135,6 +142,28 @@ def test_prompt_continuation_matches_transformers_and_is_deterministic(tiny: tup
     second = backend.decode(model, _request(enc, sampled_rows, 3.0, 15, prompt))
     assert first.shape == (2, 4, 15)
     assert torch.equal(first, second)
+
+
+def test_a_prefix_fed_in_pieces_fills_the_cache_as_a_whole_prefill_does(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every layer's keys and values of a 30-frame prefix, fed 4 positions at a time (2 rows with
+    guidance), equal those of the prefix fed at once: the pieces' causal mask is exact."""
+    model, processor = tiny
+    enc = _text(processor, PROMPTS[:1])
+    prompt = torch.randint(
+        0, model.config.decoder.vocab_size, (1, 4, 30), generator=torch.Generator().manual_seed(9)
+    )
+    caches = []
+    for tokens in (None, 8):
+        if tokens is not None:
+            monkeypatch.setattr("daemon.engine.decoding.graphs.PREFILL_TOKENS", tokens)
+        backend = DgxBackend(batch_invariant="on")  # keeps its bucket, so its cache can be read
+        backend.decode(model, _request(enc, [GREEDY], 3.0, 1, prompt))
+        (bucket,) = [backend.bucket(key) for key in backend.buckets]
+        caches.append(bucket.kv[..., :30, :].clone())
+    assert caches[0].abs().max() > 0
+    torch.testing.assert_close(caches[1], caches[0], rtol=1e-5, atol=1e-6)
 
 
 def test_very_short_requests_return_exact_frames(tiny: tuple[Any, Any]) -> None:

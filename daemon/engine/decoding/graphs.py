@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 ATTENTION_CHUNK = 128
 # Captured steps: wait for the GPU every this many before reporting progress.
 SYNC_EVERY = 8
+# Rows x positions the prefill feeds at once: a continuation window's 12 s prefix at 16 rows is
+# about 9,600 (a few hundred MiB of passing activations at the small shape), a first window's 1.
+PREFILL_TOKENS = 2048
 
 
 def next_pow2(value: int) -> int:
@@ -138,6 +141,23 @@ class GraphBucket:
         self.position.add_(1)
         noise = self.noise if self.key.sampling else None
         self._advance(logits, self.cfg_coef, self.params, noise, self.position, static=self.key.sampling)
+
+    def _prefill(self, fed: torch.Tensor) -> torch.Tensor:
+        """Logits after feeding `fed` [R, K, n] from position 0. A long prefix (a continuation
+        window's) goes in pieces of PREFILL_TOKENS rows x positions, each attending to the cache
+        so far under an explicit causal mask: its passing activations are a piece's, not the whole
+        prefix's, so a job past one window needs no more memory than a job of one window."""
+        rows, _, n = fed.shape
+        piece = max(1, PREFILL_TOKENS // rows)
+        if n <= piece:
+            return self.decoder(fed, self.kv, 0, None, self.cross, self.cross_mask)
+        for start in range(0, n, piece):
+            stop = min(n, start + piece)
+            queries = torch.arange(start, stop, device=fed.device).view(-1, 1)
+            visible = self.key_positions[:stop].view(1, -1) <= queries
+            mask = torch.where(visible, self.zero, self.neg).view(1, 1, stop - start, stop)
+            logits = self.decoder(fed[..., start:stop], self.kv, start, mask, self.cross, self.cross_mask)
+        return logits
 
     def _advance(
         self,
@@ -255,7 +275,7 @@ class GraphBucket:
 
         # Prefill eagerly, reading the filled prefix only.
         fed = torch.cat([padded_prefix, padded_prefix]) if key.doubled else padded_prefix
-        logits = self.decoder(fed, self.kv, 0, None, self.cross, self.cross_mask)
+        logits = self._prefill(fed)
         target = torch.tensor([start], device=parts.device)
         self._advance(logits, float(req.cfg_coef), fresh, noise.step(0), target)
         if req.on_step is not None:
