@@ -310,7 +310,7 @@ def section_shapes(plan: Plan) -> dict[str, Any]:
         try:
             cfg = _config(plan, plan.work / f"cfg-{shape}", {shape: directory}, shape)
             rows = _compare_config(plan, cfg, shape)
-            out[shape] = _speedups(rows, plan, shape)
+            out[shape] = {**_speedups(rows, plan, shape), **_other_kernels(plan, cfg, shape)}
         except Exception as exc:
             out[shape] = {"error": f"{type(exc).__name__}: {exc}"}
             out["ok"] = False
@@ -337,6 +337,28 @@ def _compare_config(plan: Plan, cfg: Path, model: str) -> list[dict[str, Any]]:
     if proc.returncode != 0:
         raise RuntimeError(f"bench --compare exited {proc.returncode}: {_tail(proc.stderr, 800)}")
     return json.loads(proc.stdout)
+
+
+def _other_kernels(plan: Plan, cfg: Path, model: str) -> dict[str, Any]:
+    """The same clip decoded on the kernels `kernels: auto` did not pick (Triton's fused ones or
+    plain ATen ops), so each shape shows whether auto's rule (Triton on CUDA whenever it passes its
+    load check) is the faster choice there."""
+    if not plan.device.startswith("cuda"):
+        return {"kernels_compared": "on CUDA only (the CPU interprets the Triton kernels)"}
+    runs = {}
+    for kernels in ("triton", "aten"):
+        proc = _cli(
+            "bench", "--json", "--config", str(cfg), "--model", model, "--device", plan.device,
+            "--durations", plan.shape_duration, "--kernels", kernels, timeout=plan.timeout,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            return {f"{kernels}_error": _tail(proc.stderr, 400)}
+        report = json.loads(proc.stdout)
+        runs[report["model"]["setup"]["kernels"]] = report["rows"][0]["ms_per_step"]
+    out: dict[str, Any] = {f"{k}_ms_per_step": v for k, v in runs.items()}
+    if "triton" in runs and "aten" in runs:
+        out["triton_over_aten"] = round(runs["triton"] / runs["aten"], 3)
+    return out
 
 
 def _config(plan: Plan, spool: Path, models: dict[str, Path], default: str) -> Path:
@@ -627,7 +649,8 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
         return "; ".join(parts)
     if name == "shapes":
         return "; ".join(
-            f"{k}: dgx {v['dgx_gen_s']:.3f} s, peak {v['dgx_peak_memory_bytes'] / 2**30:.1f} GiB"
+            f"{k}: dgx {v['dgx_gen_s']:.3f} s, peak {v['dgx_peak_memory_bytes'] / 2**30:.1f} GiB, "
+            f"triton / aten {v.get('triton_over_aten', 'n/a')}"
             for k, v in sec.items()
             if isinstance(v, dict) and "dgx_gen_s" in v
         )
