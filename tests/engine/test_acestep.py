@@ -155,3 +155,18 @@ def test_the_step_callback_sees_every_step_and_may_cancel(loaded: Any) -> None:
     two = _batch(SongRow(0, 0, 1, "jazz"), SongRow(0, 1, 2, "jazz"), steps=2)
     render(loaded.pipe, two, on_step=seen.append, fixed_rows=1)
     assert seen == [1, 2, 3, 4]  # two calls of two steps
+
+
+def test_a_guided_song_equals_diffusers_pipeline() -> None:
+    """A base checkpoint's classifier-free guidance (the null condition beside the rows' own, the
+    guider's momentum) gives the pipeline's audio."""
+    from daemon.ops.tinyacestep import tiny_pipeline
+
+    pipe = tiny_pipeline(variant="base")
+    batch = SongBatch(
+        SongParams(duration=1.0, steps=3, guidance=5.0, shift=3.0),
+        [SongRow(0, 0, seed=11, prompt="a slow waltz", lyrics=LYRICS)],
+    )
+    ours = render(pipe, batch)[0]
+    theirs = pipe(**pipeline_kwargs(batch), generator=torch.Generator("cpu").manual_seed(11)).audios
+    np.testing.assert_array_equal(ours, theirs[0].numpy()[:, : ours.shape[1]])

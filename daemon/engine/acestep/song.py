@@ -6,7 +6,8 @@ needs and the pipeline has not: every row draws its noise from its own generator
 row's seed (on the CPU, so the noise is the same on every device), a callback after every
 denoising step that may raise to cancel, and the cross-attention keys and values of the
 conditioning computed once per call instead of once per step (they do not change between steps;
-`crossattn`). The audio equals the pipeline's for the same inputs and seed, which a test checks.
+`crossattn`). The steps themselves are `denoise`'s. The audio equals the pipeline's for the same
+inputs and seed, which a test checks.
 
 Rows share a call only when everything the pipeline takes once per call is equal (duration,
 steps, guidance, shift, bpm, key, time signature) and their prompt and lyrics have the same
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from daemon.engine.acestep.crossattn import cached_cross_attention
+from daemon.engine.acestep.denoise import denoise, step_inputs
 from daemon.engine.acestep.timbre import conditioning_states
 from daemon.engine.acestep.vae import decode_rows, lean_snakes
 
@@ -156,6 +158,7 @@ def render(
     on_step: Callable[[int], None] | None = None,
     fixed_rows: int | None = None,
     cache_cross_attention: bool = True,
+    dit: Callable[..., Any] | None = None,
 ) -> list[np.ndarray]:
     """Audio per row, float32 [channels, samples] at the VAE's rate, exactly `duration` long.
 
@@ -163,18 +166,22 @@ def render(
     its last row, whose audio is dropped), so that a row's arithmetic is the same whatever its batch
     mates: 1 renders each row alone. None: all rows in one call (a row's last bits may then depend on
     how many rows shared it). `on_step(done)` runs after each denoising step (done counts the
-    steps of all the batch's calls) and may raise to abort."""
-    rows = batch.rows
+    steps of all the batch's calls) and may raise to abort. `dit` runs the DiT's steps in place of
+    `pipe.transformer` (a compiled one)."""
+    rows, p = batch.rows, batch.params
+    run = dit if dit is not None else pipe.transformer
+
+    def call(part: list[SongRow], before: int) -> list[np.ndarray]:
+        ticks = None if on_step is None else lambda i: on_step(before + i)
+        return _call(pipe, p, part, ticks, cache_cross_attention, batch.edit, run)
+
     if not fixed_rows:
-        return _call(pipe, batch.params, rows, on_step, 0, cache_cross_attention, batch.edit)
+        return call(rows, 0)
     out: list[np.ndarray] = []
     for k in range(0, len(rows), fixed_rows):
         part = rows[k : k + fixed_rows]
         filled = part + [part[-1]] * (fixed_rows - len(part))
-        done = (k // fixed_rows) * batch.params.steps
-        out.extend(
-            _call(pipe, batch.params, filled, on_step, done, cache_cross_attention, batch.edit)[: len(part)]
-        )
+        out.extend(call(filled, (k // fixed_rows) * p.steps)[: len(part)])
     return out
 
 
@@ -205,41 +212,64 @@ def _call(
     p: SongParams,
     rows: list[SongRow],
     on_step: Callable[[int], None] | None,
-    steps_before: int,
     cache_cross_attention: bool,
-    edit: SourceEdit | None = None,
+    edit: SourceEdit | None,
+    dit: Callable[..., Any],
 ) -> list[np.ndarray]:
-    from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
-
     n = len(rows)
     task = edit.kind if edit is not None else "text2music"
-    device = pipe._execution_device
-    dtype = pipe.transformer.dtype
-    acoustic_dim = pipe.transformer.config.audio_acoustic_hidden_dim
     classes = list(edit.classes) if edit is not None else None
     instruction = pipe._get_task_instruction(task, track_name=rows[0].track, complete_track_classes=classes)
     encoder_states = conditioning(pipe, p, rows, instruction)
-    length = latent_frames(pipe, p.duration)
-    kept: torch.Tensor | None = None
-    if edit is None:
-        src_latents, length = pipe.prepare_src_latents(
-            device=device, dtype=dtype, batch_size=n, latent_length=length, task_type="text2music"
-        )
-    else:
-        src_latents, kept, length = source_latents(pipe, edit, n, device, dtype)
+    context, chunk_mask, kept, length = _context(pipe, task, n, latent_frames(pipe, p.duration), edit)
     text_only = None
     if edit is not None and edit.kind == "cover" and edit.strength < 1.0:
         # As the pipeline: the velocity is blended with that of the same text as text2music.
         text_only = conditioning(pipe, p, rows, pipe._get_task_instruction("text2music"))
-        # Two conditionings of one shape in one call: the per-call cache would mix them up.
+        # Two conditionings of one shape in one call: one set of cached keys would serve both.
         cache_cross_attention = False
+    latents = pipe.prepare_latents(
+        batch_size=n,
+        audio_duration=length / pipe.latents_per_second,
+        dtype=pipe.transformer.dtype,
+        device=pipe._execution_device,
+        generator=row_generators(rows),
+    )
+    strength = edit.strength if edit is not None else 1.0
+    inputs = step_inputs(pipe, p.guidance, dit, encoder_states, context, text_only, strength)
+    del encoder_states, context, text_only
+    with cached_cross_attention(pipe.transformer, inputs.conditioning, enabled=cache_cross_attention):
+        xt = denoise(pipe, p.steps, p.shift, inputs, latents, on_step)
+    del inputs, latents
+    if task == "repaint" and kept is not None:
+        # Outside the range the source's own latents are decoded, so the rest of the song is the
+        # source's VAE round trip (the pipeline alone would regenerate it near the source).
+        xt = torch.where(chunk_mask > 0.5, xt, kept)
+    # The pipeline's level (anti-clip, then every row's peak at -1 dBFS, each row on its own); a
+    # repaint keeps the source's level (what is kept must stay as it was).
+    return decode_rows(pipe.vae, xt, int(round(p.duration * pipe.sample_rate)), level=task != "repaint")
+
+
+def _context(
+    pipe: Any, task: str, n: int, length: int, edit: SourceEdit | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """(the DiT's context latents, the chunk mask, the source's own latents or None, latent
+    frames) of `n` rows: what the song starts from and which frames the model writes."""
+    device, dtype = pipe._execution_device, pipe.transformer.dtype
+    kept: torch.Tensor | None = None
+    if edit is None:
+        src, length = pipe.prepare_src_latents(
+            device=device, dtype=dtype, batch_size=n, latent_length=length, task_type="text2music"
+        )
+    else:
+        src, kept, length = source_latents(pipe, edit, n, device, dtype)
     chunk_mask = pipe._build_chunk_mask(
         task_type=task,
         latent_length=length,
         batch_size=n,
         device=device,
         dtype=dtype,
-        acoustic_dim=acoustic_dim,
+        acoustic_dim=pipe.transformer.config.audio_acoustic_hidden_dim,
         repainting_start=edit.start if edit is not None else None,
         repainting_end=edit.end if edit is not None else None,
         has_src_audio=edit is not None,
@@ -247,80 +277,8 @@ def _call(
     if task == "repaint":
         # As the pipeline: the model hears silence inside the range and the source around it.
         blank, _ = pipe.prepare_src_latents(device=device, dtype=dtype, batch_size=n, latent_length=length)
-        src_latents = torch.where(chunk_mask > 0.5, blank, src_latents)
-    context = torch.cat([src_latents, chunk_mask], dim=-1)
-    latents = pipe.prepare_latents(
-        batch_size=n,
-        audio_duration=length / pipe.latents_per_second,
-        dtype=dtype,
-        device=device,
-        generator=row_generators(rows),
-    )
-    guided = p.guidance > 1.0 and not pipe.is_turbo
-    if guided:
-        null = pipe.condition_encoder.null_condition_emb.to(device=device, dtype=encoder_states.dtype)
-        encoder_states = torch.cat([encoder_states, null.expand_as(encoder_states)], dim=0)
-        context = torch.cat([context, context], dim=0)
-    schedule = pipe._get_timestep_schedule(
-        num_inference_steps=p.steps, shift=p.shift, device=device, dtype=torch.float32
-    )
-    pipe.scheduler.set_timesteps(sigmas=schedule.tolist(), device=device)
-    momentum = MomentumBuffer(momentum=-0.75) if guided else None
-    xt = latents
-    with cached_cross_attention(pipe.transformer, enabled=cache_cross_attention):
-        for i, t_sched in enumerate(pipe.scheduler.timesteps):
-            t = float(t_sched) * torch.ones((n,), device=device, dtype=dtype)
-            if guided:
-                t2 = torch.cat([t, t], dim=0)
-                out = pipe.transformer(
-                    hidden_states=torch.cat([xt, xt], dim=0),
-                    timestep=t2,
-                    timestep_r=t2,
-                    encoder_hidden_states=encoder_states,
-                    context_latents=context,
-                    return_dict=False,
-                )[0]
-                cond, uncond = out.chunk(2, dim=0)
-                vt = normalized_guidance(
-                    pred_cond=cond,
-                    pred_uncond=uncond,
-                    guidance_scale=p.guidance - 1.0,
-                    momentum_buffer=momentum,
-                    eta=0.0,
-                    norm_threshold=2.5,
-                    use_original_formulation=True,
-                    norm_dim=(1,),
-                )
-            else:
-                vt = pipe.transformer(
-                    hidden_states=xt,
-                    timestep=t,
-                    timestep_r=t,
-                    encoder_hidden_states=encoder_states,
-                    context_latents=context,
-                    return_dict=False,
-                )[0]
-            if text_only is not None and edit is not None:
-                vt_text = pipe.transformer(
-                    hidden_states=xt,
-                    timestep=t,
-                    timestep_r=t,
-                    encoder_hidden_states=text_only,
-                    context_latents=context[:n],
-                    return_dict=False,
-                )[0]
-                vt = edit.strength * vt + (1.0 - edit.strength) * vt_text
-            xt = pipe.scheduler.step(vt, t_sched, xt, return_dict=False)[0]
-            if on_step is not None:
-                on_step(steps_before + i + 1)
-    if task == "repaint" and kept is not None:
-        # Outside the range the source's own latents are decoded, so the rest of the song is the
-        # source's VAE round trip (the pipeline alone would regenerate it near the source).
-        xt = torch.where(chunk_mask > 0.5, xt, kept)
-    del encoder_states, context, src_latents, text_only, latents
-    # The pipeline's level (anti-clip, then every row's peak at -1 dBFS, each row on its own); a
-    # repaint keeps the source's level (what is kept must stay as it was).
-    return decode_rows(pipe.vae, xt, int(round(p.duration * pipe.sample_rate)), level=task != "repaint")
+        src = torch.where(chunk_mask > 0.5, blank, src)
+    return torch.cat([src, chunk_mask], dim=-1), chunk_mask, kept, length
 
 
 def encode_source(pipe: Any, audio: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
