@@ -12,8 +12,9 @@ batch 1 and 8), profile (capture time, ms per step, kernels per step, delay patt
 times, peak memory), shapes (medium and large random weights at the real shapes, 8 s), daemon (one
 job through `serve` + `submit --wait` on a temporary spool), acestep (ACE-Step 1.5 at the real turbo
 shape, random weights: the daemon's render against diffusers' AceStepPipeline call, 60 s and 180 s
-songs at batch 1 and 4), gpu_tests (`pytest -m gpu`). Timed figures are the median of `REPEATS`
-runs. Writes DIR/results.json and DIR/summary.md; exit 0 when every section passed, 1 otherwise.
+songs at batch 1 and 4, and the render with the DiT under torch.compile against the eager one),
+gpu_tests (`pytest -m gpu`). Timed figures are the median of `REPEATS` runs. Writes
+DIR/results.json and DIR/summary.md; exit 0 when every section passed, 1 otherwise.
 docs/gpu.md explains the figures and the targets.
 """
 
@@ -260,15 +261,19 @@ def section_compare(plan: Plan) -> dict[str, Any]:
 def section_acestep(plan: Plan) -> dict[str, Any]:
     """ACE-Step 1.5 at the real turbo shape (random weights built in memory; --quick: the tiny
     pipeline): the daemon's render against diffusers' own AceStepPipeline call, a 60 s and a 180 s
-    song, batch 1 and 4, with whether both made the same audio."""
+    song, batch 1 and 4, with whether both made the same audio; and the render with the DiT under
+    torch.compile (the daemon's `compile: auto` on CUDA) against the eager one: its time, the
+    first call's (the compile), and its audio's distance from the eager render's."""
     durations = "1" if plan.quick else "60,180"
     model = ["--tiny"] if plan.quick else ["--shape", "turbo"]
     out: dict[str, Any] = {"ok": True, "shape": "tiny" if plan.quick else "turbo"}
     for batch in (1, 2) if plan.quick else (1, 4):
         args = ["bench", "--compare", "--family", "ace-step", "--json", "--device", plan.device]
-        args += ["--repeats", str(REPEATS)]
-        proc = _cli(*args, "--durations", durations, "--batch", str(batch), *model, timeout=plan.timeout)
-        if proc.returncode != 0:
+        args += ["--repeats", str(REPEATS), "--compile", "auto"]
+        # The compiled engine adds its runs and, once per process, the DiT's compile.
+        timeout = plan.timeout * (1 if plan.quick else 1.5)
+        proc = _cli(*args, "--durations", durations, "--batch", str(batch), *model, timeout=timeout)
+        if proc.returncode not in (0, 1) or not proc.stdout.strip():
             raise RuntimeError(
                 f"bench --compare --family ace-step exited {proc.returncode}: {_tail(proc.stderr, 800)}"
             )
@@ -276,8 +281,9 @@ def section_acestep(plan: Plan) -> dict[str, Any]:
         for row in rows:
             if row["engine"] != "dgx-music":
                 continue
-            ref = next(r for r in rows if r["engine"] == "diffusers" and r["duration_s"] == row["duration_s"])
-            out[f"{row['duration_s']:g}s_batch{batch}"] = {
+            same = [r for r in rows if r["duration_s"] == row["duration_s"]]
+            ref = next(r for r in same if r["engine"] == "diffusers")
+            fig = out[f"{row['duration_s']:g}s_batch{batch}"] = {
                 "dgx_gen_s": row["gen_s_median"],
                 "diffusers_gen_s": ref["gen_s_median"],
                 "ratio": round(row["gen_s_median"] / ref["gen_s_median"], 3),
@@ -285,9 +291,26 @@ def section_acestep(plan: Plan) -> dict[str, Any]:
                 "identical": row["identical"],
                 "dgx_audio_s_per_s": row["audio_s_per_s"],
                 "dgx_peak_memory_bytes": row["peak_memory_bytes"],
+                **_compiled_figures(row, same),
             }
-            out["ok"] = out["ok"] and bool(row["identical"])
+            out["ok"] = out["ok"] and bool(row["identical"]) and fig.get("compiled_within_tolerance", True)
     return out
+
+
+def _compiled_figures(eager: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The compiled DiT's figures beside the eager render's, or why it did not run."""
+    compiled = next((r for r in rows if r["engine"] == "dgx-compiled"), None)
+    if compiled is None:
+        return {"compiled_skipped": eager.get("compile_skipped", "not run")}
+    return {
+        "compiled_gen_s": compiled["gen_s_median"],
+        "compiled_vs_eager": round(compiled["gen_s_median"] / eager["gen_s_median"], 3),
+        "compiled_first_call_s": compiled["first_call_s"],
+        "compiled_max_abs_diff": compiled["max_abs_diff"],
+        "compiled_snr_db": compiled["snr_db"],
+        "compiled_within_tolerance": compiled["within_tolerance"],
+        "compiled_peak_memory_bytes": compiled["peak_memory_bytes"],
+    }
 
 
 def _build(shape: str, directory: str) -> str:
@@ -668,7 +691,8 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
     if name == "acestep":
         return "; ".join(
             f"{k}: dgx {v['dgx_gen_s']:.3f} s vs diffusers {v['diffusers_gen_s']:.3f} s (ratio {v['ratio']}, "
-            f"{'identical' if v['identical'] else 'DIFFERENT'}), {v['dgx_audio_s_per_s']} audio s/s"
+            f"{'identical' if v['identical'] else 'DIFFERENT'}), {v['dgx_audio_s_per_s']} audio s/s, "
+            + _compiled_text(v)
             for k, v in sec.items()
             if isinstance(v, dict) and "dgx_gen_s" in v
         )
@@ -677,6 +701,17 @@ def _figures(name: str, sec: dict[str, Any]) -> str:
         decoder = model.get("decoder")
         return f"{sec.get('status')} in {sec.get('submit_wall_s')} s, decoder {decoder}, rtf {sec.get('rtf')}"
     return ""
+
+
+def _compiled_text(v: dict[str, Any]) -> str:
+    if "compiled_gen_s" not in v:
+        return f"compiled DiT skipped ({v.get('compiled_skipped')})"
+    close = "within tolerance" if v["compiled_within_tolerance"] else "OUTSIDE tolerance"
+    return (
+        f"compiled DiT {v['compiled_gen_s']:.3f} s (x{v['compiled_vs_eager']} of eager, {close}: "
+        f"max |diff| {v['compiled_max_abs_diff']:.1e}, SNR {v['compiled_snr_db']} dB; "
+        f"compile {v['compiled_first_call_s']} s)"
+    )
 
 
 def _host() -> dict[str, Any]:

@@ -58,6 +58,11 @@ class DecodeSetupInfo(_Strict):
         default=None, description="CUDA graphs: on, off, or failed (then the step ran uncaptured)."
     )
     capture_error: str | None = Field(default=None, description="Why the capture failed.")
+    compile: Literal["on", "off", "failed"] | None = Field(
+        default=None,
+        description="torch.compile of the step (ACE-Step's DiT): on, off, or failed (then it ran eager).",
+    )
+    compile_error: str | None = Field(default=None, description="Why the compile failed.")
     rows: int | None = Field(
         default=None, ge=1, description="The fixed row count of every decode call (batch invariance)."
     )

@@ -114,6 +114,13 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
         "(on the CPU in float32 unless --dtype is given; a Triton kernel counts as one op)",
     )
     parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="ace-step --compare: override the config's compile setting; on adds a third engine, the "
+        "render with the DiT under torch.compile (auto: on with CUDA)",
+    )
+    parser.add_argument(
         "--kernels",
         choices=("auto", "triton", "aten"),
         default=None,
@@ -144,6 +151,8 @@ def bench_settings(args: argparse.Namespace, tiny_dir: Path | None) -> Settings:
         overrides["dtype"] = args.dtype
     if getattr(args, "kernels", None):
         overrides["kernels"] = args.kernels
+    if getattr(args, "compile", None):
+        overrides["compile"] = args.compile
     if tiny_dir is not None:
         name = tiny_dir.name
         overrides["models"] = {name: {"path": str(tiny_dir)}}
@@ -175,9 +184,10 @@ def made_model(args: argparse.Namespace, tmp: Path) -> Path | None:
 
 def run_song_compare(args: argparse.Namespace, settings: Settings, model_name: str | None) -> int:
     """`--compare --family ace-step`: diffusers' own pipeline call against the daemon's render."""
+    from daemon.engine.acestep.compiled import ON, compile_mode
     from daemon.engine.devices import resolve_device, resolve_dtype
     from daemon.ops.decodebench import format_table
-    from daemon.ops.songbench import compare
+    from daemon.ops.songbench import COMPILED, compare
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
@@ -195,6 +205,14 @@ def run_song_compare(args: argparse.Namespace, settings: Settings, model_name: s
 
         name = model_name or settings.default_model
         pipe = load_pipeline(name, settings, device=device, dtype=dtype).pipe
+    compiled = compile_mode(settings, device) == ON
+    skipped = None
+    if not compiled:
+        skipped = (
+            "compile: off"
+            if settings.compile == "off"
+            else f"compile: auto compiles on CUDA only, not {device}"
+        )
     rows = compare(
         pipe,
         args.durations or (4.0, 8.0),
@@ -203,16 +221,34 @@ def run_song_compare(args: argparse.Namespace, settings: Settings, model_name: s
         steps=args.steps,
         repeats=max(1, args.repeats or 4),
         progress=lambda text: print(text, file=sys.stderr),
+        compiled=compiled,
+        compile_skipped=skipped,
     )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows))
-        for row in rows[1::2]:
-            same = "identical audio" if row["identical"] else "DIFFERENT audio"
-            ratio = row["ratio"]
-            print(f"{row['duration_s']:g} s x{row['batch']}: dgx-music / diffusers = {ratio:.3f} ({same})")
-    return EXIT_OK if all(r["identical"] for r in rows) else EXIT_FAILED
+        for row in rows:
+            print(_song_verdict(row))
+    ok = all(r["within_tolerance"] if r["engine"] == COMPILED else r["identical"] for r in rows)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _song_verdict(row: dict[str, Any]) -> str:
+    """One line per engine row of the ACE-Step comparison, for a person."""
+    head = f"{row['duration_s']:g} s x{row['batch']}: {row['engine']}"
+    if row["engine"] == "diffusers":
+        return f"{head}: the reference"
+    if row["engine"] == "dgx-music":
+        same = "identical audio" if row["identical"] else "DIFFERENT audio"
+        skipped = f"; compiled DiT not run: {row['compile_skipped']}" if row.get("compile_skipped") else ""
+        return f"{head} / diffusers = {row['ratio']:.3f} ({same}){skipped}"
+    close = "within tolerance" if row["within_tolerance"] else "OUTSIDE tolerance"
+    snr = "inf" if row["snr_db"] is None else row["snr_db"]
+    return (
+        f"{head} / eager = {row['vs_eager']:.3f}, / diffusers = {row['ratio']:.3f} (max |diff| "
+        f"{row['max_abs_diff']:.2e}, SNR {snr} dB: {close}; first call {row['first_call_s']} s)"
+    )
 
 
 def run_compare(args: argparse.Namespace, settings: Settings, model_name: str) -> int:

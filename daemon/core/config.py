@@ -190,6 +190,13 @@ class Settings(BaseSettings):
         "kernels a layer) or plain PyTorch ops (aten: 13); auto: triton on CUDA when it imports and "
         "passes its check on the loaded model, aten otherwise",
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="ACE-Step models: the DiT (the denoising transformer) runs under torch.compile "
+        "(inductor, dynamic shapes: one compile serves every song length), compiled during the warm-up "
+        "at load (warmup false: at the first song); auto: on with CUDA, off on the CPU; a compile that "
+        "fails leaves the DiT eager and the decode setup says why (compile: failed)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )

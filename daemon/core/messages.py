@@ -135,8 +135,9 @@ class DecodeSetup:
     `family` is the model family (musicgen, ...) and `decoder` the loop that runs (dgx,
     transformers, ...). The rest is what a family reports of itself, None where it has no such
     choice: `capture` (CUDA graphs captured: on, off, or failed, the reason in `capture_error`),
-    `rows` (the fixed row count of every decode call, batch invariance), `kernels` (which
-    kernels the step runs), `fallback` (why the configured decoder is not the one that runs) and
+    `compile` (the step under torch.compile: on, off, or failed, the reason in `compile_error`),
+    `rows` (the fixed row count of every decode call, batch invariance), `kernels` (which kernels
+    the step runs), `fallback` (why the configured decoder is not the one that runs) and
     `load_check` (what the check at load time found).
     """
 
@@ -144,6 +145,8 @@ class DecodeSetup:
     decoder: str
     capture: str | None = None
     capture_error: str | None = None
+    compile: str | None = None
+    compile_error: str | None = None
     rows: int | None = None
     kernels: str | None = None
     batch_invariant: bool = False
@@ -153,6 +156,10 @@ class DecodeSetup:
     def with_capture_failed(self, reason: str) -> DecodeSetup:
         """The setup after a capture failed: decoding goes on uncaptured, and says so."""
         return DecodeSetup(**{**asdict(self), "capture": "failed", "capture_error": reason})
+
+    def with_compile_failed(self, reason: str) -> DecodeSetup:
+        """The setup after a compile failed: the step runs eager, and says so."""
+        return DecodeSetup(**{**asdict(self), "compile": "failed", "compile_error": reason})
 
     def report(self) -> dict[str, Any]:
         """The fields that apply (None left out), for status, the sidecar, doctor and bench."""
@@ -166,6 +173,11 @@ def setup_summary(setup: dict[str, Any]) -> str:
         facts.append(
             f"capture {setup['capture']}"
             + (f": {setup['capture_error']}" if setup.get("capture_error") else "")
+        )
+    if setup.get("compile"):
+        facts.append(
+            f"compile {setup['compile']}"
+            + (f": {setup['compile_error']}" if setup.get("compile_error") else "")
         )
     if setup.get("rows"):
         rows = setup["rows"]

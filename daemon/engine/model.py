@@ -79,7 +79,15 @@ class MusicEngine:
     def _resolved_from(self, name: str) -> tuple[Any, ...]:
         """What the resident model's load and setup rest on: a change reloads it."""
         s, spec = self.settings, self.settings.models.get(name)
-        decode = (s.decoder, s.kernels, s.batch_invariant, s.max_batch, s.window_s, s.extend_stride_s)
+        decode = (
+            s.decoder,
+            s.kernels,
+            s.batch_invariant,
+            s.compile,
+            s.max_batch,
+            s.window_s,
+            s.extend_stride_s,
+        )
         entry = spec.model_dump() if spec is not None else None
         return (name, entry, s.device, s.dtype, *decode, id(self._loop))
 

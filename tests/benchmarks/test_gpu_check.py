@@ -71,6 +71,8 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     song = sections["acestep"]
     assert song["1s_batch1"]["identical"] and song["1s_batch2"]["ratio"] > 0
     assert song["1s_batch1"]["repeats"] >= 3
+    # compile: auto runs the DiT eager on the CPU, and the section says so instead of a figure.
+    assert "on CUDA only" in song["1s_batch1"]["compiled_skipped"]
     assert "| daemon | yes |" in summary and "| acestep | yes |" in summary and "Overall: PASS" in summary
 
 

@@ -4,7 +4,8 @@ The real daemon serves the tiny model; each step rewrites its config file, sends
 the reload to be logged, runs one job and reads the change in that job's sidecar: the decoder,
 batch_invariant and max_batch (the fixed row count), the kernels, dtype and device (the model is
 loaded again: `model_load_s` of the next job), and a model whose source moved (another checkpoint
-under the same name). `status` and `doctor` show the setup the serving daemon resolved.
+under the same name); for an ACE-Step model, whether its DiT runs compiled. `status` and `doctor`
+show the setup the serving daemon resolved.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ class Served:
             alive=self.daemon,
         )
 
-    def job(self) -> dict[str, Any]:
+    def job(self, **fields: Any) -> dict[str, Any]:
         self.jobs += 1
         job_id = f"after-reload-{self.jobs}"
-        self.spool.drop(f"{job_id}.yaml", job_yaml(f"a tune after reload {self.jobs}", duration=0.2, seed=7))
+        values = {"duration": 0.2, "seed": 7, **fields}
+        self.spool.drop(f"{job_id}.yaml", job_yaml(f"a tune after reload {self.jobs}", **values))
         sidecar = self.spool.wait_outcome(job_id, 120, alive=self.daemon)
         assert sidecar.get("status", "completed") != "failed" and "outputs" in sidecar, sidecar
         return sidecar
@@ -120,3 +122,34 @@ def test_each_reloaded_decode_setting_reaches_the_next_job(
     res = served.job()
     assert res["model"]["source"] == str(tiny_stereo_model_dir) and res["model"]["revision"] != before
     assert res["outputs"][0]["channels"] == 2
+
+
+@pytest.mark.slow  # the reloaded setting compiles the DiT (inductor builds C++ for the CPU)
+def test_a_reload_compiles_the_ace_step_dit_or_not(tmp_path: Path, tiny_acestep_dir: Path) -> None:
+    config = write_config(
+        tmp_path / "config.yaml",
+        tmp_path / "spool",
+        tiny_acestep_dir,
+        compile="off",
+        warmup=True,
+        dtype="float32",
+        rescan_interval_s=600,
+    )
+    with DaemonProcess(config, tmp_path / "daemon.log") as daemon:
+        daemon.start()
+        served = Served(daemon, SpoolView(tmp_path / "spool"), config)
+        first = served.job(duration=1.0, steps=2)
+        assert first["model"]["family"] == "ace-step" and first["model"]["setup"]["compile"] == "off"
+
+        served.reload(compile="on")
+        res = served.job(duration=1.0, steps=2)
+        # The model is loaded again and its warm-up compiles the DiT, before the job.
+        assert res["model"]["setup"]["compile"] == "on", res["model"]["setup"]
+        assert res["timings"]["model_load_s"] > 0
+        status = run_cli(served.config, "status")
+        assert "decoder diffusers (compile on" in status.stdout, status.stdout + status.stderr
+
+        served.reload(compile="auto")  # auto on a CPU: eager again
+        res = served.job(duration=1.0, steps=2)
+        assert res["model"]["setup"]["compile"] == "off" and res["timings"]["model_load_s"] > 0
+        assert daemon.stop() == 0, daemon.log_tail()

@@ -53,3 +53,21 @@ def test_cli_prints_the_ratio_as_json(tmp_path: Path) -> None:
 def test_cli_refuses_mixed_families(args: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", *args]) == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.slow  # inductor compiles the tiny DiT for the CPU
+def test_the_compiled_dit_is_timed_beside_the_eager_render(tiny_acestep_dir: Path) -> None:
+    from diffusers import AceStepPipeline
+
+    from daemon.ops.songbench import COMPILED, compare
+
+    pipe = AceStepPipeline.from_pretrained(tiny_acestep_dir, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    rows = compare(pipe, [0.5, 0.7], model_name="tiny", steps=2, repeats=1, compiled=True)
+    assert [r["engine"] for r in rows] == ["diffusers", "dgx-music", COMPILED] * 2
+    for row in rows[2::3]:
+        assert row["within_tolerance"] and row["max_abs_diff"] < 1e-4, row
+        assert row["vs_eager"] > 0 and row["first_call_s"] > 0 and row["ratio"] > 0
+    assert all(r["identical"] for r in rows if r["engine"] != COMPILED)
+    skipped = compare(pipe, [0.5], model_name="tiny", steps=2, repeats=1, compile_skipped="compile is off")
+    assert [r.get("compile_skipped") for r in skipped] == [None, "compile is off"]

@@ -9,7 +9,9 @@ timeout), and an out-of-memory error splits the batch in halves once.
 Its decode setup: `rows`, the fixed row count of every call. batch_invariant on: max_batch rows
 (rows of other jobs, or copies, fill a call, so a row's arithmetic never depends on its mates);
 auto: max_batch rows on CUDA, one row at a time on the CPU (the same promise at the cost of
-batching); off: the rows a batch has, and a row's last bits may depend on its mates.
+batching); off: the rows a batch has, and a row's last bits may depend on its mates. `compile`:
+whether the DiT runs under torch.compile (`compiled`): on, off, or failed with its reason (a
+compile that raises, at the warm-up or at a later call, leaves the DiT eager from then on).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from daemon.core.families import ACE_STEP
 from daemon.core.messages import DecodeSetup, GenerationRequest, LoadedModelInfo
 from daemon.engine.acestep.adapters import Adapters
 from daemon.engine.acestep.checkpoint import NETWORKS, LoadedPipeline, load_pipeline
+from daemon.engine.acestep.compiled import ON, CompiledDit, compile_error, compile_mode, is_compile_error
 from daemon.engine.acestep.song import (
     MAX_LYRIC_TOKENS,
     SHIFT,
@@ -99,10 +102,17 @@ class AceStepModel:
         self._setup = DecodeSetup(
             ACE_STEP,
             DECODER,
+            compile=compile_mode(settings, device),
             rows=self.rows,
             batch_invariant=self.rows is not None,
             fallback=None,
         )
+        self._dit: CompiledDit | None = None
+        if self._setup.compile == ON:
+            try:
+                self._dit = CompiledDit(pipe.transformer)
+            except Exception as exc:  # torch.compile refuses this interpreter or build up front
+                self._setup = self._setup.with_compile_failed(_eager_from_now(exc))
         self._info = LoadedModelInfo(
             name=name,
             source=loaded.source,
@@ -129,11 +139,20 @@ class AceStepModel:
         return self._setup
 
     def warm_up(self) -> None:
-        """One short song through every part (text encoder, condition encoder, DiT, VAE)."""
+        """One short song through every part (text encoder, condition encoder, DiT, VAE); with the
+        DiT compiled, the compile happens here, at the row counts jobs run at (the fixed rows, or
+        one row and several: a single row compiles apart from a batch), so no job pays it."""
         t0 = time.monotonic()
+        counts = (
+            [1]
+            if self.rows is not None or self._dit is None
+            else sorted({1, min(2, self.settings.max_batch)})
+        )
         with torch.inference_mode():
-            decode_call(self, [GenerationRequest("warm up", 1.0, seed=0)], [0], StepClock())
-        log.info("warm-up song of 1.0 s took %.2f s", time.monotonic() - t0)
+            for count in counts:
+                request = GenerationRequest("warm up", 1.0, count=count, seed=0)
+                decode_call(self, [request], [0], StepClock())
+        log.info("warm-up song of 1.0 s took %.2f s (compile %s)", time.monotonic() - t0, self._setup.compile)
 
     def _params(self, req: GenerationRequest) -> SongParams:
         turbo = self.loaded.turbo
@@ -300,16 +319,29 @@ class AceStepModel:
     def _render(self, batch: SongBatch, clock: StepClock, base: int, rows: int | None) -> list[np.ndarray]:
         try:
             return render(
-                self.loaded.pipe, batch, on_step=lambda done: clock.advance(base + done), fixed_rows=rows
+                self.loaded.pipe,
+                batch,
+                on_step=lambda done: clock.advance(base + done),
+                fixed_rows=rows,
+                dit=self._dit,
             )
         except (DgxMusicError, torch.OutOfMemoryError):
             raise
         except BaseException as exc:
             if clock.callback_error is not None and exc is clock.callback_error:
                 raise
+            if self._dit is not None and is_compile_error(exc):
+                self._run_eager(exc)
+                return self._render(batch, clock, base, rows)
             if isinstance(exc, Exception):
                 raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
             raise
+
+    def _run_eager(self, exc: BaseException) -> None:
+        """A compile failed: the DiT runs eager from now on, and the setup says why."""
+        self._dit = None
+        self._setup = self._setup.with_compile_failed(_eager_from_now(exc))
+        self._info = replace(self._info, setup=self._setup)
 
     def adapter_record(self, request: GenerationRequest) -> dict[str, Any] | None:
         return self.adapters.record(request)
@@ -320,7 +352,12 @@ class AceStepModel:
                 "batch_mates": "independent",
                 "by_construction": True,
                 "basis": f"every ACE-Step call runs at {self.rows} fixed row(s), each row with its own "
-                "seeded noise, so a song is the same alone or batched with others",
+                "seeded noise, so a song is the same alone or batched with others"
+                + (
+                    "; the DiT runs compiled, the same kernels for every call"
+                    if self._dit is not None
+                    else ""
+                ),
             }
         return {
             "batch_mates": "may_differ",
@@ -336,6 +373,17 @@ class AceStepModel:
     def unload(self) -> None:
         self.loaded = None  # type: ignore[assignment]
         _free(self.device)
+
+
+def _eager_from_now(exc: BaseException) -> str:
+    """The reason a compile failed, logged once: the DiT runs eager from here on."""
+    reason = compile_error(exc)
+    log.warning(
+        "the ACE-Step DiT could not be compiled (%s): it runs eager (slower); set `compile: off` "
+        "to skip the attempt",
+        reason,
+    )
+    return reason
 
 
 def _free(device: torch.device) -> None:

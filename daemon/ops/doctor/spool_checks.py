@@ -98,7 +98,8 @@ def check_spool(settings: Settings) -> Check:
 
 
 def check_decode_setup(settings: Settings) -> Check:
-    """How each serving daemon's resident model decodes (decided at its load; a failed capture shows)."""
+    """How each serving daemon's resident model decodes (decided at its load; a failed capture or
+    compile shows)."""
     from daemon.core.messages import setup_summary
     from daemon.ops.client import serving_daemons
 
@@ -111,11 +112,17 @@ def check_decode_setup(settings: Settings) -> Check:
             )
     if not lines:
         return ok("decode setup", "no serving daemon has a model loaded (each load decides its decode setup)")
-    failed = [line for line in lines if "capture failed" in line]
-    if failed:
+    if any("capture failed" in line for line in lines):
         return warn(
             "decode setup",
             "\n".join(lines),
             "CUDA graph capture failed (decoding runs uncaptured, slower): see the daemon's journal",
+        )
+    if any("compile failed" in line for line in lines):
+        return warn(
+            "decode setup",
+            "\n".join(lines),
+            "torch.compile failed (the DiT runs eager, slower): see the daemon's journal, or set "
+            "`compile: off` to skip the attempt",
         )
     return ok("decode setup", "\n".join(lines))
