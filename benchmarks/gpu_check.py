@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import signal
@@ -325,7 +326,10 @@ def section_shapes(plan: Plan) -> dict[str, Any]:
     # Building large random weights takes a while on the CPU: all shapes are built at once, in
     # separate processes, then benchmarked one after the other on the device.
     dirs = {shape: plan.work / f"model-{shape}" for shape in plan.shapes}
-    with ProcessPoolExecutor(max_workers=len(dirs)) as pool:
+    # Spawned, not forked: the profile section ran torch's OpenMP threads in this process, and a
+    # forked child waits forever at the first parallel region on a thread pool it does not have.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(dirs), mp_context=spawn) as pool:
         futures = {shape: pool.submit(_build, shape, str(d)) for shape, d in dirs.items()}
         built = {shape: Path(f.result()) for shape, f in futures.items()}
     out: dict[str, Any] = {"ok": True, "duration_s": float(plan.shape_duration)}
