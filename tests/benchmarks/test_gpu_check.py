@@ -65,7 +65,7 @@ def test_quick_mode_writes_both_files_with_every_section(tmp_path: Path) -> None
     assert profile["batch_invariant"] is False  # auto on the CPU: the eager loop
     # auto on the CPU: plain ops; the fused Triton kernels (interpreted here) are timed beside them
     assert profile["kernels"] == "aten" and profile["kernels_other"] == "triton"
-    assert profile["ms_per_step_other"] > 0 or "other_error" in profile
+    assert profile.get("ms_per_step_other", 0) > 0 or "other_error" in profile
     daemon = sections["daemon"]
     assert daemon["status"] == "completed" and daemon["model"]["decoder"] in ("dgx", "transformers")
     song = sections["acestep"]
