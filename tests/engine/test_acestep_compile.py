@@ -24,6 +24,14 @@ LYRICS = "[verse]\nSoft notes in the morning light"
 TOLERANCE = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> None:
+    """Each test compiles from nothing: dynamo keeps the code it compiled for the DiT's forward
+    and serves another model of the same shapes from it (its weights are inputs, not guards), so
+    after another test's compile a deliberately broken compiler would never be called."""
+    torch._dynamo.reset()
+
+
 def _engine(tmp_path: Path, directory: Path, **overrides: Any) -> MusicEngine:
     values: dict[str, Any] = {
         "spool": tmp_path / "spool",
