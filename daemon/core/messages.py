@@ -169,16 +169,10 @@ class DecodeSetup:
 def setup_summary(setup: dict[str, Any]) -> str:
     """One line for a person from `DecodeSetup.report()`: "dgx (capture on, 1 row per call, ...)"."""
     facts = []
-    if setup.get("capture"):
-        facts.append(
-            f"capture {setup['capture']}"
-            + (f": {setup['capture_error']}" if setup.get("capture_error") else "")
-        )
-    if setup.get("compile"):
-        facts.append(
-            f"compile {setup['compile']}"
-            + (f": {setup['compile_error']}" if setup.get("compile_error") else "")
-        )
+    for step in ("capture", "compile"):  # each on, off, or failed with its `<step>_error`
+        if setup.get(step):
+            error = setup.get(f"{step}_error")
+            facts.append(f"{step} {setup[step]}" + (f": {error}" if error else ""))
     if setup.get("rows"):
         rows = setup["rows"]
         facts.append(f"{rows} row{'' if rows == 1 else 's'} per call")

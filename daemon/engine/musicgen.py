@@ -125,8 +125,13 @@ class MusicGenModel:
         for req in requests:
             if req.melody is not None and not self.ckpt.melody:
                 raise _no_melody(self._info.name, self.settings)
-        own, most = bool(getattr(self.backend, "per_row_seeds", False)), self.settings.max_batch
-        return plan_chunks(requests, seeds, self.framing, max_batch=most, per_row_seeds=own)
+        return plan_chunks(
+            requests,
+            seeds,
+            self.framing,
+            max_batch=self.settings.max_batch,
+            per_row_seeds=bool(getattr(self.backend, "per_row_seeds", False)),
+        )
 
     def steps(self, batch: Chunk) -> int:  # type: ignore[override]
         return self.framing.steps(self.ckpt.model, batch)
