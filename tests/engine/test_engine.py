@@ -230,17 +230,21 @@ def test_max_batch_splits_rows(make_settings: Callable[..., Settings]) -> None:
 
 
 def test_stats(engine: MusicEngine, decoder: str) -> None:
-    engine.generate(
+    results = engine.generate(
         [GenerationRequest("lofi beat", 0.5, seed=1, count=2), GenerationRequest("rock", 0.25, seed=2)]
     )
+    results += engine.generate([GenerationRequest("jazz", 0.25, seed=3)])
     st = engine.get_stats()
     assert (st.model, st.device, st.dtype, st.backend) == ("tiny", "cpu", "float32", decoder)
     assert st.parameters == engine.info.parameters  # type: ignore[union-attr]
-    assert st.jobs == 2 and st.failed_jobs == 0 and st.loads == 1
-    assert st.audio_seconds == pytest.approx(1.25)
-    assert st.generate_seconds > 0 and st.mean_rtf == pytest.approx(st.generate_seconds / 1.25)
-    assert st.peak_memory_bytes > 0
-    assert st.as_dict()["jobs"] == 2 and st.loaded
+    assert st.jobs == 3 and st.failed_jobs == 0 and st.loads == 1
+    assert st.audio_seconds == pytest.approx(1.5)
+    assert st.generate_seconds > 0 and st.mean_rtf == pytest.approx(st.generate_seconds / 1.5)
+    # A CPU job's peak is how far the resident set rose, which is 0 when the job reuses pages an
+    # earlier test freed (tests/ops/test_doctor.py checks the window against a known allocation);
+    # the engine's figure is the largest of its jobs' own.
+    assert st.peak_memory_bytes == max(r.peak_memory_bytes for r in results)
+    assert st.as_dict()["jobs"] == 3 and st.loaded
 
 
 def test_warmup_at_load_is_not_counted(make_settings: Callable[..., Settings], decoder: str) -> None:
