@@ -3,9 +3,10 @@
 wav (PCM_16, PCM_24, FLOAT) and flac (PCM_16, PCM_24) are lossless; mp3 (MPEG layer III, VBR)
 and ogg (Vorbis, or Opus at 48 kHz: Opus knows no 32 kHz) are small previews whose size is set
 by a quality 0..1. Every format carries the tags libsndfile can store in it (title, comment,
-software, date). The bytes go through `daemon.core.fsio` so a reader never sees a half-written
-file, are hashed as written so the sidecar's sha256 matches what is on disk, and are decoded
-back, so loudness can be measured on what a listener gets rather than on what went in.
+software, date), and tempo, key and lyrics where its container has fields for them. The bytes go
+through `daemon.core.fsio` so a reader never sees a half-written file, are hashed as written so
+the sidecar's sha256 matches what is on disk, and are decoded back, so loudness can be measured
+on what a listener gets rather than on what went in.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from daemon.audio.musictags import MusicTags, add_music_tags
+from daemon.audio.musictags import MusicTags, SongText, tag_file
 from daemon.core.fsio import atomic_writer
 from daemon.core.pcm import Clip
 
@@ -190,6 +191,7 @@ def write_audio(
     quality: float | None = None,
     tags: Mapping[str, str] | None = None,
     music: MusicTags | None = None,
+    song: SongText | None = None,
     block: int = 1 << 18,
 ) -> AudioFileInfo:
     """Write [channels, samples] float32 audio to `path` atomically and describe the file.
@@ -197,22 +199,21 @@ def write_audio(
     PCM subtypes are clipped to [-1, 1] first (soundfile would wrap or clip per sample
     otherwise); lossy formats are clipped too (their encoders would). create_new=True refuses
     to replace an existing file (FileExistsError). `codec` (ogg: vorbis|opus) and `quality`
-    (0..1, 1 best) apply to mp3/ogg only. `tags`: keys from TAG_KEYS. `music`: tempo and key
-    written where the container has fields for them (daemon.audio.musictags).
+    (0..1, 1 best) apply to mp3/ogg only. `tags`: keys from TAG_KEYS. `music` (tempo and key) and
+    `song` (lyrics) are written where the container has fields for them (daemon.audio.musictags).
 
     An array is encoded in memory and the file decoded back into `decoded`. A `Clip` (audio on
     disk) is read `block` samples at a time and encoded straight into the file, so memory does not
-    grow with it; `decoded` is then None (read the file with `FileClip`). A clip with `music` (a
-    loop: short) is written as an array: FLAC's tempo fields go before the audio.
+    grow with it; `decoded` is then None (read the file with `FileClip`).
     """
     path = Path(path)
-    if not isinstance(audio, np.ndarray) and music is None:
+    if not isinstance(audio, np.ndarray):
         if audio.channels > 8:
             raise ValueError(f"audio has {audio.channels} channels: pass [channels, samples]")
         _check(format, subtype, np.zeros((audio.channels, 0), np.float32), sample_rate)
         enc = _encoding(format, subtype, sample_rate, codec, quality, tags)
-        return _write_clip(path, audio, sample_rate, enc, create_new, block)
-    x = _check(format, subtype, audio if isinstance(audio, np.ndarray) else audio.read(), sample_rate)
+        return _write_clip(path, audio, sample_rate, enc, create_new, block, music, song)
+    x = _check(format, subtype, audio, sample_rate)
     enc = _encoding(format, subtype, sample_rate, codec, quality, tags)
     if enc.clip:
         x = np.clip(x, -1.0, 1.0)
@@ -223,7 +224,8 @@ def write_audio(
     buf = io.BytesIO()
     with _open(buf, enc, channels) as snd:
         snd.write(np.ascontiguousarray(x.T))
-    data = add_music_tags(buf.getvalue(), format, music)
+    tag_file(buf, format, enc.subtype, music, song)
+    data = buf.getvalue()
     decoded, back_rate = read_audio_bytes(data)
     if back_rate != enc.rate or decoded.shape[0] != channels:
         raise ValueError(
@@ -304,7 +306,14 @@ def _resampled_blocks(clip: Clip, src: int, dst: int, block: int) -> Iterator[np
 
 
 def _write_clip(
-    path: Path, clip: Clip, sample_rate: int, enc: _Encoding, create_new: bool, block: int
+    path: Path,
+    clip: Clip,
+    sample_rate: int,
+    enc: _Encoding,
+    create_new: bool,
+    block: int,
+    music: MusicTags | None,
+    song: SongText | None,
 ) -> AudioFileInfo:
     """A clip encoded block by block straight into the file (see `write_audio`)."""
     format = enc.format
@@ -331,6 +340,7 @@ def _write_clip(
             raise
         if sink.error is not None:
             raise sink.error
+        tag_file(fh, format, enc.subtype, music, song)
         fh.seek(0)
         while chunk := fh.read(1 << 20):
             digest.update(chunk)

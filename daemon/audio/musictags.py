@@ -1,12 +1,23 @@
-"""Tempo and key in the file itself, where the container has fields for them (libsndfile writes
-none): FLAC gets Vorbis comments BPM and INITIALKEY (the names DJ and tagging tools read); WAV
-gets an `acid` chunk (tempo, beats, metre and root note: what DAWs read to loop a file). mp3 and
-ogg are left as they are (their comment tag carries the asked values)."""
+"""What a file says of its music beyond libsndfile's tags, in the fields players and tools read:
+tempo and key, and a song's lyrics.
+
+libsndfile writes title, comment, software and date only. After it has written a file, mutagen adds
+the rest where the container has a field for it: Vorbis comments BPM, INITIALKEY, LYRICS and
+LANGUAGE in FLAC and Ogg (Vorbis and Opus); ID3 TBPM, TKEY and USLT in mp3. WAV gets an `acid`
+chunk (tempo, beats, metre and root note: what DAWs read to loop a file); RIFF has no lyrics field.
+mutagen moves the audio behind a grown header through the file, not through memory.
+"""
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
+
+from mutagen.flac import FLAC
+from mutagen.id3 import ID3, TBPM, TKEY, USLT, ID3NoHeaderError
+from mutagen.oggopus import OggOpus
+from mutagen.oggvorbis import OggVorbis
 
 from jobspec.music import parse_key
 
@@ -20,29 +31,56 @@ class MusicTags:
     loop: bool = False
 
 
-def _flac(data: bytes, tags: MusicTags) -> bytes:
-    if data[:4] != b"fLaC":
-        return data
-    extra = [f"BPM={tags.bpm:g}"] + ([f"INITIALKEY={tags.key}"] if tags.key else [])
-    pos, out = 4, [b"fLaC"]
-    while pos + 4 <= len(data):
-        head, size = data[pos], int.from_bytes(data[pos + 1 : pos + 4], "big")
-        body = data[pos + 4 : pos + 4 + size]
-        pos += 4 + size
-        if head & 0x7F == 4:  # VORBIS_COMMENT: vendor, then a count of length-prefixed "NAME=value"
-            count_at = 4 + struct.unpack_from("<I", body, 0)[0]
-            count = struct.unpack_from("<I", body, count_at)[0]
-            added = b"".join(struct.pack("<I", len(e.encode())) + e.encode() for e in extra)
-            body = body[:count_at] + struct.pack("<I", count + len(extra)) + body[count_at + 4 :] + added
-        out.append(bytes([head]) + len(body).to_bytes(3, "big") + body)
-        if head & 0x80:  # the last metadata block: audio frames follow
-            break
-    return b"".join(out) + data[pos:]
+@dataclass(frozen=True)
+class SongText:
+    lyrics: str
+    language: str | None = None  # an ISO 639 code as the job gave it: "en", "pt-br"
 
 
-def _wav(data: bytes, tags: MusicTags) -> bytes:
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return data
+def _comments(music: MusicTags | None, song: SongText | None) -> dict[str, str]:
+    fields = {}
+    if music is not None:
+        fields["BPM"] = f"{music.bpm:g}"
+        if music.key:
+            fields["INITIALKEY"] = music.key
+    if song is not None:
+        fields["LYRICS"] = song.lyrics
+        if song.language:
+            fields["LANGUAGE"] = song.language
+    return fields
+
+
+def _id3_key(name: str) -> str:
+    """ID3's TKEY spelling: at most three characters, "m" for minor ("F# minor" -> "F#m")."""
+    tonic, mode = name.split()
+    return tonic + ("m" if mode == "minor" else "")
+
+
+def _id3_language(language: str | None) -> str:
+    """USLT's language is three letters (ISO 639-2); "XXX" is ID3's "unknown" for a two-letter code."""
+    return language if language and len(language) == 3 and language.isalpha() else "XXX"
+
+
+def _mp3(fh: BinaryIO, music: MusicTags | None, song: SongText | None) -> None:
+    try:
+        tags = ID3(fh)
+    except ID3NoHeaderError:
+        tags = ID3()
+    if music is not None:
+        tags.add(TBPM(encoding=3, text=[f"{round(music.bpm)}"]))
+        if music.key:
+            tags.add(TKEY(encoding=3, text=[_id3_key(music.key)]))
+    if song is not None:
+        tags.add(USLT(encoding=3, lang=_id3_language(song.language), desc="", text=song.lyrics))
+    fh.seek(0)
+    tags.save(fh, v2_version=3)  # 2.3: what most players and file managers read
+
+
+def _wav(fh: BinaryIO, tags: MusicTags) -> None:
+    fh.seek(0)
+    head = fh.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
     top, bottom = (int(x) for x in (tags.time_signature or "4/4").split("/"))
     flags = 0x04 if tags.loop else 0x01  # stretchable loop, or a one-shot
     root = 0
@@ -50,17 +88,31 @@ def _wav(data: bytes, tags: MusicTags) -> bytes:
         flags |= 0x02
         root = 48 + parse_key(tags.key)[0]  # the tonic as a MIDI note in the octave from C3
     body = struct.pack("<IHHfIHHf", flags, root, 0x8000, 0.0, tags.beats, bottom, top, float(tags.bpm))
-    chunk = b"acid" + struct.pack("<I", len(body)) + body
-    riff = data + chunk
-    return riff[:4] + struct.pack("<I", len(riff) - 8) + riff[8:]
+    fh.seek(0, 2)
+    fh.write(b"acid" + struct.pack("<I", len(body)) + body)
+    size = fh.tell()
+    fh.seek(4)
+    fh.write(struct.pack("<I", size - 8))
 
 
-def add_music_tags(data: bytes, format: str, tags: MusicTags | None) -> bytes:
-    """`data` (a whole encoded file) with tempo and key added where `format` has fields for them."""
-    if tags is None:
-        return data
-    if format == "flac":
-        return _flac(data, tags)
+def tag_file(fh: BinaryIO, format: str, subtype: str, music: MusicTags | None, song: SongText | None) -> None:
+    """Add tempo, key and lyrics to the encoded file open read-write in `fh` (`subtype`: libsndfile's,
+    which tells Vorbis from Opus in Ogg), where its container has fields for them."""
+    if music is None and song is None:
+        return
     if format == "wav":
-        return _wav(data, tags)
-    return data
+        if music is not None:
+            _wav(fh, music)
+        return
+    if format == "mp3":
+        _mp3(fh, music, song)
+        return
+    kind = {"flac": FLAC, "ogg": OggOpus if subtype == "OPUS" else OggVorbis}[format]
+    fh.seek(0)
+    audio = kind(fh)
+    if audio.tags is None:
+        audio.add_tags()
+    for name, value in _comments(music, song).items():
+        audio[name] = value
+    fh.seek(0)
+    audio.save(fh)

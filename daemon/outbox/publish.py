@@ -22,7 +22,7 @@ import numpy as np
 from daemon import __version__
 from daemon.audio.encode import LOSSY, AudioFileInfo, FileClip, write_audio
 from daemon.audio.loudness import SILENCE_LUFS
-from daemon.audio.musictags import MusicTags
+from daemon.audio.musictags import MusicTags, SongText
 from daemon.audio.stream import EnvelopeBuilder, Plan, measure_clip, normalize_clip, render
 from daemon.audio.waveform import Envelope
 from daemon.core.config import Settings
@@ -86,6 +86,12 @@ def file_tags(job_id: str, job: Job, seed: int, model: ModelInfo, when: float) -
     }
 
 
+def song_text(job: Job) -> SongText | None:
+    """The lyrics a song's files carry, in the job's words."""
+    lyrics = (job.lyrics or "").strip()
+    return SongText(lyrics, job.language) if lyrics else None
+
+
 def _measured(path: Path) -> tuple[float | None, float | None]:
     """Integrated LUFS (None below the gate: silence) and true peak of a written file, decoded
     block by block."""
@@ -134,6 +140,7 @@ def write_variation(
     *,
     tags: dict[str, str],
     music: MusicTags | None = None,
+    song: SongText | None = None,
 ) -> Variation:
     """Normalise one variation ([channels, samples], on disk or in memory) and write it as `output`
     asks (create_new), block by block: memory does not grow with the clip. Loudness and true peak
@@ -155,6 +162,7 @@ def write_variation(
             quality=output.quality,
             tags=tags,
             music=music,
+            song=song,
         )
         post.close()
         lufs, peak = _measured(info.path)
@@ -204,6 +212,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
                 ceiling,
                 tags=file_tags(job_id, job, variation_seed, model, time.time()),
                 music=take.music,
+                song=song_text(job),
             )
             info, env = written_take.info, written_take.waveform
             written.append(info.path)

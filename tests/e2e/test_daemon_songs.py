@@ -120,6 +120,8 @@ def test_a_song_with_lyrics_is_48k_stereo_of_the_asked_length_with_its_provenanc
         stream = ffprobe(path)["streams"][0]
         assert (int(stream["sample_rate"]), int(stream["channels"])) == (48000, 2)
         assert abs(float(stream["duration"]) - 2.0) < 1e-3
+        tags = ffprobe(path)["format"]["tags"]  # the file carries its words, for a player to show
+        assert (tags["LYRICS"], tags["LANGUAGE"]) == (LYRICS.strip(), "en")
     assert body["reproducibility"]["batch_mates"] == "independent"
 
 
