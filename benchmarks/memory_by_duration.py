@@ -230,6 +230,16 @@ def report(rows: list[dict[str, float]], layers: int, env: dict[str, str]) -> bo
     return ok
 
 
+def _progress(row: dict[str, float], n: int, repeats: int) -> None:
+    """One line on stderr per run: a 300 s x 8 run takes many minutes."""
+    print(
+        f"run {n + 1}/{repeats}, {row['duration_s']:g} s x{row['count']:g}: "
+        f"{row['peak_above_model_bytes'] / MIB:.0f} MiB above the model in {row['wall_s']:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--durations", type=float, nargs="+", default=[30.0, 300.0])
@@ -247,13 +257,12 @@ def main() -> int:
         scratch = Path(tmp)
         model = init_random(scratch / "model", "small", layers=args.layers)
         # Durations alternate within each repeat, so load from other work on the box falls on both.
-        rows = [
-            one(model, scratch, d, args.count, args.timeout, f"{d:g}-{n}", env)
-            for n in range(args.repeats)
-            for d in args.durations
-        ]
-    for r in rows:
-        r["total_peak_bytes"] = r["model_bytes"] + r["peak_above_model_bytes"]
+        rows = []
+        for n in range(args.repeats):
+            for d in args.durations:
+                rows.append(one(model, scratch, d, args.count, args.timeout, f"{d:g}-{n}", env))
+                rows[-1]["total_peak_bytes"] = rows[-1]["model_bytes"] + rows[-1]["peak_above_model_bytes"]
+                _progress(rows[-1], n, args.repeats)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
