@@ -23,10 +23,15 @@ to 60 %.
 
 `--layers` keeps musicgen-small's widths with fewer decoder layers (24 in the real model): the
 decoder's memory is its weights and its key/value cache, sized by one 30 s window whatever the
-duration, so its depth changes the model's size, not how the job grows with duration. What grows
-with the piece is the codes (a few kB) and the audio (the codec, loudness, encoding and analysis
-stages), which run at the real shape. The default of 2 layers keeps a 300 s x 8 job (15,000
-decoding steps of 16 rows) within minutes on a small CPU; `--layers 24` is the whole model.
+duration, so its depth changes the model's size and the job's cache, not how the job grows with
+duration. On the CPU the cache is part of the job's peak, not of the model: a job's rows decode
+together, 16 rows (8 variations with guidance) x 1536 positions, 192 MiB a layer in float32, so at
+24 layers the cache alone is 4.5 GiB, past the 2 GiB the target allows above the model (on CUDA
+each call decodes one variation, two rows with guidance, by default): the target is checked at the
+depth given. What grows with the piece is the codes (a few kB) and the audio (the codec, loudness,
+encoding and analysis stages), which run at the real shape. The default of 2 layers keeps a 300 s
+x 8 job (15,000 decoding steps of 16 rows) within minutes on a small CPU; `--layers 24` is the
+whole model.
 
 Targets: the job's peak within the model + 2 GiB (every run); 30 s and 300 s within 10 % of each
 other (the medians of the peak above the model; the ratio of the whole job's peaks, model included,
