@@ -16,10 +16,9 @@ largest anonymous and file-backed resident sets sampled during the job (RssAnon,
 first is what the job allocated, the second library pages and maps touched for the first time.
 
 Each duration runs `--repeats` times, a fresh daemon each, alternating durations; the figures
-compared are the medians. The daemons get the glibc malloc settings of systemd/dgx-music.service
-(its MALLOC_* Environment= lines), so the figures are the service's: with glibc's defaults the
-heap keeps a varying part of the codec's freed activations, and runs of one job differed by up
-to 60 %.
+compared are the medians. Every dgx-music daemon fixes glibc's mmap threshold at start
+(daemon/service/allocator.py; the line it logs is printed): with glibc's sliding default the heap
+kept a varying part of the codec's freed activations, and runs of one job differed by up to 60 %.
 
 `--layers` keeps musicgen-small's widths with fewer decoder layers (24 in the real model): the
 decoder's memory is its weights and its key/value cache, sized by one 30 s window whatever the
@@ -59,7 +58,6 @@ GIB = 1 << 30
 MIB = 1 << 20
 TARGET_ABOVE_MODEL = 2 * GIB
 TARGET_RATIO = 0.10
-UNIT = ROOT / "systemd" / "dgx-music.service"
 
 
 def _status_kb(pid: int, *keys: str) -> dict[str, int]:
@@ -106,21 +104,10 @@ class _Sampler(threading.Thread):
 _SAMPLED = ("RssAnon", "RssFile")
 
 
-def unit_allocator_env(unit: Path = UNIT) -> dict[str, str]:
-    """The glibc malloc settings (MALLOC_*_, GLIBC_TUNABLES) the service's unit gives the daemon:
-    the benchmark's daemons run with them, so its figures are the service's."""
-    env = {}
-    for line in unit.read_text().splitlines():
-        key, _, value = line.partition("=")
-        name = value.partition("=")[0]
-        if key.strip() == "Environment" and (name.startswith("MALLOC_") or name == "GLIBC_TUNABLES"):
-            env[name] = value.partition("=")[2]
-    return env
-
-
 def one(
-    model: Path, scratch: Path, duration: float, count: int, timeout: float, tag: str, env: dict[str, str]
-) -> dict[str, float]:
+    model: Path, scratch: Path, duration: float, count: int, timeout: float, tag: str
+) -> tuple[dict[str, float], str]:
+    """One run's figures, and what the daemon logged of its malloc setting."""
     spool = scratch / f"spool-{tag}"
     config = write_config(
         scratch / f"config-{tag}.yaml",
@@ -132,8 +119,9 @@ def one(
         max_memory_gb=64,
     )
     sp = SpoolView(spool)
-    with DaemonProcess(config, scratch / f"daemon-{tag}.log", env=env) as daemon:
+    with DaemonProcess(config, scratch / f"daemon-{tag}.log") as daemon:
         daemon.start(timeout=600)
+        malloc = next((x.partition("malloc: ")[2] for x in daemon.log().splitlines() if "malloc: " in x), "?")
         sp.drop("warm.yaml", job_yaml("warm up the daemon", duration=1.0, seed=1))
         sp.wait_outcome("warm", timeout=600)
         time.sleep(1.0)  # the page and metrics written after the warm-up job
@@ -152,7 +140,7 @@ def one(
         sampled = sampler.stop()
     if body is None or body.get("status", "completed") != "completed" or "outputs" not in body:
         raise RuntimeError(f"the {duration:g} s job did not complete: {json.dumps(body)[:2000]}")
-    return {
+    figures = {
         "duration_s": duration,
         "count": count,
         "model_bytes": start["VmRSS"] * 1024.0,
@@ -163,6 +151,7 @@ def one(
         "audio_bytes": float(sum(o["frames"] * o["channels"] * 4 for o in body["outputs"])),
         "wall_s": wall,
     }
+    return figures, malloc
 
 
 def _median(rows: list[dict[str, float]], key: str) -> float:
@@ -184,12 +173,11 @@ def _by_duration(rows: list[dict[str, float]]) -> dict[float, list[dict[str, flo
     return groups
 
 
-def report(rows: list[dict[str, float]], layers: int, env: dict[str, str]) -> bool:
+def report(rows: list[dict[str, float]], layers: int, malloc: str) -> bool:
     """Print every run, the medians per duration and the targets; True when they are met."""
-    allocator = " ".join(f"{k}={v}" for k, v in env.items()) or "glibc's defaults"
     print(
         f"musicgen-small's shape (decoder 1024 wide, {layers} of its 24 layers; EnCodec 32 kHz, "
-        f"t5-base), random weights, CPU, a fresh daemon per run; malloc: {allocator} (as {UNIT.name})"
+        f"t5-base), random weights, CPU, a fresh daemon per run; malloc: {malloc}"
     )
     print(
         f"{'duration':>9} {'count':>5} {'audio MiB':>10} {'model MiB':>10} {'peak above model MiB':>21} "
@@ -257,7 +245,7 @@ def main() -> int:
 
     from daemon.ops.tinymodel import init_random
 
-    env = unit_allocator_env()
+    malloc = "?"
     with tempfile.TemporaryDirectory(prefix="dgx-membench-") as tmp:
         scratch = Path(tmp)
         model = init_random(scratch / "model", "small", layers=args.layers)
@@ -265,13 +253,14 @@ def main() -> int:
         rows = []
         for n in range(args.repeats):
             for d in args.durations:
-                rows.append(one(model, scratch, d, args.count, args.timeout, f"{d:g}-{n}", env))
+                row, malloc = one(model, scratch, d, args.count, args.timeout, f"{d:g}-{n}")
+                rows.append(row)
                 rows[-1]["total_peak_bytes"] = rows[-1]["model_bytes"] + rows[-1]["peak_above_model_bytes"]
                 _progress(rows[-1], n, args.repeats)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    return 0 if report(rows, args.layers, env) else 1
+    return 0 if report(rows, args.layers, malloc) else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 from daemon import spool
 from daemon.core.config import ConfigError, load_settings
 from daemon.core.errors import ExitCode
+from daemon.service.allocator import settle_malloc
 from daemon.service.daemon import Daemon
 from daemon.service.journal import setup_logging
 
@@ -19,6 +20,7 @@ EXIT_CONFIG = ExitCode.CONFIG
 def serve(config_path: Path | None) -> int:
     # A watchdog kill (SIGABRT) then prints every thread's stack to the journal.
     faulthandler.enable()
+    malloc = settle_malloc()  # before the model's weights and the first job's blocks
 
     try:
         settings = load_settings(config_path)
@@ -27,6 +29,7 @@ def serve(config_path: Path | None) -> int:
         log.critical("%s", exc)
         return EXIT_CONFIG
     setup_logging(settings.log_level)
+    log.info("malloc: %s", malloc)
     try:
         return Daemon(settings, config_path=config_path).run()
     except spool.SpoolError as exc:
