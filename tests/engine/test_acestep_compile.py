@@ -32,7 +32,8 @@ def _fresh_dynamo() -> None:
     torch._dynamo.reset()
 
 
-def _engine(tmp_path: Path, directory: Path, **overrides: Any) -> MusicEngine:
+def _settings(tmp_path: Path, directory: Path, **overrides: Any) -> Settings:
+    """The tiny ACE-Step model as `song`, on the CPU in float32; keyword overrides win."""
     values: dict[str, Any] = {
         "spool": tmp_path / "spool",
         "models": {"song": {"path": str(directory)}},
@@ -41,7 +42,11 @@ def _engine(tmp_path: Path, directory: Path, **overrides: Any) -> MusicEngine:
         "dtype": "float32",
         **overrides,
     }
-    return MusicEngine(Settings(**values))
+    return Settings(**values)
+
+
+def _engine(tmp_path: Path, directory: Path, **overrides: Any) -> MusicEngine:
+    return MusicEngine(_settings(tmp_path, directory, **overrides))
 
 
 def _song(engine: MusicEngine, duration: float) -> tuple[np.ndarray, np.ndarray]:
@@ -56,9 +61,7 @@ def _song(engine: MusicEngine, duration: float) -> tuple[np.ndarray, np.ndarray]
 
 
 def test_compile_is_decided_by_the_device_when_auto(tmp_path: Path, tiny_acestep_dir: Path) -> None:
-    settings = Settings(
-        spool=tmp_path, models={"song": {"path": str(tiny_acestep_dir)}}, default_model="song"
-    )
+    settings = _settings(tmp_path, tiny_acestep_dir)
     assert settings.compile == "auto"
     assert compile_mode(settings, torch.device("cpu")) == "off"
     assert compile_mode(settings, torch.device("cuda", 0)) == "on"
@@ -120,9 +123,7 @@ def test_doctor_warns_when_a_serving_daemon_runs_the_dit_eager_after_a_failed_co
     }
     serving = [{"host": "box", "pid": 7, "model": {"name": "song", "setup": setup}}]
     monkeypatch.setattr(client, "serving_daemons", lambda settings: serving)
-    settings = Settings(
-        spool=tmp_path, models={"song": {"path": str(tiny_acestep_dir)}}, default_model="song"
-    )
+    settings = _settings(tmp_path, tiny_acestep_dir)
     check = check_decode_setup(settings)
     assert check.status == "warn" and "compile failed: no compiler" in check.detail
     assert check.fix is not None and "compile: off" in check.fix
