@@ -49,6 +49,12 @@ def _completed_ids(out: Path) -> list[str]:
     return re.findall(r"\bjob (\S+) completed:", out.read_text())
 
 
+def _stalled_after_a_result(out: Path) -> bool:
+    log = out.read_text()
+    first = re.search(r"\bjob \S+ completed:", log)
+    return bool(first) and "fault injection: stalling" in log[first.end() :]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_scancel_drains_one_daemon_and_the_other_finishes_its_job(
@@ -86,9 +92,10 @@ def test_scancel_drains_one_daemon_and_the_other_finishes_its_job(
     for i, job_id in enumerate(ids):
         view.drop(f"{job_id}.yaml", job_yaml(f"cluster test tune number {i}", duration=0.5, seed=i))
 
-    # The moment A publishes its first result its worker has already started the next decode,
-    # which pauses 3 s: cancel now and the scancel lands mid-job.
-    wait_until(lambda: _completed_ids(out_a), 120, interval=0.02, what="daemon A's first result")
+    # Cancel once A, after publishing its first results, is paused 3 s inside its next decode: the
+    # scancel then lands mid-job. A batch publishes its jobs one by one, so the first result alone
+    # does not mean the next decode has begun.
+    wait_until(lambda: _stalled_after_a_result(out_a), 120, interval=0.02, what="daemon A's second decode")
     t_cancel = time.monotonic()
     slurm.run(["scancel", job_a])
     assert slurm.wait_state(job_a, DONE, 60) == "CANCELLED"
