@@ -56,9 +56,29 @@ def _id3_key(name: str) -> str:
     return tonic + ("m" if mode == "minor" else "")
 
 
+# ISO 639-1 -> ISO 639-2/T (the ISO 639-3 code too) for the languages ACE-Step sings and their
+# neighbours; USLT takes three letters, and a code outside this table gets ID3's "XXX", unknown.
+_ISO639_2 = dict(
+    pair.split(":")
+    for pair in (
+        "af:afr am:amh ar:ara az:aze be:bel bg:bul bn:ben bs:bos ca:cat cs:ces cy:cym da:dan de:deu "
+        "el:ell en:eng es:spa et:est eu:eus fa:fas fi:fin fr:fra ga:gle gl:glg gu:guj ha:hau he:heb "
+        "hi:hin hr:hrv ht:hat hu:hun hy:hye id:ind ig:ibo is:isl it:ita ja:jpn ka:kat kk:kaz km:khm "
+        "kn:kan ko:kor la:lat lo:lao lt:lit lv:lav mk:mkd ml:mal mn:mon mr:mar ms:msa my:mya ne:nep "
+        "nl:nld no:nor pa:pan pl:pol pt:por ro:ron ru:rus sa:san si:sin sk:slk sl:slv so:som sq:sqi "
+        "sr:srp sv:swe sw:swa ta:tam te:tel th:tha tl:tgl tr:tur uk:ukr ur:urd uz:uzb vi:vie yo:yor "
+        "zh:zho zu:zul"
+    ).split()
+)
+
+
 def _id3_language(language: str | None) -> str:
-    """USLT's language is three letters (ISO 639-2); "XXX" is ID3's "unknown" for a two-letter code."""
-    return language if language and len(language) == 3 and language.isalpha() else "XXX"
+    """USLT's three-letter language for a job's ISO 639 code: "de" -> "deu", "pt-br" -> "por";
+    a three-letter code ("yue") as it is."""
+    base = (language or "").split("-")[0]
+    if len(base) == 3 and base.isalpha():
+        return base
+    return _ISO639_2.get(base, "XXX")
 
 
 def _mp3(fh: BinaryIO, music: MusicTags | None, song: SongText | None) -> None:

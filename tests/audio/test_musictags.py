@@ -91,13 +91,21 @@ def test_mp3_gets_id3_tempo_key_and_unsynchronised_lyrics(tmp_path: Path, stream
     audio = Pcm.from_array(_audio()) if streamed else _audio()
     write_audio(path, audio, 16000, "mp3", "PCM_16", tags={"title": "a song"}, music=TAGS, song=SONG)
     tags = _probe(path)
-    # ffmpeg names a USLT frame by its language: "XXX", ID3's unknown, for a two-letter code.
+    # ffmpeg names a USLT frame by its three-letter language: the job's "de" is "deu".
     assert (tags["TBPM"], tags["TKEY"], tags["title"]) == ("124", "F#m", "a song")
-    assert tags["lyrics-XXX"] == SONG.lyrics
+    assert tags["lyrics-deu"] == SONG.lyrics
     back, rate = read_audio(path)
     assert back.shape[0] == 2 and abs(back.shape[1] / rate - 1.0) < 0.01
-    write_audio(tmp_path / "b.mp3", _audio(), 16000, "mp3", "PCM_16", song=SongText("la", "eng"))
-    assert _probe(tmp_path / "b.mp3")["lyrics-eng"] == "la"
+
+
+@needs_ffprobe
+@pytest.mark.parametrize(
+    ("language", "uslt"),
+    [("pt-br", "por"), ("zh", "zho"), ("yue", "yue"), ("xx", "XXX"), (None, "XXX")],
+)
+def test_mp3_lyrics_language_is_three_letters(tmp_path: Path, language: str | None, uslt: str) -> None:
+    write_audio(tmp_path / "b.mp3", _audio(), 16000, "mp3", "PCM_16", song=SongText("la", language))
+    assert _probe(tmp_path / "b.mp3")[f"lyrics-{uslt}"] == "la"
 
 
 def test_files_without_music_or_lyrics_get_no_fields(tmp_path: Path) -> None:
