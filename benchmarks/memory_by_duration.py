@@ -145,6 +145,7 @@ def one(
         "count": count,
         "model_bytes": start["VmRSS"] * 1024.0,
         "peak_above_model_bytes": max(0, peak_kb - start["VmRSS"]) * 1024.0,
+        "total_peak_bytes": max(start["VmRSS"], peak_kb) * 1024.0,
         "anon_peak_above_model_bytes": max(0, sampled["RssAnon"] - start["RssAnon"]) * 1024.0,
         "file_peak_above_model_bytes": max(0, sampled["RssFile"] - start["RssFile"]) * 1024.0,
         "sidecar_peak_memory_bytes": float(body["peak_memory_bytes"]),
@@ -255,8 +256,7 @@ def main() -> int:
             for d in args.durations:
                 row, malloc = one(model, scratch, d, args.count, args.timeout, f"{d:g}-{n}")
                 rows.append(row)
-                rows[-1]["total_peak_bytes"] = rows[-1]["model_bytes"] + rows[-1]["peak_above_model_bytes"]
-                _progress(rows[-1], n, args.repeats)
+                _progress(row, n, args.repeats)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

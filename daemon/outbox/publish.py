@@ -199,10 +199,11 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
     try:
         # Loops cut and best-of-N takes chosen first: what follows writes whatever they leave.
         takes, candidates = shape(job_id, job, audio, sample_rate, seed)
+        target_lufs = job.output.loudness_lufs if normalize_audio else None
+        ceiling = job.output.true_peak_dbtp if normalize_audio else None
+        song = song_text(job)
         for take in takes:
             name, variation_seed = take.name, take.seed
-            target_lufs = job.output.loudness_lufs if normalize_audio else None
-            ceiling = job.output.true_peak_dbtp if normalize_audio else None
             written_take = write_variation(
                 outbox / name,
                 take.audio,
@@ -212,7 +213,7 @@ def publish(outbox: Path, done: Generated, *, normalize_audio: bool = True) -> P
                 ceiling,
                 tags=file_tags(job_id, job, variation_seed, model, time.time()),
                 music=take.music,
-                song=song_text(job),
+                song=song,
             )
             info, env = written_take.info, written_take.waveform
             written.append(info.path)
