@@ -67,10 +67,13 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args)
     job_id = args.job_id
     try:
-        if not _known(settings, job_id):
+        state.check_job_id(job_id)  # before it names any file
+        finished = _finished(settings, job_id)
+        # A sidecar is the last word: a batch's running entry names all its jobs until the last
+        # of them is published, one by one.
+        if finished is not None or not _known(settings, job_id):
             waiting = find_in_inbox(settings, job_id)
-            finished = _finished(settings, job_id) if waiting is None else None
-            if finished is not None:
+            if waiting is None and finished is not None:
                 print(f"dgx-music: nothing to cancel: job {job_id!r} {finished}", file=sys.stderr)
                 return 2
             if waiting is None:

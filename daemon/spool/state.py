@@ -245,12 +245,17 @@ def _cancel_dir(settings: Settings) -> Path:
     return settings.state_dir / "cancel"
 
 
-def _cancel_path(settings: Settings, job_id: str) -> Path:
+def check_job_id(job_id: str) -> None:
+    """Refuse a name that is not a job id (InvalidJobIdError): it becomes part of spool paths."""
     if not is_valid_job_id(job_id):
         raise InvalidJobIdError(
             f"{job_id!r} is not a job id: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
         )
+
+
+def _cancel_path(settings: Settings, job_id: str) -> Path:
+    check_job_id(job_id)
     return _cancel_dir(settings) / job_id
 
 
